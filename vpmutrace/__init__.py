@@ -1,0 +1,3 @@
+"""vpmutrace: trace analysis for KVM virtual PMUs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,3 @@
+from vpmutrace.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Tracepoint format engine: format-file parsing, print fmt evaluation, binary field decoding."""

@@ -1,0 +1,185 @@
+"""Parse tracefs event ``format`` descriptions (events/<system>/<event>/format).
+
+The format text is the only authority on an event's binary layout: readers of
+perf.data and trace.dat take it from the file (HEADER_TRACING_DATA, trace.dat's
+event-format section), never from a table of ours.
+
+Grammar (kernel/trace/trace_events.c, f_show):
+    name: <name>
+    ID: <id>
+    format:
+    \\tfield:<c declaration>;\\toffset:<n>;\\tsize:<n>;\\tsigned:<0|1>;
+    ...
+    print fmt: <C string>, <args>
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from vpmutrace.errors import UnsupportedFormat
+
+_FIELD_RE = re.compile(
+    r"^\s*field:(?P<decl>[^;]*);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);"
+    r"(?:\s*signed:(?P<signed>-?\d+);)?"
+)
+_ARRAY_RE = re.compile(r"^(?P<base>.*?)\s*(?P<name>\w+)\s*\[(?P<len>[^\]]*)\]\s*$")
+_NAME_RE = re.compile(r"^(?P<base>.*?)[\s\*]*?(?P<name>\w+)\s*$")
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    type: str  # C type as written, without the name and array suffix
+    offset: int
+    size: int
+    signed: bool
+    array_len: int | None = None  # element count of a fixed array (char comm[16] -> 16)
+    data_loc: bool = False  # __data_loc: u32 with offset (low 16 bits) and length (high 16)
+    rel_loc: bool = False  # __rel_loc: like data_loc, offset relative to the end of the field
+    is_pointer: bool = False
+
+    @property
+    def is_string(self) -> bool:
+        return "char" in self.type and (self.array_len is not None or self.data_loc or self.rel_loc)
+
+    @property
+    def elem_size(self) -> int:
+        if self.array_len:
+            return max(1, self.size // self.array_len)
+        return self.size
+
+
+@dataclass
+class EventFormat:
+    system: str
+    name: str
+    id: int
+    fields: list[Field]  # event fields (without common_*)
+    common_fields: list[Field]
+    print_fmt: str
+    _fallback_reason: str | None = field(default=None, repr=False)
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.system}:{self.name}" if self.system else self.name
+
+    def field(self, name: str) -> Field | None:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        for f in self.common_fields:
+            if f.name == name:
+                return f
+        return None
+
+    @property
+    def record_size(self) -> int:
+        """Size of the fixed part of a record (header included)."""
+        return max((f.offset + f.size for f in self.common_fields + self.fields), default=0)
+
+    @cached_property
+    def printer(self):  # -> vpmutrace.formats.printfmt.PrintFmt | None
+        """The parsed print fmt, or None when it uses constructs we do not evaluate.
+
+        ``fallback_reason`` then says why; such events keep their raw fields.
+        """
+        from vpmutrace.formats.printfmt import PrintFmt
+
+        try:
+            return PrintFmt.parse(self.print_fmt)
+        except UnsupportedFormat as e:
+            self._fallback_reason = str(e)
+            return None
+
+    @property
+    def fallback_reason(self) -> str | None:
+        _ = self.printer
+        return self._fallback_reason
+
+
+def _parse_decl(decl: str) -> tuple[str, str, int | None, bool, bool, bool]:
+    decl = decl.strip()
+    data_loc = rel_loc = False
+    if decl.startswith("__data_loc "):
+        data_loc, decl = True, decl[len("__data_loc "):]
+    elif decl.startswith("__rel_loc "):
+        rel_loc, decl = True, decl[len("__rel_loc "):]
+    m = _ARRAY_RE.match(decl)
+    array_len: int | None = None
+    if m:
+        base, name, length = m.group("base"), m.group("name"), m.group("len").strip()
+        if length.isdigit():
+            array_len = int(length)
+        elif not (data_loc or rel_loc):
+            array_len = 0  # flexible or symbolic length: sized by "size:"
+    else:
+        m = _NAME_RE.match(decl)
+        if not m:
+            raise ValueError(f"cannot parse field declaration {decl!r}")
+        base, name = m.group("base"), m.group("name")
+    is_ptr = "*" in decl and not (data_loc or rel_loc)
+    return base.strip(), name, array_len, data_loc, rel_loc, is_ptr
+
+
+def parse_format(text: str, system: str = "") -> EventFormat:
+    """Parse one tracefs format description. Raises ValueError with the offending line."""
+    name = ""
+    ev_id = -1
+    fields: list[Field] = []
+    common: list[Field] = []
+    print_fmt = ""
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        s = line.strip()
+        if s.startswith("name:"):
+            name = s[5:].strip()
+        elif s.startswith("ID:"):
+            ev_id = int(s[3:].strip())
+        elif s.startswith("field:") or s.startswith("field special:"):
+            m = _FIELD_RE.match(s.replace("field special:", "field:", 1))
+            if not m:
+                raise ValueError(f"line {i + 1}: malformed field line {s!r}")
+            base, fname, alen, dloc, rloc, ptr = _parse_decl(m.group("decl"))
+            size = int(m.group("size"))
+            if alen == 0:
+                alen = None if size == 0 else size // max(1, _scalar_size(base))
+            signed = m.group("signed") not in (None, "0")
+            f = Field(fname, base, int(m.group("offset")), size, signed, alen, dloc, rloc, ptr)
+            (common if fname.startswith("common_") else fields).append(f)
+        elif s.startswith("print fmt:"):
+            print_fmt = "\n".join([line.split("print fmt:", 1)[1]] + lines[i + 1:]).strip()
+            break
+    if not name:
+        raise ValueError("format has no 'name:' line")
+    return EventFormat(system, name, ev_id, fields, common, print_fmt)
+
+
+def _scalar_size(ctype: str) -> int:
+    t = ctype.replace("unsigned", "").replace("signed", "").replace("const", "").strip()
+    sizes = {"char": 1, "u8": 1, "s8": 1, "__u8": 1, "__s8": 1, "bool": 1, "_Bool": 1,
+             "short": 2, "u16": 2, "s16": 2, "__u16": 2, "__s16": 2,
+             "int": 4, "u32": 4, "s32": 4, "__u32": 4, "__s32": 4, "": 4,
+             "long": 8, "u64": 8, "s64": 8, "__u64": 8, "__s64": 8, "long long": 8}
+    return sizes.get(t, 1)
+
+
+def parse_format_files(texts: dict[str, list[str]]) -> dict[int, EventFormat]:
+    """Parse {system: [format text, ...]} into {event id: EventFormat}."""
+    out: dict[int, EventFormat] = {}
+    for system, items in texts.items():
+        for t in items:
+            fmt = parse_format(t, system)
+            out[fmt.id] = fmt
+    return out
+
+
+_HEADER_FIELD_RE = re.compile(r"field:\s*(?:u64|int|local_t|char|long)\s+(\w+)(?:\[\])?;\s*offset:(\d+);"
+                              r"\s*size:(\d+);")
+
+
+def parse_header_page(text: str) -> dict[str, tuple[int, int]]:
+    """header_page text -> {timestamp|commit|overwrite|data: (offset, size)}."""
+    return {m.group(1): (int(m.group(2)), int(m.group(3))) for m in _HEADER_FIELD_RE.finditer(text)}

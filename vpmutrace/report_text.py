@@ -1,0 +1,61 @@
+"""Plain-text and JSON summaries of a TraceData (what `vpmutrace info` prints)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vpmutrace.tracedata import TraceData
+
+
+def info_dict(td: TraceData) -> dict[str, Any]:
+    m = td.meta
+    span = m.get("time_span_ns")
+    return {
+        "format": m.get("format"),
+        "inputs": m.get("inputs", []),
+        "tool": sorted({i.get("tool", "") for i in m.get("inputs", [])}),
+        "kernel_release": m.get("kernel_release"),
+        "clock": m.get("clock"),
+        "cpus": m.get("cpus"),
+        "sources": m.get("sources", []),
+        "time_span_ns": span,
+        "duration_ns": (span[1] - span[0]) if span else None,
+        "events": m.get("events", {}),
+        "tables": {n: t.num_rows for n, t in sorted(td.tables.items())},
+        "lost_events": m.get("lost_events", 0),
+        "lost_notices": m.get("lost_notices", 0),
+        "unparsed": m.get("unparsed", 0),
+        "fallback_events": m.get("fallback_events", []),
+        "stats": [{"file": e.source_file, "category": e.category, "name": e.name, "count": e.count,
+                   "examples": e.examples} for e in td.stats.entries()],
+        "host": m.get("host"),
+    }
+
+
+def render_info(d: dict[str, Any]) -> str:
+    out: list[str] = []
+    for i in d["inputs"]:
+        out.append(f"input      {i['path']}  ({i['format']}, {i.get('tool') or '?'}, {i.get('size_bytes', 0)} bytes)")
+    out.append(f"kernel     {d['kernel_release'] or 'unknown'}")
+    out.append(f"clock      {d['clock'] or 'unknown'}")
+    out.append(f"cpus       {d['cpus'] if d['cpus'] is not None else 'unknown'}")
+    out.append(f"sources    {', '.join(d['sources']) or '-'}")
+    span = d["time_span_ns"]
+    if span:
+        out.append(f"time span  {span[0] / 1e9:.6f} .. {span[1] / 1e9:.6f} s  ({d['duration_ns'] / 1e6:.3f} ms)")
+    out.append(f"lost       {d['lost_events']} events in {d['lost_notices']} notices")
+    out.append(f"unparsed   {d['unparsed']}")
+    if d["fallback_events"]:
+        out.append(f"fallback   {', '.join(d['fallback_events'])} (print fmt not evaluable; raw fields kept)")
+    out.append("")
+    out.append(f"{'event':<40} {'count':>12}")
+    for name, n in sorted(d["events"].items(), key=lambda kv: (-kv[1], kv[0])):
+        out.append(f"{name:<40} {n:>12}")
+    if d["stats"]:
+        out.append("")
+        out.append("stats (skipped, unparsed, lost, fallbacks):")
+        for s in d["stats"]:
+            out.append(f"  {s['category']:<20} {s['name'] or '-':<28} {s['count']:>10}  {s['file']}")
+            for ex in s["examples"][:3]:
+                out.append(f"      {ex}")
+    return "\n".join(out)

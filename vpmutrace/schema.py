@@ -1,0 +1,274 @@
+"""The data model: every table vpmutrace produces, declared once.
+
+Each event kind gets one Arrow table. All event tables start with the common
+columns; typed columns follow. ``docs/schema.md`` is generated from this module
+(``python -m vpmutrace.schema > docs/schema.md``) so the two cannot drift.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Col:
+    name: str
+    type: pa.DataType
+    doc: str
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    doc: str
+    columns: tuple[Col, ...]
+    # trace event names ("system:event") whose rows go into this table
+    events: tuple[str, ...] = ()
+    common: bool = True  # starts with the COMMON columns
+
+    @property
+    def all_columns(self) -> tuple[Col, ...]:
+        return (COMMON + self.columns) if self.common else self.columns
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.type, c.nullable) for c in self.all_columns])
+
+
+COMMON: tuple[Col, ...] = (
+    Col("ts_ns", pa.int64(), "event time in ns on the trace clock", False),
+    Col("cpu", pa.int32(), "CPU the event was recorded on (null when the text had no CPU column)"),
+    Col("pid", pa.int32(), "thread id (common_pid); for KVM events the vCPU thread"),
+    Col("comm", pa.string(), "task name as the tool printed it or the trace's saved cmdlines"),
+    Col("source", pa.string(), "which trace the row came from: 'host', or the file/instance name "
+                               "when several are merged (host+guest)", False),
+)
+
+
+def _t(name: str, doc: str, events: tuple[str, ...], *cols: Col) -> TableSpec:
+    return TableSpec(name, doc, tuple(cols), events)
+
+
+U8, U16, U32, U64 = pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()
+I32, I64, STR, BOOL = pa.int32(), pa.int64(), pa.string(), pa.bool_()
+
+EVENT_TABLES: tuple[TableSpec, ...] = (
+    _t("kvm_exit", "VM-exits (kvm:kvm_exit).", ("kvm:kvm_exit",),
+       Col("vcpu_id", U32, "vCPU index (null on kernels whose kvm_exit has no vcpu_id)"),
+       Col("exit_reason", U32, "raw exit reason as recorded (VMX: basic reason | flag bits; SVM: exit code)"),
+       Col("reason", STR, "exit reason name from the trace's own print fmt table"),
+       Col("reason_flags", STR, "VMX exit-reason flag names (e.g. FAILED_VMENTRY), empty if none"),
+       Col("isa", U8, "1 = VMX, 2 = SVM (null if the trace does not say)"),
+       Col("guest_rip", U64, "guest RIP at exit"),
+       Col("info1", U64, "exit qualification / EXITINFO1"),
+       Col("info2", U64, "VMX: info2; SVM: EXITINFO2"),
+       Col("intr_info", U32, "VM-exit interruption information"),
+       Col("error_code", U32, "VM-exit interruption error code"),
+       Col("requests", U64, "pending vCPU requests (6.18+)")),
+    _t("kvm_entry", "VM-entries (kvm:kvm_entry).", ("kvm:kvm_entry",),
+       Col("vcpu_id", U32, "vCPU index"),
+       Col("rip", U64, "guest RIP at entry (null on kernels without it)"),
+       Col("immediate_exit", BOOL, "entry requested an immediate exit"),
+       Col("intr_info", U32, "injected event information"),
+       Col("error_code", U32, "injected event error code")),
+    _t("kvm_msr", "Guest MSR accesses KVM handled (kvm:kvm_msr).", ("kvm:kvm_msr",),
+       Col("write", BOOL, "true for WRMSR, false for RDMSR", False),
+       Col("msr", U32, "MSR index (ECX)", False),
+       Col("value", U64, "value written or returned"),
+       Col("gp", BOOL, "the access raised #GP in the guest")),
+    _t("kvm_inj_virq", "Interrupts injected into the guest (kvm:kvm_inj_virq).", ("kvm:kvm_inj_virq",),
+       Col("vector", U32, "interrupt vector", False),
+       Col("soft", BOOL, "software interrupt (INTn)"),
+       Col("reinjected", BOOL, "re-injection of an interrupted delivery")),
+    _t("kvm_apic_accept_irq", "Interrupts accepted by a virtual local APIC.", ("kvm:kvm_apic_accept_irq",),
+       Col("apicid", U32, "destination APIC id", False),
+       Col("vector", U32, "vector", False),
+       Col("delivery_mode", STR, "Fixed, LowPrio, SMI, NMI, INIT, SIPI, ExtINT"),
+       Col("level", BOOL, "level-triggered (false = edge)"),
+       Col("coalesced", BOOL, "older kernels: the IRQ was coalesced")),
+    _t("kvm_pio", "Guest port I/O handled by KVM (kvm:kvm_pio).", ("kvm:kvm_pio",),
+       Col("write", BOOL, "OUT (true) or IN", False),
+       Col("port", U32, "I/O port", False),
+       Col("size", U32, "access size in bytes"),
+       Col("count", U32, "repetitions (string I/O)"),
+       Col("value", U32, "first value (null on kernels without it)")),
+    _t("kvm_cpuid", "Guest CPUID executions (kvm:kvm_cpuid).", ("kvm:kvm_cpuid",),
+       Col("function", U32, "leaf (EAX)", False),
+       Col("index", U32, "subleaf (ECX)"),
+       Col("rax", U64, "returned EAX"), Col("rbx", U64, "returned EBX"),
+       Col("rcx", U64, "returned ECX"), Col("rdx", U64, "returned EDX"),
+       Col("found", BOOL, "KVM had an entry for the leaf"),
+       Col("used_max_basic", BOOL, "KVM answered with the max basic leaf")),
+    _t("kvm_inj_exception", "Exceptions injected into the guest.", ("kvm:kvm_inj_exception",),
+       Col("exception", U8, "vector", False),
+       Col("name", STR, "mnemonic (#GP, #PF, ...)"),
+       Col("has_error", BOOL, "an error code is delivered"),
+       Col("error_code", U32, "error code"),
+       Col("reinjected", BOOL, "re-injection")),
+    _t("kvm_emulate_insn", "Instructions emulated by KVM.", ("kvm:kvm_emulate_insn",),
+       Col("rip", U64, "guest RIP"), Col("csbase", U32, "CS base"),
+       Col("insn", STR, "instruction bytes, hex, space separated"),
+       Col("mode", STR, "real, vm16, prot16, prot32, prot64"),
+       Col("failed", BOOL, "emulation failed")),
+    _t("kvm_userspace_exit", "Exits to the VMM in user space.", ("kvm:kvm_userspace_exit",),
+       Col("reason", U32, "KVM_EXIT_* number (null when errno < 0)"),
+       Col("reason_name", STR, "KVM_EXIT_* name, 'restart' or 'error'"),
+       Col("errno", I32, "negative errno of the KVM_RUN ioctl, 0 on success")),
+    _t("nmi_handler", "NMI handler invocations (nmi:nmi_handler).", ("nmi:nmi_handler",),
+       Col("handler", STR, "handler symbol (e.g. perf_event_nmi_handler) or address"),
+       Col("handler_addr", U64, "handler address when known"),
+       Col("delta_ns", I64, "time spent in the handler"),
+       Col("handled", I32, "number of NMIs the handler claimed")),
+    _t("host_msr", "Host MSR accesses (msr:read_msr, msr:write_msr, msr:rdpmc).",
+       ("msr:read_msr", "msr:write_msr", "msr:rdpmc"),
+       Col("op", STR, "read, write or rdpmc", False),
+       Col("msr", U32, "MSR index (counter index for rdpmc)", False),
+       Col("value", U64, "value"),
+       Col("failed", BOOL, "the access faulted")),
+    _t("sched_switch", "Context switches (sched:sched_switch).", ("sched:sched_switch",),
+       Col("prev_comm", STR, ""), Col("prev_pid", I32, ""), Col("prev_prio", I32, ""),
+       Col("prev_state", STR, "state letters as printed (R, S, D, R+ ...)"),
+       Col("next_comm", STR, ""), Col("next_pid", I32, ""), Col("next_prio", I32, "")),
+    _t("irq_vectors", "x86 interrupt vector entries/exits (irq_vectors:*_entry, *_exit).",
+       ("irq_vectors:*_entry", "irq_vectors:*_exit"),
+       Col("event", STR, "event name, e.g. local_timer_entry", False),
+       Col("vector", I32, "vector number when the event has one")),
+    _t("samples", "perf samples of non-tracepoint events (cycles, cpu-clock, ...).", (),
+       Col("event", STR, "event name as recorded", False),
+       Col("tid", I32, "thread id"),
+       Col("period", U64, "sample period"),
+       Col("ip", U64, "sampled instruction pointer"),
+       Col("sym", STR, "symbol as printed by perf"),
+       Col("dso", STR, "DSO as printed by perf"),
+       Col("cpumode", STR, "kernel, user, hypervisor, guest_kernel, guest_user, unknown"),
+       Col("exact_ip", BOOL, "PERF_RECORD_MISC_EXACT_IP: the IP is precise (no skid)")),
+    _t("events", "Every other event, kept as name + text so nothing is dropped.", (),
+       Col("event", STR, "system:name when the system is known, else name", False),
+       Col("text", STR, "event payload text as printed (or field=value list)")),
+)
+
+META_TABLES: tuple[TableSpec, ...] = (
+    TableSpec("lost", "Data the tracer lost: perf LOST/LOST_SAMPLES, ring-buffer overruns, "
+                      "'[LOST n EVENTS]' lines.", (
+        Col("ts_ns", I64, "time of the loss notice (null when unknown)"),
+        Col("cpu", I32, "CPU (null when unknown)"),
+        Col("kind", STR, "lost_events, lost_samples, throttle, overrun, missing_events", False),
+        Col("count", I64, "events lost (null when the tracer only flagged a loss)"),
+        Col("source", STR, "file", False),
+    ), common=False),
+    TableSpec("stats", "Counts of everything skipped, unparsed, lost or decoded by fallback "
+                       "(one row per file, category and event).", (
+        Col("source_file", STR, "input file", False),
+        Col("category", STR, "unparsed_line, body_unparsed, print_fmt_fallback, lost_events, ...", False),
+        Col("name", STR, "event or record kind", False),
+        Col("count", I64, "how many", False),
+        Col("examples", STR, "first few locations and texts, '; ' separated", False),
+    ), common=False),
+)
+
+ALL_TABLES: dict[str, TableSpec] = {t.name: t for t in EVENT_TABLES + META_TABLES}
+
+
+# irq_vectors events by name, for text traces that print no system (arch/x86/include/asm/trace/irq_vectors.h)
+IRQ_VECTOR_EVENTS = frozenset(
+    f"{v}_{edge}" for edge in ("entry", "exit") for v in (
+        "local_timer", "spurious_apic", "error_apic", "x86_platform_ipi", "irq_work", "reschedule",
+        "call_function", "call_function_single", "threshold_apic", "deferred_error_apic", "thermal_apic"))
+
+
+def table_for_event(system: str | None, name: str) -> str | None:
+    """Name of the typed table an event goes to, or None for the generic ``events`` table.
+
+    ``system`` is None for text traces that print only the event name.
+    """
+    for spec in EVENT_TABLES:
+        for ev in spec.events:
+            sys_, _, pattern = ev.partition(":")
+            if system is None:
+                if "*" not in pattern and pattern == name:
+                    return spec.name
+            elif system == sys_ and fnmatch.fnmatchcase(name, pattern):
+                return spec.name
+    if system is None and name in IRQ_VECTOR_EVENTS:
+        return "irq_vectors"
+    return None
+
+
+def build_table(name: str, columns: dict[str, Any], nrows: int | None = None) -> pa.Table:
+    """Make a table of the declared schema from column data (lists, numpy arrays or Arrow arrays).
+
+    Missing nullable columns are filled with nulls; a column that is declared but
+    missing and not nullable is an error in the reader (a bug, not user input).
+    """
+    spec = ALL_TABLES[name]
+    if nrows is None:
+        nrows = len(next(iter(columns.values()))) if columns else 0
+    arrays = []
+    for col in spec.all_columns:
+        data = columns.get(col.name)
+        if data is None:
+            if not col.nullable:
+                raise ValueError(f"table {name}: column {col.name} is required")
+            arrays.append(pa.nulls(nrows, col.type))
+            continue
+        if isinstance(data, pa.ChunkedArray | pa.Array):
+            arr = data.cast(col.type)
+        else:
+            arr = pa.array(data, type=col.type, from_pandas=True)
+        if len(arr) != nrows:
+            raise ValueError(f"table {name}: column {col.name} has {len(arr)} rows, expected {nrows}")
+        arrays.append(arr)
+    return pa.Table.from_arrays(arrays, schema=spec.arrow_schema)
+
+
+def empty_table(name: str) -> pa.Table:
+    return ALL_TABLES[name].arrow_schema.empty_table()
+
+
+def render_markdown() -> str:
+    out = ["# vpmutrace data model", "",
+           "Generated from `vpmutrace/schema.py` (`python -m vpmutrace.schema`). A dataset is a directory",
+           "with one Parquet file per table (`<table>.parquet`, only tables that have rows) and",
+           "`trace_meta.json`. Timestamps are int64 nanoseconds on the trace clock.", "",
+           "## Common columns of every event table", "",
+           "| column | type | meaning |", "|---|---|---|"]
+    out += [f"| `{c.name}` | {c.type} | {c.doc} |" for c in COMMON]
+    for spec in EVENT_TABLES + META_TABLES:
+        out += ["", f"## `{spec.name}`", "", spec.doc]
+        if spec.events:
+            out += ["", "Events: " + ", ".join(f"`{e}`" for e in spec.events)]
+        out += ["", "| column | type | nullable | meaning |", "|---|---|---|---|"]
+        out += [f"| `{c.name}` | {c.type} | {'yes' if c.nullable else 'no'} | {c.doc} |"
+                for c in spec.columns]
+    out += ["", "## `trace_meta.json`", "",
+            "| key | meaning |", "|---|---|"]
+    out += [f"| `{k}` | {v} |" for k, v in META_KEYS.items()]
+    return "\n".join(out) + "\n"
+
+
+META_KEYS: dict[str, str] = {
+    "schema_version": "version of this data model",
+    "inputs": "list of input files, each with format, tool, size_bytes",
+    "format": "ftrace-text, trace-cmd-report, perf-script, trace.dat, perf.data (or 'mixed')",
+    "tool": "the program that wrote the input, with version when known",
+    "kernel_release": "uname -r of the traced host when the input carries it",
+    "clock": "trace clock (local, global, mono, perf, ...) when known",
+    "cpus": "number of CPUs of the traced host when known, else CPUs seen",
+    "sources": "host/guest/instance names present in the `source` column",
+    "time_span_ns": "[first, last] event timestamps",
+    "events": "rows per event name",
+    "lost_events": "total events reported lost by the tracer",
+    "unparsed": "total input lines/records we could not parse (details in the stats table)",
+    "fallback_events": "events whose print fmt we could not fully evaluate (raw fields kept)",
+    "host": "host snapshot captured with the trace (kernel, kvm params, PMU caps), when present",
+}
+
+SCHEMA_VERSION = 1
+
+if __name__ == "__main__":
+    print(render_markdown(), end="")

@@ -1,0 +1,161 @@
+"""TraceData: the in-memory form of a trace (tables + meta + stats), and its Parquet dataset.
+
+Readers fill a :class:`TraceBuilder` chunk by chunk; :meth:`TraceBuilder.finish`
+yields a :class:`TraceData` whose tables follow ``schema.py``, sorted by time.
+A dataset directory holds ``<table>.parquet`` for each non-empty table and
+``trace_meta.json``; polars, DuckDB and pyarrow read it directly.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vpmutrace.errors import InputError
+from vpmutrace.schema import ALL_TABLES, EVENT_TABLES, SCHEMA_VERSION, build_table, empty_table
+from vpmutrace.stats import Stats
+
+META_FILE = "trace_meta.json"
+
+
+@dataclass
+class TraceData:
+    tables: dict[str, pa.Table]
+    meta: dict[str, Any]
+    stats: Stats = field(default_factory=Stats)
+
+    def df(self, name: str) -> pl.DataFrame:
+        """A table as a polars frame (empty frame of the declared schema when absent)."""
+        t = self.tables.get(name)
+        return pl.from_arrow(t if t is not None else empty_table(name))  # type: ignore[return-value]
+
+    def has(self, name: str) -> bool:
+        t = self.tables.get(name)
+        return t is not None and t.num_rows > 0
+
+    def event_counts(self) -> dict[str, int]:
+        return dict(self.meta.get("events", {}))
+
+    def save(self, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("*.parquet"):
+            old.unlink()
+        for name, t in self.tables.items():
+            if t.num_rows:
+                pq.write_table(t, out / f"{name}.parquet", compression="zstd")
+        stats = stats_table(self.stats)
+        if stats.num_rows:
+            pq.write_table(stats, out / "stats.parquet", compression="zstd")
+        (out / META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+        return out
+
+
+def is_dataset(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / META_FILE).is_file()
+
+
+def load_dataset(path: str | Path) -> TraceData:
+    p = Path(path)
+    try:
+        meta = json.loads((p / META_FILE).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(str(p / META_FILE), f"not a vpmutrace dataset ({e})") from None
+    if meta.get("schema_version") != SCHEMA_VERSION:
+        raise InputError(str(p), f"dataset schema version {meta.get('schema_version')} is not "
+                                 f"{SCHEMA_VERSION}; ingest the trace again")
+    tables: dict[str, pa.Table] = {}
+    stats = Stats()
+    for f in sorted(p.glob("*.parquet")):
+        name = f.stem
+        if name not in ALL_TABLES:
+            continue
+        try:
+            t = pq.read_table(f)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise InputError(str(f), f"unreadable Parquet file ({e})") from None
+        if name == "stats":
+            for row in t.to_pylist():
+                stats.add(row["source_file"], row["category"], row["name"], row["count"])
+                for ex in filter(None, row["examples"].split("; ")):
+                    stats.add(row["source_file"], row["category"], row["name"], 0, ex)
+            continue
+        tables[name] = t.cast(ALL_TABLES[name].arrow_schema)
+    return TraceData(tables, meta, stats)
+
+
+def stats_table(stats: Stats) -> pa.Table:
+    rows = stats.entries()
+    return build_table("stats", {
+        "source_file": [e.source_file for e in rows], "category": [e.category for e in rows],
+        "name": [e.name for e in rows], "count": [e.count for e in rows],
+        "examples": ["; ".join(e.examples) for e in rows]}, len(rows))
+
+
+class TraceBuilder:
+    """Collects column chunks per table from one or more readers."""
+
+    def __init__(self) -> None:
+        self.chunks: dict[str, list[pa.Table]] = {}
+        self.stats = Stats()
+        self.meta: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "inputs": []}
+        self.event_counts: Counter[str] = Counter()
+        self.lost_rows: list[dict[str, Any]] = []
+
+    def add(self, table: str, columns: dict[str, Any], n: int, event: str | None = None) -> None:
+        if n == 0:
+            return
+        self.chunks.setdefault(table, []).append(build_table(table, columns, n))
+        if event is not None:
+            self.event_counts[event] += n
+
+    def add_lost(self, source: str, kind: str, count: int | None, ts_ns: int | None = None,
+                 cpu: int | None = None, where: str | None = None) -> None:
+        self.lost_rows.append({"ts_ns": ts_ns, "cpu": cpu, "kind": kind, "count": count, "source": source})
+        self.stats.add(source, kind, "", count if count is not None else 1, where)
+
+    def finish(self) -> TraceData:
+        tables: dict[str, pa.Table] = {}
+        for name, parts in self.chunks.items():
+            t = pa.concat_tables(parts)
+            if name in {s.name for s in EVENT_TABLES}:
+                t = t.sort_by([("ts_ns", "ascending")])
+            tables[name] = t
+        if self.lost_rows:
+            cols = {k: [r[k] for r in self.lost_rows] for k in ("ts_ns", "cpu", "kind", "count", "source")}
+            tables["lost"] = build_table("lost", cols, len(self.lost_rows))
+        meta = self.meta
+        meta["events"] = dict(sorted(self.event_counts.items()))
+        first = [t.column("ts_ns")[0].as_py() for n, t in tables.items() if n not in ("lost",) and t.num_rows]
+        last = [t.column("ts_ns")[-1].as_py() for n, t in tables.items() if n not in ("lost",) and t.num_rows]
+        meta["time_span_ns"] = [min(first), max(last)] if first else None
+        meta["lost_events"] = sum(r["count"] or 0 for r in self.lost_rows)
+        meta["lost_notices"] = len(self.lost_rows)
+        meta["unparsed"] = self.stats.total("unparsed_line") + self.stats.total("body_unparsed") \
+            + self.stats.total("unparsed_record")
+        meta["fallback_events"] = sorted({e.name for e in self.stats.entries()
+                                          if e.category == "print_fmt_fallback"})
+        sources: set[str] = set()
+        cpus: set[int] = set()
+        for name, t in tables.items():
+            if name in ("lost",):
+                continue
+            sources.update(pl.from_arrow(t.select(["source"])).to_series().unique().to_list())
+            cpus.update(c for c in pl.from_arrow(t.select(["cpu"])).to_series().unique().to_list()
+                        if c is not None)
+        meta["sources"] = sorted(sources)
+        meta.setdefault("cpus", None)
+        if meta["cpus"] is None and cpus:
+            meta["cpus_seen"] = sorted(cpus)
+            meta["cpus"] = len(cpus)
+        fmts = {i["format"] for i in meta["inputs"]}
+        meta["format"] = fmts.pop() if len(fmts) == 1 else "mixed"
+        return TraceData(tables, meta, self.stats)

@@ -1,0 +1,198 @@
+"""Raw tracepoint fields -> typed table columns (binary inputs and '[FAILED TO PARSE]' text).
+
+Field names differ across kernels (kvm_msr ``write`` was ``rw``; kvm_pio gained
+``val``; kvm_exit gained ``isa``, ``vcpu_id``, ``requests``), so each column lists
+the field names it may come from. Names printed from symbol tables (exit reasons,
+exception mnemonics) are evaluated from the event's own print fmt, once per
+distinct combination of the fields they read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from vpmutrace.formats.event_format import EventFormat
+from vpmutrace.formats.known import VMX_REASON_FLAGS
+
+# table -> {column: (field names to try, in order)}
+FIELD_MAP: dict[str, dict[str, tuple[str, ...]]] = {
+    "kvm_exit": {"vcpu_id": ("vcpu_id",), "exit_reason": ("exit_reason",), "isa": ("isa",),
+                 "guest_rip": ("guest_rip",), "info1": ("info1",), "info2": ("info2",),
+                 "intr_info": ("intr_info",), "error_code": ("error_code",), "requests": ("requests",)},
+    "kvm_entry": {"vcpu_id": ("vcpu_id",), "rip": ("rip",), "immediate_exit": ("immediate_exit",),
+                  "intr_info": ("intr_info",), "error_code": ("error_code",)},
+    "kvm_msr": {"write": ("write", "rw"), "msr": ("ecx", "index"), "value": ("data",),
+                "gp": ("exception",)},
+    "kvm_inj_virq": {"vector": ("vector", "irq"), "soft": ("soft",), "reinjected": ("reinjected",)},
+    "kvm_apic_accept_irq": {"apicid": ("apicid",), "vector": ("vec", "vector"), "coalesced": ("coalesced",)},
+    "kvm_pio": {"write": ("rw",), "port": ("port",), "size": ("size",), "count": ("count",),
+                "value": ("val",)},
+    "kvm_cpuid": {"function": ("function",), "index": ("index",), "rax": ("rax",), "rbx": ("rbx",),
+                  "rcx": ("rcx",), "rdx": ("rdx",), "found": ("found",), "used_max_basic": ("used_max_basic",)},
+    "kvm_inj_exception": {"exception": ("exception",), "has_error": ("has_error",),
+                          "error_code": ("error_code",), "reinjected": ("reinjected",)},
+    "kvm_emulate_insn": {"rip": ("rip",), "csbase": ("csbase",), "failed": ("failed",)},
+    "kvm_userspace_exit": {"errno": ("errno",)},
+    "nmi_handler": {"handler_addr": ("handler",), "delta_ns": ("delta_ns",), "handled": ("handled",)},
+    "host_msr": {"msr": ("msr",), "value": ("val",), "failed": ("failed",)},
+    "sched_switch": {"prev_comm": ("prev_comm",), "prev_pid": ("prev_pid",), "prev_prio": ("prev_prio",),
+                     "next_comm": ("next_comm",), "next_pid": ("next_pid",), "next_prio": ("next_prio",)},
+    "irq_vectors": {"vector": ("vector",)},
+}
+
+
+def _first(cols: dict[str, Any], names: tuple[str, ...]) -> Any:
+    for n in names:
+        if n in cols:
+            return cols[n]
+    return None
+
+
+def eval_unique(fmt: EventFormat | None, k: int | None, cols: dict[str, Any], n: int,
+                joined: bool = False) -> list[str | None] | None:
+    """Evaluate print fmt argument ``k`` for every row, once per distinct input tuple.
+
+    With ``joined``, the following ``%s`` arguments that print directly after it
+    (no literal in between) are appended, as they appear in the printed text.
+    """
+    if fmt is None or k is None or fmt.printer is None:
+        return None
+    p = fmt.printer
+    ks = [k]
+    if joined:
+        conv_idx = [i for i, c in enumerate(p.convs) if c.conv != "%"]
+        j = conv_idx.index(k) if k < len(conv_idx) else -1
+        while j >= 0 and j + 1 < len(conv_idx) and p.convs[conv_idx[j + 1]].literal == "" \
+                and p.convs[conv_idx[j + 1]].conv == "s":
+            j += 1
+            ks.append(j)
+    used = sorted(set().union(*(p.fields_used(p.args[i]) for i in ks)))
+    if any(u not in cols for u in used):
+        return None
+    keys = [cols[u].tolist() if isinstance(cols[u], np.ndarray) else cols[u] for u in used]
+    cache: dict[tuple, str | None] = {}
+    out: list[str | None] = []
+    from vpmutrace.errors import UnsupportedFormat
+    for tup in zip(*keys, strict=True) if used else [()] * n:
+        v = cache.get(tup, _MISSING)
+        if v is _MISSING:
+            rec = dict(zip(used, tup, strict=True))
+            try:
+                v = "".join(str(p.eval_arg(i, rec)) for i in ks)
+            except (UnsupportedFormat, IndexError, TypeError, ValueError):
+                v = None
+            cache[tup] = v
+        out.append(v)
+    return out
+
+
+_MISSING = object()
+
+
+def split_reason(joined: list[str | None]) -> tuple[list[str | None], list[str]]:
+    """'INVALID_STATE FAILED_VMENTRY' -> ('INVALID_STATE', 'FAILED_VMENTRY')."""
+    reasons: list[str | None] = []
+    flags: list[str] = []
+    for s in joined:
+        if s is None:
+            reasons.append(None)
+            flags.append("")
+            continue
+        words = s.split(" ")
+        k = len(words)
+        while k > 1 and words[k - 1] in VMX_REASON_FLAGS:
+            k -= 1
+        reasons.append(" ".join(words[:k]))
+        flags.append(" ".join(words[k:]))
+    return reasons, flags
+
+
+def _as_bool(v: Any) -> Any:
+    return v.astype(bool) if isinstance(v, np.ndarray) else v
+
+
+Deriver = Callable[[EventFormat | None, dict[str, Any], dict[str, Any], int, Callable[[int], str | None] | None],
+                   None]
+
+
+def _d_kvm_exit(fmt, cols, out, n, sym) -> None:
+    k = fmt.printer.arg_after("reason ") if fmt and fmt.printer else None
+    joined = eval_unique(fmt, k, cols, n, joined=True)
+    if joined is not None:
+        out["reason"], out["reason_flags"] = split_reason(joined)
+
+
+def _d_apic_accept(fmt, cols, out, n, sym) -> None:
+    k = fmt.printer.arg_after("(") if fmt and fmt.printer else None
+    out["delivery_mode"] = eval_unique(fmt, k, cols, n)
+    if "tm" in cols:
+        out["level"] = _as_bool(cols["tm"])
+
+
+def _d_inj_exception(fmt, cols, out, n, sym) -> None:
+    out["name"] = eval_unique(fmt, 0, cols, n)
+
+
+def _d_emulate(fmt, cols, out, n, sym) -> None:
+    insn, ln = cols.get("insn"), cols.get("len")
+    if insn is not None and ln is not None:
+        lens = ln.tolist() if isinstance(ln, np.ndarray) else ln
+        out["insn"] = [" ".join(f"{b:02x}" for b in bytes(i)[:m]) for i, m in zip(insn, lens, strict=True)]
+    k = fmt.printer.arg_after("(") if fmt and fmt.printer else None
+    out["mode"] = eval_unique(fmt, k, cols, n)
+
+
+def _d_userspace_exit(fmt, cols, out, n, sym) -> None:
+    out["reason_name"] = eval_unique(fmt, 0, cols, n)
+    if "reason" in cols and "errno" in cols:
+        reason = np.asarray(cols["reason"], dtype=np.int64)
+        errno = np.asarray(cols["errno"], dtype=np.int64)
+        out["reason"] = [None if e < 0 else int(r) for r, e in zip(reason.tolist(), errno.tolist(), strict=True)]
+
+
+def _d_nmi(fmt, cols, out, n, sym) -> None:
+    addrs = cols.get("handler")
+    if addrs is None:
+        return
+    vals = addrs.tolist() if isinstance(addrs, np.ndarray) else list(addrs)
+    names: dict[int, str] = {}
+    for a in set(vals):
+        names[a] = (sym(a) if sym else None) or f"0x{a:x}"
+    out["handler"] = [names[a] for a in vals]
+
+
+def _d_sched(fmt, cols, out, n, sym) -> None:
+    k = fmt.printer.arg_after("prev_state=") if fmt and fmt.printer else None
+    out["prev_state"] = eval_unique(fmt, k, cols, n, joined=True)
+
+
+DERIVE: dict[str, Deriver] = {
+    "kvm_exit": _d_kvm_exit, "kvm_apic_accept_irq": _d_apic_accept,
+    "kvm_inj_exception": _d_inj_exception, "kvm_emulate_insn": _d_emulate,
+    "kvm_userspace_exit": _d_userspace_exit, "nmi_handler": _d_nmi, "sched_switch": _d_sched,
+}
+
+
+def typed_columns(table: str, event_name: str, fmt: EventFormat | None, cols: dict[str, Any], n: int,
+                  symbols: Callable[[int], str | None] | None = None) -> dict[str, Any]:
+    """Map decoded fields of one event to its table's columns (common columns excluded)."""
+    out: dict[str, Any] = {}
+    for col, names in FIELD_MAP.get(table, {}).items():
+        v = _first(cols, names)
+        if v is not None:
+            out[col] = v
+    for b in ("write", "gp", "soft", "reinjected", "found", "used_max_basic", "has_error", "failed",
+              "immediate_exit", "coalesced"):
+        if b in out:
+            out[b] = _as_bool(out[b])
+    if table == "host_msr":
+        out["op"] = [{"read_msr": "read", "write_msr": "write"}.get(event_name, event_name)] * n
+    if table == "irq_vectors":
+        out["event"] = [event_name] * n
+    derive = DERIVE.get(table)
+    if derive is not None:
+        derive(fmt, cols, out, n, symbols)
+    return out
