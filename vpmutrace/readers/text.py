@@ -8,6 +8,7 @@ vectorised with polars regexes.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import polars as pl
 from vpmutrace.errors import InputError
 from vpmutrace.formats.known import reference_formats
 from vpmutrace.readers.text_events import PATTERNS, convert
-from vpmutrace.schema import table_for_event
+from vpmutrace.schema import ALL_TABLES, table_for_event
 from vpmutrace.tracedata import TraceBuilder
 from vpmutrace.typed_fields import typed_columns
 
@@ -160,6 +161,8 @@ def _emit_events(ev: pl.DataFrame, flavor: str, src_file: str, builder: TraceBui
     common = ["ts_ns", "cpu", "pid", "comm", "source"]
     for (system, name), grp in ev.group_by(["system", "evname"], maintain_order=True):
         table = table_for_event(system, name)
+        if system is None and table is not None:
+            system = _system_of(table, name)
         full = f"{system}:{name}" if system else name
         if table is None:
             _emit_generic(grp, full, builder)
@@ -209,7 +212,7 @@ def _emit_unmatched(rows: pl.DataFrame, table: str, system: str | None, name: st
         for k, v in fields.items():
             if all(isinstance(x, int) for x in v):
                 fields[k] = np.array(v, dtype=np.int64 if min(v, default=0) < 0 else np.uint64)
-        ref = reference_formats().get(f"{system or _guess_system(name)}:{name}")
+        ref = reference_formats().get(f"{system}:{name}")
         cols = typed_columns(table, name, ref, fields, failed.height)
         cols.update({c: _arrow(failed[c]) for c in ("ts_ns", "cpu", "pid", "comm", "source")})
         builder.add(table, cols, failed.height, full)
@@ -223,8 +226,13 @@ def _emit_unmatched(rows: pl.DataFrame, table: str, system: str | None, name: st
         _emit_generic(other, full, builder)
 
 
-def _guess_system(name: str) -> str:
-    return "kvm" if name.startswith("kvm_") else ""
+def _system_of(table: str, name: str) -> str | None:
+    """The tracepoint system of a typed event seen without one (ftrace / trace-cmd text)."""
+    for ev in ALL_TABLES[table].events:
+        sys_, _, pat = ev.partition(":")
+        if fnmatch.fnmatchcase(name, pat):
+            return sys_
+    return None
 
 
 def _int_or_str(v: str | None) -> Any:

@@ -1,0 +1,92 @@
+"""Binary tracepoint payloads (from ring-buffer pages or perf RAW samples) -> tables.
+
+Records are grouped by ``common_type``; each group is decoded with its own format
+(``formats/decode.py``) and mapped to a typed table, or kept in ``events`` with
+its print fmt rendered, so nothing is dropped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from vpmutrace.errors import UnsupportedFormat
+from vpmutrace.formats.decode import decode_fields, gather, row_dicts
+from vpmutrace.formats.event_format import EventFormat
+from vpmutrace.schema import table_for_event
+from vpmutrace.tracedata import TraceBuilder
+from vpmutrace.typed_fields import typed_columns
+
+
+def comms_for(pids: np.ndarray, cmdlines: dict[int, str]) -> list[str | None]:
+    uniq, inv = np.unique(pids, return_inverse=True)
+    names = [cmdlines.get(int(p)) if int(p) != 0 else "<idle>" for p in uniq]
+    return [names[i] for i in inv.tolist()]
+
+
+def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.ndarray, offsets: np.ndarray,
+                  lengths: np.ndarray, ts_ns: np.ndarray, cpu: np.ndarray, formats: dict[int, EventFormat],
+                  byteorder: str, cmdlines: dict[int, str], symbols: Callable[[int], str | None] | None,
+                  comm: list[str | None] | None = None, pid: np.ndarray | None = None) -> None:
+    """Decode and add every payload. ``comm``/``pid`` override the trace's own (perf COMM tracking)."""
+    n = len(offsets)
+    if n == 0:
+        return
+    types = gather(buf, offsets, 2, lengths).view(np.dtype(f"{byteorder}u2")).reshape(n).astype(np.int64)
+    for t in np.unique(types).tolist():
+        idx = np.nonzero(types == t)[0]
+        fmt = formats.get(int(t))
+        common: dict[str, Any] = {"ts_ns": ts_ns[idx], "cpu": cpu[idx], "source": [source] * len(idx)}
+        if fmt is None:
+            builder.stats.add(src_file, "unparsed_record", f"event id {t}", len(idx),
+                              f"no format for event id {t} (first at ts {int(ts_ns[idx[0]])})")
+            common.update(event=[f"unknown:{t}"] * len(idx), text=[""] * len(idx))
+            common["pid"] = pid[idx] if pid is not None else None
+            builder.add("events", common, len(idx), f"unknown:{t}")
+            continue
+        cols = decode_fields(fmt, buf, offsets[idx], lengths[idx], byteorder)
+        pids = cols.get("common_pid")
+        if pid is not None:
+            common["pid"] = pid[idx]
+        elif pids is not None:
+            common["pid"] = pids.astype(np.int32)
+        if comm is not None:
+            common["comm"] = [comm[i] for i in idx.tolist()]
+        elif pids is not None:
+            common["comm"] = comms_for(pids, cmdlines)
+        if fmt.fallback_reason:
+            builder.stats.add(src_file, "print_fmt_fallback", fmt.full_name, len(idx), fmt.fallback_reason)
+        table = table_for_event(fmt.system, fmt.name)
+        if table is not None:
+            common.update(typed_columns(table, fmt.name, fmt, cols, len(idx), symbols))
+            builder.add(table, common, len(idx), fmt.full_name)
+            continue
+        common["event"] = [fmt.full_name] * len(idx)
+        common["text"] = render_rows(fmt, cols, len(idx), symbols)
+        builder.add("events", common, len(idx), fmt.full_name)
+
+
+def render_rows(fmt: EventFormat, cols: dict[str, Any], n: int,
+                symbols: Callable[[int], str | None] | None) -> list[str]:
+    rows = row_dicts({k: v for k, v in cols.items() if not k.startswith("common_")}, n)
+    p = fmt.printer
+    out: list[str] = []
+    for r in rows:
+        text = None
+        if p is not None:
+            try:
+                text = p.render(r, symbols)
+            except (UnsupportedFormat, IndexError, TypeError, ValueError, OverflowError):
+                text = None
+        if text is None:
+            text = " ".join(f"{k}={_show(v)}" for k, v in r.items())
+        out.append(text)
+    return out
+
+
+def _show(v: Any) -> str:
+    if isinstance(v, bytes):
+        return v.hex()
+    return str(v)
