@@ -22,6 +22,7 @@ from vpmutrace.readers.binio import Cursor
 from vpmutrace.readers.payloads import emit_payloads
 from vpmutrace.readers.ringbuf import walk_pages
 from vpmutrace.tracedata import TraceBuilder
+from vpmutrace.writers.trace_dat import BufferData, TraceDatContent
 
 MAGIC = b"\x17\x08\x44tracing"
 
@@ -137,6 +138,8 @@ def _read_v6(c: Cursor, td: TraceDat) -> None:
     td.buffers.append(Buffer("", td.options.get("clock"), cpus))
     for name, off in extra_buffers:
         bc = Cursor(c.data, td.path, off, td.endian, what=f"buffer {name}")
+        if bytes(c.data[off:off + 10]) == b"flyrecord\0":
+            bc.pos += 10
         td.buffers.append(Buffer(name, td.options.get("clock"),
                                  [CpuData(i, *bc.unpack("QQ")) for i in range(td.ncpus)]))
 
@@ -323,3 +326,20 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str) -> None:
             n = len(walk.offsets)
             emit_payloads(b, td.path, src, data, walk.offsets, walk.lengths, _to_ns(walk.ts, td),
                           np.full(n, cd.cpu, dtype=np.int32), t.formats, td.endian, t.cmdlines, t.kallsyms)
+
+
+def content_of(path: str | Path) -> TraceDatContent:
+    """Everything needed to write the same trace again (for re-encoding: v6/v7, other codecs)."""
+    b = TraceBuilder()
+    td = read_trace_dat(path, b)
+    raw = Path(path).read_bytes()
+    r = td.tracing.raw
+    buffers = [BufferData(x.name, x.clock or td.options.get("clock") or "local",
+                          {cd.cpu: _cpu_bytes(raw, td, cd).tobytes() for cd in x.cpus}) for x in td.buffers]
+    return TraceDatContent(
+        page_size=td.page_size, header_page=r.get("header_page", b""), header_event=r.get("header_event", b""),
+        ftrace_formats=list(r["ftrace"]), event_formats=dict(r["events"]), kallsyms=r.get("kallsyms", b""),
+        printk=r.get("printk", b""), cmdlines=r.get("cmdlines", b""), buffers=buffers,
+        uname=td.options.get("uname", ""), trace_clock=td.options.get("trace_clock_file", ""),
+        cpustat=list(td.cpustat), cpucount=td.options.get("cpucount") or td.ncpus,
+        tool_version=td.options.get("tracecmd_version", ""), long_size=td.long_size)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
+from typing import Any
 
 from vpmutrace.errors import InputError
 from vpmutrace.formats.event_format import EventFormat, parse_format, parse_header_page
@@ -23,6 +24,8 @@ class TracingData:
     kallsyms: Kallsyms | None = None
     cmdlines: dict[int, str] = field(default_factory=dict)
     bad_formats: list[str] = field(default_factory=list)
+    # the texts as stored, so a file can be re-written (writers/trace_dat.py)
+    raw: dict[str, Any] = field(default_factory=lambda: {"ftrace": [], "events": {}})
 
 
 class Kallsyms:
@@ -54,9 +57,10 @@ class Kallsyms:
 def read_header_info(c: Cursor, td: TracingData) -> None:
     c.expect(b"header_page\0", "header_page tag")
     size = c.u64()
-    td.header_page = parse_header_page(c.bytes(size).decode("utf-8", "replace"))
+    td.raw["header_page"] = c.bytes(size)
+    td.header_page = parse_header_page(td.raw["header_page"].decode("utf-8", "replace"))
     c.expect(b"header_event\0", "header_event tag")
-    c.bytes(c.u64())
+    td.raw["header_event"] = c.bytes(c.u64())
 
 
 def _add_format(td: TracingData, text: bytes, system: str, path: str) -> None:
@@ -70,29 +74,34 @@ def _add_format(td: TracingData, text: bytes, system: str, path: str) -> None:
 
 def read_ftrace_formats(c: Cursor, td: TracingData) -> None:
     for _ in range(c.u32()):
-        _add_format(td, c.bytes(c.u64()), "ftrace", c.path)
+        text = c.bytes(c.u64())
+        td.raw["ftrace"].append(text)
+        _add_format(td, text, "ftrace", c.path)
 
 
 def read_event_formats(c: Cursor, td: TracingData) -> None:
     for _ in range(c.u32()):
         system = c.cstr()
         for _ in range(c.u32()):
-            _add_format(td, c.bytes(c.u64()), system, c.path)
+            text = c.bytes(c.u64())
+            td.raw["events"].setdefault(system, []).append(text)
+            _add_format(td, text, system, c.path)
 
 
 def read_kallsyms(c: Cursor, td: TracingData) -> None:
     size = c.u32()
+    td.raw["kallsyms"] = c.bytes(size)
     if size:
-        td.kallsyms = Kallsyms(c.bytes(size).decode("utf-8", "replace"))
+        td.kallsyms = Kallsyms(td.raw["kallsyms"].decode("utf-8", "replace"))
 
 
 def read_printk(c: Cursor, td: TracingData) -> None:
-    c.bytes(c.u32())
+    td.raw["printk"] = c.bytes(c.u32())
 
 
 def read_cmdlines(c: Cursor, td: TracingData) -> None:
-    size = c.u64()
-    for line in c.bytes(size).decode("utf-8", "replace").splitlines():
+    td.raw["cmdlines"] = c.bytes(c.u64())
+    for line in td.raw["cmdlines"].decode("utf-8", "replace").splitlines():
         pid, _, comm = line.strip().partition(" ")
         if pid.lstrip("-").isdigit():
             td.cmdlines[int(pid)] = comm

@@ -1,0 +1,484 @@
+"""perf.data reader (file and pipe mode), per tools/perf/Documentation/perf.data-file-format.txt
+and include/uapi/linux/perf_event.h.
+
+Tracepoint samples (attr.type == PERF_TYPE_TRACEPOINT) have their RAW payload
+decoded with the format files of the file's own HEADER_TRACING_DATA; other samples
+go to the ``samples`` table. LOST, LOST_SAMPLES and THROTTLE records go to the
+``lost`` table. A file whose header says data size 0 (``perf record`` killed) or
+whose last record is cut off is salvaged up to the damage and reported as partial.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vpmutrace.errors import InputError
+from vpmutrace.readers import perf_walk as pw
+from vpmutrace.readers import tracing_data as tdmod
+from vpmutrace.readers.binio import Cursor
+from vpmutrace.readers.payloads import emit_payloads
+from vpmutrace.tracedata import TraceBuilder
+
+PERF_TYPE_TRACEPOINT = 2
+REC_MMAP, REC_LOST, REC_COMM, REC_EXIT, REC_THROTTLE, REC_UNTHROTTLE, REC_FORK = 1, 2, 3, 4, 5, 6, 7
+REC_SAMPLE, REC_LOST_SAMPLES = 9, 13
+REC_HEADER_ATTR, REC_HEADER_EVENT_TYPE, REC_HEADER_TRACING_DATA = 64, 65, 66
+REC_FINISHED_ROUND, REC_ID_INDEX, REC_HEADER_FEATURE, REC_COMPRESSED, REC_COMPRESSED2 = 68, 69, 80, 81, 83
+
+FEAT_TRACING_DATA, FEAT_HOSTNAME, FEAT_OSRELEASE, FEAT_VERSION, FEAT_ARCH, FEAT_NRCPUS = 1, 3, 4, 5, 6, 7
+FEAT_CPUDESC, FEAT_CPUID, FEAT_TOTAL_MEM, FEAT_CMDLINE, FEAT_EVENT_DESC = 8, 9, 10, 11, 12
+FEAT_PMU_MAPPINGS, FEAT_CLOCKID, FEAT_COMPRESSED, FEAT_CPU_PMU_CAPS, FEAT_HYBRID_TOPOLOGY, FEAT_PMU_CAPS = \
+    16, 23, 27, 28, 30, 31
+
+# record types (perf_event.h, tools/lib/perf/include/perf/event.h): the ones that carry
+# meaning for us are decoded; the rest (maps, symbols, stat, aux) are counted in meta only
+RECORD_NAMES = {
+    1: "MMAP", 2: "LOST", 3: "COMM", 4: "EXIT", 5: "THROTTLE", 6: "UNTHROTTLE", 7: "FORK", 8: "READ",
+    9: "SAMPLE", 10: "MMAP2", 11: "AUX", 12: "ITRACE_START", 13: "LOST_SAMPLES", 14: "SWITCH",
+    15: "SWITCH_CPU_WIDE", 16: "NAMESPACES", 17: "KSYMBOL", 18: "BPF_EVENT", 19: "CGROUP", 20: "TEXT_POKE",
+    21: "AUX_OUTPUT_HW_ID", 22: "CALLCHAIN_DEFERRED", 64: "HEADER_ATTR", 65: "HEADER_EVENT_TYPE",
+    66: "HEADER_TRACING_DATA", 67: "HEADER_BUILD_ID", 68: "FINISHED_ROUND", 69: "ID_INDEX",
+    70: "AUXTRACE_INFO", 71: "AUXTRACE", 72: "AUXTRACE_ERROR", 73: "THREAD_MAP", 74: "CPU_MAP",
+    75: "STAT_CONFIG", 76: "STAT", 77: "STAT_ROUND", 78: "EVENT_UPDATE", 79: "TIME_CONV",
+    80: "HEADER_FEATURE", 81: "COMPRESSED", 82: "FINISHED_INIT", 83: "COMPRESSED2",
+}
+
+CPUMODES = {0: "unknown", 1: "kernel", 2: "user", 3: "hypervisor", 4: "guest_kernel", 5: "guest_user"}
+MISC_EXACT_IP = 1 << 14
+
+SAMPLE_ID_ORDER = ((pw.S_TID, "tid"), (pw.S_TIME, "time"), (pw.S_ID, "id"), (pw.S_STREAM_ID, "stream_id"),
+                   (pw.S_CPU, "cpu"), (pw.S_IDENTIFIER, "identifier"))
+
+
+@dataclass
+class Attr:
+    type: int
+    config: int
+    sample_type: int
+    read_format: int
+    flags: int
+    branch_sample_type: int = 0
+    sample_regs_user: int = 0
+    sample_regs_intr: int = 0
+    ids: list[int] = field(default_factory=list)
+    name: str | None = None
+
+    @property
+    def sample_id_all(self) -> bool:
+        return bool(self.flags >> 18 & 1)
+
+    @property
+    def exclude_guest(self) -> bool:
+        return bool(self.flags >> 20 & 1)
+
+    @property
+    def exclude_host(self) -> bool:
+        return bool(self.flags >> 19 & 1)
+
+    @property
+    def precise_ip(self) -> int:
+        return self.flags >> 15 & 3
+
+
+def parse_attr(data: bytes) -> Attr:
+    """perf_event_attr of any ABI version (size 64..136+); absent tail fields read as 0."""
+    d = data + bytes(max(0, 136 - len(data)))
+    typ, _size, config, _period, st, rf, flags = struct.unpack_from("<IIQQQQQ", d, 0)
+    bst, regs_user = struct.unpack_from("<QQ", d, 72)
+    regs_intr = struct.unpack_from("<Q", d, 96)[0]
+    return Attr(typ, config, st, rf, flags, bst, regs_user, regs_intr)
+
+
+@dataclass
+class PerfFile:
+    path: str
+    pipe: bool
+    attrs: list[Attr] = field(default_factory=list)
+    tracing: tdmod.TracingData | None = None
+    features: dict[str, Any] = field(default_factory=dict)
+    partial: str | None = None
+
+
+def _perf_string(c: Cursor) -> str:
+    n = c.u32()
+    return c.bytes(n).split(b"\0", 1)[0].decode("utf-8", "replace")
+
+
+def _parse_feature(pf: PerfFile, feat: int, data: bytes) -> None:
+    c = Cursor(data, pf.path, what=f"feature {feat}")
+    f = pf.features
+    try:
+        if feat == FEAT_TRACING_DATA:
+            pf.tracing, *_ = tdmod.read_tracing_block(c)
+        elif feat in (FEAT_HOSTNAME, FEAT_OSRELEASE, FEAT_VERSION, FEAT_ARCH, FEAT_CPUDESC, FEAT_CPUID):
+            key = {FEAT_HOSTNAME: "hostname", FEAT_OSRELEASE: "os_release", FEAT_VERSION: "perf_version",
+                   FEAT_ARCH: "arch", FEAT_CPUDESC: "cpu_desc", FEAT_CPUID: "cpuid"}[feat]
+            f[key] = _perf_string(c)
+        elif feat == FEAT_NRCPUS:
+            f["nr_cpus_available"], f["nr_cpus_online"] = c.unpack("II")
+        elif feat == FEAT_TOTAL_MEM:
+            f["total_mem_kb"] = c.u64()
+        elif feat == FEAT_CMDLINE:
+            f["cmdline"] = " ".join(_perf_string(c) for _ in range(c.u32()))
+        elif feat == FEAT_EVENT_DESC:
+            nr, attr_size = c.unpack("II")
+            descs = []
+            for _ in range(nr):
+                attr = parse_attr(c.bytes(attr_size))
+                nids = c.u32()
+                name = _perf_string(c)
+                ids = list(c.unpack(f"{nids}Q")) if nids else []
+                descs.append((attr, name, ids))
+            f["event_desc"] = [{"name": n, "ids": i, "type": a.type, "config": a.config} for a, n, i in descs]
+        elif feat == FEAT_PMU_MAPPINGS:
+            f["pmu_mappings"] = {str(c.u32()): _perf_string(c) for _ in range(c.u32())}
+        elif feat == FEAT_CLOCKID:
+            f["clockid_res_ns"] = c.u64()
+        elif feat == FEAT_COMPRESSED:
+            ver, typ, level, ratio, mmap_len = c.unpack("IIIII")
+            f["compressed"] = {"version": ver, "type": typ, "level": level, "ratio": ratio}
+        elif feat == FEAT_CPU_PMU_CAPS:
+            f["cpu_pmu_caps"] = dict((_perf_string(c), _perf_string(c)) for _ in range(c.u32()))
+        elif feat == FEAT_PMU_CAPS:
+            pmus: dict[str, dict[str, str]] = {}
+            for _ in range(c.u32()):
+                caps = dict((_perf_string(c), _perf_string(c)) for _ in range(c.u32()))
+                pmus[_perf_string(c)] = caps
+            f["pmu_caps"] = pmus
+        elif feat == FEAT_HYBRID_TOPOLOGY:
+            f["hybrid_topology"] = {_perf_string(c): _perf_string(c) for _ in range(c.u32())}
+    except InputError as e:
+        f.setdefault("unreadable_features", []).append(f"{feat}: {e.what}")
+
+
+def read_perf_data(path: str | Path, builder: TraceBuilder, source: str = "host") -> PerfFile:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise InputError(str(p), f"cannot read: {e.strerror}") from None
+    if raw[:8] == b"2ELIFREP":
+        raise InputError(str(p), "big-endian perf.data is not supported", "offset 0")
+    c = Cursor(memoryview(raw), str(p), what="perf header")
+    c.expect(b"PERFILE2", "perf.data magic")
+    hsize = c.u64()
+    pf = PerfFile(str(p), pipe=hsize == 16)
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    if pf.pipe:
+        start, end = 16, len(raw)
+    else:
+        if hsize < 104:
+            raise c.fail(f"header size {hsize} is neither 16 (pipe) nor >= 104 (file)")
+        attr_size = c.u64()
+        a_off, a_size, d_off, d_size, _et_off, _et_size = c.unpack("QQQQQQ")
+        flags = c.unpack("QQQQ")
+        feat_bits = [i for i in range(256) if flags[i // 64] >> (i % 64) & 1]
+        _read_attrs(c, pf, a_off, a_size, attr_size)
+        start = d_off
+        if d_size == 0 and len(raw) > d_off:
+            pf.partial = "header data size is 0 (perf record did not finish); read records to the end of file"
+            end = len(raw)
+            feat_bits = []
+        else:
+            end = d_off + d_size
+            if end > len(raw):
+                pf.partial = f"data section ends at {end}, past the end of the file ({len(raw)} bytes)"
+                end = len(raw)
+                feat_bits = []
+        fc = Cursor(c.data, pf.path, end, what="feature table")
+        if feat_bits:
+            try:
+                secs = [fc.unpack("QQ") for _ in feat_bits]
+            except InputError as e:
+                pf.features["unreadable_features"] = [e.what]
+                secs = []
+            for bit, (off, size) in zip(feat_bits, secs, strict=False):
+                if off + size <= len(raw):
+                    _parse_feature(pf, bit, bytes(raw[off:off + size]))
+    _read_records(pf, buf, start, end, builder, source)
+    return pf
+
+
+def _read_attrs(c: Cursor, pf: PerfFile, off: int, size: int, attr_size: int) -> None:
+    if attr_size < 16 + 64:
+        raise c.fail(f"attr size {attr_size} too small")
+    for i in range(size // attr_size):
+        ac = Cursor(c.data, pf.path, off + i * attr_size, what=f"attr {i}")
+        a = parse_attr(ac.bytes(attr_size - 16))
+        ids_off, ids_size = ac.unpack("QQ")
+        ic = Cursor(c.data, pf.path, ids_off, what=f"attr {i} ids")
+        a.ids = list(ic.unpack(f"{ids_size // 8}Q")) if ids_size else []
+        pf.attrs.append(a)
+
+
+def _walk(buf: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    e = np.zeros(0, dtype=np.int64)
+    n, stop, err = pw.walk_records(buf, start, end, False, e, e, e, e)
+    offs, types, miscs, sizes = (np.empty(n, dtype=np.int64) for _ in range(4))
+    pw.walk_records(buf, start, end, True, offs, types, miscs, sizes)
+    return offs, types, miscs, sizes, stop, err
+
+
+def _decompress_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray,
+                        sizes: np.ndarray) -> np.ndarray:
+    """Expand COMPRESSED/COMPRESSED2 records in place: one buffer of plain records, in file order."""
+    import zstandard
+
+    dctx = zstandard.ZstdDecompressor().decompressobj()
+    parts: list[bytes] = []
+    for o, t, s in zip(offs.tolist(), types.tolist(), sizes.tolist(), strict=True):
+        if t == REC_COMPRESSED:
+            parts.append(dctx.decompress(buf[o + 8:o + s].tobytes()))
+        elif t == REC_COMPRESSED2:
+            dsize = int(buf[o + 8:o + 16].view("<u8")[0])
+            parts.append(dctx.decompress(buf[o + 16:o + 16 + dsize].tobytes()))
+        else:
+            parts.append(buf[o:o + s].tobytes())
+    return np.frombuffer(b"".join(parts), dtype=np.uint8)
+
+
+def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceBuilder, source: str) -> None:
+    offs, types, miscs, sizes, stop, err = _walk(buf, start, end)
+    if np.isin(types, [REC_COMPRESSED, REC_COMPRESSED2]).any():
+        buf = _decompress_records(pf, buf, offs, types, sizes)
+        offs, types, miscs, sizes, _, err2 = _walk(buf, 0, len(buf))
+        if err2:
+            pf.partial = pf.partial or "a decompressed record stream ends in a broken record"
+    if err:
+        what = "record header with size < 8" if err == 1 else "record cut off by the end of the data"
+        pf.partial = (pf.partial + "; " if pf.partial else "") + f"{what} at offset {stop}"
+        b.stats.add(pf.path, "truncated", "", 1, f"offset {stop}: {what}; {len(offs)} records before it read")
+
+    # pipe mode: attrs, tracing data and features arrive as records
+    for o, t, s in zip(offs.tolist(), types.tolist(), sizes.tolist(), strict=True):
+        if t == REC_HEADER_ATTR:
+            rec = buf[o + 8:o + s].tobytes()
+            asize = struct.unpack_from("<I", rec, 4)[0] or 64
+            a = parse_attr(rec[:asize])
+            a.ids = list(struct.unpack_from(f"<{(len(rec) - asize) // 8}Q", rec, asize))
+            pf.attrs.append(a)
+        elif t == REC_HEADER_TRACING_DATA:
+            size = int(buf[o + 8:o + 12].view("<u4")[0])
+            c = Cursor(buf[o + s:o + s + size].tobytes(), pf.path, base=o + s, what="pipe tracing data")
+            pf.tracing, *_ = tdmod.read_tracing_block(c)
+        elif t == REC_HEADER_FEATURE:
+            feat = int(buf[o + 8:o + 16].view("<u8")[0])
+            _parse_feature(pf, feat, buf[o + 16:o + s].tobytes())
+    if not pf.attrs:
+        raise InputError(pf.path, "no event attributes (perf_event_attr) found", f"offset {start}")
+    _name_attrs(pf)
+    _meta(pf, b)
+    comms = _CommTracker(pf, buf, offs, types, sizes)
+    _emit_lost(pf, buf, offs, types, sizes, b)
+    _emit_samples(pf, buf, offs[types == REC_SAMPLE], sizes[types == REC_SAMPLE],
+                  miscs[types == REC_SAMPLE], comms, b, source)
+    kinds, counts = np.unique(types, return_counts=True)
+    recs = b.meta.setdefault("perf_records", {})
+    for k, n in zip(kinds.tolist(), counts.tolist(), strict=True):
+        name = RECORD_NAMES.get(k, f"type {k}")
+        recs[name] = recs.get(name, 0) + n
+        if k not in RECORD_NAMES:
+            b.stats.add(pf.path, "records_not_decoded", f"record type {k}", n,
+                        f"offset {int(offs[types == k][0])}: record type unknown to this reader")
+    if pf.partial:
+        b.stats.add(pf.path, "partial", "", 1, pf.partial)
+
+
+def _name_attrs(pf: PerfFile) -> None:
+    descs = pf.features.get("event_desc") or []
+    by_id = {i: d["name"] for d in descs for i in d["ids"]}
+    formats = pf.tracing.formats if pf.tracing else {}
+    for k, a in enumerate(pf.attrs):
+        name = next((by_id[i] for i in a.ids if i in by_id), None)
+        if name is None and k < len(descs) and len(descs) == len(pf.attrs):
+            name = descs[k]["name"]
+        if name is None and a.type == PERF_TYPE_TRACEPOINT and a.config in formats:
+            name = formats[a.config].full_name
+        a.name = name or f"type{a.type}/config{a.config:#x}"
+
+
+def _meta(pf: PerfFile, b: TraceBuilder) -> None:
+    f = pf.features
+    if f.get("os_release"):
+        b.meta.setdefault("kernel_release", f["os_release"])
+    if f.get("nr_cpus_available"):
+        b.meta["cpus"] = max(b.meta.get("cpus") or 0, f["nr_cpus_available"])
+    b.meta.setdefault("clock", "perf")
+    info = {k: v for k, v in f.items() if k != "event_desc"}
+    b.meta["inputs"].append({
+        "path": pf.path, "format": "perf.data", "size_bytes": Path(pf.path).stat().st_size,
+        "tool": "perf" + (f" {f['perf_version']}" if f.get("perf_version") else ""),
+        "mode": "pipe" if pf.pipe else "file", "partial": pf.partial, "features": info,
+        "events": [{"name": a.name, "type": a.type, "config": a.config, "exclude_guest": a.exclude_guest,
+                    "exclude_host": a.exclude_host, "precise_ip": a.precise_ip} for a in pf.attrs]})
+
+
+def _id_index(pf: PerfFile) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """(id mode, id byte position, sorted ids, attr index per id) for walk_samples."""
+    if len(pf.attrs) == 1:
+        return 0, 0, np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    pairs = sorted({(i, k) for k, a in enumerate(pf.attrs) for i in a.ids})
+    ids = np.array([i for i, _ in pairs], dtype=np.uint64)
+    idx = np.array([k for _, k in pairs], dtype=np.int64)
+    st = pf.attrs[0].sample_type
+    if all(a.sample_type & pw.S_IDENTIFIER for a in pf.attrs):
+        return 1, 0, ids, idx
+    if all(a.sample_type & pw.S_ID for a in pf.attrs):
+        pos = 8 * sum(1 for bit in (pw.S_IP, pw.S_TID, pw.S_TIME, pw.S_ADDR) if st & bit)
+        return 2, pos, ids, idx
+    raise InputError(pf.path, "several events but samples carry no ID/IDENTIFIER to tell them apart")
+
+
+def _trailer(a: Attr, buf: np.ndarray, o: int, s: int) -> dict[str, int]:
+    """sample_id_all trailer fields of a non-sample record."""
+    if not a.sample_id_all:
+        return {}
+    fields = [(bit, name) for bit, name in SAMPLE_ID_ORDER if a.sample_type & bit]
+    pos = o + s - 8 * len(fields)
+    out: dict[str, int] = {}
+    for _bit, name in fields:
+        if name == "tid":
+            out["pid"], out["tid"] = (int(x) for x in buf[pos:pos + 8].view("<u4"))
+        elif name == "cpu":
+            out["cpu"] = int(buf[pos:pos + 4].view("<u4")[0])
+        else:
+            out[name] = int(buf[pos:pos + 8].view("<i8")[0])
+        pos += 8
+    return out
+
+
+class _CommTracker:
+    """Thread names over time from COMM and FORK records, as perf script resolves them."""
+
+    def __init__(self, pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray,
+                 sizes: np.ndarray) -> None:
+        a0 = pf.attrs[0]
+        self.events: dict[int, list[tuple[int, str]]] = {}
+        self.parent: dict[int, tuple[int, int]] = {}
+        sel = np.isin(types, [REC_COMM, REC_FORK])
+        for o, t, s in zip(offs[sel].tolist(), types[sel].tolist(), sizes[sel].tolist(), strict=True):
+            tr = _trailer(a0, buf, o, s)
+            if t == REC_COMM:
+                _pid, tid = (int(x) for x in buf[o + 8:o + 16].view("<u4"))
+                end = o + s - 8 * len([1 for bit, _ in SAMPLE_ID_ORDER if a0.sample_id_all and a0.sample_type & bit])
+                name = buf[o + 16:end].tobytes().split(b"\0", 1)[0].decode("utf-8", "replace")
+                self.events.setdefault(tid, []).append((tr.get("time", -1), name))
+            else:
+                _pid, _ppid, tid, ptid = (int(x) for x in buf[o + 8:o + 24].view("<u4"))
+                time = int(buf[o + 24:o + 32].view("<i8")[0])
+                self.parent.setdefault(tid, (ptid, time))
+        for v in self.events.values():
+            v.sort(key=lambda x: x[0])
+
+    def comm(self, tid: int, time: int, depth: int = 0) -> str | None:
+        ev = self.events.get(tid, [])
+        before = [name for t, name in ev if t <= time]
+        if before:
+            return before[-1]
+        if tid in self.parent and depth < 32:  # not renamed yet: the name inherited at fork
+            inherited = self.comm(*self.parent[tid], depth + 1)
+            if inherited is not None:
+                return inherited
+        return ev[0][1] if ev else None
+
+    def resolve(self, tids: np.ndarray, times: np.ndarray) -> list[str | None]:
+        cache: dict[tuple[int, int], str | None] = {}
+        out: list[str | None] = []
+        bounds: dict[int, list[int]] = {t: [x for x, _ in v] for t, v in self.events.items()}
+        for tid, t in zip(tids.tolist(), times.tolist(), strict=True):
+            b = bounds.get(tid)
+            key = (tid, int(np.searchsorted(b, t, side="right")) if b else 0)
+            v = cache.get(key, _MISSING)
+            if v is _MISSING:
+                v = cache[key] = self.comm(tid, t)
+            out.append(v)
+        return out
+
+
+_MISSING = object()
+
+
+def _emit_lost(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray, sizes: np.ndarray,
+               b: TraceBuilder) -> None:
+    a0 = pf.attrs[0]
+    sel = np.isin(types, [REC_LOST, REC_LOST_SAMPLES, REC_THROTTLE, REC_UNTHROTTLE])
+    for o, t, s in zip(offs[sel].tolist(), types[sel].tolist(), sizes[sel].tolist(), strict=True):
+        tr = _trailer(a0, buf, o, s)
+        if t == REC_LOST:
+            n = int(buf[o + 16:o + 24].view("<u8")[0])
+            b.add_lost(pf.path, "lost_events", n, tr.get("time"), tr.get("cpu"), f"offset {o}")
+        elif t == REC_LOST_SAMPLES:
+            n = int(buf[o + 8:o + 16].view("<u8")[0])
+            b.add_lost(pf.path, "lost_samples", n, tr.get("time"), tr.get("cpu"), f"offset {o}")
+        else:
+            time = int(buf[o + 8:o + 16].view("<i8")[0])
+            kind = "throttle" if t == REC_THROTTLE else "unthrottle"
+            b.lost_rows.append({"ts_ns": time, "cpu": tr.get("cpu"), "kind": kind, "count": None,
+                                "source": pf.path})
+            b.stats.add(pf.path, kind, "", 1)
+
+
+def _emit_samples(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.ndarray, miscs: np.ndarray,
+                  comms: _CommTracker, b: TraceBuilder, source: str) -> None:
+    n = len(offs)
+    if n == 0:
+        return
+    mode, pos, ids, idx = _id_index(pf)
+    A = pf.attrs
+    st = np.array([a.sample_type for a in A], dtype=np.uint64)
+    rf = np.array([a.read_format for a in A], dtype=np.int64)
+    zeros = np.zeros(len(A), dtype=np.int64)
+    out = {k: np.zeros(n, dtype=dt) for k, dt in (
+        ("attr", np.int64), ("ip", np.uint64), ("pid", np.int64), ("tid", np.int64), ("time", np.int64),
+        ("addr", np.uint64), ("cpu", np.int64), ("period", np.uint64), ("raw_off", np.int64),
+        ("raw_len", np.int64), ("ok", np.int64))}
+    out["cpu"][:] = -1
+    pw.walk_samples(buf, offs, sizes, mode, pos, ids, idx, st, rf, zeros, zeros, zeros,
+                    out["attr"], out["ip"], out["pid"], out["tid"], out["time"], out["addr"], out["cpu"],
+                    out["period"], out["raw_off"], out["raw_len"], out["ok"])
+    bad = out["ok"] != 1
+    if bad.any():
+        for kind, label in ((0, "sample with an unknown event id"), (-1, "sample fields run past the record")):
+            m = out["ok"] == kind
+            if m.any():
+                b.stats.add(pf.path, "unparsed_record", "sample", int(m.sum()),
+                            f"offset {int(offs[m][0])}: {label}")
+    good = ~bad
+    comm_all = comms.resolve(out["tid"][good], out["time"][good])
+    gidx = np.nonzero(good)[0]
+    has_cpu = np.array([bool(a.sample_type & pw.S_CPU) for a in A])
+    formats = pf.tracing.formats if pf.tracing else {}
+    cmdlines = pf.tracing.cmdlines if pf.tracing else {}
+    kallsyms = pf.tracing.kallsyms if pf.tracing else None
+    for k, a in enumerate(A):
+        sel_local = np.nonzero(out["attr"][gidx] == k)[0]
+        if len(sel_local) == 0:
+            continue
+        sel = gidx[sel_local]
+        cpu = out["cpu"][sel].astype(np.int32) if has_cpu[k] else None
+        ts = out["time"][sel]
+        comm = [comm_all[i] for i in sel_local.tolist()]
+        if a.type == PERF_TYPE_TRACEPOINT and a.sample_type & pw.S_RAW:
+            if a.config not in formats:
+                b.stats.add(pf.path, "unparsed_record", a.name or "", len(sel),
+                            f"tracepoint id {a.config} has no format in the file's tracing data")
+                continue
+            cpu_arr = cpu if cpu is not None else np.full(len(sel), -1, np.int32)
+            emit_payloads(b, pf.path, source, buf, out["raw_off"][sel], out["raw_len"][sel], ts, cpu_arr,
+                          formats, "<", cmdlines, kallsyms, comm=comm, pid=out["tid"][sel].astype(np.int32))
+            continue
+        misc = miscs[sel]
+        b.add("samples", {
+            "ts_ns": ts, "cpu": cpu, "pid": out["tid"][sel].astype(np.int32), "comm": comm,
+            "source": [source] * len(sel), "event": [a.name] * len(sel),
+            "tid": out["tid"][sel].astype(np.int32),
+            "period": out["period"][sel] if a.sample_type & pw.S_PERIOD else None,
+            "ip": out["ip"][sel] if a.sample_type & pw.S_IP else None,
+            "cpumode": [CPUMODES.get(int(m) & 7, "unknown") for m in misc.tolist()],
+            "exact_ip": (misc & MISC_EXACT_IP) != 0,
+        }, len(sel), a.name)

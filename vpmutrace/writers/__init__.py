@@ -1,0 +1,1 @@
+"""Writers: trace files vpmutrace produces (trace.dat from tracefs captures)."""
