@@ -203,7 +203,8 @@ class _Parser:
                         raise UnsupportedFormat(f"bad argument list of {val}")
                 self.next()
                 return ("call", val, args)
-            raise UnsupportedFormat(f"print fmt uses identifier {val}")
+            # a bare name: the field argument of __get_str(name) and friends
+            return ("field", val)
         if val == "(":
             node = self.expr()
             self.expect(")")

@@ -65,6 +65,7 @@ class Attr:
     branch_sample_type: int = 0
     sample_regs_user: int = 0
     sample_regs_intr: int = 0
+    sample_period: int = 0  # or frequency, when the freq flag is set
     ids: list[int] = field(default_factory=list)
     name: str | None = None
 
@@ -88,10 +89,10 @@ class Attr:
 def parse_attr(data: bytes) -> Attr:
     """perf_event_attr of any ABI version (size 64..136+); absent tail fields read as 0."""
     d = data + bytes(max(0, 136 - len(data)))
-    typ, _size, config, _period, st, rf, flags = struct.unpack_from("<IIQQQQQ", d, 0)
+    typ, _size, config, period, st, rf, flags = struct.unpack_from("<IIQQQQQ", d, 0)
     bst, regs_user = struct.unpack_from("<QQ", d, 72)
     regs_intr = struct.unpack_from("<Q", d, 96)[0]
-    return Attr(typ, config, st, rf, flags, bst, regs_user, regs_intr)
+    return Attr(typ, config, st, rf, flags, bst, regs_user, regs_intr, period)
 
 
 @dataclass
@@ -244,7 +245,8 @@ def _decompress_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: 
 
 def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceBuilder, source: str) -> None:
     offs, types, miscs, sizes, stop, err = _walk(buf, start, end)
-    if np.isin(types, [REC_COMPRESSED, REC_COMPRESSED2]).any():
+    n_compressed = int(np.isin(types, [REC_COMPRESSED, REC_COMPRESSED2]).sum())
+    if n_compressed:
         buf = _decompress_records(pf, buf, offs, types, sizes)
         offs, types, miscs, sizes, _, err2 = _walk(buf, 0, len(buf))
         if err2:
@@ -271,6 +273,16 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
             _parse_feature(pf, feat, buf[o + 16:o + s].tobytes())
     if not pf.attrs:
         raise InputError(pf.path, "no event attributes (perf_event_attr) found", f"offset {start}")
+    tp_ids = {a.config for a in pf.attrs if a.type == PERF_TYPE_TRACEPOINT}
+    if tp_ids and pf.tracing is None:
+        from vpmutrace.readers.local_formats import local_formats
+
+        fmts, where = local_formats(tp_ids)
+        if fmts:
+            pf.tracing = tdmod.TracingData(formats=fmts)
+            b.stats.add(pf.path, "formats_from_local_tracefs", "", len(fmts),
+                        f"the file has no tracing data; tracepoint layouts taken from {where} "
+                        f"(right only if recorded on this kernel)")
     _name_attrs(pf)
     _meta(pf, b)
     comms = _CommTracker(pf, buf, offs, types, sizes)
@@ -279,6 +291,8 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
                   miscs[types == REC_SAMPLE], comms, b, source)
     kinds, counts = np.unique(types, return_counts=True)
     recs = b.meta.setdefault("perf_records", {})
+    if n_compressed:
+        recs["COMPRESSED"] = recs.get("COMPRESSED", 0) + n_compressed
     for k, n in zip(kinds.tolist(), counts.tolist(), strict=True):
         name = RECORD_NAMES.get(k, f"type {k}")
         recs[name] = recs.get(name, 0) + n
@@ -384,6 +398,8 @@ class _CommTracker:
             inherited = self.comm(*self.parent[tid], depth + 1)
             if inherited is not None:
                 return inherited
+        if not ev and tid == 0:
+            return "swapper"  # perf names the idle task so (machine__create_kernel_maps)
         return ev[0][1] if ev else None
 
     def resolve(self, tids: np.ndarray, times: np.ndarray) -> list[str | None]:
@@ -477,7 +493,9 @@ def _emit_samples(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.nda
             "ts_ns": ts, "cpu": cpu, "pid": out["tid"][sel].astype(np.int32), "comm": comm,
             "source": [source] * len(sel), "event": [a.name] * len(sel),
             "tid": out["tid"][sel].astype(np.int32),
-            "period": out["period"][sel] if a.sample_type & pw.S_PERIOD else None,
+            # without PERF_SAMPLE_PERIOD every sample stands for attr.sample_period (perf does the same)
+            "period": out["period"][sel] if a.sample_type & pw.S_PERIOD else
+            np.full(len(sel), 0 if a.flags >> 10 & 1 else a.sample_period, dtype=np.uint64),
             "ip": out["ip"][sel] if a.sample_type & pw.S_IP else None,
             "cpumode": [CPUMODES.get(int(m) & 7, "unknown") for m in misc.tolist()],
             "exact_ip": (misc & MISC_EXACT_IP) != 0,

@@ -144,7 +144,9 @@ def _emit_events(ev: pl.DataFrame, flavor: str, src_file: str, builder: TraceBui
         ts_ns=_ts_ns("ts"),
         cpu=pl.col("cpu").cast(pl.Int32),
         pid=(pl.col("tid").fill_null(pl.col("pid")) if perf else pl.col("pid")).cast(pl.Int32),
-        comm=pl.col("comm").str.strip_chars(),
+        # perf script prints ":<tid>" when it knows no name for the thread
+        comm=pl.when(pl.col("comm").str.contains(r"^\s*:-?\d+\s*$")).then(None)
+        .otherwise(pl.col("comm").str.strip_chars()) if perf else pl.col("comm").str.strip_chars(),
         source=pl.col("src").fill_null("host") if "src" in ev.columns else pl.lit("host"),
         body=pl.col("body").str.strip_chars_start(" ") if not perf else pl.col("body"),
     )
