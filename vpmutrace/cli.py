@@ -58,6 +58,16 @@ def ingest(traces: Traces,
                f"lost {d['lost_events']}, unparsed {d['unparsed']}")
 
 
+@app.command()
+def demo(out: Annotated[Path, typer.Option("-o", "--out", help="where to write the results")] = Path("out/demo"),
+         fixtures: Annotated[Path | None, typer.Option(help="bundled traces directory (default: the "
+                                                            "checkout's fixtures/)")] = None) -> None:
+    """The main job on the bundled real traces: ingest each, summarise it, write its dataset."""
+    from vpmutrace.demo import run_demo
+
+    run_demo(out, fixtures)
+
+
 def main() -> None:
     """Entry point: click handles usage errors (exit 2); input errors become one line, exit 2."""
     try:

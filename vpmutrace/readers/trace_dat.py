@@ -279,22 +279,32 @@ def _apply_meta(td: TraceDat, b: TraceBuilder) -> None:
                 b.add_lost(td.path, "overrun", int(v), None, i, f"CPUSTAT cpu{i}")
 
 
-def _cpu_bytes(raw: bytes, td: TraceDat, cd: CpuData) -> np.ndarray:
+def _cpu_bytes(raw: bytes, td: TraceDat, cd: CpuData, b: TraceBuilder | None = None) -> np.ndarray:
+    """One CPU's ring-buffer pages; a file cut short keeps the whole pages/chunks before the cut."""
     if cd.size == 0:
         return np.zeros(0, dtype=np.uint8)
-    if cd.offset + cd.size > len(raw):
-        raise InputError(td.path, f"CPU {cd.cpu} data runs past the end of the file "
-                                  f"({cd.offset}+{cd.size} > {len(raw)})", f"offset {cd.offset}")
+    short = cd.offset + cd.size > len(raw)
+    if short and b is not None:
+        b.stats.add(td.path, "partial", f"cpu{cd.cpu}", 1,
+                    f"offset {cd.offset}: CPU {cd.cpu} data ends at {cd.offset + cd.size}, past the end of "
+                    f"the file ({len(raw)} bytes); reading what is there")
     if td.version == 7 and td.compression != "none":
         codec: _Codec = td._codec  # type: ignore[attr-defined]
         c = Cursor(memoryview(raw), td.path, cd.offset, td.endian, what=f"cpu{cd.cpu} chunks")
         parts = []
-        for _ in range(c.u32()):
-            csize, usize = c.unpack("II")
-            chunk = codec.decompress(c.bytes(csize), usize)
-            parts.append(chunk)
+        try:
+            for _ in range(c.u32()):
+                csize, usize = c.unpack("II")
+                parts.append(codec.decompress(c.bytes(csize), usize))
+        except InputError:
+            if not short:
+                raise
         return np.frombuffer(b"".join(parts), dtype=np.uint8)
-    return np.frombuffer(raw, dtype=np.uint8, count=cd.size, offset=cd.offset)
+    avail = max(0, min(cd.size, len(raw) - cd.offset))
+    avail -= avail % td.page_size if short else 0
+    if avail == 0:
+        return np.zeros(0, dtype=np.uint8)
+    return np.frombuffer(raw, dtype=np.uint8, count=avail, offset=cd.offset)
 
 
 def _to_ns(ts: np.ndarray, td: TraceDat) -> np.ndarray:
@@ -314,7 +324,7 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str) -> None:
         # rows of an instance carry its name, as `trace-cmd report` prefixes them
         src = (f"{source}:{buf.name}" if source != "host" else buf.name) if buf.name else source
         for cd in buf.cpus:
-            data = _cpu_bytes(raw, td, cd)
+            data = _cpu_bytes(raw, td, cd, b)
             walk = walk_pages(data, buf.page_size or td.page_size, t.header_page, td.endian == ">")
             for p in np.nonzero(walk.page_lost)[0].tolist():
                 lost = int(walk.page_lost[p])
