@@ -11,6 +11,7 @@ import fnmatch
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 
@@ -40,13 +41,16 @@ class TableSpec:
         return pa.schema([pa.field(c.name, c.type, c.nullable) for c in self.all_columns])
 
 
+# few distinct values over millions of rows: dictionary-encoded (polars Categorical, Parquet dictionary pages)
+DICT_STR = pa.dictionary(pa.int32(), pa.string())
+
 COMMON: tuple[Col, ...] = (
     Col("ts_ns", pa.int64(), "event time in ns on the trace clock", False),
     Col("cpu", pa.int32(), "CPU the event was recorded on (null when the text had no CPU column)"),
     Col("pid", pa.int32(), "thread id (common_pid); for KVM events the vCPU thread"),
-    Col("comm", pa.string(), "task name as the tool printed it or the trace's saved cmdlines"),
-    Col("source", pa.string(), "which trace the row came from: 'host', or the file/instance name "
-                               "when several are merged (host+guest)", False),
+    Col("comm", DICT_STR, "task name as the tool printed it or the trace's saved cmdlines"),
+    Col("source", DICT_STR, "which trace the row came from: 'host', or the file/instance name "
+                            "when several are merged (host+guest)", False),
 )
 
 
@@ -217,13 +221,35 @@ def build_table(name: str, columns: dict[str, Any], nrows: int | None = None) ->
             arrays.append(pa.nulls(nrows, col.type))
             continue
         if isinstance(data, pa.ChunkedArray | pa.Array):
-            arr = data.cast(col.type)
+            arr = data if data.type == col.type else data.cast(col.type)
+        elif col.type == DICT_STR:
+            arr = pa.array(data, type=pa.string(), from_pandas=True).dictionary_encode()
         else:
             arr = pa.array(data, type=col.type, from_pandas=True)
         if len(arr) != nrows:
             raise ValueError(f"table {name}: column {col.name} has {len(arr)} rows, expected {nrows}")
         arrays.append(arr)
     return pa.Table.from_arrays(arrays, schema=spec.arrow_schema)
+
+
+def dict_array(codes: np.ndarray, names: list[str | None]) -> pa.DictionaryArray:
+    """Dictionary column from per-row codes into ``names``; a None name becomes a null row.
+
+    (Arrow cannot unify dictionaries whose values contain nulls, so nulls live in the indices.)
+    """
+    codes = np.asarray(codes, dtype=np.int32)
+    nulls = [i for i, v in enumerate(names) if v is None]
+    if not nulls:
+        return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()))
+    remap = np.cumsum([v is not None for v in names], dtype=np.int32) - 1
+    mask = np.isin(codes, nulls)
+    idx = pa.array(remap[codes], mask=mask)
+    return pa.DictionaryArray.from_arrays(idx, pa.array([v for v in names if v is not None], pa.string()))
+
+
+def const_column(value: str, n: int) -> pa.Array:
+    """A dictionary column holding one value n times (no per-row strings)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string()))
 
 
 def empty_table(name: str) -> pa.Table:

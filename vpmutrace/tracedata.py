@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from vpmutrace.errors import InputError
@@ -92,6 +94,11 @@ def load_dataset(path: str | Path) -> TraceData:
     return TraceData(tables, meta, stats)
 
 
+def _is_sorted(col: pa.ChunkedArray) -> bool:
+    a = col.to_numpy()
+    return bool(len(a) < 2 or (a[1:] >= a[:-1]).all())
+
+
 def stats_table(stats: Stats) -> pa.Table:
     rows = stats.entries()
     return build_table("stats", {
@@ -124,10 +131,13 @@ class TraceBuilder:
 
     def finish(self) -> TraceData:
         tables: dict[str, pa.Table] = {}
-        for name, parts in self.chunks.items():
-            t = pa.concat_tables(parts)
-            if name in {s.name for s in EVENT_TABLES}:
-                t = t.sort_by([("ts_ns", "ascending")])
+        event_tables = {s.name for s in EVENT_TABLES}
+        for name in list(self.chunks):
+            t = pa.concat_tables(self.chunks.pop(name)).unify_dictionaries()
+            if name in event_tables and not _is_sorted(t.column("ts_ns")):
+                # per-CPU streams interleave in time: one stable sort, one copy of the table
+                order = np.argsort(t.column("ts_ns").to_numpy(), kind="stable")
+                t = t.take(pa.array(order))
             tables[name] = t
         if self.lost_rows:
             cols = {k: [r[k] for r in self.lost_rows] for k in ("ts_ns", "cpu", "kind", "count", "source")}
@@ -148,9 +158,8 @@ class TraceBuilder:
         for name, t in tables.items():
             if name in ("lost",):
                 continue
-            sources.update(pl.from_arrow(t.select(["source"])).to_series().unique().to_list())
-            cpus.update(c for c in pl.from_arrow(t.select(["cpu"])).to_series().unique().to_list()
-                        if c is not None)
+            sources.update(pc.unique(t.column("source")).to_pylist())
+            cpus.update(c for c in pc.unique(t.column("cpu")).to_pylist() if c is not None)
         meta["sources"] = sorted(sources)
         meta.setdefault("cpus", None)
         if meta["cpus"] is None and cpus:

@@ -13,9 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from vpmutrace.formats.decode import factorize_rows
 from vpmutrace.formats.event_format import EventFormat
 from vpmutrace.formats.known import VMX_REASON_FLAGS
+from vpmutrace.schema import dict_array
 
 # table -> {column: (field names to try, in order)}
 FIELD_MAP: dict[str, dict[str, tuple[str, ...]]] = {
@@ -52,7 +55,7 @@ def _first(cols: dict[str, Any], names: tuple[str, ...]) -> Any:
 
 
 def eval_unique(fmt: EventFormat | None, k: int | None, cols: dict[str, Any], n: int,
-                joined: bool = False) -> list[str | None] | None:
+                joined: bool = False) -> pa.Array | None:
     """Evaluate print fmt argument ``k`` for every row, once per distinct input tuple.
 
     With ``joined``, the following ``%s`` arguments that print directly after it
@@ -72,28 +75,44 @@ def eval_unique(fmt: EventFormat | None, k: int | None, cols: dict[str, Any], n:
     used = sorted(set().union(*(p.fields_used(p.args[i]) for i in ks)))
     if any(u not in cols for u in used):
         return None
+    from vpmutrace.errors import UnsupportedFormat
+
+    def one(rec: dict[str, Any]) -> str | None:
+        try:
+            return "".join(str(p.eval_arg(i, rec)) for i in ks)
+        except (UnsupportedFormat, IndexError, TypeError, ValueError):
+            return None
+
+    if not used:
+        v = one({})
+        return pa.repeat(v, n) if v is not None else pa.nulls(n, pa.string())
+    if all(isinstance(cols[u], np.ndarray) for u in used):
+        # distinct input tuples with numpy, one evaluation each
+        codes, first = factorize_rows([cols[u] for u in used])
+        names = [one({u: cols[u][i].item() for u in used}) for i in first.tolist()]
+        return dict_array(codes, names).cast(pa.string())
     keys = [cols[u].tolist() if isinstance(cols[u], np.ndarray) else cols[u] for u in used]
     cache: dict[tuple, str | None] = {}
     out: list[str | None] = []
-    from vpmutrace.errors import UnsupportedFormat
-    for tup in zip(*keys, strict=True) if used else [()] * n:
-        v = cache.get(tup, _MISSING)
-        if v is _MISSING:
-            rec = dict(zip(used, tup, strict=True))
-            try:
-                v = "".join(str(p.eval_arg(i, rec)) for i in ks)
-            except (UnsupportedFormat, IndexError, TypeError, ValueError):
-                v = None
-            cache[tup] = v
-        out.append(v)
-    return out
+    for tup in zip(*keys, strict=True):
+        if tup not in cache:
+            cache[tup] = one(dict(zip(used, tup, strict=True)))
+        out.append(cache[tup])
+    return pa.array(out, pa.string())
 
 
 _MISSING = object()
 
 
-def split_reason(joined: list[str | None]) -> tuple[list[str | None], list[str]]:
-    """'INVALID_STATE FAILED_VMENTRY' -> ('INVALID_STATE', 'FAILED_VMENTRY')."""
+def split_reason(joined: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """'INVALID_STATE FAILED_VMENTRY' -> ('INVALID_STATE', 'FAILED_VMENTRY'), once per distinct text."""
+    enc = joined.dictionary_encode()
+    r, f = _split_reason_list(enc.dictionary.to_pylist())
+    return (pa.DictionaryArray.from_arrays(enc.indices, pa.array(r, pa.string())).cast(pa.string()),
+            pa.DictionaryArray.from_arrays(enc.indices, pa.array(f, pa.string())).cast(pa.string()))
+
+
+def _split_reason_list(joined: list[str | None]) -> tuple[list[str | None], list[str]]:
     reasons: list[str | None] = []
     flags: list[str] = []
     for s in joined:
@@ -189,9 +208,9 @@ def typed_columns(table: str, event_name: str, fmt: EventFormat | None, cols: di
         if b in out:
             out[b] = _as_bool(out[b])
     if table == "host_msr":
-        out["op"] = [{"read_msr": "read", "write_msr": "write"}.get(event_name, event_name)] * n
+        out["op"] = pa.repeat({"read_msr": "read", "write_msr": "write"}.get(event_name, event_name), n)
     if table == "irq_vectors":
-        out["event"] = [event_name] * n
+        out["event"] = pa.repeat(event_name, n)
     derive = DERIVE.get(table)
     if derive is not None:
         derive(fmt, cols, out, n, symbols)

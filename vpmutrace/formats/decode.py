@@ -11,12 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 
 from vpmutrace.formats.event_format import EventFormat, Field
-
-_CHUNK = 1 << 18
-
 
 def _scalar_dtype(f: Field, byteorder: str) -> np.dtype | None:
     if f.size not in (1, 2, 4, 8):
@@ -25,29 +23,53 @@ def _scalar_dtype(f: Field, byteorder: str) -> np.dtype | None:
     return np.dtype(f"{byteorder}{kind}{f.size}")
 
 
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _gather(buf, offsets, lengths, width, limit, out):  # pragma: no cover - compiled
+    for i in numba.prange(len(offsets)):
+        o = offsets[i]
+        n = width
+        if lengths[i] < n:
+            n = lengths[i]
+        if o + n > limit:
+            n = max(0, limit - o)
+        for k in range(n):
+            out[i, k] = buf[o + k]
+
+
 def gather(buf: np.ndarray, offsets: np.ndarray, width: int, lengths: np.ndarray | None = None) -> np.ndarray:
     """Bytes ``buf[offsets[i] : offsets[i] + width]`` for every i as an (n, width) uint8 matrix.
 
     Rows shorter than ``width`` (per ``lengths``) are zero-padded, never read past
-    their record.
+    their record or the buffer.
     """
     n = len(offsets)
     out = np.zeros((n, width), dtype=np.uint8)
     if n == 0 or width == 0:
         return out
-    cols = np.arange(width, dtype=np.int64)
-    limit = len(buf)
-    for s in range(0, n, _CHUNK):
-        off = offsets[s:s + _CHUNK].astype(np.int64)
-        idx = off[:, None] + cols[None, :]
-        valid = idx < limit
-        if lengths is not None:
-            valid &= cols[None, :] < lengths[s:s + _CHUNK, None]
-        np.clip(idx, 0, limit - 1, out=idx)
-        block = buf[idx]
-        block[~valid] = 0
-        out[s:s + _CHUNK] = block
+    lens = lengths if lengths is not None else np.full(n, width, dtype=np.int64)
+    _gather(buf, offsets.astype(np.int64, copy=False), lens.astype(np.int64, copy=False), width, len(buf), out)
     return out
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _decode_scalars(buf, offsets, lengths, f_off, f_size, big_endian, limit, out):  # pragma: no cover
+    """out[f, i] = field f of record i as raw unsigned bits (0 when the record is too short)."""
+    for i in numba.prange(len(offsets)):
+        o = offsets[i]
+        ln = lengths[i]
+        for f in range(len(f_off)):
+            a = f_off[f]
+            z = f_size[f]
+            if a + z > ln or o + a + z > limit:
+                continue
+            v = np.uint64(0)
+            if big_endian:
+                for k in range(z):
+                    v = (v << np.uint64(8)) | np.uint64(buf[o + a + k])
+            else:
+                for k in range(z):
+                    v |= np.uint64(buf[o + a + k]) << np.uint64(8 * k)
+            out[f, i] = v
 
 
 def decode_fields(fmt: EventFormat, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
@@ -56,31 +78,45 @@ def decode_fields(fmt: EventFormat, buf: np.ndarray, offsets: np.ndarray, length
 
     Returns {field name: numpy array (numbers/bools) or list (strings/bytes)}.
     Fields that extend beyond a record's length read as zero (truncated record).
+    Scalars are read in one compiled pass; arrays and dynamic fields take slower paths.
     """
-    width = fmt.record_size
-    mat = gather(buf, offsets, width, lengths)
-    out: dict[str, Any] = {}
     n = len(offsets)
-    for f in fmt.common_fields + fmt.fields:
-        if f.data_loc or f.rel_loc:
-            out[f.name] = _dynamic(f, buf, offsets, lengths, mat, byteorder)
-            continue
-        raw = mat[:, f.offset:f.offset + f.size]
-        if f.array_len is not None:
+    offsets = offsets.astype(np.int64, copy=False)
+    lengths = lengths.astype(np.int64, copy=False)
+    fields = fmt.common_fields + fmt.fields
+    scalars = [f for f in fields if f.array_len is None and not (f.data_loc or f.rel_loc)
+               and f.size in (1, 2, 4, 8)]
+    out: dict[str, Any] = {}
+    raw = np.zeros((len(scalars), n), dtype=np.uint64)
+    if scalars and n:
+        _decode_scalars(buf, offsets, lengths, np.array([f.offset for f in scalars], np.int64),
+                        np.array([f.size for f in scalars], np.int64), byteorder == ">", len(buf), raw)
+    for k, f in enumerate(scalars):
+        bits = 8 * f.size
+        col = raw[k]
+        if f.signed:
+            v = col.view(np.int64)
+            if bits < 64:
+                v = (v << (64 - bits)) >> (64 - bits)
+            out[f.name] = v.astype(f"i{f.size}")
+        elif f.type in ("bool", "_Bool"):
+            out[f.name] = col.astype(bool)
+        else:
+            out[f.name] = col.astype(f"u{f.size}")
+    rest = [f for f in fields if f not in scalars]
+    if rest:
+        width = max(f.offset + f.size for f in rest)
+        mat = gather(buf, offsets, width, lengths)
+        for f in rest:
+            if f.data_loc or f.rel_loc:
+                out[f.name] = _dynamic(f, buf, offsets, lengths, mat, byteorder)
+                continue
+            part = mat[:, f.offset:f.offset + f.size]
             if f.is_string:
-                out[f.name] = [bytes(r).split(b"\0", 1)[0].decode("utf-8", "replace") for r in raw]
+                out[f.name] = [bytes(r).split(b"\0", 1)[0].decode("utf-8", "replace") for r in part]
             else:
-                out[f.name] = [bytes(r) for r in raw]
-            continue
-        dt = _scalar_dtype(f, byteorder)
-        if dt is None:
-            out[f.name] = [bytes(r) for r in raw]
-            continue
-        vals = np.ascontiguousarray(raw).view(dt).reshape(n)
-        if f.type in ("bool", "_Bool"):
-            vals = vals.astype(bool)
-        out[f.name] = vals.astype(dt.newbyteorder("=")) if dt.byteorder not in ("=", "|") else vals
-    return out
+                out[f.name] = [bytes(r) for r in part]
+    return {f.name: out[f.name] for f in fields}
 
 
 def _dynamic(f: Field, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, mat: np.ndarray,
@@ -102,3 +138,42 @@ def row_dicts(cols: dict[str, Any], n: int) -> list[dict[str, Any]]:
     names = list(cols)
     lists = [c.tolist() if isinstance(c, np.ndarray) else c for c in cols.values()]
     return [dict(zip(names, vals, strict=True)) for vals in zip(*lists, strict=True)] if n else []
+
+
+@numba.njit(cache=True)
+def _factorize(keys):  # pragma: no cover - compiled
+    seen = dict()
+    seen[keys[0]] = 0
+    codes = np.empty(len(keys), dtype=np.int32)
+    first = [0]
+    for i in range(len(keys)):
+        k = keys[i]
+        c = seen.get(k, -1)
+        if c == -1:
+            c = len(first)
+            seen[k] = c
+            first.append(i)
+        codes[i] = c
+    return codes, np.array(first, dtype=np.int64)
+
+
+def factorize_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of distinct value tuples across equal-length integer arrays, and each code's first row.
+
+    Linear time (a hash per row) when the values pack into 64 bits, as the few fields a
+    print fmt argument reads usually do; a sort otherwise.
+    """
+    n = len(arrays[0])
+    if n == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64)
+    widths = [a.dtype.itemsize * 8 for a in arrays]
+    if sum(widths) <= 64:
+        key = np.zeros(n, dtype=np.uint64)
+        shift = 0
+        for a, w in zip(arrays, widths, strict=True):
+            key |= (a.astype(np.uint64) & np.uint64((1 << w) - 1)) << np.uint64(shift)
+            shift += w
+        return _factorize(key.view(np.int64))
+    stacked = np.stack([a.astype(np.int64) for a in arrays], axis=1)
+    _, first, inv = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+    return inv.reshape(-1).astype(np.int32), first

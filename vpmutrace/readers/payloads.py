@@ -11,34 +11,39 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from vpmutrace.errors import UnsupportedFormat
 from vpmutrace.formats.decode import decode_fields, gather, row_dicts
 from vpmutrace.formats.event_format import EventFormat
-from vpmutrace.schema import table_for_event
+from vpmutrace.schema import const_column, dict_array, table_for_event
 from vpmutrace.tracedata import TraceBuilder
 from vpmutrace.typed_fields import typed_columns
 
 
-def comms_for(pids: np.ndarray, cmdlines: dict[int, str]) -> list[str | None]:
+def comms_for(pids: np.ndarray, cmdlines: dict[int, str]) -> pa.Array:
+    """Task names for pids from saved_cmdlines (pid 0 is '<idle>', as the kernel prints it)."""
     uniq, inv = np.unique(pids, return_inverse=True)
     names = [cmdlines.get(int(p)) if int(p) != 0 else "<idle>" for p in uniq]
-    return [names[i] for i in inv.tolist()]
+    return dict_array(inv, names)
 
 
 def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.ndarray, offsets: np.ndarray,
                   lengths: np.ndarray, ts_ns: np.ndarray, cpu: np.ndarray, formats: dict[int, EventFormat],
                   byteorder: str, cmdlines: dict[int, str], symbols: Callable[[int], str | None] | None,
-                  comm: list[str | None] | None = None, pid: np.ndarray | None = None) -> None:
+                  comm: pa.Array | None = None, pid: np.ndarray | None = None) -> None:
     """Decode and add every payload. ``comm``/``pid`` override the trace's own (perf COMM tracking)."""
     n = len(offsets)
     if n == 0:
         return
-    types = gather(buf, offsets, 2, lengths).view(np.dtype(f"{byteorder}u2")).reshape(n).astype(np.int64)
-    for t in np.unique(types).tolist():
-        idx = np.nonzero(types == t)[0]
+    types = gather(buf, offsets, 2, lengths).view(np.dtype(f"{byteorder}u2")).reshape(n)
+    order = np.argsort(types, kind="stable")  # radix sort for 16-bit keys
+    kinds, starts = np.unique(types[order], return_index=True)
+    ends = np.append(starts[1:], n)
+    for t, a, z in zip(kinds.tolist(), starts.tolist(), ends.tolist(), strict=True):
+        idx = order[a:z]
         fmt = formats.get(int(t))
-        common: dict[str, Any] = {"ts_ns": ts_ns[idx], "cpu": cpu[idx], "source": [source] * len(idx)}
+        common: dict[str, Any] = {"ts_ns": ts_ns[idx], "cpu": cpu[idx], "source": const_column(source, len(idx))}
         if fmt is None:
             builder.stats.add(src_file, "unparsed_record", f"event id {t}", len(idx),
                               f"no format for event id {t} (first at ts {int(ts_ns[idx[0]])})")
@@ -53,7 +58,7 @@ def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.nda
         elif pids is not None:
             common["pid"] = pids.astype(np.int32)
         if comm is not None:
-            common["comm"] = [comm[i] for i in idx.tolist()]
+            common["comm"] = comm.take(pa.array(idx))
         elif pids is not None:
             common["comm"] = comms_for(pids, cmdlines)
         if fmt.fallback_reason:
@@ -63,7 +68,7 @@ def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.nda
             common.update(typed_columns(table, fmt.name, fmt, cols, len(idx), symbols))
             builder.add(table, common, len(idx), fmt.full_name)
             continue
-        common["event"] = [fmt.full_name] * len(idx)
+        common["event"] = pa.repeat(fmt.full_name, len(idx))
         common["text"] = render_rows(fmt, cols, len(idx), symbols)
         builder.add("events", common, len(idx), fmt.full_name)
 

@@ -10,18 +10,21 @@ whose last record is cut off is salvaged up to the damage and reported as partia
 
 from __future__ import annotations
 
+import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from vpmutrace.errors import InputError
 from vpmutrace.readers import perf_walk as pw
 from vpmutrace.readers import tracing_data as tdmod
 from vpmutrace.readers.binio import Cursor
 from vpmutrace.readers.payloads import emit_payloads
+from vpmutrace.schema import const_column, dict_array
 from vpmutrace.tracedata import TraceBuilder
 
 PERF_TYPE_TRACEPOINT = 2
@@ -50,6 +53,7 @@ RECORD_NAMES = {
 
 CPUMODES = {0: "unknown", 1: "kernel", 2: "user", 3: "hypervisor", 4: "guest_kernel", 5: "guest_user"}
 MISC_EXACT_IP = 1 << 14
+SAMPLE_BATCH = 1 << 20  # samples decoded per pass: bounds the intermediate arrays
 
 SAMPLE_ID_ORDER = ((pw.S_TID, "tid"), (pw.S_TIME, "time"), (pw.S_ID, "id"), (pw.S_STREAM_ID, "stream_id"),
                    (pw.S_CPU, "cpu"), (pw.S_IDENTIFIER, "identifier"))
@@ -160,16 +164,17 @@ def _parse_feature(pf: PerfFile, feat: int, data: bytes) -> None:
 def read_perf_data(path: str | Path, builder: TraceBuilder, source: str = "host") -> PerfFile:
     p = Path(path)
     try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise InputError(str(p), f"cannot read: {e.strerror}") from None
-    if raw[:8] == b"2ELIFREP":
+        # mapped, not read: the page cache holds the file once and only what is walked is touched
+        buf = np.memmap(p, dtype=np.uint8, mode="r")
+    except (OSError, ValueError) as e:
+        raise InputError(str(p), f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+    raw = memoryview(buf)
+    if bytes(raw[:8]) == b"2ELIFREP":
         raise InputError(str(p), "big-endian perf.data is not supported", "offset 0")
     c = Cursor(memoryview(raw), str(p), what="perf header")
     c.expect(b"PERFILE2", "perf.data magic")
     hsize = c.u64()
     pf = PerfFile(str(p), pipe=hsize == 16)
-    buf = np.frombuffer(raw, dtype=np.uint8)
     if pf.pipe:
         start, end = 16, len(raw)
     else:
@@ -218,9 +223,10 @@ def _read_attrs(c: Cursor, pf: PerfFile, off: int, size: int, attr_size: int) ->
 
 
 def _walk(buf: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
-    e = np.zeros(0, dtype=np.int64)
-    n, stop, err = pw.walk_records(buf, start, end, False, e, e, e, e)
-    offs, types, miscs, sizes = (np.empty(n, dtype=np.int64) for _ in range(4))
+    e64, e32 = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
+    n, stop, err = pw.walk_records(buf, start, end, False, e64, e32, e32, e32)
+    offs = np.empty(n, dtype=np.int64)
+    types, miscs, sizes = (np.empty(n, dtype=np.int32) for _ in range(3))
     pw.walk_records(buf, start, end, True, offs, types, miscs, sizes)
     return offs, types, miscs, sizes, stop, err
 
@@ -257,7 +263,8 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
         b.stats.add(pf.path, "truncated", "", 1, f"offset {stop}: {what}; {len(offs)} records before it read")
 
     # pipe mode: attrs, tracing data and features arrive as records
-    for o, t, s in zip(offs.tolist(), types.tolist(), sizes.tolist(), strict=True):
+    hdr = np.isin(types, [REC_HEADER_ATTR, REC_HEADER_TRACING_DATA, REC_HEADER_FEATURE])
+    for o, t, s in zip(offs[hdr].tolist(), types[hdr].tolist(), sizes[hdr].tolist(), strict=True):
         if t == REC_HEADER_ATTR:
             rec = buf[o + 8:o + s].tobytes()
             asize = struct.unpack_from("<I", rec, 4)[0] or 64
@@ -287,8 +294,6 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
     _meta(pf, b)
     comms = _CommTracker(pf, buf, offs, types, sizes)
     _emit_lost(pf, buf, offs, types, sizes, b)
-    _emit_samples(pf, buf, offs[types == REC_SAMPLE], sizes[types == REC_SAMPLE],
-                  miscs[types == REC_SAMPLE], comms, b, source)
     kinds, counts = np.unique(types, return_counts=True)
     recs = b.meta.setdefault("perf_records", {})
     if n_compressed:
@@ -299,8 +304,29 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
         if k not in RECORD_NAMES:
             b.stats.add(pf.path, "records_not_decoded", f"record type {k}", n,
                         f"offset {int(offs[types == k][0])}: record type unknown to this reader")
+    is_sample = types == REC_SAMPLE
+    s_offs, s_sizes, s_miscs = offs[is_sample], sizes[is_sample], miscs[is_sample]
+    del offs, types, miscs, sizes
+    _release(buf)
+    for k in range(0, len(s_offs), SAMPLE_BATCH):
+        _emit_samples(pf, buf, s_offs[k:k + SAMPLE_BATCH], s_sizes[k:k + SAMPLE_BATCH],
+                      s_miscs[k:k + SAMPLE_BATCH], comms, b, source)
+        _release(buf)
     if pf.partial:
         b.stats.add(pf.path, "partial", "", 1, pf.partial)
+
+
+def _release(buf: np.ndarray) -> None:
+    """Let the kernel drop the mapped file pages we touched (they stay in the page cache).
+
+    Keeps the reader's resident memory near the size of the tables, not table + file.
+    """
+    mm = getattr(buf, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise"):
+        try:
+            mm.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            pass
 
 
 def _name_attrs(pf: PerfFile) -> None:
@@ -402,21 +428,32 @@ class _CommTracker:
             return "swapper"  # perf names the idle task so (machine__create_kernel_maps)
         return ev[0][1] if ev else None
 
-    def resolve(self, tids: np.ndarray, times: np.ndarray) -> list[str | None]:
-        cache: dict[tuple[int, int], str | None] = {}
-        out: list[str | None] = []
-        bounds: dict[int, list[int]] = {t: [x for x, _ in v] for t, v in self.events.items()}
-        for tid, t in zip(tids.tolist(), times.tolist(), strict=True):
-            b = bounds.get(tid)
-            key = (tid, int(np.searchsorted(b, t, side="right")) if b else 0)
-            v = cache.get(key, _MISSING)
-            if v is _MISSING:
-                v = cache[key] = self.comm(tid, t)
-            out.append(v)
-        return out
+    def resolve(self, tids: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
+        """Names for many (tid, time) samples: vectorised per thread over its COMM times."""
+        codes = np.zeros(len(tids), dtype=np.int32)
+        names: list[str | None] = []
+        index: dict[str | None, int] = {}
 
+        def code(name: str | None) -> int:
+            if name not in index:
+                index[name] = len(names)
+                names.append(name)
+            return index[name]
 
-_MISSING = object()
+        order = np.argsort(tids, kind="stable")
+        uniq, starts = np.unique(tids[order], return_index=True)
+        ends = np.append(starts[1:], len(order))
+        for tid, a, z in zip(uniq.tolist(), starts.tolist(), ends.tolist(), strict=True):
+            rows = order[a:z]
+            ev = self.events.get(tid, [])
+            bounds = np.array([t for t, _ in ev], dtype=np.int64)
+            # position among this thread's COMM records: one name per distinct position
+            pos = np.searchsorted(bounds, times[rows], side="right") if len(ev) else np.zeros(len(rows), int)
+            for p in np.unique(pos).tolist():
+                t_rep = int(times[rows[pos == p][0]])
+                codes[rows[pos == p]] = code(self.comm(tid, t_rep))
+        return codes, names
+
 
 
 def _emit_lost(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray, sizes: np.ndarray,
@@ -450,12 +487,12 @@ def _emit_samples(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.nda
     rf = np.array([a.read_format for a in A], dtype=np.int64)
     zeros = np.zeros(len(A), dtype=np.int64)
     out = {k: np.zeros(n, dtype=dt) for k, dt in (
-        ("attr", np.int64), ("ip", np.uint64), ("pid", np.int64), ("tid", np.int64), ("time", np.int64),
-        ("addr", np.uint64), ("cpu", np.int64), ("period", np.uint64), ("raw_off", np.int64),
-        ("raw_len", np.int64), ("ok", np.int64))}
+        ("attr", np.int32), ("ip", np.uint64), ("pid", np.int32), ("tid", np.int32), ("time", np.int64),
+        ("cpu", np.int32), ("period", np.uint64), ("raw_off", np.int64), ("raw_len", np.int32),
+        ("ok", np.int8))}
     out["cpu"][:] = -1
     pw.walk_samples(buf, offs, sizes, mode, pos, ids, idx, st, rf, zeros, zeros, zeros,
-                    out["attr"], out["ip"], out["pid"], out["tid"], out["time"], out["addr"], out["cpu"],
+                    out["attr"], out["ip"], out["pid"], out["tid"], out["time"], out["cpu"],
                     out["period"], out["raw_off"], out["raw_len"], out["ok"])
     bad = out["ok"] != 1
     if bad.any():
@@ -465,7 +502,7 @@ def _emit_samples(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.nda
                 b.stats.add(pf.path, "unparsed_record", "sample", int(m.sum()),
                             f"offset {int(offs[m][0])}: {label}")
     good = ~bad
-    comm_all = comms.resolve(out["tid"][good], out["time"][good])
+    comm_codes, comm_names = comms.resolve(out["tid"][good], out["time"][good])
     gidx = np.nonzero(good)[0]
     has_cpu = np.array([bool(a.sample_type & pw.S_CPU) for a in A])
     formats = pf.tracing.formats if pf.tracing else {}
@@ -478,7 +515,7 @@ def _emit_samples(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.nda
         sel = gidx[sel_local]
         cpu = out["cpu"][sel].astype(np.int32) if has_cpu[k] else None
         ts = out["time"][sel]
-        comm = [comm_all[i] for i in sel_local.tolist()]
+        comm = dict_array(comm_codes[sel_local], comm_names)
         if a.type == PERF_TYPE_TRACEPOINT and a.sample_type & pw.S_RAW:
             if a.config not in formats:
                 b.stats.add(pf.path, "unparsed_record", a.name or "", len(sel),
@@ -486,17 +523,19 @@ def _emit_samples(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.nda
                 continue
             cpu_arr = cpu if cpu is not None else np.full(len(sel), -1, np.int32)
             emit_payloads(b, pf.path, source, buf, out["raw_off"][sel], out["raw_len"][sel], ts, cpu_arr,
-                          formats, "<", cmdlines, kallsyms, comm=comm, pid=out["tid"][sel].astype(np.int32))
+                          formats, "<", cmdlines, kallsyms, comm=comm, pid=out["tid"][sel])
             continue
         misc = miscs[sel]
         b.add("samples", {
-            "ts_ns": ts, "cpu": cpu, "pid": out["tid"][sel].astype(np.int32), "comm": comm,
-            "source": [source] * len(sel), "event": [a.name] * len(sel),
-            "tid": out["tid"][sel].astype(np.int32),
+            "ts_ns": ts, "cpu": cpu, "pid": out["tid"][sel], "comm": comm,
+            "source": const_column(source, len(sel)), "event": pa.repeat(a.name, len(sel)),
+            "tid": out["tid"][sel],
             # without PERF_SAMPLE_PERIOD every sample stands for attr.sample_period (perf does the same)
             "period": out["period"][sel] if a.sample_type & pw.S_PERIOD else
             np.full(len(sel), 0 if a.flags >> 10 & 1 else a.sample_period, dtype=np.uint64),
             "ip": out["ip"][sel] if a.sample_type & pw.S_IP else None,
-            "cpumode": [CPUMODES.get(int(m) & 7, "unknown") for m in misc.tolist()],
+            "cpumode": pa.DictionaryArray.from_arrays(
+                pa.array((misc & 7).astype(np.int32)), pa.array([CPUMODES.get(i, "unknown") for i in range(8)])
+            ).cast(pa.string()),
             "exact_ip": (misc & MISC_EXACT_IP) != 0,
         }, len(sel), a.name)

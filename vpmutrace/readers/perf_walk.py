@@ -95,16 +95,16 @@ def _popcount(x):  # pragma: no cover - compiled
     return c
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def walk_samples(buf, offs, sizes, id_mode, id_pos, ids_sorted, ids_attr, st_arr, rf_arr, ru_arr, ri_arr,
-                 bhw_arr, out_attr, out_ip, out_pid, out_tid, out_time, out_addr, out_cpu, out_period,
+                 bhw_arr, out_attr, out_ip, out_pid, out_tid, out_time, out_cpu, out_period,
                  out_raw_off, out_raw_len, out_ok):  # pragma: no cover - compiled
     """Decode the fields of PERF_RECORD_SAMPLE records, in ABI order, up to and past RAW.
 
     id_mode: 0 single attr, 1 IDENTIFIER (first u64), 2 ID at byte ``id_pos`` of the body.
     out_ok: 1 decoded, 0 id unknown, -1 fields ran past the record.
     """
-    for i in range(len(offs)):
+    for i in numba.prange(len(offs)):
         o = offs[i] + 8
         end = offs[i] + sizes[i]
         a = 0
@@ -136,7 +136,6 @@ def walk_samples(buf, offs, sizes, id_mode, id_pos, ids_sorted, ids_attr, st_arr
             out_time[i] = _i64(buf, p)
             p += 8
         if st & np.uint64(S_ADDR):
-            out_addr[i] = _u64(buf, p)
             p += 8
         if st & np.uint64(S_ID):
             p += 8

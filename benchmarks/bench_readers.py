@@ -1,0 +1,146 @@
+"""Reader throughput against perf script and trace-cmd report, on the same files, in one run.
+
+    benchmarks/make_capture.sh            # once, on a KVM host: data/bench.perf.data (>= 5 M events)
+    .venv/bin/python benchmarks/bench_readers.py [PERF_DATA]
+
+Builds data/bench.trace.dat from the same tracepoint payloads (packed into ring-buffer
+pages, written as trace.dat v7 zstd) so trace-cmd report and our trace.dat reader run
+on the same events. Each measurement runs in a fresh process; peak RSS is that
+process's maximum resident set. Prints events/s, ratios and peak memory / file size.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+PY = sys.executable
+
+OURS = r"""
+import json, resource, sys, time
+from vpmutrace.readers import load_trace
+load_trace([sys.argv[3]])  # compile/load the numba kernels outside the timing
+t = time.perf_counter()
+td = load_trace([sys.argv[1]])
+mid = time.perf_counter()
+if sys.argv[2] == "parquet":
+    td.save(sys.argv[4])
+end = time.perf_counter()
+print(json.dumps({"events": sum(td.meta["events"].values()), "read_s": mid - t, "total_s": end - t,
+                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def _external(cmd: list[str]) -> tuple[float, int | None]:
+    timer = shutil.which("time") or "/usr/bin/time"
+    if Path(timer).exists():
+        t = time.perf_counter()
+        r = subprocess.run([timer, "-f", "%M", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True, check=False)
+        dt = time.perf_counter() - t
+        last = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ""
+        return dt, int(last) if last.isdigit() else None
+    t = time.perf_counter()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+    return time.perf_counter() - t, None
+
+
+def _ours(path: Path, mode: str, warm: Path) -> dict:
+    out = HERE / "data" / "bench.parquet"
+    r = subprocess.run([PY, "-c", OURS, str(path), mode, str(warm), str(out)], capture_output=True, text=True,
+                       check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def make_trace_dat(perf_data: Path, out: Path) -> None:
+    """The perf.data's tracepoint payloads as trace.dat CPU pages (same events, same formats)."""
+    import numpy as np
+
+    from vpmutrace.readers import perf_walk as pw
+    from vpmutrace.readers.perf_data import REC_SAMPLE, _id_index, _walk, read_perf_data
+    from vpmutrace.tracedata import TraceBuilder
+    from vpmutrace.writers.ringbuf import pack_pages
+    from vpmutrace.writers.trace_dat import BufferData, TraceDatContent, write_trace_dat
+
+    pf = read_perf_data(perf_data, TraceBuilder())
+    buf = np.memmap(perf_data, dtype=np.uint8, mode="r")
+    raw = bytes(buf[:16])
+    hsize = int.from_bytes(raw[8:16], "little")
+    start, end = (16, len(buf)) if hsize == 16 else (int(buf[40:48].view("<u8")[0]),
+                                                     int(buf[40:48].view("<u8")[0] + buf[48:56].view("<u8")[0]))
+    offs, types, _m, sizes, _s, _e = _walk(buf, start, end)
+    sel = types == REC_SAMPLE
+    offs, sizes = offs[sel], sizes[sel]
+    n = len(offs)
+    mode, pos, ids, idx = _id_index(pf)
+    A = pf.attrs
+    st = np.array([a.sample_type for a in A], dtype=np.uint64)
+    rf = np.array([a.read_format for a in A], dtype=np.int64)
+    z = np.zeros(len(A), dtype=np.int64)
+    o = {k: np.zeros(n, dtype=dt) for k, dt in (("attr", np.int32), ("ip", np.uint64), ("pid", np.int32),
+                                                 ("tid", np.int32), ("time", np.int64), ("cpu", np.int32),
+                                                 ("period", np.uint64), ("raw_off", np.int64),
+                                                 ("raw_len", np.int32), ("ok", np.int8))}
+    pw.walk_samples(buf, offs, sizes, mode, pos, ids, idx, st, rf, z, z, z, o["attr"], o["ip"], o["pid"],
+                    o["tid"], o["time"], o["cpu"], o["period"], o["raw_off"], o["raw_len"], o["ok"])
+    cpus: dict[int, bytes] = {}
+    for cpu in np.unique(o["cpu"]).tolist():
+        rows = np.nonzero(o["cpu"] == cpu)[0]
+        rows = rows[np.argsort(o["time"][rows], kind="stable")]
+        payloads = [buf[a:a + b].tobytes() for a, b in zip(o["raw_off"][rows].tolist(),
+                                                           o["raw_len"][rows].tolist(), strict=True)]
+        cpus[int(cpu)] = pack_pages(payloads, o["time"][rows])
+    r = pf.tracing.raw
+    content = TraceDatContent(page_size=4096, header_page=r["header_page"], header_event=r["header_event"],
+                              ftrace_formats=list(r["ftrace"]), event_formats=dict(r["events"]),
+                              cmdlines=r.get("cmdlines", b""), buffers=[BufferData("", "perf", cpus)],
+                              uname=f"Linux bench {pf.features.get('os_release', '')} x86_64",
+                              trace_clock="local global counter uptime [perf] mono mono_raw boot",
+                              cpucount=max(cpus) + 1)
+    write_trace_dat(out, content, 7, "zstd")
+
+
+def main() -> None:
+    perf_data = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE / "data" / "bench.perf.data"
+    if not perf_data.exists():
+        sys.exit(f"{perf_data} missing: run benchmarks/make_capture.sh on a KVM host first")
+    trace_dat = perf_data.with_suffix(".trace.dat")
+    if not trace_dat.exists():
+        print(f"building {trace_dat} from the same payloads ...", flush=True)
+        make_trace_dat(perf_data, trace_dat)
+    warm = HERE.parent / "fixtures" / "microguest200.perf.data"
+    rows = []
+    for path, tool, cmd in ((perf_data, "perf script", ["perf", "script", "-i", str(perf_data)]),
+                            (trace_dat, "trace-cmd report", ["trace-cmd", "report", "-i", str(trace_dat)])):
+        size = path.stat().st_size
+        mem = _ours(path, "memory", warm)
+        pq = _ours(path, "parquet", warm)
+        ev = mem["events"]
+        if shutil.which(cmd[0]):
+            t_tool, rss_tool = _external(cmd)
+        else:
+            t_tool, rss_tool = float("nan"), None
+        rows.append((path.name, size, ev, tool, t_tool, rss_tool, mem, pq))
+    print(f"\n{'file':<22}{'MB':>7}{'events':>11}  {'reader':<26}{'s':>7}{'Mev/s':>8}{'x tool':>8}"
+          f"{'peak MB':>9}{'peak/file':>10}")
+    for name, size, ev, tool, t_tool, rss_tool, mem, pq in rows:
+        def line(label: str, secs: float, rss_kb: int | None) -> None:
+            ratio = t_tool / secs if secs else float("nan")
+            rss = f"{rss_kb / 1024:9.0f}{rss_kb * 1024 / size:10.2f}" if rss_kb else f"{'-':>9}{'-':>10}"
+            print(f"{name:<22}{size / 2**20:7.0f}{ev:11d}  {label:<26}{secs:7.2f}{ev / secs / 1e6:8.2f}"
+                  f"{ratio:8.1f}{rss}")
+        line(tool, t_tool, rss_tool)
+        line("vpmutrace -> Arrow", mem["read_s"], mem["maxrss_kb"])
+        line("vpmutrace -> Parquet", pq["total_s"], pq["maxrss_kb"])
+    print("\nx tool = tool seconds / our seconds on the same file (higher is faster than the tool)")
+    _ = resource  # peak RSS of our runs is measured inside their own processes
+
+
+if __name__ == "__main__":
+    main()
