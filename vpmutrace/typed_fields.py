@@ -153,6 +153,9 @@ def _d_apic_accept(fmt, cols, out, n, sym) -> None:
 
 def _d_inj_exception(fmt, cols, out, n, sym) -> None:
     out["name"] = eval_unique(fmt, 0, cols, n)
+    if "has_error" in cols and "error_code" in cols:  # no error code is delivered: none to report
+        has = np.asarray(cols["has_error"]).astype(bool)
+        out["error_code"] = pa.array(np.asarray(cols["error_code"]), mask=~has)
 
 
 def _d_emulate(fmt, cols, out, n, sym) -> None:

@@ -23,7 +23,7 @@ from vpmutrace.tracedata import TraceBuilder
 from vpmutrace.typed_fields import typed_columns
 
 FTRACE_LINE = (
-    r"^(?:(?P<src>[^\s:]+):\s+)?\s*"
+    r"^\s*(?:(?P<src>[^\s:]+):\s+)?\s*"
     r"(?:(?P<comm>.+?)-(?P<pid>-?\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
     r"(?:(?P<flags>[\w.]{4,6})\s+)?)?"
     r"(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s?(?P<body>.*)$"
@@ -33,8 +33,8 @@ PERF_LINE = (
     r"(?P<ts>\d+\.\d+):\s+(?:(?P<period>\d+)\s+)?(?P<event>\S+?):(?:\s+|$)(?P<body>.*)$"
 )
 PERF_CALLCHAIN = r"^\s+[0-9a-fA-F]+\s+\S"
-CPUS_LINE = r"^(?:(?P<src>\S+):\s*)?cpus=(?P<n>\d+)\s*$"
-LOST_LINE = (r"^(?:(?P<src>[^\s:]+):\s+)?CPU:\s*(?P<cpu>\d+) "
+CPUS_LINE = r"^\s*(?:(?P<src>\S+):\s*)?cpus=(?P<n>\d+)\s*$"
+LOST_LINE = (r"^\s*(?:(?P<src>[^\s:]+):\s+)?CPU:\s*(?P<cpu>\d+) "
              r"\[(?:LOST (?P<a>\d+) EVENTS|(?P<b>\d+)? ?EVENTS DROPPED)\]")
 NOTICE_LINE = r"^(?:#####.*#####|version = \d+|CPU \d+ is empty)\s*$"
 PERF_MODIFIERS = re.compile(r"^[ukhpPGHISDWeb]+$")
