@@ -12,7 +12,6 @@ process's maximum resident set. Prints events/s, ratios and peak memory / file s
 from __future__ import annotations
 
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -130,16 +129,13 @@ def main() -> None:
     print(f"\n{'file':<22}{'MB':>7}{'events':>11}  {'reader':<26}{'s':>7}{'Mev/s':>8}{'x tool':>8}"
           f"{'peak MB':>9}{'peak/file':>10}")
     for name, size, ev, tool, t_tool, rss_tool, mem, pq in rows:
-        def line(label: str, secs: float, rss_kb: int | None) -> None:
+        for label, secs, rss_kb in ((tool, t_tool, rss_tool), ("vpmutrace -> Arrow", mem["read_s"], mem["maxrss_kb"]),
+                                    ("vpmutrace -> Parquet", pq["total_s"], pq["maxrss_kb"])):
             ratio = t_tool / secs if secs else float("nan")
             rss = f"{rss_kb / 1024:9.0f}{rss_kb * 1024 / size:10.2f}" if rss_kb else f"{'-':>9}{'-':>10}"
             print(f"{name:<22}{size / 2**20:7.0f}{ev:11d}  {label:<26}{secs:7.2f}{ev / secs / 1e6:8.2f}"
                   f"{ratio:8.1f}{rss}")
-        line(tool, t_tool, rss_tool)
-        line("vpmutrace -> Arrow", mem["read_s"], mem["maxrss_kb"])
-        line("vpmutrace -> Parquet", pq["total_s"], pq["maxrss_kb"])
     print("\nx tool = tool seconds / our seconds on the same file (higher is faster than the tool)")
-    _ = resource  # peak RSS of our runs is measured inside their own processes
 
 
 if __name__ == "__main__":

@@ -16,12 +16,6 @@ import numpy as np
 
 from vpmutrace.formats.event_format import EventFormat, Field
 
-def _scalar_dtype(f: Field, byteorder: str) -> np.dtype | None:
-    if f.size not in (1, 2, 4, 8):
-        return None
-    kind = "i" if f.signed else "u"
-    return np.dtype(f"{byteorder}{kind}{f.size}")
-
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _gather(buf, offsets, lengths, width, limit, out):  # pragma: no cover - compiled
