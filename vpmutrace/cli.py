@@ -68,6 +68,68 @@ def demo(out: Annotated[Path, typer.Option("-o", "--out", help="where to write t
     run_demo(out, fixtures)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def record(
+    command: Annotated[list[str] | None, typer.Argument(help="workload to run and record: put it after --")] = None,
+    out: Annotated[Path, typer.Option("-o", "--out", help="output directory")] = Path("vpmu-capture"),
+    duration: Annotated[float | None, typer.Option(help="record for S seconds (default 10 without a command)")]
+    = None,
+    backend: Annotated[str, typer.Option(help="perf (perf record -a) or tracefs (private tracefs instance)")]
+    = "perf",
+    events: Annotated[str, typer.Option(help="event sets and/or system:event names, comma separated: "
+                                              "vpmu (default), exits, host-msr, full")] = "vpmu",
+    cpus: Annotated[str | None, typer.Option(help="CPU list to record, e.g. 0-3,6 (default all)")] = None,
+    samples: Annotated[bool, typer.Option(help="also sample cycles (guest+host) or cpu-clock without a PMU")]
+    = False,
+    raw_only: Annotated[bool, typer.Option(help="keep the raw capture only, do not ingest")] = False,
+    buffer_kb: Annotated[int, typer.Option(help="tracefs backend: ring buffer per CPU in KiB")] = 16384,
+) -> None:
+    """Record a KVM host (kvm tracepoints, NMIs, scheduling) with a host snapshot, then ingest it.
+
+    Event sets: exits = kvm_exit/kvm_entry; vpmu = exits + kvm_msr, kvm_inj_virq, kvm_apic_accept_irq,
+    kvm_inj_exception, kvm_cpuid, kvm_pio, kvm_userspace_exit, nmi_handler, sched_switch,
+    local_timer_entry; host-msr = msr:read_msr/write_msr/rdpmc (high rate); full = all of these and more.
+    """
+    from collectors.host import Refusal
+    from collectors.record import RecordOptions, describe, parse_cpus
+    from collectors.record import record as do_record
+
+    try:
+        res = do_record(RecordOptions(out=out, backend=backend, events=events, cpus=parse_cpus(cpus),
+                                      duration=duration, command=list(command) if command else None,
+                                      samples=samples, raw_only=raw_only, buffer_kb=buffer_kb,
+                                      progress=sys.stderr.isatty()))
+    except (Refusal, ValueError) as e:
+        print(f"vpmutrace record: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    typer.echo(describe(res))
+    if res.interrupted:
+        raise typer.Exit(130)
+
+
+@app.command()
+def selftest(out: Annotated[Path, typer.Option("-o", "--out", help="where to keep the captures")]
+             = Path("vpmu-selftest"),
+             backend: Annotated[list[str] | None, typer.Option(help="perf and/or tracefs (default: all "
+                                                                    "available)")] = None) -> None:
+    """Record the bundled KVM guest with each available backend and check the decoded events.
+
+    Exit status 1 when a check fails.
+    """
+    from collectors.host import Refusal
+    from collectors.selftest import render
+    from collectors.selftest import selftest as run
+
+    try:
+        checks = run(out, backend)
+    except Refusal as e:
+        print(f"vpmutrace selftest: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    typer.echo(render(checks))
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point: click handles usage errors (exit 2); input errors become one line, exit 2."""
     try:

@@ -47,6 +47,18 @@ def render_info(d: dict[str, Any]) -> str:
     out.append(f"unparsed   {d['unparsed']}")
     if d["fallback_events"]:
         out.append(f"fallback   {', '.join(d['fallback_events'])} (print fmt not evaluable; raw fields kept)")
+    host = d.get("host")
+    if host:
+        kvm = host.get("kvm", {})
+        params = {f"{m}.{k}": v for m, ps in kvm.items() for k, v in ps.items()
+                  if k in ("enable_pmu", "enable_mediated_pmu", "pmu", "enable_vmware_backdoor")}
+        wd = host.get("watchdog", {})
+        out.append(f"host       {host.get('cpu_model') or '?'}; {host.get('cpus_online')} CPUs; "
+                   f"nmi_watchdog={wd.get('nmi_watchdog')} watchdog_thresh={wd.get('watchdog_thresh')}")
+        if params:
+            out.append("kvm        " + " ".join(f"{k}={v}" for k, v in sorted(params.items())))
+        pc = host.get("pmu_counters", {})
+        out.append("pmu        " + ", ".join(f"{k}={v}" for k, v in pc.items()))
     out.append("")
     out.append(f"{'event':<40} {'count':>12}")
     for name, n in sorted(d["events"].items(), key=lambda kv: (-kv[1], kv[0])):

@@ -263,7 +263,8 @@ def _apply_meta(td: TraceDat, b: TraceBuilder) -> None:
         b.meta.setdefault("clock", clock)
     if o.get("cpucount") or td.ncpus:
         b.meta["cpus"] = max(b.meta.get("cpus") or 0, o.get("cpucount") or td.ncpus)
-    tool = "trace-cmd" + (f" {o['tracecmd_version']}" if o.get("tracecmd_version") else "")
+    version = o.get("tracecmd_version") or ""
+    tool = version if version.startswith("vpmutrace") else "trace-cmd" + (f" {version}" if version else "")
     b.meta["inputs"].append({"path": td.path, "format": "trace.dat", "tool": tool,
                              "file_version": td.version, "compression": td.compression,
                              "size_bytes": Path(td.path).stat().st_size,

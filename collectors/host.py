@@ -1,0 +1,190 @@
+"""Host checks (one-line refusals with the fix) and the host snapshot stored with every capture."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+from typing import Any
+
+TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+
+
+class Refusal(Exception):
+    """The host cannot do what was asked: a one-line reason and the fix."""
+
+
+def tracefs_root(mount: bool = True) -> Path:
+    """The tracefs mount point; mounts it at /sys/kernel/tracing when possible and allowed."""
+    override = os.environ.get("VPMUTRACE_TRACEFS")
+    if override:
+        p = Path(override)
+        if (p / "events").is_dir():
+            return p
+        raise Refusal(f"no tracefs at {p} (VPMUTRACE_TRACEFS): unset it or point it at a tracefs mount")
+    for p in TRACEFS_CANDIDATES:
+        if (p / "events").is_dir():
+            return p
+    if mount and os.geteuid() == 0 and Path("/sys/kernel/tracing").is_dir():
+        r = subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], capture_output=True,
+                           text=True, check=False)
+        if r.returncode == 0 and (Path("/sys/kernel/tracing") / "events").is_dir():
+            return Path("/sys/kernel/tracing")
+    raise Refusal("no tracefs: mount it with `mount -t tracefs nodev /sys/kernel/tracing` (as root)")
+
+
+def require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise Refusal(f"{what} needs root (tracefs instances and system-wide tracepoints): run with sudo")
+
+
+def require_kvm() -> None:
+    if not Path("/dev/kvm").exists():
+        raise Refusal("no /dev/kvm: this is not a KVM host (load kvm_intel or kvm_amd, or enable virtualization)")
+
+
+def require_perf() -> str:
+    perf = shutil.which("perf")
+    if perf is None:
+        raise Refusal("perf is not installed: install linux-perf (Debian) / perf (Fedora), "
+                      "or use --backend tracefs")
+    paranoid = _read_int(Path("/proc/sys/kernel/perf_event_paranoid"))
+    if os.geteuid() != 0 and paranoid is not None and paranoid > -1:
+        raise Refusal(f"no perf_event access for system-wide tracepoints (perf_event_paranoid={paranoid}): "
+                      "run as root or `sysctl -w kernel.perf_event_paranoid=-1`")
+    return perf
+
+
+def hardware_pmu() -> bool:
+    """True when the host has a usable hardware PMU (a cycles event can be opened)."""
+    perf = shutil.which("perf")
+    if perf is None:
+        return False
+    r = subprocess.run([perf, "stat", "-x,", "-e", "cycles", "true"], capture_output=True, text=True, check=False)
+    return r.returncode == 0 and "<not supported>" not in r.stderr and "not counted" not in r.stderr
+
+
+def _read(p: Path) -> str | None:
+    try:
+        return p.read_text().strip()
+    except OSError:
+        return None
+
+
+def _read_int(p: Path) -> int | None:
+    v = _read(p)
+    try:
+        return int(v) if v is not None else None
+    except ValueError:
+        return None
+
+
+def _params(module: str) -> dict[str, str] | None:
+    d = Path("/sys/module") / module / "parameters"
+    if not d.is_dir():
+        return None
+    out: dict[str, str] = {}
+    for f in sorted(d.iterdir()):
+        v = _read(f)
+        if v is not None:
+            out[f.name] = v
+    return out
+
+
+def _cpuid(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int] | None:
+    """CPUID through /dev/cpu/0/cpuid (the cpuid driver), when present and readable."""
+    try:
+        with open("/dev/cpu/0/cpuid", "rb") as f:
+            f.seek(leaf | (subleaf << 32))
+            return struct.unpack("<IIII", f.read(16))
+    except OSError:
+        return None
+
+
+def pmu_counters(vendor: str) -> dict[str, Any]:
+    """Counter counts from CPUID leaf 0xA (Intel) or 0x80000022 / 0x80000001 (AMD), where readable."""
+    if vendor == "GenuineIntel":
+        r = _cpuid(0xA)
+        if r is None:
+            return {"source": "unavailable: /dev/cpu/0/cpuid missing (modprobe cpuid)"}
+        eax, _ebx, _ecx, edx = r
+        return {"source": "cpuid 0xA", "version": eax & 0xFF, "gp_counters": (eax >> 8) & 0xFF,
+                "gp_width": (eax >> 16) & 0xFF, "fixed_counters": edx & 0x1F, "fixed_width": (edx >> 5) & 0xFF}
+    if vendor == "AuthenticAMD":
+        r = _cpuid(0x80000022)
+        r1 = _cpuid(0x80000001)
+        if r is None or r1 is None:
+            return {"source": "unavailable: /dev/cpu/0/cpuid missing (modprobe cpuid)"}
+        perfmon_v2 = bool(r[0] & 1)
+        core_ext = bool(r1[2] >> 23 & 1)
+        return {"source": "cpuid 0x80000022/0x80000001", "perfmon_v2": perfmon_v2,
+                "gp_counters": (r[1] & 0xF) if perfmon_v2 else (6 if core_ext else 4)}
+    return {"source": f"unknown vendor {vendor}"}
+
+
+def running_vms() -> list[dict[str, Any]]:
+    """QEMU (or other VMM) processes with their vCPU threads ('CPU n/KVM' thread names)."""
+    vms = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        vcpus = []
+        try:
+            for task in (proc / "task").iterdir():
+                name = _read(task / "comm") or ""
+                m = re.match(r"CPU (\d+)/KVM", name)
+                if m:
+                    vcpus.append({"vcpu": int(m.group(1)), "tid": int(task.name)})
+            if not vcpus:
+                continue
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+        except OSError:
+            continue
+        vms.append({"pid": int(proc.name), "cmdline": cmd[:500], "vcpus": sorted(vcpus, key=lambda v: v["vcpu"])})
+    return vms
+
+
+def snapshot() -> dict[str, Any]:
+    """What the analyses need to know about the host, captured next to every trace."""
+    cpuinfo = _read(Path("/proc/cpuinfo")) or ""
+
+    def field(name: str) -> str | None:
+        m = re.search(rf"^{name}\s*:\s*(.*)$", cpuinfo, re.M)
+        return m.group(1).strip() if m else None
+
+    vendor = field("vendor_id") or ""
+    pmus: dict[str, Any] = {}
+    src = Path("/sys/bus/event_source/devices")
+    if src.is_dir():
+        for dev in sorted(src.iterdir()):
+            caps = {}
+            if (dev / "caps").is_dir():
+                caps = {c.name: _read(c) for c in sorted((dev / "caps").iterdir())}
+            pmus[dev.name] = {"type": _read_int(dev / "type"), "caps": caps}
+    watchdog = {k: _read_int(Path("/proc/sys/kernel") / k) for k in
+                ("nmi_watchdog", "watchdog", "watchdog_thresh", "soft_watchdog")}
+    return {
+        "kernel_release": platform.release(),
+        "kernel_version": platform.version(),
+        "kernel_cmdline": _read(Path("/proc/cmdline")),
+        "hostname": platform.node(),
+        "cpu_vendor": vendor,
+        "cpu_model": field("model name"),
+        "cpu_family_model_stepping": [field("cpu family"), field("model"), field("stepping")],
+        "cpus_online": os.cpu_count(),
+        "cpu_mhz": field("cpu MHz"),
+        "cpu_flags_pmu": [f for f in (field("flags") or "").split() if f in
+                          ("arch_perfmon", "perfctr_core", "perfmon_v2", "pdcm", "pebs", "bts", "arch_lbr",
+                           "hypervisor", "vmx", "svm")],
+        "pmus": pmus,
+        "pmu_counters": pmu_counters(vendor),
+        "kvm": {m: _params(m) for m in ("kvm", "kvm_intel", "kvm_amd", "kvm_pvm") if _params(m) is not None},
+        "watchdog": watchdog,
+        "perf_event_paranoid": _read_int(Path("/proc/sys/kernel/perf_event_paranoid")),
+        "perf_event_max_sample_rate": _read_int(Path("/proc/sys/kernel/perf_event_max_sample_rate")),
+        "running_vms": running_vms(),
+    }

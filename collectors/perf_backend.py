@@ -1,0 +1,67 @@
+"""Record with `perf record -a`: tracepoints, plus an optional sampling event.
+
+The sampling event is `cycles:HG` (host and guest, so cpumode tells guest from host
+samples) where a hardware PMU exists, software `cpu-clock` otherwise. perf is stopped
+with SIGINT (it then finishes writing a complete file) on duration end, on the
+workload's exit, and when we are interrupted.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class PerfCapture:
+    perf: str
+    events: list[str]
+    out_file: Path
+    cpus: list[int] | None = None
+    sample_event: str | None = None
+    mmap_pages: str = "16M"
+    proc: subprocess.Popen | None = None
+    stderr_file: Path | None = None
+    argv: list[str] = field(default_factory=list)
+
+    def start(self, command: list[str] | None, duration: float | None) -> None:
+        argv = [self.perf, "record", "-q", "-a", "-m", self.mmap_pages, "-o", str(self.out_file)]
+        for e in self.events:
+            argv += ["-e", e]
+        if self.sample_event:
+            argv += ["-e", self.sample_event]
+            if self.sample_event.startswith("cpu-clock"):
+                argv += ["-F", "1000"]
+        if self.cpus is not None:
+            argv += ["-C", ",".join(map(str, self.cpus))]
+        argv += ["--"] + (command if command else ["sleep", f"{duration if duration is not None else 10:g}"])
+        self.argv = argv
+        self.stderr_file = self.out_file.with_suffix(".perf-record.log")
+        with open(self.stderr_file, "wb") as err:
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def interrupt(self) -> None:
+        if self.running():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGINT)
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout=timeout)
+
+    def bytes_written(self) -> int:
+        try:
+            return self.out_file.stat().st_size
+        except OSError:
+            return 0
+
+    def log(self) -> str:
+        try:
+            return self.stderr_file.read_text(errors="replace") if self.stderr_file else ""
+        except OSError:
+            return ""

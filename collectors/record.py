@@ -1,0 +1,231 @@
+"""`vpmutrace record`: checks, host snapshot, capture with progress, summary, ingest.
+
+Output directory layout:
+  trace.perf.data | trace.dat   the raw capture
+  host.json                     host snapshot (kernel, kvm parameters, PMU, watchdog, VMs)
+  capture.json                  what was asked and what happened (events, missing, lost, errors)
+  dataset/                      the Parquet dataset (unless --raw-only)
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from collectors import events as evsets
+from collectors.host import Refusal, hardware_pmu, require_kvm, require_perf, require_root, snapshot, tracefs_root
+
+
+class Interrupted(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@dataclass
+class RecordOptions:
+    out: Path
+    backend: str = "perf"
+    events: str = "vpmu"
+    cpus: list[int] | None = None
+    duration: float | None = None
+    command: list[str] | None = None
+    samples: bool = False
+    raw_only: bool = False
+    buffer_kb: int = 16384
+    progress: bool = True
+
+
+@dataclass
+class RecordResult:
+    backend: str
+    trace_file: Path
+    events_requested: list[str]
+    events_missing: list[str]
+    interrupted: str | None = None
+    command_status: int | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    dataset: Path | None = None
+
+
+def parse_cpus(spec: str | None) -> list[int] | None:
+    """'0-3,6' -> [0, 1, 2, 3, 6]."""
+    if not spec:
+        return None
+    out: list[int] = []
+    for part in spec.split(","):
+        a, _, b = part.partition("-")
+        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    return sorted(set(out))
+
+
+def _progress(msg: str, enabled: bool) -> None:
+    if enabled:
+        sys.stderr.write("\r" + msg.ljust(78))
+        sys.stderr.flush()
+
+
+def record(opt: RecordOptions) -> RecordResult:
+    if opt.backend not in ("perf", "tracefs"):
+        raise Refusal(f"unknown backend {opt.backend!r}: perf or tracefs")
+    if opt.command and opt.duration is not None:
+        raise Refusal("give either --duration or a command after --, not both")
+    try:
+        wanted = evsets.expand(opt.events)
+    except ValueError as e:
+        raise Refusal(str(e)) from None
+    if opt.backend == "tracefs":
+        require_root("the tracefs backend")
+    perf = require_perf() if opt.backend == "perf" else None
+    root = tracefs_root()
+    require_kvm()
+    have, missing = evsets.available(wanted, root)
+    if not any(e.startswith("kvm:") for e in have):
+        raise Refusal("this kernel has no kvm tracepoints (is the kvm module loaded?): modprobe kvm_intel/kvm_amd")
+    opt.out.mkdir(parents=True, exist_ok=True)
+    (opt.out / "host.json").write_text(json.dumps(snapshot(), indent=2) + "\n")
+    if missing:
+        print(f"record: not on this kernel, skipped: {', '.join(missing)}", file=sys.stderr)
+    trace_file = opt.out / ("trace.perf.data" if opt.backend == "perf" else "trace.dat")
+    res = RecordResult(opt.backend, trace_file, wanted, missing)
+
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def on_signal(signum: int, frame: object) -> None:
+        raise Interrupted(signum)
+
+    for s in old:
+        signal.signal(s, on_signal)
+    try:
+        if opt.backend == "perf":
+            assert perf is not None
+            _run_perf(opt, perf, have, res)
+        else:
+            _run_tracefs(opt, root, have, res)
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    _progress("", opt.progress)
+    if opt.progress:
+        sys.stderr.write("\r")
+    (opt.out / "capture.json").write_text(json.dumps({
+        "backend": res.backend, "trace_file": str(res.trace_file), "events_requested": res.events_requested,
+        "events_missing": res.events_missing, "interrupted": res.interrupted, "command": opt.command,
+        "command_status": res.command_status, "duration": opt.duration, "cpus": opt.cpus,
+        "summary": res.summary}, indent=2) + "\n")
+    if not opt.raw_only:
+        from vpmutrace.readers import load_trace
+
+        td = load_trace([trace_file])
+        td.meta["host"] = json.loads((opt.out / "host.json").read_text())
+        td.meta["capture"] = json.loads((opt.out / "capture.json").read_text())
+        res.dataset = td.save(opt.out / "dataset")
+        res.summary["decoded_events"] = sum(td.meta["events"].values())
+        res.summary["events_by_kind"] = td.meta["events"]
+        res.summary["lost_events"] = td.meta["lost_events"]
+        res.summary["lost_notices"] = td.meta["lost_notices"]
+        res.summary["unparsed"] = td.meta["unparsed"]
+    return res
+
+
+def _workload(opt: RecordOptions) -> subprocess.Popen | None:
+    if not opt.command:
+        return None
+    return subprocess.Popen(opt.command)
+
+
+def _run_tracefs(opt: RecordOptions, root: Path, have: list[str], res: RecordResult) -> None:
+    from collectors.tracefs_backend import TracefsCapture
+
+    cap = TracefsCapture(root, have, res.trace_file, opt.cpus, opt.buffer_kb)
+    cap.start()
+    proc = None
+    t0 = time.monotonic()
+    try:
+        try:
+            proc = _workload(opt)
+            while True:
+                if proc is not None and proc.poll() is not None:
+                    res.command_status = proc.returncode
+                    break
+                if proc is None and time.monotonic() - t0 >= (opt.duration if opt.duration is not None else 10):
+                    break
+                n, lost = cap.progress()
+                _progress(f"recording (tracefs) {time.monotonic() - t0:6.1f} s  {n} events  lost {lost}",
+                          opt.progress)
+                time.sleep(0.2)
+        except Interrupted as e:
+            res.interrupted = str(e)
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                res.command_status = proc.returncode
+        res.summary = cap.stop()
+    finally:
+        cap.cleanup()
+
+
+def _run_perf(opt: RecordOptions, perf: str, have: list[str], res: RecordResult) -> None:
+    from collectors.perf_backend import PerfCapture
+
+    sample = None
+    if opt.samples:
+        sample = "cycles:HG" if hardware_pmu() else "cpu-clock"
+    cap = PerfCapture(perf, have, res.trace_file, opt.cpus, sample)
+    cap.start(opt.command, opt.duration)
+    t0 = time.monotonic()
+    try:
+        while cap.running():
+            _progress(f"recording (perf) {time.monotonic() - t0:6.1f} s  {cap.bytes_written() / 2**20:.1f} MB",
+                      opt.progress)
+            time.sleep(0.2)
+    except Interrupted as e:
+        res.interrupted = str(e)
+        cap.interrupt()
+    try:
+        status = cap.wait(timeout=120)
+    except Interrupted as e:  # a second signal: still let perf finish its file
+        res.interrupted = str(e)
+        status = cap.wait(timeout=120)
+    if opt.command:
+        res.command_status = status
+    res.summary = {"perf_status": status, "bytes": cap.bytes_written(), "sample_event": sample,
+                   "perf_argv": cap.argv, "file": str(res.trace_file)}
+    if not res.trace_file.exists() or res.trace_file.stat().st_size == 0:
+        log = cap.log().strip().splitlines()
+        raise Refusal(f"perf record wrote no data ({log[-1] if log else f'exit status {status}'})")
+
+
+def describe(res: RecordResult) -> str:
+    s = res.summary
+    lines = [f"backend      {res.backend}", f"trace        {res.trace_file}"]
+    if res.interrupted:
+        lines.append(f"interrupted  by {res.interrupted}; what was captured so far is kept")
+    if res.command_status is not None:
+        lines.append(f"command      exit status {res.command_status}")
+    if res.events_missing:
+        lines.append(f"skipped      {', '.join(res.events_missing)} (not on this kernel)")
+    if "decoded_events" in s:
+        lines.append(f"events       {s['decoded_events']}  lost {s['lost_events']} "
+                     f"({s['lost_notices']} notices)  unparsed {s['unparsed']}")
+        for k, v in sorted(s["events_by_kind"].items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {k:<34}{v:>10}")
+    if s.get("overruns"):
+        lines.append(f"overruns     {s['overruns']} (ring buffer too small: raise --buffer-kb)")
+    for e in s.get("errors", []):
+        lines.append(f"error        {e}")
+    if res.dataset:
+        lines.append(f"dataset      {res.dataset}")
+    return "\n".join(lines)
+
+
+__all__ = ["RecordOptions", "RecordResult", "record", "describe", "parse_cpus", "Refusal"]

@@ -1,0 +1,210 @@
+"""Capture on this host: the bundled guest, both backends, refusals, and clean interruption."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+import pytest
+from conftest import need_tool
+
+from collectors import events as evsets
+from collectors.host import Refusal, snapshot
+from collectors.microguest import WORKLOADS, assemble, parse_ops, run
+
+KVM = Path("/dev/kvm").exists()
+ROOT = os.geteuid() == 0
+TRACEFS = Path("/sys/kernel/tracing")
+needs_kvm = pytest.mark.skipif(not KVM, reason="/dev/kvm absent: not a KVM host")
+needs_root_kvm = pytest.mark.skipif(not (KVM and ROOT), reason="needs root and /dev/kvm")
+
+
+def _cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "vpmutrace", *args], capture_output=True, text=True, check=False,
+                          env=env, **kw)
+
+
+def test_op_parsing_and_assembly() -> None:
+    ops = parse_ops("cpuid 0xa; wrmsr 0x186 0x4300c0; rdpmc 0; out 0x80 1; hlt")
+    assert ops == [("cpuid", 0xA), ("wrmsr", 0x186, 0x4300C0), ("rdpmc", 0), ("out", 0x80, 1), ("hlt",)]
+    code = assemble(ops, 5, irq=False)
+    assert b"\x0f\x30" in code and b"\x0f\x33" in code and b"\x0f\xa2" in code  # wrmsr, rdpmc, cpuid
+    with pytest.raises(ValueError, match="bad op"):
+        parse_ops("wrmsr 0x186")
+
+
+@needs_kvm
+def test_guest_runs_and_reports() -> None:
+    res = run(WORKLOADS["io"], 50, irq=True, timeout=10)
+    assert res.outcome == "done" and res.iterations_done == 50
+    assert res.io_writes == {"0x80=0x11": 50}
+    assert res.interrupts_injected == 50 and res.interrupts_taken == 50
+    assert res.exits == {"IO": 51, "HLT": 50}
+
+
+@needs_kvm
+def test_guest_wall_clock_cap() -> None:
+    res = run(parse_ops("cpuid 0"), 10**9, timeout=0.5)
+    assert res.outcome == "timeout" and 0 < res.iterations_done < 10**9 and res.seconds < 3
+
+
+@needs_kvm
+def test_guest_counts_its_gp_faults() -> None:
+    # MSR 0x12345 is not architected on any x86 CPU (KVM #GPs unknown MSRs unless ignore_msrs is set)
+    if Path("/sys/module/kvm/parameters/ignore_msrs").exists() and \
+            Path("/sys/module/kvm/parameters/ignore_msrs").read_text().strip() == "Y":
+        pytest.skip("kvm.ignore_msrs=Y: unknown MSRs do not fault")
+    res = run(parse_ops("rdmsr 0x12345; wrmsr 0x12345 0; rdpmc 0x7fff"), 20, timeout=10)
+    assert res.outcome == "done" and res.gp_faults == 60
+
+
+def test_event_sets() -> None:
+    assert evsets.expand("exits") == ["kvm:kvm_exit", "kvm:kvm_entry"]
+    v = evsets.expand("vpmu,host-msr,kvm:kvm_eoi")
+    assert v[:2] == ["kvm:kvm_exit", "kvm:kvm_entry"] and "msr:rdpmc" in v and v[-1] == "kvm:kvm_eoi"
+    assert "msr:read_msr" not in evsets.expand("vpmu")
+    with pytest.raises(ValueError):
+        evsets.expand("nonsense")
+
+
+def test_snapshot_has_what_the_analyses_need() -> None:
+    s = snapshot()
+    for k in ("kernel_release", "kernel_cmdline", "cpu_model", "pmus", "pmu_counters", "kvm", "watchdog",
+              "perf_event_paranoid", "running_vms"):
+        assert k in s
+    assert s["kernel_release"] == os.uname().release
+    if Path("/sys/module/kvm/parameters/enable_pmu").exists():
+        assert "enable_pmu" in s["kvm"]["kvm"]
+
+
+@needs_root_kvm
+@pytest.mark.parametrize("backend", ["perf", "tracefs"])
+def test_selftest_recovers_exactly_what_the_guest_did(tmp_path: Path, backend: str) -> None:
+    if backend == "perf":
+        need_tool("perf")
+    from collectors.selftest import run_backend
+
+    checks = run_backend(backend, tmp_path)
+    bad = [(c.what, c.expected, c.got) for c in checks if not c.ok]
+    assert not bad, bad
+    assert any(c.what.startswith("MSR") for c in checks)
+
+
+@needs_root_kvm
+def test_tracefs_capture_is_read_by_trace_cmd_and_matches(tmp_path: Path) -> None:
+    tc = need_tool("trace-cmd")
+    guest = Path(__file__).resolve().parents[1] / "collectors" / "microguest.py"
+    r = _cli("record", "--backend", "tracefs", "-o", str(tmp_path / "cap"), "--", sys.executable, str(guest),
+             "-n", "100", "-q")
+    assert r.returncode == 0, r.stderr
+    dat = tmp_path / "cap" / "trace.dat"
+    rep = subprocess.run([tc, "report", "-i", str(dat)], capture_output=True, text=True, check=False)
+    assert rep.returncode == 0 and "kvm_msr" in rep.stdout
+    (tmp_path / "r.txt").write_text(rep.stdout)
+    from vpmutrace.readers import load_trace
+
+    ours, theirs = load_trace([dat]), load_trace([tmp_path / "r.txt"])
+    assert ours.meta["events"] == theirs.meta["events"]
+    for t in ("kvm_msr", "kvm_pio", "kvm_cpuid", "kvm_userspace_exit"):
+        a = ours.df(t).with_columns(((pl.col("ts_ns") + 500) // 1000 * 1000).alias("ts_ns")).drop("comm")
+        assert a.equals(theirs.df(t).drop("comm")), t
+    host = json.loads((tmp_path / "cap" / "host.json").read_text())
+    assert host["kernel_release"] == os.uname().release
+    assert load_trace([tmp_path / "cap" / "dataset"]).meta["host"]["kernel_release"] == os.uname().release
+
+
+def _tracefs_state() -> dict[str, str]:
+    state = {"instances": " ".join(sorted(p.name for p in (TRACEFS / "instances").iterdir()))}
+    for f in ("tracing_on", "set_event", "buffer_size_kb", "trace_clock"):
+        state[f] = (TRACEFS / f).read_text()
+    return state
+
+
+@needs_root_kvm
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("backend", ["tracefs", "perf"])
+def test_interrupted_record_leaves_tracefs_as_it_was(tmp_path: Path, sig: int, backend: str) -> None:
+    if backend == "perf":
+        need_tool("perf")
+    before = _tracefs_state()
+    guest = Path(__file__).resolve().parents[1] / "collectors" / "microguest.py"
+    proc = subprocess.Popen([sys.executable, "-m", "vpmutrace", "record", "--backend", backend, "-o",
+                             str(tmp_path / "cap"), "--", sys.executable, str(guest), "-n", "100000000",
+                             "--timeout", "60", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in out and "Traceback" not in err
+    assert _tracefs_state() == before
+    from vpmutrace.readers import load_trace
+
+    trace = tmp_path / "cap" / ("trace.dat" if backend == "tracefs" else "trace.perf.data")
+    td = load_trace([trace])
+    assert td.meta["events"].get("kvm:kvm_msr", 0) > 100  # what was captured so far is kept
+
+
+def test_refusals_are_one_line_with_the_fix(tmp_path: Path) -> None:
+    env = dict(os.environ, VPMUTRACE_TRACEFS=str(tmp_path / "nowhere"))
+    r = _cli("record", "--backend", "tracefs", "-o", str(tmp_path / "x"), "--duration", "1", env=env)
+    if ROOT:
+        assert r.returncode == 2 and "no tracefs" in r.stderr and "unset it" in r.stderr
+        assert r.stderr.strip().count("\n") == 0
+    path_without_perf = ":".join(p for p in os.environ.get("PATH", "").split(":")
+                                 if not (Path(p) / "perf").exists())
+    env = dict(os.environ, PATH=path_without_perf)
+    r = subprocess.run([sys.executable, "-m", "vpmutrace", "record", "--backend", "perf", "-o",
+                        str(tmp_path / "y"), "--duration", "1"], capture_output=True, text=True, env=env,
+                       check=False)
+    assert r.returncode == 2 and "perf is not installed" in r.stderr and "--backend tracefs" in r.stderr
+    r = _cli("record", "--events", "bogus", "-o", str(tmp_path / "z"))
+    assert r.returncode == 2 and "unknown event set" in r.stderr
+
+
+@pytest.mark.skipif(not ROOT or shutil.which("setpriv") is None, reason="needs root to drop to nobody")
+def test_refusal_when_not_root(tmp_path: Path) -> None:
+    tmp_path.chmod(0o777)
+    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m",
+                        "vpmutrace", "record", "--backend", "tracefs", "-o", str(tmp_path / "c"), "--duration",
+                        "1"], capture_output=True, text=True, check=False,
+                       env=dict(os.environ, HOME=str(tmp_path), NUMBA_CACHE_DIR=str(tmp_path / "nb")))
+    assert r.returncode == 2 and "needs root" in r.stderr and "sudo" in r.stderr
+
+
+def test_no_kvm_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import collectors.host as host
+
+    real = host.Path
+
+    class NoKvm(type(real())):  # type: ignore[misc]
+        def exists(self) -> bool:  # noqa: D102
+            return False if str(self) == "/dev/kvm" else super().exists()
+
+    monkeypatch.setattr(host, "Path", NoKvm)
+    with pytest.raises(Refusal, match="no /dev/kvm"):
+        host.require_kvm()
+
+
+@needs_root_kvm
+def test_samples_and_cpu_list(tmp_path: Path) -> None:
+    need_tool("perf")
+    guest = Path(__file__).resolve().parents[1] / "collectors" / "microguest.py"
+    r = _cli("record", "--samples", "--cpus", "0", "-o", str(tmp_path / "cap"), "--", "taskset", "-c", "0",
+             sys.executable, str(guest), "-n", "20000", "-q")
+    assert r.returncode == 0, r.stderr
+    from vpmutrace.readers import load_trace
+
+    td = load_trace([tmp_path / "cap" / "dataset"])
+    s = td.df("samples")
+    assert s.height > 0
+    # no hardware PMU here means software cpu-clock; with one, cycles for guest and host
+    assert set(s["event"].unique().to_list()) <= {"cpu-clock", "cycles:HG"}
+    assert set(s["cpumode"].unique().to_list()) <= {"kernel", "user", "guest_kernel", "guest_user", "hypervisor"}
+    assert set(td.df("kvm_msr")["cpu"].unique().to_list()) == {0}
