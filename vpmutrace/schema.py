@@ -46,6 +46,8 @@ DICT_STR = pa.dictionary(pa.int32(), pa.string())
 
 COMMON: tuple[Col, ...] = (
     Col("ts_ns", pa.int64(), "event time in ns on the trace clock", False),
+    Col("seq", pa.int64(), "record order in its input (text line, or record index in the file / CPU "
+                           "stream); orders events with equal timestamps", False),
     Col("cpu", pa.int32(), "CPU the event was recorded on (null when the text had no CPU column)"),
     Col("pid", pa.int32(), "thread id (common_pid); for KVM events the vCPU thread"),
     Col("comm", DICT_STR, "task name as the tool printed it or the trace's saved cmdlines"),

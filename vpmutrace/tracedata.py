@@ -135,8 +135,8 @@ class TraceBuilder:
         for name in list(self.chunks):
             t = pa.concat_tables(self.chunks.pop(name)).unify_dictionaries()
             if name in event_tables and not _is_sorted(t.column("ts_ns")):
-                # per-CPU streams interleave in time: one stable sort, one copy of the table
-                order = np.argsort(t.column("ts_ns").to_numpy(), kind="stable")
+                # per-CPU streams interleave in time: one sort by (ts, seq), one copy of the table
+                order = np.lexsort((t.column("seq").to_numpy(), t.column("ts_ns").to_numpy()))
                 t = t.take(pa.array(order))
             tables[name] = t
         if self.lost_rows:

@@ -31,11 +31,13 @@ def comms_for(pids: np.ndarray, cmdlines: dict[int, str]) -> pa.Array:
 def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.ndarray, offsets: np.ndarray,
                   lengths: np.ndarray, ts_ns: np.ndarray, cpu: np.ndarray, formats: dict[int, EventFormat],
                   byteorder: str, cmdlines: dict[int, str], symbols: Callable[[int], str | None] | None,
-                  comm: pa.Array | None = None, pid: np.ndarray | None = None) -> None:
+                  comm: pa.Array | None = None, pid: np.ndarray | None = None, seq: np.ndarray | None = None) -> None:
     """Decode and add every payload. ``comm``/``pid`` override the trace's own (perf COMM tracking)."""
     n = len(offsets)
     if n == 0:
         return
+    if seq is None:
+        seq = np.arange(n, dtype=np.int64)
     types = gather(buf, offsets, 2, lengths).view(np.dtype(f"{byteorder}u2")).reshape(n)
     order = np.argsort(types, kind="stable")  # radix sort for 16-bit keys
     kinds, starts = np.unique(types[order], return_index=True)
@@ -43,7 +45,8 @@ def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.nda
     for t, a, z in zip(kinds.tolist(), starts.tolist(), ends.tolist(), strict=True):
         idx = order[a:z]
         fmt = formats.get(int(t))
-        common: dict[str, Any] = {"ts_ns": ts_ns[idx], "cpu": cpu[idx], "source": const_column(source, len(idx))}
+        common: dict[str, Any] = {"ts_ns": ts_ns[idx], "seq": seq[idx], "cpu": cpu[idx],
+                                  "source": const_column(source, len(idx))}
         if fmt is None:
             builder.stats.add(src_file, "unparsed_record", f"event id {t}", len(idx),
                               f"no format for event id {t} (first at ts {int(ts_ns[idx[0]])})")

@@ -310,7 +310,7 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
     _release(buf)
     for k in range(0, len(s_offs), SAMPLE_BATCH):
         _emit_samples(pf, buf, s_offs[k:k + SAMPLE_BATCH], s_sizes[k:k + SAMPLE_BATCH],
-                      s_miscs[k:k + SAMPLE_BATCH], comms, b, source)
+                      s_miscs[k:k + SAMPLE_BATCH], comms, b, source, seq_base=k)
         _release(buf)
     if pf.partial:
         b.stats.add(pf.path, "partial", "", 1, pf.partial)
@@ -477,7 +477,7 @@ def _emit_lost(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarra
 
 
 def _emit_samples(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.ndarray, miscs: np.ndarray,
-                  comms: _CommTracker, b: TraceBuilder, source: str) -> None:
+                  comms: _CommTracker, b: TraceBuilder, source: str, seq_base: int = 0) -> None:
     n = len(offs)
     if n == 0:
         return
@@ -515,6 +515,7 @@ def _emit_samples(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.nda
         sel = gidx[sel_local]
         cpu = out["cpu"][sel].astype(np.int32) if has_cpu[k] else None
         ts = out["time"][sel]
+        seq = sel.astype(np.int64) + seq_base
         comm = dict_array(comm_codes[sel_local], comm_names)
         if a.type == PERF_TYPE_TRACEPOINT and a.sample_type & pw.S_RAW:
             if a.config not in formats:
@@ -523,11 +524,11 @@ def _emit_samples(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.nda
                 continue
             cpu_arr = cpu if cpu is not None else np.full(len(sel), -1, np.int32)
             emit_payloads(b, pf.path, source, buf, out["raw_off"][sel], out["raw_len"][sel], ts, cpu_arr,
-                          formats, "<", cmdlines, kallsyms, comm=comm, pid=out["tid"][sel])
+                          formats, "<", cmdlines, kallsyms, comm=comm, pid=out["tid"][sel], seq=seq)
             continue
         misc = miscs[sel]
         b.add("samples", {
-            "ts_ns": ts, "cpu": cpu, "pid": out["tid"][sel], "comm": comm,
+            "ts_ns": ts, "seq": seq, "cpu": cpu, "pid": out["tid"][sel], "comm": comm,
             "source": const_column(source, len(sel)), "event": pa.repeat(a.name, len(sel)),
             "tid": out["tid"][sel],
             # without PERF_SAMPLE_PERIOD every sample stands for attr.sample_period (perf does the same)

@@ -142,6 +142,7 @@ def _emit_events(ev: pl.DataFrame, flavor: str, src_file: str, builder: TraceBui
     perf = flavor == "perf-script"
     ev = ev.with_columns(
         ts_ns=_ts_ns("ts"),
+        seq=pl.col("lineno").cast(pl.Int64),
         cpu=pl.col("cpu").cast(pl.Int32),
         pid=(pl.col("tid").fill_null(pl.col("pid")) if perf else pl.col("pid")).cast(pl.Int32),
         # perf script prints ":<tid>" when it knows no name for the thread
@@ -160,7 +161,7 @@ def _emit_events(ev: pl.DataFrame, flavor: str, src_file: str, builder: TraceBui
         ev = ev.filter(~is_sample)
     else:
         ev = ev.with_columns(system=pl.lit(None, pl.String), evname=pl.col("event"))
-    common = ["ts_ns", "cpu", "pid", "comm", "source"]
+    common = ["ts_ns", "seq", "cpu", "pid", "comm", "source"]
     for (system, name), grp in ev.group_by(["system", "evname"], maintain_order=True):
         table = table_for_event(system, name)
         if system is None and table is not None:
@@ -216,7 +217,7 @@ def _emit_unmatched(rows: pl.DataFrame, table: str, system: str | None, name: st
                 fields[k] = np.array(v, dtype=np.int64 if min(v, default=0) < 0 else np.uint64)
         ref = reference_formats().get(f"{system}:{name}")
         cols = typed_columns(table, name, ref, fields, failed.height)
-        cols.update({c: _arrow(failed[c]) for c in ("ts_ns", "cpu", "pid", "comm", "source")})
+        cols.update({c: _arrow(failed[c]) for c in ("ts_ns", "seq", "cpu", "pid", "comm", "source")})
         builder.add(table, cols, failed.height, full)
         builder.stats.add(src_file, "print_fmt_fallback", full, failed.height,
                           f"line {failed['lineno'][0]}: the tool printed raw fields")
@@ -247,7 +248,7 @@ def _int_or_str(v: str | None) -> Any:
 
 
 def _emit_generic(rows: pl.DataFrame, full: str, builder: TraceBuilder) -> None:
-    cols = {c: _arrow(rows[c]) for c in ("ts_ns", "cpu", "pid", "comm", "source")}
+    cols = {c: _arrow(rows[c]) for c in ("ts_ns", "seq", "cpu", "pid", "comm", "source")}
     cols["event"] = [full] * rows.height
     cols["text"] = _arrow(rows["body"])
     builder.add("events", cols, rows.height, full)
@@ -255,7 +256,7 @@ def _emit_generic(rows: pl.DataFrame, full: str, builder: TraceBuilder) -> None:
 
 def _emit_samples(rows: pl.DataFrame, src_file: str, builder: TraceBuilder) -> None:
     g = rows.select(pl.col("body").str.extract_groups(SAMPLE_BODY).alias("g")).unnest("g")
-    cols: dict[str, Any] = {c: _arrow(rows[c]) for c in ("ts_ns", "cpu", "pid", "comm", "source")}
+    cols: dict[str, Any] = {c: _arrow(rows[c]) for c in ("ts_ns", "seq", "cpu", "pid", "comm", "source")}
     cols["event"] = _arrow(rows["event"])
     cols["tid"] = _arrow(rows["pid"])
     cols["period"] = _arrow(rows["period"].cast(pl.UInt64, strict=False))

@@ -321,6 +321,7 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str) -> None:
     t = td.tracing
     if not t.header_page:
         t.header_page = {"timestamp": (0, 8), "commit": (8, td.long_size), "data": (8 + td.long_size, 0)}
+    seq_base = 0
     for buf in td.buffers:
         # rows of an instance carry its name, as `trace-cmd report` prefixes them
         src = (f"{source}:{buf.name}" if source != "host" else buf.name) if buf.name else source
@@ -336,7 +337,9 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str) -> None:
                             f"cpu{cd.cpu}: {walk.corrupt_pages} page(s) with a bad commit size or event length")
             n = len(walk.offsets)
             emit_payloads(b, td.path, src, data, walk.offsets, walk.lengths, _to_ns(walk.ts, td),
-                          np.full(n, cd.cpu, dtype=np.int32), t.formats, td.endian, t.cmdlines, t.kallsyms)
+                          np.full(n, cd.cpu, dtype=np.int32), t.formats, td.endian, t.cmdlines, t.kallsyms,
+                          seq=np.arange(seq_base, seq_base + n, dtype=np.int64))
+            seq_base += n
 
 
 def content_of(path: str | Path) -> TraceDatContent:

@@ -1,0 +1,77 @@
+"""Exit/entry pairing shared by the analyzers: exit-handling intervals and guest-run windows.
+
+A vCPU is identified by its host thread (``source``, ``pid``): kvm_exit and kvm_entry
+fire on the vCPU thread. An exit's handling interval runs to the next kvm_entry of that
+thread (perf kvm stat pairs the same way); a guest window runs from a kvm_entry to the
+thread's next kvm_exit, on the CPU of the entry.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from vpmutrace.tracedata import TraceData
+
+KEY = ["source", "pid"]
+
+
+def _timeline(td: TraceData) -> pl.DataFrame:
+    ex = td.df("kvm_exit").select(
+        "ts_ns", "seq", "cpu", "source", "pid", "vcpu_id", "exit_reason", "reason", "isa", "intr_info",
+        pl.lit("exit").alias("kind")).with_row_index("exit_row")
+    en = td.df("kvm_entry").select("ts_ns", "seq", "cpu", "source", "pid", pl.col("vcpu_id"),
+                                   pl.lit("entry").alias("kind"))
+    both = pl.concat([ex.with_columns(pl.col("source").cast(pl.String)),
+                      en.with_columns(pl.col("source").cast(pl.String), pl.lit(None, pl.UInt32).alias("exit_row"),
+                                      pl.lit(None, pl.UInt32).alias("exit_reason"),
+                                      pl.lit(None, pl.String).alias("reason"), pl.lit(None, pl.UInt8).alias("isa"),
+                                      pl.lit(None, pl.UInt32).alias("intr_info"))], how="diagonal_relaxed")
+    return both.sort([*KEY, "ts_ns", "seq"])
+
+
+def exit_intervals(td: TraceData) -> pl.DataFrame:
+    """One row per kvm_exit: reason, vcpu, and ``handling_ns`` to the next entry (null if none)."""
+    t = _timeline(td)
+    t = t.with_columns(
+        pl.col("kind").shift(-1).over(KEY).alias("next_kind"),
+        pl.col("ts_ns").shift(-1).over(KEY).alias("next_ts"))
+    ex = t.filter(pl.col("kind") == "exit")
+    return ex.with_columns(
+        pl.when(pl.col("next_kind") == "entry").then(pl.col("next_ts") - pl.col("ts_ns")).otherwise(None)
+        .alias("handling_ns")).select("exit_row", "ts_ns", "cpu", "source", "pid", "vcpu_id", "exit_reason",
+                                      "reason", "isa", "intr_info", "handling_ns").sort("exit_row")
+
+
+def guest_windows(td: TraceData) -> pl.DataFrame:
+    """One row per guest run: [start_ns, end_ns) from a kvm_entry to the thread's next kvm_exit."""
+    t = _timeline(td).with_columns(
+        pl.col("kind").shift(-1).over(KEY).alias("next_kind"),
+        pl.col("ts_ns").shift(-1).over(KEY).alias("next_ts"),
+        pl.col("reason").shift(-1).over(KEY).alias("exit_reason_name"))
+    w = t.filter((pl.col("kind") == "entry") & (pl.col("next_kind") == "exit"))
+    return w.select("cpu", "source", "pid", "vcpu_id", pl.col("ts_ns").alias("start_ns"),
+                    pl.col("next_ts").alias("end_ns"), "exit_reason_name").sort("cpu", "start_ns")
+
+
+def in_windows(ts: pl.DataFrame, windows: pl.DataFrame, by: str = "cpu") -> pl.Series:
+    """For rows of ``ts`` (columns ts_ns and ``by``), whether they fall inside a window on the same ``by``."""
+    if ts.height == 0:
+        return pl.Series("in_guest", [], dtype=pl.Boolean)
+    if windows.height == 0:
+        return pl.Series("in_guest", [False] * ts.height)
+    left = ts.select(pl.col("ts_ns"), pl.col(by)).with_row_index("_i").sort("ts_ns")
+    right = windows.select(pl.col("start_ns").alias("ts_ns"), "end_ns", pl.col(by)).sort("ts_ns")
+    j = left.join_asof(right, on="ts_ns", by=by, strategy="backward").sort("_i")
+    return (j["end_ns"].is_not_null() & (j["ts_ns"] < j["end_ns"])).alias("in_guest")
+
+
+def overlap_ns(start: int, end: int, windows: pl.DataFrame) -> int:
+    """Total length of ``windows`` inside [start, end)."""
+    if windows.height == 0:
+        return 0
+    w = windows.filter((pl.col("end_ns") > start) & (pl.col("start_ns") < end))
+    if w.height == 0:
+        return 0
+    s = w.select((pl.min_horizontal(pl.col("end_ns"), pl.lit(end)) - pl.max_horizontal(pl.col("start_ns"),
+                                                                                         pl.lit(start))).sum())
+    return int(s.item())
