@@ -31,7 +31,7 @@ from typing import Any
 import polars as pl
 
 from vpmutrace.analyze.base import Config, Result
-from vpmutrace.analyze.pmu_msr import classify, rdpmc_exits
+from vpmutrace.analyze.pmu_msr import classify, rdpmc_exits, rdpmc_mask
 from vpmutrace.analyze.skid import mediated_pmi_mask, nmi_exit_mask
 from vpmutrace.analyze.watchdog import PERF_HANDLER
 from vpmutrace.analyze.windows import exit_intervals
@@ -142,13 +142,17 @@ def what_if(td: TraceData, cfg: Config) -> dict[str, Any]:
         return out
     iv = exit_intervals(td).filter(pl.col("handling_ns").is_not_null())
     # each removed kvm_msr belongs to the exit of its vCPU thread that precedes it
-    m = removed_msr.select("ts_ns", pl.col("source").cast(pl.String), "pid").sort("ts_ns")
-    e = iv.select(pl.col("ts_ns").alias("exit_ts"), "source", "pid", "handling_ns", "exit_row").sort("exit_ts")
-    j = m.join_asof(e, left_on="ts_ns", right_on="exit_ts", by=["source", "pid"], strategy="backward")
-    j = j.filter(pl.col("exit_ts").is_not_null() & (pl.col("ts_ns") <= pl.col("exit_ts") + pl.col("handling_ns")))
-    exits_of_msr = j.unique("exit_row")
+    if removed_msr.height:
+        m = removed_msr.select("ts_ns", pl.col("source").cast(pl.String), "pid").sort("ts_ns")
+        e = iv.select(pl.col("ts_ns").alias("exit_ts"), "source", "pid", "handling_ns", "exit_row").sort("exit_ts")
+        j = m.join_asof(e, left_on="ts_ns", right_on="exit_ts", by=["source", "pid"], strategy="backward")
+        j = j.filter(pl.col("exit_ts").is_not_null()
+                     & (pl.col("ts_ns") <= pl.col("exit_ts") + pl.col("handling_ns")))
+        exits_of_msr = j.unique("exit_row")
+    else:
+        exits_of_msr = iv.clear()
     t_msr = int(exits_of_msr["handling_ns"].sum() or 0)
-    rd_rows = iv.join(rd.select(pl.col("ts_ns")), on="ts_ns", how="semi") if rdpmc_removed else iv.clear()
+    rd_rows = iv.filter(rdpmc_mask()) if rdpmc_removed else iv.clear()
     t_rd = int(rd_rows["handling_ns"].sum() or 0)
     removed_exits = exits_of_msr.height + rd_rows.height
     remaining = iv.height - removed_exits

@@ -37,12 +37,15 @@ def classify(df: pl.DataFrame, cfg: Config) -> pl.DataFrame:
     return df.join(lut, on="msr", how="left")
 
 
-def rdpmc_exits(td: TraceData) -> pl.DataFrame:
-    ex = td.df("kvm_exit")
+def rdpmc_mask() -> pl.Expr:
     mask = pl.lit(False)
     for code, isa in RDPMC_REASONS:
         mask = mask | ((pl.col("exit_reason") == code) & (pl.col("isa") == isa))
-    return ex.filter(mask)
+    return mask
+
+
+def rdpmc_exits(td: TraceData) -> pl.DataFrame:
+    return td.df("kvm_exit").filter(rdpmc_mask())
 
 
 def analyze(td: TraceData, cfg: Config) -> Result:

@@ -32,7 +32,7 @@ def nmi_exit_mask() -> pl.Expr:
 
 def mediated_pmi_mask() -> pl.Expr:
     vmx = (pl.col("isa") == 1) & (pl.col("exit_reason") == 1) & \
-        ((pl.col("intr_info") & 0xFF) == MEDIATED_PMI_VECTOR) & ((pl.col("intr_info") >> 31) == 1)
+        ((pl.col("intr_info") & 0xFF) == MEDIATED_PMI_VECTOR) & ((pl.col("intr_info") & 0x80000000) != 0)
     return vmx
 
 

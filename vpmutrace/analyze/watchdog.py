@@ -24,8 +24,32 @@ PERF_HANDLER = "perf_event_nmi_handler"
 
 
 def watchdog_nmis(td: TraceData) -> pl.DataFrame:
-    n = td.df("nmi_handler")
-    return n.filter(pl.col("handler").str.starts_with(PERF_HANDLER) & (pl.col("handled") >= 1))
+    """Perf NMIs claimed by perf that are not guest PMIs.
+
+    A guest PMI of the emulated design is an NMI that perf claims right after an NMI exit,
+    followed by the LVTPC injection (kvm_apic_accept_irq in NMI mode) before the vCPU's next
+    entry (reference §3.3); those are excluded.
+    """
+    n = td.df("nmi_handler").filter(pl.col("handler").str.starts_with(PERF_HANDLER) & (pl.col("handled") >= 1))
+    if n.height == 0 or not (td.has("kvm_exit") and td.has("kvm_apic_accept_irq")):
+        return n
+    from vpmutrace.analyze.skid import nmi_exit_mask
+    from vpmutrace.analyze.windows import exit_intervals
+
+    iv = exit_intervals(td).filter(nmi_exit_mask() & pl.col("handling_ns").is_not_null())
+    acc = td.df("kvm_apic_accept_irq").filter(pl.col("delivery_mode") == "NMI").select("ts_ns", "pid")
+    if iv.height == 0 or acc.height == 0:
+        return n
+    iv = iv.with_columns((pl.col("ts_ns") + pl.col("handling_ns")).alias("end_ns"))
+    pmi_exits = iv.sort("ts_ns").join_asof(acc.sort("ts_ns").rename({"ts_ns": "acc_ts"}), left_on="ts_ns",
+                                           right_on="acc_ts", by="pid", strategy="forward") \
+        .filter(pl.col("acc_ts").is_not_null() & (pl.col("acc_ts") <= pl.col("end_ns")))
+    # the perf NMI that belongs to such an exit: on its CPU, inside its handling interval
+    tagged = n.with_row_index("_r").sort("ts_ns").join_asof(
+        pmi_exits.select(pl.col("ts_ns").alias("exit_ts"), "end_ns", "cpu").sort("exit_ts"), left_on="ts_ns",
+        right_on="exit_ts", by="cpu", strategy="backward")
+    guest = tagged.filter(pl.col("exit_ts").is_not_null() & (pl.col("ts_ns") <= pl.col("end_ns")))["_r"]
+    return n.with_row_index("_r").filter(~pl.col("_r").is_in(guest.implode())).drop("_r")
 
 
 def analyze(td: TraceData, cfg: Config) -> Result:
