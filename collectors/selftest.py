@@ -90,7 +90,8 @@ def observed_checks(dataset: Path, tid: int, outcome: str) -> dict[str, object]:
     cpuid = {f"{f:#x}": c for f, c in mine("kvm_cpuid").group_by("function").len().iter_rows()}
     pio = {f"{p:#x}={v:#x}": c for p, v, c in mine("kvm_pio").filter(pl.col("write"))
            .group_by("port", "value").len().iter_rows() if p != 0xF4}
-    gp = mine("kvm_inj_exception").filter(pl.col("exception") == 13).height
+    # a re-injection (delivery interrupted, e.g. by a host interrupt) is the same fault again
+    gp = mine("kvm_inj_exception").filter((pl.col("exception") == 13) & ~pl.col("reinjected").fill_null(False)).height
     return {"guest outcome": outcome, "MSR accesses (kvm_msr)": dict(sorted(ops.items())),
             "CPUID leaves (kvm_cpuid)": cpuid, "port writes (kvm_pio)": dict(sorted(pio.items())),
             "#GP injected (kvm_inj_exception)": gp,

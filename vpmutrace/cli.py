@@ -130,6 +130,106 @@ def selftest(out: Annotated[Path, typer.Option("-o", "--out", help="where to kee
         raise typer.Exit(1)
 
 
+ModelOpt = Annotated[str, typer.Option("--model", help="reference design to check against: mediated or emulated")]
+
+
+def _analyze(traces: list[Path], model: str, only: list[str] | None, as_json: bool, out: Path | None,
+             skid_window_us: float, switch_cost_ns: float | None) -> dict:
+    from dataclasses import replace
+
+    from vpmutrace.analyze import ANALYZERS, run
+    from vpmutrace.analyze.base import Config
+    from vpmutrace.readers import load_trace
+    from vpmutrace.render import render
+
+    if model not in ("mediated", "emulated"):
+        raise InputError("--model", f"unknown model {model!r}: mediated or emulated")
+    bad = [o for o in only or [] if o not in ANALYZERS and o != "what_if"]
+    if bad:
+        raise InputError("--only", f"unknown analyzer(s) {', '.join(bad)}: {', '.join(ANALYZERS)}")
+    td = load_trace(list(traces))
+    cfg = Config.for_trace(td, model=model, skid_window_ns=int(skid_window_us * 1000))
+    if switch_cost_ns is not None:
+        cfg.setup = replace(cfg.setup, switch_cost_ns=switch_cost_ns)
+    doc, results = run(td, cfg, only)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for r in results.values():
+            for name, df in r.rows.items():
+                df.write_parquet(out / f"{name}.parquet")
+        (out / "analysis.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2, default=str))
+    else:
+        typer.echo("\n\n".join(render(n, r, doc) for n, r in results.items()))
+        if out is not None:
+            typer.echo(f"\nrow-level results and analysis.json in {out}")
+    return doc
+
+
+@app.command()
+def analyze(traces: Traces, model: ModelOpt = "mediated",
+            only: Annotated[str | None, typer.Option(help="comma list: exits,pmu_msr,ownership,watchdog,skid,"
+                                                           "silent,diff")] = None,
+            as_json: Annotated[bool, typer.Option("--json", help="JSON with the stable top-level keys")] = False,
+            out: Annotated[Path | None, typer.Option("-o", "--out", help="write row-level results as Parquet")]
+            = None,
+            skid_window_us: Annotated[float, typer.Option(help="skid window in microseconds")] = 10.0,
+            switch_cost_ns: Annotated[float | None, typer.Option(help="PMU context-switch cost per exit "
+                                                                        "(default 500 ns, reference §7)")] = None,
+            fail_on_divergence: Annotated[bool, typer.Option(help="exit 1 when the trace diverges from the model")]
+            = False) -> None:
+    """Run the analyzers: exits, PMU MSR traffic, ownership, watchdog gaps, skid, silent errors, model diff."""
+    doc = _analyze(traces, model, only.split(",") if only else None, as_json, out, skid_window_us, switch_cost_ns)
+    if fail_on_divergence and (doc.get("diff") or {}).get("divergent_events"):
+        raise typer.Exit(1)
+
+
+def _one(name: str, key: str, doc: str) -> None:
+    def cmd(traces: Traces, model: ModelOpt = "mediated",
+            as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
+            out: Annotated[Path | None, typer.Option("-o", "--out", help="row-level results as Parquet")] = None,
+            skid_window_us: Annotated[float, typer.Option(help="skid window in microseconds")] = 10.0) -> None:
+        _analyze(traces, model, [key] + (["what_if"] if key == "diff" else []), as_json, out, skid_window_us, None)
+
+    cmd.__doc__ = doc
+    app.command(name=name)(cmd)
+
+
+for _name, _key, _doc in (
+        ("exits", "exits", "VM exits per reason / vCPU / VM with handling-time statistics (perf kvm stat view)."),
+        ("pmu-msr", "pmu_msr", "PMU MSR traffic by MSR and kind, and what the mediated design would trap."),
+        ("ownership", "ownership", "PMU ownership windows per CPU, guest residency, context-switch cost."),
+        ("watchdog", "watchdog", "NMI-watchdog coverage per CPU and blind gaps (with guest time in them)."),
+        ("skid", "skid", "PMIs near VM transitions: correctly attributed, misattributed to host, ambiguous."),
+        ("silent", "silent", "Silent vPMU backend errors: frozen counters, counter contention, reprogram storms."),
+        ("diff", "diff", "Divergences of the trace from the reference model, and the what-if projection.")):
+    _one(_name, _key, _doc)
+
+
+@app.command()
+def simulate(scenario: Annotated[str, typer.Option(help="scenario name (see --list)")] = "mediated-steady",
+             isa: Annotated[str, typer.Option(help="vmx (Intel) or svm (AMD)")] = "vmx",
+             seed: Annotated[int, typer.Option(help="random seed")] = 1,
+             out: Annotated[Path, typer.Option("-o", "--out", help="output directory")] = Path("sim-out"),
+             list_: Annotated[bool, typer.Option("--list", help="list the scenarios")] = False) -> None:
+    """Generate a host trace from the reference model (report text + dataset) and its truth.json."""
+    from vpmutrace.sim import SCENARIOS
+    from vpmutrace.sim import simulate as sim
+
+    if list_:
+        for k, v in SCENARIOS.items():
+            typer.echo(f"{k:<20} {v}")
+        return
+    if scenario not in SCENARIOS:
+        raise InputError("--scenario", f"unknown scenario {scenario!r}: {', '.join(SCENARIOS)}")
+    if isa not in ("vmx", "svm"):
+        raise InputError("--isa", f"unknown isa {isa!r}: vmx or svm")
+    t = sim(scenario, isa, seed, out)
+    typer.echo(f"{scenario} ({isa}, seed {seed}, {t['scenario']['model']} design): {t['exits']['exits_total']} exits; "
+               f"wrote {out}/report.txt, {out}/dataset, {out}/truth.json")
+
+
 def main() -> None:
     """Entry point: click handles usage errors (exit 2); input errors become one line, exit 2."""
     try:

@@ -8,9 +8,15 @@ thread's next kvm_exit, on the CPU of the entry.
 
 from __future__ import annotations
 
+import warnings
+
 import polars as pl
 
 from vpmutrace.tracedata import TraceData
+
+# every as-of join here sorts both sides by time first; polars cannot verify sortedness
+# within `by` groups and would warn on each call
+warnings.filterwarnings("ignore", message="Sortedness of columns cannot be checked")
 
 KEY = ["source", "pid"]
 

@@ -341,7 +341,9 @@ class Sim:
             if r < 0.35:  # a long exit; one host perf NMI placed deliberately inside it
                 h = self.rng.randint(40, 90) * US
                 self.exit(t, cpu, pid, vcpu, "io", h)
-                where = self.rng.choice(["misattributed_host", "ambiguous", "host"])
+                last = t + h >= until  # the loop's final exit: no entry follows it
+                where = self.rng.choice(["misattributed_host", "host"] if last else
+                                        ["misattributed_host", "ambiguous", "host"])
                 if where == "misattributed_host":
                     at = t + self.rng.randint(1, w // US) * US
                 elif where == "ambiguous":
