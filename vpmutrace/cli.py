@@ -230,6 +230,32 @@ def simulate(scenario: Annotated[str, typer.Option(help="scenario name (see --li
                f"wrote {out}/report.txt, {out}/dataset, {out}/truth.json")
 
 
+@app.command()
+def report(traces: Traces, out: Annotated[Path, typer.Option("-o", "--out", help="HTML file to write")]
+           = Path("vpmutrace-report.html"), model: ModelOpt = "mediated",
+           window: Annotated[str | None, typer.Option(help="detail window START:END in seconds (trace clock)")]
+           = None,
+           max_points: Annotated[int, typer.Option(help="detail points cap (bounds the file size)")] = 60_000,
+           title: Annotated[str | None, typer.Option(help="report title")] = None) -> None:
+    """Self-contained interactive HTML report (works offline): findings, timeline, exits, MSRs, diff."""
+    from vpmutrace.analyze import run
+    from vpmutrace.analyze.base import Config
+    from vpmutrace.readers import load_trace
+    from vpmutrace.report.html import build
+
+    win = None
+    if window:
+        try:
+            a, b = (float(x) for x in window.split(":"))
+        except ValueError:
+            raise InputError("--window", f"expected START:END in seconds, got {window!r}") from None
+        win = (int(a * 1e9), int(b * 1e9))
+    td = load_trace(list(traces))
+    doc, results = run(td, Config.for_trace(td, model=model))
+    path = build(td, doc, results, out, max_points, win, title)
+    typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+
+
 def main() -> None:
     """Entry point: click handles usage errors (exit 2); input errors become one line, exit 2."""
     try:

@@ -1,16 +1,24 @@
-"""`vpmutrace demo`: the main job on the bundled traces (works offline on a fresh clone)."""
+"""`vpmutrace demo`: the main job on the bundled traces (works offline on a fresh clone).
+
+For each bundled real capture and a set of simulator scenarios: ingest to a dataset,
+run every analyzer, write the JSON and an interactive HTML report, and print a summary.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
+from vpmutrace.analyze import run
+from vpmutrace.analyze.base import Config
 from vpmutrace.errors import InputError
 from vpmutrace.readers import load_trace
-from vpmutrace.report_text import info_dict
+from vpmutrace.report.html import build, findings
+from vpmutrace.sim import simulate
 
-# the bundled real traces, each one input of the demo (see fixtures/PROVENANCE.md)
+# the bundled real traces (see fixtures/PROVENANCE.md)
 DEMO_TRACES = (
     ("vmx-nested-ftrace", ["lkml_krause_vmx_nested_6x_ftrace.txt"]),
     ("svm-idle-hlt-ftrace", ["lkml_shukla_svm_idle_hlt_6x.txt"]),
@@ -18,6 +26,9 @@ DEMO_TRACES = (
     ("microguest-perf", ["microguest200.perf.data"]),
     ("microguest-tracedat", ["microguest200.trace.dat"]),
 )
+# simulator scenarios with known answers: (scenario, isa, seed)
+DEMO_SCENARIOS = (("emulated-multiplex", "vmx", 1), ("mediated-steady", "svm", 1), ("pinned-contention", "vmx", 1),
+                  ("skid", "vmx", 1), ("watchdog-residency", "vmx", 1), ("host-include-guest", "svm", 1))
 
 
 def default_fixtures() -> Path:
@@ -29,13 +40,23 @@ def run_demo(out: Path, fixtures: Path | None = None) -> None:
     if not fx.is_dir():
         raise InputError(str(fx), "bundled traces not found; pass --fixtures DIR (a checkout's fixtures/)")
     out.mkdir(parents=True, exist_ok=True)
-    typer.echo(f"{'trace':<22} {'format':<17} {'events':>8} {'exits':>6} {'msr':>6} {'lost':>5} "
-               f"{'unparsed':>8}  dataset")
-    for name, files in DEMO_TRACES:
-        td = load_trace([fx / f for f in files])
-        path = td.save(out / name)
-        d = info_dict(td)
-        ev = d["events"]
-        typer.echo(f"{name:<22} {d['format']:<17} {sum(ev.values()):>8} {ev.get('kvm:kvm_exit', 0):>6} "
-                   f"{ev.get('kvm:kvm_msr', 0):>6} {d['lost_events']:>5} {d['unparsed']:>8}  {path}")
-    typer.echo(f"datasets in {out} (Parquet + trace_meta.json; `vpmutrace info {out}/<name>` shows one)")
+    typer.echo(f"{'trace':<34} {'events':>8} {'exits':>6} {'pmu msr':>8} {'findings':>8}  report")
+    jobs: list[tuple[str, list[Path], str]] = [(n, [fx / f for f in files], "mediated") for n, files in DEMO_TRACES]
+    for scenario, isa, seed in DEMO_SCENARIOS:
+        name = f"sim-{scenario}-{isa}"
+        t = simulate(scenario, isa, seed, out / name)
+        jobs.append((name, [out / name / "dataset"], t["scenario"]["model"]))
+    for name, inputs, model in jobs:
+        td = load_trace(inputs)
+        if not name.startswith("sim-"):
+            td.save(out / name / "dataset")
+        doc, results = run(td, Config.for_trace(td, model=model))
+        (out / name / "analysis.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        report = build(td, doc, results, out / name / "report.html", title=f"vpmutrace: {name}")
+        ev = td.meta["events"]
+        f = findings(doc, td)
+        serious = sum(1 for x in f if x["severity"] in ("high", "medium"))
+        typer.echo(f"{name:<34} {sum(ev.values()):>8} {ev.get('kvm:kvm_exit', 0):>6} "
+                   f"{(doc['pmu_msr'] or {}).get('pmu_msr_accesses', '-')!s:>8} {serious:>8}  {report}")
+    typer.echo(f"\nreports, analysis.json and datasets under {out}; open a report.html in a browser "
+               f"(it works offline)")

@@ -23,8 +23,8 @@ KEY = ["source", "pid"]
 
 def _timeline(td: TraceData) -> pl.DataFrame:
     ex = td.df("kvm_exit").select(
-        "ts_ns", "seq", "cpu", "source", "pid", "vcpu_id", "exit_reason", "reason", "isa", "intr_info",
-        pl.lit("exit").alias("kind")).with_row_index("exit_row")
+        "ts_ns", "seq", "cpu", "source", "pid", pl.col("comm").cast(pl.String), "vcpu_id", "exit_reason", "reason",
+        "isa", "intr_info", pl.lit("exit").alias("kind")).with_row_index("exit_row")
     en = td.df("kvm_entry").select("ts_ns", "seq", "cpu", "source", "pid", pl.col("vcpu_id"),
                                    pl.lit("entry").alias("kind"))
     both = pl.concat([ex.with_columns(pl.col("source").cast(pl.String)),
@@ -44,8 +44,8 @@ def exit_intervals(td: TraceData) -> pl.DataFrame:
     ex = t.filter(pl.col("kind") == "exit")
     return ex.with_columns(
         pl.when(pl.col("next_kind") == "entry").then(pl.col("next_ts") - pl.col("ts_ns")).otherwise(None)
-        .alias("handling_ns")).select("exit_row", "ts_ns", "cpu", "source", "pid", "vcpu_id", "exit_reason",
-                                      "reason", "isa", "intr_info", "handling_ns").sort("exit_row")
+        .alias("handling_ns")).select("exit_row", "ts_ns", "cpu", "source", "pid", "comm", "vcpu_id",
+                                      "exit_reason", "reason", "isa", "intr_info", "handling_ns").sort("exit_row")
 
 
 def guest_windows(td: TraceData) -> pl.DataFrame:

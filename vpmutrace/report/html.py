@@ -1,0 +1,307 @@
+"""Self-contained interactive HTML report (plotly.js inlined: works offline, no CDN).
+
+Sections: findings ranked by severity; per-CPU timeline (guest PMU-ownership windows,
+VM-exits by reason, PMIs by attribution, watchdog NMIs, silent-error windows) with a
+whole-trace overview binned per CPU and full detail for one window; exit reasons and
+latency ECDFs; PMU MSR traffic; model diff and what-if; trace metadata and host snapshot.
+
+Every string that comes from a trace is HTML-escaped, and figure JSON is emitted with
+<, > and & as unicode escapes, so a task named ``</script><script>...`` stays text.
+Size: plotly.js (~4.6 MB) plus at most ``max_points`` detail points and a fixed-size
+overview, so a report stays under ~20 MB whatever the trace size.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from vpmutrace.analyze.base import Result
+from vpmutrace.analyze.skid import classify as classify_pmis
+from vpmutrace.analyze.watchdog import watchdog_nmis
+from vpmutrace.analyze.windows import exit_intervals, guest_windows
+from vpmutrace.tracedata import TraceData
+
+SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2, "info": 3}
+OVERVIEW_BINS = 400
+TOP_REASONS = 10
+
+
+def _esc(s: Any) -> str:
+    return html.escape(str(s), quote=True)
+
+
+def _js(obj: Any) -> str:
+    """JSON safe inside a <script> element."""
+    return json.dumps(obj, default=str).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def findings(doc: dict[str, Any], td: TraceData) -> list[dict[str, str]]:
+    """Findings ranked by severity, each with the analyzer and a one-line statement."""
+    out: list[dict[str, str]] = []
+
+    def add(sev: str, where: str, text: str) -> None:
+        out.append({"severity": sev, "analyzer": where, "finding": text})
+
+    d = doc.get("diff") or {}
+    for dv in d.get("divergences", []):
+        add("high", "diff", f"{dv['rule']} ({dv['section']}): {dv['count']} events diverge from the "
+                            f"{d.get('model')} design - {dv['explain']}")
+    s = doc.get("silent") or {}
+    f = s.get("findings") or {}
+    if f.get("frozen_counter"):
+        add("high", "silent", f"{f['frozen_counter']} guest counter reads show an enabled counter that did not "
+                              "advance while the guest ran (silent backend error)")
+    if f.get("contention"):
+        add("high", "silent", f"{f['contention']} windows where guest-enabled counters plus pinned host events "
+                              f"exceed the {s.get('host_gp_counters')} host counters")
+    if f.get("reprogram_storm"):
+        add("medium", "silent", f"{f['reprogram_storm']} reprogramming storms (PMU control writes bursts)")
+    w = doc.get("watchdog") or {}
+    if w.get("computable") and w.get("blind_gaps"):
+        add("medium", "watchdog", f"{w['blind_gaps']} NMI-watchdog blind gaps, longest "
+                                  f"{w['longest_gap_ns'] / 1e9:.3f} s")
+    k = doc.get("skid") or {}
+    if k.get("computable") and (k.get("classes") or {}).get("misattributed_host"):
+        add("medium", "skid", f"{k['classes']['misattributed_host']} PMIs landed within "
+                              f"{k['window_ns'] / 1000:.0f} us after a VM-exit (misattributed to the host); "
+                              f"{k['classes'].get('ambiguous', 0)} ambiguous")
+    t = doc.get("trace") or {}
+    if t.get("lost_events"):
+        add("medium", "trace", f"the tracer lost {t['lost_events']} events")
+    if t.get("unparsed"):
+        add("medium", "trace", f"{t['unparsed']} input lines/records could not be parsed")
+    wi = doc.get("what_if") or {}
+    if wi.get("exits_removed"):
+        net = wi.get("net_saving_ns")
+        add("info", "what_if", f"the mediated design would remove {wi['exits_removed']} exits"
+            + (f", net {net / 1e6:.3f} ms of exit handling" if net is not None else ""))
+    for name in ("exits", "pmu_msr", "ownership", "watchdog", "skid", "silent"):
+        r = doc.get(name) or {}
+        if r and not r.get("computable", True):
+            add("info", name, r.get("reason", "not computable"))
+    return sorted(out, key=lambda x: SEVERITY_ORDER[x["severity"]])
+
+
+def _detail_range(td: TraceData, max_points: int, window: tuple[int, int] | None) -> tuple[int, int]:
+    span = td.meta.get("time_span_ns") or [0, 1]
+    if window:
+        return window
+    ts = [td.df(t)["ts_ns"] for t in ("kvm_exit", "kvm_msr", "nmi_handler") if td.has(t)]
+    if not ts:
+        return span[0], span[1]
+    allts = pl.concat(ts).sort()
+    if allts.len() <= max_points:
+        return span[0], span[1]
+    return int(allts[0]), int(allts[max_points - 1])
+
+
+def _lines(df: pl.DataFrame, y: pl.Expr | str) -> tuple[list, list]:
+    """Segments [start, end) as one line trace with gaps (x in seconds)."""
+    xs: list = []
+    ys: list = []
+    for a, b, yy in df.select("start_ns", "end_ns", y).iter_rows():
+        xs += [a / 1e9, b / 1e9, None]
+        ys += [yy, yy, None]
+    return xs, ys
+
+
+def timeline(td: TraceData, results: dict[str, Result], max_points: int,
+             window: tuple[int, int] | None) -> tuple[dict, dict, tuple[int, int]]:
+    a, b = _detail_range(td, max_points, window)
+    data: list[dict] = []
+    has_exits = td.has("kvm_exit") and td.has("kvm_entry")
+    if has_exits:
+        w = guest_windows(td).filter((pl.col("end_ns") > a) & (pl.col("start_ns") < b))
+        xs, ys = _lines(w.head(max_points // 2), "cpu")
+        data.append({"type": "scattergl", "mode": "lines", "name": "guest owns PMU", "x": xs, "y": ys,
+                     "line": {"width": 10, "color": "rgba(46,139,87,0.45)"}, "hoverinfo": "skip"})
+        iv = exit_intervals(td).filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b))
+        top = iv.group_by("reason").len().sort("len", descending=True)["reason"].head(TOP_REASONS).to_list()
+        iv = iv.with_columns(pl.when(pl.col("reason").is_in(top)).then(pl.col("reason")).otherwise(pl.lit("other"))
+                             .alias("group"))
+        for (reason,), g in iv.group_by(["group"], maintain_order=True):
+            g = g.head(max_points // 4)
+            data.append({"type": "scattergl", "mode": "markers", "name": f"exit {_esc(reason)}",
+                         "x": (g["ts_ns"] / 1e9).to_list(), "y": (g["cpu"].cast(pl.Float64) + 0.18).to_list(),
+                         "marker": {"size": 6, "symbol": "line-ns-open"},
+                         "text": [_esc(f"vcpu {v} {r} ({c}) handled in {h if h is not None else '?'} ns, "
+                                       f"{cm}-{p}")
+                                  for v, r, c, h, p, cm in g.select("vcpu_id", "reason", "exit_reason", "handling_ns",
+                                                                    "pid", "comm").iter_rows()],
+                         "hovertemplate": "%{text}<extra></extra>"})
+    elif td.has("kvm_msr"):
+        m = td.df("kvm_msr").filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b)).head(max_points // 2)
+        data.append({"type": "scattergl", "mode": "markers", "name": "guest MSR access (kvm_msr)",
+                     "x": (m["ts_ns"] / 1e9).to_list(), "y": (m["cpu"].cast(pl.Float64) + 0.18).to_list(),
+                     "marker": {"size": 5},
+                     "text": [_esc(f"{'write' if w_ else 'read'} {ms:#x} = {v:#x}{' #GP' if gp else ''} ({c})")
+                              for w_, ms, v, gp, c in m.select("write", "msr", "value", "gp", "comm").iter_rows()],
+                     "hovertemplate": "%{text}<extra></extra>"})
+    if td.has("nmi_handler"):
+        wd = watchdog_nmis(td).filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b))
+        data.append({"type": "scattergl", "mode": "markers", "name": "watchdog / host perf NMI",
+                     "x": (wd["ts_ns"] / 1e9).to_list(), "y": (wd["cpu"].cast(pl.Float64) - 0.22).to_list(),
+                     "marker": {"size": 9, "symbol": "diamond", "color": "#d62728"},
+                     "text": [_esc(f"{h} handled={n} ({d} ns)") for h, n, d in
+                              wd.select("handler", "handled", "delta_ns").iter_rows()],
+                     "hovertemplate": "%{text}<extra></extra>"})
+        if has_exits:
+            att = classify_pmis(td, results["skid"].summary.get("window_ns", 10_000) if "skid" in results else
+                                10_000).filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b))
+            colors = {"guest_exit": "#2ca02c", "misattributed_host": "#ff7f0e", "ambiguous": "#9467bd"}
+            for cls, col in colors.items():
+                g = att.filter(pl.col("class") == cls)
+                data.append({"type": "scattergl", "mode": "markers", "name": f"PMI {cls.replace('_', ' ')}",
+                             "x": (g["ts_ns"] / 1e9).to_list(), "y": (g["cpu"].cast(pl.Float64) - 0.08).to_list(),
+                             "marker": {"size": 8, "symbol": "x", "color": col}, "hoverinfo": "x+name"})
+    sil = results.get("silent")
+    if sil is not None and sil.computable and sil.rows.get("silent_windows") is not None and has_exits:
+        sw = sil.rows["silent_windows"]
+        cpu_of = exit_intervals(td).group_by("pid").agg(pl.col("cpu").mode().first())
+        sw = sw.join(cpu_of, on="pid", how="left").with_columns((pl.col("cpu").cast(pl.Float64) - 0.35).alias("y"))
+        xs, ys = _lines(sw.filter(pl.col("cpu").is_not_null()), "y")
+        data.append({"type": "scattergl", "mode": "lines", "name": "silent-error window", "x": xs, "y": ys,
+                     "line": {"width": 6, "color": "rgba(214,39,40,0.6)"}, "hoverinfo": "name"})
+    layout = {"title": {"text": f"Per-CPU timeline, detail {(a) / 1e9:.6f} .. {b / 1e9:.6f} s"},
+              "xaxis": {"title": {"text": "time (s)"}}, "yaxis": {"title": {"text": "CPU"}, "dtick": 1},
+              "height": 260 + 60 * max(1, int(td.meta.get("cpus") or 1)), "hovermode": "closest",
+              "legend": {"orientation": "h"}}
+    return {"data": data, "layout": layout}, _overview(td), (a, b)
+
+
+def _overview(td: TraceData) -> dict:
+    """Whole trace: events per CPU per time bin (a heatmap of fixed size)."""
+    span = td.meta.get("time_span_ns") or [0, 1]
+    parts = [td.df(t).select("ts_ns", "cpu") for t in ("kvm_exit", "kvm_msr", "nmi_handler", "kvm_entry")
+             if td.has(t)]
+    if not parts:
+        return {"data": [], "layout": {"title": {"text": "no KVM events"}}}
+    ev = pl.concat(parts).drop_nulls("cpu")
+    width = max(1, (span[1] - span[0]) // OVERVIEW_BINS + 1)
+    h = ev.with_columns(((pl.col("ts_ns") - span[0]) // width).alias("bin")).group_by("cpu", "bin").len()
+    cpus = sorted(h["cpu"].unique().to_list())
+    z = [[0] * OVERVIEW_BINS for _ in cpus]
+    for cpu, bn, n in h.iter_rows():
+        z[cpus.index(cpu)][min(int(bn), OVERVIEW_BINS - 1)] = n
+    x = [(span[0] + (i + 0.5) * width) / 1e9 for i in range(OVERVIEW_BINS)]
+    return {"data": [{"type": "heatmap", "z": z, "x": x, "y": cpus, "colorscale": "Viridis",
+                      "colorbar": {"title": {"text": "events"}}, "name": "events per bin"}],
+            "layout": {"title": {"text": "Whole trace: KVM events per CPU per time bin"},
+                       "xaxis": {"title": {"text": "time (s)"}}, "yaxis": {"title": {"text": "CPU"}, "dtick": 1},
+                       "height": 200 + 40 * len(cpus)}}
+
+
+def exit_figures(results: dict[str, Result]) -> list[dict]:
+    r = results.get("exits")
+    if r is None or not r.computable:
+        return []
+    iv = r.rows["exit_intervals"].filter(pl.col("handling_ns").is_not_null())
+    by = r.rows["exits_by_reason"].head(TOP_REASONS)
+    bar = {"data": [{"type": "bar", "x": [_esc(x) for x in by["reason"].to_list()], "y": by["samples"].to_list(),
+                     "name": "exits"}], "layout": {"title": {"text": "VM-exits by reason"}, "height": 360}}
+    ecdf = []
+    for reason in by["reason"].to_list():
+        v = iv.filter(pl.col("reason") == reason)["handling_ns"].sort()
+        if v.len() > 2000:  # an ECDF keeps its shape with 2000 quantiles
+            v = v.gather([int(i * (v.len() - 1) / 1999) for i in range(2000)])
+        n = v.len()
+        ecdf.append({"type": "scatter", "mode": "lines", "name": _esc(reason), "x": (v / 1000).to_list(),
+                     "y": [(i + 1) / n for i in range(n)], "line": {"shape": "hv"}})
+    return [bar, {"data": ecdf, "layout": {"title": {"text": "Exit handling latency ECDF per reason"},
+                                          "xaxis": {"title": {"text": "us"}, "type": "log"},
+                                          "yaxis": {"title": {"text": "fraction"}}, "height": 400}}]
+
+
+def msr_figure(results: dict[str, Result]) -> list[dict]:
+    r = results.get("pmu_msr")
+    if r is None or not r.computable or not r.summary["by_msr"]:
+        return []
+    rows = r.summary["by_msr"]
+    names = [_esc(f"{x['name']} ({x['mediated']})") for x in rows]
+    return [{"data": [{"type": "bar", "name": "reads", "x": names, "y": [x["reads"] for x in rows]},
+                      {"type": "bar", "name": "writes", "x": names, "y": [x["writes"] for x in rows]},
+                      {"type": "bar", "name": "#GP", "x": names, "y": [x["gp"] for x in rows]}],
+             "layout": {"title": {"text": "PMU MSR accesses handled by KVM (mediated verdict in brackets)"},
+                        "barmode": "group", "height": 420}}]
+
+
+def what_if_figure(doc: dict) -> list[dict]:
+    w = doc.get("what_if") or {}
+    if w.get("time_removed_ns") is None:
+        return []
+    return [{"data": [{"type": "bar", "x": ["exit handling removed", "PMU switch cost added", "net"],
+                       "y": [w["time_removed_ns"] / 1e6, w["switch_cost_added_ns"] / 1e6, w["net_saving_ns"] / 1e6],
+                       "marker": {"color": ["#2ca02c", "#d62728", "#1f77b4"]}}],
+             "layout": {"title": {"text": "What-if: this trace under the mediated design (ms)"}, "height": 360}}]
+
+
+def _table(rows: list[dict], cols: list[str]) -> str:
+    head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}h1{font-size:1.5em}
+h2{font-size:1.2em;border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.9em}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
+.high{background:#fde0dc}.medium{background:#fff4d6}.info{background:#eef5ff}pre{background:#f6f6f6;padding:.8em;
+overflow:auto;max-height:30em;font-size:.85em}"""
+
+
+def build(td: TraceData, doc: dict[str, Any], results: dict[str, Result], out: Path, max_points: int = 60_000,
+          window: tuple[int, int] | None = None, title: str | None = None) -> Path:
+    plotly_js = resources.files("plotly").joinpath("package_data/plotly.min.js").read_text()
+    tl, overview, (a, b) = timeline(td, results, max_points, window)
+    figs = [("timeline", tl), ("overview", overview)]
+    figs += [(f"exits{i}", f) for i, f in enumerate(exit_figures(results))]
+    figs += [(f"msr{i}", f) for i, f in enumerate(msr_figure(results))]
+    figs += [(f"whatif{i}", f) for i, f in enumerate(what_if_figure(doc))]
+    fnd = findings(doc, td)
+    inputs = ", ".join(str(i.get("path")) for i in td.meta.get("inputs", []))
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title or 'vpmutrace report')}</title>",
+             f"<style>{CSS}</style><script>{plotly_js}</script></head><body>",
+             f"<h1>{_esc(title or 'vpmutrace report')}</h1><p>{_esc(inputs)} &mdash; model: "
+             f"{_esc(doc.get('config', {}).get('model'))}</p>",
+             "<h2>Findings</h2>"]
+    if fnd:
+        parts.append("<table><thead><tr><th>severity</th><th>analyzer</th><th>finding</th></tr></thead><tbody>"
+                     + "".join(f"<tr class='{f['severity']}'><td>{_esc(f['severity'])}</td><td>{_esc(f['analyzer'])}"
+                               f"</td><td>{_esc(f['finding'])}</td></tr>" for f in fnd) + "</tbody></table>")
+    else:
+        parts.append("<p>No findings.</p>")
+    parts.append(f"<h2>Timeline</h2><p>Detail window {a / 1e9:.6f} .. {b / 1e9:.6f} s (zoom with the mouse; "
+                 "`vpmutrace report --window START:END` renders another window in full detail).</p>")
+    for fid, _ in figs:
+        if fid == "exits0":
+            parts.append("<h2>VM-exits</h2>")
+        if fid == "msr0":
+            parts.append("<h2>PMU MSR traffic</h2>")
+        if fid == "whatif0":
+            parts.append("<h2>What-if</h2>")
+        parts.append(f"<div id='{fid}' class='fig'></div>")
+    d = doc.get("diff") or {}
+    parts.append("<h2>Model diff</h2>")
+    if d.get("divergences"):
+        parts.append(_table([{**x, "example": json.dumps(x.get("example"), default=str)} for x in d["divergences"]],
+                            ["rule", "section", "count", "first_ts_ns", "explain", "example"]))
+    else:
+        parts.append(f"<p>No divergence from the {_esc(d.get('model'))} design.</p>")
+    if d.get("rules_not_checked"):
+        parts.append("<p>Not checked: " + _esc("; ".join(d["rules_not_checked"])) + "</p>")
+    if doc.get("what_if"):
+        parts.append(_table([{"key": k, "value": v} for k, v in doc["what_if"].items()], ["key", "value"]))
+    parts.append("<h2>Trace</h2><pre>" + _esc(json.dumps(doc.get("trace"), indent=2, default=str)) + "</pre>")
+    host = td.meta.get("host")
+    parts.append("<h2>Host snapshot</h2><pre>" + _esc(json.dumps(host, indent=2, default=str) if host else
+                                                      "none (not captured with vpmutrace record)") + "</pre>")
+    parts.append("<script>" + "".join(f"Plotly.newPlot({_js(fid)},{_js(f['data'])},{_js(f['layout'])},"
+                                      "{responsive:true});" for fid, f in figs) + "</script></body></html>")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(parts))
+    return out
