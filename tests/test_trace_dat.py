@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import struct
 import subprocess
 from pathlib import Path
@@ -82,3 +83,43 @@ def test_missing_events_flags_become_lost_rows(tmp_path: Path, original) -> None
     assert sorted(lost.select("cpu", "count").rows(), key=str) == sorted([(cpu, 1234), (cpu, None)], key=str)
     assert td.meta["lost_events"] == 1234 and td.meta["lost_notices"] == 2
     assert td.meta["events"] == original.meta["events"]  # the pages' events are all still there
+
+
+def test_host_and_guest_files_share_the_host_clock(tmp_path: Path) -> None:
+    """A guest trace.dat (TIME_SHIFT naming the host's TRACEID) is moved onto the host clock."""
+    import copy
+
+    c = content_of(SRC)
+    for b in c.buffers:
+        b.name = ""
+    c.buffers = [b for b in c.buffers if b.cpus]
+    host, guest = copy.deepcopy(c), copy.deepcopy(c)
+    host.trace_id = 0xAAAA
+    host.guests = [{"name": "vm1", "trace_id": 0xBBBB, "vcpus": [{"vcpu": 0, "host_pid": 4242}]}]
+    t0 = 829_500_000_000
+    guest.trace_id = 0xBBBB
+    guest.time_shift = {"peer_trace_id": 0xAAAA, "flags": 1, "cpus": [
+        {"times": [t0, t0 + 100_000_000], "offsets": [5_000_000, 5_001_000], "scalings": [1, 1]},
+        {"times": [t0], "offsets": [-3_000_000], "scalings": [1]}]}
+    h = write_trace_dat(tmp_path / "host.dat", host, 7, "zstd")
+    g = write_trace_dat(tmp_path / "guest.dat", guest, 7, "zstd")
+    td = load_trace([h, g])
+    assert td.meta["host_guest"] == {str(g): "vm1"} and td.meta["sources"] == ["host", "vm1"]
+    orig = load_trace([SRC]).df("kvm_msr").sort("seq")
+    moved = td.df("kvm_msr").filter(pl.col("source") == "vm1").sort("seq")
+    # independent arithmetic: cpu0 interpolates 5.000 -> 5.001 ms over 100 ms; cpu1 has one sample
+    t = orig["ts_ns"].to_numpy()
+    cpu = orig["cpu"].to_numpy()
+    import numpy as np
+
+    interp = 5_000_000 + ((t - t0) * 1_000 + 50_000_000) // 100_000_000
+    want = np.where(cpu == 0, t + interp, t - 3_000_000)
+    assert moved["ts_ns"].to_list() == want.tolist()
+    tc = shutil.which("trace-cmd")
+    if tc:  # trace-cmd's own host sync gives the same times
+        out = subprocess.run([tc, "report", "-i", str(h), "-i", str(g)], capture_output=True, text=True,
+                             check=False).stdout
+        (tmp_path / "hg.txt").write_text(out)
+        theirs = load_trace([tmp_path / "hg.txt"]).df("kvm_msr").filter(pl.col("source") == "guest.dat")
+        ours = moved.with_columns(((pl.col("ts_ns") + 500) // 1000 * 1000).alias("ts_ns")).sort("ts_ns", "seq")
+        assert ours.select("ts_ns", "cpu", "msr", "value").equals(theirs.select("ts_ns", "cpu", "msr", "value"))

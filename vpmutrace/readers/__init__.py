@@ -41,17 +41,52 @@ def load_trace(paths: list[str | Path]) -> TraceData:
             raise InputError(str(kinds[0][0]), "a dataset cannot be merged with other inputs; give it alone")
         return load_dataset(kinds[0][0])
     builder = TraceBuilder()
+    dats = {}
+    if sum(1 for _, k in kinds if k == "trace.dat") > 1:
+        from vpmutrace.readers.trace_dat import open_trace_dat
+
+        dats = {p: open_trace_dat(p) for p, k in kinds if k == "trace.dat"}
+    roles = host_guest_roles({p: d for p, (d, _) in dats.items()})
     for p, kind in kinds:
         if kind == "perf.data":
             from vpmutrace.readers.perf_data import read_perf_data
 
             read_perf_data(p, builder)
         elif kind == "trace.dat":
-            from vpmutrace.readers.trace_dat import read_trace_dat
+            from vpmutrace.readers.trace_dat import emit_trace_dat, read_trace_dat
 
-            read_trace_dat(p, builder)
+            if p in dats:
+                source, shift = roles.get(p, ("host", None))
+                emit_trace_dat(*dats[p], builder, source, shift)
+            else:
+                read_trace_dat(p, builder)
         else:
             from vpmutrace.readers.text import read_text
 
             read_text(p, builder)
-    return builder.finish()
+    td = builder.finish()
+    if roles:
+        td.meta["host_guest"] = {str(p): r[0] for p, r in roles.items()}
+    return td
+
+
+def host_guest_roles(dats: dict) -> dict:
+    """{path: (source name, TimeShift or None)} for trace.dat files recorded together.
+
+    A file whose TIME_SHIFT names another file's TRACEID as its peer is that host's guest:
+    its rows are named after the host's GUEST option for its trace id and its timestamps are
+    moved onto the host clock. Files with no such relation stay "host".
+    """
+    from vpmutrace.readers.trace_dat import TimeShift
+
+    by_id = {d.options.get("trace_id"): p for p, d in dats.items() if d.options.get("trace_id") is not None}
+    roles: dict = {}
+    for p, d in dats.items():
+        ts = d.options.get("time_shift")
+        if not ts or ts["peer_trace_id"] not in by_id:
+            continue
+        host = dats[by_id[ts["peer_trace_id"]]]
+        name = next((g["name"] for g in host.options.get("guests", []) if g["trace_id"] == d.options.get("trace_id")),
+                    Path(p).stem)
+        roles[p] = (name, TimeShift(ts["flags"], ts["cpus"]))
+    return roles

@@ -79,7 +79,22 @@ class _Codec:
         return zlib.decompress(data)
 
 
-def read_trace_dat(path: str | Path, builder: TraceBuilder, source: str = "host") -> TraceDat:
+def read_trace_dat(path: str | Path, builder: TraceBuilder, source: str = "host",
+                   shift: TimeShift | None = None) -> TraceDat:
+    """Read one trace.dat into ``builder``; ``shift`` maps a guest file's clock onto its host's."""
+    td, raw = open_trace_dat(path)
+    emit_trace_dat(td, raw, builder, source, shift)
+    return td
+
+
+def emit_trace_dat(td: TraceDat, raw: bytes, builder: TraceBuilder, source: str = "host",
+                   shift: TimeShift | None = None) -> None:
+    _apply_meta(td, builder)
+    _emit(raw, td, builder, source, shift)
+
+
+def open_trace_dat(path: str | Path) -> tuple[TraceDat, bytes]:
+    """Parse the metadata (formats, options, buffers); CPU data is decoded by emit_trace_dat."""
     p = Path(path)
     try:
         raw = p.read_bytes()
@@ -99,9 +114,7 @@ def read_trace_dat(path: str | Path, builder: TraceBuilder, source: str = "host"
         _read_v6(c, td)
     else:
         _read_v7(c, td)
-    _apply_meta(td, builder)
-    _emit(raw, td, builder, source)
-    return td
+    return td, raw
 
 
 def _read_v6(c: Cursor, td: TraceDat) -> None:
@@ -244,10 +257,14 @@ def _option(td: TraceDat, oid: int, data: bytes) -> None:
         per_cpu = []
         for _ in range(ncpu):
             cnt = tc.u32()
-            times = list(tc.unpack(f"{cnt}Q"))
+            times = list(tc.unpack(f"{cnt}q"))
             offs = list(tc.unpack(f"{cnt}q"))
-            scal = list(tc.unpack(f"{cnt}Q"))
-            per_cpu.append({"times": times, "offsets": offs, "scalings": scal})
+            scal = list(tc.unpack(f"{cnt}q"))
+            per_cpu.append({"times": times, "offsets": offs, "scalings": scal, "fractions": [0] * cnt})
+        for cpu in per_cpu:  # optional trailer: per-CPU scaling fraction bits (trace-cmd 3.x)
+            if tc.left < 8 * len(cpu["times"]) or not cpu["times"]:
+                break
+            cpu["fractions"] = list(tc.unpack(f"{len(cpu['times'])}q"))
         o["time_shift"] = {"peer_trace_id": peer, "flags": flags, "cpus": per_cpu}
 
 
@@ -317,7 +334,45 @@ def _to_ns(ts: np.ndarray, td: TraceDat) -> np.ndarray:
     return ts.astype(np.int64)
 
 
-def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str) -> None:
+TSYNC_FLAG_INTERPOLATE = 0x1  # trace-cmd tsync: interpolate offsets between samples
+
+
+@dataclass
+class TimeShift:
+    """A guest file's TIME_SHIFT samples: guest clock -> host clock, per guest CPU.
+
+    Rule (trace-cmd's host sync): one sample -> ts + offset; otherwise take the pair of
+    samples around ts (the first/last pair outside them), scale ts by the earlier sample
+    (ts * scaling >> fraction) and add its offset, interpolated linearly to the later
+    sample's offset when the INTERPOLATE flag is set (rounded to nearest).
+    """
+
+    flags: int
+    cpus: list[dict[str, list[int]]]
+
+    def apply(self, cpu: int, ts: np.ndarray) -> np.ndarray:
+        if cpu >= len(self.cpus) or not self.cpus[cpu]["times"]:
+            return ts
+        c = self.cpus[cpu]
+        t = np.asarray(c["times"], dtype=np.int64)
+        off = np.asarray(c["offsets"], dtype=np.int64)
+        scal = np.asarray(c["scalings"], dtype=np.int64)
+        frac = np.asarray(c["fractions"], dtype=np.int64)
+        ts = ts.astype(np.int64)
+        if len(t) == 1:
+            return ts + off[0]
+        i = np.clip(np.searchsorted(t, ts, side="right") - 1, 0, len(t) - 2)
+        if self.flags & TSYNC_FLAG_INTERPOLATE:
+            delta = t[i + 1] - t[i]
+            num = (ts - t[i]) * (off[i + 1] - off[i]) + delta // 2
+            cor = off[i] + np.where(num >= 0, num // delta, -((-num) // delta))  # C division truncates
+        else:
+            cor = off[i]
+        scaled = np.where((scal[i] == 1) & (frac[i] == 0), ts, (ts * scal[i]) >> frac[i])
+        return scaled + cor
+
+
+def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShift | None = None) -> None:
     t = td.tracing
     if not t.header_page:
         t.header_page = {"timestamp": (0, 8), "commit": (8, td.long_size), "data": (8 + td.long_size, 0)}
@@ -336,7 +391,8 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str) -> None:
                 b.stats.add(td.path, "unparsed_record", f"cpu{cd.cpu}", walk.corrupt_pages,
                             f"cpu{cd.cpu}: {walk.corrupt_pages} page(s) with a bad commit size or event length")
             n = len(walk.offsets)
-            emit_payloads(b, td.path, src, data, walk.offsets, walk.lengths, _to_ns(walk.ts, td),
+            ts = shift.apply(cd.cpu, walk.ts) if shift is not None else walk.ts
+            emit_payloads(b, td.path, src, data, walk.offsets, walk.lengths, _to_ns(ts, td),
                           np.full(n, cd.cpu, dtype=np.int32), t.formats, td.endian, t.cmdlines, t.kallsyms,
                           seq=np.arange(seq_base, seq_base + n, dtype=np.int64))
             seq_base += n

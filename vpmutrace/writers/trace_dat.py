@@ -43,6 +43,9 @@ class TraceDatContent:
     cpucount: int = 0
     tool_version: str = ""
     long_size: int = 8
+    trace_id: int | None = None
+    guests: list[dict] = field(default_factory=list)  # name, trace_id, vcpus [{vcpu, host_pid}]
+    time_shift: dict | None = None  # peer_trace_id, flags, cpus [{times, offsets, scalings, fractions}]
 
 
 class _Compressor:
@@ -97,6 +100,21 @@ def _simple_options(c: TraceDatContent) -> bytes:
         out += _opt(2, s.encode() + b"\0")
     if c.cpucount:
         out += _opt(8, struct.pack("<I", c.cpucount))
+    if c.trace_id is not None:
+        out += _opt(11, struct.pack("<Q", c.trace_id))
+    for g in c.guests:
+        body = g["name"].encode() + b"\0" + struct.pack("<QI", g["trace_id"], len(g["vcpus"]))
+        body += b"".join(struct.pack("<II", v["vcpu"], v["host_pid"]) for v in g["vcpus"])
+        out += _opt(13, body)
+    if c.time_shift:
+        t = c.time_shift
+        body = struct.pack("<QII", t["peer_trace_id"], t["flags"], len(t["cpus"]))
+        for cpu in t["cpus"]:
+            n = len(cpu["times"])
+            body += struct.pack(f"<I{n}q{n}q{n}q", n, *cpu["times"], *cpu["offsets"], *cpu["scalings"])
+        for cpu in t["cpus"]:
+            body += struct.pack(f"<{len(cpu['times'])}q", *cpu.get("fractions", [0] * len(cpu["times"])))
+        out += _opt(12, body)
     return out
 
 
