@@ -17,6 +17,22 @@ from vpmutrace.formats.printfmt import Node
 
 
 @cache
+def reference_format_texts() -> dict[str, bytes]:
+    """{"system:event": format file text} of the bundled reference kernel."""
+    text = resources.files("vpmutrace.formats").joinpath("data/linux-6.18.formats").read_text()
+    parts = re.split(r"^=+ events/(\w+)/(\w+)/format\n", text, flags=re.M)
+    return {f"{parts[i]}:{parts[i + 1]}": parts[i + 2].rstrip("\n").encode() + b"\n"
+            for i in range(1, len(parts), 3)}
+
+
+@cache
+def reference_ring_headers() -> tuple[bytes, bytes]:
+    """events/header_page and events/header_event of the reference kernel (64-bit)."""
+    d = resources.files("vpmutrace.formats").joinpath("data")
+    return d.joinpath("header_page").read_bytes(), d.joinpath("header_event").read_bytes()
+
+
+@cache
 def reference_formats() -> dict[str, EventFormat]:
     """{"system:event": EventFormat} of the bundled reference kernel."""
     text = resources.files("vpmutrace.formats").joinpath("data/linux-6.18.formats").read_text()

@@ -119,7 +119,9 @@ def _post_virq(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def _post_apic(df: pl.DataFrame) -> pl.DataFrame:
-    return df.with_columns(level=pl.col("trig") == "level").drop("trig")
+    # " (coalesced)" only exists on old kernels: its absence says nothing on newer ones
+    return df.with_columns(level=pl.col("trig") == "level",
+                           coalesced=pl.when(pl.col("coalesced")).then(True).otherwise(None)).drop("trig")
 
 
 def _post_cpuid(df: pl.DataFrame) -> pl.DataFrame:

@@ -12,13 +12,14 @@ __all__ = ["SCENARIOS", "Sim", "simulate", "truth"]
 
 
 def simulate(scenario: str, isa: str, seed: int, out: Path) -> dict:
-    """Write report.txt (trace-cmd report text), dataset/ and truth.json for one scenario run."""
+    """Write report.txt (trace-cmd report text), trace.perf.data, dataset/ and truth.json for one run."""
     from vpmutrace.readers import load_trace
 
     sim = Sim(scenario, isa, seed)
     sim.run()
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.txt").write_text(sim.report_text())
+    sim.write_perf_data(out / "trace.perf.data")
     td = load_trace([out / "report.txt"])
     td.meta["host"] = sim.host_snapshot()
     td.meta["simulated"] = {"scenario": scenario, "isa": isa, "seed": seed, "model": sim.model,

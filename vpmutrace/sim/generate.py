@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vpmutrace.formats.known import reference_formats
@@ -390,6 +391,23 @@ class Sim:
             lines.append(f"{comm:>16}-{e.pid:<5} [{e.cpu:03d}] {e.ts // 10**9}.{e.ts % 10**9 // 1000:06d}: "
                          f"{name}:{' ' * max(1, 21 - len(name))}{text}")
         return "\n".join(lines) + "\n"
+
+    def write_perf_data(self, path: Path) -> Path:
+        """The same events as a perf.data of tracepoint samples (what perf record -a would write)."""
+        from vpmutrace.formats.known import reference_format_texts, reference_ring_headers
+        from vpmutrace.writers.perf_data import PerfDataContent, pack_payload, write_perf_data
+
+        fmts = reference_formats()
+        names = sorted({e.name for e in self.events})
+        header_page, header_event = reference_ring_headers()
+        texts = reference_format_texts()
+        pc = PerfDataContent(formats={n: fmts[n] for n in names}, format_texts={n: texts[n] for n in names},
+                             header_page=header_page, header_event=header_event, os_release="sim",
+                             cpuid="GenuineIntel,6,143,8" if self.vendor == "intel" else "AuthenticAMD,25,17,1",
+                             nr_cpus=self.ncpu, comms={p: f"CPU {p - 1000}/KVM" for p, _ in self.vcpus})
+        for e in self.events:
+            pc.samples.append((e.ts, e.cpu, e.pid, e.name, pack_payload(fmts[e.name], e.fields, e.pid)))
+        return write_perf_data(path, pc)
 
     def host_snapshot(self) -> dict[str, Any]:
         h = self.setup.host
