@@ -374,14 +374,19 @@ def _id_index(pf: PerfFile) -> tuple[int, int, np.ndarray, np.ndarray]:
     raise InputError(pf.path, "several events but samples carry no ID/IDENTIFIER to tell them apart")
 
 
+def _trailer_fields(a: Attr) -> list[str]:
+    """Names of the sample_id_all trailer fields a non-sample record of this attr carries (8 bytes each)."""
+    return [name for bit, name in SAMPLE_ID_ORDER if a.sample_id_all and a.sample_type & bit]
+
+
 def _trailer(a: Attr, buf: np.ndarray, o: int, s: int) -> dict[str, int]:
     """sample_id_all trailer fields of a non-sample record."""
-    if not a.sample_id_all:
+    fields = _trailer_fields(a)
+    if not fields:
         return {}
-    fields = [(bit, name) for bit, name in SAMPLE_ID_ORDER if a.sample_type & bit]
     pos = o + s - 8 * len(fields)
     out: dict[str, int] = {}
-    for _bit, name in fields:
+    for name in fields:
         if name == "tid":
             out["pid"], out["tid"] = (int(x) for x in buf[pos:pos + 8].view("<u4"))
         elif name == "cpu":
@@ -405,7 +410,7 @@ class _CommTracker:
             tr = _trailer(a0, buf, o, s)
             if t == REC_COMM:
                 _pid, tid = (int(x) for x in buf[o + 8:o + 16].view("<u4"))
-                end = o + s - 8 * len([1 for bit, _ in SAMPLE_ID_ORDER if a0.sample_id_all and a0.sample_type & bit])
+                end = o + s - 8 * len(_trailer_fields(a0))
                 name = buf[o + 16:end].tobytes().split(b"\0", 1)[0].decode("utf-8", "replace")
                 self.events.setdefault(tid, []).append((tr.get("time", -1), name))
             else:

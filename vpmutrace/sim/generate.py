@@ -146,6 +146,11 @@ class Sim:
         self._last_exit_unpaired(pid)
         return t
 
+    def _run_vcpus(self, until: int, step) -> None:  # noqa: ANN001
+        """Every vCPU thread runs the scenario's step from a slightly different start."""
+        for pid, cpu in self.vcpus:
+            self._vcpu_loop(pid, cpu, pid - 1000, 100 * US + cpu * 7 * US, until, step)
+
     def _last_exit_unpaired(self, pid: int) -> None:
         """The thread's last exit has no entry after it: perf kvm stat (and we) cannot time it."""
         for e in reversed(self.truth.exits):
@@ -184,8 +189,7 @@ class Sim:
                 return h
             return self._plain_exit(t, pid, cpu, vcpu)
 
-        for pid, cpu in self.vcpus:
-            self._vcpu_loop(pid, cpu, pid - 1000, 100 * US + cpu * 7 * US, until, step)
+        self._run_vcpus(until, step)
 
     # scenario: emulated multiplexing (+ storms, RDPMC)
     def _emulated_multiplex(self) -> None:
@@ -219,8 +223,7 @@ class Sim:
                 return self._nmi_pmi(t, pid, cpu, vcpu)
             return self._plain_exit(t, pid, cpu, vcpu)
 
-        for pid, cpu in self.vcpus:
-            self._vcpu_loop(pid, cpu, pid - 1000, 100 * US + cpu * 7 * US, until, step)
+        self._run_vcpus(until, step)
 
     def _storm(self, t: int, pid: int, cpu: int, vcpu: int) -> int:
         """60 control writes within one millisecond bucket, each its own 3 us exit, 2 us guest runs between."""
@@ -356,8 +359,7 @@ class Sim:
                 return h
             return self._plain_exit(t, pid, cpu, vcpu)
 
-        for pid, cpu in self.vcpus:
-            self._vcpu_loop(pid, cpu, pid - 1000, 100 * US + cpu * 7 * US, until, step)
+        self._run_vcpus(until, step)
 
     # scenario: host include-guest event while a mediated VM runs
     def _host_include_guest(self) -> None:
@@ -376,8 +378,7 @@ class Sim:
                 return h
             return self._plain_exit(t, pid, cpu, vcpu)
 
-        for pid, cpu in self.vcpus:
-            self._vcpu_loop(pid, cpu, pid - 1000, 100 * US + cpu * 7 * US, until, step)
+        self._run_vcpus(until, step)
 
     # ---- output --------------------------------------------------------------------------------
     def report_text(self) -> str:
