@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from vpmutrace.errors import UnsupportedFormat
 from vpmutrace.formats.decode import factorize_rows
 from vpmutrace.formats.event_format import EventFormat
 from vpmutrace.formats.known import VMX_REASON_FLAGS
@@ -75,8 +76,6 @@ def eval_unique(fmt: EventFormat | None, k: int | None, cols: dict[str, Any], n:
     used = sorted(set().union(*(p.fields_used(p.args[i]) for i in ks)))
     if any(u not in cols for u in used):
         return None
-    from vpmutrace.errors import UnsupportedFormat
-
     def one(rec: dict[str, Any]) -> str | None:
         try:
             return "".join(str(p.eval_arg(i, rec)) for i in ks)
@@ -170,9 +169,9 @@ def _d_emulate(fmt, cols, out, n, sym) -> None:
 def _d_userspace_exit(fmt, cols, out, n, sym) -> None:
     out["reason_name"] = eval_unique(fmt, 0, cols, n)
     if "reason" in cols and "errno" in cols:
-        reason = np.asarray(cols["reason"], dtype=np.int64)
         errno = np.asarray(cols["errno"], dtype=np.int64)
-        out["reason"] = [None if e < 0 else int(r) for r, e in zip(reason.tolist(), errno.tolist(), strict=True)]
+        # with a negative errno the KVM_RUN ioctl failed: there is no exit reason
+        out["reason"] = pa.array(np.asarray(cols["reason"], dtype=np.uint32), mask=errno < 0)
 
 
 def _d_nmi(fmt, cols, out, n, sym) -> None:
