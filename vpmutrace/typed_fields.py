@@ -197,6 +197,15 @@ DERIVE: dict[str, Deriver] = {
 }
 
 
+def event_columns(table: str, event_name: str, n: int) -> dict[str, Any]:
+    """Columns a table takes from the event's name (tables that hold several events)."""
+    if table == "host_msr":
+        return {"op": pa.repeat({"read_msr": "read", "write_msr": "write"}.get(event_name, event_name), n)}
+    if table == "irq_vectors":
+        return {"event": pa.repeat(event_name, n)}
+    return {}
+
+
 def typed_columns(table: str, event_name: str, fmt: EventFormat | None, cols: dict[str, Any], n: int,
                   symbols: Callable[[int], str | None] | None = None) -> dict[str, Any]:
     """Map decoded fields of one event to its table's columns (common columns excluded)."""
@@ -209,10 +218,7 @@ def typed_columns(table: str, event_name: str, fmt: EventFormat | None, cols: di
               "immediate_exit", "coalesced"):
         if b in out:
             out[b] = _as_bool(out[b])
-    if table == "host_msr":
-        out["op"] = pa.repeat({"read_msr": "read", "write_msr": "write"}.get(event_name, event_name), n)
-    if table == "irq_vectors":
-        out["event"] = pa.repeat(event_name, n)
+    out.update(event_columns(table, event_name, n))
     derive = DERIVE.get(table)
     if derive is not None:
         derive(fmt, cols, out, n, symbols)

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from vpmutrace.errors import InputError
@@ -20,7 +21,7 @@ from vpmutrace.formats.known import reference_formats
 from vpmutrace.readers.text_events import PATTERNS, convert
 from vpmutrace.schema import ALL_TABLES, table_for_event
 from vpmutrace.tracedata import TraceBuilder
-from vpmutrace.typed_fields import typed_columns
+from vpmutrace.typed_fields import event_columns, typed_columns
 
 FTRACE_LINE = (
     r"^\s*(?:(?P<src>[^\s:]+):\s+)?\s*"
@@ -182,10 +183,7 @@ def _emit_events(ev: pl.DataFrame, flavor: str, src_file: str, builder: TraceBui
             typed = convert(table, hit.select(pl.col("body").str.extract_groups(pat).alias("g")).unnest("g"))
             cols: dict[str, Any] = {c: hit[c] for c in common}
             cols.update({c: typed[c] for c in typed.columns})
-            if table == "host_msr":
-                cols["op"] = [{"read_msr": "read", "write_msr": "write"}.get(name, name)] * hit.height
-            if table == "irq_vectors":
-                cols["event"] = [name] * hit.height
+            cols.update(event_columns(table, name, hit.height))
             builder.add(table, {k: _arrow(v) for k, v in cols.items()}, hit.height, full)
         if remaining.height:
             _emit_unmatched(remaining, table, system, name, src_file, builder)
@@ -210,8 +208,6 @@ def _emit_unmatched(rows: pl.DataFrame, table: str, system: str | None, name: st
         for k in keys:
             vals = [r.get(k) for r in recs]
             fields[k] = [_int_or_str(v) for v in vals]
-        import numpy as np
-
         for k, v in fields.items():
             if all(isinstance(x, int) for x in v):
                 fields[k] = np.array(v, dtype=np.int64 if min(v, default=0) < 0 else np.uint64)
