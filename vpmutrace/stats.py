@@ -37,12 +37,6 @@ class Stats:
         if example is not None and len(entry.examples) < MAX_EXAMPLES:
             entry.examples.append(example)
 
-    def merge(self, other: Stats) -> None:
-        for e in other.entries():
-            for ex in e.examples:
-                self.add(e.source_file, e.category, e.name, 0, ex)
-            self.add(e.source_file, e.category, e.name, e.count)
-
     def entries(self) -> list[StatEntry]:
         return list(self._entries.values())
 

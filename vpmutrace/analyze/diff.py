@@ -36,7 +36,7 @@ from vpmutrace.analyze.skid import mediated_pmi_mask, nmi_exit_mask
 from vpmutrace.analyze.watchdog import PERF_HANDLER
 from vpmutrace.analyze.windows import exit_intervals
 from vpmutrace.model import msrs as M
-from vpmutrace.model.design import EMULATED, MEDIATED, rdpmc_intercepted
+from vpmutrace.model.design import EMULATED, MEDIATED, host_pmi_possible_during_guest, rdpmc_intercepted
 from vpmutrace.tracedata import TraceData
 
 RULE = __doc__.split("\n\n", 1)[1]
@@ -72,7 +72,7 @@ def divergences(td: TraceData, cfg: Config) -> tuple[list[dict], list[str]]:
             if not rdpmc_intercepted(MEDIATED, cfg.setup):
                 out.append(_div("rdpmc_exit_passthrough", rdpmc_exits(td), "§1.4",
                                 "RDPMC exited although all counters are exposed"))
-            if td.has("nmi_handler"):
+            if td.has("nmi_handler") and not host_pmi_possible_during_guest(cfg.model):
                 out.append(_div("host_pmi_during_guest", _claimed_nmi_exits(td), "§2.3, §3.1",
                                 "perf claimed an NMI that exited the guest: a host event counted guest time"))
             else:

@@ -15,7 +15,7 @@ import polars as pl
 
 from vpmutrace.analyze.base import Config, Result, missing, not_computable
 from vpmutrace.analyze.windows import guest_windows
-from vpmutrace.model.design import SWITCH_COST_SOURCE
+from vpmutrace.model.design import MEDIATED, SWITCH_COST_SOURCE, context_switches_per_exit
 from vpmutrace.tracedata import TraceData
 
 REQUIRES = ["kvm_exit", "kvm_entry"]
@@ -33,14 +33,15 @@ def analyze(td: TraceData, cfg: Config) -> Result:
                                     pl.col("guest_ns").max().alias("longest_window_ns"),
                                     pl.col("pid").n_unique().alias("vcpu_threads")).sort("cpu")
     cost = cfg.setup.switch_cost_ns
+    per_exit = context_switches_per_exit(MEDIATED)
     per_cpu = per_cpu.with_columns(
         (pl.col("guest_ns") / span_ns).alias("residency"),
-        pl.col("windows").alias("context_switches"),
-        (pl.col("windows") * cost).alias("est_switch_cost_ns"))
+        (pl.col("windows") * per_exit).alias("context_switches"),
+        (pl.col("windows") * per_exit * cost).alias("est_switch_cost_ns"))
     summary = {
         "span_ns": span_ns, "windows_total": w.height, "guest_ns_total": int(w["guest_ns"].sum() or 0),
-        "context_switches_total": w.height, "switch_cost_ns": cost, "switch_cost_source": SWITCH_COST_SOURCE,
-        "est_switch_cost_ns_total": w.height * cost,
+        "context_switches_total": w.height * per_exit, "switch_cost_ns": cost,
+        "switch_cost_source": SWITCH_COST_SOURCE, "est_switch_cost_ns_total": w.height * per_exit * cost,
         "per_cpu": [dict(r) for r in per_cpu.iter_rows(named=True)],
     }
     return Result("ownership", summary=summary, rows={"ownership_windows": w}, rule=RULE)

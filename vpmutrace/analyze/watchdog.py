@@ -16,6 +16,7 @@ import polars as pl
 
 from vpmutrace.analyze.base import Config, Result, missing, not_computable
 from vpmutrace.analyze.windows import guest_windows, overlap_ns
+from vpmutrace.model.design import watchdog_possible_during_guest
 from vpmutrace.tracedata import TraceData
 
 REQUIRES = ["nmi_handler"]
@@ -85,6 +86,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
                         "coverage_pct": round(100.0 * min(covered, span_ns) / span_ns, 3)})
     summary = {
         "period_ns": period, "tolerance": cfg.watchdog_tolerance, "nmi_watchdog_enabled": cfg.setup.nmi_watchdog,
+        "watchdog_possible_during_guest": watchdog_possible_during_guest(cfg.model, cfg.setup),
         "watchdog_nmis": nmis.height, "blind_gaps": len(gaps),
         "longest_gap_ns": max((g["length_ns"] for g in gaps), default=0),
         "blind_guest_ns": sum(g["guest_ns"] or 0 for g in gaps) if wins is not None else None,

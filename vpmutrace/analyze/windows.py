@@ -59,18 +59,6 @@ def guest_windows(td: TraceData) -> pl.DataFrame:
                     pl.col("next_ts").alias("end_ns"), "exit_reason_name").sort("cpu", "start_ns")
 
 
-def in_windows(ts: pl.DataFrame, windows: pl.DataFrame, by: str = "cpu") -> pl.Series:
-    """For rows of ``ts`` (columns ts_ns and ``by``), whether they fall inside a window on the same ``by``."""
-    if ts.height == 0:
-        return pl.Series("in_guest", [], dtype=pl.Boolean)
-    if windows.height == 0:
-        return pl.Series("in_guest", [False] * ts.height)
-    left = ts.select(pl.col("ts_ns"), pl.col(by)).with_row_index("_i").sort("ts_ns")
-    right = windows.select(pl.col("start_ns").alias("ts_ns"), "end_ns", pl.col(by)).sort("ts_ns")
-    j = left.join_asof(right, on="ts_ns", by=by, strategy="backward").sort("_i")
-    return (j["end_ns"].is_not_null() & (j["ts_ns"] < j["end_ns"])).alias("in_guest")
-
-
 def overlap_ns(start: int, end: int, windows: pl.DataFrame) -> int:
     """Total length of ``windows`` inside [start, end)."""
     if windows.height == 0:

@@ -45,12 +45,6 @@ class Field:
     def is_string(self) -> bool:
         return "char" in self.type and (self.array_len is not None or self.data_loc or self.rel_loc)
 
-    @property
-    def elem_size(self) -> int:
-        if self.array_len:
-            return max(1, self.size // self.array_len)
-        return self.size
-
 
 @dataclass
 class EventFormat:
@@ -164,16 +158,6 @@ def _scalar_size(ctype: str) -> int:
              "int": 4, "u32": 4, "s32": 4, "__u32": 4, "__s32": 4, "": 4,
              "long": 8, "u64": 8, "s64": 8, "__u64": 8, "__s64": 8, "long long": 8}
     return sizes.get(t, 1)
-
-
-def parse_format_files(texts: dict[str, list[str]]) -> dict[int, EventFormat]:
-    """Parse {system: [format text, ...]} into {event id: EventFormat}."""
-    out: dict[int, EventFormat] = {}
-    for system, items in texts.items():
-        for t in items:
-            fmt = parse_format(t, system)
-            out[fmt.id] = fmt
-    return out
 
 
 _HEADER_FIELD_RE = re.compile(r"field:\s*(?:u64|int|local_t|char|long)\s+(\w+)(?:\[\])?;\s*offset:(\d+);"

@@ -83,8 +83,4 @@ def lookup(addr: int) -> PmuMsr | None:
     return catalog().get(addr)
 
 
-def is_pmu_msr(addr: int) -> bool:
-    return addr in catalog() and catalog()[addr].kind != DEBUGCTL
-
-
 EVENTSEL_ENABLE = 1 << 22  # EN bit of IA32_PERFEVTSELx / AMD PERF_CTL (SDM 18.2.1, APM 13.2.1)

@@ -50,9 +50,6 @@ class Kallsyms:
             return None
         return self.names[i] if self.addrs[i] == addr else f"{self.names[i]}+0x{addr - self.addrs[i]:x}"
 
-    def __len__(self) -> int:
-        return len(self.addrs)
-
 
 def read_header_info(c: Cursor, td: TracingData) -> None:
     c.expect(b"header_page\0", "header_page tag")

@@ -296,6 +296,19 @@ def build(td: TraceData, doc: dict[str, Any], results: dict[str, Result], out: P
         parts.append("<p>Not checked: " + _esc("; ".join(d["rules_not_checked"])) + "</p>")
     if doc.get("what_if"):
         parts.append(_table([{"key": k, "value": v} for k, v in doc["what_if"].items()], ["key", "value"]))
+    cfg = doc.get("config") or {}
+    if cfg.get("model"):
+        from vpmutrace.model.design import HostSetup, PmuShape, describe
+
+        st = cfg["setup"]
+        setup = HostSetup(host=PmuShape(**st["host"]), guest=PmuShape(**st["guest"]),
+                          vmware_backdoor=st["vmware_backdoor"], nmi_watchdog=st["nmi_watchdog"],
+                          watchdog_thresh_s=st["watchdog_thresh_s"], switch_cost_ns=st["switch_cost_ns"])
+        m = describe(cfg["model"], setup)
+        parts.append(f"<h2>Reference model: {_esc(m['design'])} design</h2><p>RDPMC traps: {_esc(m['rdpmc_traps'])}; "
+                     f"guest PMIs: {_esc(m['pmi_vector'])}; PMU context switch: {_esc(m['context_switch'])}; "
+                     f"perf NMI watchdog during guest time: {_esc(m['watchdog_during_guest'])}</p>")
+        parts.append(_table([{**r, "msr": f"{r['msr']:#x}"} for r in m["msrs"]], ["msr", "name", "kind", "traps"]))
     parts.append("<h2>Trace</h2><pre>" + _esc(json.dumps(doc.get("trace"), indent=2, default=str)) + "</pre>")
     host = td.meta.get("host")
     parts.append("<h2>Host snapshot</h2><pre>" + _esc(json.dumps(host, indent=2, default=str) if host else
