@@ -123,3 +123,24 @@ def test_host_and_guest_files_share_the_host_clock(tmp_path: Path) -> None:
         theirs = load_trace([tmp_path / "hg.txt"]).df("kvm_msr").filter(pl.col("source") == "guest.dat")
         ours = moved.with_columns(((pl.col("ts_ns") + 500) // 1000 * 1000).alias("ts_ns")).sort("ts_ns", "seq")
         assert ours.select("ts_ns", "cpu", "msr", "value").equals(theirs.select("ts_ns", "cpu", "msr", "value"))
+
+
+def test_tsc2nsec_conversion_as_trace_cmd(tmp_path: Path) -> None:
+    from vpmutrace.readers.trace_dat import tsc_to_ns
+
+    c = content_of(SRC)
+    for b in c.buffers:
+        b.name, b.clock = "", "x86-tsc"
+    c.buffers = [b for b in c.buffers if b.cpus]
+    c.trace_clock = "local global counter uptime perf mono mono_raw boot [x86-tsc]"
+    c.tsc2nsec = (715827883, 31, 1000)  # 3 GHz TSC: 1/3 ns per count
+    f = write_trace_dat(tmp_path / "tsc.dat", c, 7, "zstd")
+    raw = load_trace([SRC]).df("kvm_msr")["ts_ns"].to_numpy()
+    ours = load_trace([f]).df("kvm_msr")["ts_ns"].to_list()
+    assert ours == [(int(t) * 715827883) >> 31 for t in raw]
+    assert tsc_to_ns(raw, 715827883, 31).tolist() == ours
+    tc = shutil.which("trace-cmd")
+    if tc:
+        out = subprocess.run([tc, "report", "-t", "-i", str(f)], capture_output=True, text=True, check=False).stdout
+        (tmp_path / "r.txt").write_text(out)
+        assert load_trace([tmp_path / "r.txt"]).df("kvm_msr")["ts_ns"].to_list() == ours

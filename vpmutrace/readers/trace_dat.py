@@ -325,12 +325,26 @@ def _cpu_bytes(raw: bytes, td: TraceDat, cd: CpuData, b: TraceBuilder | None = N
     return np.frombuffer(raw, dtype=np.uint8, count=avail, offset=cd.offset)
 
 
+def tsc_to_ns(ts: np.ndarray, mult: int, shift: int) -> np.ndarray:
+    """TSC counts to ns as the kernel's mul_u64_u32_shr: (ts * mult) >> shift without 128-bit overflow."""
+    t = ts.astype(np.uint64)
+    lo, hi = t & np.uint64(0xFFFFFFFF), t >> np.uint64(32)
+    m = np.uint64(mult)
+    out = (lo * m) >> np.uint64(shift)
+    if shift <= 32:
+        out = out + ((hi * m) << np.uint64(32 - shift))
+    else:
+        out = out + ((hi * m) >> np.uint64(shift - 32))
+    return out.astype(np.int64)
+
+
 def _to_ns(ts: np.ndarray, td: TraceDat) -> np.ndarray:
+    """Ring-buffer timestamps in ns: with a TSC2NSEC option (recorded with --tsc2nsec) the counts are
+    scaled by its mult/shift, after any guest time shift, as trace-cmd's timestamp_calc() does; its
+    offset field is not added there either."""
     t2n = td.options.get("tsc2nsec")
-    clock = td.options.get("clock") or ""
-    if t2n and clock in ("x86-tsc", "tsc2nsec"):
-        prod = ts.astype(object) * t2n["mult"]
-        return (np.array([int(x) >> t2n["shift"] for x in prod], dtype=np.int64) + t2n["offset"])
+    if t2n and t2n["mult"]:
+        return tsc_to_ns(ts, t2n["mult"], t2n["shift"])
     return ts.astype(np.int64)
 
 

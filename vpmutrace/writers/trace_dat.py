@@ -46,6 +46,7 @@ class TraceDatContent:
     trace_id: int | None = None
     guests: list[dict] = field(default_factory=list)  # name, trace_id, vcpus [{vcpu, host_pid}]
     time_shift: dict | None = None  # peer_trace_id, flags, cpus [{times, offsets, scalings, fractions}]
+    tsc2nsec: tuple[int, int, int] | None = None  # mult, shift, offset
 
 
 class _Compressor:
@@ -102,6 +103,8 @@ def _simple_options(c: TraceDatContent) -> bytes:
         out += _opt(8, struct.pack("<I", c.cpucount))
     if c.trace_id is not None:
         out += _opt(11, struct.pack("<Q", c.trace_id))
+    if c.tsc2nsec is not None:
+        out += _opt(14, struct.pack("<IIQ", *c.tsc2nsec))
     for g in c.guests:
         body = g["name"].encode() + b"\0" + struct.pack("<QI", g["trace_id"], len(g["vcpus"]))
         body += b"".join(struct.pack("<II", v["vcpu"], v["host_pid"]) for v in g["vcpus"])
