@@ -218,7 +218,7 @@ def describe(res: RecordResult) -> str:
         lines.append(f"events       {s['decoded_events']}  lost {s['lost_events']} "
                      f"({s['lost_notices']} notices)  unparsed {s['unparsed']}")
         for k, v in sorted(s["events_by_kind"].items(), key=lambda kv: -kv[1]):
-            lines.append(f"  {k:<34}{v:>10}")
+            lines.append(f"  {k:<42}{v:>10}")
     if s.get("overruns"):
         lines.append(f"overruns     {s['overruns']} (ring buffer too small: raise --buffer-kb)")
     for e in s.get("errors", []):
