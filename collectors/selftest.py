@@ -95,7 +95,8 @@ def observed_checks(dataset: Path, tid: int, outcome: str) -> dict[str, object]:
     return {"guest outcome": outcome, "MSR accesses (kvm_msr)": dict(sorted(ops.items())),
             "CPUID leaves (kvm_cpuid)": cpuid, "port writes (kvm_pio)": dict(sorted(pio.items())),
             "#GP injected (kvm_inj_exception)": gp,
-            "exits to user space (kvm_userspace_exit)": mine("kvm_userspace_exit").height,
+            # a KVM_RUN interrupted by a signal (errno -EINTR, "restart") is not an exit the guest made
+            "exits to user space (kvm_userspace_exit)": mine("kvm_userspace_exit").filter(pl.col("errno") == 0).height,
             "lost events": td.meta["lost_events"]}
 
 
