@@ -110,3 +110,24 @@ def test_perf_data_bad_header_size(tmp_path: Path) -> None:
     f.write_bytes(b"PERFILE2" + struct.pack("<Q", 50) + bytes(100))
     with pytest.raises(InputError, match="header size 50"):
         load_trace([f])
+
+
+@pytest.mark.parametrize("codec", ["gzip", "xz", "bz2", "zstd"])
+def test_compressed_text_traces_are_read(tmp_path: Path, codec: str) -> None:
+    import bz2
+    import gzip
+    import lzma
+
+    import zstandard
+
+    text = (FIXTURES / "lkml_krause_vmx_nested_6x_ftrace.txt").read_bytes()
+    pack = {"gzip": gzip.compress, "xz": lzma.compress, "bz2": bz2.compress,
+            "zstd": zstandard.ZstdCompressor().compress}[codec]
+    f = tmp_path / f"trace.txt.{codec}"
+    f.write_bytes(pack(text))
+    assert load_trace([f]).meta["events"] == load_trace([FIXTURES / "lkml_krause_vmx_nested_6x_ftrace.txt"]) \
+        .meta["events"]
+    bad = tmp_path / "bad.gz"
+    bad.write_bytes(b"\x1f\x8b" + b"garbage" * 10)
+    with pytest.raises(InputError, match="corrupt gzip data"):
+        load_trace([bad])

@@ -8,13 +8,17 @@ vectorised with polars regexes.
 
 from __future__ import annotations
 
+import bz2
 import fnmatch
+import gzip
+import lzma
 import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+import zstandard
 
 from vpmutrace.errors import InputError
 from vpmutrace.formats.known import reference_formats
@@ -72,10 +76,30 @@ def sniff_text_flavor(lines: list[str]) -> str:
     return "ftrace-text"
 
 
+COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ\x00": "xz", b"BZh": "bzip2"}
+
+
+def decompress_text(p: Path, raw: bytes) -> bytes:
+    """Text traces are often kept compressed (trace.txt.gz, .zst, .xz, .bz2): read them as they are."""
+    for magic, kind in COMPRESSED_MAGIC.items():
+        if raw.startswith(magic):
+            try:
+                if kind == "gzip":
+                    return gzip.decompress(raw)
+                if kind == "xz":
+                    return lzma.decompress(raw)
+                if kind == "bzip2":
+                    return bz2.decompress(raw)
+                return zstandard.ZstdDecompressor().stream_reader(raw).read()
+            except (OSError, EOFError, lzma.LZMAError, ValueError, zstandard.ZstdError) as e:
+                raise InputError(str(p), f"corrupt {kind} data ({e})") from None
+    return raw
+
+
 def read_text(path: str | Path, builder: TraceBuilder) -> None:
     p = Path(path)
     try:
-        raw = p.read_bytes()
+        raw = decompress_text(p, p.read_bytes())
     except OSError as e:
         raise InputError(str(p), f"cannot read: {e.strerror}") from None
     if not raw.strip():
