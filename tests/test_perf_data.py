@@ -216,10 +216,12 @@ def test_live_record_matches_perf_script(tmp_path: Path) -> None:
     if rec.returncode != 0 or not out.exists():
         pytest.skip(f"perf record failed here: {rec.stderr.strip()[-200:]}")
     text = tmp_path / "live.txt"
-    text.write_text(subprocess.run([perf, "script", "-i", str(out)], capture_output=True, text=True,
-                                   check=False).stdout)
+    # with pid/tid printed, the process id (tgid) is compared too
+    text.write_text(subprocess.run([perf, "script", "-F", "comm,pid,tid,cpu,time,event,trace", "-i", str(out)],
+                                   capture_output=True, text=True, check=False).stdout)
     a, b = load_trace([out]), load_trace([text])
     assert a.meta["events"] == b.meta["events"]
+    assert a.df("kvm_msr")["tgid"].null_count() == 0
     assert a.meta["events"]["kvm:kvm_msr"] >= 800
     for t in ("kvm_msr", "kvm_pio", "kvm_cpuid", "kvm_inj_exception"):
         x = a.df(t).with_columns((pl.col("ts_ns") // 1000 * 1000).alias("ts_ns")).drop("seq")

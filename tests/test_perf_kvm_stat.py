@@ -61,7 +61,8 @@ def test_simulated_perf_data_equals_its_text(tmp_path: Path) -> None:
     a, b = load_trace([tmp_path / "trace.perf.data"]), load_trace([tmp_path / "report.txt"])
     assert a.meta["events"] == b.meta["events"]
     for t in ("kvm_exit", "kvm_entry", "kvm_msr", "kvm_apic_accept_irq", "nmi_handler"):
-        x, y = a.df(t).drop("seq", "comm"), b.df(t).drop("seq", "comm")
+        # the report text carries no process ids; the perf.data does (tgid)
+        x, y = a.df(t).drop("seq", "comm", "tgid"), b.df(t).drop("seq", "comm", "tgid")
         if t == "nmi_handler":  # the text shows the symbol only
             x, y = x.drop("handler_addr", "handler"), y.drop("handler_addr", "handler")
         assert x.equals(y), t
@@ -71,10 +72,19 @@ def test_simulated_perf_data_equals_its_text(tmp_path: Path) -> None:
 def test_simulated_perf_data_equals_perf_script(tmp_path: Path) -> None:
     perf = need_tool("perf")
     simulate("pinned-contention", "vmx", 2, tmp_path)
-    text = subprocess.run([perf, "script", "-i", str(tmp_path / "trace.perf.data")], capture_output=True,
-                          text=True, check=False).stdout
+    text = subprocess.run([perf, "script", "-F", "comm,pid,tid,cpu,time,event,trace", "-i",
+                           str(tmp_path / "trace.perf.data")], capture_output=True, text=True, check=False).stdout
     (tmp_path / "ps.txt").write_text(text)
     a, b = load_trace([tmp_path / "trace.perf.data"]), load_trace([tmp_path / "ps.txt"])
     for t in ("kvm_exit", "kvm_entry", "kvm_msr"):
         x = a.df(t).with_columns((pl.col("ts_ns") // 1000 * 1000).alias("ts_ns")).drop("seq")
         assert x.height > 0 and x.equals(b.df(t).drop("seq")), t
+
+
+def test_exits_per_vm_from_process_ids(tmp_path: Path) -> None:
+    simulate("skid", "vmx", 6, tmp_path)
+    td = load_trace([tmp_path / "trace.perf.data"])  # no host snapshot: the VM comes from the sample's pid
+    doc, _ = run(td, Config.for_trace(td))
+    e = doc["exits"]
+    assert e["vm_grouping"].startswith("VMM process (tgid)")
+    assert [(r["vm_pid"], r["samples"]) for r in e["by_vm"]] == [(999, e["exits_paired"])]

@@ -50,6 +50,8 @@ COMMON: tuple[Col, ...] = (
                            "stream); orders events with equal timestamps", False),
     Col("cpu", pa.int32(), "CPU the event was recorded on (null when the text had no CPU column)"),
     Col("pid", pa.int32(), "thread id (common_pid); for KVM events the vCPU thread"),
+    Col("tgid", pa.int32(), "process id (thread group): for KVM events the VMM process, i.e. the VM; null "
+                            "where the input does not carry it (trace.dat, trace-cmd report, default perf script)"),
     Col("comm", DICT_STR, "task name as the tool printed it or the trace's saved cmdlines"),
     Col("source", DICT_STR, "which trace the row came from: 'host', or the file/instance name "
                             "when several are merged (host+guest)", False),

@@ -49,14 +49,24 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     by_reason = _stats(paired, ["reason", "exit_reason", "isa"])
     by_vcpu = _stats(paired, ["source", "pid", "vcpu_id"])
     vm_of = _vm_map(td)
-    by_vm = _stats(paired.with_columns(pl.col("pid").replace_strict(vm_of, default=None, return_dtype=pl.Int64)
-                                       .alias("vm_pid")), ["vm_pid"]) if vm_of else None
+    tgid = td.df("kvm_exit").select("tgid").with_row_index("exit_row")
+    if vm_of:
+        vm = paired.with_columns(pl.col("pid").replace_strict(vm_of, default=None, return_dtype=pl.Int64)
+                                 .alias("vm_pid"))
+        grouping = "host snapshot vCPU threads"
+    elif tgid["tgid"].null_count() < tgid.height:
+        vm = paired.join(tgid.with_columns(pl.col("exit_row").cast(pl.UInt32)), on="exit_row", how="left") \
+            .with_columns(pl.col("tgid").cast(pl.Int64).alias("vm_pid"))
+        grouping = "VMM process (tgid) of each vCPU thread"
+    else:
+        vm, grouping = None, "unknown (no host snapshot, no process ids in the trace): per vCPU thread only"
+    by_vm = _stats(vm, ["vm_pid"]) if vm is not None else None
     summary = {
         "exits_total": iv.height, "exits_paired": paired.height, "exits_unpaired": iv.height - paired.height,
         "handling_ns_total": int(paired["handling_ns"].sum() or 0),
         "by_reason": _records(by_reason), "by_vcpu": _records(by_vcpu),
         "by_vm": _records(by_vm) if by_vm is not None else None,
-        "vm_grouping": "host snapshot vCPU threads" if vm_of else "unknown (no host snapshot): per vCPU thread only",
+        "vm_grouping": grouping,
     }
     return Result("exits", summary=summary, rows={"exit_intervals": iv, "exits_by_reason": by_reason}, rule=RULE)
 

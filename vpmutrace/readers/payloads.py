@@ -31,8 +31,10 @@ def comms_for(pids: np.ndarray, cmdlines: dict[int, str]) -> pa.Array:
 def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.ndarray, offsets: np.ndarray,
                   lengths: np.ndarray, ts_ns: np.ndarray, cpu: np.ndarray, formats: dict[int, EventFormat],
                   byteorder: str, cmdlines: dict[int, str], symbols: Callable[[int], str | None] | None,
-                  comm: pa.Array | None = None, pid: np.ndarray | None = None, seq: np.ndarray | None = None) -> None:
-    """Decode and add every payload. ``comm``/``pid`` override the trace's own (perf COMM tracking)."""
+                  comm: pa.Array | None = None, pid: np.ndarray | None = None, seq: np.ndarray | None = None,
+                  tgid: np.ndarray | None = None) -> None:
+    """Decode and add every payload. ``comm``/``pid`` override the trace's own (perf COMM tracking);
+    ``tgid`` is the process of each record where the container knows it (perf samples)."""
     n = len(offsets)
     if n == 0:
         return
@@ -46,7 +48,8 @@ def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.nda
         idx = order[a:z]
         fmt = formats.get(int(t))
         common: dict[str, Any] = {"ts_ns": ts_ns[idx], "seq": seq[idx], "cpu": cpu[idx],
-                                  "source": const_column(source, len(idx))}
+                                  "source": const_column(source, len(idx)),
+                                  "tgid": tgid[idx] if tgid is not None else None}
         if fmt is None:
             builder.stats.add(src_file, "unparsed_record", f"event id {t}", len(idx),
                               f"no format for event id {t} (first at ts {int(ts_ns[idx[0]])})")

@@ -529,11 +529,13 @@ def _emit_samples(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.nda
                 continue
             cpu_arr = cpu if cpu is not None else np.full(len(sel), -1, np.int32)
             emit_payloads(b, pf.path, source, buf, out["raw_off"][sel], out["raw_len"][sel], ts, cpu_arr,
-                          formats, "<", cmdlines, kallsyms, comm=comm, pid=out["tid"][sel], seq=seq)
+                          formats, "<", cmdlines, kallsyms, comm=comm, pid=out["tid"][sel], seq=seq,
+                          tgid=out["pid"][sel] if a.sample_type & pw.S_TID else None)
             continue
         misc = miscs[sel]
         b.add("samples", {
             "ts_ns": ts, "seq": seq, "cpu": cpu, "pid": out["tid"][sel], "comm": comm,
+            "tgid": out["pid"][sel] if a.sample_type & pw.S_TID else None,
             "source": const_column(source, len(sel)), "event": pa.repeat(a.name, len(sel)),
             "tid": out["tid"][sel],
             # without PERF_SAMPLE_PERIOD every sample stands for attr.sample_period (perf does the same)

@@ -23,7 +23,7 @@ import zstandard
 from vpmutrace.errors import InputError
 from vpmutrace.formats.known import reference_formats
 from vpmutrace.readers.text_events import PATTERNS, convert
-from vpmutrace.schema import ALL_TABLES, table_for_event
+from vpmutrace.schema import ALL_TABLES, COMMON, table_for_event
 from vpmutrace.tracedata import TraceBuilder
 from vpmutrace.typed_fields import event_columns, typed_columns
 
@@ -45,6 +45,7 @@ NOTICE_LINE = r"^(?:#####.*#####|version = \d+|CPU \d+ is empty)\s*$"
 PERF_MODIFIERS = re.compile(r"^[ukhpPGHISDWeb]+$")
 SAMPLE_BODY = r"^\s*(?P<ip>[0-9a-fA-F]+)\s+(?P<sym>.*?)\s+\((?P<dso>[^()]*)\)\s*$"
 FAILED = "[FAILED TO PARSE]"
+COMMON_COLS = [c.name for c in COMMON]
 
 MAX_BINARY_PROBE = 65536
 
@@ -170,6 +171,9 @@ def _emit_events(ev: pl.DataFrame, flavor: str, src_file: str, builder: TraceBui
         seq=pl.col("lineno").cast(pl.Int64),
         cpu=pl.col("cpu").cast(pl.Int32),
         pid=(pl.col("tid").fill_null(pl.col("pid")) if perf else pl.col("pid")).cast(pl.Int32),
+        # perf script prints pid/tid only when asked (-F pid,tid); ftrace has "(tgid)" with -o record-tgid
+        tgid=(pl.when(pl.col("tid").is_not_null()).then(pl.col("pid")) if perf else pl.col("tgid"))
+        .cast(pl.Int32, strict=False),
         # perf script prints ":<tid>" when it knows no name for the thread
         comm=pl.when(pl.col("comm").str.contains(r"^\s*:-?\d+\s*$")).then(None)
         .otherwise(pl.col("comm").str.strip_chars()) if perf else pl.col("comm").str.strip_chars(),
@@ -186,7 +190,7 @@ def _emit_events(ev: pl.DataFrame, flavor: str, src_file: str, builder: TraceBui
         ev = ev.filter(~is_sample)
     else:
         ev = ev.with_columns(system=pl.lit(None, pl.String), evname=pl.col("event"))
-    common = ["ts_ns", "seq", "cpu", "pid", "comm", "source"]
+    common = COMMON_COLS
     for (system, name), grp in ev.group_by(["system", "evname"], maintain_order=True):
         table = table_for_event(system, name)
         if system is None and table is not None:
@@ -237,7 +241,7 @@ def _emit_unmatched(rows: pl.DataFrame, table: str, system: str | None, name: st
                 fields[k] = np.array(v, dtype=np.int64 if min(v, default=0) < 0 else np.uint64)
         ref = reference_formats().get(f"{system}:{name}")
         cols = typed_columns(table, name, ref, fields, failed.height)
-        cols.update({c: _arrow(failed[c]) for c in ("ts_ns", "seq", "cpu", "pid", "comm", "source")})
+        cols.update({c: _arrow(failed[c]) for c in COMMON_COLS})
         builder.add(table, cols, failed.height, full)
         builder.stats.add(src_file, "print_fmt_fallback", full, failed.height,
                           f"line {failed['lineno'][0]}: the tool printed raw fields")
@@ -268,7 +272,7 @@ def _int_or_str(v: str | None) -> Any:
 
 
 def _emit_generic(rows: pl.DataFrame, full: str, builder: TraceBuilder) -> None:
-    cols = {c: _arrow(rows[c]) for c in ("ts_ns", "seq", "cpu", "pid", "comm", "source")}
+    cols = {c: _arrow(rows[c]) for c in COMMON_COLS}
     cols["event"] = [full] * rows.height
     cols["text"] = _arrow(rows["body"])
     builder.add("events", cols, rows.height, full)
@@ -276,7 +280,7 @@ def _emit_generic(rows: pl.DataFrame, full: str, builder: TraceBuilder) -> None:
 
 def _emit_samples(rows: pl.DataFrame, src_file: str, builder: TraceBuilder) -> None:
     g = rows.select(pl.col("body").str.extract_groups(SAMPLE_BODY).alias("g")).unnest("g")
-    cols: dict[str, Any] = {c: _arrow(rows[c]) for c in ("ts_ns", "seq", "cpu", "pid", "comm", "source")}
+    cols: dict[str, Any] = {c: _arrow(rows[c]) for c in COMMON_COLS}
     cols["event"] = _arrow(rows["event"])
     cols["tid"] = _arrow(rows["pid"])
     cols["period"] = _arrow(rows["period"].cast(pl.UInt64, strict=False))

@@ -24,6 +24,7 @@ from vpmutrace.model import msrs as M
 
 US = 1000
 PERF_NMI_HANDLER = 0xFFFFFFFF8100A000
+VM_PID = 999  # the simulated VMM process owning the vCPU threads
 NMI_SYMBOLS = {PERF_NMI_HANDLER: "perf_event_nmi_handler"}
 
 VMX = {"hlt": 12, "cpuid": 10, "io": 30, "ept": 48, "timer": 52, "msr_read": 31, "msr_write": 32,
@@ -405,7 +406,8 @@ class Sim:
         pc = PerfDataContent(formats={n: fmts[n] for n in names}, format_texts={n: texts[n] for n in names},
                              header_page=header_page, header_event=header_event, os_release="sim",
                              cpuid="GenuineIntel,6,143,8" if self.vendor == "intel" else "AuthenticAMD,25,17,1",
-                             nr_cpus=self.ncpu, comms={p: f"CPU {p - 1000}/KVM" for p, _ in self.vcpus})
+                             nr_cpus=self.ncpu, comms={p: f"CPU {p - 1000}/KVM" for p, _ in self.vcpus},
+                             tgids={p: VM_PID for p, _ in self.vcpus})
         for e in self.events:
             pc.samples.append((e.ts, e.cpu, e.pid, e.name, pack_payload(fmts[e.name], e.fields, e.pid)))
         return write_perf_data(path, pc)
@@ -418,5 +420,5 @@ class Sim:
                 "watchdog": {"nmi_watchdog": int(self.setup.nmi_watchdog),
                              "watchdog_thresh": self.setup.watchdog_thresh_s},
                 "kvm": {"kvm": {"enable_pmu": "Y"}}, "running_vms": [
-                    {"pid": 999, "cmdline": "simulated VM", "vcpus": [{"vcpu": p - 1000, "tid": p}
+                    {"pid": VM_PID, "cmdline": "simulated VM", "vcpus": [{"vcpu": p - 1000, "tid": p}
                                                                       for p, _ in self.vcpus]}]}

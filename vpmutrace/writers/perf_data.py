@@ -64,6 +64,7 @@ class PerfDataContent:
     cpuid: str = "GenuineIntel,6,143,8"
     nr_cpus: int = 2
     comms: dict[int, str] = field(default_factory=dict)
+    tgids: dict[int, int] = field(default_factory=dict)  # thread id -> process id (default: itself)
 
 
 def _tracing_data(c: PerfDataContent) -> bytes:
@@ -102,12 +103,13 @@ def write_perf_data(path: str | Path, c: PerfDataContent) -> Path:
     for tid, comm in sorted(c.comms.items()):  # thread names, as perf synthesizes them at start
         name = comm.encode()[:15] + b"\0"
         name += bytes((-len(name)) % 8)
-        trailer = struct.pack("<IIQIIQ", tid, tid, 0, 0, 0, first_id)  # sample_id_all: TID, TIME, CPU, IDENTIFIER
-        body = struct.pack("<II", tid, tid) + name + trailer
+        pid = c.tgids.get(tid, tid)
+        trailer = struct.pack("<IIQIIQ", pid, tid, 0, 0, 0, first_id)  # sample_id_all: TID, TIME, CPU, IDENTIFIER
+        body = struct.pack("<II", pid, tid) + name + trailer
         data += struct.pack("<IHH", REC_COMM, 0, 8 + len(body)) + body
     for ts, cpu, tid, ev, payload in sorted(c.samples, key=lambda s: s[0]):
         raw = payload + bytes((-(4 + len(payload))) % 8)  # keep the record u64-aligned
-        body = struct.pack("<QIIQIIQI", ids[ev], tid, tid, ts, cpu, 0, 1, len(raw)) + raw
+        body = struct.pack("<QIIQIIQI", ids[ev], c.tgids.get(tid, tid), tid, ts, cpu, 0, 1, len(raw)) + raw
         data += struct.pack("<IHH", REC_SAMPLE, 0, 8 + len(body)) + body
     data_off = id_area + len(id_blob)
     feats = {
