@@ -65,3 +65,49 @@ class PerfCapture:
             return self.stderr_file.read_text(errors="replace") if self.stderr_file else ""
         except OSError:
             return ""
+
+
+class PerfProgress:
+    """Events and lost counts of a perf.data that perf record is still writing, read incrementally.
+
+    perf writes the header (with the data offset) first and appends records as it drains
+    the ring buffers; each call walks only what was appended since the last one and stops
+    at a record that is not complete yet.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.pos: int | None = None
+        self.events = 0
+        self.lost = 0
+
+    def update(self) -> tuple[int, int]:
+        import numpy as np
+
+        from vpmutrace.readers import perf_walk as pw
+
+        try:
+            size = self.path.stat().st_size
+            if size < 104:
+                return self.events, self.lost
+            buf = np.memmap(self.path, dtype=np.uint8, mode="r")
+        except (OSError, ValueError):
+            return self.events, self.lost
+        if self.pos is None:
+            if bytes(buf[:8]) != b"PERFILE2":
+                return self.events, self.lost
+            self.pos = int(buf[40:48].view("<u8")[0])  # perf_header.data.offset
+        e = np.zeros(0, dtype=np.int64)
+        e32 = np.zeros(0, dtype=np.int32)
+        n, stop, _err = pw.walk_records(buf, self.pos, len(buf), False, e, e32, e32, e32)
+        if n:
+            offs = np.empty(n, dtype=np.int64)
+            types, miscs, sizes = (np.empty(n, dtype=np.int32) for _ in range(3))
+            pw.walk_records(buf, self.pos, len(buf), True, offs, types, miscs, sizes)
+            self.events += int((types == 9).sum())  # PERF_RECORD_SAMPLE
+            for o, t in zip(offs[(types == 2) | (types == 13)].tolist(),
+                            types[(types == 2) | (types == 13)].tolist(), strict=True):
+                at = o + 16 if t == 2 else o + 8  # LOST: id, lost; LOST_SAMPLES: lost
+                self.lost += int(buf[at:at + 8].view("<u8")[0])
+            self.pos = int(stop)
+        return self.events, self.lost

@@ -175,19 +175,22 @@ def _run_tracefs(opt: RecordOptions, root: Path, have: list[str], res: RecordRes
 
 
 def _run_perf(opt: RecordOptions, perf: str, have: list[str], res: RecordResult) -> None:
-    from collectors.perf_backend import PerfCapture
+    from collectors.perf_backend import PerfCapture, PerfProgress
 
     sample = None
     if opt.samples:
         sample = "cycles:HG" if hardware_pmu() else "cpu-clock"
     cap = PerfCapture(perf, have, res.trace_file, opt.cpus, sample)
     cap.start(opt.command, opt.duration)
+    progress = PerfProgress(res.trace_file)
     t0 = time.monotonic()
     try:
         while cap.running():
-            _progress(f"recording (perf) {time.monotonic() - t0:6.1f} s  {cap.bytes_written() / 2**20:.1f} MB",
-                      opt.progress)
-            time.sleep(0.2)
+            if opt.progress:
+                n, lost = progress.update()
+                _progress(f"recording (perf) {time.monotonic() - t0:6.1f} s  {n} events  lost {lost}  "
+                          f"{cap.bytes_written() / 2**20:.1f} MB", True)
+            time.sleep(0.5)
     except Interrupted as e:
         res.interrupted = str(e)
         cap.interrupt()

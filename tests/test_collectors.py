@@ -208,3 +208,26 @@ def test_samples_and_cpu_list(tmp_path: Path) -> None:
     assert set(s["event"].unique().to_list()) <= {"cpu-clock", "cycles:HG"}
     assert set(s["cpumode"].unique().to_list()) <= {"kernel", "user", "guest_kernel", "guest_user", "hypervisor"}
     assert set(td.df("kvm_msr")["cpu"].unique().to_list()) == {0}
+
+
+@needs_root_kvm
+def test_perf_progress_counts_events_while_recording(tmp_path: Path) -> None:
+    perf = need_tool("perf")
+    from collectors.perf_backend import PerfProgress
+
+    guest = Path(__file__).resolve().parents[1] / "collectors" / "microguest.py"
+    out = tmp_path / "p.perf.data"
+    proc = subprocess.Popen([perf, "record", "-q", "-a", "-e", "kvm:kvm_msr", "-o", str(out), "--",
+                             sys.executable, str(guest), "-n", "3000000", "--timeout", "4", "-q"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prog = PerfProgress(out)
+    seen = []
+    while proc.poll() is None:
+        time.sleep(0.5)
+        seen.append(prog.update()[0])
+    final = prog.update()[0]
+    from vpmutrace.readers import load_trace
+
+    decoded = load_trace([out]).meta["events"]["kvm:kvm_msr"]
+    assert final == decoded  # every sample counted once, nothing twice
+    assert any(0 < s < final for s in seen)  # and counted while perf was still writing
