@@ -125,6 +125,8 @@ def test_lost_samples_records_are_counted_with_time() -> None:
     # perf report -D: "3325070188905 ... PERF_RECORD_LOST_SAMPLES: id:289: lost samples :1" and one at ...189707
     assert lost.select("ts_ns", "kind", "count").rows() == [(3325070188905, "lost_samples", 1),
                                                            (3325070189707, "lost_samples", 1)]
+    # the loss range starts at the last sample on that CPU before the notice (this file has no CPU field)
+    assert lost["start_ns"].null_count() == 2 and lost["cpu"].null_count() == 2
     assert td.meta["lost_events"] == 2
     assert Counter_of(td.df("samples")["event"]) == {"cycles:pp": 97, "instructions:pp": 80,
                                                      "branch-instructions:pp": 14}

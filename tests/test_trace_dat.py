@@ -82,6 +82,12 @@ def test_missing_events_flags_become_lost_rows(tmp_path: Path, original) -> None
     lost = td.df("lost").filter(pl.col("kind") == "missing_events")
     assert sorted(lost.select("cpu", "count").rows(), key=str) == sorted([(cpu, 1234), (cpu, None)], key=str)
     assert td.meta["lost_events"] == 1234 and td.meta["lost_notices"] == 2
+    # each loss is a time range on its CPU: from the last event before the page to the page's start
+    events = pl.concat([td.df(t).select("ts_ns", "cpu") for t in TABLES])
+    for r in lost.iter_rows(named=True):
+        assert r["ts_ns"] is not None
+        before = events.filter((pl.col("cpu") == cpu) & (pl.col("ts_ns") < r["ts_ns"]))
+        assert r["start_ns"] == (before["ts_ns"].max() if before.height else None)
     assert td.meta["events"] == original.meta["events"]  # the pages' events are all still there
 
 

@@ -163,7 +163,9 @@ EVENT_TABLES: tuple[TableSpec, ...] = (
 META_TABLES: tuple[TableSpec, ...] = (
     TableSpec("lost", "Data the tracer lost: perf LOST/LOST_SAMPLES, ring-buffer overruns, "
                       "'[LOST n EVENTS]' lines.", (
-        Col("ts_ns", I64, "time of the loss notice (null when unknown)"),
+        Col("ts_ns", I64, "end of the loss: time of the notice or of the first record after it (null when unknown)"),
+        Col("start_ns", I64, "start of the loss: the last recorded event on that CPU before ts_ns (the data "
+                             "in [start_ns, ts_ns] on that CPU is incomplete); null when unknown"),
         Col("cpu", I32, "CPU (null when unknown)"),
         Col("kind", STR, "lost_events, lost_samples, throttle, overrun, missing_events", False),
         Col("count", I64, "events lost (null when the tracer only flagged a loss)"),

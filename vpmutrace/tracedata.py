@@ -94,6 +94,27 @@ def load_dataset(path: str | Path) -> TraceData:
     return TraceData(tables, meta, stats)
 
 
+def _loss_starts(tables: dict[str, pa.Table], rows: list[dict[str, Any]]) -> list[int | None]:
+    """For each loss on a known CPU at a known time, the last event recorded on that CPU before it."""
+    wanted = {r["cpu"] for r in rows if r["cpu"] is not None and r["ts_ns"] is not None}
+    per_cpu: dict[int, np.ndarray] = {}
+    if wanted:
+        parts = [t.select(["ts_ns", "cpu"]) for n, t in tables.items() if n in {s.name for s in EVENT_TABLES}]
+        if parts:
+            ev = pl.from_arrow(pa.concat_tables(parts)).filter(pl.col("cpu").is_in(list(wanted)))
+            for (cpu,), g in ev.group_by(["cpu"]):
+                per_cpu[cpu] = np.sort(g["ts_ns"].to_numpy())
+    out: list[int | None] = []
+    for r in rows:
+        ts = per_cpu.get(r["cpu"]) if r["ts_ns"] is not None else None
+        if ts is None:
+            out.append(None)
+            continue
+        i = int(np.searchsorted(ts, r["ts_ns"], side="left")) - 1
+        out.append(int(ts[i]) if i >= 0 else None)
+    return out
+
+
 def _is_sorted(col: pa.ChunkedArray) -> bool:
     a = col.to_numpy()
     return bool(len(a) < 2 or (a[1:] >= a[:-1]).all())
@@ -141,6 +162,7 @@ class TraceBuilder:
             tables[name] = t
         if self.lost_rows:
             cols = {k: [r[k] for r in self.lost_rows] for k in ("ts_ns", "cpu", "kind", "count", "source")}
+            cols["start_ns"] = _loss_starts(tables, self.lost_rows)
             tables["lost"] = build_table("lost", cols, len(self.lost_rows))
         meta = self.meta
         meta["events"] = dict(sorted(self.event_counts.items()))

@@ -112,6 +112,7 @@ class PageWalk:
     ts: np.ndarray  # int64 timestamps (trace clock units)
     page_lost: np.ndarray  # per page: 0 none, -1 lost unknown count, n > 0 lost n
     corrupt_pages: int
+    page_ts: np.ndarray  # per page: the page header's timestamp (trace clock units)
 
 
 def walk_pages(buf: np.ndarray, page_size: int, header_page: dict[str, tuple[int, int]],
@@ -130,4 +131,9 @@ def walk_pages(buf: np.ndarray, page_size: int, header_page: dict[str, tuple[int
     page_lost[:] = 0
     _, bad = _walk(buf, page_size, ts_off, commit_off, commit_size, data_off, big_endian, True,
                    offs, lens, tss, page_lost)
-    return PageWalk(offs, lens, tss, page_lost, bad)
+    page_ts = np.array([int.from_bytes(buf[p * page_size + ts_off:p * page_size + ts_off + 8].tobytes(),
+                                       "big" if big_endian else "little") for p in np.nonzero(page_lost)[0]],
+                       dtype=np.int64)
+    full_ts = np.zeros(npages, dtype=np.int64)
+    full_ts[np.nonzero(page_lost)[0]] = page_ts
+    return PageWalk(offs, lens, tss, page_lost, bad, full_ts)

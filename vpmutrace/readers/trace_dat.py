@@ -397,10 +397,15 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShi
         for cd in buf.cpus:
             data = _cpu_bytes(raw, td, cd, b)
             walk = walk_pages(data, buf.page_size or td.page_size, t.header_page, td.endian == ">")
-            for p in np.nonzero(walk.page_lost)[0].tolist():
-                lost = int(walk.page_lost[p])
-                b.add_lost(td.path, "missing_events", lost if lost > 0 else None, None, cd.cpu,
-                           f"cpu{cd.cpu} page {p}")
+            lost_pages = np.nonzero(walk.page_lost)[0]
+            if len(lost_pages):
+                # the events were lost before the page: its header time closes the gap
+                pts = walk.page_ts[lost_pages]
+                pts = _to_ns(shift.apply(cd.cpu, pts) if shift is not None else pts, td)
+                for page, when in zip(lost_pages.tolist(), pts.tolist(), strict=True):
+                    lost = int(walk.page_lost[page])
+                    b.add_lost(td.path, "missing_events", lost if lost > 0 else None, int(when), cd.cpu,
+                               f"cpu{cd.cpu} page {page}")
             if walk.corrupt_pages:
                 b.stats.add(td.path, "unparsed_record", f"cpu{cd.cpu}", walk.corrupt_pages,
                             f"cpu{cd.cpu}: {walk.corrupt_pages} page(s) with a bad commit size or event length")
