@@ -131,3 +131,34 @@ def test_cli_fail_on_divergence(tmp_path: Path) -> None:
     _cli("simulate", "--scenario", "mediated-steady", "-o", str(tmp_path / "m"))
     r = _cli("analyze", str(tmp_path / "m" / "dataset"), "--fail-on-divergence")
     assert r.returncode == 0
+
+
+def test_sample_attribution_around_transitions() -> None:
+    """Samples placed by hand around one guest window [100, 200) us on CPU 0 (window 10 us)."""
+    from vpmutrace.tracedata import TraceBuilder
+
+    us = 1000
+    b = TraceBuilder()
+    common = {"seq": [0, 1, 2, 3], "cpu": [0, 0, 0, 0], "pid": [7, 7, 7, 7], "comm": ["CPU 0/KVM"] * 4,
+              "source": ["host"] * 4}
+    b.add("kvm_entry", {**common, "ts_ns": [100 * us, 300 * us, 400 * us, 500 * us], "vcpu_id": [0] * 4}, 4)
+    b.add("kvm_exit", {**common, "ts_ns": [200 * us, 350 * us, 450 * us, 550 * us], "vcpu_id": [0] * 4,
+                       "exit_reason": [1] * 4, "reason": ["EXTERNAL_INTERRUPT"] * 4, "isa": [1] * 4}, 4)
+    rows = [(150, "guest_kernel", "correct"), (160, "kernel", "misattributed_host"),
+            (205, "kernel", "misattributed_host"), (206, "guest_user", "ambiguous"),
+            (250, "guest_kernel", "misattributed_guest"), (250, "user", "correct"),
+            (295, "kernel", "ambiguous")]
+    b.add("samples", {"ts_ns": [t * us for t, _, _ in rows], "seq": list(range(len(rows))),
+                      "cpu": [0] * len(rows), "pid": [7] * len(rows), "comm": ["x"] * len(rows),
+                      "source": ["host"] * len(rows), "event": ["cycles"] * len(rows),
+                      "cpumode": [m for _, m, _ in rows], "exact_ip": [False] * len(rows)}, len(rows))
+    td = b.finish()
+    from vpmutrace.analyze.skid import classify_samples
+
+    got = classify_samples(td, 10 * us).sort("ts_ns", "cpumode")
+    want = sorted(((t * us, m, c) for t, m, c in rows), key=lambda x: (x[0], x[1]))
+    assert got.select("ts_ns", "cpumode", "class").rows() == want
+    doc, _ = run(td, Config.for_trace(td))
+    assert doc["skid"]["computable"] is False  # no nmi_handler: the PMI part needs it ...
+    assert doc["skid"]["samples"]["classes"] == {"correct": 2, "misattributed_host": 2, "misattributed_guest": 1,
+                                                 "ambiguous": 2}  # ... the sample part does not

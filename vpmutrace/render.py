@@ -30,10 +30,21 @@ def _table(rows: list[dict], cols: list[tuple[str, str, int]]) -> list[str]:
     return out
 
 
+def _samples_line(smp: dict[str, Any]) -> str:
+    c = smp["classes"]
+    return (f"  {smp['samples']} perf samples: correct {c['correct']}, misattributed to host "
+            f"{c['misattributed_host']}, to guest {c['misattributed_guest']}, ambiguous {c['ambiguous']} "
+            f"({smp['exact_ip']} with exact IP)")
+
+
 def render(name: str, res: Result, doc: dict[str, Any]) -> str:
     head = f"== {name}"
     if not res.computable:
-        return f"{head}: not computable: needs {', '.join(res.needs)}"
+        extra = ""
+        smp = res.summary.get("samples") if name == "skid" else None
+        if smp and smp.get("computable"):
+            extra = "\n" + _samples_line(smp)
+        return f"{head}: not computable: needs {', '.join(res.needs)}{extra}"
     s = res.summary
     out = [head]
     if name == "exits":
@@ -69,6 +80,8 @@ def render(name: str, res: Result, doc: dict[str, Any]) -> str:
                    f"window {_ns(s['window_ns'])}; mediated 0xF5 PMI exits {s['mediated_pmi_exits']}")
         out += _table(s["per_cpu"], [("cpu", "cpu", 4), ("pmis", "PMIs", 6), ("misattributed_host", "misattr", 8),
                                      ("ambiguous", "ambig", 6), ("misattributed_rate", "rate", 8)])
+        if s.get("samples") and s["samples"].get("computable"):
+            out.append(_samples_line(s["samples"]))
     elif name == "silent":
         f = s["findings"]
         out.append(f"  frozen counters {f['frozen_counter']}, contention windows {f['contention']}, "

@@ -9,6 +9,14 @@ correctly. Any other host NMI is classified by where it lands on its CPU: within
 window after a VM-exit -> misattributed to host (the overflow happened in the guest
 and skidded past the exit); within the window before a VM-entry -> ambiguous;
 otherwise host (correct). Rates per CPU. Window: --skid-window (default 10 us).
+
+Samples (perf samples with a CPU and cpumode, when the trace has them) are checked the
+same way against the guest windows of their CPU (kvm_entry to the next kvm_exit): a
+guest-mode sample outside every guest window is misattributed to the guest unless it
+lies within the window after an exit (skid: ambiguous); a host-mode sample inside a guest
+window, or within the window after an exit, is misattributed to the host; a sample within
+the window before an entry is ambiguous; anything else agrees with where the CPU was
+(reference §3.1 skid; EXACT_IP samples are reported separately, they have no skid).
 """
 
 from __future__ import annotations
@@ -60,10 +68,41 @@ def classify(td: TraceData, window_ns: int) -> pl.DataFrame:
     return j.with_columns(cls.alias("class")).sort("nmi_row")
 
 
+SAMPLE_CLASSES = ("correct", "misattributed_host", "misattributed_guest", "ambiguous")
+
+
+def classify_samples(td: TraceData, window_ns: int) -> pl.DataFrame:
+    """perf samples with their class (see the module doc); requires samples with cpu and cpumode."""
+    from vpmutrace.analyze.windows import guest_windows
+
+    s = td.df("samples").filter(pl.col("cpu").is_not_null() & pl.col("cpumode").is_not_null()) \
+        .select("ts_ns", "cpu", "pid", "event", pl.col("cpumode").cast(pl.String), "exact_ip").with_row_index("s")
+    w = guest_windows(td).select("cpu", "start_ns", "end_ns").sort("start_ns")
+    left = s.sort("ts_ns")
+    prev = left.join_asof(w.rename({"start_ns": "win_start", "end_ns": "win_end"}), left_on="ts_ns",
+                          right_on="win_start", by="cpu", strategy="backward")
+    nxt = left.join_asof(w.select("cpu", pl.col("start_ns").alias("next_entry")), left_on="ts_ns",
+                         right_on="next_entry", by="cpu", strategy="forward")
+    j = prev.join(nxt.select("s", "next_entry"), on="s")
+    in_guest = pl.col("win_end").is_not_null() & (pl.col("ts_ns") < pl.col("win_end"))
+    after_exit = pl.col("win_end").is_not_null() & (pl.col("ts_ns") >= pl.col("win_end")) & \
+        (pl.col("ts_ns") - pl.col("win_end") <= window_ns)
+    before_entry = pl.col("next_entry").is_not_null() & (pl.col("next_entry") - pl.col("ts_ns") <= window_ns) & \
+        ~in_guest
+    guest_mode = pl.col("cpumode").str.starts_with("guest")
+    cls = (pl.when(in_guest & guest_mode).then(pl.lit("correct"))
+           .when(in_guest).then(pl.lit("misattributed_host"))
+           .when(after_exit & ~guest_mode).then(pl.lit("misattributed_host"))
+           .when(after_exit | before_entry).then(pl.lit("ambiguous"))
+           .when(guest_mode).then(pl.lit("misattributed_guest"))
+           .otherwise(pl.lit("correct")))
+    return j.with_columns(cls.alias("class")).sort("s").drop("s")
+
+
 def analyze(td: TraceData, cfg: Config) -> Result:
     needs = missing(td, REQUIRES)
     if needs:
-        return not_computable("skid", needs, RULE)
+        return not_computable("skid", needs, RULE, samples=_samples_summary(td, cfg))
     c = classify(td, cfg.skid_window_ns)
     ex = td.df("kvm_exit")
     counts = {k: 0 for k in ("guest_exit", "misattributed_host", "ambiguous", "host")}
@@ -78,5 +117,20 @@ def analyze(td: TraceData, cfg: Config) -> Result:
         "nmi_exits": ex.filter(nmi_exit_mask()).height, "mediated_pmi_exits": ex.filter(mediated_pmi_mask()).height,
         "misattributed_rate": round(counts["misattributed_host"] / c.height, 6) if c.height else 0.0,
         "per_cpu": sorted(per_cpu, key=lambda r: r["cpu"]),
+        "samples": _samples_summary(td, cfg),
     }
     return Result("skid", summary=summary, rows={"pmi_attribution": c}, rule=RULE)
+
+
+def _samples_summary(td: TraceData, cfg: Config) -> dict | None:
+    """Sample attribution, or why it cannot be computed."""
+    if not td.has("samples"):
+        return None
+    if not (td.has("kvm_exit") and td.has("kvm_entry")):
+        return {"computable": False, "reason": "not computable: needs kvm:kvm_exit and kvm:kvm_entry events"}
+    sc = classify_samples(td, cfg.skid_window_ns)
+    if sc.height == 0:
+        return {"computable": False, "reason": "not computable: needs samples with CPU and cpumode"}
+    k = dict(sc.group_by("class").len().rows())
+    return {"computable": True, "samples": sc.height, "classes": {c: k.get(c, 0) for c in SAMPLE_CLASSES},
+            "exact_ip": int(sc["exact_ip"].fill_null(False).sum())}

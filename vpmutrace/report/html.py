@@ -71,6 +71,13 @@ def findings(doc: dict[str, Any], td: TraceData) -> list[dict[str, str]]:
         add("medium", "skid", f"{k['classes']['misattributed_host']} PMIs landed within "
                               f"{k['window_ns'] / 1000:.0f} us after a VM-exit (misattributed to the host); "
                               f"{k['classes'].get('ambiguous', 0)} ambiguous")
+    smp = (k.get("samples") or {}) if k else {}
+    if smp.get("computable"):
+        wrong = smp["classes"]["misattributed_host"] + smp["classes"]["misattributed_guest"]
+        if wrong:
+            amb = smp["classes"]["ambiguous"]
+            add("medium", "skid", f"{wrong} of {smp['samples']} perf samples carry a cpumode that disagrees with "
+                                  f"where their CPU was (guest window or host); {amb} ambiguous")
     t = doc.get("trace") or {}
     if t.get("lost_events"):
         add("medium", "trace", f"the tracer lost {t['lost_events']} events")
