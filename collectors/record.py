@@ -10,6 +10,7 @@ Output directory layout:
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,9 +60,12 @@ def parse_cpus(spec: str | None) -> list[int] | None:
     if not spec:
         return None
     out: list[int] = []
-    for part in spec.split(","):
-        a, _, b = part.partition("-")
-        out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    try:
+        for part in spec.split(","):
+            a, _, b = part.partition("-")
+            out += list(range(int(a), int(b) + 1)) if b else [int(a)]
+    except ValueError:
+        raise Refusal(f"bad --cpus {spec!r}: expected a CPU list such as 0-3,6") from None
     return sorted(set(out))
 
 
@@ -76,6 +80,8 @@ def record(opt: RecordOptions) -> RecordResult:
         raise Refusal(f"unknown backend {opt.backend!r}: perf or tracefs")
     if opt.command and opt.duration is not None:
         raise Refusal("give either --duration or a command after --, not both")
+    if opt.command and shutil.which(opt.command[0]) is None:
+        raise Refusal(f"command not found: {opt.command[0]}")
     try:
         wanted = evsets.expand(opt.events)
     except ValueError as e:

@@ -166,6 +166,10 @@ def test_refusals_are_one_line_with_the_fix(tmp_path: Path) -> None:
     assert r.returncode == 2 and "perf is not installed" in r.stderr and "--backend tracefs" in r.stderr
     r = _cli("record", "--events", "bogus", "-o", str(tmp_path / "z"))
     assert r.returncode == 2 and "unknown event set" in r.stderr
+    r = _cli("record", "--cpus", "x1", "-o", str(tmp_path / "z"), "--", "true")
+    assert r.returncode == 2 and "bad --cpus" in r.stderr
+    r = _cli("record", "-o", str(tmp_path / "z"), "--", "/nonexistent/workload")
+    assert r.returncode == 2 and "command not found" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.skipif(not ROOT or shutil.which("setpriv") is None, reason="needs root to drop to nobody")
