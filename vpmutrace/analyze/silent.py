@@ -37,7 +37,6 @@ class _Vcpu:
     fixed_ctrl: int = 0
     global_ctrl: int | None = None  # None: never written (reset value enables all GP counters)
     last_read: dict[tuple[str, int], tuple[int, int, str]] = field(default_factory=dict)
-    enabled_since: dict[tuple[str, int], int] = field(default_factory=dict)
     contention_start: int | None = None
 
 
@@ -53,7 +52,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     needs = missing(td, REQUIRES)
     if needs:
         return not_computable("silent", needs, RULE)
-    rows = classify(td.df("kvm_msr"), cfg).filter(pl.col("kind").is_not_null()).sort("ts_ns")
+    rows = classify(td.df("kvm_msr"), cfg).filter(pl.col("kind").is_not_null()).sort("ts_ns", "seq")
     wins = guest_windows(td) if td.has("kvm_exit") and td.has("kvm_entry") else None
     host_gp = cfg.setup.host.nr_gp
     pinned = 1 if cfg.setup.nmi_watchdog else 0
@@ -62,8 +61,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     for r in rows.iter_rows(named=True):
         key = (str(r["source"]), r["pid"])
         v = state.setdefault(key, _Vcpu())
-        kind, idx, ts = r["kind"], r["index"] if "index" in r else None, r["ts_ns"]
-        idx = _index(r["msr"])
+        kind, idx, ts = r["kind"], _index(r["msr"]), r["ts_ns"]
         text = f"{'msr_write' if r['write'] else 'msr_read'} {r['msr']:x} = 0x{r['value']:x}"
         if r["gp"]:
             continue
