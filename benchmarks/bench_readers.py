@@ -67,8 +67,7 @@ def make_trace_dat(perf_data: Path, out: Path) -> None:
     """The perf.data's tracepoint payloads as trace.dat CPU pages (same events, same formats)."""
     import numpy as np
 
-    from vpmutrace.readers import perf_walk as pw
-    from vpmutrace.readers.perf_data import REC_SAMPLE, _id_index, _walk, read_perf_data
+    from vpmutrace.readers.perf_data import REC_SAMPLE, read_perf_data, sample_fields, walk
     from vpmutrace.tracedata import TraceBuilder
     from vpmutrace.writers.ringbuf import pack_pages
     from vpmutrace.writers.trace_dat import BufferData, TraceDatContent, write_trace_dat
@@ -79,21 +78,10 @@ def make_trace_dat(perf_data: Path, out: Path) -> None:
     hsize = int.from_bytes(raw[8:16], "little")
     start, end = (16, len(buf)) if hsize == 16 else (int(buf[40:48].view("<u8")[0]),
                                                      int(buf[40:48].view("<u8")[0] + buf[48:56].view("<u8")[0]))
-    offs, types, _m, sizes, _s, _e = _walk(buf, start, end)
+    offs, types, _m, sizes, _s, _e = walk(buf, start, end)
     sel = types == REC_SAMPLE
     offs, sizes = offs[sel], sizes[sel]
-    n = len(offs)
-    mode, pos, ids, idx = _id_index(pf)
-    A = pf.attrs
-    st = np.array([a.sample_type for a in A], dtype=np.uint64)
-    rf = np.array([a.read_format for a in A], dtype=np.int64)
-    z = np.zeros(len(A), dtype=np.int64)
-    o = {k: np.zeros(n, dtype=dt) for k, dt in (("attr", np.int32), ("ip", np.uint64), ("pid", np.int32),
-                                                 ("tid", np.int32), ("time", np.int64), ("cpu", np.int32),
-                                                 ("period", np.uint64), ("raw_off", np.int64),
-                                                 ("raw_len", np.int32), ("ok", np.int8))}
-    pw.walk_samples(buf, offs, sizes, mode, pos, ids, idx, st, rf, z, z, z, o["attr"], o["ip"], o["pid"],
-                    o["tid"], o["time"], o["cpu"], o["period"], o["raw_off"], o["raw_len"], o["ok"])
+    o = sample_fields(pf, buf, offs, sizes)
     cpus: dict[int, bytes] = {}
     for cpu in np.unique(o["cpu"]).tolist():
         rows = np.nonzero(o["cpu"] == cpu)[0]

@@ -84,7 +84,7 @@ class PerfProgress:
     def update(self) -> tuple[int, int]:
         import numpy as np
 
-        from vpmutrace.readers import perf_walk as pw
+        from vpmutrace.readers.perf_data import walk
 
         try:
             size = self.path.stat().st_size
@@ -97,17 +97,11 @@ class PerfProgress:
             if bytes(buf[:8]) != b"PERFILE2":
                 return self.events, self.lost
             self.pos = int(buf[40:48].view("<u8")[0])  # perf_header.data.offset
-        e = np.zeros(0, dtype=np.int64)
-        e32 = np.zeros(0, dtype=np.int32)
-        n, stop, _err = pw.walk_records(buf, self.pos, len(buf), False, e, e32, e32, e32)
-        if n:
-            offs = np.empty(n, dtype=np.int64)
-            types, miscs, sizes = (np.empty(n, dtype=np.int32) for _ in range(3))
-            pw.walk_records(buf, self.pos, len(buf), True, offs, types, miscs, sizes)
-            self.events += int((types == 9).sum())  # PERF_RECORD_SAMPLE
-            for o, t in zip(offs[(types == 2) | (types == 13)].tolist(),
-                            types[(types == 2) | (types == 13)].tolist(), strict=True):
-                at = o + 16 if t == 2 else o + 8  # LOST: id, lost; LOST_SAMPLES: lost
-                self.lost += int(buf[at:at + 8].view("<u8")[0])
-            self.pos = int(stop)
+        offs, types, _miscs, _sizes, stop, _err = walk(buf, self.pos, len(buf))
+        self.events += int((types == 9).sum())  # PERF_RECORD_SAMPLE
+        lost = (types == 2) | (types == 13)
+        for o, t in zip(offs[lost].tolist(), types[lost].tolist(), strict=True):
+            at = o + 16 if t == 2 else o + 8  # LOST: id, lost; LOST_SAMPLES: lost
+            self.lost += int(buf[at:at + 8].view("<u8")[0])
+        self.pos = int(stop)
         return self.events, self.lost

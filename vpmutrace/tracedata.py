@@ -95,11 +95,12 @@ def load_dataset(path: str | Path) -> TraceData:
 
 
 def _loss_starts(tables: dict[str, pa.Table], rows: list[dict[str, Any]]) -> list[int | None]:
-    """For each loss on a known CPU at a known time, the last event recorded on that CPU before it."""
+    """For each loss on a known CPU at a known time, the last event recorded on that CPU before it
+    (``tables``: the event tables)."""
     wanted = {r["cpu"] for r in rows if r["cpu"] is not None and r["ts_ns"] is not None}
     per_cpu: dict[int, np.ndarray] = {}
     if wanted:
-        parts = [t.select(["ts_ns", "cpu"]) for n, t in tables.items() if n in {s.name for s in EVENT_TABLES}]
+        parts = [t.select(["ts_ns", "cpu"]) for t in tables.values()]
         if parts:
             ev = pl.from_arrow(pa.concat_tables(parts)).filter(pl.col("cpu").is_in(list(wanted)))
             for (cpu,), g in ev.group_by(["cpu"]):
@@ -162,7 +163,7 @@ class TraceBuilder:
             tables[name] = t
         if self.lost_rows:
             cols = {k: [r[k] for r in self.lost_rows] for k in ("ts_ns", "cpu", "kind", "count", "source")}
-            cols["start_ns"] = _loss_starts(tables, self.lost_rows)
+            cols["start_ns"] = _loss_starts({n: t for n, t in tables.items() if n in event_tables}, self.lost_rows)
             tables["lost"] = build_table("lost", cols, len(self.lost_rows))
         meta = self.meta
         meta["events"] = dict(sorted(self.event_counts.items()))

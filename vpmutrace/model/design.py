@@ -60,6 +60,10 @@ class HostSetup:
     def to_json(self) -> dict:
         return asdict(self)
 
+    @classmethod
+    def from_json(cls, d: dict) -> HostSetup:
+        return cls(**{**d, "host": PmuShape(**d["host"]), "guest": PmuShape(**d["guest"])})
+
     @property
     def all_counters_exposed(self) -> bool:
         return self.guest.nr_gp == self.host.nr_gp and self.guest.nr_fixed == self.host.nr_fixed

@@ -222,7 +222,8 @@ def _read_attrs(c: Cursor, pf: PerfFile, off: int, size: int, attr_size: int) ->
         pf.attrs.append(a)
 
 
-def _walk(buf: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+def walk(buf: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
+    """Offsets, types, misc and sizes of the records in buf[start:end], with where and why the walk stopped."""
     e64, e32 = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
     n, stop, err = pw.walk_records(buf, start, end, False, e64, e32, e32, e32)
     offs = np.empty(n, dtype=np.int64)
@@ -250,11 +251,11 @@ def _decompress_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: 
 
 
 def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceBuilder, source: str) -> None:
-    offs, types, miscs, sizes, stop, err = _walk(buf, start, end)
+    offs, types, miscs, sizes, stop, err = walk(buf, start, end)
     n_compressed = int(np.isin(types, [REC_COMPRESSED, REC_COMPRESSED2]).sum())
     if n_compressed:
         buf = _decompress_records(pf, buf, offs, types, sizes)
-        offs, types, miscs, sizes, _, err2 = _walk(buf, 0, len(buf))
+        offs, types, miscs, sizes, _, err2 = walk(buf, 0, len(buf))
         if err2:
             pf.partial = pf.partial or "a decompressed record stream ends in a broken record"
     if err:
@@ -481,16 +482,15 @@ def _emit_lost(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarra
             b.stats.add(pf.path, kind, "", 1)
 
 
-def _emit_samples(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.ndarray, miscs: np.ndarray,
-                  comms: _CommTracker, b: TraceBuilder, source: str, seq_base: int = 0) -> None:
-    n = len(offs)
-    if n == 0:
-        return
+def sample_fields(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
+    """Fields of PERF_RECORD_SAMPLE records (attr index, ip, pid, tid, time, cpu, period, RAW offset and
+    length, ok flag), one array each, decoded by the compiled sample walk."""
     mode, pos, ids, idx = _id_index(pf)
     A = pf.attrs
     st = np.array([a.sample_type for a in A], dtype=np.uint64)
     rf = np.array([a.read_format for a in A], dtype=np.int64)
     zeros = np.zeros(len(A), dtype=np.int64)
+    n = len(offs)
     out = {k: np.zeros(n, dtype=dt) for k, dt in (
         ("attr", np.int32), ("ip", np.uint64), ("pid", np.int32), ("tid", np.int32), ("time", np.int64),
         ("cpu", np.int32), ("period", np.uint64), ("raw_off", np.int64), ("raw_len", np.int32),
@@ -499,6 +499,16 @@ def _emit_samples(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.nda
     pw.walk_samples(buf, offs, sizes, mode, pos, ids, idx, st, rf, zeros, zeros, zeros,
                     out["attr"], out["ip"], out["pid"], out["tid"], out["time"], out["cpu"],
                     out["period"], out["raw_off"], out["raw_len"], out["ok"])
+    return out
+
+
+def _emit_samples(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.ndarray, miscs: np.ndarray,
+                  comms: _CommTracker, b: TraceBuilder, source: str, seq_base: int = 0) -> None:
+    n = len(offs)
+    if n == 0:
+        return
+    A = pf.attrs
+    out = sample_fields(pf, buf, offs, sizes)
     bad = out["ok"] != 1
     if bad.any():
         for kind, label in ((0, "sample with an unknown event id"), (-1, "sample fields run past the record")):

@@ -305,13 +305,9 @@ def build(td: TraceData, doc: dict[str, Any], results: dict[str, Result], out: P
         parts.append(_table([{"key": k, "value": v} for k, v in doc["what_if"].items()], ["key", "value"]))
     cfg = doc.get("config") or {}
     if cfg.get("model"):
-        from vpmutrace.model.design import HostSetup, PmuShape, describe
+        from vpmutrace.model.design import HostSetup, describe
 
-        st = cfg["setup"]
-        setup = HostSetup(host=PmuShape(**st["host"]), guest=PmuShape(**st["guest"]),
-                          vmware_backdoor=st["vmware_backdoor"], nmi_watchdog=st["nmi_watchdog"],
-                          watchdog_thresh_s=st["watchdog_thresh_s"], switch_cost_ns=st["switch_cost_ns"])
-        m = describe(cfg["model"], setup)
+        m = describe(cfg["model"], HostSetup.from_json(cfg["setup"]))
         parts.append(f"<h2>Reference model: {_esc(m['design'])} design</h2><p>RDPMC traps: {_esc(m['rdpmc_traps'])}; "
                      f"guest PMIs: {_esc(m['pmi_vector'])}; PMU context switch: {_esc(m['context_switch'])}; "
                      f"perf NMI watchdog during guest time: {_esc(m['watchdog_during_guest'])}</p>")
