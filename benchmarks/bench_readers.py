@@ -67,7 +67,8 @@ def make_trace_dat(perf_data: Path, out: Path) -> None:
     """The perf.data's tracepoint payloads as trace.dat CPU pages (same events, same formats)."""
     import numpy as np
 
-    from vpmutrace.readers.perf_data import REC_SAMPLE, read_perf_data, sample_fields, walk
+    from vpmutrace.readers.perf_data import REC_SAMPLE, read_perf_data, walk
+    from vpmutrace.readers.perf_samples import sample_fields
     from vpmutrace.tracedata import TraceBuilder
     from vpmutrace.writers.ringbuf import pack_pages
     from vpmutrace.writers.trace_dat import BufferData, TraceDatContent, write_trace_dat
@@ -81,7 +82,7 @@ def make_trace_dat(perf_data: Path, out: Path) -> None:
     offs, types, _m, sizes, _s, _e = walk(buf, start, end)
     sel = types == REC_SAMPLE
     offs, sizes = offs[sel], sizes[sel]
-    o = sample_fields(pf, buf, offs, sizes)
+    o = sample_fields(pf.attrs, pf.path, buf, offs, sizes)
     cpus: dict[int, bytes] = {}
     for cpu in np.unique(o["cpu"]).tolist():
         rows = np.nonzero(o["cpu"] == cpu)[0]

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from conftest import FIXTURES, ROOT
 
 from vpmutrace.readers import load_trace
-from vpmutrace.schema import ALL_TABLES, render_markdown
+from vpmutrace.schema import ALL_TABLES, SCHEMA_VERSION, render_markdown
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -34,7 +34,7 @@ def test_ingest_writes_a_dataset_that_reads_back_equal(tmp_path: Path) -> None:
     assert pl.read_parquet(tmp_path / "ds" / "kvm_msr.parquet").height == 1603
     assert pq.read_schema(tmp_path / "ds" / "kvm_exit.parquet").field("exit_reason").type == "uint32"
     meta = json.loads((tmp_path / "ds" / "trace_meta.json").read_text())
-    assert meta["schema_version"] == 1 and len(meta["inputs"]) == 2
+    assert meta["schema_version"] == SCHEMA_VERSION and len(meta["inputs"]) == 2
 
 
 def test_stats_survive_the_dataset(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from vpmutrace.errors import UnsupportedFormat
 from vpmutrace.formats.decode import factorize_rows
 from vpmutrace.formats.event_format import EventFormat
 from vpmutrace.formats.known import VMX_REASON_FLAGS
-from vpmutrace.schema import dict_array
+from vpmutrace.schema import DICT_STR, const_column, dict_array
 
 # table -> {column: (field names to try, in order)}
 FIELD_MAP: dict[str, dict[str, tuple[str, ...]]] = {
@@ -84,12 +84,12 @@ def eval_unique(fmt: EventFormat | None, k: int | None, cols: dict[str, Any], n:
 
     if not used:
         v = one({})
-        return pa.repeat(v, n) if v is not None else pa.nulls(n, pa.string())
+        return const_column(v, n) if v is not None else pa.nulls(n, DICT_STR)
     if all(isinstance(cols[u], np.ndarray) for u in used):
         # distinct input tuples with numpy, one evaluation each
         codes, first = factorize_rows([cols[u] for u in used])
         names = [one({u: cols[u][i].item() for u in used}) for i in first.tolist()]
-        return dict_array(codes, names).cast(pa.string())
+        return dict_array(codes, names)
     keys = [cols[u].tolist() if isinstance(cols[u], np.ndarray) else cols[u] for u in used]
     cache: dict[tuple, str | None] = {}
     out: list[str | None] = []
@@ -107,8 +107,8 @@ def split_reason(joined: pa.Array) -> tuple[pa.Array, pa.Array]:
     """'INVALID_STATE FAILED_VMENTRY' -> ('INVALID_STATE', 'FAILED_VMENTRY'), once per distinct text."""
     enc = joined.dictionary_encode()
     r, f = _split_reason_list(enc.dictionary.to_pylist())
-    return (pa.DictionaryArray.from_arrays(enc.indices, pa.array(r, pa.string())).cast(pa.string()),
-            pa.DictionaryArray.from_arrays(enc.indices, pa.array(f, pa.string())).cast(pa.string()))
+    return (pa.DictionaryArray.from_arrays(enc.indices, pa.array(r, pa.string())),
+            pa.DictionaryArray.from_arrays(enc.indices, pa.array(f, pa.string())))
 
 
 def _split_reason_list(joined: list[str | None]) -> tuple[list[str | None], list[str]]:
@@ -200,9 +200,9 @@ DERIVE: dict[str, Deriver] = {
 def event_columns(table: str, event_name: str, n: int) -> dict[str, Any]:
     """Columns a table takes from the event's name (tables that hold several events)."""
     if table == "host_msr":
-        return {"op": pa.repeat({"read_msr": "read", "write_msr": "write"}.get(event_name, event_name), n)}
+        return {"op": const_column({"read_msr": "read", "write_msr": "write"}.get(event_name, event_name), n)}
     if table == "irq_vectors":
-        return {"event": pa.repeat(event_name, n)}
+        return {"event": const_column(event_name, n)}
     return {}
 
 

@@ -66,20 +66,37 @@ def _decode_scalars(buf, offsets, lengths, f_off, f_size, big_endian, limit, out
             out[f, i] = v
 
 
+def is_scalar(f: Field) -> bool:
+    """A field read as one integer (1, 2, 4 or 8 bytes, not an array, not dynamic)."""
+    return f.array_len is None and not (f.data_loc or f.rel_loc) and f.size in (1, 2, 4, 8)
+
+
+def scalar_dtype(f: Field) -> np.dtype:
+    """The numpy type of a scalar field's bytes (bool fields become bool in ``scalar_column``)."""
+    if f.signed:
+        return np.dtype(f"i{f.size}")
+    return np.dtype(f"u{f.size}")
+
+
+def scalar_column(f: Field, col: np.ndarray) -> np.ndarray:
+    """A scalar field's column from its raw little-endian bytes viewed at its width."""
+    return col.astype(bool) if f.type in ("bool", "_Bool") else col
+
+
 def decode_fields(fmt: EventFormat, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
-                  byteorder: str = "<", long_size: int = 8) -> dict[str, Any]:
+                  byteorder: str = "<", long_size: int = 8, scalars_done: bool = False) -> dict[str, Any]:
     """Decode every field of ``fmt`` for records at ``offsets`` (payload start, i.e. common_type).
 
     Returns {field name: numpy array (numbers/bools) or list (strings/bytes)}.
     Fields that extend beyond a record's length read as zero (truncated record).
     Scalars are read in one compiled pass; arrays and dynamic fields take slower paths.
+    With ``scalars_done`` only the non-scalar fields are decoded (the caller has the scalars).
     """
     n = len(offsets)
     offsets = offsets.astype(np.int64, copy=False)
     lengths = lengths.astype(np.int64, copy=False)
     fields = fmt.common_fields + fmt.fields
-    scalars = [f for f in fields if f.array_len is None and not (f.data_loc or f.rel_loc)
-               and f.size in (1, 2, 4, 8)]
+    scalars = [] if scalars_done else [f for f in fields if is_scalar(f)]
     out: dict[str, Any] = {}
     raw = np.zeros((len(scalars), n), dtype=np.uint64)
     if scalars and n:
@@ -92,12 +109,10 @@ def decode_fields(fmt: EventFormat, buf: np.ndarray, offsets: np.ndarray, length
             v = col.view(np.int64)
             if bits < 64:
                 v = (v << (64 - bits)) >> (64 - bits)
-            out[f.name] = v.astype(f"i{f.size}")
-        elif f.type in ("bool", "_Bool"):
-            out[f.name] = col.astype(bool)
+            out[f.name] = scalar_column(f, v.astype(f"i{f.size}"))
         else:
-            out[f.name] = col.astype(f"u{f.size}")
-    rest = [f for f in fields if f not in scalars]
+            out[f.name] = scalar_column(f, col.astype(f"u{f.size}"))
+    rest = [f for f in fields if not is_scalar(f)]
     if rest:
         width = max(f.offset + f.size for f in rest)
         mat = gather(buf, offsets, width, lengths)
@@ -110,7 +125,7 @@ def decode_fields(fmt: EventFormat, buf: np.ndarray, offsets: np.ndarray, length
                 out[f.name] = [bytes(r).split(b"\0", 1)[0].decode("utf-8", "replace") for r in part]
             else:
                 out[f.name] = [bytes(r) for r in part]
-    return {f.name: out[f.name] for f in fields}
+    return {f.name: out[f.name] for f in fields if f.name in out}
 
 
 def _dynamic(f: Field, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, mat: np.ndarray,

@@ -51,11 +51,7 @@ def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.nda
                                   "source": const_column(source, len(idx)),
                                   "tgid": tgid[idx] if tgid is not None else None}
         if fmt is None:
-            builder.stats.add(src_file, "unparsed_record", f"event id {t}", len(idx),
-                              f"no format for event id {t} (first at ts {int(ts_ns[idx[0]])})")
-            common.update(event=[f"unknown:{t}"] * len(idx), text=[""] * len(idx))
-            common["pid"] = pid[idx] if pid is not None else None
-            builder.add("events", common, len(idx), f"unknown:{t}")
+            emit_unknown(builder, src_file, int(t), common, pid[idx] if pid is not None else None, len(idx))
             continue
         cols = decode_fields(fmt, buf, offsets[idx], lengths[idx], byteorder)
         pids = cols.get("common_pid")
@@ -67,16 +63,32 @@ def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.nda
             common["comm"] = comm.take(pa.array(idx))
         elif pids is not None:
             common["comm"] = comms_for(pids, cmdlines)
-        if fmt.fallback_reason:
-            builder.stats.add(src_file, "print_fmt_fallback", fmt.full_name, len(idx), fmt.fallback_reason)
-        table = table_for_event(fmt.system, fmt.name)
-        if table is not None:
-            common.update(typed_columns(table, fmt.name, fmt, cols, len(idx), symbols))
-            builder.add(table, common, len(idx), fmt.full_name)
-            continue
-        common["event"] = pa.repeat(fmt.full_name, len(idx))
-        common["text"] = render_rows(fmt, cols, len(idx), symbols)
-        builder.add("events", common, len(idx), fmt.full_name)
+        emit_event(builder, src_file, fmt, common, cols, len(idx), symbols)
+
+
+def emit_unknown(builder: TraceBuilder, src_file: str, event_id: int, common: dict[str, Any],
+                 pid: np.ndarray | None, n: int) -> None:
+    """Rows of an event id the trace has no format for: kept in ``events``, counted as unparsed."""
+    builder.stats.add(src_file, "unparsed_record", f"event id {event_id}", n,
+                      f"no format for event id {event_id} (first at ts {int(common['ts_ns'][0])})")
+    common.update(event=[f"unknown:{event_id}"] * n, text=[""] * n, pid=pid)
+    builder.add("events", common, n, f"unknown:{event_id}")
+
+
+def emit_event(builder: TraceBuilder, src_file: str, fmt: EventFormat, common: dict[str, Any],
+               cols: dict[str, Any], n: int, symbols: Callable[[int], str | None] | None) -> None:
+    """Rows of one event (common columns and decoded fields) into its typed table, or into ``events``
+    with the print fmt rendered."""
+    if fmt.fallback_reason:
+        builder.stats.add(src_file, "print_fmt_fallback", fmt.full_name, n, fmt.fallback_reason)
+    table = table_for_event(fmt.system, fmt.name)
+    if table is not None:
+        common.update(typed_columns(table, fmt.name, fmt, cols, n, symbols))
+        builder.add(table, common, n, fmt.full_name)
+        return
+    common["event"] = const_column(fmt.full_name, n)
+    common["text"] = render_rows(fmt, cols, n, symbols)
+    builder.add("events", common, n, fmt.full_name)
 
 
 def render_rows(fmt: EventFormat, cols: dict[str, Any], n: int,

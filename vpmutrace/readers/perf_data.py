@@ -10,24 +10,22 @@ whose last record is cut off is salvaged up to the damage and reported as partia
 
 from __future__ import annotations
 
-import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from vpmutrace.errors import InputError
+from vpmutrace.readers import perf_samples as ps
 from vpmutrace.readers import perf_walk as pw
 from vpmutrace.readers import tracing_data as tdmod
-from vpmutrace.readers.binio import Cursor
-from vpmutrace.readers.payloads import emit_payloads
-from vpmutrace.schema import const_column, dict_array
+from vpmutrace.readers.binio import Cursor, map_file, release_pages
+from vpmutrace.readers.perf_samples import CPUMODES, PERF_TYPE_TRACEPOINT
 from vpmutrace.tracedata import TraceBuilder
 
-PERF_TYPE_TRACEPOINT = 2
+__all__ = ["CPUMODES", "PerfFile", "read_perf_data", "walk"]
 REC_MMAP, REC_LOST, REC_COMM, REC_EXIT, REC_THROTTLE, REC_UNTHROTTLE, REC_FORK = 1, 2, 3, 4, 5, 6, 7
 REC_SAMPLE, REC_LOST_SAMPLES = 9, 13
 REC_HEADER_ATTR, REC_HEADER_EVENT_TYPE, REC_HEADER_TRACING_DATA = 64, 65, 66
@@ -51,9 +49,6 @@ RECORD_NAMES = {
     80: "HEADER_FEATURE", 81: "COMPRESSED", 82: "FINISHED_INIT", 83: "COMPRESSED2",
 }
 
-CPUMODES = {0: "unknown", 1: "kernel", 2: "user", 3: "hypervisor", 4: "guest_kernel", 5: "guest_user"}
-MISC_EXACT_IP = 1 << 14
-SAMPLE_BATCH = 1 << 20  # samples decoded per pass: bounds the intermediate arrays
 
 SAMPLE_ID_ORDER = ((pw.S_TID, "tid"), (pw.S_TIME, "time"), (pw.S_ID, "id"), (pw.S_STREAM_ID, "stream_id"),
                    (pw.S_CPU, "cpu"), (pw.S_IDENTIFIER, "identifier"))
@@ -163,11 +158,7 @@ def _parse_feature(pf: PerfFile, feat: int, data: bytes) -> None:
 
 def read_perf_data(path: str | Path, builder: TraceBuilder, source: str = "host") -> PerfFile:
     p = Path(path)
-    try:
-        # mapped, not read: the page cache holds the file once and only what is walked is touched
-        buf = np.memmap(p, dtype=np.uint8, mode="r")
-    except (OSError, ValueError) as e:
-        raise InputError(str(p), f"cannot read: {getattr(e, 'strerror', None) or e}") from None
+    buf = map_file(p)  # the page cache holds the file once; we do not copy it
     raw = memoryview(buf)
     if bytes(raw[:8]) == b"2ELIFREP":
         raise InputError(str(p), "big-endian perf.data is not supported", "offset 0")
@@ -251,19 +242,77 @@ def _decompress_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: 
 
 
 def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceBuilder, source: str) -> None:
-    offs, types, miscs, sizes, stop, err = walk(buf, start, end)
-    n_compressed = int(np.isin(types, [REC_COMPRESSED, REC_COMPRESSED2]).sum())
-    if n_compressed:
-        buf = _decompress_records(pf, buf, offs, types, sizes)
-        offs, types, miscs, sizes, _, err2 = walk(buf, 0, len(buf))
-        if err2:
-            pf.partial = pf.partial or "a decompressed record stream ends in a broken record"
+    sc = None
+    compressed = False
+    if not pf.pipe:
+        _need_attrs(pf, start)
+        sc = ps.scan(pf.attrs, pf.path, buf, start, end)
+        compressed = bool(np.isin(sc.r_type, [REC_COMPRESSED, REC_COMPRESSED2]).any())
+        stop, err = sc.stop, sc.err
+    n_compressed = 0
+    if pf.pipe or compressed:
+        # pipe mode: attrs, tracing data and features arrive as records; compressed: records inside records
+        offs, types, _miscs, sizes, stop, err = walk(buf, start, end)
+        n_compressed = int(np.isin(types, [REC_COMPRESSED, REC_COMPRESSED2]).sum())
+        s0, e0 = start, stop
+        if n_compressed:
+            buf = _decompress_records(pf, buf, offs, types, sizes)
+            offs, types, _miscs, sizes, e0, err2 = walk(buf, 0, len(buf))
+            s0 = 0
+            if err2:
+                pf.partial = pf.partial or "a decompressed record stream ends in a broken record"
+        _header_records(pf, buf, offs, types, sizes)
+        _need_attrs(pf, start)
+        del offs, types, sizes, _miscs
+        sc = ps.scan(pf.attrs, pf.path, buf, s0, e0)
+    assert sc is not None
     if err:
         what = "record header with size < 8" if err == 1 else "record cut off by the end of the data"
         pf.partial = (pf.partial + "; " if pf.partial else "") + f"{what} at offset {stop}"
-        b.stats.add(pf.path, "truncated", "", 1, f"offset {stop}: {what}; {len(offs)} records before it read")
+        b.stats.add(pf.path, "truncated", "", 1,
+                    f"offset {stop}: {what}; {len(sc.s_off) + len(sc.r_off)} records before it read")
+    tp_ids = {a.config for a in pf.attrs if a.type == PERF_TYPE_TRACEPOINT}
+    if tp_ids and pf.tracing is None:
+        from vpmutrace.readers.local_formats import local_formats
 
-    # pipe mode: attrs, tracing data and features arrive as records
+        fmts, where = local_formats(tp_ids)
+        if fmts:
+            pf.tracing = tdmod.TracingData(formats=fmts)
+            b.stats.add(pf.path, "formats_from_local_tracefs", "", len(fmts),
+                        f"the file has no tracing data; tracepoint layouts taken from {where} "
+                        f"(right only if recorded on this kernel)")
+    _name_attrs(pf)
+    _meta(pf, b)
+    comms = _CommTracker(pf, buf, sc.r_off, sc.r_type, sc.r_size)
+    _emit_lost(pf, buf, sc.r_off, sc.r_type, sc.r_size, b)
+    recs = b.meta.setdefault("perf_records", {})
+    if n_compressed:
+        recs["COMPRESSED"] = recs.get("COMPRESSED", 0) + n_compressed
+    kinds, counts = np.unique(sc.r_type, return_counts=True)
+    per_kind = dict(zip(kinds.tolist(), counts.tolist(), strict=True))
+    if len(sc.s_off):
+        per_kind[REC_SAMPLE] = len(sc.s_off)
+    for k, n in sorted(per_kind.items()):
+        name = RECORD_NAMES.get(k, f"type {k}")
+        recs[name] = recs.get(name, 0) + n
+        if k not in RECORD_NAMES:
+            b.stats.add(pf.path, "records_not_decoded", f"record type {k}", n,
+                        f"offset {int(sc.r_off[sc.r_type == k][0])}: record type unknown to this reader")
+    formats = pf.tracing.formats if pf.tracing else {}
+    ps.emit_samples(pf.attrs, pf.path, buf, sc, formats, comms.comm, comms.events,
+                    pf.tracing.kallsyms if pf.tracing else None, b, source)
+    release_pages(buf)
+    if pf.partial:
+        b.stats.add(pf.path, "partial", "", 1, pf.partial)
+
+
+def _need_attrs(pf: PerfFile, start: int) -> None:
+    if not pf.attrs:
+        raise InputError(pf.path, "no event attributes (perf_event_attr) found", f"offset {start}")
+
+
+def _header_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray, sizes: np.ndarray) -> None:
+    """Pipe mode: attrs, tracing data and features from their records."""
     hdr = np.isin(types, [REC_HEADER_ATTR, REC_HEADER_TRACING_DATA, REC_HEADER_FEATURE])
     for o, t, s in zip(offs[hdr].tolist(), types[hdr].tolist(), sizes[hdr].tolist(), strict=True):
         if t == REC_HEADER_ATTR:
@@ -279,55 +328,6 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
         elif t == REC_HEADER_FEATURE:
             feat = int(buf[o + 8:o + 16].view("<u8")[0])
             _parse_feature(pf, feat, buf[o + 16:o + s].tobytes())
-    if not pf.attrs:
-        raise InputError(pf.path, "no event attributes (perf_event_attr) found", f"offset {start}")
-    tp_ids = {a.config for a in pf.attrs if a.type == PERF_TYPE_TRACEPOINT}
-    if tp_ids and pf.tracing is None:
-        from vpmutrace.readers.local_formats import local_formats
-
-        fmts, where = local_formats(tp_ids)
-        if fmts:
-            pf.tracing = tdmod.TracingData(formats=fmts)
-            b.stats.add(pf.path, "formats_from_local_tracefs", "", len(fmts),
-                        f"the file has no tracing data; tracepoint layouts taken from {where} "
-                        f"(right only if recorded on this kernel)")
-    _name_attrs(pf)
-    _meta(pf, b)
-    comms = _CommTracker(pf, buf, offs, types, sizes)
-    _emit_lost(pf, buf, offs, types, sizes, b)
-    kinds, counts = np.unique(types, return_counts=True)
-    recs = b.meta.setdefault("perf_records", {})
-    if n_compressed:
-        recs["COMPRESSED"] = recs.get("COMPRESSED", 0) + n_compressed
-    for k, n in zip(kinds.tolist(), counts.tolist(), strict=True):
-        name = RECORD_NAMES.get(k, f"type {k}")
-        recs[name] = recs.get(name, 0) + n
-        if k not in RECORD_NAMES:
-            b.stats.add(pf.path, "records_not_decoded", f"record type {k}", n,
-                        f"offset {int(offs[types == k][0])}: record type unknown to this reader")
-    is_sample = types == REC_SAMPLE
-    s_offs, s_sizes, s_miscs = offs[is_sample], sizes[is_sample], miscs[is_sample]
-    del offs, types, miscs, sizes
-    _release(buf)
-    for k in range(0, len(s_offs), SAMPLE_BATCH):
-        _emit_samples(pf, buf, s_offs[k:k + SAMPLE_BATCH], s_sizes[k:k + SAMPLE_BATCH],
-                      s_miscs[k:k + SAMPLE_BATCH], comms, b, source, seq_base=k)
-        _release(buf)
-    if pf.partial:
-        b.stats.add(pf.path, "partial", "", 1, pf.partial)
-
-
-def _release(buf: np.ndarray) -> None:
-    """Let the kernel drop the mapped file pages we touched (they stay in the page cache).
-
-    Keeps the reader's resident memory near the size of the tables, not table + file.
-    """
-    mm = getattr(buf, "_mmap", None)
-    if mm is not None and hasattr(mm, "madvise"):
-        try:
-            mm.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):
-            pass
 
 
 def _name_attrs(pf: PerfFile) -> None:
@@ -357,22 +357,6 @@ def _meta(pf: PerfFile, b: TraceBuilder) -> None:
         "mode": "pipe" if pf.pipe else "file", "partial": pf.partial, "features": info,
         "events": [{"name": a.name, "type": a.type, "config": a.config, "exclude_guest": a.exclude_guest,
                     "exclude_host": a.exclude_host, "precise_ip": a.precise_ip} for a in pf.attrs]})
-
-
-def _id_index(pf: PerfFile) -> tuple[int, int, np.ndarray, np.ndarray]:
-    """(id mode, id byte position, sorted ids, attr index per id) for walk_samples."""
-    if len(pf.attrs) == 1:
-        return 0, 0, np.zeros(0, np.uint64), np.zeros(0, np.int64)
-    pairs = sorted({(i, k) for k, a in enumerate(pf.attrs) for i in a.ids})
-    ids = np.array([i for i, _ in pairs], dtype=np.uint64)
-    idx = np.array([k for _, k in pairs], dtype=np.int64)
-    st = pf.attrs[0].sample_type
-    if all(a.sample_type & pw.S_IDENTIFIER for a in pf.attrs):
-        return 1, 0, ids, idx
-    if all(a.sample_type & pw.S_ID for a in pf.attrs):
-        pos = 8 * sum(1 for bit in (pw.S_IP, pw.S_TID, pw.S_TIME, pw.S_ADDR) if st & bit)
-        return 2, pos, ids, idx
-    raise InputError(pf.path, "several events but samples carry no ID/IDENTIFIER to tell them apart")
 
 
 def _trailer_fields(a: Attr) -> list[str]:
@@ -480,80 +464,3 @@ def _emit_lost(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarra
             b.lost_rows.append({"ts_ns": time, "cpu": tr.get("cpu"), "kind": kind, "count": None,
                                 "source": pf.path})
             b.stats.add(pf.path, kind, "", 1)
-
-
-def sample_fields(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.ndarray) -> dict[str, np.ndarray]:
-    """Fields of PERF_RECORD_SAMPLE records (attr index, ip, pid, tid, time, cpu, period, RAW offset and
-    length, ok flag), one array each, decoded by the compiled sample walk."""
-    mode, pos, ids, idx = _id_index(pf)
-    A = pf.attrs
-    st = np.array([a.sample_type for a in A], dtype=np.uint64)
-    rf = np.array([a.read_format for a in A], dtype=np.int64)
-    zeros = np.zeros(len(A), dtype=np.int64)
-    n = len(offs)
-    out = {k: np.zeros(n, dtype=dt) for k, dt in (
-        ("attr", np.int32), ("ip", np.uint64), ("pid", np.int32), ("tid", np.int32), ("time", np.int64),
-        ("cpu", np.int32), ("period", np.uint64), ("raw_off", np.int64), ("raw_len", np.int32),
-        ("ok", np.int8))}
-    out["cpu"][:] = -1
-    pw.walk_samples(buf, offs, sizes, mode, pos, ids, idx, st, rf, zeros, zeros, zeros,
-                    out["attr"], out["ip"], out["pid"], out["tid"], out["time"], out["cpu"],
-                    out["period"], out["raw_off"], out["raw_len"], out["ok"])
-    return out
-
-
-def _emit_samples(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, sizes: np.ndarray, miscs: np.ndarray,
-                  comms: _CommTracker, b: TraceBuilder, source: str, seq_base: int = 0) -> None:
-    n = len(offs)
-    if n == 0:
-        return
-    A = pf.attrs
-    out = sample_fields(pf, buf, offs, sizes)
-    bad = out["ok"] != 1
-    if bad.any():
-        for kind, label in ((0, "sample with an unknown event id"), (-1, "sample fields run past the record")):
-            m = out["ok"] == kind
-            if m.any():
-                b.stats.add(pf.path, "unparsed_record", "sample", int(m.sum()),
-                            f"offset {int(offs[m][0])}: {label}")
-    good = ~bad
-    comm_codes, comm_names = comms.resolve(out["tid"][good], out["time"][good])
-    gidx = np.nonzero(good)[0]
-    has_cpu = np.array([bool(a.sample_type & pw.S_CPU) for a in A])
-    formats = pf.tracing.formats if pf.tracing else {}
-    cmdlines = pf.tracing.cmdlines if pf.tracing else {}
-    kallsyms = pf.tracing.kallsyms if pf.tracing else None
-    for k, a in enumerate(A):
-        sel_local = np.nonzero(out["attr"][gidx] == k)[0]
-        if len(sel_local) == 0:
-            continue
-        sel = gidx[sel_local]
-        cpu = out["cpu"][sel].astype(np.int32) if has_cpu[k] else None
-        ts = out["time"][sel]
-        seq = sel.astype(np.int64) + seq_base
-        comm = dict_array(comm_codes[sel_local], comm_names)
-        if a.type == PERF_TYPE_TRACEPOINT and a.sample_type & pw.S_RAW:
-            if a.config not in formats:
-                b.stats.add(pf.path, "unparsed_record", a.name or "", len(sel),
-                            f"tracepoint id {a.config} has no format in the file's tracing data")
-                continue
-            cpu_arr = cpu if cpu is not None else np.full(len(sel), -1, np.int32)
-            emit_payloads(b, pf.path, source, buf, out["raw_off"][sel], out["raw_len"][sel], ts, cpu_arr,
-                          formats, "<", cmdlines, kallsyms, comm=comm, pid=out["tid"][sel], seq=seq,
-                          tgid=out["pid"][sel] if a.sample_type & pw.S_TID else None)
-            continue
-        misc = miscs[sel]
-        b.add("samples", {
-            "ts_ns": ts, "seq": seq, "cpu": cpu, "pid": out["tid"][sel], "comm": comm,
-            "tgid": out["pid"][sel] if a.sample_type & pw.S_TID else None,
-            "source": const_column(source, len(sel)), "event": pa.repeat(a.name, len(sel)),
-            "tid": out["tid"][sel],
-            # without PERF_SAMPLE_PERIOD every sample stands for attr.sample_period (perf does the same)
-            "period": out["period"][sel] if a.sample_type & pw.S_PERIOD else
-            np.full(len(sel), 0 if a.flags >> 10 & 1 else a.sample_period, dtype=np.uint64),
-            "ip": out["ip"][sel] if a.sample_type & pw.S_IP else None,
-            "cpumode": pa.DictionaryArray.from_arrays(
-                pa.array((misc & 7).astype(np.int32)), pa.array([CPUMODES.get(i, "unknown") for i in range(8)])
-            ).cast(pa.string()),
-            "exact_ip": (misc & MISC_EXACT_IP) != 0,
-        }, len(sel), a.name)

@@ -176,3 +176,253 @@ def walk_samples(buf, offs, sizes, id_mode, id_pos, ids_sorted, ids_attr, st_arr
             out_ok[i] = -1
             continue
         out_ok[i] = 1
+
+
+REC_SAMPLE = 9
+NO_RAW = 65536  # group slot of an attr's samples that carry no tracepoint payload
+
+
+@numba.njit(cache=True)
+def scan_records(buf, start, end, s_off, r_off, r_type, r_size):  # pragma: no cover - compiled
+    """Record boundaries in one sequential pass: SAMPLE records to s_off, the others to r_*.
+
+    Returns (samples, other records, stop offset, error): error 0 clean end, 1 header
+    size < 8, 2 record past the end, 3 output arrays full (call again from the stop offset).
+    """
+    ns = 0
+    nr = 0
+    pos = start
+    err = 0
+    cap_s = len(s_off)
+    cap_r = len(r_off)
+    while pos + 8 <= end:
+        typ = _u32(buf, pos)
+        size = _u16(buf, pos + 6)
+        if size < 8:
+            err = 1
+            break
+        if pos + size > end:
+            err = 2
+            break
+        if typ == REC_SAMPLE:
+            if ns >= cap_s:
+                err = 3
+                break
+            s_off[ns] = pos
+            ns += 1
+            pos += size
+            continue
+        extra = 0
+        if typ == REC_HEADER_TRACING_DATA and size >= 12:
+            extra = (_u32(buf, pos + 8) + 7) & ~7
+        elif typ == REC_AUXTRACE and size >= 16:
+            extra = _i64(buf, pos + 8)
+        if pos + size + extra > end:
+            err = 2
+            break
+        if nr >= cap_r:
+            err = 3
+            break
+        r_off[nr] = pos
+        r_type[nr] = typ
+        r_size[nr] = size
+        nr += 1
+        pos += size + extra
+    return ns, nr, pos, err
+
+
+KEY_UNKNOWN_ID, KEY_BROKEN = -1, -2
+
+
+@numba.njit(cache=True, parallel=True)
+def sample_keys(buf, s_off, id_mode, id_pos, ids_sorted, ids_attr, st_arr, rf_arr, fixed_end, time_pos, tid_pos,
+                s_rawrel, s_time, s_tid, s_key):  # pragma: no cover - compiled
+    """Per sample: time, tid, the RAW payload's position in the record and the key
+    ``attr * (NO_RAW + 1) + payload event id`` (NO_RAW without a payload); KEY_UNKNOWN_ID for
+    an id no attr has, KEY_BROKEN when the fields run past the record."""
+    single = id_mode == 0
+    for i in numba.prange(len(s_off)):
+        pos = s_off[i]
+        rec_end = pos + _u16(buf, pos + 6)
+        o = pos + 8
+        s_rawrel[i] = 0
+        s_time[i] = 0
+        s_tid[i] = 0
+        a = 0
+        if not single:
+            p = o if id_mode == 1 else o + id_pos
+            if p + 8 > rec_end:
+                s_key[i] = KEY_BROKEN
+                continue
+            sid = _u64(buf, p)
+            j = np.searchsorted(ids_sorted, sid)
+            if j >= len(ids_sorted) or ids_sorted[j] != sid:
+                s_key[i] = KEY_UNKNOWN_ID
+                continue
+            a = ids_attr[j]
+        if o + fixed_end[a] > rec_end:
+            s_key[i] = KEY_BROKEN
+            continue
+        st = np.uint64(st_arr[a])
+        if time_pos[a] >= 0:
+            s_time[i] = _i64(buf, o + time_pos[a])
+        if tid_pos[a] >= 0:
+            s_tid[i] = _u32(buf, o + tid_pos[a] + 4)
+        etype = NO_RAW
+        if st & np.uint64(S_RAW):
+            # after the fixed part, READ and CALLCHAIN have variable length
+            p = o + fixed_end[a]
+            rf = rf_arr[a]
+            ok = True
+            if st & np.uint64(S_READ):
+                per = 1 + (1 if rf & F_ID else 0) + (1 if rf & F_LOST else 0)
+                times = (1 if rf & F_TOTAL_TIME_ENABLED else 0) + (1 if rf & F_TOTAL_TIME_RUNNING else 0)
+                if rf & F_GROUP:
+                    if p + 8 > rec_end:
+                        ok = False
+                    else:
+                        p += 8 + 8 * times + 8 * per * _i64(buf, p)
+                else:
+                    p += 8 * (times + per)
+            if ok and st & np.uint64(S_CALLCHAIN):
+                if p + 8 > rec_end:
+                    ok = False
+                else:
+                    p += 8 + 8 * _i64(buf, p)
+            ln = _u32(buf, p) if ok and p + 4 <= rec_end else 0
+            if ln < 2 or p + 4 + ln > rec_end:
+                s_key[i] = KEY_BROKEN
+                continue
+            s_rawrel[i] = p + 4 - pos
+            etype = _u16(buf, p + 4)
+        s_key[i] = a * (NO_RAW + 1) + etype
+
+
+@numba.njit(cache=True)
+def assign_groups(s_key, group_of, group_key):  # pragma: no cover - compiled
+    """Turn keys into dense group numbers in order of first appearance (negative keys stay).
+    Returns the number of groups; group_key[g] is group g's key."""
+    ng = 0
+    last_key = -3
+    last_g = -3
+    for i in range(len(s_key)):
+        k = s_key[i]
+        if k != last_key:
+            if k < 0:
+                g = k
+            else:
+                g = group_of[k]
+                if g < 0:
+                    g = ng
+                    group_of[k] = g
+                    group_key[g] = k
+                    ng += 1
+            last_key = k
+            last_g = g
+        s_key[i] = last_g
+    return ng
+
+
+@numba.njit(cache=True)
+def group_rows(order, s_group, rows, counts):  # pragma: no cover - compiled
+    """rows[j]: the position of sample j within its group when the group is in ``order``."""
+    for k in range(len(order)):
+        j = order[k]
+        g = s_group[j]
+        if g >= 0:
+            rows[j] = counts[g]
+            counts[g] += 1
+
+
+@numba.njit(cache=True)
+def comm_keys(s_tid, s_time, s_group, ev_tids, seg_start, ev_times, codes):  # pragma: no cover - compiled
+    """Code each sample by (tid, how many of that thread's COMM records precede it): samples with
+    equal codes have the same thread name. Returns the first sample of each code."""
+    seen = dict()
+    seen[np.int64(-1)] = np.int32(-1)
+    first = [0]
+    first.pop()
+    last_tid = -1
+    lo = 0
+    hi = 0
+    last_key = np.int64(-1)
+    last_code = np.int32(-1)
+    for j in range(len(s_tid)):
+        if s_group[j] < 0:
+            codes[j] = -1
+            continue
+        tid = s_tid[j]
+        if tid != last_tid:
+            i = np.searchsorted(ev_tids, tid)
+            if i < len(ev_tids) and ev_tids[i] == tid:
+                lo = seg_start[i]
+                hi = seg_start[i + 1]
+            else:
+                lo = 0
+                hi = 0
+            last_tid = tid
+        p = 0
+        if hi > lo:
+            p = np.searchsorted(ev_times[lo:hi], s_time[j], side="right")
+        key = (np.int64(tid) << 24) | np.int64(p)
+        if key != last_key:
+            c = seen.get(key, np.int32(-1))
+            if c < 0:
+                c = np.int32(len(first))
+                seen[key] = c
+                first.append(j)
+            last_key = key
+            last_code = c
+        codes[j] = last_code
+    return np.array(first, dtype=np.int64)
+
+
+K_REC, K_RAW, K_SEQ, K_CODE, K_RAWOFF, K_RAWLEN = 0, 1, 2, 3, 4, 5
+
+
+@numba.njit(cache=True, parallel=True)
+def fill_sample_columns(buf, s_off, s_rawrel, s_group, s_row, s_code, col_start, col_kind, col_pos, col_size,
+                        col_elem, a8, a16, a32, a64):  # pragma: no cover - compiled
+    """Write every sample's columns straight into its group's place in one arena.
+
+    Column c of group g (c in col_start[g]..col_start[g+1]) is ``col_size[c]`` bytes per row,
+    starting at element ``col_elem[c]`` of the arena viewed at that width (a8/a16/a32/a64: the
+    same memory). Kinds: K_REC bytes at record + col_pos, K_RAW payload bytes at payload +
+    col_pos (zero when the payload is shorter), K_SEQ sample index, K_CODE s_code,
+    K_RAWOFF/K_RAWLEN the payload's offset and length. Little-endian input and host.
+    """
+    for j in numba.prange(len(s_off)):
+        g = s_group[j]
+        if g < 0:
+            continue
+        r = s_row[j]
+        o = s_off[j]
+        rel = np.int64(s_rawrel[j])
+        ro = o + rel
+        rl = _u32(buf, ro - 4) if rel > 0 else 0
+        for c in range(col_start[g], col_start[g + 1]):
+            k = col_kind[c]
+            z = col_size[c]
+            d = col_elem[c] + r
+            if k <= K_RAW:
+                src = o + col_pos[c]
+                if k == K_RAW:
+                    src = ro + col_pos[c]
+                    if col_pos[c] + z > rl:
+                        src = -1
+                if z == 8:
+                    a64[d] = _u64(buf, src) if src >= 0 else np.uint64(0)
+                elif z == 4:
+                    a32[d] = np.uint32(_u32(buf, src)) if src >= 0 else np.uint32(0)
+                elif z == 2:
+                    a16[d] = np.uint16(_u16(buf, src)) if src >= 0 else np.uint16(0)
+                else:
+                    a8[d] = buf[src] if src >= 0 else np.uint8(0)
+            elif k == K_SEQ:
+                a64[d] = np.uint64(j)
+            elif k == K_CODE:
+                a32[d] = np.uint32(s_code[j])
+            elif k == K_RAWOFF:
+                a64[d] = np.uint64(ro)
+            else:
+                a32[d] = np.uint32(rl)
