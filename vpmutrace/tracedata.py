@@ -9,7 +9,9 @@ A dataset directory holds ``<table>.parquet`` for each non-empty table and
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,14 +52,26 @@ class TraceData:
         out.mkdir(parents=True, exist_ok=True)
         for old in out.glob("*.parquet"):
             old.unlink()
-        for name, t in self.tables.items():
-            if t.num_rows:
-                pq.write_table(t, out / f"{name}.parquet", compression="zstd")
+        tables = [(name, t) for name, t in self.tables.items() if t.num_rows]
         stats = stats_table(self.stats)
         if stats.num_rows:
-            pq.write_table(stats, out / "stats.parquet", compression="zstd")
+            tables.append(("stats", stats))
+        # the writer releases the GIL: tables are written side by side, biggest first
+        tables.sort(key=lambda nt: -nt[1].nbytes)
+        with ThreadPoolExecutor(max(1, min(len(tables), os.cpu_count() or 1))) as pool:
+            list(pool.map(lambda nt: write_parquet(nt[1], out / f"{nt[0]}.parquet"), tables))
         (out / META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
         return out
+
+
+def write_parquet(t: pa.Table, path: Path) -> None:
+    """One table as Parquet: zstd; dictionary pages only for the dictionary columns (names), delta
+    encoding for the monotonic time and sequence columns, plain encoding for the rest (dictionary
+    attempts on high-cardinality numbers cost time and are abandoned anyway)."""
+    names = set(t.schema.names)
+    pq.write_table(t, path, compression="zstd",
+                   use_dictionary=[f.name for f in t.schema if pa.types.is_dictionary(f.type)],
+                   column_encoding={c: "DELTA_BINARY_PACKED" for c in ("ts_ns", "seq") if c in names})
 
 
 def is_dataset(path: str | Path) -> bool:
@@ -121,6 +135,32 @@ def _is_sorted(col: pa.ChunkedArray) -> bool:
     return bool(len(a) < 2 or (a[1:] >= a[:-1]).all())
 
 
+def _distinct(col: pa.ChunkedArray) -> list[Any]:
+    """Distinct values of a dictionary or small-integer column (counted by index, no hashing)."""
+    out: set[Any] = set()
+    for chunk in col.chunks:
+        if isinstance(chunk, pa.DictionaryArray) and len(chunk.dictionary) == 1 and not chunk.null_count:
+            out.add(chunk.dictionary[0].as_py())
+            continue
+        vals = chunk.indices if isinstance(chunk, pa.DictionaryArray) else chunk
+        if vals.null_count:
+            out.add(None)
+            vals = pc.drop_null(vals)
+        a = vals.to_numpy()
+        if len(a) == 0:
+            continue
+        lo, hi = int(a.min()), int(a.max())
+        if hi - lo < 1 << 20:
+            used = (np.flatnonzero(np.bincount(a - lo, minlength=hi - lo + 1)) + lo).tolist()
+        else:
+            used = np.unique(a).tolist()
+        if isinstance(chunk, pa.DictionaryArray):
+            out.update(chunk.dictionary.take(pa.array(used)).to_pylist())
+        else:
+            out.update(used)
+    return list(out)
+
+
 def stats_table(stats: Stats) -> pa.Table:
     rows = stats.entries()
     return build_table("stats", {
@@ -177,14 +217,15 @@ class TraceBuilder:
         meta["fallback_events"] = sorted({e.name for e in self.stats.entries()
                                           if e.category == "print_fmt_fallback"})
         sources: set[str] = set()
+        meta.setdefault("cpus", None)
         cpus: set[int] = set()
         for name, t in tables.items():
             if name in ("lost",):
                 continue
-            sources.update(pc.unique(t.column("source")).to_pylist())
-            cpus.update(c for c in pc.unique(t.column("cpu")).to_pylist() if c is not None)
+            sources.update(_distinct(t.column("source")))
+            if meta["cpus"] is None:  # the input did not say how many CPUs it covers
+                cpus.update(c for c in _distinct(t.column("cpu")) if c is not None)
         meta["sources"] = sorted(sources)
-        meta.setdefault("cpus", None)
         if meta["cpus"] is None and cpus:
             meta["cpus_seen"] = sorted(cpus)
             meta["cpus"] = len(cpus)

@@ -155,15 +155,29 @@ def _factorize(keys):  # pragma: no cover - compiled
     seen[keys[0]] = 0
     codes = np.empty(len(keys), dtype=np.int32)
     first = [0]
+    last_k = keys[0]
+    last_c = 0
     for i in range(len(keys)):
         k = keys[i]
-        c = seen.get(k, -1)
-        if c == -1:
-            c = len(first)
-            seen[k] = c
-            first.append(i)
-        codes[i] = c
+        if k != last_k:  # runs of equal keys are common (one exception, one exit reason)
+            c = seen.get(k, -1)
+            if c == -1:
+                c = len(first)
+                seen[k] = c
+                first.append(i)
+            last_k = k
+            last_c = c
+        codes[i] = last_c
     return codes, np.array(first, dtype=np.int64)
+
+
+@numba.njit(cache=True)
+def _factorize_pair(a, b, shift):  # pragma: no cover - compiled
+    mask = (np.int64(1) << shift) - 1 if shift < 64 else np.int64(-1)
+    keys = np.empty(len(a), dtype=np.int64)
+    for i in range(len(a)):
+        keys[i] = (np.int64(a[i]) & mask) | (np.int64(b[i]) << shift)
+    return _factorize(keys)
 
 
 def factorize_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -176,6 +190,10 @@ def factorize_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     if n == 0:
         return np.zeros(0, np.int32), np.zeros(0, np.int64)
     widths = [a.dtype.itemsize * 8 for a in arrays]
+    if len(arrays) == 1 and arrays[0].dtype.kind in "iu":
+        return _factorize(arrays[0])
+    if len(arrays) == 2 and sum(widths) <= 64 and all(a.dtype.kind in "iu" for a in arrays):
+        return _factorize_pair(arrays[0], arrays[1], widths[0])
     if sum(widths) <= 64:
         key = np.zeros(n, dtype=np.uint64)
         shift = 0

@@ -35,19 +35,26 @@ def map_file(path: Path) -> np.ndarray:
     return np.frombuffer(mm, dtype=np.uint8)
 
 
-def release_pages(buf: np.ndarray) -> None:
-    """Let the kernel drop the pages of a mapped file we touched (they stay in the page cache).
+def release_pages(buf: np.ndarray, start: int = 0, end: int | None = None) -> None:
+    """Let the kernel drop the pages of a mapped file we touched (they stay in the page cache),
+    all of them or those wholly inside bytes [start, end).
 
     Keeps the reader's resident memory near the size of its tables, not tables + file.
     """
     base = buf
-    while isinstance(base, np.ndarray):
-        base = base.base
-    if isinstance(base, mmap.mmap) and hasattr(base, "madvise"):
-        try:
-            base.madvise(mmap.MADV_DONTNEED)
-        except (OSError, ValueError):
-            pass
+    while isinstance(base, np.ndarray | memoryview):
+        base = base.obj if isinstance(base, memoryview) else base.base
+    if not isinstance(base, mmap.mmap) or not hasattr(base, "madvise"):
+        return
+    page = mmap.PAGESIZE
+    a = -(-start // page) * page
+    z = len(base) if end is None else min(end, len(base))
+    if z <= a:
+        return
+    try:
+        base.madvise(mmap.MADV_DONTNEED, a, z - a)
+    except (OSError, ValueError):
+        pass
 
 
 class Cursor:

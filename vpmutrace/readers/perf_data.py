@@ -242,35 +242,24 @@ def _decompress_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: 
 
 
 def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceBuilder, source: str) -> None:
-    sc = None
-    compressed = False
-    if not pf.pipe:
-        _need_attrs(pf, start)
-        sc = ps.scan(pf.attrs, pf.path, buf, start, end)
-        compressed = bool(np.isin(sc.r_type, [REC_COMPRESSED, REC_COMPRESSED2]).any())
-        stop, err = sc.stop, sc.err
-    n_compressed = 0
-    if pf.pipe or compressed:
-        # pipe mode: attrs, tracing data and features arrive as records; compressed: records inside records
-        offs, types, _miscs, sizes, stop, err = walk(buf, start, end)
-        n_compressed = int(np.isin(types, [REC_COMPRESSED, REC_COMPRESSED2]).sum())
-        s0, e0 = start, stop
-        if n_compressed:
-            buf = _decompress_records(pf, buf, offs, types, sizes)
-            offs, types, _miscs, sizes, e0, err2 = walk(buf, 0, len(buf))
-            s0 = 0
-            if err2:
-                pf.partial = pf.partial or "a decompressed record stream ends in a broken record"
-        _header_records(pf, buf, offs, types, sizes)
-        _need_attrs(pf, start)
+    recs = ps.split_records(buf, start, end)
+    stop, err = recs.stop, recs.err
+    n_compressed = int(np.isin(recs.r_type, [REC_COMPRESSED, REC_COMPRESSED2]).sum())
+    if n_compressed:  # records inside records: expand them, in file order, and walk the result
+        offs, types, _miscs, sizes, _, _ = walk(buf, start, stop)
+        buf = _decompress_records(pf, buf, offs, types, sizes)
         del offs, types, sizes, _miscs
-        sc = ps.scan(pf.attrs, pf.path, buf, s0, e0)
-    assert sc is not None
+        recs = ps.split_records(buf, 0, len(buf))
+        if recs.err:
+            pf.partial = pf.partial or "a decompressed record stream ends in a broken record"
+    if pf.pipe:  # attrs, tracing data and features arrive as records
+        _header_records(pf, buf, recs.r_off, recs.r_type, recs.r_size)
+    _need_attrs(pf, start)
     if err:
         what = "record header with size < 8" if err == 1 else "record cut off by the end of the data"
         pf.partial = (pf.partial + "; " if pf.partial else "") + f"{what} at offset {stop}"
         b.stats.add(pf.path, "truncated", "", 1,
-                    f"offset {stop}: {what}; {len(sc.s_off) + len(sc.r_off)} records before it read")
+                    f"offset {stop}: {what}; {len(recs.s_off) + len(recs.r_off)} records before it read")
     tp_ids = {a.config for a in pf.attrs if a.type == PERF_TYPE_TRACEPOINT}
     if tp_ids and pf.tracing is None:
         from vpmutrace.readers.local_formats import local_formats
@@ -283,24 +272,26 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
                         f"(right only if recorded on this kernel)")
     _name_attrs(pf)
     _meta(pf, b)
-    comms = _CommTracker(pf, buf, sc.r_off, sc.r_type, sc.r_size)
-    _emit_lost(pf, buf, sc.r_off, sc.r_type, sc.r_size, b)
-    recs = b.meta.setdefault("perf_records", {})
+    comms = _CommTracker(pf, buf, recs.r_off, recs.r_type, recs.r_size)
+    _emit_lost(pf, buf, recs.r_off, recs.r_type, recs.r_size, b)
+    recs_meta = b.meta.setdefault("perf_records", {})
     if n_compressed:
-        recs["COMPRESSED"] = recs.get("COMPRESSED", 0) + n_compressed
-    kinds, counts = np.unique(sc.r_type, return_counts=True)
+        recs_meta["COMPRESSED"] = recs_meta.get("COMPRESSED", 0) + n_compressed
+    kinds, counts = np.unique(recs.r_type, return_counts=True)
     per_kind = dict(zip(kinds.tolist(), counts.tolist(), strict=True))
-    if len(sc.s_off):
-        per_kind[REC_SAMPLE] = len(sc.s_off)
+    if len(recs.s_off):
+        per_kind[REC_SAMPLE] = len(recs.s_off)
     for k, n in sorted(per_kind.items()):
         name = RECORD_NAMES.get(k, f"type {k}")
-        recs[name] = recs.get(name, 0) + n
+        recs_meta[name] = recs_meta.get(name, 0) + n
         if k not in RECORD_NAMES:
             b.stats.add(pf.path, "records_not_decoded", f"record type {k}", n,
-                        f"offset {int(sc.r_off[sc.r_type == k][0])}: record type unknown to this reader")
+                        f"offset {int(recs.r_off[recs.r_type == k][0])}: record type unknown to this reader")
+    samples = ps.decode_samples(pf.attrs, pf.path, buf, recs.s_off, comms.events, comms.comm)
+    del recs
     formats = pf.tracing.formats if pf.tracing else {}
-    ps.emit_samples(pf.attrs, pf.path, buf, sc, formats, comms.comm, comms.events,
-                    pf.tracing.kallsyms if pf.tracing else None, b, source)
+    ps.emit_samples(pf.attrs, pf.path, buf, samples, formats, pf.tracing.kallsyms if pf.tracing else None, b,
+                    source)
     release_pages(buf)
     if pf.partial:
         b.stats.add(pf.path, "partial", "", 1, pf.partial)

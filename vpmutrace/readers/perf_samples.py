@@ -25,6 +25,7 @@ from vpmutrace.errors import InputError
 from vpmutrace.formats.decode import decode_fields, is_scalar, scalar_column, scalar_dtype
 from vpmutrace.formats.event_format import EventFormat
 from vpmutrace.readers import perf_walk as pw
+from vpmutrace.readers.binio import release_pages
 from vpmutrace.readers.payloads import emit_event, emit_unknown
 from vpmutrace.schema import const_column, dict_array, table_for_event
 from vpmutrace.tracedata import TraceBuilder
@@ -36,6 +37,7 @@ PERF_TYPE_TRACEPOINT = 2
 CPUMODES = {0: "unknown", 1: "kernel", 2: "user", 3: "hypervisor", 4: "guest_kernel", 5: "guest_user"}
 MISC_EXACT_IP = 1 << 14
 # sample body fields before READ, in ABI order: each is 8 bytes when its bit is set
+FILL_SLICE = 1 << 20  # samples per fill call; the file pages behind each are released after it
 FIXED_PART = (pw.S_IDENTIFIER, pw.S_IP, pw.S_TID, pw.S_TIME, pw.S_ADDR, pw.S_ID, pw.S_STREAM_ID, pw.S_CPU,
               pw.S_PERIOD)
 
@@ -83,25 +85,19 @@ def sample_fields(attrs: list[Attr], path: str, buf: np.ndarray, offs: np.ndarra
 
 
 @dataclass
-class Scan:
-    """What ``scan_records`` found: samples (s_*) and the other records (r_*), and where it stopped."""
+class Records:
+    """Where the records are: SAMPLE offsets, the other records, and where the walk stopped."""
 
     s_off: np.ndarray
-    s_rawrel: np.ndarray
-    s_time: np.ndarray
-    s_tid: np.ndarray
-    s_group: np.ndarray
     r_off: np.ndarray
     r_type: np.ndarray
     r_size: np.ndarray
-    group_attr: np.ndarray
-    group_etype: np.ndarray
     stop: int
     err: int  # 0 clean end, 1 header size < 8, 2 record cut off by the end
 
 
-def scan(attrs: list[Attr], path: str, buf: np.ndarray, start: int, end: int) -> Scan:
-    """Walk the records in buf[start:end] once, then decode every sample's key fields in parallel."""
+def split_records(buf: np.ndarray, start: int, end: int) -> Records:
+    """Walk the records in buf[start:end] once (perf_walk.scan_records)."""
     parts: list[tuple[np.ndarray, ...]] = []
     at = start
     while True:
@@ -114,28 +110,70 @@ def scan(attrs: list[Attr], path: str, buf: np.ndarray, start: int, end: int) ->
         if err != 3:
             break
         at = stop
-    s_off, r_off, r_type, r_size = (p[0] if len(parts) == 1 else np.concatenate(p) for p in zip(*parts, strict=True))
+    cols = [p[0] if len(parts) == 1 else np.concatenate(p) for p in zip(*parts, strict=True)]
+    return Records(*cols, stop, err)
+
+
+@dataclass
+class Samples:
+    """Every sample's time, payload position, group (see perf_walk.sample_keys; negative: not
+    decodable) and thread-name code; each group's attr and payload event id."""
+
+    off: np.ndarray
+    rawrel: np.ndarray
+    time: np.ndarray
+    group: np.ndarray
+    comm: np.ndarray
+    comm_names: list[str | None]
+    group_attr: np.ndarray
+    group_etype: np.ndarray
+
+
+def decode_samples(attrs: list[Attr], path: str, buf: np.ndarray, s_off: np.ndarray,
+                   comm_events: dict[int, list[tuple[int, str]]],
+                   comm_of: Callable[[int, int], str | None]) -> Samples:
+    """The key fields of every sample (one parallel pass), grouped, with thread names resolved as perf
+    does: the thread's name at the sample's time (``comm_events``: COMM records per tid, by time)."""
     mode, pos, ids, idx = id_index(attrs, path)
+    tids = sorted(comm_events)
+    seg = np.zeros(len(tids) + 1, dtype=np.int64)
+    times: list[int] = []
+    for k, t in enumerate(tids):
+        times.extend(ts for ts, _ in comm_events[t])
+        seg[k + 1] = len(times)
     n = len(s_off)
-    s_rawrel, s_time, s_tid, s_group = (np.empty(n, np.uint16), np.empty(n, np.int64), np.empty(n, np.int32),
-                                        np.empty(n, np.int32))
-    pw.sample_keys(buf, s_off, mode, pos, ids, idx, np.array([a.sample_type for a in attrs], dtype=np.uint64),
+    rawrel, time, group, ckey = np.empty(n, np.uint16), np.empty(n, np.int64), np.empty(n, np.int32), \
+        np.empty(n, np.int64)
+    lut, base = np.zeros(0, np.int32), np.uint64(0)
+    if len(ids) and int(ids[-1]) - int(ids[0]) < 1 << 20:
+        base = ids[0]
+        lut = np.full(int(ids[-1]) - int(ids[0]) + 1, -1, np.int32)
+        lut[(ids - base).astype(np.int64)] = idx
+    pw.sample_keys(buf, s_off, mode, pos, ids, idx, lut, base,
+                   np.array([a.sample_type for a in attrs], dtype=np.uint64),
                    np.array([a.read_format for a in attrs], dtype=np.int64),
                    np.array([8 * sum(1 for b in FIXED_PART if a.sample_type & b) for a in attrs], dtype=np.int64),
                    np.array([field_pos(a.sample_type, pw.S_TIME) for a in attrs], dtype=np.int64),
                    np.array([field_pos(a.sample_type, pw.S_TID) for a in attrs], dtype=np.int64),
-                   s_rawrel, s_time, s_tid, s_group)
+                   np.array(tids, dtype=np.int64), seg, np.array(times, dtype=np.int64), rawrel, time, group, ckey)
     slots = len(attrs) * (pw.NO_RAW + 1)
     group_key = np.zeros(slots, np.int64)
-    ng = pw.assign_groups(s_group, np.full(slots, -1, dtype=np.int32), group_key)
+    ng = pw.assign_groups(group, np.full(slots, -1, dtype=np.int32), group_key)
     keys = group_key[:ng]
-    return Scan(s_off, s_rawrel, s_time, s_tid, s_group, r_off, r_type, r_size,
-                (keys // (pw.NO_RAW + 1)).astype(np.int32), (keys % (pw.NO_RAW + 1)).astype(np.int32), stop, err)
+    comm = np.empty(n, np.int32)
+    first = pw.dense_codes(ckey, comm)
+    names = [comm_of(int(ckey[j]) >> 24, int(time[j])) for j in first.tolist()]
+    return Samples(s_off, rawrel, time, group, comm, names, (keys // (pw.NO_RAW + 1)).astype(np.int32),
+                   (keys % (pw.NO_RAW + 1)).astype(np.int32))
+
+
+# where a column's bytes come from: the record, its payload, or values the fill computes
+FROM_RECORD, FROM_PAYLOAD, SEQ, COMM_CODE, PAYLOAD_OFF, PAYLOAD_LEN = range(6)
 
 
 @dataclass
 class _Plan:
-    """Columns of one (attr, tracepoint) group in the arena: name -> (kind, position, numpy dtype)."""
+    """Columns of one (attr, tracepoint) group in the arena: name -> (source, byte position, dtype)."""
 
     cols: dict[str, tuple[int, int, np.dtype]]
     fmt: EventFormat | None
@@ -143,76 +181,85 @@ class _Plan:
 
 def _plan(a: Attr, fmt: EventFormat | None) -> _Plan:
     st = a.sample_type
-    cols: dict[str, tuple[int, int, np.dtype]] = {"seq": (pw.K_SEQ, 0, np.dtype(np.int64)),
-                                                  "comm": (pw.K_CODE, 0, np.dtype(np.int32))}
+    cols: dict[str, tuple[int, int, np.dtype]] = {"seq": (SEQ, 0, np.dtype(np.int64)),
+                                                  "comm": (COMM_CODE, 0, np.dtype(np.int32))}
     body = 8  # record header
     if st & pw.S_TIME:
-        cols["ts_ns"] = (pw.K_REC, body + field_pos(st, pw.S_TIME), np.dtype(np.int64))
+        cols["ts_ns"] = (FROM_RECORD, body + field_pos(st, pw.S_TIME), np.dtype(np.int64))
     if st & pw.S_TID:
         tid = body + field_pos(st, pw.S_TID)
-        cols["tgid"] = (pw.K_REC, tid, np.dtype(np.int32))
-        cols["pid"] = (pw.K_REC, tid + 4, np.dtype(np.int32))
+        cols["tgid"] = (FROM_RECORD, tid, np.dtype(np.int32))
+        cols["pid"] = (FROM_RECORD, tid + 4, np.dtype(np.int32))
     if st & pw.S_CPU:
-        cols["cpu"] = (pw.K_REC, body + field_pos(st, pw.S_CPU), np.dtype(np.int32))
+        cols["cpu"] = (FROM_RECORD, body + field_pos(st, pw.S_CPU), np.dtype(np.int32))
     if fmt is not None:
         for f in fmt.fields:
             if is_scalar(f):
-                cols["f:" + f.name] = (pw.K_RAW, f.offset, scalar_dtype(f))
+                cols["f:" + f.name] = (FROM_PAYLOAD, f.offset, scalar_dtype(f))
         if any(not is_scalar(f) for f in fmt.fields) or table_for_event(fmt.system, fmt.name) is None:
-            cols["raw_off"] = (pw.K_RAWOFF, 0, np.dtype(np.int64))
-            cols["raw_len"] = (pw.K_RAWLEN, 0, np.dtype(np.int32))
+            cols["raw_off"] = (PAYLOAD_OFF, 0, np.dtype(np.int64))
+            cols["raw_len"] = (PAYLOAD_LEN, 0, np.dtype(np.int32))
     return _Plan(cols, fmt)
 
 
-def _fill(buf: np.ndarray, sc: Scan, rows: np.ndarray, codes: np.ndarray, plans: dict[int, _Plan],
+def _fill(buf: np.ndarray, sc: Samples, rows: np.ndarray, plans: dict[int, _Plan],
           counts: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
     """Run the compiled fill; return each planned group's columns as views of one arena."""
     ng = len(sc.group_attr)
     col_start = np.zeros(ng + 1, dtype=np.int64)
-    kind, pos, size, dst = [], [], [], []
+    special = np.full((4, ng), -1, dtype=np.int64)  # element index of seq, comm, payload offset, length
+    raw, pos, size, elem = [], [], [], []
     where: dict[int, dict[str, tuple[int, np.dtype]]] = {}
     total = 0
     for g in range(ng):
         plan = plans.get(g)
         if plan is not None:
             where[g] = {}
-            for name, (k, p, dt) in plan.cols.items():
-                kind.append(k)
-                pos.append(p)
-                size.append(dt.itemsize)
-                dst.append(total)
+            for name, (src, p, dt) in plan.cols.items():
                 where[g][name] = (total, dt)
+                if src >= SEQ:
+                    special[src - SEQ, g] = total // dt.itemsize
+                else:
+                    raw.append(src == FROM_PAYLOAD)
+                    pos.append(p)
+                    size.append(dt.itemsize)
+                    elem.append(total // dt.itemsize)
                 total += (int(counts[g]) * dt.itemsize + 63) & ~63
-        col_start[g + 1] = len(kind)
+        col_start[g + 1] = len(raw)
     arena = np.empty(max(total, 64), dtype=np.uint8)
-    sizes = np.array(size, np.int64)
-    pw.fill_sample_columns(buf, sc.s_off, sc.s_rawrel, sc.s_group, rows, codes, col_start,
-                           np.array(kind, np.int64), np.array(pos, np.int64), sizes,
-                           np.array(dst, np.int64) // np.maximum(sizes, 1), arena,
-                           *(arena[:len(arena) // w * w].view(f"u{w}") for w in (2, 4, 8)))
+    tables = (*special, col_start, np.array(raw, np.bool_), np.array(pos, np.int64), np.array(size, np.int64),
+              np.array(elem, np.int64), arena, *(arena[:len(arena) // w * w].view(f"u{w}") for w in (2, 4, 8)))
+    # in slices of the file, each slice's pages dropped once written out: the file and the
+    # tables it becomes are not both resident at the peak
+    n = len(sc.off)
+    done = 0
+    for j0 in range(0, n, FILL_SLICE):
+        j1 = min(n, j0 + FILL_SLICE)
+        pw.fill_sample_columns(buf, j0, sc.off[j0:j1], sc.rawrel[j0:j1], sc.group[j0:j1], rows[j0:j1],
+                               sc.comm[j0:j1], *tables)
+        upto = int(sc.off[j1]) if j1 < n else len(buf)
+        release_pages(buf, done, upto)
+        done = upto
     return {g: {name: arena[d:d + int(counts[g]) * dt.itemsize].view(dt) for name, (d, dt) in cols.items()}
             for g, cols in where.items()}
 
 
-def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Scan, formats: dict[int, EventFormat],
-                 comm_of: Callable[[int, int], str | None], comm_events: dict[int, list[tuple[int, str]]],
+def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, formats: dict[int, EventFormat],
                  symbols: Callable[[int], str | None] | None, b: TraceBuilder, source: str) -> None:
-    """All samples of the scan into their tables, each table in time order (ties in file order)."""
-    n = len(sc.s_off)
+    """All samples into their tables, each table in time order (ties in file order)."""
+    n = len(sc.off)
     if n == 0:
         return
     for code, label in ((pw.KEY_UNKNOWN_ID, "sample with an unknown event id"),
                         (pw.KEY_BROKEN, "sample fields run past the record")):
-        bad = np.flatnonzero(sc.s_group == code)
+        bad = np.flatnonzero(sc.group == code)
         if len(bad):
-            b.stats.add(path, "unparsed_record", "sample", len(bad), f"offset {int(sc.s_off[bad[0]])}: {label}")
-    order = np.argsort(sc.s_time, kind="stable")
+            b.stats.add(path, "unparsed_record", "sample", len(bad), f"offset {int(sc.off[bad[0]])}: {label}")
+    order = np.argsort(sc.time, kind="stable")
     ng = len(sc.group_attr)
-    rows = np.zeros(n, dtype=np.int64)
+    rows = np.zeros(n, dtype=np.int32)
     counts = np.zeros(ng, dtype=np.int64)
-    pw.group_rows(order, sc.s_group, rows, counts)
-    codes, names = _comm_codes(sc, comm_of, comm_events)
-
+    pw.group_rows(order, sc.group, rows, counts)
     plans: dict[int, _Plan] = {}
     plain: list[int] = []
     for g in range(ng):
@@ -223,30 +270,16 @@ def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Scan, format
         else:
             plans[g] = _plan(a, formats.get(etype))
     for g in plain:  # samples of hardware/software events: order this group's samples by time
-        sel = order[sc.s_group[order] == g]
-        _emit_plain(attrs[int(sc.group_attr[g])], path, buf, sc, sel, codes, names, b, source)
+        sel = order[sc.group[order] == g]
+        _emit_plain(attrs[int(sc.group_attr[g])], path, buf, sc, sel, b, source)
+    # the times are now in rows: free them before the tables are allocated
     del order
-    views = _fill(buf, sc, rows, codes, plans, counts)
+    sc.time = np.zeros(0, np.int64)
+    views = _fill(buf, sc, rows, plans, counts)
     del rows
     for g, plan in plans.items():
-        _emit_group(path, buf, plan, views.pop(g), int(counts[g]), int(sc.group_etype[g]), names, symbols, b,
-                    source)
-
-
-def _comm_codes(sc: Scan, comm_of: Callable[[int, int], str | None],
-                comm_events: dict[int, list[tuple[int, str]]]) -> tuple[np.ndarray, list[str | None]]:
-    """Per sample a code into a list of thread names, as perf resolves names at the sample's time."""
-    tids = sorted(comm_events)
-    seg = np.zeros(len(tids) + 1, dtype=np.int64)
-    times: list[int] = []
-    for k, t in enumerate(tids):
-        times.extend(ts for ts, _ in comm_events[t])
-        seg[k + 1] = len(times)
-    codes = np.empty(len(sc.s_off), dtype=np.int32)
-    first = pw.comm_keys(sc.s_tid, sc.s_time, sc.s_group, np.array(tids, dtype=np.int64), seg,
-                         np.array(times, dtype=np.int64), codes)
-    names = [comm_of(int(sc.s_tid[j]), int(sc.s_time[j])) for j in first.tolist()]
-    return codes, names
+        _emit_group(path, buf, plan, views.pop(g), int(counts[g]), int(sc.group_etype[g]), sc.comm_names, symbols,
+                    b, source)
 
 
 def _emit_group(path: str, buf: np.ndarray, plan: _Plan, v: dict[str, np.ndarray], n: int, etype: int,
@@ -266,18 +299,18 @@ def _emit_group(path: str, buf: np.ndarray, plan: _Plan, v: dict[str, np.ndarray
     emit_event(b, path, fmt, common, cols, n, symbols)
 
 
-def _emit_plain(a: Attr, path: str, buf: np.ndarray, sc: Scan, sel: np.ndarray, codes: np.ndarray,
-                names: list[str | None], b: TraceBuilder, source: str) -> None:
+def _emit_plain(a: Attr, path: str, buf: np.ndarray, sc: Samples, sel: np.ndarray, b: TraceBuilder,
+                source: str) -> None:
     """Samples of a non-tracepoint event (``sel``: their sample indices in time order) -> ``samples``."""
     n = len(sel)
-    offs = sc.s_off[sel]
+    offs = sc.off[sel]
     sizes = buf[offs[:, None] + np.arange(6, 8)].view("<u2").reshape(n).astype(np.int32)
     misc = buf[offs[:, None] + np.arange(4, 6)].view("<u2").reshape(n).astype(np.int32)
     out = sample_fields([a], path, buf, offs, sizes)
     st = a.sample_type
     b.add("samples", {
         "ts_ns": out["time"], "seq": sel.astype(np.int64), "cpu": out["cpu"] if st & pw.S_CPU else None,
-        "pid": out["tid"], "comm": dict_array(codes[sel], names),
+        "pid": out["tid"], "comm": dict_array(sc.comm[sel], sc.comm_names),
         "tgid": out["pid"] if st & pw.S_TID else None,
         "source": const_column(source, n), "event": const_column(a.name or "", n), "tid": out["tid"],
         # without PERF_SAMPLE_PERIOD every sample stands for attr.sample_period (perf does the same)

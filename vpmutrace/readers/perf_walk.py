@@ -235,67 +235,102 @@ KEY_UNKNOWN_ID, KEY_BROKEN = -1, -2
 
 
 @numba.njit(cache=True, parallel=True)
-def sample_keys(buf, s_off, id_mode, id_pos, ids_sorted, ids_attr, st_arr, rf_arr, fixed_end, time_pos, tid_pos,
-                s_rawrel, s_time, s_tid, s_key):  # pragma: no cover - compiled
-    """Per sample: time, tid, the RAW payload's position in the record and the key
-    ``attr * (NO_RAW + 1) + payload event id`` (NO_RAW without a payload); KEY_UNKNOWN_ID for
-    an id no attr has, KEY_BROKEN when the fields run past the record."""
+def sample_keys(buf, s_off, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base, st_arr, rf_arr, fixed_end,
+                time_pos, tid_pos, ev_tids, seg_start, ev_times, s_rawrel, s_time, s_key,
+                s_ckey):  # pragma: no cover - compiled
+    """Per sample: time, the RAW payload's position in the record, the key
+    ``attr * (NO_RAW + 1) + payload event id`` (NO_RAW without a payload; KEY_UNKNOWN_ID for an
+    id no attr has, KEY_BROKEN when the fields run past the record) and the thread-name key
+    ``tid << 24 | number of that thread's COMM records at or before the sample`` (COMM times
+    per thread: ev_times[seg_start[k]:seg_start[k + 1]] for thread ev_tids[k], sorted).
+    Sample ids map to attrs through id_lut[id - id_base] when the ids are dense (as perf assigns
+    them), else by binary search in ids_sorted."""
+    n = len(s_off)
+    nlut = np.uint64(len(id_lut))
     single = id_mode == 0
-    for i in numba.prange(len(s_off)):
-        pos = s_off[i]
-        rec_end = pos + _u16(buf, pos + 6)
-        o = pos + 8
-        s_rawrel[i] = 0
-        s_time[i] = 0
-        s_tid[i] = 0
-        a = 0
-        if not single:
-            p = o if id_mode == 1 else o + id_pos
-            if p + 8 > rec_end:
+    nchunks = max(1, min(1024, n // 8192))
+    for c in numba.prange(nchunks):
+        last_sid = np.uint64(0)
+        last_a = -1
+        last_tid = np.int64(-1)
+        lo = 0
+        hi = 0
+        for i in range(c * n // nchunks, (c + 1) * n // nchunks):
+            pos = s_off[i]
+            rec_end = pos + _u16(buf, pos + 6)
+            o = pos + 8
+            s_rawrel[i] = 0
+            s_time[i] = 0
+            s_ckey[i] = -1
+            a = 0
+            if not single:
+                p = o if id_mode == 1 else o + id_pos
+                if p + 8 > rec_end:
+                    s_key[i] = KEY_BROKEN
+                    continue
+                sid = _u64(buf, p)
+                if last_a < 0 or sid != last_sid:
+                    if nlut > 0:
+                        rel = sid - id_base
+                        na = id_lut[rel] if sid >= id_base and rel < nlut else -1
+                    else:
+                        j = np.searchsorted(ids_sorted, sid)
+                        na = ids_attr[j] if j < len(ids_sorted) and ids_sorted[j] == sid else -1
+                    if na < 0:
+                        s_key[i] = KEY_UNKNOWN_ID
+                        continue
+                    last_sid = sid
+                    last_a = na
+                a = last_a
+            if o + fixed_end[a] > rec_end:
                 s_key[i] = KEY_BROKEN
                 continue
-            sid = _u64(buf, p)
-            j = np.searchsorted(ids_sorted, sid)
-            if j >= len(ids_sorted) or ids_sorted[j] != sid:
-                s_key[i] = KEY_UNKNOWN_ID
-                continue
-            a = ids_attr[j]
-        if o + fixed_end[a] > rec_end:
-            s_key[i] = KEY_BROKEN
-            continue
-        st = np.uint64(st_arr[a])
-        if time_pos[a] >= 0:
-            s_time[i] = _i64(buf, o + time_pos[a])
-        if tid_pos[a] >= 0:
-            s_tid[i] = _u32(buf, o + tid_pos[a] + 4)
-        etype = NO_RAW
-        if st & np.uint64(S_RAW):
-            # after the fixed part, READ and CALLCHAIN have variable length
-            p = o + fixed_end[a]
-            rf = rf_arr[a]
-            ok = True
-            if st & np.uint64(S_READ):
-                per = 1 + (1 if rf & F_ID else 0) + (1 if rf & F_LOST else 0)
-                times = (1 if rf & F_TOTAL_TIME_ENABLED else 0) + (1 if rf & F_TOTAL_TIME_RUNNING else 0)
-                if rf & F_GROUP:
+            st = np.uint64(st_arr[a])
+            t = _i64(buf, o + time_pos[a]) if time_pos[a] >= 0 else 0
+            s_time[i] = t
+            tid = np.int64(np.int32(_u32(buf, o + tid_pos[a] + 4))) if tid_pos[a] >= 0 else np.int64(0)
+            if tid != last_tid:
+                k = np.searchsorted(ev_tids, tid)
+                if k < len(ev_tids) and ev_tids[k] == tid:
+                    lo = seg_start[k]
+                    hi = seg_start[k + 1]
+                else:
+                    lo = 0
+                    hi = 0
+                last_tid = tid
+            cnt = 0
+            while lo + cnt < hi and ev_times[lo + cnt] <= t:  # threads are renamed a few times at most
+                cnt += 1
+            s_ckey[i] = (tid << 24) | cnt
+            etype = NO_RAW
+            if st & np.uint64(S_RAW):
+                # after the fixed part, READ and CALLCHAIN have variable length
+                p = o + fixed_end[a]
+                rf = rf_arr[a]
+                ok = True
+                if st & np.uint64(S_READ):
+                    per = 1 + (1 if rf & F_ID else 0) + (1 if rf & F_LOST else 0)
+                    times = (1 if rf & F_TOTAL_TIME_ENABLED else 0) + (1 if rf & F_TOTAL_TIME_RUNNING else 0)
+                    if rf & F_GROUP:
+                        if p + 8 > rec_end:
+                            ok = False
+                        else:
+                            p += 8 + 8 * times + 8 * per * _i64(buf, p)
+                    else:
+                        p += 8 * (times + per)
+                if ok and st & np.uint64(S_CALLCHAIN):
                     if p + 8 > rec_end:
                         ok = False
                     else:
-                        p += 8 + 8 * times + 8 * per * _i64(buf, p)
-                else:
-                    p += 8 * (times + per)
-            if ok and st & np.uint64(S_CALLCHAIN):
-                if p + 8 > rec_end:
-                    ok = False
-                else:
-                    p += 8 + 8 * _i64(buf, p)
-            ln = _u32(buf, p) if ok and p + 4 <= rec_end else 0
-            if ln < 2 or p + 4 + ln > rec_end:
-                s_key[i] = KEY_BROKEN
-                continue
-            s_rawrel[i] = p + 4 - pos
-            etype = _u16(buf, p + 4)
-        s_key[i] = a * (NO_RAW + 1) + etype
+                        p += 8 + 8 * _i64(buf, p)
+                ln = _u32(buf, p) if ok and p + 4 <= rec_end else 0
+                if ln < 2 or p + 4 + ln > rec_end:
+                    s_key[i] = KEY_BROKEN
+                    s_ckey[i] = -1
+                    continue
+                s_rawrel[i] = p + 4 - pos
+                etype = _u16(buf, p + 4)
+            s_key[i] = a * (NO_RAW + 1) + etype
 
 
 @numba.njit(cache=True)
@@ -335,94 +370,69 @@ def group_rows(order, s_group, rows, counts):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True)
-def comm_keys(s_tid, s_time, s_group, ev_tids, seg_start, ev_times, codes):  # pragma: no cover - compiled
-    """Code each sample by (tid, how many of that thread's COMM records precede it): samples with
-    equal codes have the same thread name. Returns the first sample of each code."""
+def dense_codes(keys, codes):  # pragma: no cover - compiled
+    """codes[i]: dense number of keys[i] in order of first appearance (-1 stays -1).
+    Returns the first index of each code."""
     seen = dict()
     seen[np.int64(-1)] = np.int32(-1)
     first = [0]
     first.pop()
-    last_tid = -1
-    lo = 0
-    hi = 0
     last_key = np.int64(-1)
     last_code = np.int32(-1)
-    for j in range(len(s_tid)):
-        if s_group[j] < 0:
-            codes[j] = -1
-            continue
-        tid = s_tid[j]
-        if tid != last_tid:
-            i = np.searchsorted(ev_tids, tid)
-            if i < len(ev_tids) and ev_tids[i] == tid:
-                lo = seg_start[i]
-                hi = seg_start[i + 1]
-            else:
-                lo = 0
-                hi = 0
-            last_tid = tid
-        p = 0
-        if hi > lo:
-            p = np.searchsorted(ev_times[lo:hi], s_time[j], side="right")
-        key = (np.int64(tid) << 24) | np.int64(p)
+    for i in range(len(keys)):
+        key = keys[i]
         if key != last_key:
-            c = seen.get(key, np.int32(-1))
-            if c < 0:
+            c = seen.get(key, np.int32(-2))
+            if c == -2:
                 c = np.int32(len(first))
                 seen[key] = c
-                first.append(j)
+                first.append(i)
             last_key = key
             last_code = c
-        codes[j] = last_code
+        codes[i] = last_code
     return np.array(first, dtype=np.int64)
 
 
-K_REC, K_RAW, K_SEQ, K_CODE, K_RAWOFF, K_RAWLEN = 0, 1, 2, 3, 4, 5
 
 
 @numba.njit(cache=True, parallel=True)
-def fill_sample_columns(buf, s_off, s_rawrel, s_group, s_row, s_code, col_start, col_kind, col_pos, col_size,
-                        col_elem, a8, a16, a32, a64):  # pragma: no cover - compiled
+def fill_sample_columns(buf, j0, s_off, s_rawrel, s_group, s_row, s_code, g_seq, g_code, g_rawoff, g_rawlen,
+                        col_start, col_raw, col_pos, col_size, col_elem, a8, a16, a32, a64):  # pragma: no cover
     """Write every sample's columns straight into its group's place in one arena.
 
-    Column c of group g (c in col_start[g]..col_start[g+1]) is ``col_size[c]`` bytes per row,
-    starting at element ``col_elem[c]`` of the arena viewed at that width (a8/a16/a32/a64: the
-    same memory). Kinds: K_REC bytes at record + col_pos, K_RAW payload bytes at payload +
-    col_pos (zero when the payload is shorter), K_SEQ sample index, K_CODE s_code,
-    K_RAWOFF/K_RAWLEN the payload's offset and length. Little-endian input and host.
+    Groups with g_seq[g] < 0 are skipped. The arena is one buffer seen at four widths (a8/a16/a32/a64). For group g, row r:
+    sequence number (j0 + position in s_off) at a64[g_seq[g] + r], thread-name code at
+    a32[g_code[g] + r], payload offset / length at a64[g_rawoff[g] + r] / a32[g_rawlen[g] + r]
+    when those are >= 0; then columns c in col_start[g]..col_start[g+1]: ``col_size[c]`` bytes
+    copied from the record (col_raw 0) or its payload (col_raw 1, zero when the payload is
+    shorter) at col_pos[c], to element col_elem[c] + r. Little-endian input and host.
     """
     for j in numba.prange(len(s_off)):
         g = s_group[j]
-        if g < 0:
+        if g < 0 or g_seq[g] < 0:  # not decodable, or a group filled elsewhere
             continue
-        r = s_row[j]
+        r = np.int64(s_row[j])
         o = s_off[j]
         rel = np.int64(s_rawrel[j])
         ro = o + rel
         rl = _u32(buf, ro - 4) if rel > 0 else 0
+        a64[g_seq[g] + r] = np.uint64(j0 + j)
+        a32[g_code[g] + r] = np.uint32(s_code[j])
+        if g_rawoff[g] >= 0:
+            a64[g_rawoff[g] + r] = np.uint64(ro)
+            a32[g_rawlen[g] + r] = np.uint32(rl)
         for c in range(col_start[g], col_start[g + 1]):
-            k = col_kind[c]
             z = col_size[c]
             d = col_elem[c] + r
-            if k <= K_RAW:
-                src = o + col_pos[c]
-                if k == K_RAW:
-                    src = ro + col_pos[c]
-                    if col_pos[c] + z > rl:
-                        src = -1
-                if z == 8:
-                    a64[d] = _u64(buf, src) if src >= 0 else np.uint64(0)
-                elif z == 4:
-                    a32[d] = np.uint32(_u32(buf, src)) if src >= 0 else np.uint32(0)
-                elif z == 2:
-                    a16[d] = np.uint16(_u16(buf, src)) if src >= 0 else np.uint16(0)
-                else:
-                    a8[d] = buf[src] if src >= 0 else np.uint8(0)
-            elif k == K_SEQ:
-                a64[d] = np.uint64(j)
-            elif k == K_CODE:
-                a32[d] = np.uint32(s_code[j])
-            elif k == K_RAWOFF:
-                a64[d] = np.uint64(ro)
+            p = col_pos[c]
+            src = o + p
+            if col_raw[c]:
+                src = ro + p if p + z <= rl else -1
+            if z == 8:
+                a64[d] = _u64(buf, src) if src >= 0 else np.uint64(0)
+            elif z == 4:
+                a32[d] = np.uint32(_u32(buf, src)) if src >= 0 else np.uint32(0)
+            elif z == 2:
+                a16[d] = np.uint16(_u16(buf, src)) if src >= 0 else np.uint16(0)
             else:
-                a32[d] = np.uint32(rl)
+                a8[d] = buf[src] if src >= 0 else np.uint8(0)
