@@ -50,7 +50,7 @@ def _external(cmd: list[str]) -> tuple[float, int | None]:
     return time.perf_counter() - t, None
 
 
-REPEAT = 2  # best of N runs, each in a fresh process (page cache warm after the first)
+REPEAT = 3  # best of N runs, each in a fresh process (page cache warm after the first)
 
 
 def _ours(path: Path, mode: str, warm: Path) -> dict:

@@ -242,19 +242,25 @@ def _decompress_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: 
 
 
 def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceBuilder, source: str) -> None:
-    recs = ps.split_records(buf, start, end)
+    keys = None
+    if pf.attrs:  # file mode: walk and decode the samples' keys in one go
+        recs, keys = ps.scan(pf.attrs, pf.path, buf, start, end)
+    else:
+        recs = ps.split_records(buf, start, end)
     stop, err = recs.stop, recs.err
     n_compressed = int(np.isin(recs.r_type, [REC_COMPRESSED, REC_COMPRESSED2]).sum())
     if n_compressed:  # records inside records: expand them, in file order, and walk the result
         offs, types, _miscs, sizes, _, _ = walk(buf, start, stop)
         buf = _decompress_records(pf, buf, offs, types, sizes)
         del offs, types, sizes, _miscs
-        recs = ps.split_records(buf, 0, len(buf))
+        recs, keys = ps.split_records(buf, 0, len(buf)), None
         if recs.err:
             pf.partial = pf.partial or "a decompressed record stream ends in a broken record"
     if pf.pipe:  # attrs, tracing data and features arrive as records
         _header_records(pf, buf, recs.r_off, recs.r_type, recs.r_size)
     _need_attrs(pf, start)
+    if keys is None:
+        keys = ps.sample_keys(pf.attrs, pf.path, buf, recs.s_off)
     if err:
         what = "record header with size < 8" if err == 1 else "record cut off by the end of the data"
         pf.partial = (pf.partial + "; " if pf.partial else "") + f"{what} at offset {stop}"
@@ -287,8 +293,8 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
         if k not in RECORD_NAMES:
             b.stats.add(pf.path, "records_not_decoded", f"record type {k}", n,
                         f"offset {int(recs.r_off[recs.r_type == k][0])}: record type unknown to this reader")
-    samples = ps.decode_samples(pf.attrs, pf.path, buf, recs.s_off, comms.events, comms.comm)
-    del recs
+    samples = ps.decode_samples(len(pf.attrs), keys, comms.events, comms.comm)
+    del recs, keys
     formats = pf.tracing.formats if pf.tracing else {}
     ps.emit_samples(pf.attrs, pf.path, buf, samples, formats, pf.tracing.kallsyms if pf.tracing else None, b,
                     source)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numba
 import numpy as np
 import pyarrow as pa
 
@@ -37,6 +38,7 @@ PERF_TYPE_TRACEPOINT = 2
 CPUMODES = {0: "unknown", 1: "kernel", 2: "user", 3: "hypervisor", 4: "guest_kernel", 5: "guest_user"}
 MISC_EXACT_IP = 1 << 14
 # sample body fields before READ, in ABI order: each is 8 bytes when its bit is set
+PARALLEL_SPLIT_BYTES = 1 << 24  # below this the record walk is not worth splitting
 FILL_SLICE = 1 << 20  # samples per fill call; the file pages behind each are released after it
 FIXED_PART = (pw.S_IDENTIFIER, pw.S_IP, pw.S_TID, pw.S_TIME, pw.S_ADDR, pw.S_ID, pw.S_STREAM_ID, pw.S_CPU,
               pw.S_PERIOD)
@@ -115,9 +117,69 @@ def split_records(buf: np.ndarray, start: int, end: int) -> Records:
 
 
 @dataclass
+class Keys:
+    """Per sample (in file order): offset, payload position in the record, time, tid and key
+    (perf_walk.sample_keys)."""
+
+    off: np.ndarray
+    rawrel: np.ndarray
+    time: np.ndarray
+    tid: np.ndarray
+    key: np.ndarray
+
+
+def _key_args(attrs: list[Attr], path: str) -> tuple[Any, ...]:
+    """The id lookup and per-attr layout table the compiled key passes take."""
+    mode, pos, ids, idx = id_index(attrs, path)
+    lut, base = np.zeros(0, np.int32), np.uint64(0)
+    if len(ids) and int(ids[-1]) - int(ids[0]) < 1 << 20:
+        base = ids[0]
+        lut = np.full(int(ids[-1]) - int(ids[0]) + 1, -1, np.int32)
+        lut[(ids - base).astype(np.int64)] = idx
+    tab = np.array([[a.sample_type for a in attrs], [a.read_format for a in attrs],
+                    [8 * sum(1 for b in FIXED_PART if a.sample_type & b) for a in attrs],
+                    [field_pos(a.sample_type, pw.S_TIME) for a in attrs],
+                    [field_pos(a.sample_type, pw.S_TID) for a in attrs]], dtype=np.int64)
+    return mode, pos, ids, idx, lut, base, tab
+
+
+def _key_arrays(n: int) -> tuple[np.ndarray, ...]:
+    return np.empty(n, np.uint16), np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int32)
+
+
+def sample_keys(attrs: list[Attr], path: str, buf: np.ndarray, s_off: np.ndarray) -> Keys:
+    """Every sample's key fields, one parallel pass over the samples."""
+    out = _key_arrays(len(s_off))
+    pw.sample_keys(buf, s_off, *_key_args(attrs, path), *out)
+    return Keys(s_off, *out)
+
+
+def scan(attrs: list[Attr], path: str, buf: np.ndarray, start: int, end: int) -> tuple[Records, Keys]:
+    """All records and every sample's key fields. The record walk runs in parallel pieces when the
+    pieces provably join up (each starts where the previous one stopped, the last at the end);
+    otherwise sequentially, which also pins down where a damaged file stops."""
+    threads = numba.get_num_threads()
+    if threads > 1 and end - start >= PARALLEL_SPLIT_BYTES:
+        k = 4 * threads
+        first, stop, n_s, n_r = (np.zeros(k, np.int64) for _ in range(4))
+        pw.split_chunks(buf, start, end, k, first, stop, n_s, n_r)
+        if first[0] == start and stop[-1] == end and (first[1:] == stop[:-1]).all():
+            s_base = np.concatenate(([0], np.cumsum(n_s)[:-1]))
+            r_base = np.concatenate(([0], np.cumsum(n_r)[:-1]))
+            ns, nr = int(n_s.sum()), int(n_r.sum())
+            s_off = np.empty(ns, np.int64)
+            r = (np.empty(nr, np.int64), np.empty(nr, np.int32), np.empty(nr, np.int32))
+            out = _key_arrays(ns)
+            pw.split_keys_chunks(buf, first, stop, s_base, r_base, *_key_args(attrs, path), s_off, *r, *out)
+            return Records(s_off, *r, end, 0), Keys(s_off, *out)
+    recs = split_records(buf, start, end)
+    return recs, sample_keys(attrs, path, buf, recs.s_off)
+
+
+@dataclass
 class Samples:
-    """Every sample's time, payload position, group (see perf_walk.sample_keys; negative: not
-    decodable) and thread-name code; each group's attr and payload event id."""
+    """Every sample's time, payload position, group (negative: not decodable) and thread-name
+    code; each group's attr and payload event id."""
 
     off: np.ndarray
     rawrel: np.ndarray
@@ -129,42 +191,31 @@ class Samples:
     group_etype: np.ndarray
 
 
-def decode_samples(attrs: list[Attr], path: str, buf: np.ndarray, s_off: np.ndarray,
-                   comm_events: dict[int, list[tuple[int, str]]],
+def decode_samples(nattrs: int, keys: Keys, comm_events: dict[int, list[tuple[int, str]]],
                    comm_of: Callable[[int, int], str | None]) -> Samples:
-    """The key fields of every sample (one parallel pass), grouped, with thread names resolved as perf
-    does: the thread's name at the sample's time (``comm_events``: COMM records per tid, by time)."""
-    mode, pos, ids, idx = id_index(attrs, path)
+    """Samples grouped by (attr, payload event id), with thread names resolved as perf does: the
+    thread's name at the sample's time (``comm_events``: COMM records per tid, by time)."""
     tids = sorted(comm_events)
     seg = np.zeros(len(tids) + 1, dtype=np.int64)
     times: list[int] = []
     for k, t in enumerate(tids):
         times.extend(ts for ts, _ in comm_events[t])
         seg[k + 1] = len(times)
-    n = len(s_off)
-    rawrel, time, group, ckey = np.empty(n, np.uint16), np.empty(n, np.int64), np.empty(n, np.int32), \
-        np.empty(n, np.int64)
-    lut, base = np.zeros(0, np.int32), np.uint64(0)
-    if len(ids) and int(ids[-1]) - int(ids[0]) < 1 << 20:
-        base = ids[0]
-        lut = np.full(int(ids[-1]) - int(ids[0]) + 1, -1, np.int32)
-        lut[(ids - base).astype(np.int64)] = idx
-    pw.sample_keys(buf, s_off, mode, pos, ids, idx, lut, base,
-                   np.array([a.sample_type for a in attrs], dtype=np.uint64),
-                   np.array([a.read_format for a in attrs], dtype=np.int64),
-                   np.array([8 * sum(1 for b in FIXED_PART if a.sample_type & b) for a in attrs], dtype=np.int64),
-                   np.array([field_pos(a.sample_type, pw.S_TIME) for a in attrs], dtype=np.int64),
-                   np.array([field_pos(a.sample_type, pw.S_TID) for a in attrs], dtype=np.int64),
-                   np.array(tids, dtype=np.int64), seg, np.array(times, dtype=np.int64), rawrel, time, group, ckey)
-    slots = len(attrs) * (pw.NO_RAW + 1)
-    group_key = np.zeros(slots, np.int64)
-    ng = pw.assign_groups(group, np.full(slots, -1, dtype=np.int32), group_key)
-    keys = group_key[:ng]
+    n = len(keys.off)
+    ckey = np.empty(n, np.int64)
+    pw.thread_keys(keys.tid, keys.time, keys.key, np.array(tids, dtype=np.int64), seg,
+                   np.array(times, dtype=np.int64), ckey)
     comm = np.empty(n, np.int32)
     first = pw.dense_codes(ckey, comm)
-    names = [comm_of(int(ckey[j]) >> 24, int(time[j])) for j in first.tolist()]
-    return Samples(s_off, rawrel, time, group, comm, names, (keys // (pw.NO_RAW + 1)).astype(np.int32),
-                   (keys % (pw.NO_RAW + 1)).astype(np.int32))
+    del ckey
+    names = [comm_of(int(keys.tid[j]), int(keys.time[j])) for j in first.tolist()]
+    slots = nattrs * (pw.NO_RAW + 1)
+    group_key = np.zeros(slots, np.int64)
+    group = keys.key  # renumbered in place: keys become dense group numbers
+    ng = pw.assign_groups(group, np.full(slots, -1, dtype=np.int32), group_key)
+    gk = group_key[:ng]
+    return Samples(keys.off, keys.rawrel, keys.time, group, comm, names, (gk // (pw.NO_RAW + 1)).astype(np.int32),
+                   (gk % (pw.NO_RAW + 1)).astype(np.int32))
 
 
 # where a column's bytes come from: the record, its payload, or values the fill computes

@@ -231,106 +231,196 @@ def scan_records(buf, start, end, s_off, r_off, r_type, r_size):  # pragma: no c
     return ns, nr, pos, err
 
 
-KEY_UNKNOWN_ID, KEY_BROKEN = -1, -2
+@numba.njit(cache=True)
+def _record_end(buf, pos, end):  # pragma: no cover - compiled
+    """End of the record at pos (with data carried outside header.size), or -1 if it is not a plausible
+    record: known type, size a multiple of 8, inside the data."""
+    if pos + 8 > end:
+        return -1
+    typ = _u32(buf, pos)
+    size = _u16(buf, pos + 6)
+    if size < 8 or size & 7 or not (1 <= typ <= 22 or 64 <= typ <= 83):
+        return -1
+    extra = 0
+    if typ == REC_HEADER_TRACING_DATA and size >= 12:
+        extra = (_u32(buf, pos + 8) + 7) & ~7
+    elif typ == REC_AUXTRACE and size >= 16:
+        extra = _i64(buf, pos + 8)
+    if extra < 0 or pos + size + extra > end:
+        return -1
+    return pos + size + extra
+
+
+SYNC_RECORDS = 32  # consecutive plausible records that mark a record boundary inside a chunk
 
 
 @numba.njit(cache=True, parallel=True)
-def sample_keys(buf, s_off, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base, st_arr, rf_arr, fixed_end,
-                time_pos, tid_pos, ev_tids, seg_start, ev_times, s_rawrel, s_time, s_key,
-                s_ckey):  # pragma: no cover - compiled
-    """Per sample: time, the RAW payload's position in the record, the key
+def split_chunks(buf, start, end, nchunks, first, stop, n_s, n_r):  # pragma: no cover - compiled
+    """Record walk in parallel: the data is cut into nchunks pieces; each piece's walk starts at the
+    first offset from which SYNC_RECORDS plausible records follow (piece 0: at ``start``) and runs
+    to the first record starting at or past the piece's end (``stop``), counting samples (n_s)
+    and other records (n_r). The split is right only when every piece starts where the previous
+    one stopped and the last stops at ``end``: the caller checks that, and walks sequentially
+    otherwise (a false start cannot pass that check)."""
+    span = end - start
+    for c in numba.prange(nchunks):
+        lo = start + (span * c // nchunks) // 8 * 8
+        hi = start + (span * (c + 1) // nchunks) // 8 * 8 if c + 1 < nchunks else end
+        pos = lo
+        if c > 0:
+            pos = -1
+            q = lo
+            while q < hi and pos < 0:
+                p = q
+                k = 0
+                while k < SYNC_RECORDS:
+                    e = _record_end(buf, p, end)
+                    if e < 0:
+                        break
+                    p = e
+                    k += 1
+                if k == SYNC_RECORDS or p == end:
+                    pos = q
+                q += 8
+            if pos < 0:
+                pos = hi
+        first[c] = pos
+        ns = 0
+        nr = 0
+        while pos < hi:
+            e = _record_end(buf, pos, end)
+            if e < 0:
+                break
+            if _u32(buf, pos) == REC_SAMPLE:
+                ns += 1
+            else:
+                nr += 1
+            pos = e
+        stop[c] = pos
+        n_s[c] = ns
+        n_r[c] = nr
+
+
+KEY_UNKNOWN_ID, KEY_BROKEN = -1, -2
+
+
+A_ST, A_RF, A_FIXED_END, A_TIME, A_TID = range(5)  # rows of the per-attr table (attr_tab[row, attr])
+
+
+@numba.njit(cache=True, inline="always")
+def _key_one(buf, pos, i, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base, attr_tab, state, s_rawrel, s_time,
+             s_tid, s_key):  # pragma: no cover - compiled
+    """sample_keys for the sample at ``pos``, output index i; ``state`` caches the last id and its
+    attr between consecutive samples."""
+    rec_end = pos + _u16(buf, pos + 6)
+    o = pos + 8
+    s_rawrel[i] = 0
+    s_time[i] = 0
+    s_tid[i] = 0
+    a = 0
+    if id_mode != 0:
+        p = o if id_mode == 1 else o + id_pos
+        if p + 8 > rec_end:
+            s_key[i] = KEY_BROKEN
+            return
+        sid = _u64(buf, p)
+        if state[1] < 0 or np.int64(sid) != state[0]:
+            na = -1
+            if len(id_lut) > 0:
+                rel = sid - id_base
+                if sid >= id_base and rel < np.uint64(len(id_lut)):
+                    na = id_lut[rel]
+            else:
+                j = np.searchsorted(ids_sorted, sid)
+                if j < len(ids_sorted) and ids_sorted[j] == sid:
+                    na = ids_attr[j]
+            if na < 0:
+                s_key[i] = KEY_UNKNOWN_ID
+                return
+            state[0] = np.int64(sid)
+            state[1] = na
+        a = state[1]
+    fixed_end = attr_tab[A_FIXED_END, a]
+    if o + fixed_end > rec_end:
+        s_key[i] = KEY_BROKEN
+        return
+    st = np.uint64(attr_tab[A_ST, a])
+    t = _i64(buf, o + attr_tab[A_TIME, a]) if attr_tab[A_TIME, a] >= 0 else 0
+    s_time[i] = t
+    s_tid[i] = np.int32(_u32(buf, o + attr_tab[A_TID, a] + 4)) if attr_tab[A_TID, a] >= 0 else 0
+    etype = NO_RAW
+    if st & np.uint64(S_RAW):
+        # after the fixed part, READ and CALLCHAIN have variable length
+        p = o + fixed_end
+        rf = attr_tab[A_RF, a]
+        ok = True
+        if st & np.uint64(S_READ):
+            per = 1 + (1 if rf & F_ID else 0) + (1 if rf & F_LOST else 0)
+            times = (1 if rf & F_TOTAL_TIME_ENABLED else 0) + (1 if rf & F_TOTAL_TIME_RUNNING else 0)
+            if rf & F_GROUP:
+                if p + 8 > rec_end:
+                    ok = False
+                else:
+                    p += 8 + 8 * times + 8 * per * _i64(buf, p)
+            else:
+                p += 8 * (times + per)
+        if ok and st & np.uint64(S_CALLCHAIN):
+            if p + 8 > rec_end:
+                ok = False
+            else:
+                p += 8 + 8 * _i64(buf, p)
+        ln = _u32(buf, p) if ok and p + 4 <= rec_end else 0
+        if ln < 2 or p + 4 + ln > rec_end:
+            s_key[i] = KEY_BROKEN
+            return
+        s_rawrel[i] = p + 4 - pos
+        etype = _u16(buf, p + 4)
+    s_key[i] = a * (NO_RAW + 1) + etype
+
+
+@numba.njit(cache=True, parallel=True)
+def sample_keys(buf, s_off, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base, attr_tab, s_rawrel, s_time,
+                s_tid, s_key):  # pragma: no cover - compiled
+    """Per sample: time, tid, the RAW payload's position in the record and the key
     ``attr * (NO_RAW + 1) + payload event id`` (NO_RAW without a payload; KEY_UNKNOWN_ID for an
-    id no attr has, KEY_BROKEN when the fields run past the record) and the thread-name key
-    ``tid << 24 | number of that thread's COMM records at or before the sample`` (COMM times
-    per thread: ev_times[seg_start[k]:seg_start[k + 1]] for thread ev_tids[k], sorted).
-    Sample ids map to attrs through id_lut[id - id_base] when the ids are dense (as perf assigns
-    them), else by binary search in ids_sorted."""
+    id no attr has, KEY_BROKEN when the fields run past the record). Sample ids map to attrs
+    through id_lut[id - id_base] when the ids are dense (as perf assigns
+    them), else by binary search in ids_sorted. attr_tab rows: A_ST .. A_TID."""
     n = len(s_off)
-    nlut = np.uint64(len(id_lut))
-    single = id_mode == 0
     nchunks = max(1, min(1024, n // 8192))
     for c in numba.prange(nchunks):
-        last_sid = np.uint64(0)
-        last_a = -1
-        last_tid = np.int64(-1)
-        lo = 0
-        hi = 0
+        state = np.array([0, -1], dtype=np.int64)
         for i in range(c * n // nchunks, (c + 1) * n // nchunks):
-            pos = s_off[i]
-            rec_end = pos + _u16(buf, pos + 6)
-            o = pos + 8
-            s_rawrel[i] = 0
-            s_time[i] = 0
-            s_ckey[i] = -1
-            a = 0
-            if not single:
-                p = o if id_mode == 1 else o + id_pos
-                if p + 8 > rec_end:
-                    s_key[i] = KEY_BROKEN
-                    continue
-                sid = _u64(buf, p)
-                if last_a < 0 or sid != last_sid:
-                    if nlut > 0:
-                        rel = sid - id_base
-                        na = id_lut[rel] if sid >= id_base and rel < nlut else -1
-                    else:
-                        j = np.searchsorted(ids_sorted, sid)
-                        na = ids_attr[j] if j < len(ids_sorted) and ids_sorted[j] == sid else -1
-                    if na < 0:
-                        s_key[i] = KEY_UNKNOWN_ID
-                        continue
-                    last_sid = sid
-                    last_a = na
-                a = last_a
-            if o + fixed_end[a] > rec_end:
-                s_key[i] = KEY_BROKEN
-                continue
-            st = np.uint64(st_arr[a])
-            t = _i64(buf, o + time_pos[a]) if time_pos[a] >= 0 else 0
-            s_time[i] = t
-            tid = np.int64(np.int32(_u32(buf, o + tid_pos[a] + 4))) if tid_pos[a] >= 0 else np.int64(0)
-            if tid != last_tid:
-                k = np.searchsorted(ev_tids, tid)
-                if k < len(ev_tids) and ev_tids[k] == tid:
-                    lo = seg_start[k]
-                    hi = seg_start[k + 1]
-                else:
-                    lo = 0
-                    hi = 0
-                last_tid = tid
-            cnt = 0
-            while lo + cnt < hi and ev_times[lo + cnt] <= t:  # threads are renamed a few times at most
-                cnt += 1
-            s_ckey[i] = (tid << 24) | cnt
-            etype = NO_RAW
-            if st & np.uint64(S_RAW):
-                # after the fixed part, READ and CALLCHAIN have variable length
-                p = o + fixed_end[a]
-                rf = rf_arr[a]
-                ok = True
-                if st & np.uint64(S_READ):
-                    per = 1 + (1 if rf & F_ID else 0) + (1 if rf & F_LOST else 0)
-                    times = (1 if rf & F_TOTAL_TIME_ENABLED else 0) + (1 if rf & F_TOTAL_TIME_RUNNING else 0)
-                    if rf & F_GROUP:
-                        if p + 8 > rec_end:
-                            ok = False
-                        else:
-                            p += 8 + 8 * times + 8 * per * _i64(buf, p)
-                    else:
-                        p += 8 * (times + per)
-                if ok and st & np.uint64(S_CALLCHAIN):
-                    if p + 8 > rec_end:
-                        ok = False
-                    else:
-                        p += 8 + 8 * _i64(buf, p)
-                ln = _u32(buf, p) if ok and p + 4 <= rec_end else 0
-                if ln < 2 or p + 4 + ln > rec_end:
-                    s_key[i] = KEY_BROKEN
-                    s_ckey[i] = -1
-                    continue
-                s_rawrel[i] = p + 4 - pos
-                etype = _u16(buf, p + 4)
-            s_key[i] = a * (NO_RAW + 1) + etype
+            _key_one(buf, s_off[i], i, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base, attr_tab, state,
+                     s_rawrel, s_time, s_tid, s_key)
+
+
+@numba.njit(cache=True, parallel=True)
+def split_keys_chunks(buf, first, stop, s_base, r_base, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base,
+                      attr_tab, s_off, r_off, r_type, r_size, s_rawrel, s_time, s_tid,
+                      s_key):  # pragma: no cover - compiled
+    """The pieces found by split_chunks walked again, in parallel: sample offsets and their keys
+    (as sample_keys), other records to r_*, at each piece's base index."""
+    for c in numba.prange(len(first)):
+        state = np.array([0, -1], dtype=np.int64)
+        pos = first[c]
+        i = s_base[c]
+        k = r_base[c]
+        while pos < stop[c]:
+            size = _u16(buf, pos + 6)
+            typ = _u32(buf, pos)
+            if typ == REC_SAMPLE:
+                s_off[i] = pos
+                _key_one(buf, pos, i, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base, attr_tab, state,
+                         s_rawrel, s_time, s_tid, s_key)
+                i += 1
+                pos += size
+            else:
+                r_off[k] = pos
+                r_type[k] = typ
+                r_size[k] = size
+                k += 1
+                pos = _record_end(buf, pos, len(buf))
 
 
 @numba.njit(cache=True)
@@ -369,6 +459,38 @@ def group_rows(order, s_group, rows, counts):  # pragma: no cover - compiled
             counts[g] += 1
 
 
+@numba.njit(cache=True, parallel=True)
+def thread_keys(s_tid, s_time, s_key, ev_tids, seg_start, ev_times, s_ckey):  # pragma: no cover - compiled
+    """Thread-name key per sample: ``tid << 24 | number of that thread's COMM records at or before
+    the sample``, so that samples with equal keys had the same thread name (-1 for samples that
+    are not decodable, s_key < 0). COMM times per thread: ev_times[seg_start[k]:seg_start[k + 1]]
+    for thread ev_tids[k], sorted."""
+    n = len(s_tid)
+    nchunks = max(1, min(1024, n // 8192))
+    for c in numba.prange(nchunks):
+        i0 = c * n // nchunks
+        last_tid = np.int64(-1)
+        lo = 0
+        hi = 0
+        for i in range(i0, (c + 1) * n // nchunks):
+            if s_key[i] < 0:
+                s_ckey[i] = -1
+                continue
+            tid = np.int64(s_tid[i])
+            if tid != last_tid or i == i0:
+                k = np.searchsorted(ev_tids, tid)
+                lo = 0
+                hi = 0
+                if k < len(ev_tids) and ev_tids[k] == tid:
+                    lo = seg_start[k]
+                    hi = seg_start[k + 1]
+                last_tid = tid
+            cnt = 0
+            while lo + cnt < hi and ev_times[lo + cnt] <= s_time[i]:  # threads are renamed a few times at most
+                cnt += 1
+            s_ckey[i] = (tid << 24) | cnt
+
+
 @numba.njit(cache=True)
 def dense_codes(keys, codes):  # pragma: no cover - compiled
     """codes[i]: dense number of keys[i] in order of first appearance (-1 stays -1).
@@ -393,14 +515,13 @@ def dense_codes(keys, codes):  # pragma: no cover - compiled
     return np.array(first, dtype=np.int64)
 
 
-
-
 @numba.njit(cache=True, parallel=True)
 def fill_sample_columns(buf, j0, s_off, s_rawrel, s_group, s_row, s_code, g_seq, g_code, g_rawoff, g_rawlen,
                         col_start, col_raw, col_pos, col_size, col_elem, a8, a16, a32, a64):  # pragma: no cover
     """Write every sample's columns straight into its group's place in one arena.
 
-    Groups with g_seq[g] < 0 are skipped. The arena is one buffer seen at four widths (a8/a16/a32/a64). For group g, row r:
+    Groups with g_seq[g] < 0 are skipped. The arena is one buffer seen at four widths
+    (a8/a16/a32/a64). For group g, row r:
     sequence number (j0 + position in s_off) at a64[g_seq[g] + r], thread-name code at
     a32[g_code[g] + r], payload offset / length at a64[g_rawoff[g] + r] / a32[g_rawlen[g] + r]
     when those are >= 0; then columns c in col_start[g]..col_start[g+1]: ``col_size[c]`` bytes
