@@ -106,17 +106,20 @@ def test_every_perf_data_loads(rel: str) -> None:
     assert inp["format"] == "perf.data" and inp["partial"] is None
 
 
-def test_thread_names_equal_perf_script() -> None:
+# lost_samples-4.4: threads renamed (exec) between their samples; microguest50: named before
+@pytest.mark.parametrize(("name", "n"), [("perf.data.lost_samples-4.4", 191), ("microguest50-zstd.perf.data", 451)])
+def test_thread_names_equal_perf_script(name: str, n: int) -> None:
     perf = need_tool("perf")
-    path = FIXTURES / "perf.data.lost_samples-4.4"
+    path = FIXTURES / name
     out = subprocess.run([perf, "script", "-F", "comm,tid,time", "-i", str(path)], capture_output=True,
                          text=True, check=False).stdout
     theirs = sorted((int(m.group(3).replace(".", "")) * 1000, int(m.group(2)), m.group(1))
                     for m in re.finditer(r"^\s*(.+?)\s+(\d+)\s+(\d+\.\d+):", out, re.M))
-    s = load_trace([path]).df("samples")
-    ours = sorted(zip((s["ts_ns"] // 1000 * 1000).to_list(), s["tid"].to_list(), s["comm"].to_list(),
+    td = load_trace([path])
+    s = pl.concat([t.select("ts_ns", "pid", "comm") for t in (td.df(n) for n in td.tables if n not in ("lost",))])
+    ours = sorted(zip((s["ts_ns"] // 1000 * 1000).to_list(), s["pid"].to_list(), s["comm"].cast(pl.String).to_list(),
                       strict=True))
-    assert len(theirs) == 191 and ours == theirs
+    assert len(theirs) == n and ours == theirs
 
 
 def test_lost_samples_records_are_counted_with_time() -> None:
@@ -279,3 +282,28 @@ def test_parallel_walk_falls_back_on_damage(tmp_path: Path, monkeypatch: pytest.
     par = load_trace([bad])
     _tables_equal(seq, par)
     assert any(e.category == "truncated" for e in par.stats.entries())
+
+
+def test_thread_renamed_between_its_samples(tmp_path: Path) -> None:
+    """A thread renamed (prctl/exec) while sampled: each sample carries the name it had then."""
+    from vpmutrace.formats.known import reference_format_texts, reference_formats, reference_ring_headers
+    from vpmutrace.writers.perf_data import PerfDataContent, pack_payload, write_perf_data
+
+    fmt = reference_formats()["kvm:kvm_msr"]
+    hp, he = reference_ring_headers()
+    pc = PerfDataContent(formats={"kvm:kvm_msr": fmt}, format_texts={"kvm:kvm_msr": reference_format_texts()[
+        "kvm:kvm_msr"]}, header_page=hp, header_event=he, comms={100: "before", 200: "other"},
+        renames=[(1_500, 100, "after"), (2_500, 100, "again")])
+    for ts, tid in ((1_000, 100), (1_200, 200), (2_000, 100), (2_000, 200), (3_000, 100)):
+        pc.samples.append((ts, 0, tid, "kvm:kvm_msr", pack_payload(fmt, {"write": 1, "ecx": 0x38f, "data": ts,
+                                                                         "exception": 0}, tid)))
+    path = write_perf_data(tmp_path / "renamed.perf.data", pc)
+    df = load_trace([path]).df("kvm_msr")
+    got = list(zip(df["ts_ns"].to_list(), df["pid"].to_list(), df["comm"].cast(pl.String).to_list(), strict=True))
+    assert got == [(1_000, 100, "before"), (1_200, 200, "other"), (2_000, 100, "after"), (2_000, 200, "other"),
+                   (3_000, 100, "again")]
+    if shutil.which("perf"):
+        out = subprocess.run(["perf", "script", "-F", "comm,tid", "-i", str(path)], capture_output=True, text=True,
+                             check=False).stdout
+        assert [tuple(line.split()) for line in out.splitlines() if line.strip()] == \
+            [(c, str(t)) for _, t, c in got]

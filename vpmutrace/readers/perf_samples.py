@@ -195,19 +195,24 @@ def decode_samples(nattrs: int, keys: Keys, comm_events: dict[int, list[tuple[in
                    comm_of: Callable[[int, int], str | None]) -> Samples:
     """Samples grouped by (attr, payload event id), with thread names resolved as perf does: the
     thread's name at the sample's time (``comm_events``: COMM records per tid, by time)."""
-    tids = sorted(comm_events)
-    seg = np.zeros(len(tids) + 1, dtype=np.int64)
-    times: list[int] = []
-    for k, t in enumerate(tids):
-        times.extend(ts for ts, _ in comm_events[t])
-        seg[k + 1] = len(times)
     n = len(keys.off)
-    ckey = np.empty(n, np.int64)
-    pw.thread_keys(keys.tid, keys.time, keys.key, np.array(tids, dtype=np.int64), seg,
-                   np.array(times, dtype=np.int64), ckey)
     comm = np.empty(n, np.int32)
-    first = pw.dense_codes(ckey, comm)
-    del ckey
+    # usually a thread is named before its first sample and never renamed later: its tid is its name
+    first, tmin = pw.dense_codes(keys.tid, keys.key, keys.time, comm)
+    renamed = any(t in comm_events and any(ts > t0 for ts, _ in comm_events[t])
+                  for t, t0 in zip(keys.tid[first].tolist(), tmin.tolist(), strict=True))
+    if renamed:  # (tid, COMM records before the sample) names the thread at each sample
+        tids = sorted(comm_events)
+        seg = np.zeros(len(tids) + 1, dtype=np.int64)
+        times: list[int] = []
+        for k, t in enumerate(tids):
+            times.extend(ts for ts, _ in comm_events[t])
+            seg[k + 1] = len(times)
+        ckey = np.empty(n, np.int64)
+        pw.thread_keys(keys.tid, keys.time, keys.key, np.array(tids, dtype=np.int64), seg,
+                       np.array(times, dtype=np.int64), ckey)
+        first, _ = pw.dense_codes(ckey, keys.key, keys.time, comm)
+        del ckey
     names = [comm_of(int(keys.tid[j]), int(keys.time[j])) for j in first.tolist()]
     slots = nattrs * (pw.NO_RAW + 1)
     group_key = np.zeros(slots, np.int64)

@@ -492,27 +492,35 @@ def thread_keys(s_tid, s_time, s_key, ev_tids, seg_start, ev_times, s_ckey):  # 
 
 
 @numba.njit(cache=True)
-def dense_codes(keys, codes):  # pragma: no cover - compiled
-    """codes[i]: dense number of keys[i] in order of first appearance (-1 stays -1).
-    Returns the first index of each code."""
+def dense_codes(keys, valid, s_time, codes):  # pragma: no cover - compiled
+    """codes[i]: dense number of keys[i] in order of first appearance; -1 where valid[i] < 0.
+    Returns the first index of each code and the earliest s_time among each code's rows."""
     seen = dict()
     seen[np.int64(-1)] = np.int32(-1)
     first = [0]
     first.pop()
+    tmin = [np.int64(0)]
+    tmin.pop()
     last_key = np.int64(-1)
     last_code = np.int32(-1)
     for i in range(len(keys)):
-        key = keys[i]
-        if key != last_key:
+        if valid[i] < 0:
+            codes[i] = -1
+            continue
+        key = np.int64(keys[i])
+        if key != last_key or last_code < 0:
             c = seen.get(key, np.int32(-2))
             if c == -2:
                 c = np.int32(len(first))
                 seen[key] = c
                 first.append(i)
+                tmin.append(s_time[i])
             last_key = key
             last_code = c
+        if s_time[i] < tmin[last_code]:
+            tmin[last_code] = s_time[i]
         codes[i] = last_code
-    return np.array(first, dtype=np.int64)
+    return np.array(first, dtype=np.int64), np.array(tmin, dtype=np.int64)
 
 
 @numba.njit(cache=True, parallel=True)

@@ -65,6 +65,7 @@ class PerfDataContent:
     nr_cpus: int = 2
     comms: dict[int, str] = field(default_factory=dict)
     tgids: dict[int, int] = field(default_factory=dict)  # thread id -> process id (default: itself)
+    renames: list[tuple[int, int, str]] = field(default_factory=list)  # ts, tid, new name (prctl/exec)
 
 
 def _tracing_data(c: PerfDataContent) -> bytes:
@@ -100,17 +101,23 @@ def write_perf_data(path: str | Path, c: PerfDataContent) -> Path:
     id_blob = b"".join(struct.pack("<Q", ids[n]) for n in names)
     data = bytearray()
     first_id = ids[names[0]] if names else 0
-    for tid, comm in sorted(c.comms.items()):  # thread names, as perf synthesizes them at start
+    def comm_record(ts: int, tid: int, comm: str) -> bytes:
         name = comm.encode()[:15] + b"\0"
         name += bytes((-len(name)) % 8)
         pid = c.tgids.get(tid, tid)
-        trailer = struct.pack("<IIQIIQ", pid, tid, 0, 0, 0, first_id)  # sample_id_all: TID, TIME, CPU, IDENTIFIER
+        trailer = struct.pack("<IIQIIQ", pid, tid, ts, 0, 0, first_id)  # sample_id_all: TID, TIME, CPU, IDENTIFIER
         body = struct.pack("<II", pid, tid) + name + trailer
-        data += struct.pack("<IHH", REC_COMM, 0, 8 + len(body)) + body
-    for ts, cpu, tid, ev, payload in sorted(c.samples, key=lambda s: s[0]):
+        return struct.pack("<IHH", REC_COMM, 0, 8 + len(body)) + body
+
+    for tid, comm in sorted(c.comms.items()):  # thread names, as perf synthesizes them at start
+        data += comm_record(0, tid, comm)
+    records: list[tuple[int, int, bytes]] = [(ts, 0, comm_record(ts, tid, name)) for ts, tid, name in c.renames]
+    for ts, cpu, tid, ev, payload in c.samples:
         raw = payload + bytes((-(4 + len(payload))) % 8)  # keep the record u64-aligned
         body = struct.pack("<QIIQIIQI", ids[ev], c.tgids.get(tid, tid), tid, ts, cpu, 0, 1, len(raw)) + raw
-        data += struct.pack("<IHH", REC_SAMPLE, 0, 8 + len(body)) + body
+        records.append((ts, 1, struct.pack("<IHH", REC_SAMPLE, 0, 8 + len(body)) + body))
+    for _ts, _kind, rec in sorted(records, key=lambda r: (r[0], r[1])):
+        data += rec
     data_off = id_area + len(id_blob)
     feats = {
         FEAT_TRACING_DATA: _tracing_data(c),
