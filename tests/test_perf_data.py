@@ -307,3 +307,20 @@ def test_thread_renamed_between_its_samples(tmp_path: Path) -> None:
                              check=False).stdout
         assert [tuple(line.split()) for line in out.splitlines() if line.strip()] == \
             [(c, str(t)) for _, t, c in got]
+
+
+def test_samples_of_tid_minus_one(tmp_path: Path) -> None:
+    """perf writes pid/tid -1 for samples with no task; they decode, unnamed, beside named threads."""
+    from vpmutrace.formats.known import reference_format_texts, reference_formats, reference_ring_headers
+    from vpmutrace.writers.perf_data import PerfDataContent, pack_payload, write_perf_data
+
+    fmt = reference_formats()["kvm:kvm_msr"]
+    hp, he = reference_ring_headers()
+    pc = PerfDataContent(formats={"kvm:kvm_msr": fmt}, format_texts={"kvm:kvm_msr": reference_format_texts()[
+        "kvm:kvm_msr"]}, header_page=hp, header_event=he, comms={100: "vcpu"})
+    for ts, tid in ((1_000, 0xFFFFFFFF), (2_000, 100), (3_000, 0xFFFFFFFF)):
+        pc.samples.append((ts, 0, tid, "kvm:kvm_msr", pack_payload(fmt, {"write": 0, "ecx": 0x10, "data": ts,
+                                                                         "exception": 0}, 0)))
+    df = load_trace([write_perf_data(tmp_path / "tid-1.perf.data", pc)]).df("kvm_msr")
+    assert df["pid"].to_list() == [-1, 100, -1]
+    assert df["comm"].cast(pl.String).to_list() == [None, "vcpu", None]

@@ -495,8 +495,7 @@ def thread_keys(s_tid, s_time, s_key, ev_tids, seg_start, ev_times, s_ckey):  # 
 def dense_codes(keys, valid, s_time, codes):  # pragma: no cover - compiled
     """codes[i]: dense number of keys[i] in order of first appearance; -1 where valid[i] < 0.
     Returns the first index of each code and the earliest s_time among each code's rows."""
-    seen = dict()
-    seen[np.int64(-1)] = np.int32(-1)
+    seen = numba.typed.Dict.empty(key_type=numba.types.int64, value_type=numba.types.int32)
     first = [0]
     first.pop()
     tmin = [np.int64(0)]
