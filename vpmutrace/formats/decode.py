@@ -149,20 +149,31 @@ def row_dicts(cols: dict[str, Any], n: int) -> list[dict[str, Any]]:
     return [dict(zip(names, vals, strict=True)) for vals in zip(*lists, strict=True)] if n else []
 
 
+@numba.njit(cache=True, inline="always")
+def _pair_key(a, b, i, shift):  # pragma: no cover - compiled
+    if shift < 0:  # one array
+        return np.int64(a[i])
+    mask = (np.int64(1) << shift) - 1 if shift < 64 else np.int64(-1)
+    return (np.int64(a[i]) & mask) | (np.int64(b[i]) << shift)
+
+
 @numba.njit(cache=True)
-def _factorize(keys):  # pragma: no cover - compiled
-    seen = dict()
-    seen[keys[0]] = 0
-    codes = np.empty(len(keys), dtype=np.int32)
+def _factorize_keys(a, b, shift):  # pragma: no cover - compiled
+    """Codes of the keys a[i] (shift < 0) or a[i] | b[i] << shift, in order of first appearance,
+    and the first row of each."""
+    n = len(a)
+    codes = np.empty(n, dtype=np.int32)
+    seen = numba.typed.Dict.empty(key_type=numba.types.int64, value_type=numba.types.int32)
     first = [0]
-    last_k = keys[0]
-    last_c = 0
-    for i in range(len(keys)):
-        k = keys[i]
-        if k != last_k:  # runs of equal keys are common (one exception, one exit reason)
-            c = seen.get(k, -1)
-            if c == -1:
-                c = len(first)
+    first.pop()
+    last_k = np.int64(0)
+    last_c = np.int32(-1)
+    for i in range(n):
+        k = _pair_key(a, b, i, shift)
+        if k != last_k or last_c < 0:  # runs of equal keys are common (one exception, one exit reason)
+            c = seen.get(k, np.int32(-1))
+            if c < 0:
+                c = np.int32(len(first))
                 seen[k] = c
                 first.append(i)
             last_k = k
@@ -171,13 +182,8 @@ def _factorize(keys):  # pragma: no cover - compiled
     return codes, np.array(first, dtype=np.int64)
 
 
-@numba.njit(cache=True)
-def _factorize_pair(a, b, shift):  # pragma: no cover - compiled
-    mask = (np.int64(1) << shift) - 1 if shift < 64 else np.int64(-1)
-    keys = np.empty(len(a), dtype=np.int64)
-    for i in range(len(a)):
-        keys[i] = (np.int64(a[i]) & mask) | (np.int64(b[i]) << shift)
-    return _factorize(keys)
+def _factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return _factorize_keys(keys, keys, -1)
 
 
 def factorize_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +199,7 @@ def factorize_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     if len(arrays) == 1 and arrays[0].dtype.kind in "iu":
         return _factorize(arrays[0])
     if len(arrays) == 2 and sum(widths) <= 64 and all(a.dtype.kind in "iu" for a in arrays):
-        return _factorize_pair(arrays[0], arrays[1], widths[0])
+        return _factorize_keys(arrays[0], arrays[1], widths[0])
     if sum(widths) <= 64:
         key = np.zeros(n, dtype=np.uint64)
         shift = 0

@@ -361,20 +361,18 @@ def _trailer_fields(a: Attr) -> list[str]:
     return [name for bit, name in SAMPLE_ID_ORDER if a.sample_id_all and a.sample_type & bit]
 
 
-def _trailer(a: Attr, buf: np.ndarray, o: int, s: int) -> dict[str, int]:
-    """sample_id_all trailer fields of a non-sample record."""
+def _trailer(a: Attr, rec: bytes) -> dict[str, int]:
+    """sample_id_all trailer fields of a non-sample record (``rec``: the whole record)."""
     fields = _trailer_fields(a)
-    if not fields:
-        return {}
-    pos = o + s - 8 * len(fields)
+    pos = len(rec) - 8 * len(fields)
     out: dict[str, int] = {}
     for name in fields:
         if name == "tid":
-            out["pid"], out["tid"] = (int(x) for x in buf[pos:pos + 8].view("<u4"))
+            out["pid"], out["tid"] = struct.unpack_from("<II", rec, pos)
         elif name == "cpu":
-            out["cpu"] = int(buf[pos:pos + 4].view("<u4")[0])
+            out["cpu"] = struct.unpack_from("<I", rec, pos)[0]
         else:
-            out[name] = int(buf[pos:pos + 8].view("<i8")[0])
+            out[name] = struct.unpack_from("<q", rec, pos)[0]
         pos += 8
     return out
 
@@ -388,17 +386,16 @@ class _CommTracker:
         self.events: dict[int, list[tuple[int, str]]] = {}
         self.parent: dict[int, tuple[int, int]] = {}
         sel = np.isin(types, [REC_COMM, REC_FORK])
+        ntrail = len(_trailer_fields(a0))
         for o, t, s in zip(offs[sel].tolist(), types[sel].tolist(), sizes[sel].tolist(), strict=True):
-            tr = _trailer(a0, buf, o, s)
+            rec = buf[o:o + s].tobytes()
             if t == REC_COMM:
-                _pid, tid = (int(x) for x in buf[o + 8:o + 16].view("<u4"))
-                end = o + s - 8 * len(_trailer_fields(a0))
-                name = buf[o + 16:end].tobytes().split(b"\0", 1)[0].decode("utf-8", "replace")
-                self.events.setdefault(tid, []).append((tr.get("time", -1), name))
+                tid = struct.unpack_from("<I", rec, 12)[0]
+                name = rec[16:s - 8 * ntrail].split(b"\0", 1)[0].decode("utf-8", "replace")
+                self.events.setdefault(tid, []).append((_trailer(a0, rec).get("time", -1), name))
             else:
-                _pid, _ppid, tid, ptid = (int(x) for x in buf[o + 8:o + 24].view("<u4"))
-                time = int(buf[o + 24:o + 32].view("<i8")[0])
-                self.parent.setdefault(tid, (ptid, time))
+                _ppid, tid, ptid = struct.unpack_from("<III", rec, 12)
+                self.parent.setdefault(tid, (ptid, struct.unpack_from("<q", rec, 24)[0]))
         for v in self.events.values():
             v.sort(key=lambda x: x[0])
 
@@ -448,7 +445,7 @@ def _emit_lost(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarra
     a0 = pf.attrs[0]
     sel = np.isin(types, [REC_LOST, REC_LOST_SAMPLES, REC_THROTTLE, REC_UNTHROTTLE])
     for o, t, s in zip(offs[sel].tolist(), types[sel].tolist(), sizes[sel].tolist(), strict=True):
-        tr = _trailer(a0, buf, o, s)
+        tr = _trailer(a0, buf[o:o + s].tobytes())
         if t == REC_LOST:
             n = int(buf[o + 16:o + 24].view("<u8")[0])
             b.add_lost(pf.path, "lost_events", n, tr.get("time"), tr.get("cpu"), f"offset {o}")
