@@ -31,10 +31,9 @@ def comms_for(pids: np.ndarray, cmdlines: dict[int, str]) -> pa.Array:
 def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.ndarray, offsets: np.ndarray,
                   lengths: np.ndarray, ts_ns: np.ndarray, cpu: np.ndarray, formats: dict[int, EventFormat],
                   byteorder: str, cmdlines: dict[int, str], symbols: Callable[[int], str | None] | None,
-                  comm: pa.Array | None = None, pid: np.ndarray | None = None, seq: np.ndarray | None = None,
-                  tgid: np.ndarray | None = None) -> None:
-    """Decode and add every payload. ``comm``/``pid`` override the trace's own (perf COMM tracking);
-    ``tgid`` is the process of each record where the container knows it (perf samples)."""
+                  seq: np.ndarray | None = None) -> None:
+    """Decode and add every payload (ring-buffer records): task ids from common_pid, names from the
+    trace's saved cmdlines."""
     n = len(offsets)
     if n == 0:
         return
@@ -48,20 +47,14 @@ def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.nda
         idx = order[a:z]
         fmt = formats.get(int(t))
         common: dict[str, Any] = {"ts_ns": ts_ns[idx], "seq": seq[idx], "cpu": cpu[idx],
-                                  "source": const_column(source, len(idx)),
-                                  "tgid": tgid[idx] if tgid is not None else None}
+                                  "source": const_column(source, len(idx))}
         if fmt is None:
-            emit_unknown(builder, src_file, int(t), common, pid[idx] if pid is not None else None, len(idx))
+            emit_unknown(builder, src_file, int(t), common, None, len(idx))
             continue
         cols = decode_fields(fmt, buf, offsets[idx], lengths[idx], byteorder)
         pids = cols.get("common_pid")
-        if pid is not None:
-            common["pid"] = pid[idx]
-        elif pids is not None:
+        if pids is not None:
             common["pid"] = pids.astype(np.int32)
-        if comm is not None:
-            common["comm"] = comm.take(pa.array(idx))
-        elif pids is not None:
             common["comm"] = comms_for(pids, cmdlines)
         emit_event(builder, src_file, fmt, common, cols, len(idx), symbols)
 
