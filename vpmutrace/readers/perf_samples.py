@@ -1,12 +1,19 @@
 """PERF_RECORD_SAMPLE records -> tables, in time order, in a few compiled passes.
 
-1. ``perf_walk.scan_records`` walks the records once: for each sample its attr, time,
-   tid and payload position, grouped by (attr, tracepoint id of the payload).
-2. A stable sort by time (perf.data is written in per-CPU rounds, so nearly sorted)
-   gives every sample its row within its group.
-3. ``perf_walk.fill_sample_columns`` writes each sample's common columns and the
-   scalar fields of its tracepoint format straight into the group's columns (one
-   arena, no intermediate per-field arrays, no later re-sort of the tables).
+1. ``perf_walk.split_chunks`` finds the record boundaries: the data is cut into pieces
+   walked in parallel, each starting at the first offset followed by SYNC_RECORDS
+   plausible records; the result is used only if the pieces join up exactly (else one
+   sequential walk, ``perf_walk.scan_records``, which also pins down damage).
+2. ``perf_walk.split_keys_chunks`` walks the pieces again and decodes, per sample, its
+   attr, time, tid and the tracepoint id of its payload (``perf_walk.sample_keys`` after a
+   sequential walk); samples are grouped by (attr, payload event id) and their thread
+   names coded as perf resolves them.
+3. A stable sort by time (perf.data is written in per-CPU rounds, so nearly sorted) gives
+   every sample its row within its group.
+4. ``perf_walk.fill_sample_columns`` writes each sample's common columns and the scalar
+   fields of its tracepoint format straight into the group's columns (one arena, no
+   intermediate per-field arrays, no later re-sort of the tables), releasing the file's
+   pages slice by slice.
 
 Only non-scalar fields (arrays, ``__data_loc`` strings) and non-tracepoint samples
 take the slower, per-group paths. Layouts: include/uapi/linux/perf_event.h.
@@ -37,9 +44,9 @@ if TYPE_CHECKING:
 PERF_TYPE_TRACEPOINT = 2
 CPUMODES = {0: "unknown", 1: "kernel", 2: "user", 3: "hypervisor", 4: "guest_kernel", 5: "guest_user"}
 MISC_EXACT_IP = 1 << 14
-# sample body fields before READ, in ABI order: each is 8 bytes when its bit is set
 PARALLEL_SPLIT_BYTES = 1 << 24  # below this the record walk is not worth splitting
 FILL_SLICE = 1 << 20  # samples per fill call; the file pages behind each are released after it
+# sample body fields before READ, in ABI order: each is 8 bytes when its bit is set
 FIXED_PART = (pw.S_IDENTIFIER, pw.S_IP, pw.S_TID, pw.S_TIME, pw.S_ADDR, pw.S_ID, pw.S_STREAM_ID, pw.S_CPU,
               pw.S_PERIOD)
 
