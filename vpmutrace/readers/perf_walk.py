@@ -49,6 +49,29 @@ def _u16(buf, pos):  # pragma: no cover - compiled
     return np.int64(buf[pos]) | (np.int64(buf[pos + 1]) << 8)
 
 
+@numba.njit(cache=True, inline="always")
+def _header(buf, pos, end):  # pragma: no cover - compiled
+    """(type, size, error) of the record header at pos: error 1 when size < 8, 2 when the record
+    runs past ``end``, else 0."""
+    size = _u16(buf, pos + 6)
+    if size < 8:
+        return 0, size, 1
+    if pos + size > end:
+        return 0, size, 2
+    return _u32(buf, pos), size, 0
+
+
+@numba.njit(cache=True, inline="always")
+def _extra(buf, pos, typ, size):  # pragma: no cover - compiled
+    """Bytes a record carries after header.size (tools/perf/util/event.h): the tracing data of
+    HEADER_TRACING_DATA (u64-aligned) and the AUX data of AUXTRACE."""
+    if typ == REC_HEADER_TRACING_DATA and size >= 12:
+        return (_u32(buf, pos + 8) + 7) & ~7
+    if typ == REC_AUXTRACE and size >= 16:
+        return _i64(buf, pos + 8)
+    return 0
+
+
 @numba.njit(cache=True)
 def walk_records(buf, start, end, fill, offs, types, miscs, sizes):  # pragma: no cover - compiled
     """Record boundaries from ``start`` to ``end``. Returns (count, stop offset, error code).
@@ -59,20 +82,11 @@ def walk_records(buf, start, end, fill, offs, types, miscs, sizes):  # pragma: n
     pos = start
     err = 0
     while pos + 8 <= end:
-        typ = _u32(buf, pos)
+        typ, size, err = _header(buf, pos, end)
+        if err:
+            break
         misc = _u16(buf, pos + 4)
-        size = _u16(buf, pos + 6)
-        if size < 8:
-            err = 1
-            break
-        if pos + size > end:
-            err = 2
-            break
-        extra = 0
-        if typ == REC_HEADER_TRACING_DATA and size >= 12:
-            extra = (_u32(buf, pos + 8) + 7) & ~7
-        elif typ == REC_AUXTRACE and size >= 16:
-            extra = _i64(buf, pos + 8)
+        extra = _extra(buf, pos, typ, size)
         if pos + size + extra > end:
             err = 2
             break
@@ -196,13 +210,8 @@ def scan_records(buf, start, end, s_off, r_off, r_type, r_size):  # pragma: no c
     cap_s = len(s_off)
     cap_r = len(r_off)
     while pos + 8 <= end:
-        typ = _u32(buf, pos)
-        size = _u16(buf, pos + 6)
-        if size < 8:
-            err = 1
-            break
-        if pos + size > end:
-            err = 2
+        typ, size, err = _header(buf, pos, end)
+        if err:
             break
         if typ == REC_SAMPLE:
             if ns >= cap_s:
@@ -212,11 +221,7 @@ def scan_records(buf, start, end, s_off, r_off, r_type, r_size):  # pragma: no c
             ns += 1
             pos += size
             continue
-        extra = 0
-        if typ == REC_HEADER_TRACING_DATA and size >= 12:
-            extra = (_u32(buf, pos + 8) + 7) & ~7
-        elif typ == REC_AUXTRACE and size >= 16:
-            extra = _i64(buf, pos + 8)
+        extra = _extra(buf, pos, typ, size)
         if pos + size + extra > end:
             err = 2
             break
@@ -241,11 +246,7 @@ def _record_end(buf, pos, end):  # pragma: no cover - compiled
     size = _u16(buf, pos + 6)
     if size < 8 or size & 7 or not (1 <= typ <= 22 or 64 <= typ <= 83):
         return -1
-    extra = 0
-    if typ == REC_HEADER_TRACING_DATA and size >= 12:
-        extra = (_u32(buf, pos + 8) + 7) & ~7
-    elif typ == REC_AUXTRACE and size >= 16:
-        extra = _i64(buf, pos + 8)
+    extra = _extra(buf, pos, typ, size)
     if extra < 0 or pos + size + extra > end:
         return -1
     return pos + size + extra
