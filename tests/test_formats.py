@@ -6,8 +6,10 @@ import struct
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from vpmutrace.formats.decode import decode_fields
+from vpmutrace.formats.decode import decode_fields, factorize_rows
 from vpmutrace.formats.event_format import parse_format
 from vpmutrace.formats.known import exception_vectors, exit_reason_codes, reference_formats
 
@@ -151,3 +153,30 @@ def test_unsupported_print_fmt_falls_back_with_reason(bad: str) -> None:
     fmt = parse_format(text, "kvm")
     assert fmt.printer is None
     assert fmt.fallback_reason
+
+
+_INT_DTYPES = [np.uint8, np.int8, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_factorize_rows_codes_each_distinct_tuple_once(data) -> None:
+    """The direct-table path (small value ranges), the hash path and the sort path (wider than 64
+    bits) all give each distinct tuple of field values its own code, and each code its first row."""
+    n = data.draw(st.integers(1, 300))
+    arrays = []
+    for _ in range(data.draw(st.integers(1, 2))):
+        dt = np.dtype(data.draw(st.sampled_from(_INT_DTYPES)))
+        info = np.iinfo(dt)
+        span = data.draw(st.sampled_from([3, 1000, None]))  # small, medium, or the dtype's whole range
+        lo = data.draw(st.integers(int(info.min), int(info.max)))
+        hi = int(info.max) if span is None else min(int(info.max), lo + span)
+        arrays.append(np.array(data.draw(st.lists(st.integers(lo, hi), min_size=n, max_size=n)), dtype=dt))
+    codes, first = factorize_rows(arrays)
+    rows = list(zip(*(a.tolist() for a in arrays), strict=True))
+    code_of: dict[tuple, int] = {}
+    for r, c in zip(rows, codes.tolist(), strict=True):
+        assert code_of.setdefault(r, c) == c  # one code per tuple
+    assert len(set(code_of.values())) == len(code_of)  # and one tuple per code
+    assert sorted(code_of.values()) == list(range(len(code_of)))
+    assert [rows.index(r) for r in sorted(code_of, key=code_of.get)] == first.tolist()

@@ -160,7 +160,7 @@ def _pair_key(a, b, i, shift):  # pragma: no cover - compiled
 @numba.njit(cache=True)
 def _factorize_keys(a, b, shift):  # pragma: no cover - compiled
     """Codes of the keys a[i] (shift < 0) or a[i] | b[i] << shift, in order of first appearance,
-    and the first row of each."""
+    and the first row of each (a hash table)."""
     n = len(a)
     codes = np.empty(n, dtype=np.int32)
     seen = numba.typed.Dict.empty(key_type=numba.types.int64, value_type=numba.types.int32)
@@ -182,8 +182,47 @@ def _factorize_keys(a, b, shift):  # pragma: no cover - compiled
     return codes, np.array(first, dtype=np.int64)
 
 
+@numba.njit(cache=True)
+def _factorize_dense(a, b, a_min, b_min, b_range, table):  # pragma: no cover - compiled
+    """As _factorize_keys for values in small ranges: the key (a - a_min) * b_range + (b - b_min)
+    indexes ``table`` (all -1) directly. b_range 0: one array."""
+    n = len(a)
+    codes = np.empty(n, dtype=np.int32)
+    first = [0]
+    first.pop()
+    for i in range(n):
+        k = np.int64(a[i]) - a_min
+        if b_range > 0:
+            k = k * b_range + (np.int64(b[i]) - b_min)
+        c = table[k]
+        if c < 0:
+            c = np.int32(len(first))
+            table[k] = c
+            first.append(i)
+        codes[i] = c
+    return codes, np.array(first, dtype=np.int64)
+
+
+DENSE_KEYS = 1 << 20  # distinct-key space small enough for a direct table
+
+
 def _factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return _factorize_keys(keys, keys, -1)
+
+
+def _factorize_ints(a: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """One or two integer arrays: a direct table when their value ranges are small, else a hash."""
+    lo_a, hi_a = int(a.min()), int(a.max())
+    ra = hi_a - lo_a + 1 if hi_a < 1 << 63 else DENSE_KEYS + 1  # (u64 values past int64 hash instead)
+    if b is None:
+        if ra <= DENSE_KEYS:
+            return _factorize_dense(a, a, lo_a, 0, 0, np.full(ra, -1, np.int32))
+        return _factorize_keys(a, a, -1)
+    lo_b, hi_b = int(b.min()), int(b.max())
+    rb = hi_b - lo_b + 1 if hi_b < 1 << 63 else DENSE_KEYS + 1
+    if ra * rb <= DENSE_KEYS:
+        return _factorize_dense(a, b, lo_a, lo_b, rb, np.full(ra * rb, -1, np.int32))
+    return _factorize_keys(a, b, a.dtype.itemsize * 8)
 
 
 def factorize_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -197,9 +236,9 @@ def factorize_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.int32), np.zeros(0, np.int64)
     widths = [a.dtype.itemsize * 8 for a in arrays]
     if len(arrays) == 1 and arrays[0].dtype.kind in "iu":
-        return _factorize(arrays[0])
+        return _factorize_ints(arrays[0], None)
     if len(arrays) == 2 and sum(widths) <= 64 and all(a.dtype.kind in "iu" for a in arrays):
-        return _factorize_keys(arrays[0], arrays[1], widths[0])
+        return _factorize_ints(arrays[0], arrays[1])
     if sum(widths) <= 64:
         key = np.zeros(n, dtype=np.uint64)
         shift = 0
