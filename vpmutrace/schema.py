@@ -238,15 +238,16 @@ def build_table(name: str, columns: dict[str, Any], nrows: int | None = None) ->
     return pa.Table.from_arrays(arrays, schema=spec.arrow_schema)
 
 
-def dict_array(codes: np.ndarray, names: list[str | None]) -> pa.DictionaryArray:
+def dict_array(codes: np.ndarray, names: list[str | None], check: bool = True) -> pa.DictionaryArray:
     """Dictionary column from per-row codes into ``names``; a None name becomes a null row.
+    ``check=False`` skips Arrow's scan of the codes, for codes that are in range by construction.
 
     (Arrow cannot unify dictionaries whose values contain nulls, so nulls live in the indices.)
     """
     codes = np.asarray(codes, dtype=np.int32)
     nulls = [i for i, v in enumerate(names) if v is None]
     if not nulls:
-        return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()))
+        return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()), safe=check)
     remap = np.cumsum([v is not None for v in names], dtype=np.int32) - 1
     mask = np.isin(codes, nulls)
     idx = pa.array(remap[codes], mask=mask)
@@ -255,7 +256,8 @@ def dict_array(codes: np.ndarray, names: list[str | None]) -> pa.DictionaryArray
 
 def const_column(value: str, n: int) -> pa.Array:
     """A dictionary column holding one value n times (no per-row strings)."""
-    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string()))
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string()),
+                                          safe=False)  # all zeros: valid
 
 
 def empty_table(name: str) -> pa.Table:
