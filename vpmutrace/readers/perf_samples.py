@@ -320,9 +320,7 @@ def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, for
             b.stats.add(path, "unparsed_record", "sample", len(bad), f"offset {int(sc.off[bad[0]])}: {label}")
     order = np.argsort(sc.time, kind="stable")
     ng = len(sc.group_attr)
-    # the rows go where the times were (no longer needed); rows of undecodable samples are never read
-    rows = sc.time.view(np.int32)[:n]
-    sc.time = np.zeros(0, np.int64)
+    rows = np.zeros(n, dtype=np.int32)
     counts = np.zeros(ng, dtype=np.int64)
     pw.group_rows(order, sc.group, rows, counts)
     plans: dict[int, _Plan] = {}
@@ -337,7 +335,9 @@ def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, for
     for g in plain:  # samples of hardware/software events: order this group's samples by time
         sel = order[sc.group[order] == g]
         _emit_plain(attrs[int(sc.group_attr[g])], path, buf, sc, sel, b, source)
-    del order  # free before the tables are allocated
+    # the times are now in rows: free them before the tables are allocated
+    del order
+    sc.time = np.zeros(0, np.int64)
     views = _fill(buf, sc, rows, plans, counts)
     del rows
     for g, plan in plans.items():
