@@ -17,6 +17,7 @@ from vpmutrace.analyze import KEYS, run
 from vpmutrace.analyze.base import Config
 from vpmutrace.model.design import DEFAULT_SWITCH_COST_NS
 from vpmutrace.readers import load_trace
+from vpmutrace.render import render
 from vpmutrace.sim import SCENARIOS, simulate
 from vpmutrace.sim.compare import mismatches
 
@@ -94,13 +95,16 @@ def test_pmu_msr_hand_count_on_the_capture() -> None:
 
 def test_not_computable_is_said_not_zeroed() -> None:
     td = load_trace([FIXTURES / "microguest200.perf.data"])
-    doc, _ = run(td, Config.for_trace(td))
+    doc, results = run(td, Config.for_trace(td))
     for k in ("exits", "ownership", "skid"):
         assert doc[k]["computable"] is False and "not computable: needs" in doc[k]["reason"]
         assert "exits_total" not in doc[k] and "windows_total" not in doc[k]
     assert doc["watchdog"]["computable"] is False
     # PMC0 (400 accesses) and GLOBAL_CTRL (400) pass through for a guest that sees all counters
     assert doc["what_if"]["time_removed_ns"] is None and doc["what_if"]["pmu_msr_exits_removed"] == 800
+    text = "\n".join(render(n, r, doc) for n, r in results.items())
+    assert "None" not in text
+    assert "adds - PMU switches" in text and "what-if times not computable: needs kvm:kvm_exit" in text
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

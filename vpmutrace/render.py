@@ -99,7 +99,10 @@ def render(name: str, res: Result, doc: dict[str, Any]) -> str:
             out.append(f"  not checked: {u}")
         w = doc.get("what_if") or {}
         if w:
+            sw = w.get("switches_added")
             out.append(f"  what-if mediated: removes {w['exits_removed']} exits "
-                       f"({_ns(w.get('time_removed_ns'))}), adds {w.get('switches_added', '-')} PMU switches "
+                       f"({_ns(w.get('time_removed_ns'))}), adds {'-' if sw is None else sw} PMU switches "
                        f"({_ns(w.get('switch_cost_added_ns'))}); net {_ns(w.get('net_saving_ns'))}")
+            if w.get("needs"):
+                out.append(f"  what-if times not computable: needs {w['needs']}")
     return "\n".join(out)
