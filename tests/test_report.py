@@ -94,3 +94,12 @@ def test_report_size_is_bounded(tmp_path: Path) -> None:
     assert _cli("report", str(FIXTURES / "microguest200.perf.data"), "-o", str(out), "--max-points", "500") \
         .returncode == 0
     assert out.stat().st_size < 6 * 2**20
+
+
+def test_report_shows_uncomputable_values_as_dashes(tmp_path: Path) -> None:
+    """This host records no kvm_exit: what-if times are not computable and say so, not 'None'."""
+    out = tmp_path / "r.html"
+    assert _cli("report", str(FIXTURES / "microguest200.perf.data"), "-o", str(out)).returncode == 0
+    text = out.read_text()
+    assert "<td>None</td>" not in text
+    assert "<td>time_removed_ns</td><td>-</td>" in text and "<td>needs</td><td>kvm:kvm_exit and kvm:kvm_entry" in text

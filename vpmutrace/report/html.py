@@ -36,6 +36,12 @@ def _esc(s: Any) -> str:
     return html.escape(str(s), quote=True)
 
 
+def _cell(row: dict[str, Any], col: str) -> str:
+    """A table cell: '-' for a value that could not be computed (None), empty for a missing column."""
+    v = row.get(col, "")
+    return "-" if v is None else _esc(v)
+
+
 def _js(obj: Any) -> str:
     """JSON safe inside a <script> element."""
     return json.dumps(obj, default=str).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
@@ -250,7 +256,7 @@ def what_if_figure(doc: dict) -> list[dict]:
 
 def _table(rows: list[dict], cols: list[str]) -> str:
     head = "".join(f"<th>{_esc(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{_cell(r, c)}</td>" for c in cols) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
