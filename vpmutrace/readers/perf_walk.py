@@ -109,6 +109,26 @@ def _popcount(x):  # pragma: no cover - compiled
     return c
 
 
+@numba.njit(cache=True, inline="always")
+def _past_read_callchain(buf, p, end, st, rf):  # pragma: no cover - compiled
+    """Position after the READ and CALLCHAIN fields (variable length) that start at p, or -1 when
+    they run past ``end``. st: sample_type, rf: read_format."""
+    if st & np.uint64(S_READ):
+        per = 1 + (1 if rf & F_ID else 0) + (1 if rf & F_LOST else 0)
+        times = (1 if rf & F_TOTAL_TIME_ENABLED else 0) + (1 if rf & F_TOTAL_TIME_RUNNING else 0)
+        if rf & F_GROUP:
+            if p + 8 > end:
+                return -1
+            p += 8 + 8 * times + 8 * per * _i64(buf, p)
+        else:
+            p += 8 * (times + per)
+    if st & np.uint64(S_CALLCHAIN):
+        if p + 8 > end:
+            return -1
+        p += 8 + 8 * _i64(buf, p)
+    return p
+
+
 @numba.njit(cache=True, parallel=True)
 def walk_samples(buf, offs, sizes, id_mode, id_pos, ids_sorted, ids_attr, st_arr, rf_arr, ru_arr, ri_arr,
                  bhw_arr, out_attr, out_ip, out_pid, out_tid, out_time, out_cpu, out_period,
@@ -161,23 +181,10 @@ def walk_samples(buf, offs, sizes, id_mode, id_pos, ids_sorted, ids_attr, st_arr
         if st & np.uint64(S_PERIOD):
             out_period[i] = _u64(buf, p)
             p += 8
-        if st & np.uint64(S_READ):
-            per = 1 + (1 if rf & F_ID else 0) + (1 if rf & F_LOST else 0)
-            times = (1 if rf & F_TOTAL_TIME_ENABLED else 0) + (1 if rf & F_TOTAL_TIME_RUNNING else 0)
-            if rf & F_GROUP:
-                if p + 8 > end:
-                    out_ok[i] = -1
-                    continue
-                nr = _i64(buf, p)
-                p += 8 + 8 * times + 8 * per * nr
-            else:
-                p += 8 * (times + per)
-        if st & np.uint64(S_CALLCHAIN):
-            if p + 8 > end:
-                out_ok[i] = -1
-                continue
-            nr = _i64(buf, p)
-            p += 8 + 8 * nr
+        p = _past_read_callchain(buf, p, end, st, rf)
+        if p < 0:
+            out_ok[i] = -1
+            continue
         if st & np.uint64(S_RAW):
             if p + 4 > end:
                 out_ok[i] = -1
@@ -352,25 +359,8 @@ def _key_one(buf, pos, i, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base
     etype = NO_RAW
     if st & np.uint64(S_RAW):
         # after the fixed part, READ and CALLCHAIN have variable length
-        p = o + fixed_end
-        rf = attr_tab[A_RF, a]
-        ok = True
-        if st & np.uint64(S_READ):
-            per = 1 + (1 if rf & F_ID else 0) + (1 if rf & F_LOST else 0)
-            times = (1 if rf & F_TOTAL_TIME_ENABLED else 0) + (1 if rf & F_TOTAL_TIME_RUNNING else 0)
-            if rf & F_GROUP:
-                if p + 8 > rec_end:
-                    ok = False
-                else:
-                    p += 8 + 8 * times + 8 * per * _i64(buf, p)
-            else:
-                p += 8 * (times + per)
-        if ok and st & np.uint64(S_CALLCHAIN):
-            if p + 8 > rec_end:
-                ok = False
-            else:
-                p += 8 + 8 * _i64(buf, p)
-        ln = _u32(buf, p) if ok and p + 4 <= rec_end else 0
+        p = _past_read_callchain(buf, o + fixed_end, rec_end, st, attr_tab[A_RF, a])
+        ln = _u32(buf, p) if p >= 0 and p + 4 <= rec_end else 0
         if ln < 2 or p + 4 + ln > rec_end:
             s_key[i] = KEY_BROKEN
             return
