@@ -205,6 +205,9 @@ class Sim:
                     setattr(self, f"_storm{pid}", True)
                     return self._storm(t, pid, cpu, vcpu)
                 return self._plain_exit(t, pid, cpu, vcpu)
+            if storm_at.get(pid) == (t + 100 * US) // 1_000_000:
+                # nor may a write of an exit that starts just before it land in it
+                return self._plain_exit(t, pid, cpu, vcpu)
             r = self.rng.random()
             if r < 0.3:
                 i = self.rng.randrange(4)
