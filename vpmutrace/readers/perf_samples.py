@@ -80,14 +80,13 @@ def sample_fields(attrs: list[Attr], path: str, buf: np.ndarray, offs: np.ndarra
     mode, pos, ids, idx = id_index(attrs, path)
     st = np.array([a.sample_type for a in attrs], dtype=np.uint64)
     rf = np.array([a.read_format for a in attrs], dtype=np.int64)
-    zeros = np.zeros(len(attrs), dtype=np.int64)
     n = len(offs)
     out = {k: np.zeros(n, dtype=dt) for k, dt in (
         ("attr", np.int32), ("ip", np.uint64), ("pid", np.int32), ("tid", np.int32), ("time", np.int64),
         ("cpu", np.int32), ("period", np.uint64), ("raw_off", np.int64), ("raw_len", np.int32),
         ("ok", np.int8))}
     out["cpu"][:] = -1
-    pw.walk_samples(buf, offs, sizes, mode, pos, ids, idx, st, rf, zeros, zeros, zeros,
+    pw.walk_samples(buf, offs, sizes, mode, pos, ids, idx, st, rf,
                     out["attr"], out["ip"], out["pid"], out["tid"], out["time"], out["cpu"],
                     out["period"], out["raw_off"], out["raw_len"], out["ok"])
     return out

@@ -100,15 +100,6 @@ def walk_records(buf, start, end, fill, offs, types, miscs, sizes):  # pragma: n
     return n, pos, err
 
 
-@numba.njit(cache=True)
-def _popcount(x):  # pragma: no cover - compiled
-    c = 0
-    while x:
-        x &= x - np.uint64(1)
-        c += 1
-    return c
-
-
 @numba.njit(cache=True, inline="always")
 def _past_read_callchain(buf, p, end, st, rf):  # pragma: no cover - compiled
     """Position after the READ and CALLCHAIN fields (variable length) that start at p, or -1 when
@@ -130,8 +121,8 @@ def _past_read_callchain(buf, p, end, st, rf):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, parallel=True)
-def walk_samples(buf, offs, sizes, id_mode, id_pos, ids_sorted, ids_attr, st_arr, rf_arr, ru_arr, ri_arr,
-                 bhw_arr, out_attr, out_ip, out_pid, out_tid, out_time, out_cpu, out_period,
+def walk_samples(buf, offs, sizes, id_mode, id_pos, ids_sorted, ids_attr, st_arr, rf_arr, out_attr, out_ip, out_pid,
+                 out_tid, out_time, out_cpu, out_period,
                  out_raw_off, out_raw_len, out_ok):  # pragma: no cover - compiled
     """Decode the fields of PERF_RECORD_SAMPLE records, in ABI order, up to and past RAW.
 
