@@ -324,3 +324,54 @@ def test_samples_of_tid_minus_one(tmp_path: Path) -> None:
     df = load_trace([write_perf_data(tmp_path / "tid-1.perf.data", pc)]).df("kvm_msr")
     assert df["pid"].to_list() == [-1, 100, -1]
     assert df["comm"].cast(pl.String).to_list() == [None, "vcpu", None]
+
+
+def test_scratch_discard_frees_whole_units_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """discard zeroes (frees) the huge pages wholly inside the range and nothing else."""
+    import numpy as np
+
+    import vpmutrace.readers.binio as binio
+    from vpmutrace.readers.binio import HUGE_PAGE, discard, scratch
+
+    small = scratch(10, np.int64)
+    small[:] = 7
+    discard(small, 0, 10)  # below SCRATCH_MIN_BYTES: not a mapping of its own, left alone
+    assert (small == 7).all()
+    monkeypatch.setattr(binio, "SCRATCH_MIN_BYTES", 0)
+    n = 3 * HUGE_PAGE // 4 + 1000  # int32: spans four huge pages, the last one partly
+    a = scratch(n, np.int32)
+    a[:] = np.arange(n, dtype=np.int32) + 1
+    per = HUGE_PAGE // 4
+    discard(a, 10, 2 * per + 5)  # wholly inside: the second huge page only
+    assert (a[:per] == np.arange(per) + 1).all()
+    assert (a[per:2 * per] == 0).all()
+    assert (a[2 * per:] == np.arange(2 * per, n) + 1).all()
+    discard(a, 0, n)  # through the end: everything
+    assert not a.any()
+
+
+@pytest.mark.parametrize("rel", PUBLIC + LOCAL)
+def test_fill_that_discards_its_inputs_as_it_goes(rel: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every per-sample array in a mapping of its own, discarded page by page after each
+    small slice of the fill, the tables are exactly those of the plain path: the fill never
+    reads what it already gave back."""
+    import mmap
+
+    import vpmutrace.readers.binio as binio
+    import vpmutrace.readers.perf_samples as ps
+
+    path = _path(rel)
+    plain = load_trace([path])
+    monkeypatch.setattr(binio, "SCRATCH_MIN_BYTES", 0)
+    monkeypatch.setattr(binio, "HUGE_PAGE", mmap.PAGESIZE)
+    monkeypatch.setattr(ps, "FILL_SLICE", 1000)
+    given_back = []
+
+    def counted(a, start: int, end: int) -> None:
+        given_back.append(binio._mapping(a) is not None and end - start >= mmap.PAGESIZE // a.itemsize)
+        binio.discard(a, start, end)
+
+    monkeypatch.setattr(ps, "discard", counted)
+    _tables_equal(plain, load_trace([path]))
+    if plain.meta["perf_records"].get("SAMPLE", 0) > 2000:
+        assert sum(given_back) >= 5, "the fill gave nothing back"

@@ -34,26 +34,72 @@ def map_file(path: Path) -> np.ndarray:
     return np.frombuffer(mm, dtype=np.uint8)
 
 
+def _mapping(arr: np.ndarray) -> mmap.mmap | None:
+    """The mmap an array's memory belongs to, if any."""
+    base: object = arr
+    while isinstance(base, np.ndarray | memoryview):
+        base = base.obj if isinstance(base, memoryview) else base.base
+    return base if isinstance(base, mmap.mmap) and hasattr(base, "madvise") else None
+
+
+def _dontneed(mm: mmap.mmap, start: int, end: int, align: int) -> None:
+    """MADV_DONTNEED on the whole ``align``-sized units inside bytes [start, end) of ``mm``."""
+    a = -(-start // align) * align
+    z = min(end, len(mm)) // align * align if end < len(mm) else len(mm)
+    if z <= a:
+        return
+    try:
+        mm.madvise(mmap.MADV_DONTNEED, a, z - a)
+    except (OSError, ValueError):
+        pass
+
+
 def release_pages(buf: np.ndarray, start: int = 0, end: int | None = None) -> None:
     """Let the kernel drop the pages of a mapped file we touched (they stay in the page cache),
     all of them or those wholly inside bytes [start, end).
 
     Keeps the reader's resident memory near the size of its tables, not tables + file.
     """
-    base = buf
-    while isinstance(base, np.ndarray | memoryview):
-        base = base.obj if isinstance(base, memoryview) else base.base
-    if not isinstance(base, mmap.mmap) or not hasattr(base, "madvise"):
+    mm = _mapping(buf)
+    if mm is not None:
+        _dontneed(mm, start, len(mm) if end is None else end, mmap.PAGESIZE)
+
+
+HUGE_PAGE = 2 << 20  # x86-64 PMD size: the unit transparent huge pages come and go in
+SCRATCH_MIN_BYTES = 4 * HUGE_PAGE  # smaller arrays come from numpy's allocator
+
+
+def scratch(n: int, dtype: np.dtype | type) -> np.ndarray:
+    """A zeroed array of ``n`` elements in an anonymous mapping of its own (for large ones), so
+    that the part already consumed can be handed back with ``discard`` while the rest is in use.
+
+    The mapping's size is a whole number of huge pages, so that the kernel places it on a
+    huge-page boundary and ``discard`` frees whole huge pages rather than splitting them.
+    """
+    dt = np.dtype(dtype)
+    size = n * dt.itemsize
+    if size < max(SCRATCH_MIN_BYTES, 1):
+        return np.zeros(n, dt)
+    mm = mmap.mmap(-1, -(-size // HUGE_PAGE) * HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    return np.frombuffer(mm, dtype=dt, count=n)
+
+
+def discard(arr: np.ndarray, start: int, end: int) -> None:
+    """Give the memory behind elements [start, end) of a ``scratch`` array back to the kernel
+    (whole huge pages only); those elements read as zero afterwards. No-op for other arrays.
+
+    Memory freed this way is what the next fresh pages come from, so a pass that consumes one
+    array while it fills another needs about the larger of the two, not their sum.
+    """
+    mm = _mapping(arr)
+    if mm is None:
         return
-    page = mmap.PAGESIZE
-    a = -(-start // page) * page
-    z = len(base) if end is None else min(end, len(base))
-    if z <= a:
-        return
-    try:
-        base.madvise(mmap.MADV_DONTNEED, a, z - a)
-    except (OSError, ValueError):
-        pass
+    at = arr.ctypes.data - np.frombuffer(mm, dtype=np.uint8).ctypes.data
+    w = arr.itemsize
+    z = at + min(end, len(arr)) * w
+    if end >= len(arr) and len(mm) - z < HUGE_PAGE:  # what follows the array is the mapping's padding
+        z = len(mm)
+    _dontneed(mm, at + start * w, z, HUGE_PAGE)
 
 
 class Cursor:

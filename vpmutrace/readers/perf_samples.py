@@ -33,7 +33,7 @@ from vpmutrace.errors import InputError
 from vpmutrace.formats.decode import decode_fields, is_scalar, scalar_column, scalar_dtype
 from vpmutrace.formats.event_format import EventFormat
 from vpmutrace.readers import perf_walk as pw
-from vpmutrace.readers.binio import release_pages
+from vpmutrace.readers.binio import discard, release_pages, scratch
 from vpmutrace.readers.payloads import emit_event, emit_unknown
 from vpmutrace.schema import const_column, dict_array, table_for_event
 from vpmutrace.tracedata import TraceBuilder
@@ -111,7 +111,7 @@ def split_records(buf: np.ndarray, start: int, end: int) -> Records:
     while True:
         # sized for typical records; untouched capacity costs address space, not memory
         cap = max(1024, (end - at) // 48)
-        s = np.empty(cap, np.int64)
+        s = scratch(cap, np.int64)
         r = (np.empty(cap // 4, np.int64), np.empty(cap // 4, np.int32), np.empty(cap // 4, np.int32))
         ns, nr, stop, err = pw.scan_records(buf, at, end, s, *r)
         parts.append((s[:ns],) + tuple(a[:nr] for a in r))
@@ -150,7 +150,8 @@ def _key_args(attrs: list[Attr], path: str) -> tuple[Any, ...]:
 
 
 def _key_arrays(n: int) -> tuple[np.ndarray, ...]:
-    return np.empty(n, np.uint16), np.empty(n, np.int64), np.empty(n, np.int32), np.empty(n, np.int32)
+    # payload position and key live until the fill, which discards them as it goes
+    return scratch(n, np.uint16), np.empty(n, np.int64), np.empty(n, np.int32), scratch(n, np.int32)
 
 
 def sample_keys(attrs: list[Attr], path: str, buf: np.ndarray, s_off: np.ndarray) -> Keys:
@@ -173,7 +174,7 @@ def scan(attrs: list[Attr], path: str, buf: np.ndarray, start: int, end: int) ->
             s_base = np.concatenate(([0], np.cumsum(n_s)[:-1]))
             r_base = np.concatenate(([0], np.cumsum(n_r)[:-1]))
             ns, nr = int(n_s.sum()), int(n_r.sum())
-            s_off = np.empty(ns, np.int64)
+            s_off = scratch(ns, np.int64)
             r = (np.empty(nr, np.int64), np.empty(nr, np.int32), np.empty(nr, np.int32))
             out = _key_arrays(ns)
             pw.split_keys_chunks(buf, first, stop, s_base, r_base, *_key_args(attrs, path), s_off, *r, *out)
@@ -202,7 +203,7 @@ def decode_samples(nattrs: int, keys: Keys, comm_events: dict[int, list[tuple[in
     """Samples grouped by (attr, payload event id), with thread names resolved as perf does: the
     thread's name at the sample's time (``comm_events``: COMM records per tid, by time)."""
     n = len(keys.off)
-    comm = np.empty(n, np.int32)
+    comm = scratch(n, np.int32)
     # usually a thread is named before its first sample and never renamed later: its tid is its name
     first, tmin = pw.dense_codes(keys.tid, keys.key, keys.time, comm)
     renamed = any(t in comm_events and any(ts > t0 for ts, _ in comm_events[t])
@@ -291,9 +292,11 @@ def _fill(buf: np.ndarray, sc: Samples, rows: np.ndarray, plans: dict[int, _Plan
     arena = np.empty(max(total, 64), dtype=np.uint8)
     tables = (*special, col_start, np.array(raw, np.bool_), np.array(pos, np.int64), np.array(size, np.int64),
               np.array(elem, np.int64), arena, *(arena[:len(arena) // w * w].view(f"u{w}") for w in (2, 4, 8)))
-    # in slices of the file, each slice's pages dropped once written out: the file and the
-    # tables it becomes are not both resident at the peak
+    # in slices of the file, each slice's file pages dropped once written out and its per-sample
+    # inputs discarded: the file, the per-sample arrays and the tables they become are not all
+    # resident at the peak (fresh memory is slow to touch on some hosts: the less, the better)
     n = len(sc.off)
+    consumed = (sc.off, sc.rawrel, sc.group, rows, sc.comm)
     done = 0
     for j0 in range(0, n, FILL_SLICE):
         j1 = min(n, j0 + FILL_SLICE)
@@ -301,7 +304,10 @@ def _fill(buf: np.ndarray, sc: Samples, rows: np.ndarray, plans: dict[int, _Plan
                                sc.comm[j0:j1], *tables)
         upto = int(sc.off[j1]) if j1 < n else len(buf)
         release_pages(buf, done, upto)
+        for a in consumed:
+            discard(a, 0, j1)
         done = upto
+    sc.off = sc.rawrel = sc.group = sc.comm = np.zeros(0, np.int32)  # consumed
     return {g: {name: arena[d:d + int(counts[g]) * dt.itemsize].view(dt) for name, (d, dt) in cols.items()}
             for g, cols in where.items()}
 
@@ -319,7 +325,7 @@ def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, for
             b.stats.add(path, "unparsed_record", "sample", len(bad), f"offset {int(sc.off[bad[0]])}: {label}")
     order = np.argsort(sc.time, kind="stable")
     ng = len(sc.group_attr)
-    rows = np.zeros(n, dtype=np.int32)
+    rows = scratch(n, np.int32)
     counts = np.zeros(ng, dtype=np.int64)
     pw.group_rows(order, sc.group, rows, counts)
     plans: dict[int, _Plan] = {}
