@@ -258,6 +258,8 @@ def test_parallel_record_walk_equals_sequential(rel: str, monkeypatch: pytest.Mo
     monkeypatch.setattr(ps.numba, "get_num_threads", lambda: 4)
     par = load_trace([path])
     _tables_equal(seq, par)
+    monkeypatch.setattr(ps, "OFFSET32_LIMIT", 0)  # sample offsets in 64 bits, as for files of 4 GiB and more
+    _tables_equal(seq, load_trace([path]))
     header_ok = path.read_bytes()[8:16] != struct.pack("<Q", 16)  # pipe files: attrs come from records
     compressed = "zstd" in rel
     if header_ok and not compressed and sum(seq.meta["perf_records"].values()) > 64:
@@ -375,3 +377,23 @@ def test_fill_that_discards_its_inputs_as_it_goes(rel: str, monkeypatch: pytest.
     _tables_equal(plain, load_trace([path]))
     if plain.meta["perf_records"].get("SAMPLE", 0) > 2000:
         assert sum(given_back) >= 5, "the fill gave nothing back"
+
+
+def test_group_rows_numbers_each_group_in_order() -> None:
+    """Samples' rows within their groups, counted in parallel chunks, equal one sequential count."""
+    import numpy as np
+
+    import vpmutrace.readers.perf_walk as pw
+
+    rng = np.random.default_rng(7)
+    n = 300_000  # several chunks
+    group = rng.integers(-2, 5, n).astype(np.int32)  # negative: not decodable, no row
+    order = np.argsort(rng.integers(0, 1 << 40, n), kind="stable")
+    rows = np.full(n, -9, np.int32)
+    counts = np.zeros(5, np.int64)
+    pw.group_rows(order, group, rows, counts)
+    for g in range(5):
+        in_order = order[group[order] == g]
+        assert counts[g] == len(in_order)
+        assert (rows[in_order] == np.arange(len(in_order))).all()
+    assert (rows[group < 0] == -9).all()

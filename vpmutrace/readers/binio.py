@@ -74,7 +74,13 @@ def scratch(n: int, dtype: np.dtype | type) -> np.ndarray:
     that the part already consumed can be handed back with ``discard`` while the rest is in use.
 
     The mapping's size is a whole number of huge pages, so that the kernel places it on a
-    huge-page boundary and ``discard`` frees whole huge pages rather than splitting them.
+    huge-page boundary and ``discard`` frees whole huge pages rather than splitting them when
+    the system gives it transparent huge pages ("always" mode). It does not ask for them
+    (MADV_HUGEPAGE, as numpy does for its large arrays): in a VM with free page reporting
+    (virtio-balloon), huge-page faults often land on memory the hypervisor has taken back and
+    are several times slower, while scratch in base pages comes from memory just freed. With
+    huge pages asked for, 6.8 M events read in 0.33 to 0.90 s (median 0.47) in fresh
+    processes; without, 0.31 to 0.37 s (median 0.31), benchmarks/bench_readers.py's file.
     """
     dt = np.dtype(dtype)
     size = n * dt.itemsize

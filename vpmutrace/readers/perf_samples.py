@@ -46,6 +46,7 @@ CPUMODES = {0: "unknown", 1: "kernel", 2: "user", 3: "hypervisor", 4: "guest_ker
 MISC_EXACT_IP = 1 << 14
 PARALLEL_SPLIT_BYTES = 1 << 24  # below this the record walk is not worth splitting
 FILL_SLICE = 1 << 20  # samples per fill call; the file pages behind each are released after it
+OFFSET32_LIMIT = 1 << 32  # sample offsets are kept in 32 bits (4 bytes less per sample) below this size
 # sample body fields before READ, in ABI order: each is 8 bytes when its bit is set
 FIXED_PART = (pw.S_IDENTIFIER, pw.S_IP, pw.S_TID, pw.S_TIME, pw.S_ADDR, pw.S_ID, pw.S_STREAM_ID, pw.S_CPU,
               pw.S_PERIOD)
@@ -150,8 +151,9 @@ def _key_args(attrs: list[Attr], path: str) -> tuple[Any, ...]:
 
 
 def _key_arrays(n: int) -> tuple[np.ndarray, ...]:
-    # payload position and key live until the fill, which discards them as it goes
-    return scratch(n, np.uint16), np.empty(n, np.int64), np.empty(n, np.int32), scratch(n, np.int32)
+    # payload position, tid (becoming the thread-name code) and key live until the fill, which
+    # discards them as it goes
+    return scratch(n, np.uint16), np.empty(n, np.int64), scratch(n, np.int32), scratch(n, np.int32)
 
 
 def sample_keys(attrs: list[Attr], path: str, buf: np.ndarray, s_off: np.ndarray) -> Keys:
@@ -174,7 +176,7 @@ def scan(attrs: list[Attr], path: str, buf: np.ndarray, start: int, end: int) ->
             s_base = np.concatenate(([0], np.cumsum(n_s)[:-1]))
             r_base = np.concatenate(([0], np.cumsum(n_r)[:-1]))
             ns, nr = int(n_s.sum()), int(n_r.sum())
-            s_off = scratch(ns, np.int64)
+            s_off = scratch(ns, np.uint32 if len(buf) <= OFFSET32_LIMIT else np.int64)
             r = (np.empty(nr, np.int64), np.empty(nr, np.int32), np.empty(nr, np.int32))
             out = _key_arrays(ns)
             pw.split_keys_chunks(buf, first, stop, s_base, r_base, *_key_args(attrs, path), s_off, *r, *out)
@@ -203,12 +205,15 @@ def decode_samples(nattrs: int, keys: Keys, comm_events: dict[int, list[tuple[in
     """Samples grouped by (attr, payload event id), with thread names resolved as perf does: the
     thread's name at the sample's time (``comm_events``: COMM records per tid, by time)."""
     n = len(keys.off)
-    comm = scratch(n, np.int32)
+    comm = keys.tid  # thread-name codes replace the tids in place
     # usually a thread is named before its first sample and never renamed later: its tid is its name
-    first, tmin = pw.dense_codes(keys.tid, keys.key, keys.time, comm)
+    first, tmin, tid_of = pw.dense_codes(keys.tid, keys.key, keys.time, comm)
     renamed = any(t in comm_events and any(ts > t0 for ts, _ in comm_events[t])
-                  for t, t0 in zip(keys.tid[first].tolist(), tmin.tolist(), strict=True))
-    if renamed:  # (tid, COMM records before the sample) names the thread at each sample
+                  for t, t0 in zip(tid_of.tolist(), tmin.tolist(), strict=True))
+    if not renamed:
+        names = [comm_of(t, int(keys.time[j])) for t, j in zip(tid_of.tolist(), first.tolist(), strict=True)]
+    else:  # (tid, COMM records before the sample) names the thread at each sample
+        tid = tid_of[comm].astype(np.int32)  # the tids again (any value where not decodable: skipped)
         tids = sorted(comm_events)
         seg = np.zeros(len(tids) + 1, dtype=np.int64)
         times: list[int] = []
@@ -216,11 +221,11 @@ def decode_samples(nattrs: int, keys: Keys, comm_events: dict[int, list[tuple[in
             times.extend(ts for ts, _ in comm_events[t])
             seg[k + 1] = len(times)
         ckey = np.empty(n, np.int64)
-        pw.thread_keys(keys.tid, keys.time, keys.key, np.array(tids, dtype=np.int64), seg,
+        pw.thread_keys(tid, keys.time, keys.key, np.array(tids, dtype=np.int64), seg,
                        np.array(times, dtype=np.int64), ckey)
-        first, _ = pw.dense_codes(ckey, keys.key, keys.time, comm)
+        first, _, _ = pw.dense_codes(ckey, keys.key, keys.time, comm)
         del ckey
-    names = [comm_of(int(keys.tid[j]), int(keys.time[j])) for j in first.tolist()]
+        names = [comm_of(int(tid[j]), int(keys.time[j])) for j in first.tolist()]
     slots = nattrs * (pw.NO_RAW + 1)
     group_key = np.zeros(slots, np.int64)
     group = keys.key  # renumbered in place: keys become dense group numbers
@@ -372,7 +377,7 @@ def _emit_plain(a: Attr, path: str, buf: np.ndarray, sc: Samples, sel: np.ndarra
                 source: str) -> None:
     """Samples of a non-tracepoint event (``sel``: their sample indices in time order) -> ``samples``."""
     n = len(sel)
-    offs = sc.off[sel]
+    offs = sc.off[sel].astype(np.int64)
     sizes = buf[offs[:, None] + np.arange(6, 8)].view("<u2").reshape(n).astype(np.int32)
     misc = buf[offs[:, None] + np.arange(4, 6)].view("<u2").reshape(n).astype(np.int32)
     out = sample_fields([a], path, buf, offs, sizes)

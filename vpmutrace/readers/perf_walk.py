@@ -430,15 +430,35 @@ def assign_groups(s_key, group_of, group_key):  # pragma: no cover - compiled
     return ng
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def group_rows(order, s_group, rows, counts):  # pragma: no cover - compiled
-    """rows[j]: the position of sample j within its group when the group is in ``order``."""
-    for k in range(len(order)):
-        j = order[k]
-        g = s_group[j]
-        if g >= 0:
-            rows[j] = counts[g]
-            counts[g] += 1
+    """rows[j]: the position of sample j within its group when the group is in ``order``;
+    counts[g]: the group's size. Chunks of ``order`` are counted in parallel, then numbered in
+    parallel from each group's running total at the chunk's start."""
+    n = len(order)
+    ng = len(counts)
+    nch = max(1, min(256, n // 65536))
+    at = np.zeros((nch, ng), dtype=np.int64)
+    for c in numba.prange(nch):
+        for k in range(c * n // nch, (c + 1) * n // nch):
+            g = s_group[order[k]]
+            if g >= 0:
+                at[c, g] += 1
+    for g in range(ng):
+        total = np.int64(0)
+        for c in range(nch):
+            m = at[c, g]
+            at[c, g] = total
+            total += m
+        counts[g] = total
+    for c in numba.prange(nch):
+        nxt = at[c].copy()
+        for k in range(c * n // nch, (c + 1) * n // nch):
+            j = order[k]
+            g = s_group[j]
+            if g >= 0:
+                rows[j] = nxt[g]
+                nxt[g] += 1
 
 
 @numba.njit(cache=True, parallel=True)
@@ -476,12 +496,15 @@ def thread_keys(s_tid, s_time, s_key, ev_tids, seg_start, ev_times, s_ckey):  # 
 @numba.njit(cache=True)
 def dense_codes(keys, valid, s_time, codes):  # pragma: no cover - compiled
     """codes[i]: dense number of keys[i] in order of first appearance; -1 where valid[i] < 0.
-    Returns the first index of each code and the earliest s_time among each code's rows."""
+    ``codes`` may be ``keys`` itself (each key is read before its code is written).
+    Returns per code: its key, the first index with it and the earliest s_time among its rows."""
     seen = numba.typed.Dict.empty(key_type=numba.types.int64, value_type=numba.types.int32)
     first = [0]
     first.pop()
     tmin = [np.int64(0)]
     tmin.pop()
+    kval = [np.int64(0)]
+    kval.pop()
     last_key = np.int64(-1)
     last_code = np.int32(-1)
     for i in range(len(keys)):
@@ -496,12 +519,13 @@ def dense_codes(keys, valid, s_time, codes):  # pragma: no cover - compiled
                 seen[key] = c
                 first.append(i)
                 tmin.append(s_time[i])
+                kval.append(key)
             last_key = key
             last_code = c
         if s_time[i] < tmin[last_code]:
             tmin[last_code] = s_time[i]
         codes[i] = last_code
-    return np.array(first, dtype=np.int64), np.array(tmin, dtype=np.int64)
+    return np.array(first, dtype=np.int64), np.array(tmin, dtype=np.int64), np.array(kval, dtype=np.int64)
 
 
 @numba.njit(cache=True, parallel=True)
