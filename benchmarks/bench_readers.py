@@ -83,6 +83,25 @@ def _best(runs: list[dict], key: str) -> dict:
     return best
 
 
+TOUCH = r"""
+import sys, time
+import numpy as np
+t = time.perf_counter()
+a = np.empty(int(sys.argv[1]) << 20, np.uint8)
+a[::4096] = 1
+print(time.perf_counter() - t)
+"""
+
+
+def _fresh_memory(mb: int) -> list[float]:
+    """Seconds a fresh process takes to write ``mb`` MB of new memory (numpy's allocator, huge pages
+    where the system gives them): what first-touch memory costs on this host. On bare metal this
+    is steady; in a VM whose free memory goes back to the hypervisor it varies from run to run,
+    and so do the medians of any reader that builds large tables in memory."""
+    return [float(subprocess.run([PY, "-c", TOUCH, str(mb)], capture_output=True, text=True,
+                                 check=True).stdout) for _ in range(2 * REPEAT)]
+
+
 def make_trace_dat(perf_data: Path, out: Path) -> None:
     """The perf.data's tracepoint payloads as trace.dat CPU pages (same events, same formats)."""
     import numpy as np
@@ -157,11 +176,15 @@ def main() -> None:
             rss = f"{rss_kb / 1024:9.0f}{rss_kb * 1024 / size:10.2f}" if rss_kb else f"{'-':>9}{'-':>10}"
             print(f"{name:<22}{size / 2**20:7.0f}{ev:11d}  {label:<24}{secs:8.2f}{ev / secs / 1e6:8.2f}"
                   f"{t_tool / secs:8.1f}{med:10.2f}{med_tool / med:8.1f}{rss}")
+    touch = _fresh_memory(300)
     startup = min(r[6]["load_s"] for r in rows)
     print(f"\nbest / median of {REPEAT} runs (Arrow: of {2 * REPEAT}, every run reads first); x tool = tool seconds / "
           "our seconds on the same file, best vs best and median vs median")
     print(f"not in the timings: {startup:.2f} s per process to import vpmutrace and load its compiled kernels "
           f"(best of {REPEAT})")
+    print(f"host: a fresh process writes 300 MB of new memory (about what the perf.data reader allocates) in "
+          f"{min(touch):.3f} s best, {statistics.median(touch):.3f} s median, {max(touch):.3f} s worst "
+          f"({2 * REPEAT} runs)")
 
 
 if __name__ == "__main__":

@@ -79,8 +79,9 @@ def scratch(n: int, dtype: np.dtype | type) -> np.ndarray:
     (MADV_HUGEPAGE, as numpy does for its large arrays): in a VM with free page reporting
     (virtio-balloon), huge-page faults often land on memory the hypervisor has taken back and
     are several times slower, while scratch in base pages comes from memory just freed. With
-    huge pages asked for, 6.8 M events read in 0.33 to 0.90 s (median 0.47) in fresh
-    processes; without, 0.31 to 0.37 s (median 0.31), benchmarks/bench_readers.py's file.
+    huge pages asked for, the 6.8 M events of benchmarks/bench_readers.py's file read in
+    0.33 to 0.90 s (median 0.45) in 12 fresh processes; without, interleaved with those,
+    0.31 to 0.37 s (median 0.32).
     """
     dt = np.dtype(dtype)
     size = n * dt.itemsize
