@@ -168,6 +168,7 @@ def main() -> None:
     fx = HERE.parent / "fixtures"
     warm = f"{fx / 'microguest200.perf.data'},{fx / 'microguest200.trace.dat'}"  # comma-separated
     rows = []
+    runs_seen: list[str] = []
     for path, tool, cmd in ((perf_data, "perf script", ["perf", "script", "-i", str(perf_data)]),
                             (trace_dat, "trace-cmd report", ["trace-cmd", "report", "-i", str(trace_dat)])):
         size = path.stat().st_size
@@ -186,6 +187,9 @@ def main() -> None:
         else:
             t_tool, rss_tool, med_tool = float("nan"), None, float("nan")
         rows.append((path.name, size, ev, tool, (t_tool, med_tool), rss_tool, mem, pq))
+        runs_seen.append(f"{path.name}: Arrow reads in run order "
+                         + " ".join(f"{d['read_s']:.2f}" for d in mem_runs + pq_runs)
+                         + "; Parquet runs " + " ".join(f"{d['total_s']:.2f}" for d in pq_runs))
     print(f"\n{'file':<22}{'MB':>7}{'events':>11}  {'reader':<24}{'best s':>8}{'Mev/s':>8}{'x tool':>8}"
           f"{'median s':>10}{'x tool':>8}{'peak MB':>9}{'peak/file':>10}")
     for name, size, ev, tool, (t_tool, med_tool), rss_tool, mem, pq in rows:
@@ -201,6 +205,7 @@ def main() -> None:
           "our seconds on the same file, best vs best and median vs median")
     print(f"not in the timings: {startup:.2f} s per process to import vpmutrace and load its compiled kernels "
           f"(best of {REPEAT})")
+    print("\n".join(runs_seen))
     print(f"host: a fresh process writes 300 MB of new memory (about what the perf.data reader allocates) in "
           f"{min(touch):.3f} s best, {statistics.median(touch):.3f} s median, {max(touch):.3f} s worst "
           f"({2 * REPEAT} runs)")
