@@ -63,16 +63,17 @@ def _external(cmd: list[str]) -> tuple[float, int | None]:
 
 
 REPEAT = 5  # best of N runs, each in a fresh process (page cache warm after the first)
+WARMUP = 1  # runs of each reader before those, not counted (as hyperfine --warmup)
 
 
 def _ours(path: Path, mode: str, warm: str) -> list[dict]:
     out = HERE / "data" / "bench.parquet"
     runs = []
-    for _ in range(REPEAT):
+    for _ in range(WARMUP + REPEAT):
         r = subprocess.run([PY, "-c", OURS, str(path), mode, warm, str(out)], capture_output=True, text=True,
                            check=True)
         runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    return runs
+    return runs[WARMUP:]
 
 
 def _best(runs: list[dict], key: str) -> dict:
@@ -181,7 +182,7 @@ def main() -> None:
         pq = _best(pq_runs, "total_s")
         ev = mem["events"]
         if shutil.which(cmd[0]):
-            tool_runs = [_external(cmd) for _ in range(REPEAT)]
+            tool_runs = [_external(cmd) for _ in range(WARMUP + REPEAT)][WARMUP:]
             t_tool, rss_tool = min(tool_runs, key=lambda x: x[0])
             med_tool = statistics.median(t for t, _ in tool_runs)
         else:
@@ -201,8 +202,8 @@ def main() -> None:
                   f"{t_tool / secs:8.1f}{med:10.2f}{med_tool / med:8.1f}{rss}")
     touch = _fresh_memory(300)
     startup = min(r[6]["load_s"] for r in rows)
-    print(f"\nbest / median of {REPEAT} runs (Arrow: of {2 * REPEAT}, every run reads first); x tool = tool seconds / "
-          "our seconds on the same file, best vs best and median vs median")
+    print(f"\nbest / median of {REPEAT} runs after {WARMUP} uncounted (Arrow: of {2 * REPEAT}, every run reads "
+          "first); x tool = tool seconds / our seconds on the same file, best vs best and median vs median")
     print(f"not in the timings: {startup:.2f} s per process to import vpmutrace and load its compiled kernels "
           f"(best of {REPEAT})")
     print("\n".join(runs_seen))
