@@ -397,3 +397,33 @@ def test_group_rows_numbers_each_group_in_order() -> None:
         assert counts[g] == len(in_order)
         assert (rows[in_order] == np.arange(len(in_order))).all()
     assert (rows[group < 0] == -9).all()
+
+
+def test_out_of_memory_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A machine too small for the trace: scratch mappings fail like numpy's allocations, and the
+    CLI says so in one line (exit 1), no traceback."""
+    import mmap
+    import sys
+
+    import numpy as np
+
+    import vpmutrace.readers.binio as binio
+    from vpmutrace import cli
+
+    real = mmap.mmap
+
+    def no_memory(fd: int, *a, **k):  # anonymous mappings fail; the trace file still maps
+        if fd == -1:
+            raise OSError(12, "Cannot allocate memory")
+        return real(fd, *a, **k)
+
+    monkeypatch.setattr(binio, "SCRATCH_MIN_BYTES", 0)
+    monkeypatch.setattr(mmap, "mmap", no_memory)
+    with pytest.raises(MemoryError, match="Cannot allocate memory"):
+        binio.scratch(10, np.int64)
+    monkeypatch.setattr(sys, "argv", ["vpmutrace", "info", str(FIXTURES / "microguest200.perf.data")])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vpmutrace: error: out of memory (cannot map") and "\n" not in err

@@ -263,6 +263,11 @@ def main() -> None:
     except InputError as e:
         print(f"vpmutrace: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except MemoryError as e:
+        detail = f" ({e})" if str(e) else ""
+        print(f"vpmutrace: error: out of memory{detail}; the tables of a trace take about the size of a "
+              "perf.data (see README, Performance)", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

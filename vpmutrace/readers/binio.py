@@ -87,7 +87,11 @@ def scratch(n: int, dtype: np.dtype | type) -> np.ndarray:
     size = n * dt.itemsize
     if size < max(SCRATCH_MIN_BYTES, 1):
         return np.zeros(n, dt)
-    mm = mmap.mmap(-1, -(-size // HUGE_PAGE) * HUGE_PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    length = -(-size // HUGE_PAGE) * HUGE_PAGE
+    try:
+        mm = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    except OSError as e:  # as numpy's own allocations fail
+        raise MemoryError(f"cannot map {length} bytes for a scratch array: {e.strerror}") from None
     return np.frombuffer(mm, dtype=dt, count=n)
 
 
