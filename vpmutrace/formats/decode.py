@@ -46,8 +46,11 @@ def gather(buf: np.ndarray, offsets: np.ndarray, width: int, lengths: np.ndarray
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _decode_scalars(buf, offsets, lengths, f_off, f_size, big_endian, limit, out):  # pragma: no cover
-    """out[f, i] = field f of record i as raw unsigned bits (0 when the record is too short)."""
+def _decode_scalars(buf, offsets, lengths, f_off, f_size, f_elem, big_endian, limit, a8, a16, a32,
+                    a64):  # pragma: no cover - compiled
+    """Field f of record i into element f_elem[f] + i of the arena seen at its width (a8/a16/a32/
+    a64: one buffer), as the host's integer of that width; left alone (zero) when the record is
+    too short."""
     for i in numba.prange(len(offsets)):
         o = offsets[i]
         ln = lengths[i]
@@ -63,7 +66,33 @@ def _decode_scalars(buf, offsets, lengths, f_off, f_size, big_endian, limit, out
             else:
                 for k in range(z):
                     v |= np.uint64(buf[o + a + k]) << np.uint64(8 * k)
-            out[f, i] = v
+            d = f_elem[f] + i
+            if z == 8:
+                a64[d] = v
+            elif z == 4:
+                a32[d] = np.uint32(v)
+            elif z == 2:
+                a16[d] = np.uint16(v)
+            else:
+                a8[d] = np.uint8(v)
+
+
+def _scalar_columns(fields: list[Field], buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
+                    big_endian: bool) -> dict[str, np.ndarray]:
+    """Every scalar field's column at its own width, all in one zeroed arena, in one compiled pass."""
+    n = len(offsets)
+    starts, total = [], 0
+    for f in fields:
+        starts.append(total)
+        total += (n * f.size + 63) & ~63  # each column starts 64-byte aligned
+    arena = np.zeros(max(total, 64), dtype=np.uint8)
+    if n:
+        _decode_scalars(buf, offsets, lengths, np.array([f.offset for f in fields], np.int64),
+                        np.array([f.size for f in fields], np.int64),
+                        np.array([d // f.size for d, f in zip(starts, fields, strict=True)], np.int64),
+                        big_endian, len(buf), arena, *(arena[:len(arena) // w * w].view(f"u{w}") for w in (2, 4, 8)))
+    return {f.name: scalar_column(f, arena[d:d + n * f.size].view(scalar_dtype(f)))
+            for d, f in zip(starts, fields, strict=True)}
 
 
 def is_scalar(f: Field) -> bool:
@@ -92,26 +121,11 @@ def decode_fields(fmt: EventFormat, buf: np.ndarray, offsets: np.ndarray, length
     Scalars are read in one compiled pass; arrays and dynamic fields take slower paths.
     With ``scalars_done`` only the non-scalar fields are decoded (the caller has the scalars).
     """
-    n = len(offsets)
     offsets = offsets.astype(np.int64, copy=False)
     lengths = lengths.astype(np.int64, copy=False)
     fields = fmt.common_fields + fmt.fields
     scalars = [] if scalars_done else [f for f in fields if is_scalar(f)]
-    out: dict[str, Any] = {}
-    raw = np.zeros((len(scalars), n), dtype=np.uint64)
-    if scalars and n:
-        _decode_scalars(buf, offsets, lengths, np.array([f.offset for f in scalars], np.int64),
-                        np.array([f.size for f in scalars], np.int64), byteorder == ">", len(buf), raw)
-    for k, f in enumerate(scalars):
-        bits = 8 * f.size
-        col = raw[k]
-        if f.signed:
-            v = col.view(np.int64)
-            if bits < 64:
-                v = (v << (64 - bits)) >> (64 - bits)
-            out[f.name] = scalar_column(f, v.astype(f"i{f.size}"))
-        else:
-            out[f.name] = scalar_column(f, col.astype(f"u{f.size}"))
+    out: dict[str, Any] = _scalar_columns(scalars, buf, offsets, lengths, byteorder == ">") if scalars else {}
     rest = [f for f in fields if not is_scalar(f)]
     if rest:
         width = max(f.offset + f.size for f in rest)
