@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from vpmutrace.errors import UnsupportedFormat
-from vpmutrace.formats.decode import decode_fields, gather, row_dicts
+from vpmutrace.formats.decode import decode_fields, factorize_rows, gather, row_dicts
 from vpmutrace.formats.event_format import EventFormat
 from vpmutrace.schema import const_column, dict_array, table_for_event
 from vpmutrace.tracedata import TraceBuilder
@@ -23,24 +23,28 @@ from vpmutrace.typed_fields import typed_columns
 
 def comms_for(pids: np.ndarray, cmdlines: dict[int, str]) -> pa.Array:
     """Task names for pids from saved_cmdlines (pid 0 is '<idle>', as the kernel prints it)."""
-    uniq, inv = np.unique(pids, return_inverse=True)
-    names = [cmdlines.get(int(p)) if int(p) != 0 else "<idle>" for p in uniq]
-    return dict_array(inv, names)
+    codes, first = factorize_rows([pids])  # linear time, not a sort
+    names = [cmdlines.get(p) if p != 0 else "<idle>" for p in pids[first].tolist()]
+    return dict_array(codes, names)
 
 
 def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.ndarray, offsets: np.ndarray,
                   lengths: np.ndarray, ts_ns: np.ndarray, cpu: np.ndarray, formats: dict[int, EventFormat],
                   byteorder: str, cmdlines: dict[int, str], symbols: Callable[[int], str | None] | None,
-                  seq: np.ndarray | None = None) -> None:
+                  seq: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
     """Decode and add every payload (ring-buffer records): task ids from common_pid, names from the
-    trace's saved cmdlines."""
+    trace's saved cmdlines. Each event's rows go in file order, or in the order ``rows`` gives."""
     n = len(offsets)
     if n == 0:
         return
     if seq is None:
         seq = np.arange(n, dtype=np.int64)
     types = gather(buf, offsets, 2, lengths).view(np.dtype(f"{byteorder}u2")).reshape(n)
-    order = np.argsort(types, kind="stable")  # radix sort for 16-bit keys
+    if rows is None:
+        order = np.argsort(types, kind="stable")  # radix sort for 16-bit keys
+    else:
+        order = rows[np.argsort(types[rows], kind="stable")]
+    del rows
     kinds, starts = np.unique(types[order], return_index=True)
     ends = np.append(starts[1:], n)
     for t, a, z in zip(kinds.tolist(), starts.tolist(), ends.tolist(), strict=True):

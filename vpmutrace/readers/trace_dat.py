@@ -297,32 +297,81 @@ def _apply_meta(td: TraceDat, b: TraceBuilder) -> None:
                 b.add_lost(td.path, "overrun", int(v), None, i, f"CPUSTAT cpu{i}")
 
 
-def _cpu_bytes(raw: bytes, td: TraceDat, cd: CpuData, b: TraceBuilder | None = None) -> np.ndarray:
-    """One CPU's ring-buffer pages; a file cut short keeps the whole pages/chunks before the cut."""
+Chunks = list[tuple[int, int, int]]  # (file offset, compressed size, uncompressed size) of each chunk
+
+
+def _cpu_chunks(raw: bytes, td: TraceDat, cd: CpuData, b: TraceBuilder | None = None) -> Chunks | int:
+    """Where one CPU's ring-buffer pages are: for a compressed file its chunks (file offset,
+    compressed size, uncompressed size); else how many bytes of them stand at ``cd.offset``.
+    A file cut short keeps the whole pages/chunks before the cut."""
     if cd.size == 0:
-        return np.zeros(0, dtype=np.uint8)
+        return 0
     short = cd.offset + cd.size > len(raw)
     if short and b is not None:
         b.stats.add(td.path, "partial", f"cpu{cd.cpu}", 1,
                     f"offset {cd.offset}: CPU {cd.cpu} data ends at {cd.offset + cd.size}, past the end of "
                     f"the file ({len(raw)} bytes); reading what is there")
     if td.version == 7 and td.compression != "none":
-        codec: _Codec = td._codec  # type: ignore[attr-defined]
         c = Cursor(memoryview(raw), td.path, cd.offset, td.endian, what=f"cpu{cd.cpu} chunks")
-        parts = []
+        chunks = []
         try:
             for _ in range(c.u32()):
                 csize, usize = c.unpack("II")
-                parts.append(codec.decompress(c.bytes(csize), usize))
+                c.need(csize)
+                chunks.append((c.pos, csize, usize))
+                c.pos += csize
         except InputError:
             if not short:
                 raise
-        return np.frombuffer(b"".join(parts), dtype=np.uint8)
+        return chunks
     avail = max(0, min(cd.size, len(raw) - cd.offset))
     avail -= avail % td.page_size if short else 0
-    if avail == 0:
-        return np.zeros(0, dtype=np.uint8)
-    return np.frombuffer(raw, dtype=np.uint8, count=avail, offset=cd.offset)
+    return avail
+
+
+def _decompress_into(raw: bytes, td: TraceDat, cd: CpuData, chunks: Chunks, out: np.ndarray, at: int) -> None:
+    """Each chunk decompressed straight to its place in ``out`` (from ``at``): no list of pieces
+    to join, each piece's memory reused for the next."""
+    codec: _Codec = td._codec  # type: ignore[attr-defined]
+    view = memoryview(raw)
+    for off, csize, usize in chunks:
+        try:
+            piece = codec.decompress(view[off:off + csize], usize)
+        except Exception as e:  # zstd/zlib errors: corrupt chunk
+            raise InputError(td.path, f"cpu{cd.cpu} chunk does not decompress ({e})", f"offset {off}") from None
+        if len(piece) != usize:
+            raise InputError(td.path, f"cpu{cd.cpu} chunk decompresses to {len(piece)} bytes, its header says "
+                                      f"{usize}", f"offset {off}")
+        out[at:at + usize] = np.frombuffer(piece, dtype=np.uint8)
+        at += usize
+
+
+def _cpu_bytes(raw: bytes, td: TraceDat, cd: CpuData, b: TraceBuilder | None = None) -> np.ndarray:
+    """One CPU's ring-buffer pages as one array (see _cpu_chunks)."""
+    got = _cpu_chunks(raw, td, cd, b)
+    if isinstance(got, list):
+        out = np.empty(sum(u for _, _, u in got), dtype=np.uint8)
+        _decompress_into(raw, td, cd, got, out, 0)
+        return out
+    return np.frombuffer(raw, dtype=np.uint8, count=got, offset=cd.offset) if got else np.zeros(0, np.uint8)
+
+
+def _buffer_bytes(raw: bytes, td: TraceDat, buf: Buffer, b: TraceBuilder) -> tuple[np.ndarray, list[tuple[int, int]]]:
+    """All CPUs' pages of one buffer in one array, and where each CPU's pages start in it and how
+    long they are: the file itself when uncompressed, else every CPU's chunks decompressed into
+    one array."""
+    got = [_cpu_chunks(raw, td, cd, b) for cd in buf.cpus]
+    if not any(isinstance(g, list) for g in got):
+        return np.frombuffer(raw, dtype=np.uint8), [(cd.offset, int(g)) for cd, g in zip(buf.cpus, got, strict=True)]
+    sizes = [sum(u for _, _, u in g) if isinstance(g, list) else 0 for g in got]
+    out = np.empty(sum(sizes), dtype=np.uint8)
+    spans, at = [], 0
+    for cd, g, size in zip(buf.cpus, got, sizes, strict=True):
+        if isinstance(g, list):
+            _decompress_into(raw, td, cd, g, out, at)
+        spans.append((at, size))
+        at += size
+    return out, spans
 
 
 def tsc_to_ns(ts: np.ndarray, mult: int, shift: int) -> np.ndarray:
@@ -387,6 +436,8 @@ class TimeShift:
 
 
 def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShift | None = None) -> None:
+    """Each buffer's events of all CPUs at once, in time order (ties in file order: CPU by CPU),
+    so that the tables come out sorted."""
     t = td.tracing
     if not t.header_page:
         t.header_page = {"timestamp": (0, 8), "commit": (8, td.long_size), "data": (8 + td.long_size, 0)}
@@ -394,9 +445,10 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShi
     for buf in td.buffers:
         # rows of an instance carry its name, as `trace-cmd report` prefixes them
         src = (f"{source}:{buf.name}" if source != "host" else buf.name) if buf.name else source
-        for cd in buf.cpus:
-            data = _cpu_bytes(raw, td, cd, b)
-            walk = walk_pages(data, buf.page_size or td.page_size, t.header_page, td.endian == ">")
+        data, spans = _buffer_bytes(raw, td, buf, b)
+        offsets, lengths, stamps, cpus = [], [], [], []
+        for cd, (at, size) in zip(buf.cpus, spans, strict=True):
+            walk = walk_pages(data[at:at + size], buf.page_size or td.page_size, t.header_page, td.endian == ">")
             lost_pages = np.nonzero(walk.page_lost)[0]
             if len(lost_pages):
                 # the events were lost before the page: its header time closes the gap
@@ -409,12 +461,23 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShi
             if walk.corrupt_pages:
                 b.stats.add(td.path, "unparsed_record", f"cpu{cd.cpu}", walk.corrupt_pages,
                             f"cpu{cd.cpu}: {walk.corrupt_pages} page(s) with a bad commit size or event length")
-            n = len(walk.offsets)
             ts = shift.apply(cd.cpu, walk.ts) if shift is not None else walk.ts
-            emit_payloads(b, td.path, src, data, walk.offsets, walk.lengths, _to_ns(ts, td),
-                          np.full(n, cd.cpu, dtype=np.int32), t.formats, td.endian, t.cmdlines, t.kallsyms,
-                          seq=np.arange(seq_base, seq_base + n, dtype=np.int64))
-            seq_base += n
+            offsets.append(walk.offsets + at)
+            lengths.append(walk.lengths)
+            stamps.append(_to_ns(ts, td))
+            cpus.append(np.full(len(walk.offsets), cd.cpu, dtype=np.int32))
+        if not offsets:
+            continue
+        ts_ns = np.concatenate(stamps)
+        n = len(ts_ns)
+        seq = np.arange(seq_base, seq_base + n, dtype=np.int64)
+        offs, lens, cpu = np.concatenate(offsets), np.concatenate(lengths), np.concatenate(cpus)
+        del offsets, lengths, stamps, cpus
+        # each CPU's events are (nearly) in time order already: a stable sort merges them
+        order = np.argsort(ts_ns, kind="stable") if n > 1 and not (ts_ns[1:] >= ts_ns[:-1]).all() else None
+        emit_payloads(b, td.path, src, data, offs, lens, ts_ns, cpu, t.formats, td.endian, t.cmdlines, t.kallsyms,
+                      seq=seq, rows=order)
+        seq_base += n
 
 
 def content_of(path: str | Path) -> TraceDatContent:
