@@ -86,6 +86,26 @@ def test_truncated_trace_dat_header_names_the_offset(tmp_path: Path) -> None:
     assert r.returncode == 2 and "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("codec", ["zstd", "zlib"])
+def test_trace_dat_chunk_that_does_not_decompress(tmp_path: Path, codec: str) -> None:
+    """A damaged compressed chunk of CPU data: one line naming the file and the chunk's offset."""
+    from vpmutrace.readers.trace_dat import open_trace_dat
+
+    f = write_trace_dat(tmp_path / "v7.dat", content_of(FIXTURES / "microguest200.trace.dat"), 7, codec)
+    td, _ = open_trace_dat(f)
+    cpu = next(c for b in td.buffers for c in b.cpus if c.size)
+    raw = bytearray(f.read_bytes())
+    first = cpu.offset + 4 + 8  # chunk count, then the first chunk's sizes, then its data
+    raw[first:first + 4] = b"\xff\xff\xff\xff"  # no zstd frame, no zlib header starts like that
+    bad = tmp_path / "bad.dat"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(InputError) as e:
+        load_trace([bad])
+    assert f"offset {first}" in str(e.value) and "does not decompress" in str(e.value) and "bad.dat" in str(e.value)
+    r = _cli("info", str(bad))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
 def test_trace_dat_cut_in_cpu_data_keeps_pages_before_the_cut(tmp_path: Path) -> None:
     content = content_of(FIXTURES / "microguest200.trace.dat")
     v6 = write_trace_dat(tmp_path / "v6.dat", content, version=6, compression="none")
