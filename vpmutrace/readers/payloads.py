@@ -31,26 +31,26 @@ def comms_for(pids: np.ndarray, cmdlines: dict[int, str]) -> pa.Array:
 def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.ndarray, offsets: np.ndarray,
                   lengths: np.ndarray, ts_ns: np.ndarray, cpu: np.ndarray, formats: dict[int, EventFormat],
                   byteorder: str, cmdlines: dict[int, str], symbols: Callable[[int], str | None] | None,
-                  seq: np.ndarray | None = None, rows: np.ndarray | None = None) -> None:
+                  seq_base: int = 0, time_order: bool = False) -> None:
     """Decode and add every payload (ring-buffer records): task ids from common_pid, names from the
-    trace's saved cmdlines. Each event's rows go in file order, or in the order ``rows`` gives."""
+    trace's saved cmdlines. A record's sequence number is ``seq_base`` + its position. Each
+    event's rows go in that order, or with ``time_order`` by time (ties in that order)."""
     n = len(offsets)
     if n == 0:
         return
-    if seq is None:
-        seq = np.arange(n, dtype=np.int64)
     types = gather(buf, offsets, 2, lengths).view(np.dtype(f"{byteorder}u2")).reshape(n)
-    if rows is None:
-        order = np.argsort(types, kind="stable")  # radix sort for 16-bit keys
-    else:
+    if time_order and not (ts_ns[1:] >= ts_ns[:-1]).all():
+        rows = np.argsort(ts_ns, kind="stable")  # streams in time order each (CPUs): merged
         order = rows[np.argsort(types[rows], kind="stable")]
-    del rows
+        del rows
+    else:
+        order = np.argsort(types, kind="stable")  # radix sort for 16-bit keys
     kinds, starts = np.unique(types[order], return_index=True)
     ends = np.append(starts[1:], n)
     for t, a, z in zip(kinds.tolist(), starts.tolist(), ends.tolist(), strict=True):
         idx = order[a:z]
         fmt = formats.get(int(t))
-        common: dict[str, Any] = {"ts_ns": ts_ns[idx], "seq": seq[idx], "cpu": cpu[idx],
+        common: dict[str, Any] = {"ts_ns": ts_ns[idx], "seq": idx + seq_base, "cpu": cpu[idx],
                                   "source": const_column(source, len(idx))}
         if fmt is None:
             emit_unknown(builder, src_file, int(t), common, None, len(idx))

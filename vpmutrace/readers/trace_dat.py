@@ -470,13 +470,10 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShi
             continue
         ts_ns = np.concatenate(stamps)
         n = len(ts_ns)
-        seq = np.arange(seq_base, seq_base + n, dtype=np.int64)
-        offs, lens, cpu = np.concatenate(offsets), np.concatenate(lengths), np.concatenate(cpus)
+        offs, lens, cpu = np.concatenate(offsets), np.concatenate(lengths).astype(np.int32), np.concatenate(cpus)
         del offsets, lengths, stamps, cpus
-        # each CPU's events are (nearly) in time order already: a stable sort merges them
-        order = np.argsort(ts_ns, kind="stable") if n > 1 and not (ts_ns[1:] >= ts_ns[:-1]).all() else None
         emit_payloads(b, td.path, src, data, offs, lens, ts_ns, cpu, t.formats, td.endian, t.cmdlines, t.kallsyms,
-                      seq=seq, rows=order)
+                      seq_base=seq_base, time_order=True)
         seq_base += n
 
 
