@@ -110,15 +110,11 @@ def settle_page_cache(path: Path) -> None:
     writes that made it: mapping this 587 MB file took 0.035 s as written in 4 KB writes (as
     ``perf record`` left it), 0.014 s as written in 1 MB writes, 0.005 s once read back (large
     folios, as after a reboot): a cost any reader that maps the file pays, perf script included."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    with open(path, "rb", buffering=0) as f:
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
         chunk = bytearray(8 << 20)
-        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-            while f.readinto(chunk):
-                pass
-    finally:
-        os.close(fd)
+        while f.readinto(chunk):
+            pass
 
 
 def make_trace_dat(perf_data: Path, out: Path) -> None:

@@ -77,6 +77,13 @@ def _decode_scalars(buf, offsets, lengths, f_off, f_size, f_elem, big_endian, li
                 a8[d] = np.uint8(v)
 
 
+def width_views(arena: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """One uint8 arena seen as uint8/16/32/64 arrays, for kernels that write each column at its
+    own width (element ``e`` of the w-byte view is at byte ``e * w``)."""
+    a16, a32, a64 = (arena[:len(arena) // w * w].view(f"u{w}") for w in (2, 4, 8))
+    return arena, a16, a32, a64
+
+
 def _scalar_columns(fields: list[Field], buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
                     big_endian: bool) -> dict[str, np.ndarray]:
     """Every scalar field's column at its own width, all in one zeroed arena, in one compiled pass."""
@@ -90,7 +97,7 @@ def _scalar_columns(fields: list[Field], buf: np.ndarray, offsets: np.ndarray, l
         _decode_scalars(buf, offsets, lengths, np.array([f.offset for f in fields], np.int64),
                         np.array([f.size for f in fields], np.int64),
                         np.array([d // f.size for d, f in zip(starts, fields, strict=True)], np.int64),
-                        big_endian, len(buf), arena, *(arena[:len(arena) // w * w].view(f"u{w}") for w in (2, 4, 8)))
+                        big_endian, len(buf), *width_views(arena))
     return {f.name: scalar_column(f, arena[d:d + n * f.size].view(scalar_dtype(f)))
             for d, f in zip(starts, fields, strict=True)}
 

@@ -45,7 +45,7 @@ def _mapping(arr: np.ndarray) -> mmap.mmap | None:
 def _dontneed(mm: mmap.mmap, start: int, end: int, align: int) -> None:
     """MADV_DONTNEED on the whole ``align``-sized units inside bytes [start, end) of ``mm``."""
     a = -(-start // align) * align
-    z = min(end, len(mm)) // align * align if end < len(mm) else len(mm)
+    z = end // align * align if end < len(mm) else len(mm)
     if z <= a:
         return
     try:

@@ -30,7 +30,7 @@ import numpy as np
 import pyarrow as pa
 
 from vpmutrace.errors import InputError
-from vpmutrace.formats.decode import decode_fields, is_scalar, scalar_column, scalar_dtype
+from vpmutrace.formats.decode import decode_fields, is_scalar, scalar_column, scalar_dtype, width_views
 from vpmutrace.formats.event_format import EventFormat
 from vpmutrace.readers import perf_walk as pw
 from vpmutrace.readers.binio import discard, release_pages, scratch
@@ -296,7 +296,7 @@ def _fill(buf: np.ndarray, sc: Samples, rows: np.ndarray, plans: dict[int, _Plan
         col_start[g + 1] = len(raw)
     arena = np.empty(max(total, 64), dtype=np.uint8)
     tables = (*special, col_start, np.array(raw, np.bool_), np.array(pos, np.int64), np.array(size, np.int64),
-              np.array(elem, np.int64), arena, *(arena[:len(arena) // w * w].view(f"u{w}") for w in (2, 4, 8)))
+              np.array(elem, np.int64), *width_views(arena))
     # in slices of the file, each slice's file pages dropped once written out and its per-sample
     # inputs discarded: the file, the per-sample arrays and the tables they become are not all
     # resident at the peak (fresh memory is slow to touch on some hosts: the less, the better)
