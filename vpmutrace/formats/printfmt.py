@@ -4,8 +4,9 @@ Supported: integer arithmetic and logic, comparisons, ternaries, casts, field
 references (``REC->x``), string literal concatenation, and the kernel helpers
 ``__print_symbolic``/``__print_symbolic64``, ``__print_flags``/``__print_flags_u64``,
 ``__print_hex``/``__print_hex_str``, ``__print_array``, ``__get_str``/``__get_rel_str``,
-``__get_dynamic_array(_len)``. Anything else raises :class:`UnsupportedFormat` at parse
-time; the reader then keeps the raw fields and reports the event as a fallback.
+``__get_dynamic_array(_len)``, ``__get_bitmask``/``__get_cpumask``. Anything else raises
+:class:`UnsupportedFormat` at parse time; the reader then keeps the raw fields and reports the
+event as a fallback.
 
 An empty symbol table (``__print_symbolic(x, { })``, which perf 6.1's libtraceevent
 rejects in kvm_inj_exception) is valid and prints the value in hex, like the kernel.
@@ -44,7 +45,7 @@ _FUNCS = {
     "__print_symbolic", "__print_symbolic64", "__print_symbolic_u64", "__print_flags",
     "__print_flags_u64", "__print_hex", "__print_hex_str", "__print_array", "__get_str",
     "__get_rel_str", "__get_dynamic_array", "__get_rel_dynamic_array", "__get_dynamic_array_len",
-    "__get_rel_dynamic_array_len",
+    "__get_rel_dynamic_array_len", "__get_bitmask", "__get_rel_bitmask", "__get_cpumask", "__get_rel_cpumask",
 }
 
 _BINARY_PREC = {
@@ -404,6 +405,18 @@ def _format_one(c: Conversion, width: str | None, prec: str | None, val: Any,
     return (spec + conv) % iv
 
 
+def bitmask_text(data: bytes) -> str:
+    """A bitmask as the kernel prints it (%*pb, lib/vsprintf.c bitmap_string): 32-bit chunks in hex,
+    zero-padded to their width, most significant first, comma separated (the bits: little-endian
+    words); the top chunk holds what is left of the bits beyond whole chunks."""
+    v = int.from_bytes(data, "little")
+    bits = len(data) * 8
+    chunks = max(1, (bits + 31) // 32)
+    top = (bits % 32 or 32) // 4 if bits else 1
+    return ",".join(f"{(v >> (32 * i)) & 0xFFFFFFFF:0{top if i == chunks - 1 else 8}x}"
+                    for i in reversed(range(chunks)))
+
+
 def _truthy(v: Any) -> bool:
     if isinstance(v, str | bytes):
         return True
@@ -452,6 +465,11 @@ def _eval(n: Node, rec: Mapping[str, Any]) -> Any:
     if kind == "call":
         return _call(n[1], n[2], rec)
     raise UnsupportedFormat(f"cannot evaluate {kind}")
+
+
+def const_eval(n: Node) -> Any:
+    """The value of a node that reads no field (symbol table entries)."""
+    return _eval(n, {})
 
 
 def _div(a: int, b: int) -> int:
@@ -513,6 +531,8 @@ def _call(name: str, args: list[Node], rec: Mapping[str, Any]) -> Any:
         return _eval(args[0], rec)
     if name in ("__get_dynamic_array_len", "__get_rel_dynamic_array_len"):
         return len(_eval(args[0], rec))
+    if name in ("__get_bitmask", "__get_rel_bitmask", "__get_cpumask", "__get_rel_cpumask"):
+        return bitmask_text(bytes(_eval(args[0], rec)))
     if name in ("__print_hex", "__print_hex_str"):
         buf = _eval(args[0], rec)
         n = _as_int(_eval(args[1], rec))

@@ -1,8 +1,9 @@
 """Binary tracepoint payloads (from ring-buffer pages or perf RAW samples) -> tables.
 
 Records are grouped by ``common_type``; each group is decoded with its own format
-(``formats/decode.py``) and mapped to a typed table, or kept in ``events`` with
-its print fmt rendered, so nothing is dropped.
+(``formats/decode.py``) and goes to its named table (typed_fields.py) or to a table of its
+own with a column per format field (schema.event_table_spec). Records of an id without a
+format go to ``unparsed`` with their bytes, counted: nothing is dropped.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vpmutrace.errors import UnsupportedFormat
-from vpmutrace.formats.decode import decode_fields, factorize_rows, gather, row_dicts
+from vpmutrace import kernels
+from vpmutrace.formats.decode import decode_fields, factorize_rows, gather, var_array
 from vpmutrace.formats.event_format import EventFormat
-from vpmutrace.schema import const_column, dict_array, table_for_event
+from vpmutrace.schema import column_names, const_column, dict_array, event_table_spec, table_for_event
 from vpmutrace.tracedata import TraceBuilder
-from vpmutrace.typed_fields import typed_columns
+from vpmutrace.typed_fields import CUTS, typed_columns
 
 
 def comms_for(pids: np.ndarray, cmdlines: dict[int, str]) -> pa.Array:
@@ -53,9 +54,13 @@ def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.nda
         common: dict[str, Any] = {"ts_ns": ts_ns[idx], "seq": idx + seq_base, "cpu": cpu[idx],
                                   "source": const_column(source, len(idx))}
         if fmt is None:
-            emit_unknown(builder, src_file, int(t), common, None, len(idx))
+            emit_unknown(builder, src_file, int(t), common, None, len(idx),
+                         raw_column(buf, offsets[idx], lengths[idx]))
             continue
-        cols = decode_fields(fmt, buf, offsets[idx], lengths[idx], byteorder)
+        damaged: dict[str, int] = {}
+        cols = decode_fields(fmt, buf, offsets[idx], lengths[idx], byteorder, damaged=damaged,
+                             cuts=CUTS.get(table_for_event(fmt.system, fmt.name) or ""))
+        count_damaged(builder, src_file, fmt, damaged, common["ts_ns"])
         pids = cols.get("common_pid")
         if pids is not None:
             common["pid"] = pids.astype(np.int32)
@@ -63,50 +68,46 @@ def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.nda
         emit_event(builder, src_file, fmt, common, cols, len(idx), symbols)
 
 
+def raw_column(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> pa.Array:
+    """Each record's payload bytes (records without a format: kept, not decoded)."""
+    n = len(offsets)
+    value_offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=value_offsets[1:])
+    data = np.empty(int(value_offsets[-1]), dtype=np.uint8)
+    kernels.parallel(kernels.copy_values, n, buf, offsets.astype(np.int64), value_offsets, data)
+    return var_array(pa.binary(), value_offsets, data)
+
+
+def count_damaged(builder: TraceBuilder, src_file: str, fmt: EventFormat, damaged: dict[str, int],
+                  ts_ns: np.ndarray) -> None:
+    for field, k in damaged.items():
+        builder.stats.add(src_file, "dynamic_field_cut", fmt.full_name, k,
+                          f"{k} record(s) whose {field} data reaches past the record (cut at its end; first "
+                          f"event at ts {int(ts_ns[0])})")
+
+
 def emit_unknown(builder: TraceBuilder, src_file: str, event_id: int, common: dict[str, Any],
-                 pid: np.ndarray | None, n: int) -> None:
-    """Rows of an event id the trace has no format for: kept in ``events``, counted as unparsed."""
+                 pid: np.ndarray | None, n: int, raw: pa.Array | None = None) -> None:
+    """Rows of an event id the trace has no format for: kept in ``unparsed`` with their bytes,
+    counted as unparsed."""
     builder.stats.add(src_file, "unparsed_record", f"event id {event_id}", n,
                       f"no format for event id {event_id} (first at ts {int(common['ts_ns'][0])})")
-    common.update(event=[f"unknown:{event_id}"] * n, text=[""] * n, pid=pid)
-    builder.add("events", common, n, f"unknown:{event_id}")
+    common.update(event=const_column(f"unknown:{event_id}", n), pid=pid, raw=raw)
+    builder.add("unparsed", common, n, f"unknown:{event_id}")
 
 
 def emit_event(builder: TraceBuilder, src_file: str, fmt: EventFormat, common: dict[str, Any],
                cols: dict[str, Any], n: int, symbols: Callable[[int], str | None] | None) -> None:
-    """Rows of one event (common columns and decoded fields) into its typed table, or into ``events``
-    with the print fmt rendered."""
+    """Rows of one event (common columns and decoded fields) into its named table, or into a table
+    of its own with a column per field."""
     if fmt.fallback_reason:
         builder.stats.add(src_file, "print_fmt_fallback", fmt.full_name, n, fmt.fallback_reason)
+    builder.event_formats.setdefault(fmt.full_name, fmt.text)
     table = table_for_event(fmt.system, fmt.name)
     if table is not None:
         common.update(typed_columns(table, fmt.name, fmt, cols, n, symbols))
         builder.add(table, common, n, fmt.full_name)
         return
-    common["event"] = const_column(fmt.full_name, n)
-    common["text"] = render_rows(fmt, cols, n, symbols)
-    builder.add("events", common, n, fmt.full_name)
-
-
-def render_rows(fmt: EventFormat, cols: dict[str, Any], n: int,
-                symbols: Callable[[int], str | None] | None) -> list[str]:
-    rows = row_dicts({k: v for k, v in cols.items() if not k.startswith("common_")}, n)
-    p = fmt.printer
-    out: list[str] = []
-    for r in rows:
-        text = None
-        if p is not None:
-            try:
-                text = p.render(r, symbols)
-            except (UnsupportedFormat, IndexError, TypeError, ValueError, OverflowError):
-                text = None
-        if text is None:
-            text = " ".join(f"{k}={_show(v)}" for k, v in r.items())
-        out.append(text)
-    return out
-
-
-def _show(v: Any) -> str:
-    if isinstance(v, bytes):
-        return v.hex()
-    return str(v)
+    spec = event_table_spec(fmt)
+    common.update({col: cols[f] for f, col in column_names(fmt).items() if f in cols})
+    builder.add(spec.name, common, n, fmt.full_name, spec)

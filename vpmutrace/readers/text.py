@@ -9,23 +9,18 @@ vectorised with polars regexes.
 from __future__ import annotations
 
 import bz2
-import fnmatch
 import gzip
 import lzma
 import re
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 import zstandard
 
 from vpmutrace.errors import InputError
-from vpmutrace.formats.known import reference_formats
-from vpmutrace.readers.text_events import PATTERNS, convert
-from vpmutrace.schema import ALL_TABLES, COMMON, table_for_event
+from vpmutrace.readers.text_tables import COMMON_COLS, arrow, emit_text_event, system_of
 from vpmutrace.tracedata import TraceBuilder
-from vpmutrace.typed_fields import event_columns, typed_columns
 
 FTRACE_LINE = (
     r"^\s*(?:(?P<src>[^\s:]+):\s+)?\s*"
@@ -44,10 +39,9 @@ LOST_LINE = (r"^\s*(?:(?P<src>[^\s:]+):\s+)?CPU:\s*(?P<cpu>\d+) "
 NOTICE_LINE = r"^(?:#####.*#####|version = \d+|CPU \d+ is empty)\s*$"
 PERF_MODIFIERS = re.compile(r"^[ukhpPGHISDWeb]+$")
 SAMPLE_BODY = r"^\s*(?P<ip>[0-9a-fA-F]+)\s+(?P<sym>.*?)\s+\((?P<dso>[^()]*)\)\s*$"
-FAILED = "[FAILED TO PARSE]"
-COMMON_COLS = [c.name for c in COMMON]
 
 MAX_BINARY_PROBE = 65536
+SNIFF_LINES, SNIFF_BYTES = 400, 1 << 20  # lines the flavor is guessed from
 
 
 def sniff_text_flavor(lines: list[str]) -> str:
@@ -56,7 +50,7 @@ def sniff_text_flavor(lines: list[str]) -> str:
     perf = re.compile(PERF_LINE)
     n_perf = n_ft = padded = 0
     tc = False
-    for line in lines[:400]:
+    for line in lines[:SNIFF_LINES]:
         if re.match(CPUS_LINE, line):
             tc = True
             continue
@@ -109,13 +103,18 @@ def read_text(path: str | Path, builder: TraceBuilder) -> None:
     if nul >= 0:
         raise InputError(str(p), "binary data where a text trace was expected (NUL byte)", f"offset {nul}")
     text = raw.decode("utf-8", errors="replace")
-    lines = text.splitlines()
-    flavor = sniff_text_flavor(lines)
+    del raw
+    flavor = sniff_text_flavor(text[:SNIFF_BYTES].splitlines()[:SNIFF_LINES])
     src_file = str(p)
-    df = pl.DataFrame({"line": lines}).with_row_index("lineno", offset=1)
+    # one string split into lines inside polars (no Python object per line)
+    df = pl.Series("line", [text]).str.strip_chars_end("\n").str.split("\n").explode() \
+        .str.strip_chars_end("\r").to_frame().with_row_index("lineno", offset=1)
+    nlines = df.height
+    size = len(text.encode()) if not text.isascii() else len(text)
+    del text
     tool = {"perf-script": "perf script", "trace-cmd-report": "trace-cmd report",
             "ftrace-text": "kernel ftrace"}[flavor]
-    builder.meta["inputs"].append({"path": src_file, "format": flavor, "tool": tool, "size_bytes": len(raw)})
+    builder.meta["inputs"].append({"path": src_file, "format": flavor, "tool": tool, "size_bytes": size})
     stats = builder.stats
 
     line = pl.col("line")
@@ -151,7 +150,7 @@ def read_text(path: str | Path, builder: TraceBuilder) -> None:
         stats.add(src_file, "unparsed_line", "", bad.height)
     ev = parsed.filter(ok)
     if ev.height == 0:
-        raise InputError(src_file, f"no trace events recognised in {len(lines)} lines "
+        raise InputError(src_file, f"no trace events recognised in {nlines} lines "
                                    f"(not ftrace, trace-cmd report or perf script text)",
                          f"line {int(bad['lineno'][0])}" if bad.height else None)
     _emit_events(ev, flavor, src_file, builder)
@@ -190,103 +189,19 @@ def _emit_events(ev: pl.DataFrame, flavor: str, src_file: str, builder: TraceBui
         ev = ev.filter(~is_sample)
     else:
         ev = ev.with_columns(system=pl.lit(None, pl.String), evname=pl.col("event"))
-    common = COMMON_COLS
     for (system, name), grp in ev.group_by(["system", "evname"], maintain_order=True):
-        table = table_for_event(system, name)
-        if system is None and table is not None:
-            system = _system_of(table, name)
-        full = f"{system}:{name}" if system else name
-        if table is None:
-            _emit_generic(grp, full, builder)
-            continue
-        remaining = grp
-        for pat in PATTERNS[table]:
-            if remaining.height == 0:
-                break
-            matches = pl.col("body").str.contains(pat)
-            hit = remaining.filter(matches)
-            remaining = remaining.filter(~matches)
-            if hit.height == 0:
-                continue
-            typed = convert(table, hit.select(pl.col("body").str.extract_groups(pat).alias("g")).unnest("g"))
-            cols: dict[str, Any] = {c: hit[c] for c in common}
-            cols.update({c: typed[c] for c in typed.columns})
-            cols.update(event_columns(table, name, hit.height))
-            builder.add(table, {k: _arrow(v) for k, v in cols.items()}, hit.height, full)
-        if remaining.height:
-            _emit_unmatched(remaining, table, system, name, src_file, builder)
-
-
-def _arrow(v: Any) -> Any:
-    return v.to_arrow() if isinstance(v, pl.Series) else v
-
-
-_KV = re.compile(r"(\w+)=(\S*)")
-
-
-def _emit_unmatched(rows: pl.DataFrame, table: str, system: str | None, name: str, src_file: str,
-                    builder: TraceBuilder) -> None:
-    """Rows of a typed event whose text did not match: raw-field fallback, else generic + counted."""
-    full = f"{system}:{name}" if system else name
-    failed = rows.filter(pl.col("body").str.starts_with(FAILED))
-    if failed.height:
-        recs = [dict(_KV.findall(b[len(FAILED):])) for b in failed["body"].to_list()]
-        keys = sorted(set().union(*recs))
-        fields: dict[str, Any] = {}
-        for k in keys:
-            vals = [r.get(k) for r in recs]
-            fields[k] = [_int_or_str(v) for v in vals]
-        for k, v in fields.items():
-            if all(isinstance(x, int) for x in v):
-                fields[k] = np.array(v, dtype=np.int64 if min(v, default=0) < 0 else np.uint64)
-        ref = reference_formats().get(f"{system}:{name}")
-        cols = typed_columns(table, name, ref, fields, failed.height)
-        cols.update({c: _arrow(failed[c]) for c in COMMON_COLS})
-        builder.add(table, cols, failed.height, full)
-        builder.stats.add(src_file, "print_fmt_fallback", full, failed.height,
-                          f"line {failed['lineno'][0]}: the tool printed raw fields")
-    other = rows.filter(~pl.col("body").str.starts_with(FAILED))
-    if other.height:
-        for ln, body in other.select("lineno", "body").head(5).iter_rows():
-            builder.stats.add(src_file, "body_unparsed", full, 0, f"line {ln}: {body[:120]}")
-        builder.stats.add(src_file, "body_unparsed", full, other.height)
-        _emit_generic(other, full, builder)
-
-
-def _system_of(table: str, name: str) -> str | None:
-    """The tracepoint system of a typed event seen without one (ftrace / trace-cmd text)."""
-    for ev in ALL_TABLES[table].events:
-        sys_, _, pat = ev.partition(":")
-        if fnmatch.fnmatchcase(name, pat):
-            return sys_
-    return None
-
-
-def _int_or_str(v: str | None) -> Any:
-    if v is None:
-        return None
-    try:
-        return int(v, 0)
-    except ValueError:
-        return v
-
-
-def _emit_generic(rows: pl.DataFrame, full: str, builder: TraceBuilder) -> None:
-    cols = {c: _arrow(rows[c]) for c in COMMON_COLS}
-    cols["event"] = [full] * rows.height
-    cols["text"] = _arrow(rows["body"])
-    builder.add("events", cols, rows.height, full)
+        emit_text_event(grp, system if system is not None else system_of(name), name, src_file, builder)
 
 
 def _emit_samples(rows: pl.DataFrame, src_file: str, builder: TraceBuilder) -> None:
     g = rows.select(pl.col("body").str.extract_groups(SAMPLE_BODY).alias("g")).unnest("g")
-    cols: dict[str, Any] = {c: _arrow(rows[c]) for c in COMMON_COLS}
-    cols["event"] = _arrow(rows["event"])
-    cols["tid"] = _arrow(rows["pid"])
-    cols["period"] = _arrow(rows["period"].cast(pl.UInt64, strict=False))
-    cols["ip"] = _arrow(g["ip"].str.to_integer(base=16, dtype=pl.UInt64, strict=False))
-    cols["sym"] = _arrow(g["sym"])
-    cols["dso"] = _arrow(g["dso"])
+    cols: dict[str, Any] = {c: arrow(rows[c]) for c in COMMON_COLS}
+    cols["event"] = arrow(rows["event"])
+    cols["tid"] = arrow(rows["pid"])
+    cols["period"] = arrow(rows["period"].cast(pl.UInt64, strict=False))
+    cols["ip"] = arrow(g["ip"].str.to_integer(base=16, dtype=pl.UInt64, strict=False))
+    cols["sym"] = arrow(g["sym"])
+    cols["dso"] = arrow(g["dso"])
     builder.add("samples", cols, rows.height)
     for ev, n in rows.group_by("event").len().iter_rows():
         builder.event_counts[ev] += n
