@@ -44,8 +44,8 @@ def test_unparseable_body_of_a_known_event_is_kept_and_counted(tmp_path: Path) -
     f.write_text(GOOD + GOOD.replace("msr_read c0000080 = 0xd01", "something else entirely"))
     td = load_trace([f])
     assert td.df("kvm_msr").height == 1
-    ev = td.df("events")
-    assert ev.height == 1 and ev["text"][0] == "something else entirely"
+    ev = td.df("unparsed")
+    assert ev.height == 1 and ev["text"][0] == "something else entirely" and ev["event"][0] == "kvm:kvm_msr"
     e = next(e for e in td.stats.entries() if e.category == "body_unparsed")
     assert e.count == 1 and e.examples[0].startswith("line 2: ")
 

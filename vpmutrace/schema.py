@@ -26,6 +26,7 @@ class Col:
     type: pa.DataType
     doc: str
     nullable: bool = True
+    binary_only: bool = False  # a raw field binary traces record; text traces print only a name for it
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,11 @@ def _t(name: str, doc: str, events: tuple[str, ...], *cols: Col) -> TableSpec:
     return TableSpec(name, doc, tuple(cols), events)
 
 
+def binary_only(table: str) -> list[str]:
+    """Columns of a named table that only binary traces fill (text traces print names, not raw fields)."""
+    return [c.name for c in ALL_TABLES[table].columns if c.binary_only] if table in ALL_TABLES else []
+
+
 U8, U16, U32, U64 = pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()
 I32, I64, STR, BOOL, BIN = pa.int32(), pa.int64(), pa.string(), pa.bool_(), pa.binary()
 
@@ -104,7 +110,7 @@ EVENT_TABLES: tuple[TableSpec, ...] = (
        Col("delivery_mode", DICT_STR, "Fixed, LowPrio, SMI, NMI, INIT, SIPI, ExtINT"),
        Col("level", BOOL, "level-triggered (false = edge)"),
        Col("coalesced", BOOL, "older kernels: the IRQ was coalesced"),
-       Col("dm", U32, "raw delivery-mode field as recorded (null from text traces)")),
+       Col("dm", U32, "raw delivery-mode field as recorded (null from text traces)", binary_only=True)),
     _t("kvm_pio", "Guest port I/O handled by KVM (kvm:kvm_pio).", ("kvm:kvm_pio",),
        Col("write", BOOL, "OUT (true) or IN", False),
        Col("port", U32, "I/O port", False),
@@ -130,7 +136,7 @@ EVENT_TABLES: tuple[TableSpec, ...] = (
                         "(`vpmutrace show`, or ``.bin.encode('hex')`` in polars)"),
        Col("mode", DICT_STR, "real, vm16, prot16, prot32, prot64"),
        Col("failed", BOOL, "emulation failed"),
-       Col("flags", U8, "raw mode flags as recorded (null from text traces)")),
+       Col("flags", U8, "raw mode flags as recorded (null from text traces)", binary_only=True)),
     _t("kvm_userspace_exit", "Exits to the VMM in user space.", ("kvm:kvm_userspace_exit",),
        Col("reason", U32, "KVM_EXIT_* number (null when errno < 0)"),
        Col("reason_name", DICT_STR, "KVM_EXIT_* name, 'restart' or 'error'"),
@@ -150,7 +156,7 @@ EVENT_TABLES: tuple[TableSpec, ...] = (
        Col("prev_comm", STR, ""), Col("prev_pid", I32, ""), Col("prev_prio", I32, ""),
        Col("prev_state", DICT_STR, "state letters as printed (R, S, D, R+ ...)"),
        Col("next_comm", STR, ""), Col("next_pid", I32, ""), Col("next_prio", I32, ""),
-       Col("prev_state_bits", I64, "raw prev_state field as recorded (null from text traces)")),
+       Col("prev_state_bits", I64, "raw prev_state field as recorded (null from text traces)", binary_only=True)),
     _t("irq_vectors", "x86 interrupt vector entries/exits (irq_vectors:*_entry, *_exit).",
        ("irq_vectors:*_entry", "irq_vectors:*_exit"),
        Col("event", DICT_STR, "event name, e.g. local_timer_entry", False),

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from vpmutrace.errors import InputError
 from vpmutrace.schema import (
@@ -163,6 +162,8 @@ def _is_sorted(col: pa.ChunkedArray) -> bool:
 
 def _distinct(col: pa.ChunkedArray) -> list[Any]:
     """Distinct values of a dictionary or small-integer column (counted by index, no hashing)."""
+    import pyarrow.compute as pc
+
     out: set[Any] = set()
     for chunk in col.chunks:
         if isinstance(chunk, pa.DictionaryArray) and len(chunk.dictionary) == 1 and not chunk.null_count:

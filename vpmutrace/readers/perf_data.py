@@ -309,6 +309,8 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
     formats = pf.tracing.formats if pf.tracing else {}
     ps.emit_samples(pf.attrs, pf.path, buf, samples, formats, pf.tracing.kallsyms if pf.tracing else None, b,
                     source)
+    for bad in pf.tracing.bad_formats if pf.tracing else []:
+        b.stats.add(pf.path, "bad_format", "", 1, bad)
     release_pages(buf)
     if pf.partial:
         b.stats.add(pf.path, "partial", "", 1, pf.partial)

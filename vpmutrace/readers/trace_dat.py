@@ -91,6 +91,8 @@ def emit_trace_dat(td: TraceDat, raw: bytes, builder: TraceBuilder, source: str 
                    shift: TimeShift | None = None) -> None:
     _apply_meta(td, builder)
     _emit(raw, td, builder, source, shift)
+    for bad in td.tracing.bad_formats:  # (formats are parsed when used: known after the events)
+        builder.stats.add(td.path, "bad_format", "", 1, bad)
 
 
 def open_trace_dat(path: str | Path) -> tuple[TraceDat, bytes]:
@@ -288,8 +290,6 @@ def _apply_meta(td: TraceDat, b: TraceBuilder) -> None:
                              "instances": [x.name or "(top)" for x in td.buffers],
                              "trace_id": o.get("trace_id"), "guests": o.get("guests"),
                              "cpustat": td.cpustat})
-    for bad in td.tracing.bad_formats:
-        b.stats.add(td.path, "bad_format", "", 1, bad)
     for i, text in enumerate(td.cpustat):
         for line in text.splitlines():
             k, _, v = line.partition(":")
