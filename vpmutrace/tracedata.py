@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,8 @@ class TraceData:
     tables: dict[str, pa.Table]
     meta: dict[str, Any]
     stats: Stats = field(default_factory=Stats)
+    # address -> kernel symbol, from the trace's kallsyms (for %pS when showing events); not saved
+    symbols: Callable[[int], str | None] | None = None
 
     def df(self, name: str) -> pl.DataFrame:
         """A table as a polars frame (empty frame of the declared schema when absent; an event's
@@ -206,6 +209,7 @@ class TraceBuilder:
         self.event_counts: Counter[str] = Counter()
         self.lost_rows: list[dict[str, Any]] = []
         self.event_formats: dict[str, str] = {}  # system:name -> format text (binary inputs)
+        self.symbols: Callable[[int], str | None] | None = None  # kallsyms of a binary input
         self.event_tables: dict[str, str] = {}  # system:name -> table
 
     def add(self, table: str, columns: dict[str, Any], n: int, event: str | None = None,
@@ -272,4 +276,4 @@ class TraceBuilder:
             meta["cpus"] = len(cpus)
         fmts = {i["format"] for i in meta["inputs"]}
         meta["format"] = fmts.pop() if len(fmts) == 1 else "mixed"
-        return TraceData(tables, meta, self.stats)
+        return TraceData(tables, meta, self.stats, self.symbols)

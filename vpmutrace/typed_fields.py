@@ -61,16 +61,26 @@ def _first(cols: dict[str, Any], names: tuple[str, ...]) -> Any:
     return None
 
 
-def eval_unique(fmt: EventFormat | None, k: int | None, cols: dict[str, Any], n: int,
-                joined: bool = False) -> pa.Array | None:
-    """Evaluate print fmt argument ``k`` for every row, once per distinct input tuple.
+# columns of named tables that hold what a print fmt argument prints (a name from a symbol table):
+# (column, the text before that argument or its index, whether the %s arguments printed right after
+# it belong to it too). Derived from binary fields here; given to the print fmt by `vpmutrace show`
+# for rows of text traces, which carry the name but not the raw field.
+NAMED_ARGS: dict[str, tuple[str, str | int, bool]] = {
+    "kvm_exit": ("reason", "reason ", True), "kvm_apic_accept_irq": ("delivery_mode", "(", False),
+    "kvm_inj_exception": ("name", 0, False), "kvm_emulate_insn": ("mode", "(", False),
+    "kvm_userspace_exit": ("reason_name", 0, False), "sched_switch": ("prev_state", "prev_state=", True),
+}
 
-    With ``joined``, the following ``%s`` arguments that print directly after it
-    (no literal in between) are appended, as they appear in the printed text.
-    """
-    if fmt is None or k is None or fmt.printer is None:
-        return None
+
+def named_args(table: str, fmt: EventFormat | None) -> list[int]:
+    """The print fmt arguments NAMED_ARGS[table]'s column holds (empty when the print fmt has none)."""
+    if table not in NAMED_ARGS or fmt is None or fmt.printer is None:
+        return []
     p = fmt.printer
+    _, where, joined = NAMED_ARGS[table]
+    k = where if isinstance(where, int) else p.arg_after(where)
+    if k is None:
+        return []
     ks = [k]
     if joined:
         conv_idx = [i for i, c in enumerate(p.convs) if c.conv != "%"]
@@ -79,6 +89,16 @@ def eval_unique(fmt: EventFormat | None, k: int | None, cols: dict[str, Any], n:
                 and p.convs[conv_idx[j + 1]].conv == "s":
             j += 1
             ks.append(j)
+    return ks
+
+
+def eval_named(table: str, fmt: EventFormat | None, cols: dict[str, Any], n: int) -> pa.Array | None:
+    """NAMED_ARGS[table]'s column for every row, evaluated once per distinct input tuple."""
+    ks = named_args(table, fmt)
+    if not ks:
+        return None
+    assert fmt is not None and fmt.printer is not None
+    p = fmt.printer
     used = sorted(set().union(*(p.fields_used(p.args[i]) for i in ks)))
     if any(u not in cols or _is_list(cols[u]) for u in used):
         return None
@@ -151,21 +171,19 @@ Deriver = Callable[[EventFormat | None, dict[str, Any], dict[str, Any], int, Cal
 
 
 def _d_kvm_exit(fmt, cols, out, n, sym) -> None:
-    k = fmt.printer.arg_after("reason ") if fmt and fmt.printer else None
-    joined = eval_unique(fmt, k, cols, n, joined=True)
+    joined = eval_named("kvm_exit", fmt, cols, n)
     if joined is not None:
         out["reason"], out["reason_flags"] = split_reason(joined)
 
 
 def _d_apic_accept(fmt, cols, out, n, sym) -> None:
-    k = fmt.printer.arg_after("(") if fmt and fmt.printer else None
-    out["delivery_mode"] = eval_unique(fmt, k, cols, n)
+    out["delivery_mode"] = eval_named("kvm_apic_accept_irq", fmt, cols, n)
     if "tm" in cols:
         out["level"] = _as_bool(cols["tm"])
 
 
 def _d_inj_exception(fmt, cols, out, n, sym) -> None:
-    out["name"] = eval_unique(fmt, 0, cols, n)
+    out["name"] = eval_named("kvm_inj_exception", fmt, cols, n)
     if "has_error" in cols and "error_code" in cols:  # no error code is delivered: none to report
         has = np.asarray(cols["has_error"]).astype(bool)
         out["error_code"] = pa.array(np.asarray(cols["error_code"]), mask=~has)
@@ -174,12 +192,11 @@ def _d_inj_exception(fmt, cols, out, n, sym) -> None:
 def _d_emulate(fmt, cols, out, n, sym) -> None:
     if "insn" in cols:  # decoded cut to len (CUTS)
         out["insn"] = cols["insn"]
-    k = fmt.printer.arg_after("(") if fmt and fmt.printer else None
-    out["mode"] = eval_unique(fmt, k, cols, n)
+    out["mode"] = eval_named("kvm_emulate_insn", fmt, cols, n)
 
 
 def _d_userspace_exit(fmt, cols, out, n, sym) -> None:
-    out["reason_name"] = eval_unique(fmt, 0, cols, n)
+    out["reason_name"] = eval_named("kvm_userspace_exit", fmt, cols, n)
     if "reason" in cols and "errno" in cols:
         errno = np.asarray(cols["errno"], dtype=np.int64)
         # with a negative errno the KVM_RUN ioctl failed: there is no exit reason
@@ -196,8 +213,7 @@ def _d_nmi(fmt, cols, out, n, sym) -> None:
 
 
 def _d_sched(fmt, cols, out, n, sym) -> None:
-    k = fmt.printer.arg_after("prev_state=") if fmt and fmt.printer else None
-    out["prev_state"] = eval_unique(fmt, k, cols, n, joined=True)
+    out["prev_state"] = eval_named("sched_switch", fmt, cols, n)
 
 
 DERIVE: dict[str, Deriver] = {

@@ -337,7 +337,10 @@ class PrintFmt:
     def eval_arg(self, k: int, rec: Mapping[str, Any], symbols: Callable[[int], str] | None = None) -> Any:
         return _eval(self.args[k], rec)
 
-    def render(self, rec: Mapping[str, Any], symbols: Callable[[int], str | None] | None = None) -> str:
+    def render(self, rec: Mapping[str, Any], symbols: Callable[[int], str | None] | None = None,
+               given: Mapping[int, str] | None = None) -> str:
+        """The printed text; ``given`` holds the text of arguments already known (names a text trace
+        printed, whose raw fields it does not carry)."""
         out: list[str] = []
         k = 0
         for c in self.convs:
@@ -353,6 +356,10 @@ class PrintFmt:
             if prec == "*":
                 prec = str(_as_int(_eval(self.args[k], rec)))
                 k += 1
+            if given is not None and k in given:
+                out.append(given[k])
+                k += 1
+                continue
             val = _eval(self.args[k], rec)
             k += 1
             out.append(_format_one(c, width, prec, val, symbols))
@@ -540,9 +547,13 @@ def _call(name: str, args: list[Node], rec: Mapping[str, Any]) -> Any:
         sep = "" if name == "__print_hex_str" else " "
         return sep.join(f"{b:02x}" for b in data)
     if name == "__print_array":
-        buf = bytes(_eval(args[0], rec))
+        arr = _eval(args[0], rec)
         count = _as_int(_eval(args[1], rec))
         size = _as_int(_eval(args[2], rec))
-        vals = [int.from_bytes(buf[i * size:(i + 1) * size], "little") for i in range(count)]
+        if isinstance(arr, list):  # a decoded integer array
+            vals = [v & ((1 << (8 * size)) - 1) for v in arr[:count]]
+        else:
+            buf = bytes(arr)
+            vals = [int.from_bytes(buf[i * size:(i + 1) * size], "little") for i in range(count)]
         return "{" + ",".join(f"0x{v:x}" for v in vals) + "}"
     raise UnsupportedFormat(f"print fmt calls {name}()")

@@ -90,6 +90,7 @@ def read_trace_dat(path: str | Path, builder: TraceBuilder, source: str = "host"
 def emit_trace_dat(td: TraceDat, raw: bytes, builder: TraceBuilder, source: str = "host",
                    shift: TimeShift | None = None) -> None:
     _apply_meta(td, builder)
+    builder.symbols = builder.symbols or td.tracing.kallsyms
     _emit(raw, td, builder, source, shift)
     for bad in td.tracing.bad_formats:  # (formats are parsed when used: known after the events)
         builder.stats.add(td.path, "bad_format", "", 1, bad)
