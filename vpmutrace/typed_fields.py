@@ -32,7 +32,7 @@ FIELD_MAP: dict[str, dict[str, tuple[str, ...]]] = {
                 "gp": ("exception",)},
     "kvm_inj_virq": {"vector": ("vector", "irq"), "soft": ("soft",), "reinjected": ("reinjected",)},
     "kvm_apic_accept_irq": {"apicid": ("apicid",), "vector": ("vec", "vector"), "coalesced": ("coalesced",),
-                            "dm": ("dm",)},
+                            "dm": ("dm",), "level": ("tm",)},
     "kvm_pio": {"write": ("rw",), "port": ("port",), "size": ("size",), "count": ("count",),
                 "value": ("val",)},
     "kvm_cpuid": {"function": ("function",), "index": ("index",), "rax": ("rax",), "rbx": ("rbx",),
@@ -40,7 +40,7 @@ FIELD_MAP: dict[str, dict[str, tuple[str, ...]]] = {
     "kvm_inj_exception": {"exception": ("exception",), "has_error": ("has_error",),
                           "error_code": ("error_code",), "reinjected": ("reinjected",)},
     "kvm_emulate_insn": {"rip": ("rip",), "csbase": ("csbase",), "failed": ("failed",), "flags": ("flags",)},
-    "kvm_userspace_exit": {"errno": ("errno",)},
+    "kvm_userspace_exit": {"errno": ("errno",), "reason": ("reason",)},
     "nmi_handler": {"handler_addr": ("handler",), "delta_ns": ("delta_ns",), "handled": ("handled",)},
     "host_msr": {"msr": ("msr",), "value": ("val",), "failed": ("failed",)},
     "sched_switch": {"prev_comm": ("prev_comm",), "prev_pid": ("prev_pid",), "prev_prio": ("prev_prio",),
@@ -241,7 +241,7 @@ def typed_columns(table: str, event_name: str, fmt: EventFormat | None, cols: di
         if v is not None:
             out[col] = v
     for b in ("write", "gp", "soft", "reinjected", "found", "used_max_basic", "has_error", "failed",
-              "immediate_exit", "coalesced"):
+              "immediate_exit", "coalesced", "level"):
         if b in out:
             out[b] = _as_bool(out[b])
     out.update(event_columns(table, event_name, n))

@@ -496,6 +496,17 @@ _BIN_OPS: dict[str, Callable[[int, int], int]] = {
 }
 
 
+class _UnknownIsZero(dict):
+    """Symbol table keys name constants; an enum the kernel did not export (``VDSO_CLOCKMODE_TSC``:
+    no TRACE_DEFINE_ENUM) reads as 0, as libtraceevent takes it."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
+_CONSTANTS = _UnknownIsZero()
+
+
 def _symtable(items: list[Node], rec: Mapping[str, Any]) -> list[tuple[int, str]]:
     out: list[tuple[int, str]] = []
     for it in items:
@@ -506,7 +517,7 @@ def _symtable(items: list[Node], rec: Mapping[str, Any]) -> list[tuple[int, str]
             continue
         if len(pair) != 2:
             raise UnsupportedFormat("symbol table entry is not a pair")
-        out.append((_as_int(_eval(pair[0], rec)) & M64, str(_eval(pair[1], rec))))
+        out.append((_as_int(_eval(pair[0], _CONSTANTS)) & M64, str(_eval(pair[1], rec))))
     return out
 
 

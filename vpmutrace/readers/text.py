@@ -24,7 +24,8 @@ from vpmutrace.tracedata import TraceBuilder
 
 FTRACE_LINE = (
     r"^\s*(?:(?P<src>[^\s:]+):\s+)?\s*"
-    r"(?:(?P<comm>.+?)-(?P<pid>-?\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    # the task name may end in "-" (async-executor--20974): the pid is after the last "-"
+    r"(?:(?P<comm>.+)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
     r"(?:(?P<flags>[\w.]{4,6})\s+)?)?"
     r"(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s?(?P<body>.*)$"
 )

@@ -177,7 +177,8 @@ def _add_grammar_rows(hit: pl.DataFrame, grammar: Grammar, fmt: EventFormat, spe
         if g.field is None or g.field not in names or f"g{i}" not in parts.columns:
             continue
         col = names[g.field]
-        cols[col] = _typed(parts.select(_group_expr(pl.col(f"g{i}"), g)).to_series(), types[col])
+        unsigned = pa.types.is_unsigned_integer(types[col])
+        cols[col] = _typed(parts.select(_group_expr(pl.col(f"g{i}"), g, unsigned)).to_series(), types[col])
         if g.count_field in names:
             count = names[g.count_field]
             cols[count] = _typed(parts.select(pl.col(f"g{i}").str.replace_all(" ", "").str.len_bytes() // 2)
@@ -194,10 +195,11 @@ def _hex(e: pl.Expr) -> pl.Expr:
         base=16, dtype=pl.UInt64, strict=False)
 
 
-def _group_expr(e: pl.Expr, g: Group) -> pl.Expr:
-    """A group's text as its field's value (Group kinds of formats/text_grammar.py)."""
+def _group_expr(e: pl.Expr, g: Group, unsigned: bool = False) -> pl.Expr:
+    """A group's text as its field's value (Group kinds of formats/text_grammar.py); decimal numbers
+    of an unsigned field as unsigned 64-bit (%llu past 2**63)."""
     if g.kind == INT:
-        return e.str.strip_chars().str.to_integer(base=10, dtype=pl.Int64, strict=False)
+        return e.str.strip_chars().str.to_integer(base=10, dtype=pl.UInt64 if unsigned else pl.Int64, strict=False)
     if g.kind == HEX:
         return _hex(e)
     if g.kind in (SYMBOL, BOOL):
