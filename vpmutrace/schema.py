@@ -343,12 +343,11 @@ def dict_array(codes: np.ndarray, names: list[str | None], check: bool = True) -
     (Arrow cannot unify dictionaries whose values contain nulls, so nulls live in the indices.)
     """
     codes = np.asarray(codes, dtype=np.int32)
-    nulls = [i for i, v in enumerate(names) if v is None]
-    if not nulls:
+    is_null = np.array([v is None for v in names], dtype=bool)
+    if not is_null.any():
         return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()), safe=check)
-    remap = np.cumsum([v is not None for v in names], dtype=np.int32) - 1
-    mask = np.isin(codes, nulls)
-    idx = pa.array(remap[codes], mask=mask)
+    remap = np.where(is_null, 0, np.cumsum(~is_null, dtype=np.int32) - 1).astype(np.int32)  # code -> index
+    idx = pa.array(remap[codes], mask=is_null[codes])
     return pa.DictionaryArray.from_arrays(idx, pa.array([v for v in names if v is not None], pa.string()))
 
 

@@ -139,29 +139,31 @@ def field_column(f: Field, buf: np.ndarray, offsets: np.ndarray, lengths: np.nda
             return var_array(pa.binary(), np.arange(n + 1, dtype=np.int32) * np.int32(f.size), mat.reshape(-1))
         values = _elements(mat.reshape(-1), f, big_endian)
         return pa.FixedSizeListArray.from_arrays(pa.array(values), f.array_len)
-    if cut is not None:
-        starts = offsets + f.offset
-        sizes = np.clip(np.minimum(cut, f.size), 0, np.maximum(lengths - f.offset, 0))
-    elif f.dynamic:
+    add = 0
+    if not f.dynamic:  # fixed char array, or bytes with a cut: from the record, cut at its end
+        starts, add = offsets, f.offset
+        sizes = np.empty(n, np.int64)
+        cuts = np.ascontiguousarray(cut) if cut is not None else np.zeros(0, np.uint8)
+        kernels.parallel(kernels.fixed_sizes, n, buf, offsets, lengths, f.offset, f.size, cuts, f.kind == CHARS,
+                         sizes)
+    else:
         starts, sizes = np.empty(n, np.int64), np.empty(n, np.int64)
         bad = sum(kernels.parallel(kernels.dynamic_spans, n, buf, offsets, lengths, f.offset, f.rel_loc, big_endian,
                                    starts, sizes))
         if bad and damaged is not None:
             damaged[f.name] = damaged.get(f.name, 0) + bad
-    else:  # fixed char array
-        starts = offsets + f.offset
-        sizes = np.clip(lengths - f.offset, 0, f.size)
-    if f.kind == CHARS:  # up to the first NUL
-        kept = np.empty(n, np.int64)
-        kernels.parallel(kernels.string_sizes, n, buf, starts, sizes, True, kept)
-        sizes = kept
-    elif f.kind == ARRAY:
-        sizes -= sizes % f.elem_size  # whole elements only
+        if f.kind == CHARS:  # up to the first NUL
+            kept = np.empty(n, np.int64)
+            kernels.parallel(kernels.string_sizes, n, buf, starts, sizes, True, kept)
+            sizes = kept
+        elif f.kind == ARRAY:
+            sizes -= sizes % f.elem_size  # whole elements only
     value_offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(sizes, out=value_offsets[1:])
+    del sizes
     data = np.empty(int(value_offsets[-1]), dtype=np.uint8)
-    kernels.parallel(kernels.copy_values, n, buf, starts, value_offsets, data)
-    del starts, sizes
+    kernels.parallel(kernels.copy_values, n, buf, starts, add, value_offsets, data)
+    del starts
     if f.kind == CHARS:
         value_offsets, data = valid_utf8(value_offsets, data)
         return var_array(pa.string(), value_offsets, data)

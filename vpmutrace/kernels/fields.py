@@ -100,10 +100,32 @@ def string_sizes(buf, starts, sizes, stop_at_nul, out, lo, hi):  # pragma: no co
         out[i] = n
 
 
-def copy_values(buf, starts, value_offsets, data, lo, hi):  # pragma: no cover - compiled
-    """Value i's bytes to data[value_offsets[i]:value_offsets[i + 1]] (an Arrow data buffer)."""
+def fixed_sizes(buf, offsets, lengths, field_off, field_size, cut, stop_at_nul, sizes, lo, hi):  # pragma: no cover
+    """sizes[i]: bytes of the fixed field at field_off in record i: its size, cut at the record's
+    end, at cut[i] when ``cut`` is not empty, and at its first NUL with ``stop_at_nul``."""
+    has_cut = len(cut) > 0
     for i in range(lo, hi):
-        s = starts[i]
+        n = lengths[i] - field_off
+        if n > field_size:
+            n = field_size
+        if has_cut and np.int64(cut[i]) < n:
+            n = np.int64(cut[i])
+        if n < 0:
+            n = 0
+        if stop_at_nul:
+            s = offsets[i] + field_off
+            k = 0
+            while k < n and buf[s + k] != 0:
+                k += 1
+            n = k
+        sizes[i] = n
+
+
+def copy_values(buf, starts, add, value_offsets, data, lo, hi):  # pragma: no cover - compiled
+    """Value i's bytes, at starts[i] + add in buf, to data[value_offsets[i]:value_offsets[i + 1]]
+    (an Arrow data buffer)."""
+    for i in range(lo, hi):
+        s = starts[i] + add
         d = value_offsets[i]
         for k in range(value_offsets[i + 1] - d):
             data[d + k] = buf[s + k]

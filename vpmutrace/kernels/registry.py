@@ -65,7 +65,9 @@ KERNELS: dict[str, Kernel] = {
     "decode_scalars": _k("fields", "none", BUF, _I8, _I8, _I8, _I8, _I8, "b1", *_ARENA, *RANGE),
     "dynamic_spans": _k("fields", "i8", BUF, _I8, _I8, "i8", "b1", "b1", _I8, _I8, *RANGE),
     "string_sizes": _k("fields", "none", BUF, _I8, _I8, "b1", _I8, *RANGE),
-    "copy_values": _k("fields", "none", BUF, _I8, _I8, "u1[::1]", *RANGE),
+    "fixed_sizes": _k("fields", "none", BUF, _I8, _I8, "i8", "i8", "u1[::1]|u2[::1]|u4[::1]|u8[::1]", "b1", _I8,
+                      *RANGE),
+    "copy_values": _k("fields", "none", BUF, _I8, "i8", _I8, "u1[::1]", *RANGE),
     "utf8_invalid": _k("fields", "i8", "u1[::1]", _I8, *RANGE),
     "utf8_replace": _k("fields", "i8", "u1[::1]", _I8, "u1[::1]", _I8, "b1"),
     # distinct values

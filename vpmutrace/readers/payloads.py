@@ -74,7 +74,7 @@ def raw_column(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> pa.
     value_offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=value_offsets[1:])
     data = np.empty(int(value_offsets[-1]), dtype=np.uint8)
-    kernels.parallel(kernels.copy_values, n, buf, offsets.astype(np.int64), value_offsets, data)
+    kernels.parallel(kernels.copy_values, n, buf, offsets.astype(np.int64), 0, value_offsets, data)
     return var_array(pa.binary(), value_offsets, data)
 
 
