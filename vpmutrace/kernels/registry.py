@@ -70,6 +70,10 @@ KERNELS: dict[str, Kernel] = {
     "copy_values": _k("fields", "none", BUF, _I8, "i8", _I8, "u1[::1]", *RANGE),
     "utf8_invalid": _k("fields", "i8", "u1[::1]", _I8, *RANGE),
     "utf8_replace": _k("fields", "i8", "u1[::1]", _I8, "u1[::1]", _I8, "b1"),
+    # text lines
+    "count_lines": _k("text", "none", BUF, _I8, _I8, *RANGE),
+    "line_starts": _k("text", "none", BUF, _I8, _I8, _I8, *RANGE),
+    "parse_lines": _k("text", "none", BUF, _I8, "i8", "i8[:, ::1]", *RANGE),
     # distinct values
     "factorize_hash": _k("factorize", "i8", _I8, _I4, _I8),
     "factorize_dense": _k("factorize", "i8", _I8, _I4, _I4, _I8),
@@ -77,7 +81,8 @@ KERNELS: dict[str, Kernel] = {
 
 # what the compiled code is made of: a change to any of these makes a built extension stale
 SOURCES = ("kernels/__init__.py", "kernels/registry.py", "kernels/ringbuf.py", "kernels/perf_walk.py",
-           "kernels/fields.py", "kernels/factorize.py", "formats/perf_abi.py", "formats/ringbuf_abi.py")
+           "kernels/fields.py", "kernels/factorize.py", "kernels/text.py", "kernels/text_layout.py",
+           "formats/perf_abi.py", "formats/ringbuf_abi.py")
 
 
 def export_name(name: str, variant: int) -> str:

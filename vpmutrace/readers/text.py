@@ -15,10 +15,16 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import zstandard
 
+from vpmutrace import kernels
 from vpmutrace.errors import InputError
+from vpmutrace.formats.decode import valid_utf8, var_array
+from vpmutrace.kernels import text_layout as tk
 from vpmutrace.readers.text_tables import COMMON_COLS, arrow, emit_text_event, system_of
 from vpmutrace.tracedata import TraceBuilder
 
@@ -103,82 +109,127 @@ def read_text(path: str | Path, builder: TraceBuilder) -> None:
     nul = raw.find(b"\0", 0, MAX_BINARY_PROBE)
     if nul >= 0:
         raise InputError(str(p), "binary data where a text trace was expected (NUL byte)", f"offset {nul}")
-    text = raw.decode("utf-8", errors="replace")
-    del raw
-    flavor = sniff_text_flavor(text[:SNIFF_BYTES].splitlines()[:SNIFF_LINES])
+    flavor = sniff_text_flavor(raw[:SNIFF_BYTES].decode("utf-8", "replace").splitlines()[:SNIFF_LINES])
     src_file = str(p)
-    # one string split into lines inside polars (no Python object per line)
-    df = pl.Series("line", [text]).str.strip_chars_end("\n").str.split("\n").explode() \
-        .str.strip_chars_end("\r").to_frame().with_row_index("lineno", offset=1)
-    nlines = df.height
-    size = len(text.encode()) if not text.isascii() else len(text)
-    del text
     tool = {"perf-script": "perf script", "trace-cmd-report": "trace-cmd report",
             "ftrace-text": "kernel ftrace"}[flavor]
-    builder.meta["inputs"].append({"path": src_file, "format": flavor, "tool": tool, "size_bytes": size})
+    builder.meta["inputs"].append({"path": src_file, "format": flavor, "tool": tool, "size_bytes": len(raw)})
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    heads = parse_headers(buf, flavor)
+    kind = heads[tk.H_KIND]
+    other = np.flatnonzero(kind == tk.LINE_OTHER)
+    if len(other):
+        _other_lines(buf, heads, other, flavor, src_file, builder)
+    ev = np.flatnonzero(kind == tk.LINE_EVENT)
+    if len(ev) == 0:
+        bad = builder.stats.entries()
+        raise InputError(src_file, f"no trace events recognised in {len(kind)} lines "
+                                   f"(not ftrace, trace-cmd report or perf script text)",
+                         next((e.examples[0].split(":")[0] for e in bad if e.category == "unparsed_line"), None))
+    _emit_events(_event_frame(buf, heads, ev, flavor), flavor, src_file, builder)
+
+
+def parse_headers(buf: np.ndarray, flavor: str) -> np.ndarray:
+    """Every line's header (kernels/text.py: one row per line, columns H_*), in compiled passes."""
+    n = len(buf)
+    pieces = max(1, min(64, n >> 20))
+    bounds = np.linspace(0, n, pieces + 1).astype(np.int64)
+    counts = np.zeros(pieces, np.int64)
+    kernels.parallel(kernels.count_lines, pieces, buf, bounds, counts, pieces=pieces)
+    first = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+    newlines = int(counts.sum())
+    lines = newlines + (1 if n and buf[-1] != 10 else 0)
+    starts = np.empty(lines + 1, np.int64)
+    starts[0] = 0
+    kernels.parallel(kernels.line_starts, pieces, buf, bounds, first, starts, pieces=pieces)
+    starts[lines] = n
+    heads = np.empty((tk.H_COLUMNS, lines), np.int64)  # a row per column: each column contiguous
+    kernels.parallel(kernels.parse_lines, lines, buf, starts, tk.FLAVOR_PERF if flavor == "perf-script" else
+                     tk.FLAVOR_FTRACE, heads)
+    return heads
+
+
+def spans(buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.Array:
+    """Strings buf[start[i]:end[i]] (null where start < 0), built in compiled passes."""
+    absent = start < 0
+    sizes = np.where(absent, 0, end - start)
+    value_offsets = np.zeros(len(start) + 1, np.int64)
+    np.cumsum(sizes, out=value_offsets[1:])
+    data = np.empty(int(value_offsets[-1]), np.uint8)
+    kernels.parallel(kernels.copy_values, len(start), buf, np.where(absent, 0, start), 0, value_offsets, data)
+    value_offsets, data = valid_utf8(value_offsets, data)
+    arr = var_array(pa.string(), value_offsets, data)
+    if absent.any():
+        arr = pc.if_else(pa.array(absent), pa.nulls(len(arr), pa.string()), arr)
+    return arr
+
+
+def _numbers(col: np.ndarray, dtype: type) -> pa.Array:
+    absent = col == tk.NONE
+    return pa.array(np.where(absent, 0, col).astype(dtype), mask=absent if absent.any() else None)
+
+
+def _event_frame(buf: np.ndarray, heads: np.ndarray, rows: np.ndarray, flavor: str) -> pl.DataFrame:
+    every = len(rows) == heads.shape[1]  # (usually every line is an event: no copy)
+
+    def h(c: int) -> np.ndarray:
+        return heads[c] if every else heads[c][rows]
+
+    cpu = h(tk.H_CPU)
+    frame = {
+        "lineno": pa.array(rows + 1), "ts_ns": pa.array(h(tk.H_TS)),
+        "cpu": pa.array(cpu.astype(np.int32), mask=cpu < 0 if (cpu < 0).any() else None),
+        "pid": _numbers(h(tk.H_PID), np.int32), "tgid": _numbers(h(tk.H_TGID), np.int32),
+        "comm": spans(buf, h(tk.H_COMM_S), h(tk.H_COMM_E)),
+        "src": spans(buf, h(tk.H_SRC_S), h(tk.H_SRC_E)),
+        "event": spans(buf, h(tk.H_EVENT_S), h(tk.H_EVENT_E)).dictionary_encode(),
+        "body": spans(buf, h(tk.H_BODY_S), h(tk.H_LINE_E)),
+        "period": _numbers(h(tk.H_PERIOD), np.int64),
+    }
+    return pl.from_arrow(pa.table(frame)).with_columns(pl.col("event").cast(pl.String))  # type: ignore[union-attr]
+
+
+def _other_lines(buf: np.ndarray, heads: np.ndarray, rows: np.ndarray, flavor: str, src_file: str,
+                 builder: TraceBuilder) -> None:
+    """Lines that are no event: tool notices (``cpus=N``, lost events), perf callchain lines, or
+    unparsed (counted, with the first few)."""
     stats = builder.stats
-
+    df = pl.DataFrame({"lineno": rows + 1,
+                       "line": spans(buf, heads[tk.H_LINE_S][rows], heads[tk.H_LINE_E][rows])})
     line = pl.col("line")
-    blank = line.str.strip_chars() == ""
-    comment = line.str.strip_chars_start().str.starts_with("#") & ~line.str.contains(r"^#####.*#####\s*$")
-    df = df.filter(~blank & ~comment)
-
     cpus = df.filter(line.str.contains(CPUS_LINE)).select(line.str.extract_groups(CPUS_LINE)).unnest("line")
     if cpus.height:
         builder.meta["cpus"] = int(cpus["n"].cast(pl.Int64).max())  # type: ignore[arg-type]
     lost = df.filter(line.str.contains(LOST_LINE))
     if lost.height:
         g = lost.select("lineno", line.str.extract_groups(LOST_LINE).alias("g")).unnest("g")
-        for row in g.iter_rows(named=True):
+        for row in g.iter_rows(named=True):  # (one per loss notice)
             n = row["a"] or row["b"]
             builder.add_lost(src_file, "lost_events", int(n) if n else None, None, int(row["cpu"]),
                              f"line {row['lineno']}")
     notice = line.str.contains(CPUS_LINE) | line.str.contains(LOST_LINE) | line.str.contains(NOTICE_LINE)
-    df = df.filter(~notice)
-
-    pattern = PERF_LINE if flavor == "perf-script" else FTRACE_LINE
-    parsed = df.select("lineno", "line", line.str.extract_groups(pattern).alias("h")).unnest("h")
-    ok = pl.col("ts").is_not_null()
-    bad = parsed.filter(~ok)
+    bad = df.filter(~notice)
     if flavor == "perf-script" and bad.height:
         chain = bad["line"].str.contains(PERF_CALLCHAIN)
         if chain.any():
             stats.add(src_file, "callchain_lines", "", int(chain.sum()))
         bad = bad.filter(~chain)
-    for row in bad.select("lineno", "line").head(5).iter_rows():
+    for row in bad.head(5).iter_rows():
         stats.add(src_file, "unparsed_line", "", 0, f"line {row[0]}: {row[1][:120]}")
     if bad.height:
         stats.add(src_file, "unparsed_line", "", bad.height)
-    ev = parsed.filter(ok)
-    if ev.height == 0:
-        raise InputError(src_file, f"no trace events recognised in {nlines} lines "
-                                   f"(not ftrace, trace-cmd report or perf script text)",
-                         f"line {int(bad['lineno'][0])}" if bad.height else None)
-    _emit_events(ev, flavor, src_file, builder)
-
-
-def _ts_ns(col: str) -> pl.Expr:
-    parts = pl.col(col).str.split_exact(".", 1)
-    sec = parts.struct.field("field_0").cast(pl.Int64)
-    frac = parts.struct.field("field_1").str.pad_end(9, "0").str.slice(0, 9).cast(pl.Int64)
-    return sec * 1_000_000_000 + frac
 
 
 def _emit_events(ev: pl.DataFrame, flavor: str, src_file: str, builder: TraceBuilder) -> None:
     perf = flavor == "perf-script"
     ev = ev.with_columns(
-        ts_ns=_ts_ns("ts"),
         seq=pl.col("lineno").cast(pl.Int64),
-        cpu=pl.col("cpu").cast(pl.Int32),
-        pid=(pl.col("tid").fill_null(pl.col("pid")) if perf else pl.col("pid")).cast(pl.Int32),
-        # perf script prints pid/tid only when asked (-F pid,tid); ftrace has "(tgid)" with -o record-tgid
-        tgid=(pl.when(pl.col("tid").is_not_null()).then(pl.col("pid")) if perf else pl.col("tgid"))
-        .cast(pl.Int32, strict=False),
+        # perf script prints pid/tid only when asked (-F pid,tid): the thread id is the pid column
+        # and the process id the tgid; ftrace has "(tgid)" with -o record-tgid
         # perf script prints ":<tid>" when it knows no name for the thread
-        comm=pl.when(pl.col("comm").str.contains(r"^\s*:-?\d+\s*$")).then(None)
-        .otherwise(pl.col("comm").str.strip_chars()) if perf else pl.col("comm").str.strip_chars(),
-        source=pl.col("src").fill_null("host") if "src" in ev.columns else pl.lit("host"),
-        body=pl.col("body").str.strip_chars_start(" ") if not perf else pl.col("body"),
+        comm=pl.when(pl.col("comm").str.contains(r"^:-?\d+$")).then(None).otherwise(pl.col("comm"))
+        if perf else pl.col("comm"),
+        source=pl.col("src").fill_null("host"),
     )
     if perf:
         split = pl.col("event").str.split_exact(":", 1)
@@ -199,7 +250,7 @@ def _emit_samples(rows: pl.DataFrame, src_file: str, builder: TraceBuilder) -> N
     cols: dict[str, Any] = {c: arrow(rows[c]) for c in COMMON_COLS}
     cols["event"] = arrow(rows["event"])
     cols["tid"] = arrow(rows["pid"])
-    cols["period"] = arrow(rows["period"].cast(pl.UInt64, strict=False))
+    cols["period"] = arrow(rows["period"].cast(pl.UInt64))
     cols["ip"] = arrow(g["ip"].str.to_integer(base=16, dtype=pl.UInt64, strict=False))
     cols["sym"] = arrow(g["sym"])
     cols["dso"] = arrow(g["dso"])

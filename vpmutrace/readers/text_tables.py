@@ -95,12 +95,10 @@ def emit_text_event(grp: pl.DataFrame, system: str | None, name: str, src_file: 
     for pat in PATTERNS[table]:
         if remaining.height == 0:
             break
-        matches = pl.col("body").str.contains(pat)
-        hit = remaining.filter(matches)
-        remaining = remaining.filter(~matches)
+        hit, parts, remaining = _match(remaining, pat)
         if hit.height == 0:
             continue
-        typed = convert(table, hit.select(pl.col("body").str.extract_groups(pat).alias("g")).unnest("g"))
+        typed = convert(table, parts)
         cols = _common(hit)
         cols.update({c: arrow(typed[c]) for c in typed.columns})
         cols.update(event_columns(table, name, hit.height))
@@ -109,6 +107,14 @@ def emit_text_event(grp: pl.DataFrame, system: str | None, name: str, src_file: 
         remaining = _emit_failed(remaining, table, system, name, full, src_file, builder)
     if remaining.height:
         _emit_unparsed(remaining, full, src_file, builder)
+
+
+def _match(rows: pl.DataFrame, pattern: str) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+    """The rows whose body matches, their groups, and the other rows, in one regex pass (an empty
+    group before the pattern marks a match)."""
+    parts = rows.select(pl.col("body").str.extract_groups("(?P<matched__>)" + pattern).alias("g")).unnest("g")
+    hit = parts["matched__"].is_not_null()
+    return rows.filter(hit), parts.filter(hit).drop("matched__"), rows.filter(~hit)
 
 
 def _reference(system: str | None, name: str) -> EventFormat | None:
@@ -134,11 +140,9 @@ def _emit_own(grp: pl.DataFrame, system: str | None, name: str, full: str, src_f
         for grammar in grammars:
             if remaining.height == 0:
                 break
-            matches = pl.col("body").str.contains(grammar.pattern)
-            hit = remaining.filter(matches)
-            remaining = remaining.filter(~matches)
+            hit, parts, remaining = _match(remaining, grammar.pattern)
             if hit.height:
-                _add_grammar_rows(hit, grammar, fmt, spec, names, full, src_file, builder)
+                _add_grammar_rows(hit, parts, grammar, fmt, spec, names, full, src_file, builder)
         if remaining.height:
             remaining = _emit_failed(remaining, None, system, name, full, src_file, builder, fmt)
     elif remaining.height and remaining["body"].str.contains(KEY_VALUE.pattern).all():
@@ -168,9 +172,8 @@ def _add_text_rows(rows: pl.DataFrame, system: str | None, name: str, full: str,
     builder.add(spec.name, cols, rows.height, full, spec)
 
 
-def _add_grammar_rows(hit: pl.DataFrame, grammar: Grammar, fmt: EventFormat, spec: TableSpec,
+def _add_grammar_rows(hit: pl.DataFrame, parts: pl.DataFrame, grammar: Grammar, fmt: EventFormat, spec: TableSpec,
                       names: dict[str, str], full: str, src_file: str, builder: TraceBuilder) -> None:
-    parts = hit.select(pl.col("body").str.extract_groups(grammar.pattern).alias("g")).unnest("g")
     types = {c.name: c.type for c in spec.columns}
     cols = _common(hit)
     for i, g in enumerate(grammar.groups):
