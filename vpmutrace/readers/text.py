@@ -115,38 +115,50 @@ def read_text(path: str | Path, builder: TraceBuilder) -> None:
             "ftrace-text": "kernel ftrace"}[flavor]
     builder.meta["inputs"].append({"path": src_file, "format": flavor, "tool": tool, "size_bytes": len(raw)})
     buf = np.frombuffer(raw, dtype=np.uint8)
-    heads = parse_headers(buf, flavor)
-    kind = heads[tk.H_KIND]
-    other = np.flatnonzero(kind == tk.LINE_OTHER)
-    if len(other):
-        _other_lines(buf, heads, other, flavor, src_file, builder)
-    ev = np.flatnonzero(kind == tk.LINE_EVENT)
-    if len(ev) == 0:
+    starts = line_starts(buf)
+    nlines = len(starts) - 1
+    frames: list[pa.Table] = []
+    heads = np.empty(tk.H_COLUMNS * min(nlines, CHUNK_LINES), np.int64)  # reused for every chunk
+    for a in range(0, nlines, CHUNK_LINES):  # in chunks of lines: the parse's scratch stays small
+        z = min(nlines, a + CHUNK_LINES)
+        h = heads[:tk.H_COLUMNS * (z - a)].reshape(tk.H_COLUMNS, z - a)  # a row per column
+        kernels.parallel(kernels.parse_lines, z - a, buf, starts[a:z + 1],
+                         tk.FLAVOR_PERF if flavor == "perf-script" else tk.FLAVOR_FTRACE, h)
+        kind = h[tk.H_KIND]
+        other = np.flatnonzero(kind == tk.LINE_OTHER)
+        if len(other):
+            _other_lines(buf, h, other, a, flavor, src_file, builder)
+        ev = np.flatnonzero(kind == tk.LINE_EVENT)
+        if len(ev):
+            frames.append(_event_frame(buf, h, ev, a))
+    del buf, raw, heads, starts  # the frames hold copies of what they need: the file's bytes can go
+    if not frames:
         bad = builder.stats.entries()
-        raise InputError(src_file, f"no trace events recognised in {len(kind)} lines "
+        raise InputError(src_file, f"no trace events recognised in {nlines} lines "
                                    f"(not ftrace, trace-cmd report or perf script text)",
                          next((e.examples[0].split(":")[0] for e in bad if e.category == "unparsed_line"), None))
-    _emit_events(_event_frame(buf, heads, ev, flavor), flavor, src_file, builder)
+    frame = pl.from_arrow(pa.concat_tables(frames, promote_options="permissive"))
+    del frames
+    _emit_events(frame.with_columns(pl.col("event").cast(pl.String)), flavor, src_file, builder)  # type: ignore[union-attr]
 
 
-def parse_headers(buf: np.ndarray, flavor: str) -> np.ndarray:
-    """Every line's header (kernels/text.py: one row per line, columns H_*), in compiled passes."""
+CHUNK_LINES = 1 << 20
+
+
+def line_starts(buf: np.ndarray) -> np.ndarray:
+    """Where each line starts, and the end: len(lines) + 1 offsets, found in compiled passes."""
     n = len(buf)
     pieces = max(1, min(64, n >> 20))
     bounds = np.linspace(0, n, pieces + 1).astype(np.int64)
     counts = np.zeros(pieces, np.int64)
     kernels.parallel(kernels.count_lines, pieces, buf, bounds, counts, pieces=pieces)
     first = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
-    newlines = int(counts.sum())
-    lines = newlines + (1 if n and buf[-1] != 10 else 0)
+    lines = int(counts.sum()) + (1 if n and buf[-1] != 10 else 0)
     starts = np.empty(lines + 1, np.int64)
     starts[0] = 0
     kernels.parallel(kernels.line_starts, pieces, buf, bounds, first, starts, pieces=pieces)
     starts[lines] = n
-    heads = np.empty((tk.H_COLUMNS, lines), np.int64)  # a row per column: each column contiguous
-    kernels.parallel(kernels.parse_lines, lines, buf, starts, tk.FLAVOR_PERF if flavor == "perf-script" else
-                     tk.FLAVOR_FTRACE, heads)
-    return heads
+    return starts
 
 
 def spans(buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.Array:
@@ -169,15 +181,16 @@ def _numbers(col: np.ndarray, dtype: type) -> pa.Array:
     return pa.array(np.where(absent, 0, col).astype(dtype), mask=absent if absent.any() else None)
 
 
-def _event_frame(buf: np.ndarray, heads: np.ndarray, rows: np.ndarray, flavor: str) -> pl.DataFrame:
-    every = len(rows) == heads.shape[1]  # (usually every line is an event: no copy)
+def _event_frame(buf: np.ndarray, heads: np.ndarray, rows: np.ndarray, first_line: int) -> pa.Table:
+    """The event lines ``rows`` of a chunk of parsed lines (its first line: ``first_line``) as columns."""
+    every = len(rows) == heads.shape[1]  # (usually every line is an event)
 
     def h(c: int) -> np.ndarray:
         return heads[c] if every else heads[c][rows]
 
     cpu = h(tk.H_CPU)
     frame = {
-        "lineno": pa.array(rows + 1), "ts_ns": pa.array(h(tk.H_TS)),
+        "lineno": pa.array(rows + first_line + 1), "ts_ns": pa.array(h(tk.H_TS).copy()),
         "cpu": pa.array(cpu.astype(np.int32), mask=cpu < 0 if (cpu < 0).any() else None),
         "pid": _numbers(h(tk.H_PID), np.int32), "tgid": _numbers(h(tk.H_TGID), np.int32),
         "comm": spans(buf, h(tk.H_COMM_S), h(tk.H_COMM_E)),
@@ -186,20 +199,20 @@ def _event_frame(buf: np.ndarray, heads: np.ndarray, rows: np.ndarray, flavor: s
         "body": spans(buf, h(tk.H_BODY_S), h(tk.H_LINE_E)),
         "period": _numbers(h(tk.H_PERIOD), np.int64),
     }
-    return pl.from_arrow(pa.table(frame)).with_columns(pl.col("event").cast(pl.String))  # type: ignore[union-attr]
+    return pa.table(frame)
 
 
-def _other_lines(buf: np.ndarray, heads: np.ndarray, rows: np.ndarray, flavor: str, src_file: str,
+def _other_lines(buf: np.ndarray, heads: np.ndarray, rows: np.ndarray, first_line: int, flavor: str, src_file: str,
                  builder: TraceBuilder) -> None:
     """Lines that are no event: tool notices (``cpus=N``, lost events), perf callchain lines, or
     unparsed (counted, with the first few)."""
     stats = builder.stats
-    df = pl.DataFrame({"lineno": rows + 1,
+    df = pl.DataFrame({"lineno": rows + first_line + 1,
                        "line": spans(buf, heads[tk.H_LINE_S][rows], heads[tk.H_LINE_E][rows])})
     line = pl.col("line")
     cpus = df.filter(line.str.contains(CPUS_LINE)).select(line.str.extract_groups(CPUS_LINE)).unnest("line")
     if cpus.height:
-        builder.meta["cpus"] = int(cpus["n"].cast(pl.Int64).max())  # type: ignore[arg-type]
+        builder.meta["cpus"] = max(builder.meta.get("cpus") or 0, int(cpus["n"].cast(pl.Int64).max()))  # type: ignore[arg-type]
     lost = df.filter(line.str.contains(LOST_LINE))
     if lost.height:
         g = lost.select("lineno", line.str.extract_groups(LOST_LINE).alias("g")).unnest("g")
