@@ -42,8 +42,8 @@ _OFFSETS = "u4[::1]|i8[::1]"  # sample offsets: 32 bits for files below 4 GiB
 
 KERNELS: dict[str, Kernel] = {
     # ring-buffer pages
-    "walk_pages": _k("ringbuf", "UniTuple(i8, 2)", BUF, "i8", "i8", "i8", "i8", "i8", "b1", "b1",
-                     _I8, _I8, _I8, _I8),
+    "walk_pages": _k("ringbuf", "i8", BUF, "i8", "i8", "i8", "i8", "i8", "b1", "b1", _I8, _I8, _I8, _I8, _I8,
+                     *RANGE),
     # perf.data records
     "walk_records": _k("perf_walk", "UniTuple(i8, 3)", BUF, "i8", "i8", "b1", _I8, _I4, _I4, _I4),
     "walk_samples": _k("perf_walk", "none", BUF, _I8, _I4, "i8", "i8", _U8, _I8, _U8, _I8, _I4, _U8, _I4, _I4,

@@ -31,17 +31,17 @@ def read_int(buf, pos, size, big_endian):  # pragma: no cover - compiled
     return v
 
 
-def walk_pages(buf, page_size, ts_off, commit_off, commit_size, data_off, big_endian, fill,
-               offs, lens, tss, page_lost):  # pragma: no cover - compiled
-    """Every data event of every page: with ``fill``, its payload offset, length and timestamp;
-    per page the events lost before it (0 none, -1 an unknown number, n). Returns (events, pages
-    with a bad commit size or event length). Arithmetic in int64: timestamps and commit words
-    stay far below 2**63."""
-    n = 0
+def walk_pages(buf, page_size, ts_off, commit_off, commit_size, data_off, big_endian, fill, page_events,
+               offs, lens, tss, page_lost, lo, hi):  # pragma: no cover - compiled
+    """The data events of pages lo..hi (each page stands alone: its header holds the time its
+    events' deltas add to). Without ``fill``: page_events[p] = how many; with it, page p's events'
+    payload offsets, lengths and timestamps from index page_events[p] on. Per page the events lost
+    before it (0 none, -1 an unknown number, n). Returns the pages with a bad commit size or
+    event length. Arithmetic in int64: timestamps and commit words stay far below 2**63."""
     bad = 0
-    npages = len(buf) // page_size
     ts_msb = -(1 << 59)
-    for p in range(npages):
+    for p in range(lo, hi):
+        n = page_events[p] if fill else np.int64(0)
         base = p * page_size
         page_end = base + page_size
         ts = read_int(buf, base + ts_off, 8, big_endian)
@@ -102,4 +102,6 @@ def walk_pages(buf, page_size, ts_off, commit_off, commit_size, data_off, big_en
                 tss[n] = ts
             n += 1
             pos += total
-    return n, bad
+        if not fill:
+            page_events[p] = n
+    return bad

@@ -7,8 +7,8 @@ bit 30), data. Event header: u32 with type_len (5 bits) and time_delta (27 bits)
   29     padding (time_delta 0: rest of page empty; else skip array[0])
   30     time extend: delta = array[0] << 27 | time_delta
   31     absolute timestamp: array[0] << 27 | time_delta, top 5 bits kept from the running ts
-The walk is a sequential loop over variable-length records, compiled (kernels/ringbuf.py);
-the constants are in formats/ringbuf_abi.py.
+The walk is a loop over variable-length records, compiled (kernels/ringbuf.py), run on ranges
+of pages in parallel (each page stands alone); the constants are in formats/ringbuf_abi.py.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from vpmutrace import kernels
+
+PAGES_PER_THREAD = 256  # pages below which a range is not worth a thread
 
 
 @dataclass
@@ -38,14 +40,18 @@ def walk_pages(buf: np.ndarray, page_size: int, header_page: dict[str, tuple[int
     npages = len(buf) // page_size
     page_lost = np.zeros(npages, dtype=np.int64)
     empty = np.zeros(0, dtype=np.int64)
-    n, _ = kernels.walk_pages(buf, page_size, ts_off, commit_off, commit_size, data_off, big_endian, False,
-                              empty, empty, empty, page_lost)
+    counts = np.zeros(npages, dtype=np.int64)
+    args = (buf, page_size, ts_off, commit_off, commit_size, data_off, big_endian)
+    bad = sum(kernels.parallel(kernels.walk_pages, npages, *args, False, counts, empty, empty, empty, page_lost,
+                               min_items=PAGES_PER_THREAD))
+    first = np.zeros(npages, dtype=np.int64)  # each page's first event's index
+    np.cumsum(counts[:-1], out=first[1:])
+    n = int(counts.sum())
     offs = np.empty(n, dtype=np.int64)
     lens = np.empty(n, dtype=np.int64)
     tss = np.empty(n, dtype=np.int64)
-    page_lost[:] = 0
-    _, bad = kernels.walk_pages(buf, page_size, ts_off, commit_off, commit_size, data_off, big_endian, True,
-                                offs, lens, tss, page_lost)
+    kernels.parallel(kernels.walk_pages, npages, *args, True, first, offs, lens, tss, page_lost,
+                     min_items=PAGES_PER_THREAD)
     page_ts = np.array([int.from_bytes(buf[p * page_size + ts_off:p * page_size + ts_off + 8].tobytes(),
                                        "big" if big_endian else "little") for p in np.nonzero(page_lost)[0]],
                        dtype=np.int64)

@@ -10,12 +10,14 @@ u64 size.
 from __future__ import annotations
 
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.readers import tracing_data as tdmod
 from vpmutrace.readers.binio import Cursor
@@ -330,10 +332,11 @@ def _cpu_chunks(raw: bytes, td: TraceDat, cd: CpuData, b: TraceBuilder | None = 
     return avail
 
 
-def _decompress_into(raw: bytes, td: TraceDat, cd: CpuData, chunks: Chunks, out: np.ndarray, at: int) -> None:
+def _decompress_into(raw: bytes, td: TraceDat, cd: CpuData, chunks: Chunks, out: np.ndarray, at: int,
+                     codec: _Codec | None = None) -> None:
     """Each chunk decompressed straight to its place in ``out`` (from ``at``): no list of pieces
     to join, each piece's memory reused for the next."""
-    codec: _Codec = td._codec  # type: ignore[attr-defined]
+    codec = codec or td._codec  # type: ignore[attr-defined]
     view = memoryview(raw)
     for off, csize, usize in chunks:
         try:
@@ -367,11 +370,26 @@ def _buffer_bytes(raw: bytes, td: TraceDat, buf: Buffer, b: TraceBuilder) -> tup
     sizes = [sum(u for _, _, u in g) if isinstance(g, list) else 0 for g in got]
     out = np.empty(sum(sizes), dtype=np.uint8)
     spans, at = [], 0
+    tasks: list[tuple[CpuData, Chunks, int]] = []  # runs of chunks, each decompressed by one thread
+    step = max(1, sum(sizes) // (4 * kernels.threads()))
     for cd, g, size in zip(buf.cpus, got, sizes, strict=True):
         if isinstance(g, list):
-            _decompress_into(raw, td, cd, g, out, at)
+            run: Chunks = []
+            run_at = at
+            for chunk in g:
+                run.append(chunk)
+                if sum(u for _, _, u in run) >= step:
+                    tasks.append((cd, run, run_at))
+                    run_at += sum(u for _, _, u in run)
+                    run = []
+            if run:
+                tasks.append((cd, run, run_at))
         spans.append((at, size))
         at += size
+    # zlib and zstd decompress without the GIL: the runs go to threads, each with its own codec
+    with ThreadPoolExecutor(kernels.threads()) as pool:
+        list(pool.map(lambda t: _decompress_into(raw, td, t[0], t[1], out, t[2], _Codec(td.compression, td.path)),
+                      tasks))
     return out, spans
 
 
