@@ -46,8 +46,11 @@ def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.nda
         del rows
     else:
         order = np.argsort(types, kind="stable")  # radix sort for 16-bit keys
-    kinds, starts = np.unique(types[order], return_index=True)
+    sorted_types = types[order]
+    starts = np.concatenate(([0], np.flatnonzero(sorted_types[1:] != sorted_types[:-1]) + 1))
+    kinds = sorted_types[starts]
     ends = np.append(starts[1:], n)
+    del sorted_types
     for t, a, z in zip(kinds.tolist(), starts.tolist(), ends.tolist(), strict=True):
         idx = order[a:z]
         fmt = formats.get(int(t))

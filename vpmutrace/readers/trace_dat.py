@@ -375,13 +375,14 @@ def _buffer_bytes(raw: bytes, td: TraceDat, buf: Buffer, b: TraceBuilder) -> tup
     for cd, g, size in zip(buf.cpus, got, sizes, strict=True):
         if isinstance(g, list):
             run: Chunks = []
-            run_at = at
+            run_at, run_size = at, 0
             for chunk in g:
                 run.append(chunk)
-                if sum(u for _, _, u in run) >= step:
+                run_size += chunk[2]
+                if run_size >= step:
                     tasks.append((cd, run, run_at))
-                    run_at += sum(u for _, _, u in run)
-                    run = []
+                    run_at += run_size
+                    run, run_size = [], 0
             if run:
                 tasks.append((cd, run, run_at))
         spans.append((at, size))
@@ -489,7 +490,7 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShi
             continue
         ts_ns = np.concatenate(stamps)
         n = len(ts_ns)
-        offs, lens, cpu = np.concatenate(offsets), np.concatenate(lengths).astype(np.int32), np.concatenate(cpus)
+        offs, lens, cpu = np.concatenate(offsets), np.concatenate(lengths), np.concatenate(cpus)
         del offsets, lengths, stamps, cpus
         emit_payloads(b, td.path, src, data, offs, lens, ts_ns, cpu, t.formats, td.endian, t.cmdlines, t.kallsyms,
                       seq_base=seq_base, time_order=True)
