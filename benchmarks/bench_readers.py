@@ -102,15 +102,17 @@ def whole(label: str, cmd: list[str], runs: int) -> Runs:
 def in_process(path: Path, runs: int) -> tuple[Runs, Runs, int]:
     arrow, parquet = Runs("in-process -> Arrow"), Runs("in-process -> Parquet")
     events = 0
+    out = DATA / "in-process.json"
     for k in range(runs + 1):
-        r = subprocess.run([PY, "-c", IN_PROCESS, str(path), "parquet", WARM, str(DATA / "out.parquet")],
-                           capture_output=True, text=True, check=True)
-        d = json.loads(r.stdout.strip().splitlines()[-1])
+        # peak RSS from /usr/bin/time, not the child's own getrusage: a child's ru_maxrss starts at its
+        # parent's resident size when it was forked
+        _, rss = timed([PY, "-c", IN_PROCESS, str(path), "parquet", WARM, str(DATA / "out.parquet")], out)
+        d = json.loads(out.read_text().strip().splitlines()[-1])
         if k:
             arrow.secs.append(d["arrow_s"])
             parquet.secs.append(d["parquet_s"])
-            arrow.rss_kb.append(d["maxrss_kb"])
-            parquet.rss_kb.append(d["maxrss_kb"])
+            arrow.rss_kb.append(rss)
+            parquet.rss_kb.append(rss)
         events = d["events"]
     return arrow, parquet, events
 
@@ -246,16 +248,20 @@ def _text_of(cmd: list[str], out: Path) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=5, help="counted runs per reader (default 5)")
+    ap.add_argument("--make-trace-dat", nargs=2, metavar=("PERF_DATA", "OUT"), help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.make_trace_dat:
+        make_trace_dat(Path(a.make_trace_dat[0]), Path(a.make_trace_dat[1]))
+        return
     mixed_perf, mixed_dat, scalar_perf = DATA / "mixed.perf.data", DATA / "mixed.trace.dat", DATA / "scalar.perf.data"
     for f, how in ((mixed_perf, "benchmarks/record_mixed.sh benchmarks/data 30000"),
                    (scalar_perf, "benchmarks/make_capture.sh")):
         if not f.exists():
             sys.exit(f"{f} missing: run `{how}` on a KVM host first")
     scalar_dat = DATA / "scalar.trace.dat"
-    if not scalar_dat.exists():
+    if not scalar_dat.exists():  # (in a process of its own: this one's memory stays small)
         print(f"building {scalar_dat.name} from the same payloads ...", file=sys.stderr, flush=True)
-        make_trace_dat(scalar_perf, scalar_dat)
+        subprocess.run([PY, __file__, "--make-trace-dat", str(scalar_perf), str(scalar_dat)], check=True)
     have = {t: shutil.which(t) is not None for t in ("perf", "trace-cmd")}
     if not all(have.values()):
         sys.exit(f"needs perf and trace-cmd: {have}")
