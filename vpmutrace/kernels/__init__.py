@@ -110,38 +110,38 @@ def _compiled_module() -> Any | None:
     return mod if mod.source_stamp() == source_stamp() else None
 
 
-def _load() -> None:
+_MODULE: list[Any] = []  # [the compiled extension, or None for the JIT], once looked for
+
+
+def _load(name: str) -> _Dispatch:
+    """One kernel: from the compiled extension, else compiled (or loaded from numba's cache) by the JIT."""
     global MODE
-    mod = _compiled_module()
-    if mod is not None:
-        MODE = "aot"
-        for name, k in KERNELS.items():
-            _loaded[name] = _Dispatch(name, k, [getattr(mod, export_name(name, i)) for i in range(len(k.variants()))])
-        return
+    if not _MODULE:
+        _MODULE.append(_compiled_module())
+        MODE = "aot" if _MODULE[0] is not None else "jit"
+    k = KERNELS[name]
+    if _MODULE[0] is not None:
+        return _Dispatch(name, k, [getattr(_MODULE[0], export_name(name, i)) for i in range(len(k.variants()))])
     import numba
     from numba.core import cpu
 
-    MODE = "jit"
     finalize = cpu.CPUTargetOptions.finalize
+    flags = kernel_flags(k)
 
-    current: dict[str, Any] = {}
+    def with_kernel_flags(self: Any, numba_flags: Any, options: Any) -> None:  # numba has no option for noalias
+        finalize(self, numba_flags, options)
+        for flag, value in flags.items():
+            setattr(numba_flags, flag, value)
 
-    def with_kernel_flags(self: Any, flags: Any, options: Any) -> None:  # numba has no option for noalias
-        finalize(self, flags, options)
-        for flag, value in current.items():
-            setattr(flags, flag, value)
-
-    cpu.CPUTargetOptions.finalize = with_kernel_flags  # only while our kernels compile or load
+    cpu.CPUTargetOptions.finalize = with_kernel_flags  # only while this kernel compiles or loads
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", numba.NumbaPerformanceWarning)  # "no parallel transformation"
-            for name, k in KERNELS.items():
-                src = getattr(importlib.import_module(f"vpmutrace.kernels.{k.module}"), name)
-                current.update(kernel_flags(k))
-                funcs = [numba.njit(_jit_signatures(k, v), cache=True, nogil=True)(src) for v in k.variants()]
-                _loaded[name] = _Dispatch(name, k, funcs)
+            src = getattr(importlib.import_module(f"vpmutrace.kernels.{k.module}"), name)
+            funcs = [numba.njit(_jit_signatures(k, v), cache=True, nogil=True)(src) for v in k.variants()]
     finally:
         cpu.CPUTargetOptions.finalize = finalize
+    return _Dispatch(name, k, funcs)
 
 
 def _jit_signatures(k: Kernel, variant: tuple[str, ...]) -> list[Any]:
@@ -157,8 +157,8 @@ def _jit_signatures(k: Kernel, variant: tuple[str, ...]) -> list[Any]:
 def __getattr__(name: str) -> _Dispatch:
     if name not in KERNELS:
         raise AttributeError(name)
-    if not _loaded:
-        _load()
+    if name not in _loaded:
+        _loaded[name] = _load(name)
     return _loaded[name]
 
 
