@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import COMMON_FORMAT_FIELDS, FIXTURES
 
 from vpmutrace.errors import InputError
 from vpmutrace.readers import load_trace
@@ -157,11 +157,7 @@ def test_compressed_text_traces_are_read(tmp_path: Path, codec: str) -> None:
 EVERY_KIND = """name: every_kind
 ID: 77
 format:
-\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
-\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
-\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
-\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
-
+""" + COMMON_FORMAT_FIELDS + """
 \tfield:__data_loc char[] name;\toffset:8;\tsize:4;\tsigned:0;
 \tfield:__rel_loc u32[] ids;\toffset:12;\tsize:4;\tsigned:0;
 \tfield:char comm[8];\toffset:16;\tsize:8;\tsigned:0;

@@ -105,28 +105,17 @@ def _timestamp(buf, p, e, perf):  # pragma: no cover - compiled
                         while k < e and _digit(buf[k]):
                             k += 1
                         if k > r and k < e and _space(buf[k]):
-                            while k < e and _space(buf[k]):
-                                k += 1
-                            r = k
+                            r = _lstrip(buf, k, e)
                         ev = r
-                        while r < e and not _space(buf[r]):
-                            if buf[r] == 58 and (r + 1 == e or _space(buf[r + 1])):
-                                break
+                        while r < e and not _space(buf[r]) and not (buf[r] == 58 and (r + 1 == e
+                                                                                      or _space(buf[r + 1]))):
                             r += 1
-                        if r > ev and r < e and buf[r] == 58:
-                            b = r + 1
-                            while b < e and _space(buf[b]):
-                                b += 1
-                            return q, colon, ev, r, b
                     else:
                         ev = r
                         while r < e and _word(buf[r]):
                             r += 1
-                        if r > ev and r < e and buf[r] == 58:
-                            b = r + 1
-                            while b < e and _space(buf[b]):
-                                b += 1
-                            return q, colon, ev, r, b
+                    if r > ev and r < e and buf[r] == 58:
+                        return q, colon, ev, r, _lstrip(buf, r + 1, e)
         q += 1
     return -1, -1, -1, -1, -1
 
