@@ -381,10 +381,10 @@ def test_fill_that_discards_its_inputs_as_it_goes(rel: str, monkeypatch: pytest.
 
 
 def test_group_rows_numbers_each_group_in_order() -> None:
-    """Samples' rows within their groups, counted in parallel chunks, equal one sequential count."""
+    """Records' rows within their groups, counted in parallel chunks, equal one sequential count."""
     import numpy as np
 
-    import vpmutrace.readers.perf_samples as ps
+    from vpmutrace.readers import payloads
 
     rng = np.random.default_rng(7)
     n = 300_000  # several chunks
@@ -392,7 +392,7 @@ def test_group_rows_numbers_each_group_in_order() -> None:
     order = np.argsort(rng.integers(0, 1 << 40, n), kind="stable")
     rows = np.full(n, -9, np.int32)
     counts = np.zeros(5, np.int64)
-    ps.group_rows(order, group, rows, counts)
+    payloads.group_rows(order, group, rows, counts)
     for g in range(5):
         in_order = order[group[order] == g]
         assert counts[g] == len(in_order)

@@ -210,3 +210,48 @@ def utf8_replace(data, value_offsets, out, out_offsets, fill):  # pragma: no cov
                 p += -c
     out_offsets[len(value_offsets) - 1] = q
     return q
+
+
+def fill_payload_columns(buf, seq0, offs, lens, ts, cpu, group, rows, big_endian, g_ts, g_cpu, g_seq, g_rawoff,
+                         g_rawlen, col_start, col_pos, col_size, col_elem, a8, a16, a32, a64, lo,
+                         hi):  # pragma: no cover - compiled
+    """Write the columns of ring-buffer records lo..hi (payload at offs[j], lens[j] bytes) straight
+    into their event's place in one arena (a8/a16/a32/a64: one buffer at four widths): for group g
+    = group[j] (skipped when negative or g_seq[g] < 0), row r = rows[j]: the time at a64[g_ts[g] +
+    r], the CPU at a32[g_cpu[g] + r], the sequence number seq0 + j at a64[g_seq[g] + r], the payload
+    offset / length at a64[g_rawoff[g] + r] / a64[g_rawlen[g] + r] when those are >= 0, then fields
+    c in col_start[g]..col_start[g + 1]: col_size[c] bytes at col_pos[c] of the payload (zero when
+    the payload is shorter), in the file's byte order, to element col_elem[c] + r."""
+    for j in range(lo, hi):
+        g = group[j]
+        if g < 0 or g_seq[g] < 0:
+            continue
+        r = np.int64(rows[j])
+        o = offs[j]
+        ln = lens[j]
+        a64[g_ts[g] + r] = np.uint64(ts[j])
+        a32[g_cpu[g] + r] = np.uint32(cpu[j])
+        a64[g_seq[g] + r] = np.uint64(seq0 + j)
+        if g_rawoff[g] >= 0:
+            a64[g_rawoff[g] + r] = np.uint64(o)
+            a64[g_rawlen[g] + r] = np.uint64(ln)
+        for c in range(col_start[g], col_start[g + 1]):
+            z = col_size[c]
+            p = col_pos[c]
+            v = np.uint64(0)
+            if p + z <= ln:
+                if big_endian:
+                    for k in range(z):
+                        v = (v << np.uint64(8)) | np.uint64(buf[o + p + k])
+                else:
+                    for k in range(z):
+                        v |= np.uint64(buf[o + p + k]) << np.uint64(8 * k)
+            d = col_elem[c] + r
+            if z == 8:
+                a64[d] = v
+            elif z == 4:
+                a32[d] = np.uint32(v)
+            elif z == 2:
+                a16[d] = np.uint16(v)
+            else:
+                a8[d] = np.uint8(v)

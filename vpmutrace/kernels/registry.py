@@ -62,6 +62,8 @@ KERNELS: dict[str, Kernel] = {
                               _I8, "b1[::1]", _I8, _I8, _I8, *_ARENA, *RANGE),
     # tracepoint fields
     "gather": _k("fields", "none", BUF, _I8, _I8, "i8", "i8", "u1[:, ::1]", *RANGE),
+    "fill_payload_columns": _k("fields", "none", BUF, "i8", _I8, _I8, _I8, _I4, _I4, _I4, "b1", _I8, _I8, _I8, _I8,
+                               _I8, _I8, _I8, _I8, _I8, *_ARENA, *RANGE),
     "decode_scalars": _k("fields", "none", BUF, _I8, _I8, _I8, _I8, _I8, "b1", *_ARENA, *RANGE),
     "dynamic_spans": _k("fields", "i8", BUF, _I8, _I8, "i8", "b1", "b1", _I8, _I8, *RANGE),
     "string_sizes": _k("fields", "none", BUF, _I8, _I8, "b1", _I8, *RANGE),

@@ -8,15 +8,24 @@ format go to ``unparsed`` with their bytes, counted: nothing is dropped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from vpmutrace import kernels
-from vpmutrace.formats.decode import decode_fields, factorize_rows, gather, var_array
-from vpmutrace.formats.event_format import EventFormat
+from vpmutrace.formats.decode import (
+    decode_fields,
+    factorize_rows,
+    gather,
+    is_scalar,
+    scalar_column,
+    scalar_dtype,
+    var_array,
+    width_views,
+)
+from vpmutrace.formats.event_format import EventFormat, Field
 from vpmutrace.schema import column_names, const_column, dict_array, event_table_spec, table_for_event
 from vpmutrace.tracedata import TraceBuilder
 from vpmutrace.typed_fields import CUTS, typed_columns
@@ -30,45 +39,135 @@ def comms_for(pids: np.ndarray, cmdlines: dict[int, str]) -> pa.Array:
 
 
 def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.ndarray, offsets: np.ndarray,
-                  lengths: np.ndarray, ts_ns: np.ndarray, cpu: np.ndarray, formats: dict[int, EventFormat],
+                  lengths: np.ndarray, ts_ns: np.ndarray, cpu: np.ndarray, formats: Mapping[int, EventFormat],
                   byteorder: str, cmdlines: dict[int, str], symbols: Callable[[int], str | None] | None,
-                  seq_base: int = 0, time_order: bool = False) -> None:
-    """Decode and add every payload (ring-buffer records): task ids from common_pid, names from the
-    trace's saved cmdlines. A record's sequence number is ``seq_base`` + its position. Each
-    event's rows go in that order, or with ``time_order`` by time (ties in that order)."""
+                  seq_base: int = 0) -> None:
+    """Decode and add every payload (ring-buffer records, in file order): task ids from common_pid,
+    names from the trace's saved cmdlines. A record's sequence number is ``seq_base`` + its
+    position; each event's rows go in time order (ties in file order).
+
+    One compiled pass writes every record's time, CPU, sequence number and scalar fields straight
+    to its row of its event's columns (one arena); then each event's other fields are decoded."""
     n = len(offsets)
     if n == 0:
         return
     types = gather(buf, offsets, 2, lengths).view(np.dtype(f"{byteorder}u2")).reshape(n)
-    if time_order and not (ts_ns[1:] >= ts_ns[:-1]).all():
-        rows = np.argsort(ts_ns, kind="stable")  # streams in time order each (CPUs): merged
-        order = rows[np.argsort(types[rows], kind="stable")]
-        del rows
-    else:
-        order = np.argsort(types, kind="stable")  # radix sort for 16-bit keys
-    sorted_types = types[order]
-    starts = np.concatenate(([0], np.flatnonzero(sorted_types[1:] != sorted_types[:-1]) + 1))
-    kinds = sorted_types[starts]
-    ends = np.append(starts[1:], n)
-    del sorted_types
-    for t, a, z in zip(kinds.tolist(), starts.tolist(), ends.tolist(), strict=True):
-        idx = order[a:z]
+    present = np.flatnonzero(np.bincount(types, minlength=1 << 16))  # the event ids there are
+    lut = np.full(1 << 16, -1, dtype=np.int32)
+    lut[present] = np.arange(len(present), dtype=np.int32)
+    group = lut[types]
+    del types, lut
+    sorted_ = bool((ts_ns[1:] >= ts_ns[:-1]).all())
+    order = np.arange(n, dtype=np.int64) if sorted_ else np.argsort(ts_ns, kind="stable")  # (CPUs merged)
+    rows = np.empty(n, dtype=np.int32)
+    counts = np.zeros(len(present), dtype=np.int64)
+    group_rows(order, group, rows, counts)
+    del order
+    layouts = [_payload_layout(formats.get(int(t))) for t in present.tolist()]
+    views, arena_tables = _arena(layouts, counts)
+    offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+    kernels.parallel(kernels.fill_payload_columns, n, buf, seq_base, offsets, np.ascontiguousarray(lengths, np.int64),
+                     np.ascontiguousarray(ts_ns, np.int64), np.ascontiguousarray(cpu, np.int32), group, rows,
+                     byteorder == ">", *arena_tables)
+    del rows, group
+    for k, t in enumerate(present.tolist()):
+        v, m = views[k], int(counts[k])
         fmt = formats.get(int(t))
-        common: dict[str, Any] = {"ts_ns": ts_ns[idx], "seq": idx + seq_base, "cpu": cpu[idx],
-                                  "source": const_column(source, len(idx))}
-        if fmt is None:
-            emit_unknown(builder, src_file, int(t), common, None, len(idx),
-                         raw_column(buf, offsets[idx], lengths[idx]))
-            continue
-        damaged: dict[str, int] = {}
-        cols = decode_fields(fmt, buf, offsets[idx], lengths[idx], byteorder, damaged=damaged,
-                             cuts=CUTS.get(table_for_event(fmt.system, fmt.name) or ""))
-        count_damaged(builder, src_file, fmt, damaged, common["ts_ns"])
-        pids = cols.get("common_pid")
-        if pids is not None:
-            common["pid"] = pids.astype(np.int32)
+        common: dict[str, Any] = {"ts_ns": v["ts_ns"], "seq": v["seq"], "cpu": v["cpu"],
+                                  "source": const_column(source, m)}
+        if "f:common_pid" in v:
+            pids = v["f:common_pid"]
+            common["pid"] = pids.astype(np.int32, copy=False)
             common["comm"] = comms_for(pids, cmdlines)
-        emit_event(builder, src_file, fmt, common, cols, len(idx), symbols)
+        emit_decoded(builder, src_file, buf, fmt, int(t), common, v, m, symbols, byteorder)
+
+
+# where a column of the payload arena comes from: the payload's bytes, or values the fill computes
+TS, CPU, SEQ, RAW_OFF, RAW_LEN, FIELD = range(6)
+
+
+def _payload_layout(fmt: EventFormat | None) -> dict[str, tuple[int, int, np.dtype]]:
+    """Columns of one event in the arena: name -> (source, payload position, dtype)."""
+    cols: dict[str, tuple[int, int, np.dtype]] = {
+        "ts_ns": (TS, 0, np.dtype(np.int64)), "cpu": (CPU, 0, np.dtype(np.int32)),
+        "seq": (SEQ, 0, np.dtype(np.int64))}
+    fields = table_fields(fmt) if fmt is not None else []
+    pid = fmt.field("common_pid") if fmt is not None else None
+    for f in ([pid] if pid is not None and is_scalar(pid) else []) + fields:
+        if is_scalar(f):
+            cols["f:" + f.name] = (FIELD, f.offset, scalar_dtype(f))
+    if fmt is None or any(not is_scalar(f) for f in fields):  # (no format: the bytes are kept)
+        cols["raw_off"] = (RAW_OFF, 0, np.dtype(np.int64))
+        cols["raw_len"] = (RAW_LEN, 0, np.dtype(np.int64))
+    return cols
+
+
+def _arena(layouts: list[dict[str, tuple[int, int, np.dtype]]], counts: np.ndarray) \
+        -> tuple[list[dict[str, np.ndarray]], tuple[np.ndarray, ...]]:
+    """One arena for every event's columns (each 64-byte aligned), its views per event, and the
+    tables kernels.fill_payload_columns takes."""
+    ng = len(layouts)
+    special = np.full((5, ng), -1, dtype=np.int64)  # element index of ts, cpu, seq, payload offset, length
+    col_start = np.zeros(ng + 1, dtype=np.int64)
+    pos, size, elem = [], [], []
+    where: list[dict[str, tuple[int, np.dtype]]] = []
+    total = 0
+    for g, cols in enumerate(layouts):
+        where.append({})
+        for name, (src, p, dt) in cols.items():
+            where[g][name] = (total, dt)
+            if src == FIELD:
+                pos.append(p)
+                size.append(dt.itemsize)
+                elem.append(total // dt.itemsize)
+            else:
+                special[src, g] = total // dt.itemsize
+            total += (int(counts[g]) * dt.itemsize + 63) & ~63
+        col_start[g + 1] = len(pos)
+    arena = np.zeros(max(total, 64), dtype=np.uint8)
+    views = [{name: arena[d:d + int(counts[g]) * dt.itemsize].view(dt) for name, (d, dt) in cols.items()}
+             for g, cols in enumerate(where)]
+    return views, (*special, col_start, np.array(pos, np.int64), np.array(size, np.int64), np.array(elem, np.int64),
+                   *width_views(arena))
+
+
+def table_fields(fmt: EventFormat) -> list[Field]:
+    """The fields an event's table takes: its own, and for an event without a named table also the
+    common ones (flags, preempt count) but for the type and pid (the pid is the common ``pid``)."""
+    if table_for_event(fmt.system, fmt.name) is not None:
+        return fmt.fields
+    return [f for f in fmt.common_fields if f.name not in ("common_type", "common_pid")] + fmt.fields
+
+
+def emit_decoded(b: TraceBuilder, path: str, buf: np.ndarray, fmt: EventFormat | None, event_id: int,
+                 common: dict[str, Any], v: dict[str, np.ndarray], n: int,
+                 symbols: Callable[[int], str | None] | None, byteorder: str = "<") -> None:
+    """One event's rows from its arena columns (``v``: scalar fields as "f:<name>", and the payloads'
+    offsets and lengths when it has other fields): those decoded, and the rows added."""
+    if fmt is None:
+        emit_unknown(b, path, event_id, common, common.get("pid"), n, raw_column(buf, v["raw_off"], v["raw_len"]))
+        return
+    fields = table_fields(fmt)
+    cols: dict[str, Any] = {f.name: scalar_column(f, v["f:" + f.name]) for f in fields if is_scalar(f)}
+    if "raw_off" in v:
+        damaged: dict[str, int] = {}
+        cols.update(decode_fields(fmt, buf, v["raw_off"], v["raw_len"], byteorder, scalars=cols, damaged=damaged,
+                                  cuts=CUTS.get(table_for_event(fmt.system, fmt.name) or "")))
+        count_damaged(b, path, fmt, damaged, common["ts_ns"])
+        cols = {f.name: cols[f.name] for f in fields}
+    emit_event(b, path, fmt, common, cols, n, symbols)
+
+
+def group_rows(order: np.ndarray, s_group: np.ndarray, rows: np.ndarray, counts: np.ndarray) -> None:
+    """rows[j]: the position of record j within its group when the group is in ``order``;
+    counts[g]: the group's size. Chunks of ``order`` are counted in parallel, then numbered in
+    parallel from each group's running total at the chunk's start."""
+    nch = max(1, min(256, len(order) // 65536))
+    at = np.zeros((nch, len(counts)), dtype=np.int64)
+    kernels.parallel(kernels.count_groups, nch, order, s_group, at, pieces=nch)
+    counts[:] = at.sum(axis=0)
+    start = np.ascontiguousarray(np.cumsum(at, axis=0) - at)  # each group's total before the chunk
+    kernels.parallel(kernels.number_rows, nch, order, s_group, rows, start, pieces=nch)
 
 
 def raw_column(buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> pa.Array:

@@ -31,13 +31,12 @@ import pyarrow as pa
 from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.formats import perf_abi as abi
-from vpmutrace.formats.decode import FIRST_CODES, decode_fields, is_scalar, scalar_column, scalar_dtype, width_views
-from vpmutrace.formats.event_format import EventFormat, Field
+from vpmutrace.formats.decode import FIRST_CODES, is_scalar, scalar_dtype, width_views
+from vpmutrace.formats.event_format import EventFormat
 from vpmutrace.readers.binio import discard, release_pages, scratch
-from vpmutrace.readers.payloads import count_damaged, emit_event, emit_unknown, raw_column
-from vpmutrace.schema import const_column, dict_array, table_for_event
+from vpmutrace.readers.payloads import emit_decoded, group_rows, table_fields
+from vpmutrace.schema import const_column, dict_array
 from vpmutrace.tracedata import TraceBuilder
-from vpmutrace.typed_fields import CUTS
 
 if TYPE_CHECKING:
     from vpmutrace.readers.perf_data import Attr
@@ -257,18 +256,6 @@ def dense_codes(keys: np.ndarray, valid: np.ndarray, time: np.ndarray, codes: np
     raise AssertionError("dense_codes: more codes than samples")
 
 
-def group_rows(order: np.ndarray, s_group: np.ndarray, rows: np.ndarray, counts: np.ndarray) -> None:
-    """rows[j]: the position of sample j within its group when the group is in ``order``;
-    counts[g]: the group's size. Chunks of ``order`` are counted in parallel, then numbered in
-    parallel from each group's running total at the chunk's start."""
-    nch = max(1, min(256, len(order) // 65536))
-    at = np.zeros((nch, len(counts)), dtype=np.int64)
-    kernels.parallel(kernels.count_groups, nch, order, s_group, at, pieces=nch)
-    counts[:] = at.sum(axis=0)
-    start = np.ascontiguousarray(np.cumsum(at, axis=0) - at)  # each group's total before the chunk
-    kernels.parallel(kernels.number_rows, nch, order, s_group, rows, start, pieces=nch)
-
-
 # where a column's bytes come from: the record, its payload, or values the fill computes
 FROM_RECORD, FROM_PAYLOAD, SEQ, COMM_CODE, PAYLOAD_OFF, PAYLOAD_LEN = range(6)
 
@@ -294,7 +281,7 @@ def _plan(a: Attr, fmt: EventFormat | None) -> _Plan:
         cols["pid"] = (FROM_RECORD, tid + 4, np.dtype(np.int32))
     if st & abi.S_CPU:
         cols["cpu"] = (FROM_RECORD, body + field_pos(st, abi.S_CPU), np.dtype(np.int32))
-    fields = _table_fields(fmt) if fmt is not None else []
+    fields = table_fields(fmt) if fmt is not None else []
     for f in fields:
         if is_scalar(f):
             cols["f:" + f.name] = (FROM_PAYLOAD, f.offset, scalar_dtype(f))
@@ -302,14 +289,6 @@ def _plan(a: Attr, fmt: EventFormat | None) -> _Plan:
         cols["raw_off"] = (PAYLOAD_OFF, 0, np.dtype(np.int64))
         cols["raw_len"] = (PAYLOAD_LEN, 0, np.dtype(np.int64))
     return _Plan(cols, fmt)
-
-
-def _table_fields(fmt: EventFormat) -> list[Field]:
-    """The fields an event's table takes: its own, and for an event without a named table also the
-    common ones (flags, preempt count) but for the type and pid (the sample's tid is the pid)."""
-    if table_for_event(fmt.system, fmt.name) is not None:
-        return fmt.fields
-    return [f for f in fmt.common_fields if f.name not in ("common_type", "common_pid")] + fmt.fields
 
 
 def _fill(buf: np.ndarray, sc: Samples, rows: np.ndarray, plans: dict[int, _Plan],
@@ -404,20 +383,8 @@ def _emit_group(path: str, buf: np.ndarray, plan: _Plan, v: dict[str, np.ndarray
     common: dict[str, Any] = {"ts_ns": v.get("ts_ns", np.zeros(n, np.int64)), "seq": v["seq"], "cpu": v.get("cpu"),
                               "pid": v.get("pid"), "tgid": v.get("tgid"),
                               "comm": dict_array(v["comm"], names, check=False), "source": const_column(source, n)}
-    fmt = plan.fmt
-    if fmt is None:
-        emit_unknown(b, path, etype, common, common["pid"], n,
-                     raw_column(buf, v["raw_off"].view(np.int64), v["raw_len"]))
-        return
-    fields = _table_fields(fmt)
-    cols: dict[str, Any] = {f.name: scalar_column(f, v["f:" + f.name]) for f in fields if is_scalar(f)}
-    if "raw_off" in v:
-        damaged: dict[str, int] = {}
-        cols.update(decode_fields(fmt, buf, v["raw_off"].view(np.int64), v["raw_len"], scalars=cols,
-                                  damaged=damaged, cuts=CUTS.get(table_for_event(fmt.system, fmt.name) or "")))
-        count_damaged(b, path, fmt, damaged, common["ts_ns"])
-        cols = {f.name: cols[f.name] for f in fields}
-    emit_event(b, path, fmt, common, cols, n, symbols)
+    emit_decoded(b, path, buf, plan.fmt, etype, common, {k: a.view(np.int64) if k == "raw_off" else a
+                                                         for k, a in v.items()}, n, symbols)
 
 
 def _emit_plain(a: Attr, path: str, buf: np.ndarray, sc: Samples, sel: np.ndarray, b: TraceBuilder,

@@ -493,7 +493,7 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShi
         offs, lens, cpu = np.concatenate(offsets), np.concatenate(lengths), np.concatenate(cpus)
         del offsets, lengths, stamps, cpus
         emit_payloads(b, td.path, src, data, offs, lens, ts_ns, cpu, t.formats, td.endian, t.cmdlines, t.kallsyms,
-                      seq_base=seq_base, time_order=True)
+                      seq_base=seq_base)
         seq_base += n
 
 
