@@ -166,7 +166,8 @@ def table(title: str, results: list[FileResult]) -> list[str]:
         out.append(f"| {desc} | {t.label} | {t.best:.2f} / {t.median:.2f} s | 1.0x | | | {_mb(rss)} "
                    f"({rss * 1024 / r.size:.2f}x file) |")
         for w, p in ((r.whole_arrow, r.arrow), (r.whole_parquet, r.parquet)):
-            rss = max(w.rss_kb + p.rss_kb)
+            # (the in-process runs write Parquet: their peak counts for the Parquet row only)
+            rss = max(w.rss_kb + (p.rss_kb if w is r.whole_parquet else []))
             per = f"{rss * 1024 / r.size:.2f}x file"
             if r.perf_bytes_per_event:
                 per += f", {rss * 1024 / (r.perf_bytes_per_event * r.events):.2f}x the events' perf.data"
@@ -195,6 +196,17 @@ def text_readers(runs: int, texts: list[tuple[Path, Path]]) -> list[str]:
                    f"{binary.name}: {b_arrow.best:.2f} s | {b_events / b_arrow.best / 1e6:.1f} M | "
                    f"{t_arrow.best / b_arrow.best:.0f}x slower |")
     return out + [""]
+
+
+FRESH_MEMORY = "import numpy as np, time; t = time.perf_counter(); a = np.ones(300 << 20, np.uint8); " \
+    "print(time.perf_counter() - t)"
+
+
+def fresh_memory(runs: int) -> list[float]:
+    """Seconds a fresh process takes to write 300 MB of new memory (on a VM whose free memory goes
+    back to the hypervisor, touching it again costs host faults: this moves single runs)."""
+    return [float(subprocess.run([PY, "-c", FRESH_MEMORY], capture_output=True, check=True, text=True).stdout)
+            for _ in range(runs)]
 
 
 def _perf_data_bounds(buf) -> tuple[int, int]:
@@ -286,7 +298,10 @@ def main() -> None:
                             "kvm_userspace_exit: every field a scalar, the favourable case)", scalar)
                     + text_lines))
     print(f"best / median of {a.runs} runs after 1 uncounted; every run a fresh process; vs tool = tool seconds / "
-          f"our seconds on the same file. {os.cpu_count()} CPUs.")
+          f"our seconds on the same file. {os.cpu_count()} CPUs. Peak RSS: the highest of the runs (for Parquet, "
+          f"of the whole-process and in-process runs).")
+    fresh = fresh_memory(a.runs)
+    print(f"a fresh process writing 300 MB of new memory: best {min(fresh):.3f} s, worst {max(fresh):.3f} s")
     for r in mixed + scalar:
         for x in (r.tool, r.whole_arrow, r.whole_parquet, r.arrow, r.parquet):
             print(f"{r.name} {x.label}: " + " ".join(f"{s:.2f}" for s in x.secs))
