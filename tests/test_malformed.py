@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import COMMON_FORMAT_FIELDS, FIXTURES
 
@@ -180,27 +181,37 @@ def _every_kind_record(name: bytes, ids: list[int], comm: bytes, vals: list[int]
     return head + name + ids_b
 
 
-def _every_kind_perf_data(tmp_path: Path, payloads: list[bytes]) -> Path:
+def _every_kind_trace(tmp_path: Path, payloads: list[bytes], kind: str) -> Path:
+    """The payloads as tracepoint samples of a perf.data, or as ring-buffer records of a trace.dat."""
     from vpmutrace.formats.event_format import parse_format
     from vpmutrace.formats.known import reference_ring_headers
     from vpmutrace.writers.perf_data import PerfDataContent, write_perf_data
+    from vpmutrace.writers.ringbuf import pack_pages
+    from vpmutrace.writers.trace_dat import BufferData, TraceDatContent
 
-    fmt = parse_format(EVERY_KIND, "test")
     hp, he = reference_ring_headers()
+    if kind == "trace.dat":
+        pages = pack_pages(payloads, np.arange(1000, 1000 + len(payloads), dtype=np.int64))
+        c = TraceDatContent(page_size=4096, header_page=hp, header_event=he,
+                            event_formats={"test": [EVERY_KIND.encode()]}, cmdlines=b"42 task\n",
+                            buffers=[BufferData("", "local", {0: pages})], cpucount=1, trace_clock="[local] global")
+        return write_trace_dat(tmp_path / "every.dat", c, 7, "zstd")
+    fmt = parse_format(EVERY_KIND, "test")
     pc = PerfDataContent(formats={"test:every_kind": fmt}, format_texts={"test:every_kind": EVERY_KIND.encode()},
                          header_page=hp, header_event=he, comms={42: "task"})
     pc.samples = [(1000 + i, 0, 42, "test:every_kind", p) for i, p in enumerate(payloads)]
     return write_perf_data(tmp_path / "every.perf.data", pc)
 
 
-def test_every_field_kind_decodes_and_damage_is_cut_and_counted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["perf.data", "trace.dat"])
+def test_every_field_kind_decodes_and_damage_is_cut_and_counted(tmp_path: Path, kind: str) -> None:
     """Fixed and dynamic strings, arrays and __rel_loc fields; a __data_loc pointing past its
     record is cut at the record's end and counted; a string that is not UTF-8 gets U+FFFD."""
     good = _every_kind_record(b"vcpu0\0", [7, 0xFFFFFFFF], b"qemu\0\0\0\0", [-1, 2, -300], b"\xde\xad\xbe\xef", -5)
     bad_utf8 = _every_kind_record(b"h\xc3\xa9\xff\0", [], b"abcdefgh", [0, 0, 0], b"\0\0\0\0", 1 << 40)
     past_end = _every_kind_record(b"xy\0", [1], b"c\0\0\0\0\0\0\0", [1, 1, 1], b"\1\2\3\4", 0,
                                   loc=(200 << 16) | 42)  # 200 bytes claimed, 3 there
-    td = load_trace([_every_kind_perf_data(tmp_path, [good, bad_utf8, past_end])])
+    td = load_trace([_every_kind_trace(tmp_path, [good, bad_utf8, past_end], kind)])
     df = td.df("test.every_kind")
     assert df["name"].to_list() == ["vcpu0", "h\xe9\ufffd", "xy"]
     assert df["ids"].to_list() == [[7, 0xFFFFFFFF], [], [1]]
@@ -212,11 +223,12 @@ def test_every_field_kind_decodes_and_damage_is_cut_and_counted(tmp_path: Path) 
     assert len(cut) == 1 and cut[0].count == 1 and "name data reaches past the record" in cut[0].examples[0]
 
 
-def test_truncated_record_reads_zero_and_empty(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["perf.data", "trace.dat"])
+def test_truncated_record_reads_zero_and_empty(tmp_path: Path, kind: str) -> None:
     """A record shorter than its format's fixed part: the fields past its end are zero or empty, never
     a neighbour's bytes."""
     full = _every_kind_record(b"vcpu0\0", [7], b"qemu\0\0\0\0", [-1, 2, -300], b"\xde\xad\xbe\xef", -5)
-    td = load_trace([_every_kind_perf_data(tmp_path, [full[:20]])])  # cut inside comm
+    td = load_trace([_every_kind_trace(tmp_path, [full[:20]], kind)])  # cut inside comm
     row = td.df("test.every_kind").row(0, named=True)
     assert row["field_comm"] == "qemu" and row["vals"] == [0, 0, 0] and row["raw"] == b"\0\0\0\0" and row["big"] == 0
     assert row["name"] == "" and row["ids"] == []

@@ -105,14 +105,17 @@ def arrow_type(f: Field) -> pa.DataType:
 
 def decode_fields(fmt: EventFormat, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
                   byteorder: str = "<", long_size: int = 8, scalars: dict[str, np.ndarray] | None = None,
-                  damaged: dict[str, int] | None = None, cuts: dict[str, str] | None = None) -> dict[str, Any]:
+                  damaged: dict[str, int] | None = None, cuts: dict[str, str] | None = None,
+                  fixed: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Decode every field of ``fmt`` for records at ``offsets`` (payload start, i.e. common_type).
 
     Returns {field name: numpy array (scalars) or Arrow array (everything else)}, in format
     order. With ``scalars`` (the caller's columns of the scalar fields) only the other fields are
     decoded. ``damaged`` receives, per dynamic field, the number of records whose data reached
     past the record's end (cut there). ``cuts`` names fixed byte fields to take only as many
-    bytes of as a scalar field says (kvm_emulate_insn: ``insn`` to ``len``).
+    bytes of as a scalar field says (kvm_emulate_insn: ``insn`` to ``len``). ``fixed`` holds
+    fixed fields' bytes the caller has already copied out of the records ((n, size) uint8, zero
+    past a record): those are decoded from there, and the columns keep no reference to them.
     """
     offsets = _i8(offsets)
     lengths = _i8(lengths)
@@ -124,27 +127,36 @@ def decode_fields(fmt: EventFormat, buf: np.ndarray, offsets: np.ndarray, length
         if not is_scalar(f):
             cut = (cuts or {}).get(f.name)
             out[f.name] = field_column(f, buf, offsets, lengths, big, damaged,
-                                       out[cut] if cut in out and f.kind == BYTES and not f.dynamic else None)
+                                       out[cut] if cut in out and f.kind == BYTES and not f.dynamic else None,
+                                       (fixed or {}).get(f.name))
     return {f.name: out[f.name] for f in fields if f.name in out}
 
 
 def field_column(f: Field, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, big_endian: bool,
-                 damaged: dict[str, int] | None = None, cut: np.ndarray | None = None) -> pa.Array | pa.ChunkedArray:
+                 damaged: dict[str, int] | None = None, cut: np.ndarray | None = None,
+                 mat: np.ndarray | None = None) -> pa.Array | pa.ChunkedArray:
     """One non-scalar field of every record (offsets, lengths: int64) as an Arrow column; a fixed byte
-    field with ``cut``: the first cut[i] bytes of it."""
+    field with ``cut``: the first cut[i] bytes of it. ``mat``: a fixed field's bytes already
+    copied out of the records ((n, size), zero past a record), read instead of ``buf``."""
     n = len(offsets)
+    field_off = f.offset
+    if mat is not None:  # the records, as far as this field goes, are the rows of mat
+        buf, field_off = mat.reshape(-1), 0
+        offsets = np.arange(n, dtype=np.int64) * np.int64(f.size)
+        lengths = np.clip(lengths - f.offset, 0, f.size)
     if not f.dynamic and f.kind != CHARS and cut is None:  # the field's bytes, zero past the record
-        mat = gather(buf, offsets, f.size, lengths, f.offset)
+        # (the column keeps its bytes: a copy of the caller's, whose memory is theirs to free)
+        mat = gather(buf, offsets, f.size, lengths, f.offset) if mat is None else mat.copy()
         if f.kind == BYTES:
             return var_array(pa.binary(), np.arange(n + 1, dtype=np.int32) * np.int32(f.size), mat.reshape(-1))
         values = _elements(mat.reshape(-1), f, big_endian)
         return pa.FixedSizeListArray.from_arrays(pa.array(values), f.array_len)
     add = 0
     if not f.dynamic:  # fixed char array, or bytes with a cut: from the record, cut at its end
-        starts, add = offsets, f.offset
+        starts, add = offsets, field_off
         sizes = np.empty(n, np.int64)
         cuts = np.ascontiguousarray(cut) if cut is not None else np.zeros(0, np.uint8)
-        kernels.parallel(kernels.fixed_sizes, n, buf, offsets, lengths, f.offset, f.size, cuts, f.kind == CHARS,
+        kernels.parallel(kernels.fixed_sizes, n, buf, offsets, lengths, field_off, f.size, cuts, f.kind == CHARS,
                          sizes)
     else:
         starts, sizes = np.empty(n, np.int64), np.empty(n, np.int64)

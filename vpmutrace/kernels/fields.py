@@ -213,15 +213,17 @@ def utf8_replace(data, value_offsets, out, out_offsets, fill):  # pragma: no cov
 
 
 def fill_payload_columns(buf, seq0, offs, lens, ts, cpu, group, rows, big_endian, g_ts, g_cpu, g_seq, g_rawoff,
-                         g_rawlen, col_start, col_pos, col_size, col_elem, a8, a16, a32, a64, lo,
+                         g_rawlen, col_start, col_src, col_pos, col_size, col_elem, a8, a16, a32, a64, lo,
                          hi):  # pragma: no cover - compiled
     """Write the columns of ring-buffer records lo..hi (payload at offs[j], lens[j] bytes) straight
     into their event's place in one arena (a8/a16/a32/a64: one buffer at four widths): for group g
     = group[j] (skipped when negative or g_seq[g] < 0), row r = rows[j]: the time at a64[g_ts[g] +
     r], the CPU at a32[g_cpu[g] + r], the sequence number seq0 + j at a64[g_seq[g] + r], the payload
     offset / length at a64[g_rawoff[g] + r] / a64[g_rawlen[g] + r] when those are >= 0, then fields
-    c in col_start[g]..col_start[g + 1]: col_size[c] bytes at col_pos[c] of the payload (zero when
-    the payload is shorter), in the file's byte order, to element col_elem[c] + r."""
+    c in col_start[g]..col_start[g + 1] (col_src: all from the payload): col_size[c] bytes at
+    col_pos[c] of the payload (zero when the payload is shorter), in the file's byte order, to
+    element col_elem[c] + r; with col_size[c] = -z < 0, z bytes copied as they are to
+    a8[col_elem[c] + r * z:][:z] (bytes past the payload zero)."""
     for j in range(lo, hi):
         g = group[j]
         if g < 0 or g_seq[g] < 0:
@@ -238,6 +240,11 @@ def fill_payload_columns(buf, seq0, offs, lens, ts, cpu, group, rows, big_endian
         for c in range(col_start[g], col_start[g + 1]):
             z = col_size[c]
             p = col_pos[c]
+            if z < 0:
+                d = col_elem[c] + r * -z
+                for k in range(-z):
+                    a8[d + k] = buf[o + p + k] if p + k < ln else np.uint8(0)
+                continue
             v = np.uint64(0)
             if p + z <= ln:
                 if big_endian:

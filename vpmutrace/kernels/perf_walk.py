@@ -530,6 +530,13 @@ def dense_codes(keys, base, table, valid, s_time, codes, first, tmin, kval):  # 
     return nc
 
 
+@numba.njit(inline="always")
+def _copy_bytes(buf, src, avail, out, dst, z):  # pragma: no cover - compiled
+    """z bytes from buf[src:] to out[dst:], those past ``avail`` (the bytes there are) zero."""
+    for k in range(z):
+        out[dst + k] = buf[src + k] if k < avail else np.uint8(0)
+
+
 def fill_sample_columns(buf, j0, s_off, s_rawrel, s_group, s_row, s_code, g_seq, g_code, g_rawoff, g_rawlen,
                         col_start, col_raw, col_pos, col_size, col_elem, a8, a16, a32, a64, lo,
                         hi):  # pragma: no cover - compiled
@@ -541,7 +548,9 @@ def fill_sample_columns(buf, j0, s_off, s_rawrel, s_group, s_row, s_code, g_seq,
     a32[g_code[g] + r], payload offset / length at a64[g_rawoff[g] + r] / a64[g_rawlen[g] + r]
     when those are >= 0; then columns c in col_start[g]..col_start[g+1]: ``col_size[c]`` bytes
     copied from the record (col_raw 0) or its payload (col_raw 1, zero when the payload is
-    shorter) at col_pos[c], to element col_elem[c] + r. Little-endian input and host.
+    shorter) at col_pos[c], to element col_elem[c] + r; with col_size[c] = -z < 0, z bytes
+    copied as they are to a8[col_elem[c] + r * z:][:z] (bytes past the payload zero).
+    Little-endian input and host.
     """
     for j in range(lo, hi):
         g = s_group[j]
@@ -562,6 +571,10 @@ def fill_sample_columns(buf, j0, s_off, s_rawrel, s_group, s_row, s_code, g_seq,
             d = col_elem[c] + r
             p = col_pos[c]
             src = o + p
+            if z < 0:
+                _copy_bytes(buf, ro + p if col_raw[c] else src, rl - p if col_raw[c] else -z, a8,
+                            col_elem[c] + r * -z, -z)
+                continue
             if col_raw[c]:
                 src = ro + p if p + z <= rl else -1
             if z == 8:

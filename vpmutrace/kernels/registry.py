@@ -59,11 +59,11 @@ KERNELS: dict[str, Kernel] = {
     "comm_counts": _k("perf_walk", "none", _I4, _I8, _I4, _I8, _I8, _I8, _I4, *RANGE),
     "dense_codes": _k("perf_walk", "i8", "i4[::1]|i8[::1]", "i8", _I4, _I4, _I8, _I4, _I8, _I8, _I8),
     "fill_sample_columns": _k("perf_walk", "none", BUF, "i8", _OFFSETS, _U2, _I4, _I4, _I4, _I8, _I8, _I8, _I8,
-                              _I8, "b1[::1]", _I8, _I8, _I8, *_ARENA, *RANGE),
+                              _I8, _I8, _I8, _I8, _I8, *_ARENA, *RANGE),
     # tracepoint fields
     "gather": _k("fields", "none", BUF, _I8, _I8, "i8", "i8", "u1[:, ::1]", *RANGE),
     "fill_payload_columns": _k("fields", "none", BUF, "i8", _I8, _I8, _I8, _I4, _I4, _I4, "b1", _I8, _I8, _I8, _I8,
-                               _I8, _I8, _I8, _I8, _I8, *_ARENA, *RANGE),
+                               _I8, _I8, _I8, _I8, _I8, _I8, *_ARENA, *RANGE),
     "decode_scalars": _k("fields", "none", BUF, _I8, _I8, _I8, _I8, _I8, "b1", *_ARENA, *RANGE),
     "dynamic_spans": _k("fields", "i8", BUF, _I8, _I8, "i8", "b1", "b1", _I8, _I8, *RANGE),
     "string_sizes": _k("fields", "none", BUF, _I8, _I8, "b1", _I8, *RANGE),

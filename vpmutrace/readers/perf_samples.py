@@ -10,13 +10,16 @@
    names coded as perf resolves them.
 3. A stable sort by time (perf.data is written in per-CPU rounds, so nearly sorted) gives
    every sample its row within its group.
-4. ``perf_walk.fill_sample_columns`` writes each sample's common columns and the scalar
-   fields of its tracepoint format straight into the group's columns (one arena, no
-   intermediate per-field arrays, no later re-sort of the tables), releasing the file's
-   pages slice by slice.
+4. ``perf_walk.fill_sample_columns`` writes each sample's common columns, the scalar
+   fields of its tracepoint format and the bytes of its fixed arrays straight into the
+   group's columns (one arena, readers/arena.py: no intermediate per-field arrays, no later
+   re-sort of the tables), releasing the file's pages slice by slice.
+5. Per group, strings and arrays become Arrow columns from those bytes (formats/decode.py);
+   only dynamic fields (``__data_loc``/``__rel_loc``) read the file again, for those groups
+   first, after which its pages are let go.
 
-Only non-scalar fields (arrays, ``__data_loc`` strings) and non-tracepoint samples
-take the slower, per-group paths. Layouts: include/uapi/linux/perf_event.h.
+Non-tracepoint samples take a per-group path of their own. Layouts:
+include/uapi/linux/perf_event.h.
 """
 
 from __future__ import annotations
@@ -31,10 +34,19 @@ import pyarrow as pa
 from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.formats import perf_abi as abi
-from vpmutrace.formats.decode import FIRST_CODES, is_scalar, scalar_dtype, width_views
+from vpmutrace.formats.decode import FIRST_CODES, is_scalar
 from vpmutrace.formats.event_format import EventFormat
+from vpmutrace.readers import arena
 from vpmutrace.readers.binio import discard, release_pages, scratch
-from vpmutrace.readers.payloads import emit_decoded, group_rows, table_fields
+from vpmutrace.readers.payloads import (
+    FILL_SLICE,
+    emit_decoded,
+    field_columns,
+    give_back,
+    group_rows,
+    reads_payloads,
+    table_fields,
+)
 from vpmutrace.schema import const_column, dict_array
 from vpmutrace.tracedata import TraceBuilder
 
@@ -45,7 +57,6 @@ PERF_TYPE_TRACEPOINT = 2
 CPUMODES = {0: "unknown", 1: "kernel", 2: "user", 3: "hypervisor", 4: "guest_kernel", 5: "guest_user"}
 MISC_EXACT_IP = 1 << 14
 PARALLEL_SPLIT_BYTES = 1 << 24  # below this the record walk is not worth splitting
-FILL_SLICE = 1 << 20  # samples per fill call; the file pages behind each are released after it
 OFFSET32_LIMIT = 1 << 32  # sample offsets are kept in 32 bits (4 bytes less per sample) below this size
 # sample body fields before READ, in ABI order: each is 8 bytes when its bit is set
 FIXED_PART = (abi.S_IDENTIFIER, abi.S_IP, abi.S_TID, abi.S_TIME, abi.S_ADDR, abi.S_ID, abi.S_STREAM_ID, abi.S_CPU,
@@ -281,11 +292,9 @@ def _plan(a: Attr, fmt: EventFormat | None) -> _Plan:
         cols["pid"] = (FROM_RECORD, tid + 4, np.dtype(np.int32))
     if st & abi.S_CPU:
         cols["cpu"] = (FROM_RECORD, body + field_pos(st, abi.S_CPU), np.dtype(np.int32))
-    fields = table_fields(fmt) if fmt is not None else []
-    for f in fields:
-        if is_scalar(f):
-            cols["f:" + f.name] = (FROM_PAYLOAD, f.offset, scalar_dtype(f))
-    if fmt is None or any(not is_scalar(f) for f in fields):  # (no format: the bytes are kept)
+    for name, (p, dt) in field_columns(fmt).items():
+        cols[name] = (FROM_PAYLOAD, p, dt)
+    if fmt is None or any(not is_scalar(f) for f in table_fields(fmt)):  # (no format: the bytes are kept)
         cols["raw_off"] = (PAYLOAD_OFF, 0, np.dtype(np.int64))
         cols["raw_len"] = (PAYLOAD_LEN, 0, np.dtype(np.int64))
     return _Plan(cols, fmt)
@@ -294,30 +303,8 @@ def _plan(a: Attr, fmt: EventFormat | None) -> _Plan:
 def _fill(buf: np.ndarray, sc: Samples, rows: np.ndarray, plans: dict[int, _Plan],
           counts: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
     """Run the compiled fill; return each planned group's columns as views of one arena."""
-    ng = len(sc.group_attr)
-    col_start = np.zeros(ng + 1, dtype=np.int64)
-    special = np.full((4, ng), -1, dtype=np.int64)  # element index of seq, comm, payload offset, length
-    raw, pos, size, elem = [], [], [], []
-    where: dict[int, dict[str, tuple[int, np.dtype]]] = {}
-    total = 0
-    for g in range(ng):
-        plan = plans.get(g)
-        if plan is not None:
-            where[g] = {}
-            for name, (src, p, dt) in plan.cols.items():
-                where[g][name] = (total, dt)
-                if src >= SEQ:
-                    special[src - SEQ, g] = total // dt.itemsize
-                else:
-                    raw.append(src == FROM_PAYLOAD)
-                    pos.append(p)
-                    size.append(dt.itemsize)
-                    elem.append(total // dt.itemsize)
-                total += (int(counts[g]) * dt.itemsize + 63) & ~63
-        col_start[g + 1] = len(raw)
-    arena = np.empty(max(total, 64), dtype=np.uint8)
-    tables = (*special, col_start, np.array(raw, np.bool_), np.array(pos, np.int64), np.array(size, np.int64),
-              np.array(elem, np.int64), *width_views(arena))
+    ar = arena.layout({g: p.cols for g, p in plans.items()}, counts, (SEQ, COMM_CODE, PAYLOAD_OFF, PAYLOAD_LEN))
+    tables = (*ar.special, ar.col_start, ar.col_src, ar.col_pos, ar.col_size, ar.col_elem, *ar.widths)
     # in slices of the file, each slice's file pages dropped once written out and its per-sample
     # inputs discarded: the file, the per-sample arrays and the tables they become are not all
     # resident at the peak (fresh memory is slow to touch on some hosts: the less, the better)
@@ -334,8 +321,7 @@ def _fill(buf: np.ndarray, sc: Samples, rows: np.ndarray, plans: dict[int, _Plan
             discard(a, 0, j1)
         done = upto
     sc.off = sc.rawrel = sc.group = sc.comm = np.zeros(0, np.int32)  # consumed
-    return {g: {name: arena[d:d + int(counts[g]) * dt.itemsize].view(dt) for name, (d, dt) in cols.items()}
-            for g, cols in where.items()}
+    return ar.views
 
 
 def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, formats: dict[int, EventFormat],
@@ -371,7 +357,11 @@ def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, for
     sc.time = np.zeros(0, np.int64)
     views = _fill(buf, sc, rows, plans, counts)
     del rows
-    for g, plan in plans.items():
+    given_back = False  # the groups that read the file again first, then its pages are let go
+    for g, plan in sorted(plans.items(), key=lambda gp: not reads_payloads(gp[1].fmt)):
+        if not given_back and not reads_payloads(plan.fmt):
+            give_back(buf)
+            given_back = True
         _emit_group(path, buf, plan, views.pop(g), int(counts[g]), int(sc.group_etype[g]), sc.comm_names, symbols,
                     b, source)
 

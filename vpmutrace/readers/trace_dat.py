@@ -20,8 +20,8 @@ import numpy as np
 from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.readers import tracing_data as tdmod
-from vpmutrace.readers.binio import Cursor
-from vpmutrace.readers.payloads import emit_payloads
+from vpmutrace.readers.binio import Cursor, scratch
+from vpmutrace.readers.payloads import Records, emit_payloads
 from vpmutrace.readers.ringbuf import walk_pages
 from vpmutrace.tracedata import TraceBuilder
 from vpmutrace.writers.trace_dat import BufferData, TraceDatContent
@@ -368,7 +368,7 @@ def _buffer_bytes(raw: bytes, td: TraceDat, buf: Buffer, b: TraceBuilder) -> tup
     if not any(isinstance(g, list) for g in got):
         return np.frombuffer(raw, dtype=np.uint8), [(cd.offset, int(g)) for cd, g in zip(buf.cpus, got, strict=True)]
     sizes = [sum(u for _, _, u in g) if isinstance(g, list) else 0 for g in got]
-    out = np.empty(sum(sizes), dtype=np.uint8)
+    out = scratch(sum(sizes), np.uint8)  # (given back as the payloads are decoded: payloads.emit_payloads)
     spans, at = [], 0
     tasks: list[tuple[CpuData, Chunks, int]] = []  # runs of chunks, each decompressed by one thread
     step = max(1, sum(sizes) // (4 * kernels.threads()))
@@ -488,12 +488,10 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShi
             cpus.append(np.full(len(walk.offsets), cd.cpu, dtype=np.int32))
         if not offsets:
             continue
-        ts_ns = np.concatenate(stamps)
-        n = len(ts_ns)
-        offs, lens, cpu = np.concatenate(offsets), np.concatenate(lengths), np.concatenate(cpus)
+        recs = Records(np.concatenate(offsets), np.concatenate(lengths), np.concatenate(stamps), np.concatenate(cpus))
+        n = len(recs.offsets)
         del offsets, lengths, stamps, cpus
-        emit_payloads(b, td.path, src, data, offs, lens, ts_ns, cpu, t.formats, td.endian, t.cmdlines, t.kallsyms,
-                      seq_base=seq_base)
+        emit_payloads(b, td.path, src, data, recs, t.formats, td.endian, t.cmdlines, t.kallsyms, seq_base=seq_base)
         seq_base += n
 
 
