@@ -26,6 +26,32 @@ def gather(buf, offsets, lengths, start, width, out, lo, hi):  # pragma: no cove
             out[i, k] = buf[o + k]
 
 
+@numba.njit(inline="always")
+def _read_uint(buf, pos, z, big_endian):  # pragma: no cover - compiled
+    """The z-byte unsigned integer at buf[pos:], in the given byte order."""
+    v = np.uint64(0)
+    if big_endian:
+        for k in range(z):
+            v = (v << np.uint64(8)) | np.uint64(buf[pos + k])
+    else:
+        for k in range(z):
+            v |= np.uint64(buf[pos + k]) << np.uint64(8 * k)
+    return v
+
+
+@numba.njit(inline="always")
+def _store(a8, a16, a32, a64, d, z, v):  # pragma: no cover - compiled
+    """v as element d of the arena seen at width z (a8/a16/a32/a64: one buffer)."""
+    if z == 8:
+        a64[d] = v
+    elif z == 4:
+        a32[d] = np.uint32(v)
+    elif z == 2:
+        a16[d] = np.uint16(v)
+    else:
+        a8[d] = np.uint8(v)
+
+
 def decode_scalars(buf, offsets, lengths, f_off, f_size, f_elem, big_endian, a8, a16, a32, a64,
                    lo, hi):  # pragma: no cover - compiled
     """Field f of record i into element f_elem[f] + i of the arena seen at its width (a8/a16/a32/
@@ -40,22 +66,7 @@ def decode_scalars(buf, offsets, lengths, f_off, f_size, f_elem, big_endian, a8,
             z = f_size[f]
             if a + z > ln or o + a + z > limit:
                 continue
-            v = np.uint64(0)
-            if big_endian:
-                for k in range(z):
-                    v = (v << np.uint64(8)) | np.uint64(buf[o + a + k])
-            else:
-                for k in range(z):
-                    v |= np.uint64(buf[o + a + k]) << np.uint64(8 * k)
-            d = f_elem[f] + i
-            if z == 8:
-                a64[d] = v
-            elif z == 4:
-                a32[d] = np.uint32(v)
-            elif z == 2:
-                a16[d] = np.uint16(v)
-            else:
-                a8[d] = np.uint8(v)
+            _store(a8, a16, a32, a64, f_elem[f] + i, z, _read_uint(buf, o + a, z, big_endian))
 
 
 def dynamic_spans(buf, offsets, lengths, field_off, rel, big_endian, starts, sizes, lo, hi):  # pragma: no cover
@@ -245,20 +256,5 @@ def fill_payload_columns(buf, seq0, offs, lens, ts, cpu, group, rows, big_endian
                 for k in range(-z):
                     a8[d + k] = buf[o + p + k] if p + k < ln else np.uint8(0)
                 continue
-            v = np.uint64(0)
-            if p + z <= ln:
-                if big_endian:
-                    for k in range(z):
-                        v = (v << np.uint64(8)) | np.uint64(buf[o + p + k])
-                else:
-                    for k in range(z):
-                        v |= np.uint64(buf[o + p + k]) << np.uint64(8 * k)
-            d = col_elem[c] + r
-            if z == 8:
-                a64[d] = v
-            elif z == 4:
-                a32[d] = np.uint32(v)
-            elif z == 2:
-                a16[d] = np.uint16(v)
-            else:
-                a8[d] = np.uint8(v)
+            v = _read_uint(buf, o + p, z, big_endian) if p + z <= ln else np.uint64(0)
+            _store(a8, a16, a32, a64, col_elem[c] + r, z, v)
