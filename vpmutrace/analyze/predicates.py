@@ -1,0 +1,341 @@
+"""Shared predicates over the event tables: which exits are NMIs, PMIs, RDPMC; which NMIs perf
+claimed; which interrupts KVM injected as a guest PMI; how an NMI pairs with its exit.
+
+Every analyzer that needs one of these imports it from here (no analyzer imports another).
+Each predicate names the kernel code it encodes (constants in ``model/kernel.py``).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import polars as pl
+
+from vpmutrace.model import kernel as K
+from vpmutrace.tracedata import TraceData
+
+# VMX reason names are upper case, SVM names lower case (arch/x86/include/uapi/asm/{vmx,svm}.h
+# VMX_EXIT_REASONS / SVM_EXIT_REASONS): the ISA of a trace whose kvm_exit has no isa field
+_VMX_NAMES = ("EXCEPTION_NMI", "EXTERNAL_INTERRUPT", "MSR_READ", "MSR_WRITE", "HLT", "CPUID", "EPT_VIOLATION",
+              "IO_INSTRUCTION", "CR_ACCESS", "PREEMPTION_TIMER", "APIC_WRITE", "EPT_MISCONFIG")
+_SVM_NAMES = ("nmi", "interrupt", "msr", "hlt", "cpuid", "npf", "io", "vintr", "pause")
+
+# every as-of join here sorts both sides by time first; polars cannot verify sortedness within `by`
+# groups and would warn on each call
+warnings.filterwarnings("ignore", message="Sortedness of columns cannot be checked")
+
+X2APIC_LVTPC = 0x834  # x2APIC LVT performance counter register (SDM 11.12.1: 0x800 + 0x340 >> 4)
+APIC_DM_NMI = 0x400  # LVT delivery mode NMI (bits 10:8 = 100b)
+APIC_DM_MASK = 0x700
+APIC_LVT_MASKED = 0x10000
+
+
+def exits(td: TraceData) -> pl.DataFrame:
+    """kvm_exit rows with ``exit_row`` (row number), ``isa`` filled from the reason names where the
+    format has no isa field, the code of libtraceevent kvm-plugin names (EXIT_NMI, ...: model.kernel)
+    where the text carries no code, and ``basic`` (VMX: exit_reason & 0xffff, the basic reason)."""
+    ex = td.df("kvm_exit").with_row_index("exit_row")
+    if ex.height and ex["exit_reason"].null_count():
+        reason = pl.col("reason").cast(pl.String)
+        svm = reason.replace_strict(K.SVM_PLUGIN_REASONS, default=None, return_dtype=pl.UInt32)
+        vmx = reason.replace_strict(K.VMX_PLUGIN_REASONS, default=None, return_dtype=pl.UInt32)
+        ex = ex.with_columns(pl.col("exit_reason").fill_null(pl.coalesce(svm, vmx)),
+                             pl.when(pl.col("isa").is_null() & svm.is_not_null()).then(pl.lit(K.ISA_SVM, pl.UInt8))
+                             .otherwise(pl.col("isa")).alias("isa"))
+    if ex.height and ex["isa"].null_count():
+        reason = pl.col("reason").cast(pl.String)
+        ex = ex.with_columns(pl.col("isa").fill_null(
+            pl.when(reason.is_in(_VMX_NAMES)).then(pl.lit(K.ISA_VMX, pl.UInt8))
+            .when(reason.is_in(_SVM_NAMES)).then(pl.lit(K.ISA_SVM, pl.UInt8)).otherwise(None)))
+    return ex.with_columns(pl.when(pl.col("isa") == K.ISA_VMX)
+                           .then(pl.col("exit_reason") & K.VMX_BASIC_REASON_MASK)
+                           .otherwise(pl.col("exit_reason")).alias("basic"))
+
+
+def _is(vmx: int | None, svm: int | None) -> pl.Expr:
+    out = pl.lit(False)
+    if vmx is not None:
+        out = out | ((pl.col("isa") == K.ISA_VMX) & (pl.col("basic") == vmx))
+    if svm is not None:
+        out = out | ((pl.col("isa") == K.ISA_SVM) & (pl.col("basic") == svm))
+    return out.fill_null(False)
+
+
+def nmi_exit() -> pl.Expr:
+    """An exit caused by an NMI: VMX EXCEPTION_NMI whose interruption info, masked with
+    valid|type|vector (vmx.h is_nmi()), is an NMI; SVM SVM_EXIT_NMI. Over ``exits(td)``."""
+    vmx = (pl.col("isa") == K.ISA_VMX) & (pl.col("basic") == K.VMX_EXCEPTION_NMI) & \
+        ((pl.col("intr_info") & K.INTR_INFO_MASK) == K.INTR_INFO_NMI)
+    return (vmx.fill_null(False) | _is(None, K.SVM_NMI))
+
+
+def extint_exit() -> pl.Expr:
+    """An exit caused by a host interrupt (VMX EXTERNAL_INTERRUPT, SVM SVM_EXIT_INTR)."""
+    return _is(K.VMX_EXTERNAL_INTERRUPT, K.SVM_INTR)
+
+
+def extint_vector() -> pl.Expr:
+    """Host vector of a VMX external-interrupt exit (intr_info bits 7:0); null on SVM, which
+    reports no vector for SVM_EXIT_INTR."""
+    return pl.when(_is(K.VMX_EXTERNAL_INTERRUPT, None) & ((pl.col("intr_info") & K.INTR_INFO_VALID) != 0)) \
+        .then(pl.col("intr_info") & 0xFF).otherwise(None)
+
+
+def mediated_pmi_exit() -> pl.Expr:
+    """A VMX external-interrupt exit on PERF_GUEST_MEDIATED_PMI_VECTOR (0xF5, reference §3.1)."""
+    from vpmutrace.model.design import MEDIATED_PMI_VECTOR
+
+    return (extint_vector() == MEDIATED_PMI_VECTOR).fill_null(False)
+
+
+def rdpmc_exit() -> pl.Expr:
+    return _is(K.VMX_RDPMC, K.SVM_RDPMC)
+
+
+def msr_exit() -> pl.Expr:
+    return _is(K.VMX_MSR_READ, K.SVM_MSR) | _is(K.VMX_MSR_WRITE, None)
+
+
+def requests_pmi() -> pl.Expr:
+    """kvm_exit.requests has KVM_REQ_PMI or KVM_REQ_PMU: set by kvm_perf_overflow() inside the NMI
+    (emulated vPMU, reference §3.3/§3.4), before trace_kvm_exit() on kernels that handle the NMI
+    first. Null where the format has no requests field."""
+    return (pl.col("requests") & K.PMI_REQUEST_MASK) != 0
+
+
+def perf_nmis(td: TraceData) -> pl.DataFrame:
+    """nmi:nmi_handler rows of perf's handler (perf_event_nmi_handler), every ``handled`` value."""
+    n = td.df("nmi_handler")
+    return n.filter(pl.col("handler").str.starts_with(K.PERF_NMI_HANDLER)).with_row_index("nmi_row")
+
+
+def pair_nmi_exits(td: TraceData, ex: pl.DataFrame, order: str, window_ns: int) -> pl.DataFrame:
+    """NMI exits of ``ex`` (from ``exits(td)``) with the perf NMI that caused them, if any.
+
+    The pair is on the same CPU within ``window_ns``: before the exit when the kernel handles
+    NMIs before trace_kvm_exit() (VMX >= 6.3, SVM), after it on older VMX, the nearer of the two
+    when the order is unknown (reference §3.4). Each perf NMI pairs with one exit at most (the
+    nearest). Columns added: nmi_row, nmi_ts, handled (null when unpaired).
+    """
+    nx = ex.filter(nmi_exit()).select("exit_row", "ts_ns", "cpu", "pid", "source")
+    pn = perf_nmis(td).select("nmi_row", pl.col("ts_ns").alias("nmi_ts"), "cpu", "handled") \
+        if td.has("nmi_handler") else pl.DataFrame(schema={"nmi_row": pl.UInt32, "nmi_ts": pl.Int64,
+                                                            "cpu": pl.Int32, "handled": pl.Int32})
+    if nx.height == 0 or pn.height == 0:
+        return nx.with_columns(pl.lit(None, pl.UInt32).alias("nmi_row"), pl.lit(None, pl.Int64).alias("nmi_ts"),
+                               pl.lit(None, pl.Int32).alias("handled"))
+    strategy = {K.NMI_BEFORE_EXIT: "backward", K.NMI_AFTER_EXIT: "forward"}.get(order, "nearest")
+    j = nx.sort("ts_ns").join_asof(pn.sort("nmi_ts"), left_on="ts_ns", right_on="nmi_ts", by="cpu",
+                                   strategy=strategy, tolerance=window_ns)
+    # one NMI, one exit: where two exits claim the same NMI, the nearer keeps it
+    j = j.with_columns((pl.col("ts_ns") - pl.col("nmi_ts")).abs().alias("_d"))
+    keep = j.filter(pl.col("nmi_row").is_not_null()).sort("_d").unique("nmi_row", keep="first")["exit_row"]
+    j = j.with_columns([pl.when(pl.col("exit_row").is_in(keep.implode())).then(pl.col(c)).otherwise(None).alias(c)
+                        for c in ("nmi_row", "nmi_ts", "handled")])
+    return j.drop("_d").sort("exit_row")
+
+
+def lvtpc_writes(td: TraceData) -> pl.DataFrame:
+    """Guest writes of its LVTPC seen by KVM: x2APIC MSR 0x834 (kvm_msr) and xAPIC MMIO
+    (kvm:kvm_apic 'apic_write APIC_LVTPC = 0x...'). Columns: ts_ns, source, pid, value."""
+    parts = []
+    if td.has("kvm_msr"):
+        parts.append(td.df("kvm_msr").filter(pl.col("write") & (pl.col("msr") == X2APIC_LVTPC)
+                                             & ~pl.col("gp").fill_null(False))
+                     .select("ts_ns", pl.col("source").cast(pl.String), "pid", pl.col("value").cast(pl.Int64)))
+    if td.has("events"):
+        ev = td.df("events").filter(pl.col("event").cast(pl.String).is_in(["kvm:kvm_apic", "kvm_apic"]))
+        if ev.height:
+            v = ev.with_columns(pl.col("text").str.extract(r"apic_write APIC_LVTPC = 0x([0-9a-fA-F]+)")
+                                .alias("_hex")).filter(pl.col("_hex").is_not_null())
+            parts.append(v.select("ts_ns", pl.col("source").cast(pl.String), "pid",
+                                  pl.col("_hex").str.to_integer(base=16).cast(pl.Int64).alias("value")))
+    if not parts:
+        return pl.DataFrame(schema={"ts_ns": pl.Int64, "source": pl.String, "pid": pl.Int32, "value": pl.Int64})
+    return pl.concat(parts).sort("ts_ns")
+
+
+def _ipis(td: TraceData) -> pl.DataFrame:
+    """kvm:kvm_apic_ipi rows (ts_ns, source, pid): interrupts a vCPU sent through its ICR."""
+    if not td.has("events"):
+        return pl.DataFrame(schema={"ts_ns": pl.Int64, "source": pl.String, "pid": pl.Int32})
+    ev = td.df("events").filter(pl.col("event").cast(pl.String).is_in(["kvm:kvm_apic_ipi", "kvm_apic_ipi"]))
+    return ev.select("ts_ns", pl.col("source").cast(pl.String), "pid")
+
+
+def self_injections(td: TraceData) -> pl.DataFrame:
+    """kvm_apic_accept_irq rows delivered on the receiving vCPU's own thread and not sent as an IPI:
+    what KVM raises for the vCPU itself (kvm_apic_local_deliver() of an LVT entry, e.g.
+    kvm_pmu_deliver_pmi() for LVTPC). IPIs and device interrupts fire on the sender's thread; a
+    self-IPI (kvm_apic_ipi on the same thread just before, 5 us) is excluded. The thread's own APIC
+    id is taken as its vCPU id (QEMU's default for contiguous topologies); threads whose kvm_exit
+    has no vcpu_id give no self-injection."""
+    acc = td.df("kvm_apic_accept_irq").with_columns(pl.col("source").cast(pl.String),
+                                                    pl.col("delivery_mode").cast(pl.String))
+    if acc.height == 0:
+        return acc
+    ids = td.df("kvm_exit").group_by(pl.col("source").cast(pl.String), "pid").agg(
+        pl.col("vcpu_id").drop_nulls().mode().first().alias("vcpu_id")) if td.has("kvm_exit") else None
+    if ids is None or ids.height == 0:
+        return acc.clear()
+    j = acc.join(ids, on=["source", "pid"], how="inner")
+    j = j.filter(pl.col("apicid").cast(pl.Int64) == pl.col("vcpu_id").cast(pl.Int64)).drop("vcpu_id")
+    ipi = _ipis(td)
+    if ipi.height and j.height:
+        k = j.sort("ts_ns").join_asof(ipi.rename({"ts_ns": "_ipi"}).sort("_ipi"), left_on="ts_ns", right_on="_ipi",
+                                      by=["source", "pid"], strategy="backward", tolerance=5_000)
+        j = k.filter(pl.col("_ipi").is_null()).drop("_ipi")
+    return j
+
+
+def pmi_injections(td: TraceData) -> pl.DataFrame:
+    """Guest PMIs KVM injected (kvm_pmu_deliver_pmi() -> kvm_apic_local_deliver(APIC_LVTPC)):
+    self-delivered accept_irq in NMI mode (Linux guests program LVTPC as NMI:
+    perf_events_lapic_init()), or in Fixed mode on the guest's LVTPC vector (Windows' HAL uses a
+    fixed vector, 0xFE). The vector comes from the guest's LVTPC writes (x2APIC MSR 0x834, xAPIC
+    kvm_apic); without one, a fixed vector that follows at least 3 NMI or 0xF5 exits of the
+    thread (80% of the fixed self-injections after them) is taken as its LVTPC, marked
+    '(inferred)'. Columns of kvm_apic_accept_irq plus ``lvtpc`` ('NMI' or 'fixed 0xNN')."""
+    inj = self_injections(td)
+    if inj.height == 0:
+        return inj.with_columns(pl.lit(None, pl.String).alias("lvtpc"))
+    nmi = inj.filter(pl.col("delivery_mode") == "NMI").with_columns(pl.lit("NMI").alias("lvtpc"))
+    fixed = inj.filter(pl.col("delivery_mode") == "Fixed")
+    if fixed.height == 0:
+        return nmi
+    w = lvtpc_writes(td).filter((pl.col("value") & APIC_DM_MASK) == 0)  # fixed delivery mode
+    vec = w.group_by("source", "pid").agg((pl.col("value") & 0xFF).last().alias("_vec")) \
+        .with_columns(pl.lit("").alias("_how"))
+    inferred = _inferred_lvtpc(td, fixed, vec)
+    vec = pl.concat([vec, inferred], how="vertical_relaxed")
+    if vec.height == 0:
+        return nmi
+    hexv = {v: f"fixed 0x{v:02x}" for v in vec["_vec"].unique().to_list()}
+    f = fixed.join(vec, on=["source", "pid"], how="inner").filter(pl.col("vector").cast(pl.Int64) == pl.col("_vec")) \
+        .with_columns((pl.col("_vec").replace_strict(hexv, return_dtype=pl.String) + pl.col("_how")).alias("lvtpc")) \
+        .drop("_vec", "_how")
+    return pl.concat([nmi, f], how="vertical_relaxed").sort("ts_ns")
+
+
+def _inferred_lvtpc(td: TraceData, fixed: pl.DataFrame, known: pl.DataFrame) -> pl.DataFrame:
+    """LVTPC vectors of threads that never wrote their LVTPC, from the fixed self-injections that
+    follow their NMI and 0xF5 exits (see pmi_injections)."""
+    empty = pl.DataFrame(schema={"source": pl.String, "pid": pl.Int32, "_vec": pl.Int64, "_how": pl.String})
+    if not (td.has("kvm_exit") and td.has("kvm_entry")):
+        return empty
+    ex = exits(td).filter(nmi_exit() | mediated_pmi_exit()).with_columns(pl.col("source").cast(pl.String))
+    if ex.height == 0:
+        return empty
+    cand = fixed.join(known.select("source", "pid"), on=["source", "pid"], how="anti")
+    if cand.height == 0:
+        return empty
+    j = next_event_before_entry(ex, cand.select("ts_ns", "source", "pid"), entries(td), "inj_ts") \
+        .filter(pl.col("inj_ts").is_not_null())
+    if j.height == 0:
+        return empty
+    hit = j.select("source", "pid", pl.col("inj_ts").alias("ts_ns")).join(
+        cand.select("ts_ns", "source", "pid", pl.col("vector").cast(pl.Int64)), on=["ts_ns", "source", "pid"])
+    stats = hit.group_by("source", "pid").agg(pl.col("vector").mode().first().alias("_vec"), pl.len().alias("n"),
+                                              (pl.col("vector") == pl.col("vector").mode().first()).mean()
+                                              .alias("share"))
+    return stats.filter((pl.col("n") >= 3) & (pl.col("share") >= 0.8)).select(
+        "source", "pid", "_vec", pl.lit(" (inferred)").alias("_how"))
+
+
+def next_event_before_entry(ex: pl.DataFrame, ev: pl.DataFrame, entries: pl.DataFrame,
+                            ts_col: str = "ev_ts") -> pl.DataFrame:
+    """For each exit of ``ex``: the first row of ``ev`` on the same (source, pid) after the exit and
+    before that thread's next kvm_entry (``entries``: source, pid, entry_ts). Adds ``ts_col``."""
+    e = ex.with_columns(pl.col("source").cast(pl.String)).sort("ts_ns")
+    nxt = e.join_asof(entries.sort("entry_ts"), left_on="ts_ns", right_on="entry_ts", by=["source", "pid"],
+                      strategy="forward")
+    evs = ev.select(pl.col("ts_ns").alias(ts_col), pl.col("source").cast(pl.String), "pid").sort(ts_col)
+    j = nxt.join_asof(evs, left_on="ts_ns", right_on=ts_col, by=["source", "pid"], strategy="forward")
+    return j.with_columns(pl.when(pl.col("entry_ts").is_null() | (pl.col(ts_col) <= pl.col("entry_ts")))
+                          .then(pl.col(ts_col)).otherwise(None).alias(ts_col))
+
+
+def entries(td: TraceData) -> pl.DataFrame:
+    """kvm_entry rows as (source, pid, entry_ts, entry_intr_info)."""
+    return td.df("kvm_entry").select(pl.col("source").cast(pl.String), "pid", pl.col("ts_ns").alias("entry_ts"),
+                                     pl.col("intr_info").alias("entry_intr_info"))
+
+
+# classes of NMI exits (classify_nmi_exits)
+GUEST_PMI, HOST_PMI, OTHER_NMI, UNKNOWN_NMI = "guest_pmi", "host_pmi", "other_nmi", "unknown"
+
+
+def classify_nmi_exits(td: TraceData, ex: pl.DataFrame, order: str, window_ns: int) -> pl.DataFrame:
+    """Every NMI exit of ``ex`` with the perf NMI that caused it, the guest-PMI injection that
+    followed (before the thread's next entry) and its class (reference §3.3, §3.4):
+
+    - guest_pmi, fact: kvm_exit.requests carries KVM_REQ_PMI/PMU (kvm_perf_overflow() ran in
+      this NMI);
+    - guest_pmi, candidate: KVM injected the guest's LVTPC interrupt before the next entry;
+    - host_pmi: perf_event_nmi_handler claimed the NMI (handled >= 1) and no guest PMI
+      followed: a host perf event that counts guest time (the NMI watchdog, host sampling);
+      a fact where the requests field shows no PMI request, else a candidate;
+    - other_nmi: perf did not claim it (handled = 0) or no perf NMI is near although
+      nmi:nmi_handler was recorded (another NMI source: IPI backtraces, unknown NMIs);
+    - unknown: nmi:nmi_handler was not recorded and nothing else tells.
+    """
+    pairs = pair_nmi_exits(td, ex, order, window_ns).join(
+        ex.select("exit_row", "requests"), on="exit_row", how="left")
+    if pairs.height == 0:
+        return pairs.with_columns(pl.lit(None, pl.Int64).alias("inj_ts"), pl.lit(None, pl.String).alias("class"),
+                                  pl.lit(None, pl.String).alias("certainty"), pl.lit(None, pl.String).alias("lvtpc"))
+    inj = pmi_injections(td)
+    if inj.height and td.has("kvm_entry"):
+        pairs = next_event_before_entry(pairs, inj, entries(td), "inj_ts").drop("entry_ts")
+        pairs = pairs.join(inj.select(pl.col("ts_ns").alias("inj_ts"), pl.col("source").cast(pl.String), "pid",
+                                      "lvtpc").unique(["inj_ts", "source", "pid"]),
+                           on=["inj_ts", "source", "pid"], how="left")
+    else:
+        pairs = pairs.with_columns(pl.lit(None, pl.Int64).alias("inj_ts"), pl.lit(None, pl.String).alias("lvtpc"))
+    recorded = td.has("nmi_handler")
+    req = requests_pmi()
+    has_req = pl.col("requests").is_not_null()
+    cls = (pl.when(has_req & req).then(pl.lit(GUEST_PMI))
+           .when(pl.col("inj_ts").is_not_null()).then(pl.lit(GUEST_PMI))
+           .when(pl.col("handled") >= 1).then(pl.lit(HOST_PMI))
+           .when(pl.lit(recorded)).then(pl.lit(OTHER_NMI)).otherwise(pl.lit(UNKNOWN_NMI)))
+    cert = (pl.when(has_req & req).then(pl.lit("fact"))
+            .when(pl.col("inj_ts").is_not_null()).then(pl.lit("candidate"))
+            .when((pl.col("handled") >= 1) & has_req).then(pl.lit("fact"))
+            .when(pl.col("handled") >= 1).then(pl.lit("candidate"))
+            .when(pl.lit(recorded)).then(pl.lit("candidate")).otherwise(pl.lit("candidate")))
+    return pairs.with_columns(cls.alias("class"), cert.alias("certainty")).sort("exit_row")
+
+
+def mediated_pmi_exits(td: TraceData, ex: pl.DataFrame) -> pl.DataFrame:
+    """Guest PMIs of the mediated design (reference §3.1, §3.2): VMX external-interrupt exits on
+    vector 0xF5 (fact), and SVM interrupt exits (which report no vector) followed by an LVTPC
+    injection before the thread's next entry (candidate). Adds inj_ts, lvtpc, certainty."""
+    vmx = ex.filter(mediated_pmi_exit()).with_columns(pl.lit("fact").alias("certainty"))
+    svm = ex.filter(extint_exit() & (pl.col("isa") == K.ISA_SVM))
+    inj = pmi_injections(td)
+    parts = []
+    if td.has("kvm_entry"):
+        en = entries(td)
+        for part, keep_all in ((vmx, True), (svm, False)):
+            if part.height == 0:
+                continue
+            if inj.height:
+                j = next_event_before_entry(part, inj, en, "inj_ts").drop("entry_ts")
+                j = j.join(inj.select(pl.col("ts_ns").alias("inj_ts"), pl.col("source").cast(pl.String), "pid",
+                                      "lvtpc").unique(["inj_ts", "source", "pid"]), on=["inj_ts", "source", "pid"],
+                           how="left")
+            else:
+                j = part.with_columns(pl.col("source").cast(pl.String), pl.lit(None, pl.Int64).alias("inj_ts"),
+                                      pl.lit(None, pl.String).alias("lvtpc"))
+            if not keep_all:
+                j = j.filter(pl.col("inj_ts").is_not_null()).with_columns(pl.lit("candidate").alias("certainty"))
+            parts.append(j)
+    elif vmx.height:
+        parts.append(vmx.with_columns(pl.col("source").cast(pl.String), pl.lit(None, pl.Int64).alias("inj_ts"),
+                                      pl.lit(None, pl.String).alias("lvtpc")))
+    if not parts:
+        return ex.clear().with_columns(pl.col("source").cast(pl.String), pl.lit(None, pl.Int64).alias("inj_ts"),
+                                       pl.lit(None, pl.String).alias("lvtpc"),
+                                       pl.lit(None, pl.String).alias("certainty"))
+    return pl.concat(parts, how="diagonal_relaxed").sort("exit_row")
