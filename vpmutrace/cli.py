@@ -254,8 +254,14 @@ def simulate(scenario: Annotated[str, typer.Option(help="scenario name (see --li
              isa: Annotated[str, typer.Option(help="vmx (Intel) or svm (AMD)")] = "vmx",
              seed: Annotated[int, typer.Option(help="random seed")] = 1,
              out: Annotated[Path, typer.Option("-o", "--out", help="output directory")] = Path("sim-out"),
+             kernel: Annotated[str, typer.Option(help="kernel release the simulated host runs: decides the NMI "
+                                                      "event order, tracepoint fields and fastpath exits")] = "6.18",
+             guest_os: Annotated[str, typer.Option(help="linux (LVTPC in NMI mode) or windows (fixed vector)")]
+             = "linux",
              list_: Annotated[bool, typer.Option("--list", help="list the scenarios")] = False) -> None:
-    """Generate a host trace from the reference model (report text + dataset) and its truth.json."""
+    """Generate a host trace from the reference model (report text, perf.data, host.json, dataset) and its
+    truth.json."""
+    from vpmutrace.model.kernel import release_version
     from vpmutrace.sim import SCENARIOS
     from vpmutrace.sim import simulate as sim
 
@@ -267,9 +273,14 @@ def simulate(scenario: Annotated[str, typer.Option(help="scenario name (see --li
         raise InputError("--scenario", f"unknown scenario {scenario!r}: {', '.join(SCENARIOS)}")
     if isa not in ("vmx", "svm"):
         raise InputError("--isa", f"unknown isa {isa!r}: vmx or svm")
-    t = sim(scenario, isa, seed, out)
-    typer.echo(f"{scenario} ({isa}, seed {seed}, {t['scenario']['model']} design): {t['exits']['exits_total']} exits; "
-               f"wrote {out}/report.txt, {out}/dataset, {out}/truth.json")
+    if release_version(kernel) is None:
+        raise InputError("--kernel", f"expected a release such as 6.1 or 6.18, got {kernel!r}")
+    if guest_os not in ("linux", "windows"):
+        raise InputError("--guest-os", f"unknown guest {guest_os!r}: linux or windows")
+    t = sim(scenario, isa, seed, out, kernel=kernel, guest_os=guest_os)
+    n = (t.get("exits") or {}).get("exits_total", 0)
+    typer.echo(f"{scenario} ({isa}, kernel {kernel}, seed {seed}, {t['scenario']['model']} design): {n} exits; "
+               f"wrote {out}/report.txt, {out}/trace.perf.data, {out}/host.json, {out}/dataset, {out}/truth.json")
 
 
 @app.command()

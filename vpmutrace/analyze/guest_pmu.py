@@ -52,7 +52,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     if isinstance(g.value, PmuShape) and g.value.version == 0:
         r.findings.append(ANALYZER.finding("guest_no_pmu", "the guest has no PMU: no PMU MSR access can pass through "
                                            "under any design", evidence=list(g.evidence)))
-    elif g.value is None:
+    elif g.value is None and any(td.has(t) for t in ("kvm_exit", "kvm_msr", "kvm_cpuid")):
         r.findings.append(ANALYZER.finding("guest_pmu_unknown", "guest PMU shape unknown: pass-through verdicts that "
                                            "depend on it are 'unknown'", evidence=list(g.evidence)))
     elif setup.all_counters_exposed is False:

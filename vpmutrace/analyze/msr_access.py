@@ -34,10 +34,13 @@ def classify(td: TraceData, cfg: Config) -> pl.DataFrame:
                        schema={"msr": pl.UInt32, "name": pl.String, "kind": pl.String, "vendor": pl.String})
     pmu = df.join(lut, on="msr", how="inner").sort("ts_ns", "seq")
     # the value each access saw or wrote, against the previous one of the same vCPU and MSR
-    pmu = pmu.with_columns(pl.col("value").shift(1).over([*KEY, "msr"]).alias("_prev"))
-    pmu = pmu.with_columns(pl.when(~pl.col("write")).then(None)
+    # (accesses that raised #GP neither change nor show a value)
+    gp = pl.col("gp").fill_null(False)
+    pmu = pmu.with_columns(pl.when(gp).then(None).otherwise(pl.col("value")).alias("_v"))
+    pmu = pmu.with_columns(pl.col("_v").shift(1).forward_fill().over([*KEY, "msr"]).alias("_prev"))
+    pmu = pmu.with_columns(pl.when(~pl.col("write") | gp).then(None)
                            .when(pl.col("_prev").is_null()).then(None)
-                           .otherwise(pl.col("value") != pl.col("_prev")).alias("changed")).drop("_prev")
+                           .otherwise(pl.col("value") != pl.col("_prev")).alias("changed")).drop("_prev", "_v")
     # the mediated verdict: per (thread shape, msr), #GP'd accesses never pass through
     shapes = cfg.guest_pmu_by_thread
     host = cfg.setup.host

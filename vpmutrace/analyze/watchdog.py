@@ -101,6 +101,9 @@ def analyze(td: TraceData, cfg: Config) -> Result:
                            "buddy detector)" if recorded else "no perf NMIs in the trace")
         return r
     if design == MEDIATED:
+        if enabled and kind == "perf":  # the watchdog's own NMIs: no mediated VM could run beside it
+            summary["note"] = "perf NMIs of the enabled perf watchdog: no mediated VM can run beside it"
+            return r
         r.findings.append(ANALYZER.finding("perf_nmis_under_mediated", f"{nmis.height} NMIs claimed by perf although "
                                            "the design is mediated (the perf watchdog cannot coexist with a mediated "
                                            "VM): check the design", nmis.height, int(nmis["ts_ns"].min())))
@@ -164,8 +167,8 @@ def render(r: Result) -> list[str]:
     s = r.summary
     wd = "unknown" if s["nmi_watchdog"] is None else int(s["nmi_watchdog"])
     rec = {True: "yes", False: "no", None: "unknown"}[s["nmi_handler_recorded"]]
-    out = [f"  design {s['design']}; nmi_watchdog={wd} ({s['kind'] or 'detector kind unknown'}, from "
-           f"{s['source']}); nmi:nmi_handler recorded: {rec}"]
+    kind = s["kind"] or ("no detector" if s["nmi_watchdog"] is False else "detector kind unknown")
+    out = [f"  design {s['design']}; nmi_watchdog={wd} ({kind}, from {s['source']}); nmi:nmi_handler recorded: {rec}"]
     if s.get("note"):
         out.append(f"  {s['note']}")
     if s.get("per_cpu"):
