@@ -466,3 +466,19 @@ def test_sim_overheads_are_ordered_like_the_published_figures(isa: str) -> None:
         med.run()
         ratio = emu.pmu_overhead() / med.pmu_overhead()
         assert 2.5 <= ratio <= 10, (seed, ratio)
+
+
+def test_old_vmx_kvm_exit_info2_is_the_interruption_info(tmp_path: Path) -> None:
+    """Before 5.10 kvm_exit had no intr_info and VMX's info2 was VM_EXIT_INTR_INFO; since then info2 is the
+    IDT-vectoring info (the Rak excerpt: an EPT violation during delivery of vector 0xd1, info2 0x800000d1)."""
+    from vpmutrace.analyze import predicates as P
+
+    line = "CPU 0/KVM-1000  [000] 1.000000000: kvm_exit: reason EXCEPTION_NMI rip 0x1000 info 0 80000202\n"
+    (tmp_path / "t.txt").write_text(line)
+    td = load_trace([tmp_path / "t.txt"])
+    assert P.exits(td).filter(P.nmi_exit()).height == 0  # kernel unknown: info2 is not guessed to be intr_info
+    td.meta["kernel_release"] = "5.4.0"
+    assert P.exits(td).filter(P.nmi_exit()).height == 1
+    rak = load_trace([FIXTURES / "lkml_rak_ept_violation_loop_host_write_msr.txt"])
+    rak.meta["kernel_release"] = "6.1.0"
+    assert P.exits(rak)["intr_info"].null_count() == rak.df("kvm_exit").height

@@ -47,6 +47,14 @@ def exits(td: TraceData) -> pl.DataFrame:
         ex = ex.with_columns(pl.col("isa").fill_null(
             pl.when(reason.is_in(_VMX_NAMES)).then(pl.lit(K.ISA_VMX, pl.UInt8))
             .when(reason.is_in(_SVM_NAMES)).then(pl.lit(K.ISA_SVM, pl.UInt8)).otherwise(None)))
+    if ex.height and ex["intr_info"].null_count() == ex.height:
+        # before 5.10 (235ba74f008d) kvm_exit had no intr_info and VMX's info2 was VM_EXIT_INTR_INFO
+        # (vmx_get_exit_info(): *info2 = vmcs_read32(VM_EXIT_INTR_INFO)); since then info2 is the
+        # IDT-vectoring info, so info2 stands in only when the kernel is known to be older
+        v = K.release_version(td.meta.get("kernel_release") or (td.meta.get("host") or {}).get("kernel_release"))
+        if v is not None and v < K.KVM_EXIT_INTR_INFO_FIELD:
+            ex = ex.with_columns(pl.when(pl.col("isa") == K.ISA_VMX).then(pl.col("info2").cast(pl.UInt32, strict=False))
+                                 .otherwise(None).alias("intr_info"))
     return ex.with_columns(pl.when(pl.col("isa") == K.ISA_VMX)
                            .then(pl.col("exit_reason") & K.VMX_BASIC_REASON_MASK)
                            .otherwise(pl.col("exit_reason")).alias("basic"))

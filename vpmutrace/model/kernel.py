@@ -43,6 +43,7 @@ INTR_INFO_MASK = 0x800007FF
 INTR_INFO_NMI = 0x80000202  # valid | type NMI (2 << 8) | vector 2
 INTR_INFO_EXTINT = 0x80000000  # valid | type external interrupt (0 << 8); vector in bits 7:0
 INTR_TYPE_MASK = 0x700
+KVM_EXIT_INTR_INFO_FIELD = (5, 10)  # 235ba74f008d "Add intr/vectoring info and error code to kvm_exit" (posted 2020-07)
 
 # ---- vCPU requests (kvm:kvm_exit ``requests``: vcpu->requests at exit time) --------------------
 # include/linux/kvm_host.h: KVM_REQUEST_ARCH_BASE = 8, KVM_ARCH_REQ(nr) = nr + 8; the bit index of a
