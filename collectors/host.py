@@ -185,6 +185,24 @@ def dmesg() -> dict[str, Any]:
     return {"lines": lines[-200:]}
 
 
+def tsc_khz(dmesg_lines: list[str] | None) -> tuple[int | None, str]:
+    """The TSC frequency in kHz and its source: the kernel's own calibration in dmesg (arch/x86/kernel/
+    tsc.c: "tsc: Refined TSC clocksource calibration: %lu.%03lu MHz", else "tsc: Detected %lu.%03lu MHz
+    processor"), else CPUID 0x15 (crystal ratio, SDM 20.7.3) or 0x16 (base frequency)."""
+    for pat in (r"Refined TSC clocksource calibration: ([\d.]+) MHz", r"tsc: Detected ([\d.]+) MHz"):
+        for ln in reversed(dmesg_lines or []):
+            m = re.search(pat, ln)
+            if m:
+                return round(float(m.group(1)) * 1000), f"dmesg: {ln.split('] ', 1)[-1]}"
+    r = _cpuid(0x15)
+    if r is not None and r[0] and r[1] and r[2]:
+        return r[2] * r[1] // r[0] // 1000, f"cpuid 0x15: crystal {r[2]} Hz x {r[1]}/{r[0]}"
+    r = _cpuid(0x16)
+    if r is not None and r[0] & 0xFFFF:
+        return (r[0] & 0xFFFF) * 1000, f"cpuid 0x16: base {r[0] & 0xFFFF} MHz"
+    return None, "unknown (no dmesg calibration line, no CPUID 0x15/0x16)"
+
+
 def kernel_config() -> dict[str, str]:
     """The lockup-detector and KVM PMU options of the running kernel's config, where readable."""
     import gzip
@@ -266,6 +284,7 @@ def snapshot() -> dict[str, Any]:
     dm = dmesg()
     config = kernel_config()
     watchdog["kind"], watchdog["kind_evidence"] = watchdog_kind(watchdog["nmi_watchdog"], dm.get("lines"), config)
+    khz, khz_source = tsc_khz(dm.get("lines"))
     return {
         "kernel_release": platform.release(),
         "kernel_version": platform.version(),
@@ -276,6 +295,8 @@ def snapshot() -> dict[str, Any]:
         "cpu_family_model_stepping": [field("cpu family"), field("model"), field("stepping")],
         "cpus_online": os.cpu_count(),
         "cpu_mhz": field("cpu MHz"),
+        "tsc_khz": khz,
+        "tsc_khz_source": khz_source,
         "cpu_flags_pmu": [f for f in (field("flags") or "").split() if f in
                           ("arch_perfmon", "perfctr_core", "perfmon_v2", "pdcm", "pebs", "bts", "arch_lbr",
                            "hypervisor", "vmx", "svm")],

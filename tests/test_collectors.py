@@ -288,3 +288,11 @@ def test_snapshot_feeds_the_analyses(tmp_path: Path) -> None:
 
         td = TraceBuilder().finish()
         assert infer_design(td, s, None, Config()).value == "none"
+
+
+def test_tsc_khz_from_the_kernel_calibration() -> None:
+    from collectors.host import tsc_khz
+
+    lines = ["[    0.000052] tsc: Detected 2599.998 MHz processor",
+             "[    1.512345] tsc: Refined TSC clocksource calibration: 2918.400 MHz"]
+    assert tsc_khz(lines)[0] == 2918400 and tsc_khz(lines[:1])[0] == 2599998

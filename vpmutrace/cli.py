@@ -240,12 +240,19 @@ def _register_analyzers() -> None:
 @app.command()
 def compare(a: Annotated[Path, typer.Argument(help="first trace (e.g. the emulated-vPMU run)")],
             b: Annotated[Path, typer.Argument(help="second trace (e.g. the mediated-vPMU run of the same workload)")],
+            model_a: Annotated[str | None, typer.Option("--model-a", help="design of A when it has no snapshot or "
+                                                                          "signature: mediated, emulated, none")]
+            = None,
+            model_b: Annotated[str | None, typer.Option("--model-b", help="design of B (likewise)")] = None,
             as_json: JsonOpt = False) -> None:
     """Two traces side by side: design, exit latency by reason, PMU MSR exits, calibrated switch cost."""
     from vpmutrace.compare import compare as run_compare
     from vpmutrace.compare import render
 
-    doc = run_compare([a], [b])
+    for name, m in (("--model-a", model_a), ("--model-b", model_b)):
+        if m is not None and m not in ("mediated", "emulated", "none"):
+            raise InputError(name, f"unknown design {m!r}: mediated, emulated or none")
+    doc = run_compare([a], [b], model_a, model_b)
     typer.echo(json.dumps(doc, indent=2, default=str) if as_json else render(doc))
 
 

@@ -24,11 +24,13 @@ from vpmutrace.analyze.context import Config
 from vpmutrace.analyze.windows import exit_intervals, fastpath_flags
 from vpmutrace.errors import InputError
 from vpmutrace.model import kernel as K
+from vpmutrace.model import msrs as M
 from vpmutrace.model.design import EMULATED, MEDIATED
 from vpmutrace.readers import load_trace
 from vpmutrace.tracedata import TraceData
 
 MIN_SAMPLES = 20
+PMU_MSRS = [a for a, m in M.catalog().items() if m.kind != M.DEBUGCTL]
 EXCLUDED = {(K.ISA_VMX, K.VMX_HLT), (K.ISA_SVM, K.SVM_HLT)}
 
 
@@ -50,7 +52,8 @@ def summarize(td: TraceData, cfg: Config) -> dict[str, Any]:
                                   pl.col("handling_ns").quantile(0.99, "nearest").alias("p99_ns"))
     return {"inputs": [i.get("path") for i in td.meta.get("inputs", [])], "design": cfg.design.to_json(),
             "span_ns": span[1] - span[0], "exits_timed": t.height,
-            "pmu_msr_accesses": td.df("kvm_msr").height if td.has("kvm_msr") else None,
+            "pmu_msr_accesses": td.df("kvm_msr").filter(pl.col("msr").is_in(PMU_MSRS)).height
+            if td.has("kvm_msr") else None,
             "rdpmc_exits": P.exits(td).filter(P.rdpmc_exit()).height if td.has("kvm_exit") else None,
             "by_reason": {r["reason"]: r for r in by.to_dicts()}}
 
@@ -90,9 +93,9 @@ def _calibrate(emu: pl.DataFrame, med: pl.DataFrame) -> dict[str, Any] | None:
                       f"({', '.join(r['reason'] for r in rows)}), inverse-variance weighted, +-2 standard errors"}
 
 
-def _load(paths: list[Path]) -> tuple[TraceData, Config]:
+def _load(paths: list[Path], model: str | None = None) -> tuple[TraceData, Config]:
     td = load_trace(list(paths))
-    return td, Config.for_trace(td)
+    return td, Config.for_trace(td, model=model)
 
 
 def calibrate_pair(emulated: list[Path], mediated: list[Path]) -> dict[str, Any]:
@@ -108,8 +111,10 @@ def calibrate_pair(emulated: list[Path], mediated: list[Path]) -> dict[str, Any]
     return cal
 
 
-def compare(a: list[Path], b: list[Path]) -> dict[str, Any]:
-    (ta, ca), (tb, cb) = _load(a), _load(b)
+def compare(a: list[Path], b: list[Path], model_a: str | None = None, model_b: str | None = None) -> dict[str, Any]:
+    """Both traces summarized; with one of each design (from snapshots, signatures or the model_*
+    overrides), the switch-cost calibration."""
+    (ta, ca), (tb, cb) = _load(a, model_a), _load(b, model_b)
     sa, sb = summarize(ta, ca), summarize(tb, cb)
     reasons = sorted(set(sa["by_reason"]) | set(sb["by_reason"]),
                      key=lambda r: -((sa["by_reason"].get(r) or {}).get("samples", 0)

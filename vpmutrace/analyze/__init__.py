@@ -3,7 +3,7 @@
 ``registry()`` discovers every module of this package that defines ``ANALYZER``; ``run()``
 gives the JSON document of ``vpmutrace analyze --json``: ``trace``, ``config``, one key per
 analyzer (in registry order) and ``findings`` (all findings, most severe first). See
-docs/analyze.md (generated from the registry: ``python -m vpmutrace.analyze``).
+docs/analyze.md (generated from the registry: ``python -m vpmutrace.analyze.docs``).
 """
 
 from __future__ import annotations

@@ -122,9 +122,19 @@ class Analyzer:
         raise KeyError(f"analyzer {self.name} declares no finding kind {kind_id!r}")
 
     def finding(self, kind_id: str, text: str, count: int | None = None, first_ts_ns: int | None = None,
-                evidence: list[str] | None = None) -> Finding:
+                evidence: list[str] | None = None, certainty: str | None = None) -> Finding:
+        """A finding of a declared kind. ``certainty`` can only weaken the kind's: a fact resting on an
+        input that is itself a candidate (an inferred design, a guessed PMU shape) is a candidate, and
+        a candidate is never of high severity."""
         k = self.kind(kind_id)
-        return Finding(k.id, self.name, k.severity, k.certainty, text, count, first_ts_ns, evidence or [])
+        cert = CANDIDATE if CANDIDATE in (k.certainty, certainty) else FACT
+        sev = "medium" if cert == CANDIDATE and k.severity == "high" else k.severity
+        return Finding(k.id, self.name, sev, cert, text, count, first_ts_ns, evidence or [])
+
+
+def weakest(*certainties: str | None) -> str:
+    """The certainty of a conclusion drawn from several inputs: a candidate if any input is one."""
+    return CANDIDATE if any(c != FACT for c in certainties) else FACT
 
 
 def has_input(td: TraceData, name: str) -> bool:

@@ -13,6 +13,7 @@ fact about the snapshot; a check whose input the snapshot lacks is listed as not
 
 from __future__ import annotations
 
+from vpmutrace.analyze import predicates as P
 from vpmutrace.analyze.base import Analyzer, FindingKind, Result, missing, rule_of
 from vpmutrace.analyze.context import Config
 from vpmutrace.model import kernel as K
@@ -21,7 +22,7 @@ from vpmutrace.tracedata import TraceData
 RULE = rule_of(__doc__)
 REQUIRES = ("host",)
 MEDIATED_FAIL = "Failed to enable mediated vPMU"
-KINDS = (FindingKind("mediated_refused", "high", "fact", "KVM refused a mediated vPMU (dmesg)"),
+KINDS = (FindingKind("mediated_refused", "medium", "fact", "KVM refused a mediated vPMU since boot (dmesg)"),
          FindingKind("vpmu_disabled", "info", "fact", "kvm.enable_pmu=N: guests have no PMU"),
          FindingKind("mediated_available", "info", "fact", "the host could run the mediated vPMU but does not"),
          FindingKind("mediated_unsupported", "low", "fact", "the host PMU cannot run the mediated vPMU"),
@@ -47,7 +48,9 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     vendor_mod = "kvm_amd" if cfg.vendor.value == "amd" else "kvm_intel"
     med = (kvm.get(vendor_mod) or {}).get("enable_mediated_pmu") if vendor_mod in kvm else None
     check(f"{vendor_mod}.enable_mediated_pmu", None if med is None else med == "Y",
-          f"{vendor_mod}.enable_mediated_pmu={med}" if vendor_mod in kvm else f"{vendor_mod} not loaded")
+          f"{vendor_mod}.enable_mediated_pmu={med}" if med is not None else
+          f"{vendor_mod} has no enable_mediated_pmu (kernel before 7.0)" if vendor_mod in kvm else
+          f"{vendor_mod} not loaded")
     hp = cfg.host_pmu.value or {}
     shape = hp.get("shape") if isinstance(hp, dict) else None
     supported = None
@@ -74,9 +77,14 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     if "lines" in dmesg:
         check("no 'Failed to enable mediated vPMU' in dmesg", not fails, f"{len(fails)} such lines")
         if fails:
-            r.findings.append(ANALYZER.finding("mediated_refused", "KVM could not create a mediated vPMU (a host "
-                                               "include-guest perf event or the perf NMI watchdog exists); the vCPU "
-                                               "was not created", len(fails), evidence=fails[:3]))
+            ran = ""
+            if td.has("kvm_exit"):
+                if P.exits(td).filter(P.mediated_pmi_exit()).height:
+                    ran = "; a mediated VM delivered PMIs in this trace, so the refusal concerned another VM or attempt"
+            r.findings.append(ANALYZER.finding("mediated_refused", f"dmesg since boot: KVM could not create a mediated "
+                                               f"vPMU {len(fails)} time(s) (a host include-guest perf event or the "
+                                               f"perf NMI watchdog existed), and that vCPU was not created{ran}",
+                                               len(fails), evidence=fails[:3]))
     else:
         check("no 'Failed to enable mediated vPMU' in dmesg", None, "dmesg not in the snapshot")
     backdoor = (kvm.get("kvm") or {}).get("enable_vmware_backdoor")

@@ -101,6 +101,8 @@ class Config:
         cfg.kernel = K.release_version(td.meta.get("kernel_release") or host.get("kernel_release"))
         isa = {"intel": K.ISA_VMX, "amd": K.ISA_SVM}.get(cfg.vendor.value or "")
         cfg.nmi_order = K.nmi_order(isa, cfg.kernel)
+        if td.has("kvm_exit") and td.has("nmi_handler"):  # the trace's own order wins over the release
+            cfg.nmi_order = P.nmi_order_in_trace(td, P.exits(td), cfg.nmi_order, cfg.options.nmi_pair_ns)
         cfg.host_pmu = infer_host_pmu(host, cfg.vendor.value)
         cfg.guest_pmu, cfg.guest_pmu_by_thread = infer_guest_pmu(td, host, cfg.vendor.value, cfg.host_pmu,
                                                                  guest_gp, guest_fixed, cfg.vendor.certainty)
@@ -210,7 +212,9 @@ def infer_guest_pmu(td: TraceData, host: dict, vendor: str | None, host_pmu: Inf
     by_thread: dict[tuple[str, int], PmuShape] = {}
     evidence: dict[PmuShape, list[str]] = {}
     if td.has("kvm_cpuid"):
-        cp = td.df("kvm_cpuid").filter(pl.col("function").is_in([0xA, 0x80000001, 0x80000022]))
+        # rows KVM answered from another leaf ("entry not found, used max basic") are not these leaves
+        cp = td.df("kvm_cpuid").filter(pl.col("function").is_in([0xA, 0x80000001, 0x80000022])
+                                       & pl.col("found").fill_null(True) & ~pl.col("used_max_basic").fill_null(False))
         fw = _fw_writes(td)
         for (src, pid), g in cp.group_by(pl.col("source").cast(pl.String), "pid"):
             rows = {r["function"]: r for r in g.sort("ts_ns").iter_rows(named=True)}  # the last answer per leaf
@@ -262,8 +266,12 @@ def _shape_from_cmdline(host: dict, host_pmu: Inference, vendor: str | None) -> 
                              (f"VMM command line of pid {vm.get('pid')}: -cpu {m.group(1)}",))
         hs = host_pmu.value.get("shape") if isinstance(host_pmu.value, dict) else None
         if opts[0] in ("host", "max") and hs is not None and ("pmu=on" in opts or "+pmu" in opts):
-            return Inference(hs, "snapshot", CANDIDATE,
-                             (f"VMM command line of pid {vm.get('pid')}: -cpu {m.group(1)} (host counters)",))
+            # KVM exposes at most its own maxima (KVM_MAX_NR_INTEL_GP_COUNTERS 8, fixed 3, AMD 6)
+            g = PmuShape(hs.vendor, hs.version, min(hs.nr_gp, 8 if hs.vendor == "intel" else 6),
+                         min(hs.nr_fixed, 3), hs.gp_width, hs.fixed_width, hs.full_width_writes, hs.perfctr_core)
+            return Inference(g, "snapshot", CANDIDATE,
+                             (f"VMM command line of pid {vm.get('pid')}: -cpu {m.group(1)}: the host's counters "
+                              "within KVM's maxima (a guess: the VMM may trim CPUID leaf 0xA)",))
     return None
 
 
@@ -341,7 +349,8 @@ def infer_design(td: TraceData, host: dict, model: str | None, cfg: Config) -> I
         return snap
     g = cfg.guest_pmu.value
     if isinstance(g, PmuShape) and g.version == 0:
-        return Inference(NO_VPMU, "trace", FACT, ("the guest's PMU has version 0 (CPUID): it has no vPMU",))
+        return Inference(NO_VPMU, "trace", cfg.guest_pmu.certainty,
+                         ("the guest's PMU has version 0 (CPUID): it has no vPMU",))
     sig = signatures(td, cfg)
     if sig[MEDIATED] and sig[EMULATED]:
         return Inference(UNKNOWN, "trace", CANDIDATE, ("conflicting signatures: " + "; ".join(

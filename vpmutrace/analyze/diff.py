@@ -3,8 +3,9 @@ forbids.
 
 Rules (reference section in brackets), applied for the design the context established (design
 analyzer); with an unknown design nothing is checked, since any divergence would be an artefact
-of a guessed design. A divergence is a fact when the design comes from the host snapshot or
-``--model`` and the rule is exact, else a candidate (timing pairing, trace-signature design).
+of a guessed design. A divergence is a fact only when every input it rests on is one: the design
+(host snapshot or ``--model``), the guest and host PMU shapes and the vendor where the rule uses
+them, and an exact rule; otherwise a candidate (timing pairing, signature design, guessed shape).
   mediated:
     pmu_msr_exit_passthrough  kvm_msr on an MSR the design passes through for this guest's PMU
                               shape, without #GP (vmx/svm_recalc_pmu_msr_intercepts())     [§1.3]
@@ -29,7 +30,7 @@ from typing import Any
 import polars as pl
 
 from vpmutrace.analyze import predicates as P
-from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, rule_of
+from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, rule_of, weakest
 from vpmutrace.analyze.context import Config
 from vpmutrace.analyze.msr_access import classify
 from vpmutrace.model.design import EMULATED, MEDIATED, NO_VPMU, PASS, rdpmc_intercepted
@@ -45,23 +46,35 @@ def _div(rule: str, df: pl.DataFrame, section: str, explain: str, certainty: str
     if df.height == 0:
         return None
     first = df.sort("ts_ns").row(0, named=True)
-    example = {k: (str(v) if not isinstance(v, int | float | bool | type(None)) else v) for k, v in first.items()}
+    example = {k: _shown(k, v) for k, v in first.items() if v is not None and not k.startswith("_")}
     return {"rule": rule, "section": section, "count": df.height, "first_ts_ns": int(first["ts_ns"]),
             "example": example, "explain": explain, "certainty": certainty}
+
+
+_HEX = ("intr_info", "rip", "msr", "requests", "value", "info1", "info2", "error_code", "handler_addr")
+
+
+def _shown(key: str, v: object) -> object:
+    """An example row's value as a KVM engineer reads it: registers and addresses in hex."""
+    if isinstance(v, int) and not isinstance(v, bool) and any(h in key for h in _HEX):
+        return hex(v)
+    return v if isinstance(v, int | float | bool) else str(v)
 
 
 def divergences(td: TraceData, cfg: Config) -> tuple[list[dict], list[str]]:
     out: list[dict | None] = []
     unchecked: list[str] = []
     design = cfg.model
-    exact = "fact" if cfg.design.source in ("snapshot", "option") else "candidate"
+    exact = weakest(cfg.design.certainty)
+    shape = weakest(cfg.design.certainty, cfg.guest_pmu.certainty, cfg.vendor.certainty)
+    shapes = weakest(shape, cfg.host_pmu.certainty)
     ex = P.exits(td) if td.has("kvm_exit") else None
     if design == MEDIATED:
         if td.has("kvm_msr"):
             pmu = classify(td, cfg)
             out.append(_div("pmu_msr_exit_passthrough", pmu.filter(pl.col("mediated") == PASS), "§1.3",
                             "a guest access to a PMU MSR the design passes through for this guest was handled by KVM",
-                            exact))
+                            shape))
             if (pmu["mediated"] == "unknown").any():
                 unchecked.append("pmu_msr_exit_passthrough for MSRs whose verdict needs the guest PMU shape")
         else:
@@ -70,7 +83,7 @@ def divergences(td: TraceData, cfg: Config) -> tuple[list[dict], list[str]]:
             rd = rdpmc_intercepted(MEDIATED, cfg.setup)
             if rd is False:
                 out.append(_div("rdpmc_exit_passthrough", ex.filter(P.rdpmc_exit()), "§1.4",
-                                "RDPMC exited although the guest sees every host counter at full width", exact))
+                                "RDPMC exited although the guest sees every host counter at full width", shapes))
             elif rd is None:
                 unchecked.append("rdpmc_exit_passthrough (needs the guest and host PMU shapes)")
             if td.has("nmi_handler"):

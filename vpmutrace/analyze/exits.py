@@ -88,7 +88,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     broken = unpaired.get("lost", 0) + unpaired.get("rip_jump", 0)
     if broken:
         ex = iv.filter(pl.col("unpaired").is_in(["lost", "rip_jump"])).sort("ts_ns")
-        ev = [f"{u} at {t} ns: {rs} exit of thread {p}" for t, rs, p, u in
+        ev = [f"{u} at {t} ns: {rs} exit of thread {'-' if p is None else p}" for t, rs, p, u in
               ex.select("ts_ns", "reason", "pid", "unpaired").head(3).iter_rows()]
         r.findings.append(ANALYZER.finding("unpaired_exits", f"{broken} exits not timed: their next entry lies after "
                                            f"lost events ({unpaired.get('lost', 0)}) or resumes elsewhere "

@@ -7,9 +7,11 @@ residency); KVM's fastpath runs inside the window, so it cannot be profiled ("th
 loop is also a blind spot"); and while the guest LVTPC is loaded perf_event_nmi_handler() returns
 NMI_DONE, so an NMI that reaches perf then is logged with handled=0. Under the emulated design the
 host PMU stays with host perf, but each guest counter is a host perf event. Reported: perf NMIs
-with handled=0, per CPU, and how many fell in guest windows or paired with NMI exits; the host-PMU
-unavailable time (guest runs, mediated only); the exits that may stay in the fastpath and their
-handling time (mediated only).
+with handled=0 that no other handler claimed (perf returns NMI_DONE for every NMI that is not its
+own, e.g. IPI backtraces), per CPU, and how many fell in guest windows or paired with NMI exits;
+the host-PMU unavailable time (guest runs: a lower bound, the ownership windows also hold the
+fastpath exits, mediated only); the exits that may stay in the fastpath and their handling time
+(an upper bound, mediated only).
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     summary: dict = {"design": cfg.model}
     r = Result("host_impact", summary=summary, rule=RULE)
     if td.has("nmi_handler"):
-        n = P.perf_nmis(td).filter(pl.col("handled") == 0)
+        # perf's handler returns handled=0 for every NMI that is not its own (an IPI backtrace, ...): only
+        # NMIs that no other handler claimed at the same time (1 us, same CPU) are unexplained
+        claimed = td.df("nmi_handler").filter(pl.col("handled") >= 1).select(pl.col("ts_ns").alias("_c"), "cpu") \
+            .sort("_c")
+        n = P.perf_nmis(td).filter(pl.col("handled") == 0).sort("ts_ns")
+        if n.height and claimed.height:
+            n = n.join_asof(claimed, left_on="ts_ns", right_on="_c", by="cpu", strategy="nearest",
+                            tolerance=1_000).filter(pl.col("_c").is_null()).drop("_c")
         summary["perf_nmis_unhandled"] = n.height
         if n.height and td.has("kvm_exit") and td.has("kvm_entry"):
             w = guest_windows(td).select("cpu", "start_ns", "end_ns").sort("start_ns")
@@ -44,7 +53,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
         summary["per_cpu"] = records(n.group_by("cpu").len().rename({"len": "unhandled"}).sort("cpu"))
         if n.height:
             r.findings.append(ANALYZER.finding("perf_nmi_unhandled", f"{n.height} NMIs reached perf_event_nmi_handler "
-                                               "and were not claimed (handled=0)" + (
+                                               "and no handler claimed them (handled=0)" + (
                                                    ": under the mediated design perf returns NMI_DONE while the guest "
                                                    "LVTPC is loaded" if cfg.model == MEDIATED else ""), n.height,
                                                int(n["ts_ns"].min())))
@@ -60,10 +69,11 @@ def analyze(td: TraceData, cfg: Config) -> Result:
         summary.update({"host_pmu_unavailable_ns": guest_ns,
                         "host_pmu_unavailable_share": round(guest_ns / max(1, (span[1] - span[0]) * cpus), 6),
                         "fastpath_exits": fp.height, "fastpath_handling_ns": int(fp["handling_ns"].sum() or 0)})
-        r.findings.append(ANALYZER.finding("host_pmu_unavailable", f"the host PMU belonged to guests for "
+        r.findings.append(ANALYZER.finding("host_pmu_unavailable", f"the host PMU belonged to guests for at least "
                                            f"{fmt_ns(guest_ns)} ({100 * summary['host_pmu_unavailable_share']:.2f}% "
-                                           f"of CPU time); {fp.height} fastpath-eligible exits "
-                                           f"({fmt_ns(summary['fastpath_handling_ns'])}) are invisible to host perf"))
+                                           f"of CPU time); up to {fp.height} fastpath exits "
+                                           f"({fmt_ns(summary['fastpath_handling_ns'])}) are invisible to host perf",
+                                           certainty=cfg.design.certainty))
     if not td.has("nmi_handler") and cfg.model != MEDIATED:
         r.needs = ["nmi:nmi_handler events (or the mediated design with kvm_exit/kvm_entry)"]
     return r
@@ -91,6 +101,5 @@ ANALYZER = Analyzer("host_impact", "what host profiling loses: unclaimed perf NM
                     optional=("nmi_handler", "kvm_exit", "kvm_entry"), findings=KINDS, order=75,
                     limits=(
                     "handled=0 shows only perf's own handler; an NMI no handler claims appears in dmesg ('Uhhuh. NMI "
-                    "received for unknown reason'), not here. The unavailable time uses guest runs (an upper "
-                    "bound of the "
-                    "ownership windows)."))
+                    "received for unknown reason'), not here. The unavailable time uses guest runs, a lower "
+                    "bound of the ownership windows."))

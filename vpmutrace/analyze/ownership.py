@@ -92,12 +92,14 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     if switching:
         if obs is not None:
             r.findings.append(ANALYZER.finding("switches_observed", f"{int(obs.sum())} PMU load/put pairs seen in host "
-                                               f"MSR events over {iv.height} exits", int(obs.sum())))
+                                               f"MSR events over {iv.height} exits", int(obs.sum()),
+                                               certainty=cfg.design.certainty))
         else:
             r.findings.append(ANALYZER.finding("switch_count_range", f"{own.height}..{runs.height} PMU context "
                                                                      f"switches "
                                                f"({fmt_ns(own.height * lo_ns)}..{fmt_ns(runs.height * hi_ns)}); record "
-                                               "msr:rdpmc/write_msr to see the real count", own.height))
+                                               "msr:rdpmc/write_msr to see the real count", own.height,
+                                               certainty=cfg.design.certainty))
     return r
 
 

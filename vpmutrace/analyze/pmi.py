@@ -29,6 +29,7 @@ from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, missin
 from vpmutrace.analyze.context import Config
 from vpmutrace.analyze.windows import exit_intervals
 from vpmutrace.model import kernel as K
+from vpmutrace.model.design import MEDIATED
 from vpmutrace.tracedata import TraceData
 
 RULE = rule_of(__doc__)
@@ -42,7 +43,9 @@ def pmi_exits(td: TraceData, cfg: Config) -> pl.DataFrame:
     """All guest-PMI exits (both designs) with path, certainty, injection time and entry."""
     ex = P.exits(td)
     cols = ["exit_row", "ts_ns", "cpu", pl.col("source").cast(pl.String), "pid", "inj_ts", "lvtpc", "certainty"]
-    med = P.mediated_pmi_exits(td, ex).select(*cols).with_columns(pl.lit("0xf5 interrupt").alias("path"))
+    # SVM interrupt exits carry no vector: they count as mediated PMIs only when the design is mediated
+    med = P.mediated_pmi_exits(td, ex, svm=cfg.model == MEDIATED).select(*cols) \
+        .with_columns(pl.lit("0xf5 interrupt").alias("path"))
     nmi = P.classify_nmi_exits(td, ex, cfg.nmi_order.order, cfg.options.nmi_pair_ns) \
         .filter(pl.col("class") == P.GUEST_PMI).select(*cols).with_columns(pl.lit("NMI").alias("path"))
     out = pl.concat([med, nmi], how="vertical_relaxed").sort("ts_ns")
@@ -68,8 +71,9 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     if inj.height and td.has("kvm_entry"):
         en = P.entries(td).sort("entry_ts")
         i = inj.select("ts_ns", pl.col("source").cast(pl.String), "pid").sort("ts_ns")
+        # the entry before the injection: strictly (an injection and its entry share a us in text traces)
         prev_entry = i.join_asof(en.select("source", "pid", "entry_ts"), left_on="ts_ns", right_on="entry_ts",
-                                 by=["source", "pid"], strategy="backward")
+                                 by=["source", "pid"], strategy="backward", allow_exact_matches=False)
         last_pmi = i.join_asof(pe.select("source", "pid", pl.col("ts_ns").alias("pmi_ts")).sort("pmi_ts"),
                                left_on="ts_ns", right_on="pmi_ts", by=["source", "pid"], strategy="backward")
         j = prev_entry.with_columns(last_pmi["pmi_ts"])
@@ -93,9 +97,11 @@ def analyze(td: TraceData, cfg: Config) -> Result:
                "per_vcpu": records(per_vcpu)}
     r = Result("pmi", summary=summary, rows={"pmi_exits": pe}, rule=RULE)
     if pe.height:
+        cert = "fact" if (pe["certainty"] == "fact").all() else "candidate"
         r.findings.append(ANALYZER.finding("guest_pmis", f"{pe.height} guest PMIs through exits "
-                                           f"({summary['by_path']}), median exit->entry "
-                                           f"{fmt_ns(summary['to_entry_p50_ns'])}", pe.height, int(pe["ts_ns"][0])))
+                                           f"({summary['by_path']}, {summary['by_certainty']}), median exit->entry "
+                                           f"{fmt_ns(summary['to_entry_p50_ns'])}", pe.height, int(pe["ts_ns"][0]),
+                                           certainty=cert))
     if orphan:
         r.findings.append(ANALYZER.finding("pmis_outside_exits", f"{orphan} LVTPC injections with no PMI exit since "
                                            "the previous entry: the overflow arrived while the vCPU thread was in "

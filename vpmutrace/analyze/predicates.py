@@ -77,6 +77,13 @@ def nmi_exit() -> pl.Expr:
     return (vmx.fill_null(False) | _is(None, K.SVM_NMI))
 
 
+def nmi_exit_unidentified() -> pl.Expr:
+    """A VMX EXCEPTION_NMI exit whose interruption info the trace does not carry (libtraceevent's kvm
+    plugin text, or kernels 5.10+ printed without intr_info): an NMI or an exception, unknown."""
+    return ((pl.col("isa") == K.ISA_VMX) & (pl.col("basic") == K.VMX_EXCEPTION_NMI)
+            & pl.col("intr_info").is_null()).fill_null(False)
+
+
 def extint_exit() -> pl.Expr:
     """An exit caused by a host interrupt (VMX EXTERNAL_INTERRUPT, SVM SVM_EXIT_INTR)."""
     return _is(K.VMX_EXTERNAL_INTERRUPT, K.SVM_INTR)
@@ -105,10 +112,25 @@ def msr_exit() -> pl.Expr:
 
 
 def requests_pmi() -> pl.Expr:
-    """kvm_exit.requests has KVM_REQ_PMI or KVM_REQ_PMU: set by kvm_perf_overflow() inside the NMI
-    (emulated vPMU, reference §3.3/§3.4), before trace_kvm_exit() on kernels that handle the NMI
-    first. Null where the format has no requests field."""
-    return (pl.col("requests") & K.PMI_REQUEST_MASK) != 0
+    """kvm_exit.requests has KVM_REQ_PMI: set by __kvm_perf_overflow() inside the NMI when the guest
+    counter interrupts (emulated vPMU, reference §3.3/§3.4), before trace_kvm_exit() on kernels that
+    handle the NMI first. KVM_REQ_PMU alone (a reprogram, or an overflow without PMI) is not enough.
+    Null where the format has no requests field."""
+    return (pl.col("requests") & (1 << K.REQ_PMI)) != 0
+
+
+def recorded(td: TraceData, table: str, event: str) -> bool | None:
+    """Was ``event`` recorded? True when its table has rows; else what the input says (perf.data attrs,
+    the capture.json of `vpmutrace record`); None when the input cannot tell (text, trace.dat)."""
+    if td.has(table):
+        return True
+    for i in td.meta.get("inputs", []):
+        if i.get("events") is not None:
+            return any(e.get("name") == event for e in i["events"])
+    cap = td.meta.get("capture") or {}
+    if cap.get("events_requested") is not None:
+        return event in cap["events_requested"] and event not in (cap.get("events_missing") or [])
+    return None
 
 
 def perf_nmis(td: TraceData) -> pl.DataFrame:
@@ -117,30 +139,87 @@ def perf_nmis(td: TraceData) -> pl.DataFrame:
     return n.filter(pl.col("handler").str.starts_with(K.PERF_NMI_HANDLER)).with_row_index("nmi_row")
 
 
-def pair_nmi_exits(td: TraceData, ex: pl.DataFrame, order: str, window_ns: int) -> pl.DataFrame:
-    """NMI exits of ``ex`` (from ``exits(td)``) with the perf NMI that caused them, if any.
+def _nmi_pair_candidates(td: TraceData, ex: pl.DataFrame, window_ns: int) -> pl.DataFrame:
+    """Per NMI exit (identified or not) of ``ex``: the perf NMI of its thread and CPU just before it,
+    after the thread's previous entry (where 6.3+ VMX and SVM handle it), and the one just after it,
+    before the thread's next entry (where VMX 5.8-6.2 handle it), each within ``window_ns``."""
+    nx = ex.filter(nmi_exit() | nmi_exit_unidentified()).select(
+        "exit_row", "ts_ns", "cpu", "pid", pl.col("source").cast(pl.String), nmi_exit().alias("identified"))
+    empty = {"b_row": pl.UInt32, "b_ts": pl.Int64, "b_handled": pl.Int32, "a_row": pl.UInt32, "a_ts": pl.Int64,
+             "a_handled": pl.Int32}
+    if nx.height == 0 or not td.has("nmi_handler"):
+        return nx.with_columns([pl.lit(None, t).alias(c) for c, t in empty.items()])
+    pn = perf_nmis(td).select("nmi_row", pl.col("ts_ns").alias("nmi_ts"), "cpu", "pid", "handled").sort("nmi_ts")
+    en = entries(td).select("source", "pid", "entry_ts").sort("entry_ts") if td.has("kvm_entry") else None
+    j = nx.sort("ts_ns")
+    if en is not None:
+        j = j.join_asof(en.rename({"entry_ts": "prev_entry"}), left_on="ts_ns", right_on="prev_entry",
+                        by=["source", "pid"], strategy="backward")
+        j = j.join_asof(en.rename({"entry_ts": "next_entry"}), left_on="ts_ns", right_on="next_entry",
+                        by=["source", "pid"], strategy="forward")
+    else:
+        j = j.with_columns(pl.lit(None, pl.Int64).alias("prev_entry"), pl.lit(None, pl.Int64).alias("next_entry"))
+    b = j.join_asof(pn.rename({"nmi_row": "b_row", "nmi_ts": "b_ts", "handled": "b_handled"}), left_on="ts_ns",
+                    right_on="b_ts", by=["cpu", "pid"], strategy="backward", tolerance=window_ns)
+    b = b.join_asof(pn.rename({"nmi_row": "a_row", "nmi_ts": "a_ts", "handled": "a_handled"}), left_on="ts_ns",
+                    right_on="a_ts", by=["cpu", "pid"], strategy="forward", tolerance=window_ns)
+    ok_b = pl.col("b_ts").is_not_null() & (pl.col("prev_entry").is_null() | (pl.col("b_ts") > pl.col("prev_entry")))
+    ok_a = pl.col("a_ts").is_not_null() & (pl.col("next_entry").is_null() | (pl.col("a_ts") < pl.col("next_entry")))
+    return b.with_columns([pl.when(ok_b).then(pl.col(c)).otherwise(None).alias(c) for c in ("b_row", "b_ts",
+                                                                                            "b_handled")]
+                          + [pl.when(ok_a).then(pl.col(c)).otherwise(None).alias(c) for c in ("a_row", "a_ts",
+                                                                                              "a_handled")]
+                          ).sort("exit_row")
 
-    The pair is on the same CPU within ``window_ns``: before the exit when the kernel handles
-    NMIs before trace_kvm_exit() (VMX >= 6.3, SVM), after it on older VMX, the nearer of the two
-    when the order is unknown (reference §3.4). Each perf NMI pairs with one exit at most (the
-    nearest). Columns added: nmi_row, nmi_ts, handled (null when unpaired).
-    """
-    nx = ex.filter(nmi_exit()).select("exit_row", "ts_ns", "cpu", "pid", "source")
-    pn = perf_nmis(td).select("nmi_row", pl.col("ts_ns").alias("nmi_ts"), "cpu", "handled") \
-        if td.has("nmi_handler") else pl.DataFrame(schema={"nmi_row": pl.UInt32, "nmi_ts": pl.Int64,
-                                                            "cpu": pl.Int32, "handled": pl.Int32})
-    if nx.height == 0 or pn.height == 0:
-        return nx.with_columns(pl.lit(None, pl.UInt32).alias("nmi_row"), pl.lit(None, pl.Int64).alias("nmi_ts"),
-                               pl.lit(None, pl.Int32).alias("handled"))
-    strategy = {K.NMI_BEFORE_EXIT: "backward", K.NMI_AFTER_EXIT: "forward"}.get(order, "nearest")
-    j = nx.sort("ts_ns").join_asof(pn.sort("nmi_ts"), left_on="ts_ns", right_on="nmi_ts", by="cpu",
-                                   strategy=strategy, tolerance=window_ns)
-    # one NMI, one exit: where two exits claim the same NMI, the nearer keeps it
+
+def nmi_order_in_trace(td: TraceData, ex: pl.DataFrame, release: K.NmiOrder, window_ns: int) -> K.NmiOrder:
+    """The NMI event order the trace itself shows (reference §3.4): which side of their NMI exits the
+    perf NMIs lie on. The kernel release decides unless the data clearly disagree (at least 3 pairs,
+    3 times more on the other side): distribution kernels backport KVM's exit path."""
+    c = _nmi_pair_candidates(td, ex, window_ns).filter(pl.col("identified"))
+    nb, na = c["b_ts"].is_not_null().sum(), c["a_ts"].is_not_null().sum()
+    data = K.NMI_BEFORE_EXIT if nb > na else K.NMI_AFTER_EXIT if na > nb else None
+    if release.order == K.NMI_ORDER_UNKNOWN:
+        if data is None:
+            return release
+        return K.NmiOrder(data, f"kernel release unknown: the trace has {nb} perf NMIs just before their NMI exit, "
+                                f"{na} just after")
+    other, n_rel, n_oth = ((K.NMI_AFTER_EXIT, nb, na) if release.order == K.NMI_BEFORE_EXIT
+                           else (K.NMI_BEFORE_EXIT, na, nb))
+    if n_oth >= 3 and n_oth > 3 * n_rel:
+        return K.NmiOrder(other, f"{release.why}; but the trace shows {n_oth} NMIs on the other side of their exits "
+                                 f"and {n_rel} on this one (a kernel with a backported exit path?): the trace wins")
+    return release
+
+
+def pair_nmi_exits(td: TraceData, ex: pl.DataFrame, order: str, window_ns: int) -> pl.DataFrame:
+    """NMI exits of ``ex`` (from ``exits(td)``, VMX EXCEPTION_NMI exits without intr_info included,
+    ``identified`` false) with the perf NMI that caused them, if any: the perf NMI on the same CPU and
+    thread within ``window_ns`` on the side of the exit the kernel handles NMIs (``order``, from
+    nmi_order_in_trace), after the thread's previous entry or before its next one; the nearer side
+    when the order is unknown. Each perf NMI pairs with one exit (the nearest). Columns added:
+    identified, nmi_row, nmi_ts, handled (null when unpaired)."""
+    c = _nmi_pair_candidates(td, ex, window_ns)
+    d_b = pl.col("ts_ns") - pl.col("b_ts")
+    d_a = pl.col("a_ts") - pl.col("ts_ns")
+    if order == K.NMI_BEFORE_EXIT:
+        side = pl.lit("b")
+    elif order == K.NMI_AFTER_EXIT:
+        side = pl.lit("a")
+    else:
+        side = pl.when(pl.col("b_ts").is_null()).then(pl.lit("a")).when(pl.col("a_ts").is_null()).then(pl.lit("b")) \
+            .when(d_b <= d_a).then(pl.lit("b")).otherwise(pl.lit("a"))
+    c = c.with_columns(side.alias("_s"))
+    j = c.with_columns(
+        pl.when(pl.col("_s") == "b").then(pl.col("b_row")).otherwise(pl.col("a_row")).alias("nmi_row"),
+        pl.when(pl.col("_s") == "b").then(pl.col("b_ts")).otherwise(pl.col("a_ts")).alias("nmi_ts"),
+        pl.when(pl.col("_s") == "b").then(pl.col("b_handled")).otherwise(pl.col("a_handled")).alias("handled"))
     j = j.with_columns((pl.col("ts_ns") - pl.col("nmi_ts")).abs().alias("_d"))
     keep = j.filter(pl.col("nmi_row").is_not_null()).sort("_d").unique("nmi_row", keep="first")["exit_row"]
     j = j.with_columns([pl.when(pl.col("exit_row").is_in(keep.implode())).then(pl.col(c)).otherwise(None).alias(c)
                         for c in ("nmi_row", "nmi_ts", "handled")])
-    return j.drop("_d").sort("exit_row")
+    return j.select("exit_row", "ts_ns", "cpu", "pid", "source", "identified", "nmi_row", "nmi_ts", "handled") \
+        .sort("exit_row")
 
 
 def lvtpc_writes(td: TraceData) -> pl.DataFrame:
@@ -151,24 +230,37 @@ def lvtpc_writes(td: TraceData) -> pl.DataFrame:
         parts.append(td.df("kvm_msr").filter(pl.col("write") & (pl.col("msr") == X2APIC_LVTPC)
                                              & ~pl.col("gp").fill_null(False))
                      .select("ts_ns", pl.col("source").cast(pl.String), "pid", pl.col("value").cast(pl.Int64)))
-    if td.has("events"):
-        ev = td.df("events").filter(pl.col("event").cast(pl.String).is_in(["kvm:kvm_apic", "kvm_apic"]))
-        if ev.height:
-            v = ev.with_columns(pl.col("text").str.extract(r"apic_write APIC_LVTPC = 0x([0-9a-fA-F]+)")
-                                .alias("_hex")).filter(pl.col("_hex").is_not_null())
-            parts.append(v.select("ts_ns", pl.col("source").cast(pl.String), "pid",
-                                  pl.col("_hex").str.to_integer(base=16).cast(pl.Int64).alias("value")))
+    apic = generic_events(td, ("kvm:kvm_apic",))
+    if apic.height:
+        v = apic.with_columns(pl.col("text").str.extract(r"apic_write APIC_LVTPC = 0x([0-9a-fA-F]+)").alias("_hex")) \
+            .filter(pl.col("_hex").is_not_null())
+        parts.append(v.select("ts_ns", "source", "pid",
+                              pl.col("_hex").str.to_integer(base=16).cast(pl.Int64).alias("value")))
     if not parts:
         return pl.DataFrame(schema={"ts_ns": pl.Int64, "source": pl.String, "pid": pl.Int32, "value": pl.Int64})
     return pl.concat(parts).sort("ts_ns")
 
 
-def _ipis(td: TraceData) -> pl.DataFrame:
-    """kvm:kvm_apic_ipi rows (ts_ns, source, pid): interrupts a vCPU sent through its ICR."""
+def generic_events(td: TraceData, names: tuple[str, ...]) -> pl.DataFrame:
+    """Rows (ts_ns, source, pid, text) of events without a table of their own, by name (with or
+    without their system prefix, as text traces print them)."""
     if not td.has("events"):
-        return pl.DataFrame(schema={"ts_ns": pl.Int64, "source": pl.String, "pid": pl.Int32})
-    ev = td.df("events").filter(pl.col("event").cast(pl.String).is_in(["kvm:kvm_apic_ipi", "kvm_apic_ipi"]))
-    return ev.select("ts_ns", pl.col("source").cast(pl.String), "pid")
+        return pl.DataFrame(schema={"ts_ns": pl.Int64, "source": pl.String, "pid": pl.Int32, "text": pl.String})
+    want = list(names) + [n.split(":", 1)[1] for n in names if ":" in n]
+    ev = td.df("events").filter(pl.col("event").cast(pl.String).is_in(want))
+    return ev.select("ts_ns", pl.col("source").cast(pl.String), "pid", "text")
+
+
+def _ipis(td: TraceData) -> pl.DataFrame:
+    """Interrupts a vCPU sent through its ICR (ts_ns, source, pid): kvm:kvm_apic_ipi, x2APIC ICR
+    writes (kvm_msr 0x830) and xAPIC ICR writes (kvm:kvm_apic 'apic_write APIC_ICR')."""
+    parts = [generic_events(td, ("kvm:kvm_apic_ipi",)).drop("text")]
+    if td.has("kvm_msr"):
+        parts.append(td.df("kvm_msr").filter(pl.col("write") & (pl.col("msr") == K.MSR_X2APIC_ICR))
+                     .select("ts_ns", pl.col("source").cast(pl.String), "pid"))
+    apic = generic_events(td, ("kvm:kvm_apic",))
+    parts.append(apic.filter(pl.col("text").str.contains("apic_write APIC_ICR =")).drop("text"))
+    return pl.concat(parts)
 
 
 def self_injections(td: TraceData) -> pl.DataFrame:
@@ -182,10 +274,11 @@ def self_injections(td: TraceData) -> pl.DataFrame:
                                                     pl.col("delivery_mode").cast(pl.String))
     if acc.height == 0:
         return acc
-    ids = td.df("kvm_exit").group_by(pl.col("source").cast(pl.String), "pid").agg(
-        pl.col("vcpu_id").drop_nulls().mode().first().alias("vcpu_id")) if td.has("kvm_exit") else None
-    if ids is None or ids.height == 0:
+    rows = [td.df(t).select(pl.col("source").cast(pl.String), "pid", "vcpu_id") for t in ("kvm_exit", "kvm_entry")
+            if td.has(t)]
+    if not rows:
         return acc.clear()
+    ids = pl.concat(rows).group_by("source", "pid").agg(pl.col("vcpu_id").drop_nulls().mode().first())
     j = acc.join(ids, on=["source", "pid"], how="inner")
     j = j.filter(pl.col("apicid").cast(pl.Int64) == pl.col("vcpu_id").cast(pl.Int64)).drop("vcpu_id")
     ipi = _ipis(td)
@@ -277,15 +370,16 @@ def classify_nmi_exits(td: TraceData, ex: pl.DataFrame, order: str, window_ns: i
     """Every NMI exit of ``ex`` with the perf NMI that caused it, the guest-PMI injection that
     followed (before the thread's next entry) and its class (reference §3.3, §3.4):
 
-    - guest_pmi, fact: kvm_exit.requests carries KVM_REQ_PMI/PMU (kvm_perf_overflow() ran in
+    - guest_pmi, fact: kvm_exit.requests carries KVM_REQ_PMI (__kvm_perf_overflow() ran in
       this NMI);
     - guest_pmi, candidate: KVM injected the guest's LVTPC interrupt before the next entry;
     - host_pmi: perf_event_nmi_handler claimed the NMI (handled >= 1) and no guest PMI
-      followed: a host perf event that counts guest time (the NMI watchdog, host sampling);
-      a fact where the requests field shows no PMI request, else a candidate;
+      followed although injections were recorded: a host perf event that counts guest time
+      (the NMI watchdog, host sampling); a fact where the requests field shows no PMI request;
     - other_nmi: perf did not claim it (handled = 0) or no perf NMI is near although
       nmi:nmi_handler was recorded (another NMI source: IPI backtraces, unknown NMIs);
-    - unknown: nmi:nmi_handler was not recorded and nothing else tells.
+    - unknown: nmi:nmi_handler or kvm_apic_accept_irq was not recorded and nothing else tells.
+    Exits whose NMI type the trace does not carry (``identified`` false) are never facts.
     """
     pairs = pair_nmi_exits(td, ex, order, window_ns).join(
         ex.select("exit_row", "requests"), on="exit_row", how="left")
@@ -300,32 +394,35 @@ def classify_nmi_exits(td: TraceData, ex: pl.DataFrame, order: str, window_ns: i
                            on=["inj_ts", "source", "pid"], how="left")
     else:
         pairs = pairs.with_columns(pl.lit(None, pl.Int64).alias("inj_ts"), pl.lit(None, pl.String).alias("lvtpc"))
-    recorded = td.has("nmi_handler")
+    nmi_seen = td.has("nmi_handler")
+    # without the injections (kvm_apic_accept_irq) and without requests a claimed NMI exit could be
+    # either a guest PMI or a host event: unknown, not host
+    can_see_guest = bool(recorded(td, "kvm_apic_accept_irq", "kvm:kvm_apic_accept_irq"))
     req = requests_pmi()
     has_req = pl.col("requests").is_not_null()
     cls = (pl.when(has_req & req).then(pl.lit(GUEST_PMI))
            .when(pl.col("inj_ts").is_not_null()).then(pl.lit(GUEST_PMI))
-           .when(pl.col("handled") >= 1).then(pl.lit(HOST_PMI))
-           .when(pl.lit(recorded)).then(pl.lit(OTHER_NMI)).otherwise(pl.lit(UNKNOWN_NMI)))
-    cert = (pl.when(has_req & req).then(pl.lit("fact"))
-            .when(pl.col("inj_ts").is_not_null()).then(pl.lit("candidate"))
-            .when((pl.col("handled") >= 1) & has_req).then(pl.lit("fact"))
-            .when(pl.col("handled") >= 1).then(pl.lit("candidate"))
-            .when(pl.lit(recorded)).then(pl.lit("candidate")).otherwise(pl.lit("candidate")))
+           .when((pl.col("handled") >= 1) & (has_req | pl.lit(can_see_guest))).then(pl.lit(HOST_PMI))
+           .when(pl.col("handled") >= 1).then(pl.lit(UNKNOWN_NMI))
+           .when(pl.lit(nmi_seen)).then(pl.lit(OTHER_NMI)).otherwise(pl.lit(UNKNOWN_NMI)))
+    cert = (pl.when(has_req & req & pl.col("identified")).then(pl.lit("fact"))
+            .when((pl.col("handled") >= 1) & has_req & pl.col("identified")).then(pl.lit("fact"))
+            .otherwise(pl.lit("candidate")))
     return pairs.with_columns(cls.alias("class"), cert.alias("certainty")).sort("exit_row")
 
 
-def mediated_pmi_exits(td: TraceData, ex: pl.DataFrame) -> pl.DataFrame:
+def mediated_pmi_exits(td: TraceData, ex: pl.DataFrame, svm: bool) -> pl.DataFrame:
     """Guest PMIs of the mediated design (reference §3.1, §3.2): VMX external-interrupt exits on
-    vector 0xF5 (fact), and SVM interrupt exits (which report no vector) followed by an LVTPC
-    injection before the thread's next entry (candidate). Adds inj_ts, lvtpc, certainty."""
+    vector 0xF5 (fact), and, when ``svm`` (the design is known to be mediated), SVM interrupt exits
+    (which report no vector) followed by an LVTPC injection before the thread's next entry
+    (candidate). Adds inj_ts, lvtpc, certainty."""
     vmx = ex.filter(mediated_pmi_exit()).with_columns(pl.lit("fact").alias("certainty"))
-    svm = ex.filter(extint_exit() & (pl.col("isa") == K.ISA_SVM))
+    svm_rows = ex.filter(extint_exit() & (pl.col("isa") == K.ISA_SVM)) if svm else ex.clear()
     inj = pmi_injections(td)
     parts = []
     if td.has("kvm_entry"):
         en = entries(td)
-        for part, keep_all in ((vmx, True), (svm, False)):
+        for part, keep_all in ((vmx, True), (svm_rows, False)):
             if part.height == 0:
                 continue
             if inj.height:

@@ -66,16 +66,29 @@ class _Vcpu:
     global_ctrl: int | None = None  # None: never written (RESET value, see _enabled)
     last_read: dict[tuple[str, int], tuple[int, int, str]] = field(default_factory=dict)
     frozen: dict[tuple[str, int], dict] = field(default_factory=dict)  # open frozen-counter windows
+    armed: list[tuple[int, bool]] = field(default_factory=list)  # (time, a sampling counter is armed)
     contention: tuple[int, str] | None = None  # (start, evidence)
 
 
 def _enabled(v: _Vcpu, kind: str, idx: int, reset_gp: bool | None) -> bool:
+    """Is a guest counter enabled? pmc_is_globally_enabled(): without PERF_GLOBAL_CTRL (AMD legacy, Intel
+    v1: ``reset_gp`` is passed as True for them) every counter is globally enabled; until the guest writes
+    GLOBAL_CTRL its RESET value holds (GP bits on 6.9+ and before 6.0, none on 6.0-6.8, unknown kernel:
+    taken as enabled)."""
     gc = v.global_ctrl
     if kind == M.GP_COUNTER:
         on = bool(v.eventsel.get(idx, 0) & M.EVENTSEL_ENABLE)
         return on and (bool(gc >> idx & 1) if gc is not None else reset_gp is not False)
     on = bool((v.fixed_ctrl >> (4 * idx)) & 0x3)
     return on and gc is not None and bool(gc >> (32 + idx) & 1)
+
+
+def _armed(v: _Vcpu, reset_gp: bool | None) -> bool:
+    """Is a sampling counter armed: enabled with its PMI bit (event select INT, bit 20; FIXED_CTR_CTRL
+    field bit 3)?"""
+    gp = any(sel & EVENTSEL_INT and _enabled(v, M.GP_COUNTER, i, reset_gp) for i, sel in v.eventsel.items())
+    return gp or any(v.fixed_ctrl >> (4 * i + 3) & 1 and _enabled(v, M.FIXED_COUNTER, i, reset_gp)
+                     for i in range(4))
 
 
 def _placement(v: _Vcpu, reset_gp: bool | None, host_gp: int, host_fixed: int, vendor: str,
@@ -102,6 +115,9 @@ def analyze(td: TraceData, cfg: Config) -> Result:
                if cfg.model == MEDIATED else "the guest has no vPMU")
         return Result("silent", summary={"applicable": False, "why": why}, rule=RULE)
     reset_gp = K.global_ctrl_reset_gp(cfg.kernel)
+    guest = cfg.setup.guest
+    if guest is not None and not guest.global_ctrl:
+        reset_gp = True  # no PERF_GLOBAL_CTRL: every counter is globally enabled
     pmu = with_exit_latency(td, classify(td, cfg)).sort("ts_ns", "seq")
     wins = guest_windows(td) if td.has("kvm_exit") and td.has("kvm_entry") else None
     host = cfg.setup.host
@@ -130,6 +146,9 @@ def analyze(td: TraceData, cfg: Config) -> Result:
                 v.last_read.pop((kind, idx), None)
                 v.frozen.pop((kind, idx), None)
             if kind in CONTROL:
+                armed = _armed(v, reset_gp)
+                if not v.armed or v.armed[-1][1] != armed:
+                    v.armed.append((ts, armed))
                 for k in list(v.last_read):  # a changed configuration restarts the comparison
                     if not _enabled(v, *k, reset_gp):
                         v.last_read.pop(k)
@@ -137,7 +156,8 @@ def analyze(td: TraceData, cfg: Config) -> Result:
                     assert host is not None
                     demand, cap, why = _placement(v, reset_gp, host.nr_gp, host.nr_fixed, host.vendor, wd_kind)
                     if demand > cap and v.contention is None:
-                        regs = (f"eventsel {dict(sorted(v.eventsel.items()))}, FIXED_CTR_CTRL {v.fixed_ctrl:#x}, "
+                        sels = ", ".join(f"{i}: {x:#x}" for i, x in sorted(v.eventsel.items()))
+                        regs = (f"eventsel {{{sels}}}, FIXED_CTR_CTRL {v.fixed_ctrl:#x}, "
                                 f"GLOBAL_CTRL {'reset' if v.global_ctrl is None else hex(v.global_ctrl)}")
                         v.contention = (ts, f"{why}; {regs}")
                     elif demand <= cap and v.contention is not None:
@@ -182,7 +202,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     for f in findings:
         if f["kind"] == "frozen_counter":
             f["evidence"] = f"{f.pop('_reads')} reads returned the same value: {f['evidence']}"
-    findings += _cadence(td, cfg, pmu, wins)
+    findings += _cadence(td, cfg, pmu, wins, {k: v.armed for k, v in state.items()})
     storms, storm_lat = _storms(pmu, cfg)
     findings += storms
     counts = {k.id: 0 for k in KINDS}
@@ -211,10 +231,12 @@ def _finding(kind: str, key: tuple[str, int], counter: str | None, start: int, e
             "guest_ns": guest_ns, "evidence": evidence}
 
 
-def _cadence(td: TraceData, cfg: Config, pmu: pl.DataFrame, wins: pl.DataFrame | None) -> list[dict]:
+def _cadence(td: TraceData, cfg: Config, pmu: pl.DataFrame, wins: pl.DataFrame | None,
+             armed: dict[tuple[str, int], list[tuple[int, bool]]]) -> list[dict]:
     """PMI-cadence check (rule 2), per vCPU thread with at least 5 guest PMIs: the thread's time is cut
     at each PMI injection and each PMU control write; a piece with more guest time than --cadence
-    times the median guest time between PMIs, and no PMI at its end, is a candidate."""
+    times the median guest time between PMIs, no PMI at its end, and a sampling counter armed
+    throughout (an armed state known from the guest's control writes, or none seen), is a candidate."""
     if not (td.has("kvm_apic_accept_irq") and td.has("kvm_exit")):
         return []
     inj = P.pmi_injections(td)
@@ -236,8 +258,12 @@ def _cadence(td: TraceData, cfg: Config, pmu: pl.DataFrame, wins: pl.DataFrame |
             continue
         writes = ctl.filter((pl.col("source") == src) & (pl.col("pid") == pid))["ts_ns"].to_list()
         cuts = sorted([(x, "pmi") for x in ts] + [(x, "write") for x in writes])
+        changes = armed.get((src, pid), [])
         for (a, _), (b, kind_b) in zip(cuts, cuts[1:] + [(end, "end")], strict=False):
             g_ns = run(a, b)
+            state = [on for t_, on in changes if t_ <= a]
+            if state and not state[-1]:
+                continue  # the guest disabled its sampling counters: silence is expected
             if kind_b != "pmi" and g_ns > cfg.options.cadence_periods * med and a >= ts[0]:
                 out.append(_finding("pmi_cadence_stopped", (src, pid), None, a, b,
                                     f"PMIs every {fmt_ns(med)} of guest time (median of {len(gaps)}), then none for "

@@ -14,10 +14,14 @@ that window, is recorded as a host sample in KVM's exit path. So:
   path (vmx_vmexit, __vmx_vcpu_run, vmx_vcpu_enter_exit, vmx_vcpu_run, __svm_vcpu_run,
   svm_vcpu_run, vcpu_enter_guest) is a candidate skidded guest overflow; without symbols, a
   host-mode sample within the skid window after a VM-exit of its CPU is a weaker candidate.
-  Perf-claimed NMIs (nmi:nmi_handler) are classed the same way: paired with an NMI exit (the
-  window in which perf attributes to the guest), within the window after another exit
-  (candidate skid to host), within the window before an entry (ambiguous), or elsewhere
-  (host). Every class here is timing evidence: candidates, never facts.
+  Samples with an exact IP (PEBS) have no skid. Perf-claimed NMIs (nmi:nmi_handler) are classed
+  the same way: paired with an NMI exit (the window in which perf attributes to the guest),
+  followed by the guest's LVTPC injection before the next entry (a guest counter's overflow that
+  KVM delivered: correct), within the window after another exit (candidate skid to host), within
+  the window before an entry (ambiguous), or elsewhere (host); only when a host event may count
+  guest execution (the perf NMI watchdog per the snapshot, or a recorded include-guest event, or
+  nothing known), since otherwise no host event can overflow in the guest. Every class here is
+  timing evidence: candidates, never facts.
 """
 
 from __future__ import annotations
@@ -32,11 +36,13 @@ from vpmutrace.model.design import MEDIATED
 from vpmutrace.tracedata import TraceData
 
 RULE = rule_of(__doc__)
-KVM_EXIT_PATH = ("vmx_vmexit", "__vmx_vcpu_run", "vmx_vcpu_enter_exit", "vmx_vcpu_run", "__svm_vcpu_run",
-                 "svm_vcpu_run", "svm_vcpu_enter_exit", "vcpu_enter_guest", "vmx_do_nmi_irqoff",
-                 "vmx_handle_nmi", "vmx_spec_ctrl_restore_host")
-NMI_CLASSES = ("in_nmi_exit", "after_exit", "before_entry", "host")
-SAMPLE_CLASSES = ("guest", "kvm_exit_path", "after_exit", "host")
+# the code right after VM-exit, where a skidded PMI lands (arch/x86/kvm/vmx/vmenter.S, vmx.c, svm/vmenter.S,
+# svm.c); the large run-loop functions around them (vcpu_enter_guest, vmx_vcpu_run, svm_vcpu_run) hold
+# legitimate host time and are left out
+KVM_EXIT_PATH = ("vmx_vmexit", "__vmx_vcpu_run", "vmx_vcpu_enter_exit", "vmx_spec_ctrl_restore_host",
+                 "vmx_do_nmi_irqoff", "vmx_handle_nmi", "__svm_vcpu_run", "svm_vcpu_enter_exit")
+NMI_CLASSES = ("in_nmi_exit", "delivered_to_guest", "after_exit", "before_entry", "host")
+SAMPLE_CLASSES = ("guest", "exact_ip", "kvm_exit_path", "after_exit", "host")
 KINDS = (FindingKind("skid_candidates", "medium", "candidate",
                      "host samples/PMIs that may be skidded guest overflows charged to the host"),
          FindingKind("include_guest_under_mediated", "medium", "fact",
@@ -59,18 +65,39 @@ def classify_nmis(td: TraceData, cfg: Config) -> pl.DataFrame:
     """Perf-claimed NMIs with a timing class (NMI_CLASSES); needs kvm_exit."""
     w = cfg.options.skid_window_ns
     ex = P.exits(td)
-    nmi = P.perf_nmis(td).filter(pl.col("handled") >= 1).select("nmi_row", "ts_ns", "cpu", "pid")
+    nmi = P.perf_nmis(td).filter(pl.col("handled") >= 1).select("nmi_row", "ts_ns", "cpu", "pid",
+                                                                 pl.col("source").cast(pl.String))
     paired = P.pair_nmi_exits(td, ex, cfg.nmi_order.order, cfg.options.nmi_pair_ns)["nmi_row"].drop_nulls()
-    other = ex.filter(~P.nmi_exit()).select(pl.col("ts_ns").alias("exit_ts"), "cpu").sort("exit_ts")
+    other = ex.filter(~P.nmi_exit() & ~P.nmi_exit_unidentified()).select(pl.col("ts_ns").alias("exit_ts"), "cpu") \
+        .sort("exit_ts")
     en = td.df("kvm_entry").select(pl.col("ts_ns").alias("entry_ts"), "cpu").sort("entry_ts")
     j = nmi.sort("ts_ns").join_asof(other, left_on="ts_ns", right_on="exit_ts", by="cpu", strategy="backward")
     j = j.join_asof(en, left_on="ts_ns", right_on="entry_ts", by="cpu", strategy="forward")
+    inj = P.pmi_injections(td)
+    if inj.height and td.has("kvm_entry"):
+        d = P.next_event_before_entry(j.select("nmi_row", "ts_ns", "source", "pid"), inj, P.entries(td), "inj_ts")
+        j = j.join(d.select("nmi_row", "inj_ts"), on="nmi_row", how="left")
+    else:
+        j = j.with_columns(pl.lit(None, pl.Int64).alias("inj_ts"))
     cls = (pl.when(pl.col("nmi_row").is_in(paired.implode())).then(pl.lit("in_nmi_exit"))
+           .when(pl.col("inj_ts").is_not_null()).then(pl.lit("delivered_to_guest"))
            .when(pl.col("exit_ts").is_not_null() & (pl.col("ts_ns") - pl.col("exit_ts") <= w))
            .then(pl.lit("after_exit"))
            .when(pl.col("entry_ts").is_not_null() & (pl.col("entry_ts") - pl.col("ts_ns") <= w))
            .then(pl.lit("before_entry")).otherwise(pl.lit("host")))
     return j.with_columns(cls.alias("class")).sort("nmi_row")
+
+
+def host_counts_guest(td: TraceData, cfg: Config, include_guest: list[str] | None) -> bool | None:
+    """Can a host perf event count guest execution? The perf watchdog (snapshot), or a recorded event
+    without exclude_guest; None when neither is known."""
+    wd = cfg.watchdog.value or {}
+    watchdog = None if wd.get("enabled") is None else bool(wd.get("enabled")) and wd.get("kind") != "buddy"
+    if watchdog or include_guest:
+        return True
+    if watchdog is False and include_guest is not None:
+        return False
+    return None
 
 
 def classify_samples(td: TraceData, cfg: Config, events: list[str]) -> pl.DataFrame:
@@ -88,6 +115,7 @@ def classify_samples(td: TraceData, cfg: Config, events: list[str]) -> pl.DataFr
         s = s.with_columns(pl.lit(None, pl.Int64).alias("exit_ts"))
     sym = pl.col("sym").fill_null("").str.replace(r"\+0x[0-9a-f]+$", "")
     cls = (pl.when(pl.col("cpumode").str.starts_with("guest")).then(pl.lit("guest"))
+           .when(pl.col("exact_ip").fill_null(False)).then(pl.lit("exact_ip"))
            .when(sym.is_in(list(KVM_EXIT_PATH))).then(pl.lit("kvm_exit_path"))
            .when(pl.col("sym").is_null() & pl.col("exit_ts").is_not_null() & (pl.col("ts_ns") - pl.col("exit_ts") <= w))
            .then(pl.lit("after_exit")).otherwise(pl.lit("host")))
@@ -110,7 +138,13 @@ def analyze(td: TraceData, cfg: Config) -> Result:
         return r
     summary["applicable"] = True
     rows: dict[str, pl.DataFrame] = {}
-    if td.has("nmi_handler") and td.has("kvm_exit") and td.has("kvm_entry"):
+    counts_guest = host_counts_guest(td, cfg, inc)
+    summary["host_event_counts_guest"] = counts_guest
+    if counts_guest is False:
+        summary["nmi_classes"] = None
+        summary["nmi_needs"] = ["a host event that counts guest execution: the perf watchdog is off and the "
+                                "recording excludes the guest, so no host overflow can come from guest time"]
+    elif td.has("nmi_handler") and td.has("kvm_exit") and td.has("kvm_entry"):
         c = classify_nmis(td, cfg)
         summary["perf_nmis"] = c.height
         summary["nmi_classes"] = {k: 0 for k in NMI_CLASSES} | dict(c.group_by("class").len().rows())

@@ -59,21 +59,36 @@ def busy_ns(td: TraceData, cpu: int, a: int, b: int) -> int | None:
 
 
 def watchdog_nmis(td: TraceData, cfg: Config) -> pl.DataFrame:
-    """Perf NMIs that perf claimed and that are not guest PMIs (candidates for watchdog NMIs)."""
+    """Perf NMIs that perf claimed and that are not guest PMIs, nor NMI exits that cannot be told from
+    one (candidates for watchdog NMIs)."""
     n = P.perf_nmis(td).filter(pl.col("handled") >= 1)
     if n.height == 0 or not td.has("kvm_exit"):
         return n
     ex = P.exits(td)
     cls = P.classify_nmi_exits(td, ex, cfg.nmi_order.order, cfg.options.nmi_pair_ns)
-    guest = cls.filter((pl.col("class") == P.GUEST_PMI) & pl.col("nmi_row").is_not_null())["nmi_row"]
-    return n.filter(~pl.col("nmi_row").is_in(guest.implode()))
+    guest = cls.filter(pl.col("class").is_in([P.GUEST_PMI, P.UNKNOWN_NMI]) & pl.col("nmi_row").is_not_null())
+    return n.filter(~pl.col("nmi_row").is_in(guest["nmi_row"].implode()))
+
+
+def at_watchdog_cadence(nmis: pl.DataFrame, thresh_s: float) -> list[int]:
+    """CPUs whose perf NMIs come at the watchdog's cadence: at least 3, median interval between half and
+    five periods (unhalted cycles: turbo shortens it, idle lengthens it)."""
+    out = []
+    for (cpu,), g in nmis.group_by(["cpu"]):
+        ts = g["ts_ns"].sort()
+        if ts.len() < 3:
+            continue
+        med = float(ts.diff().drop_nulls().median() or 0)
+        if 0.5 * thresh_s * 1e9 <= med <= 5 * thresh_s * 1e9:
+            out.append(cpu)
+    return sorted(out)
 
 
 def analyze(td: TraceData, cfg: Config) -> Result:
     wd = cfg.watchdog.value or {}
     enabled, kind, thresh = wd.get("enabled"), wd.get("kind"), float(wd.get("thresh_s") or 10)
     design = cfg.model
-    recorded = _nmi_recorded(td)
+    recorded = P.recorded(td, "nmi_handler", "nmi:nmi_handler")
     summary: dict = {"design": design, "nmi_watchdog": enabled, "kind": kind, "watchdog_thresh_s": thresh,
                      "source": cfg.watchdog.source, "nmi_handler_recorded": recorded}
     r = Result("watchdog", summary=summary, rule=RULE)
@@ -96,17 +111,30 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     summary["perf_nmis_claimed"] = nmis.height
     summary["hardware_sampling_in_trace"] = _host_sampling(td)
     if nmis.height == 0:
-        summary["note"] = ("nmi:nmi_handler recorded, no perf-claimed NMI: no perf watchdog NMI during the trace "
-                           "(as the mediated design requires; under the emulated design: nmi_watchdog=0 or the "
-                           "buddy detector)" if recorded else "no perf NMIs in the trace")
+        claimed = P.perf_nmis(td).filter(pl.col("handled") >= 1).height
+        summary["note"] = (f"{claimed} perf-claimed NMIs, each a guest PMI or an NMI exit that cannot be told from "
+                           "one: no watchdog NMI to measure" if claimed else
+                           "nmi:nmi_handler recorded, no perf-claimed NMI: no perf watchdog NMI during the trace (as "
+                           "the mediated design requires; under the emulated design: nmi_watchdog=0 or the buddy "
+                           "detector)" if recorded else "no perf NMIs in the trace")
         return r
+    cadence = at_watchdog_cadence(nmis, thresh)
+    summary["cpus_at_watchdog_cadence"] = cadence
     if design == MEDIATED:
         if enabled and kind == "perf":  # the watchdog's own NMIs: no mediated VM could run beside it
             summary["note"] = "perf NMIs of the enabled perf watchdog: no mediated VM can run beside it"
-            return r
-        r.findings.append(ANALYZER.finding("perf_nmis_under_mediated", f"{nmis.height} NMIs claimed by perf although "
-                                           "the design is mediated (the perf watchdog cannot coexist with a mediated "
-                                           "VM): check the design", nmis.height, int(nmis["ts_ns"].min())))
+        elif cadence and enabled is not False:
+            r.findings.append(ANALYZER.finding("perf_nmis_under_mediated", f"perf NMIs at the watchdog's cadence on "
+                                               f"CPUs {cadence} although the design is mediated (the perf watchdog "
+                                               "cannot coexist with a mediated VM): check the design",
+                                               nmis.height, int(nmis["ts_ns"].min())))
+        else:
+            summary["note"] = ("perf NMIs of host profiling (exclude_guest events run in host time under the "
+                               "mediated design), not at the watchdog's cadence")
+        return r
+    if enabled is False or (kind == "buddy" and not cadence):
+        summary["note"] = (f"nmi_watchdog={int(bool(enabled))} ({kind or 'no detector'}): the perf NMIs are host "
+                           "profiling, not the watchdog")
         return r
     period = int(thresh * 1e9)  # at the nominal frequency; busy time is compared with it
     limit = period * (1 + cfg.options.watchdog_tolerance)
@@ -140,19 +168,6 @@ def analyze(td: TraceData, cfg: Config) -> Result:
                                            f"NMIs ({why}); the watchdog period is {fmt_ns(period)} of unhalted cycles",
                                            1, gp["start_ns"]))
     return r
-
-
-def _nmi_recorded(td: TraceData) -> bool | None:
-    """Was nmi:nmi_handler recorded (perf.data attrs, capture.json)? None when the input cannot tell."""
-    if td.has("nmi_handler"):
-        return True
-    for i in td.meta.get("inputs", []):
-        if i.get("events") is not None:
-            return any(e.get("name") == "nmi:nmi_handler" for e in i["events"])
-    cap = td.meta.get("capture") or {}
-    if cap.get("events_requested") is not None:
-        return "nmi:nmi_handler" in cap["events_requested"] and "nmi:nmi_handler" not in cap.get("events_missing", [])
-    return None
 
 
 def _host_sampling(td: TraceData) -> bool | None:

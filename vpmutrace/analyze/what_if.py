@@ -10,10 +10,13 @@ shape is known,
   write costs what a plain MSR exit costs: the median of this trace's value-unchanged control
   writes (no reprogram under either design), else of its other MSR_WRITE exits that leave the
   fastpath, else the published MSR_WRITE range (model.costs);
-- added: one kvm_mediated_pmu_put()+load() per remaining exit that leaves the fastpath
-  (fastpath-eligible exits keep the guest PMU loaded, §2.1), at the per-vendor cost range of
-  model.costs, or the cost calibrated from an emulated/mediated pair of traces
-  (``vpmutrace compare``), or --switch-cost-ns.
+- added: one kvm_mediated_pmu_put()+load() per remaining exit that leaves the fastpath, at the
+  per-vendor cost range of model.costs, or the cost calibrated from an emulated/mediated pair of
+  traces (``vpmutrace compare``), or --switch-cost-ns. Fastpath-eligible exits keep the guest
+  PMU loaded when they re-enter fast (§2.1), but the 7.0 fastpath refuses to emulate while guest
+  counters count instructions or branches (kvm_pmu_is_fastpath_emulation_allowed()) and HLT
+  re-enters only with a wake pending: the low end counts no switch for them, the high end one.
+- accesses whose pass-through verdict needs an unknown PMU shape are removed at the high end only.
 Net saving = saved + re-cost saving - added, a range. Exit handling only: guest-side gains
 (no exits on counter reads, no multiplexing by host perf) are not in it.
 """
@@ -55,15 +58,20 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     timed = iv.filter(pl.col("handling_ns").is_not_null())
     pmu = with_exit_latency(td, classify(td, cfg)) if td.has("kvm_msr") else None
     removed_rows: set[int] = set()
+    maybe_rows: set[int] = set()
     if pmu is not None:
         removed_rows |= set(pmu.filter((pl.col("mediated") == PASS) & pl.col("exit_row").is_not_null())["exit_row"]
                             .to_list())
+        maybe_rows = set(pmu.filter((pl.col("mediated") == "unknown") & pl.col("exit_row").is_not_null())["exit_row"]
+                         .to_list()) - removed_rows
     rd = timed.filter(P.rdpmc_exit())
     rd_pass = rdpmc_intercepted(MEDIATED, cfg.setup) is False
     if rd_pass:
         removed_rows |= set(rd["exit_row"].to_list())
     removed = timed.filter(pl.col("exit_row").is_in(list(removed_rows)))
     saved = int(removed["handling_ns"].sum() or 0)
+    maybe = timed.filter(pl.col("exit_row").is_in(list(maybe_rows)))
+    saved_maybe = int(maybe["handling_ns"].sum() or 0)
     # re-costed control writes
     base, base_src = _msr_baseline(pmu, timed)
     recost = 0.0
@@ -77,18 +85,21 @@ def analyze(td: TraceData, cfg: Config) -> Result:
         recost_hi = 0.0
     remaining = timed.filter(~pl.col("exit_row").is_in(list(removed_rows)))
     slow = remaining.filter(~pl.col("fastpath"))
+    fast = remaining.height - slow.height
     calib = cfg.options.calibration
     override = cfg.options.switch_cost_ns or (tuple(calib["switch_cost_ns"]) if calib else None)
     lo, hi, src = costs.switch_cost_range(cfg.vendor.value, override, td.meta.get("host"))
     if calib and not cfg.options.switch_cost_ns:
         src = calib.get("source", "calibrated from a pair of traces")
-    added = (slow.height * lo, slow.height * hi)
-    net = (saved + recost - added[1], saved + recost_hi - added[0])
+    added = ((slow.height - maybe.height) * lo, (slow.height + fast) * hi)
+    net = (saved + recost - added[1], saved + saved_maybe + recost_hi - added[0])
     summary: dict[str, Any] = {
         "applicable": True, "design": cfg.model, "exits_total": timed.height,
         "pmu_msr_exits_removed": len(removed_rows - set(rd["exit_row"].to_list())) if rd_pass else len(removed_rows),
         "rdpmc_exits_removed": rd.height if rd_pass else 0, "exits_removed": removed.height,
-        "time_removed_ns": saved, "control_writes_recosted": 0 if changed is None else changed.height,
+        "time_removed_ns": saved, "exits_removed_if_shape_allows": maybe.height,
+        "time_removed_if_shape_allows_ns": saved_maybe,
+        "control_writes_recosted": 0 if changed is None else changed.height,
         "recost_saving_ns": [round(recost, 1), round(recost_hi, 1)], "msr_exit_baseline_ns": list(base),
         "msr_exit_baseline_source": base_src, "slow_path_exits_remaining": slow.height,
         "fastpath_exits_remaining": remaining.height - slow.height, "switch_cost_ns": [lo, hi],
@@ -133,7 +144,9 @@ def render(r: Result) -> list[str]:
             f"{s['pmu_msr_exits_removed']},"
             f" RDPMC {s['rdpmc_exits_removed']}); re-costs {s['control_writes_recosted']} control writes "
             f"(saves {fmt_ns(s['recost_saving_ns'][0])}..{fmt_ns(s['recost_saving_ns'][1])})",
-            f"  adds {s['slow_path_exits_remaining']} PMU switches at {s['switch_cost_ns'][0]:.0f}.."
+            f"  adds {s['slow_path_exits_remaining']}.."
+            f"{s['slow_path_exits_remaining'] + s['fastpath_exits_remaining']} PMU switches at "
+            f"{s['switch_cost_ns'][0]:.0f}.."
             f"{s['switch_cost_ns'][1]:.0f} ns ({s['switch_cost_source']})",
             f"  net saving {fmt_ns(s['net_saving_ns'][0])} .. {fmt_ns(s['net_saving_ns'][1])} of exit handling"]
 

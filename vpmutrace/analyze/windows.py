@@ -8,10 +8,13 @@ re-entries included). An exit's handling interval runs to the next kvm_entry of 
 
 - the tracer lost events on that CPU (a ``lost`` row) between the two: ``lost``;
 - the entry resumes the guest away from the exit's instruction (entry rip outside
-  [exit rip, exit rip + 15], the longest x86 instruction), i.e. events are missing between
-  them, as across a gap in a trace excerpt: ``rip_jump``. Legitimate rip changes (INIT/SIPI,
-  SMM, nested transitions, emulated far jumps) land here too: never a wrong duration, at the
-  cost of a few unpaired exits, each counted.
+  [exit rip, exit rip + 15] modulo 2^64, 15 bytes being the longest x86 instruction), i.e. events
+  are missing between them, as across a gap in a trace excerpt: ``rip_jump``. Unless the rip
+  change is explained: exits that move the guest elsewhere (VMX TRIPLE_FAULT, INIT, SIPI,
+  TASK_SWITCH, VMLAUNCH/VMRESUME; SVM init, task_switch, shutdown, vmrun), or, on the thread
+  between the two, an emulated instruction (kvm_emulate_insn), a return to user space
+  (kvm_userspace_exit: the VMM may set registers), a nested transition
+  (kvm_nested_vmexit_inject, kvm_nested_vmenter/vmrun) or an SMM transition.
 
 A guest window runs from a kvm_entry to the thread's next kvm_exit on the CPU of the entry
 (not across a loss). PMU ownership windows (mediated design) merge guest windows across exits
@@ -43,7 +46,7 @@ def _losses(td: TraceData) -> pl.DataFrame:
 def _crosses_loss(df: pl.DataFrame, a: str, b: str, losses: pl.DataFrame) -> pl.Series:
     """Per row of ``df`` (with ``cpu``): does a loss on its CPU (or on an unknown CPU) overlap [a, b]?"""
     if losses.height == 0 or df.height == 0:
-        return pl.Series([False] * df.height)
+        return pl.Series([False] * df.height, dtype=pl.Boolean)
     rows = df.select("cpu", pl.col(a).alias("_a"), pl.col(b).alias("_b")).with_row_index("_i")
     anycpu = losses.filter(pl.col("cpu").is_null())
     hit = rows.join(losses.filter(pl.col("cpu").is_not_null()), on="cpu", how="inner")
@@ -78,9 +81,10 @@ def exit_intervals(td: TraceData) -> pl.DataFrame:
     ex = ex.with_columns(pl.when(pl.col("next_kind") == "entry").then(pl.col("next_ts")).otherwise(None)
                          .alias("entry_ts"))
     ex = ex.with_columns(_crosses_loss(ex, "ts_ns", "entry_ts", _losses(td)).alias("_lost"))
-    delta = pl.col("next_rip").cast(pl.Int64, strict=False) - pl.col("guest_rip").cast(pl.Int64, strict=False)
-    jump = pl.col("next_rip").is_not_null() & pl.col("guest_rip").is_not_null() & \
-        ((delta < 0) | (delta > MAX_INSN_LEN))
+    # wrapping u64 difference: guest-kernel rips are >= 2^63
+    delta = pl.col("next_rip").cast(pl.UInt64) - pl.col("guest_rip").cast(pl.UInt64)
+    jump = pl.col("next_rip").is_not_null() & pl.col("guest_rip").is_not_null() & (delta > MAX_INSN_LEN) \
+        & ~_rip_moving_exit() & ~_rip_moved(td, ex)
     why = (pl.when(pl.col("entry_ts").is_null()).then(pl.lit("no_entry"))
            .when(pl.col("_lost")).then(pl.lit("lost"))
            .when(jump.fill_null(False)).then(pl.lit("rip_jump")).otherwise(None))
@@ -93,6 +97,33 @@ def exit_intervals(td: TraceData) -> pl.DataFrame:
         "exit_row", "ts_ns", "cpu", "source", "pid", "comm", "vcpu_id", "exit_reason", "basic", "reason", "isa",
         "intr_info", "requests", "guest_rip", "entry_ts", "handling_ns", "unpaired", "entry_intr_info") \
         .sort("exit_row")
+
+
+# exits after which the guest legitimately resumes elsewhere (SDM Appendix C, svm.h)
+_VMX_RIP_MOVERS = (2, 3, 4, 9, 20, 24)  # TRIPLE_FAULT, INIT_SIGNAL, SIPI_SIGNAL, TASK_SWITCH, VMLAUNCH, VMRESUME
+_SVM_RIP_MOVERS = (0x63, 0x7D, 0x7F, 0x80)  # init, task_switch, shutdown, vmrun
+_RIP_MOVING_EVENTS = ("kvm:kvm_nested_vmexit_inject", "kvm:kvm_nested_vmenter", "kvm:kvm_nested_vmrun",
+                      "kvm:kvm_smm_transition", "kvm:kvm_enter_smm")
+
+
+def _rip_moving_exit() -> pl.Expr:
+    return (((pl.col("isa") == K.ISA_VMX) & pl.col("basic").is_in(_VMX_RIP_MOVERS))
+            | ((pl.col("isa") == K.ISA_SVM) & pl.col("basic").is_in(_SVM_RIP_MOVERS))).fill_null(False)
+
+
+def _rip_moved(td: TraceData, ex: pl.DataFrame) -> pl.Series:
+    """Per exit of ``ex`` (with entry_ts): an event that moves the guest's rip on its thread before the entry."""
+    parts = [td.df(t).select("ts_ns", pl.col("source").cast(pl.String), "pid")
+             for t in ("kvm_emulate_insn", "kvm_userspace_exit") if td.has(t)]
+    parts.append(P.generic_events(td, _RIP_MOVING_EVENTS).drop("text"))
+    mv = pl.concat(parts).rename({"ts_ns": "_mv"}).sort("_mv")
+    if mv.height == 0 or ex.height == 0:
+        return pl.Series([False] * ex.height, dtype=pl.Boolean)
+    j = ex.select("ts_ns", "source", "pid", "entry_ts").with_row_index("_i").sort("ts_ns") \
+        .join_asof(mv, left_on="ts_ns", right_on="_mv", by=KEY, strategy="forward")
+    hit = j.filter(pl.col("_mv").is_not_null() & pl.col("entry_ts").is_not_null()
+                   & (pl.col("_mv") <= pl.col("entry_ts")))["_i"]
+    return pl.Series(range(ex.height)).is_in(hit.implode())
 
 
 def guest_windows(td: TraceData) -> pl.DataFrame:

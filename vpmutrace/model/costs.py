@@ -42,14 +42,12 @@ PUBLISHED_EXIT_SOURCES = (
 
 
 def ghz_range(host: dict | None) -> tuple[float, float, str]:
-    """Host frequency in GHz (low, high) and where it comes from."""
-    mhz = (host or {}).get("cpu_mhz")
-    try:
-        f = float(mhz) / 1000 if mhz else None
-    except ValueError:
-        f = None
-    if f and f > 0.5:
-        return f, f, f"host snapshot cpu MHz {mhz}"
+    """Host frequency in GHz (low, high) and where it comes from: the TSC frequency of the snapshot
+    (nominal; the kernel's tsc_khz, which hw_nmi_get_sample_period() also uses), else 2.0-3.5 GHz.
+    /proc/cpuinfo's "cpu MHz" is CPU 0's current clock (low when idle) and is not used."""
+    khz = (host or {}).get("tsc_khz")
+    if isinstance(khz, int | float) and khz > 500_000:
+        return khz / 1e6, khz / 1e6, f"host TSC {khz / 1e6:.3f} GHz (snapshot)"
     return GHZ_RANGE[0], GHZ_RANGE[1], f"host frequency unknown: {GHZ_RANGE[0]}-{GHZ_RANGE[1]} GHz"
 
 

@@ -35,9 +35,8 @@ VMX_PLUGIN_REASONS = {"PENDING_INTERRUPT": 7}
 
 # VM-exit interruption information (SDM 25.9.2; vmx.h INTR_INFO_*): valid bit 31, type bits 10:8
 # (0 external interrupt, 2 NMI, 3 hardware exception), vector bits 7:0. Bit 12 ("NMI unblocking
-# due to IRET") may be set on an NMI exit, so NMI tests mask with valid|type|vector (is_nmi() in
-# arch/x86/kvm/vmx/vmx.h compares (intr_info & (INTR_INFO_INTR_TYPE_MASK | INTR_INFO_VECTOR_MASK |
-# INTR_INFO_VALID_MASK)) with INTR_TYPE_NMI_INTR | NMI_VECTOR | INTR_INFO_VALID_MASK).
+# due to IRET") may be set on an NMI exit, so NMI tests mask with valid|type|vector (vmcs.h is_nmi()
+# checks valid|type only; the vector of an NMI is always 2).
 INTR_INFO_VALID = 0x80000000
 INTR_INFO_MASK = 0x800007FF
 INTR_INFO_NMI = 0x80000202  # valid | type NMI (2 << 8) | vector 2

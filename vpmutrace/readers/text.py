@@ -127,12 +127,8 @@ def read_text(path: str | Path, builder: TraceBuilder) -> None:
     if cpus.height:
         builder.meta["cpus"] = int(cpus["n"].cast(pl.Int64).max())  # type: ignore[arg-type]
     lost = df.filter(line.str.contains(LOST_LINE))
-    if lost.height:
-        g = lost.select("lineno", line.str.extract_groups(LOST_LINE).alias("g")).unnest("g")
-        for row in g.iter_rows(named=True):
-            n = row["a"] or row["b"]
-            builder.add_lost(src_file, "lost_events", int(n) if n else None, None, int(row["cpu"]),
-                             f"line {row['lineno']}")
+    lost_rows = lost.select("lineno", line.str.extract_groups(LOST_LINE).alias("g")).unnest("g") \
+        if lost.height else None
     notice = line.str.contains(CPUS_LINE) | line.str.contains(LOST_LINE) | line.str.contains(NOTICE_LINE)
     df = df.filter(~notice)
 
@@ -150,11 +146,25 @@ def read_text(path: str | Path, builder: TraceBuilder) -> None:
     if bad.height:
         stats.add(src_file, "unparsed_line", "", bad.height)
     ev = parsed.filter(ok)
+    if lost_rows is not None:
+        _add_lost(lost_rows, ev, src_file, builder)
     if ev.height == 0:
         raise InputError(src_file, f"no trace events recognised in {len(lines)} lines "
                                    f"(not ftrace, trace-cmd report or perf script text)",
                          f"line {int(bad['lineno'][0])}" if bad.height else None)
     _emit_events(ev, flavor, src_file, builder)
+
+
+def _add_lost(rows: pl.DataFrame, ev: pl.DataFrame, src_file: str, builder: TraceBuilder) -> None:
+    """'CPU:N [LOST M EVENTS]' lines (the kernel prints them before the first event after the loss on
+    that CPU): placed at that event's time, so the loss covers [last event before, it] on CPU N."""
+    nxt = ev.select("lineno", pl.col("cpu").cast(pl.Int32), _ts_ns("ts").alias("ts_ns")).sort("lineno")
+    r = rows.with_columns(pl.col("cpu").cast(pl.Int32)).sort("lineno").join_asof(
+        nxt, on="lineno", by="cpu", strategy="forward")
+    for row in r.iter_rows(named=True):
+        n = row["a"] or row["b"]
+        builder.add_lost(src_file, "lost_events", int(n) if n else None, row["ts_ns"], int(row["cpu"]),
+                         f"line {row['lineno']}")
 
 
 def _ts_ns(col: str) -> pl.Expr:

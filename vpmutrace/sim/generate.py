@@ -405,7 +405,10 @@ class Sim:
         if kind == "hlt" and self.version >= (6, 12) and self.rng.random() < 0.3:
             return self.do_exit(t, v, "hlt", self.rng.randint(400, 900), fastpath=True)  # a wake event was pending
         info = (K.INTR_INFO_EXTINT | 0xEC) if kind == "extint" and self.isa == K.ISA_VMX else 0
-        return self.do_exit(t, v, kind, intr_info=info)
+        end = self.do_exit(t, v, kind, intr_info=info)
+        if kind == "extint":  # the host timer IRQ expired the guest's LAPIC timer: LVTT on its vector 0xEC
+            self.emit(end - 100, v.cpu, v.pid, "kvm:kvm_apic_accept_irq", apicid=v.idx, dm=0, tm=0, vec=0xEC)
+        return end
 
     def guest_pmi(self, t: int, v: Vcpu) -> int:
         """The sampling counter overflowed at t in guest mode: deliver it as the design does."""
@@ -715,7 +718,7 @@ class Sim:
         return {"kernel_release": self.kernel_release,
                 "cpu_vendor": "GenuineIntel" if self.vendor == "intel" else "AuthenticAMD",
                 "cpu_model": f"simulated {self.isa_name.upper()} host", "cpus_online": self.ncpu,
-                "cpu_mhz": str(SIM_GHZ * 1000), "pmu_counters": pc,
+                "cpu_mhz": str(SIM_GHZ * 1000), "tsc_khz": int(SIM_GHZ * 1e6), "pmu_counters": pc,
                 "watchdog": {"nmi_watchdog": int(self.watchdog), "watchdog_thresh": self.thresh_s,
                              "kind": "perf" if self.watchdog else None,
                              "kind_evidence": dmesg[0] if self.watchdog else None},

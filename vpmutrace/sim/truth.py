@@ -112,7 +112,7 @@ def _storms(sim: Sim) -> list[dict]:
 def _skid_classes(sim: Sim) -> dict[str, int]:
     """The analyzer's timing classes of every perf-claimed NMI (skid analyzer rule)."""
     w = sim.skid_window
-    classes = {"in_nmi_exit": 0, "after_exit": 0, "before_entry": 0, "host": 0}
+    classes = {"in_nmi_exit": 0, "delivered_to_guest": 0, "after_exit": 0, "before_entry": 0, "host": 0}
     ev = sim.events
     for h in sim.truth.host_nmis:
         if h["in_guest"]:
