@@ -1,4 +1,11 @@
-"""Host checks (one-line refusals with the fix) and the host snapshot stored with every capture."""
+"""Host checks (one-line refusals with the fix) and the host snapshot stored with every capture.
+
+The snapshot holds what the analyses need to know as facts: kvm module parameters (enable_pmu,
+enable_mediated_pmu), the host PMU (CPUID, PERF_CAPABILITIES), the NMI watchdog and its kind (dmesg,
+kernel config), the dmesg lines KVM and perf leave (mediated vPMU refusals, unknown NMIs),
+/proc/interrupts before the capture (``finish_snapshot`` adds the counts after it and the delta, e.g.
+VPMI, the mediated PMI vector's count) and the running VMs with their vCPU threads.
+"""
 
 from __future__ import annotations
 
@@ -105,15 +112,30 @@ def _cpuid(leaf: int, subleaf: int = 0) -> tuple[int, int, int, int] | None:
         return None
 
 
+def _rdmsr(msr: int) -> int | None:
+    """An MSR of CPU 0 through /dev/cpu/0/msr (the msr driver, root), when present and readable."""
+    try:
+        with open("/dev/cpu/0/msr", "rb") as f:
+            f.seek(msr)
+            return struct.unpack("<Q", f.read(8))[0]
+    except OSError:
+        return None
+
+
 def pmu_counters(vendor: str) -> dict[str, Any]:
-    """Counter counts from CPUID leaf 0xA (Intel) or 0x80000022 / 0x80000001 (AMD), where readable."""
+    """Counter counts from CPUID leaf 0xA (Intel) or 0x80000022 / 0x80000001 (AMD), where readable, and
+    Intel's IA32_PERF_CAPABILITIES (0x345; FW_WRITES is bit 13) through the msr driver."""
     if vendor == "GenuineIntel":
         r = _cpuid(0xA)
         if r is None:
             return {"source": "unavailable: /dev/cpu/0/cpuid missing (modprobe cpuid)"}
         eax, _ebx, _ecx, edx = r
-        return {"source": "cpuid 0xA", "version": eax & 0xFF, "gp_counters": (eax >> 8) & 0xFF,
-                "gp_width": (eax >> 16) & 0xFF, "fixed_counters": edx & 0x1F, "fixed_width": (edx >> 5) & 0xFF}
+        out: dict[str, Any] = {"source": "cpuid 0xA", "version": eax & 0xFF, "gp_counters": (eax >> 8) & 0xFF,
+                               "gp_width": (eax >> 16) & 0xFF, "fixed_counters": edx & 0x1F,
+                               "fixed_width": (edx >> 5) & 0xFF}
+        caps = _rdmsr(0x345)
+        out["perf_capabilities"] = caps  # None: unreadable (modprobe msr, root)
+        return out
     if vendor == "AuthenticAMD":
         r = _cpuid(0x80000022)
         r1 = _cpuid(0x80000001)
@@ -121,9 +143,101 @@ def pmu_counters(vendor: str) -> dict[str, Any]:
             return {"source": "unavailable: /dev/cpu/0/cpuid missing (modprobe cpuid)"}
         perfmon_v2 = bool(r[0] & 1)
         core_ext = bool(r1[2] >> 23 & 1)
-        return {"source": "cpuid 0x80000022/0x80000001", "perfmon_v2": perfmon_v2,
+        return {"source": "cpuid 0x80000022/0x80000001", "perfmon_v2": perfmon_v2, "perfctr_core": core_ext,
                 "gp_counters": (r[1] & 0xF) if perfmon_v2 else (6 if core_ext else 4)}
     return {"source": f"unknown vendor {vendor}"}
+
+
+def interrupts(text: str | None = None) -> dict[str, int]:
+    """/proc/interrupts summed over CPUs, by row label (NMI, PMI, LOC, VPMI on 7.0+ hosts, IRQ numbers)."""
+    if text is None:
+        text = _read(Path("/proc/interrupts")) or ""
+    lines = text.splitlines()
+    ncpu = len(lines[0].split()) if lines else 0
+    out: dict[str, int] = {}
+    for ln in lines[1:]:
+        label, _, rest = ln.partition(":")
+        counts = []
+        for tok in rest.split()[:ncpu]:
+            if not tok.isdigit():
+                break
+            counts.append(int(tok))
+        if counts:
+            out[label.strip()] = sum(counts)
+    return out
+
+
+# dmesg lines the analyses read (kernel/watchdog_perf.c, arch/x86/kvm/x86.c kvm_arch_vcpu_precreate(),
+# arch/x86/kernel/nmi.c unknown_nmi_error(), arch/x86/kernel/tsc.c)
+DMESG_PATTERNS = ("NMI watchdog", "Failed to enable mediated vPMU", "Uhhuh. NMI received", "tsc: Detected",
+                  "tsc: Refined TSC", "Hard watchdog permanently disabled")
+WATCHDOG_PERF_LINE = ("Permanently consumes one hw-PMU counter", "permanently consumes one hw-PMU counter")
+
+
+def dmesg() -> dict[str, Any]:
+    try:
+        r = subprocess.run(["dmesg"], capture_output=True, text=True, check=False, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"error": str(e)}
+    if r.returncode != 0:
+        return {"error": (r.stderr.strip() or "dmesg failed")[:200]}
+    lines = [ln.strip() for ln in r.stdout.splitlines() if any(p in ln for p in DMESG_PATTERNS)]
+    return {"lines": lines[-200:]}
+
+
+def tsc_khz(dmesg_lines: list[str] | None) -> tuple[int | None, str]:
+    """The TSC frequency in kHz and its source: the kernel's own calibration in dmesg (arch/x86/kernel/
+    tsc.c: "tsc: Refined TSC clocksource calibration: %lu.%03lu MHz", else "tsc: Detected %lu.%03lu MHz
+    processor"), else CPUID 0x15 (crystal ratio, SDM 20.7.3) or 0x16 (base frequency)."""
+    for pat in (r"Refined TSC clocksource calibration: ([\d.]+) MHz", r"tsc: Detected ([\d.]+) MHz"):
+        for ln in reversed(dmesg_lines or []):
+            m = re.search(pat, ln)
+            if m:
+                return round(float(m.group(1)) * 1000), f"dmesg: {ln.split('] ', 1)[-1]}"
+    r = _cpuid(0x15)
+    if r is not None and r[0] and r[1] and r[2]:
+        return r[2] * r[1] // r[0] // 1000, f"cpuid 0x15: crystal {r[2]} Hz x {r[1]}/{r[0]}"
+    r = _cpuid(0x16)
+    if r is not None and r[0] & 0xFFFF:
+        return (r[0] & 0xFFFF) * 1000, f"cpuid 0x16: base {r[0] & 0xFFFF} MHz"
+    return None, "unknown (no dmesg calibration line, no CPUID 0x15/0x16)"
+
+
+def kernel_config() -> dict[str, str]:
+    """The lockup-detector and KVM PMU options of the running kernel's config, where readable."""
+    import gzip
+
+    text = None
+    for p in (Path(f"/boot/config-{platform.release()}"), Path("/proc/config.gz")):
+        try:
+            text = gzip.decompress(p.read_bytes()).decode() if p.suffix == ".gz" else p.read_text()
+            break
+        except OSError:
+            continue
+    if text is None:
+        return {}
+    keep = ("CONFIG_HARDLOCKUP_DETECTOR", "CONFIG_PERF_GUEST_MEDIATED_PMU", "CONFIG_GUEST_PERF_EVENTS")
+    return {k: v for k, _, v in (ln.partition("=") for ln in text.splitlines()) if k.startswith(keep)}
+
+
+def watchdog_kind(nmi_watchdog: int | None, dmesg_lines: list[str] | None, config: dict[str, str]
+                  ) -> tuple[str | None, str]:
+    """Which hard-lockup detector runs: 'perf' (watchdog_perf.c prints 'Enabled. Permanently consumes one
+    hw-PMU counter.'), 'buddy' (watchdog_buddy.c prints nothing; chosen at build time), or None, with why."""
+    if not nmi_watchdog:
+        return None, "nmi_watchdog=0"
+    for ln in dmesg_lines or []:
+        if any(p in ln for p in WATCHDOG_PERF_LINE):
+            return "perf", ln
+    perf = config.get("CONFIG_HARDLOCKUP_DETECTOR_PERF") == "y"
+    buddy = config.get("CONFIG_HARDLOCKUP_DETECTOR_BUDDY") == "y"
+    if buddy and (not perf or config.get("CONFIG_HARDLOCKUP_DETECTOR_PREFER_BUDDY") == "y"):
+        return "buddy", "kernel config: CONFIG_HARDLOCKUP_DETECTOR_BUDDY=y"
+    if perf and dmesg_lines is not None:
+        return None, "kernel config has the perf detector but dmesg shows no 'Enabled' line"
+    if perf:
+        return "perf", "kernel config: CONFIG_HARDLOCKUP_DETECTOR_PERF=y (dmesg unreadable)"
+    return None, "unknown (no dmesg line, no kernel config)"
 
 
 def running_vms() -> list[dict[str, Any]]:
@@ -165,8 +279,12 @@ def snapshot() -> dict[str, Any]:
             if (dev / "caps").is_dir():
                 caps = {c.name: _read(c) for c in sorted((dev / "caps").iterdir())}
             pmus[dev.name] = {"type": _read_int(dev / "type"), "caps": caps}
-    watchdog = {k: _read_int(Path("/proc/sys/kernel") / k) for k in
-                ("nmi_watchdog", "watchdog", "watchdog_thresh", "soft_watchdog")}
+    watchdog: dict[str, Any] = {k: _read_int(Path("/proc/sys/kernel") / k) for k in
+                                ("nmi_watchdog", "watchdog", "watchdog_thresh", "soft_watchdog")}
+    dm = dmesg()
+    config = kernel_config()
+    watchdog["kind"], watchdog["kind_evidence"] = watchdog_kind(watchdog["nmi_watchdog"], dm.get("lines"), config)
+    khz, khz_source = tsc_khz(dm.get("lines"))
     return {
         "kernel_release": platform.release(),
         "kernel_version": platform.version(),
@@ -177,6 +295,8 @@ def snapshot() -> dict[str, Any]:
         "cpu_family_model_stepping": [field("cpu family"), field("model"), field("stepping")],
         "cpus_online": os.cpu_count(),
         "cpu_mhz": field("cpu MHz"),
+        "tsc_khz": khz,
+        "tsc_khz_source": khz_source,
         "cpu_flags_pmu": [f for f in (field("flags") or "").split() if f in
                           ("arch_perfmon", "perfctr_core", "perfmon_v2", "pdcm", "pebs", "bts", "arch_lbr",
                            "hypervisor", "vmx", "svm")],
@@ -184,7 +304,19 @@ def snapshot() -> dict[str, Any]:
         "pmu_counters": pmu_counters(vendor),
         "kvm": {m: _params(m) for m in ("kvm", "kvm_intel", "kvm_amd", "kvm_pvm") if _params(m) is not None},
         "watchdog": watchdog,
+        "dmesg": dm,
+        "kernel_config": config,
+        "interrupts_before": interrupts(),
         "perf_event_paranoid": _read_int(Path("/proc/sys/kernel/perf_event_paranoid")),
         "perf_event_max_sample_rate": _read_int(Path("/proc/sys/kernel/perf_event_max_sample_rate")),
         "running_vms": running_vms(),
     }
+
+
+def finish_snapshot(snap: dict[str, Any]) -> dict[str, Any]:
+    """After a capture: /proc/interrupts again, and the per-row delta (what the capture window saw)."""
+    after = interrupts()
+    before = snap.get("interrupts_before") or {}
+    snap["interrupts_after"] = after
+    snap["interrupts_delta"] = {k: v - before[k] for k, v in after.items() if k in before and not k.isdigit()}
+    return snap

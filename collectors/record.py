@@ -20,7 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from collectors import events as evsets
-from collectors.host import Refusal, hardware_pmu, require_kvm, require_perf, require_root, snapshot, tracefs_root
+from collectors.host import (
+    Refusal,
+    finish_snapshot,
+    hardware_pmu,
+    require_kvm,
+    require_perf,
+    require_root,
+    snapshot,
+    tracefs_root,
+)
 
 
 class Interrupted(Exception):
@@ -95,7 +104,8 @@ def record(opt: RecordOptions) -> RecordResult:
     if not any(e.startswith("kvm:") for e in have):
         raise Refusal("this kernel has no kvm tracepoints (is the kvm module loaded?): modprobe kvm_intel/kvm_amd")
     opt.out.mkdir(parents=True, exist_ok=True)
-    (opt.out / "host.json").write_text(json.dumps(snapshot(), indent=2) + "\n")
+    snap = snapshot()
+    (opt.out / "host.json").write_text(json.dumps(snap, indent=2) + "\n")
     if missing:
         print(f"record: not on this kernel, skipped: {', '.join(missing)}", file=sys.stderr)
     trace_file = opt.out / ("trace.perf.data" if opt.backend == "perf" else "trace.dat")
@@ -120,6 +130,7 @@ def record(opt: RecordOptions) -> RecordResult:
     _progress("", opt.progress)
     if opt.progress:
         sys.stderr.write("\r")
+    (opt.out / "host.json").write_text(json.dumps(finish_snapshot(snap), indent=2) + "\n")
     (opt.out / "capture.json").write_text(json.dumps({
         "backend": res.backend, "trace_file": str(res.trace_file), "events_requested": res.events_requested,
         "events_missing": res.events_missing, "interrupted": res.interrupted, "command": opt.command,

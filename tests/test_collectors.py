@@ -235,3 +235,64 @@ def test_perf_progress_counts_events_while_recording(tmp_path: Path) -> None:
     decoded = load_trace([out]).meta["events"]["kvm:kvm_msr"]
     assert final == decoded  # every sample counted once, nothing twice
     assert any(0 < s < final for s in seen)  # and counted while perf was still writing
+
+
+PROC_INTERRUPTS = """           CPU0       CPU1
+ 24:          1          0  IO-APIC   5-edge      ACPI:Ged
+NMI:          3          4   Non-maskable interrupts
+LOC:     225129     270070   Local timer interrupts
+PMI:          3          4   Performance monitoring interrupts
+VPMI:        17         25   Perf Guest Mediated PMI
+"""
+
+
+def test_interrupts_rows_are_summed_over_cpus() -> None:
+    from collectors.host import interrupts
+
+    got = interrupts(PROC_INTERRUPTS)
+    assert got == {"24": 1, "NMI": 7, "LOC": 495199, "PMI": 7, "VPMI": 42}
+
+
+def test_finish_snapshot_records_the_capture_delta(monkeypatch: pytest.MonkeyPatch) -> None:
+    import collectors.host as h
+
+    monkeypatch.setattr(h, "interrupts", lambda text=None: {"VPMI": 50, "NMI": 9, "24": 3})
+    snap = h.finish_snapshot({"interrupts_before": {"VPMI": 42, "NMI": 7, "24": 1}})
+    assert snap["interrupts_delta"] == {"VPMI": 8, "NMI": 2}  # named rows only, not device IRQs
+
+
+def test_watchdog_kind_from_dmesg_and_config() -> None:
+    from collectors.host import watchdog_kind
+
+    perf_line = ["[    1.2] NMI watchdog: Enabled. Permanently consumes one hw-PMU counter."]
+    assert watchdog_kind(1, perf_line, {})[0] == "perf"
+    assert watchdog_kind(1, [], {"CONFIG_HARDLOCKUP_DETECTOR_BUDDY": "y"})[0] == "buddy"
+    assert watchdog_kind(1, [], {"CONFIG_HARDLOCKUP_DETECTOR_BUDDY": "y", "CONFIG_HARDLOCKUP_DETECTOR_PERF": "y",
+                                 "CONFIG_HARDLOCKUP_DETECTOR_PREFER_BUDDY": "y"})[0] == "buddy"
+    assert watchdog_kind(1, None, {"CONFIG_HARDLOCKUP_DETECTOR_PERF": "y"})[0] == "perf"
+    assert watchdog_kind(1, [], {"CONFIG_HARDLOCKUP_DETECTOR_PERF": "y"})[0] is None  # dmesg read: no line
+    assert watchdog_kind(0, perf_line, {})[0] is None
+
+
+def test_snapshot_feeds_the_analyses(tmp_path: Path) -> None:
+    """A snapshot of this host gives the analyses their facts: design none when kvm.enable_pmu=N."""
+    from vpmutrace.analyze.context import infer_design, infer_watchdog
+
+    s = snapshot()
+    wd = infer_watchdog(s)
+    assert wd.source == "snapshot" and wd.value["enabled"] == bool(s["watchdog"]["nmi_watchdog"])
+    enable_pmu = (s.get("kvm", {}).get("kvm") or {}).get("enable_pmu")
+    if enable_pmu == "N":
+        from vpmutrace.analyze.context import Config
+        from vpmutrace.tracedata import TraceBuilder
+
+        td = TraceBuilder().finish()
+        assert infer_design(td, s, None, Config()).value == "none"
+
+
+def test_tsc_khz_from_the_kernel_calibration() -> None:
+    from collectors.host import tsc_khz
+
+    lines = ["[    0.000052] tsc: Detected 2599.998 MHz processor",
+             "[    1.512345] tsc: Refined TSC clocksource calibration: 2918.400 MHz"]
+    assert tsc_khz(lines)[0] == 2918400 and tsc_khz(lines[:1])[0] == 2599998

@@ -22,7 +22,7 @@ from vpmutrace.formats.event_format import ARRAY, BYTES, CHARS, EventFormat, Fie
 from vpmutrace.formats.text_grammar import HEX, print_fmt_grammar
 from vpmutrace.readers import load_trace
 from vpmutrace.schema import ALL_TABLES, binary_only, column_names, is_event_table
-from vpmutrace.show import _format, lines
+from vpmutrace.show import _format, bodies, lines
 from vpmutrace.tracedata import TraceData
 from vpmutrace.typed_fields import CUTS, FIELD_MAP
 
@@ -79,6 +79,24 @@ def test_trace_dat_lines_equal_the_kernels_own_text(name: str) -> None:
         assert _without(a["event"], a["body"], KERNEL_ONLY) == _without(b["event"], b["body"], KERNEL_ONLY), \
             (a, b)
     assert td.meta["unparsed"] == 0
+
+
+@pytest.mark.parametrize("trace", ["mixed.trace.dat", "mixed.perf.data", "mixed.ftrace.txt.xz"])
+def test_bodies_equal_the_rendered_lines(trace: str, tmp_path: Path) -> None:
+    """show.bodies (what analyzers read for events without a named table: text per distinct field
+    values) gives every row of each event, with the body its rendered line has."""
+    path = FIXTURES / trace
+    if trace.endswith(".xz"):
+        path = tmp_path / trace.removesuffix(".xz")
+        path.write_bytes(lzma.decompress((FIXTURES / trace).read_bytes()))
+    td = load_trace([path])
+    for event in ("kvm:kvm_apic", "kvm:kvm_fpu", "sched:sched_wakeup"):
+        b = bodies(td, (event,))
+        rendered = _parsed(list(lines(td, event)))
+        assert b.height == len(rendered) > 0, event
+        assert b["text"].to_list() == [r["body"] for r in rendered], event
+        assert b["ts_ns"].is_sorted() and b["source"].is_not_null().all(), event
+    assert bodies(td, ("kvm:no_such_event",)).height == 0
 
 
 def _raw_pairs(fmt: EventFormat, body: str) -> dict[str, str]:

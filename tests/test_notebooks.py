@@ -13,7 +13,7 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
 def test_there_are_the_three_notebooks() -> None:
-    assert {p.stem for p in NOTEBOOKS} >= {"mediated_worth_it", "silent_counter_errors", "watchdog_blind_spots"}
+    assert {p.stem for p in NOTEBOOKS} >= {"mediated_worth_it", "silent_counter_errors", "watchdog_and_the_vpmu"}
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

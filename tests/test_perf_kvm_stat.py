@@ -11,7 +11,7 @@ import pytest
 from conftest import need_tool
 
 from vpmutrace.analyze import run
-from vpmutrace.analyze.base import Config
+from vpmutrace.analyze.context import Config
 from vpmutrace.readers import load_trace
 from vpmutrace.schema import binary_only
 from vpmutrace.sim import simulate

@@ -63,15 +63,15 @@ def test_report_escapes_trace_strings(tmp_path: Path) -> None:
 def test_report_renders_in_chromium(tmp_path: Path) -> None:
     out = tmp_path / "sim"
     assert _cli("simulate", "--scenario", "skid", "--isa", "vmx", "--seed", "2", "-o", str(out)).returncode == 0
-    r = _cli("report", str(out / "dataset"), "--model", "emulated", "-o", str(tmp_path / "skid.html"))
+    r = _cli("report", str(out / "dataset"), "-o", str(tmp_path / "skid.html"))
     assert r.returncode == 0
     assert _cli("report", str(_evil_trace(tmp_path)), "-o", str(tmp_path / "evil.html")).returncode == 0
     drv = _browser()
     try:
         drv.get((tmp_path / "skid.html").as_uri())
         names = drv.execute_script("return document.getElementById('timeline').data.map(t => t.name)")
-        assert "guest owns PMU" in names and "watchdog / host perf NMI" in names
-        assert {"PMI guest exit", "PMI misattributed host", "PMI ambiguous"} <= set(names)
+        assert "guest runs" in names and "host perf NMI" in names and "guest PMI exit" in names
+        assert {"perf NMI in nmi exit", "perf NMI after exit", "perf NMI before entry"} <= set(names)
         assert any(n.startswith("exit ") for n in names)
         n_figs = drv.execute_script("return document.querySelectorAll('.fig .main-svg').length")
         assert n_figs >= 4
@@ -97,9 +97,18 @@ def test_report_size_is_bounded(tmp_path: Path) -> None:
 
 
 def test_report_shows_uncomputable_values_as_dashes(tmp_path: Path) -> None:
-    """This host records no kvm_exit: what-if times are not computable and say so, not 'None'."""
+    """This host records no kvm_exit: what needs it is not computable and says so, not 'None'."""
     out = tmp_path / "r.html"
     assert _cli("report", str(FIXTURES / "microguest200.perf.data"), "-o", str(out)).returncode == 0
     text = out.read_text()
     assert "<td>None</td>" not in text
-    assert "<td>time_removed_ns</td><td>-</td>" in text and "<td>needs</td><td>kvm:kvm_exit and kvm:kvm_entry" in text
+    assert "<td>requests</td><td>not computable: needs kvm:kvm_exit events</td>" in text
+
+
+def test_report_findings_carry_certainty(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    assert _cli("simulate", "--scenario", "pinned-contention", "--seed", "3", "-o", str(out)).returncode == 0
+    assert _cli("report", str(out / "dataset"), "-o", str(tmp_path / "r.html")).returncode == 0
+    text = (tmp_path / "r.html").read_text()
+    assert "<tr class='medium'><td>medium</td><td>candidate</td><td>silent</td>" in text
+    assert "vPMU design: emulated (snapshot)" in text

@@ -148,28 +148,53 @@ def selftest(out: Annotated[Path, typer.Option("-o", "--out", help="where to kee
         raise typer.Exit(1)
 
 
-ModelOpt = Annotated[str, typer.Option("--model", help="reference design to check against: mediated or emulated")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="vPMU design to check against: mediated, emulated or "
+                                                                "none (default: from the host snapshot, else the "
+                                                                "trace's signatures, else unknown)")]
+GuestGp = Annotated[int | None, typer.Option("--guest-gp", help="guest GP counters, when the trace has no guest "
+                                                                "CPUID leaf 0xA / 0x80000022")]
+GuestFixed = Annotated[int | None, typer.Option("--guest-fixed", help="guest fixed counters (Intel)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON with the stable top-level keys (docs/analyze.md)")]
+OutOpt = Annotated[Path | None, typer.Option("-o", "--out", help="write row-level results as Parquet and "
+                                                                 "analysis.json into this directory")]
 
 
-def _analyze(traces: list[Path], model: str, only: list[str] | None, as_json: bool, out: Path | None,
-             skid_window_us: float, switch_cost_ns: float | None) -> dict:
-    from dataclasses import replace
+def _cost_range(value: str | None) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        parts = [float(x) for x in value.split(":")]
+    except ValueError:
+        raise InputError("--switch-cost-ns", f"expected NS or LOW:HIGH, got {value!r}") from None
+    if len(parts) not in (1, 2) or min(parts) < 0 or parts[0] > parts[-1]:
+        raise InputError("--switch-cost-ns", f"expected NS or LOW:HIGH with LOW <= HIGH, got {value!r}")
+    return parts[0], parts[-1]
 
-    from vpmutrace.analyze import ANALYZERS, run
-    from vpmutrace.analyze.base import Config
+
+def _config(td: object, model: str | None, guest_gp: int | None, guest_fixed: int | None, **options: object) -> object:
+    from vpmutrace.analyze.context import Config
+    from vpmutrace.model.design import EMULATED, MEDIATED, NO_VPMU
+
+    if model is not None and model not in (MEDIATED, EMULATED, NO_VPMU):
+        raise InputError("--model", f"unknown design {model!r}: mediated, emulated or none")
+    for name, v in (("--guest-gp", guest_gp), ("--guest-fixed", guest_fixed)):
+        if v is not None and not 0 <= v <= 32:
+            raise InputError(name, f"expected 0..32 counters, got {v}")
+    return Config.for_trace(td, model=model, guest_gp=guest_gp, guest_fixed=guest_fixed, **options)  # type: ignore
+
+
+def _analyze(traces: list[Path], model: str | None, only: list[str] | None, as_json: bool, out: Path | None,
+             guest_gp: int | None = None, guest_fixed: int | None = None, **options: object) -> dict:
+    from vpmutrace.analyze import registry, render_text, run
     from vpmutrace.readers import load_trace
-    from vpmutrace.render import render
 
-    if model not in ("mediated", "emulated"):
-        raise InputError("--model", f"unknown model {model!r}: mediated or emulated")
-    bad = [o for o in only or [] if o not in ANALYZERS and o != "what_if"]
+    reg = registry()
+    bad = [o for o in only or [] if o not in reg]
     if bad:
-        raise InputError("--only", f"unknown analyzer(s) {', '.join(bad)}: {', '.join(ANALYZERS)}")
+        raise InputError("--only", f"unknown analyzer(s) {', '.join(bad)}: {', '.join(reg)}")
     td = load_trace(list(traces))
-    cfg = Config.for_trace(td, model=model, skid_window_ns=int(skid_window_us * 1000))
-    if switch_cost_ns is not None:
-        cfg.setup = replace(cfg.setup, switch_cost_ns=switch_cost_ns)
-    doc, results = run(td, cfg, only)
+    cfg = _config(td, model, guest_gp, guest_fixed, **options)
+    doc, results = run(td, cfg, only)  # type: ignore[arg-type]
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         for r in results.values():
@@ -179,50 +204,74 @@ def _analyze(traces: list[Path], model: str, only: list[str] | None, as_json: bo
     if as_json:
         typer.echo(json.dumps(doc, indent=2, default=str))
     else:
-        typer.echo("\n\n".join(render(n, r, doc) for n, r in results.items()))
+        typer.echo(render_text(results, doc))
         if out is not None:
             typer.echo(f"\nrow-level results and analysis.json in {out}")
     return doc
 
 
 @app.command()
-def analyze(traces: Traces, model: ModelOpt = "mediated",
-            only: Annotated[str | None, typer.Option(help="comma list: exits,pmu_msr,ownership,watchdog,skid,"
-                                                           "silent,diff")] = None,
-            as_json: Annotated[bool, typer.Option("--json", help="JSON with the stable top-level keys")] = False,
-            out: Annotated[Path | None, typer.Option("-o", "--out", help="write row-level results as Parquet")]
+def analyze(traces: Traces, model: ModelOpt = None,
+            only: Annotated[str | None, typer.Option(help="comma list of analyzers (names as in the JSON keys)")]
             = None,
+            as_json: JsonOpt = False, out: OutOpt = None, guest_gp: GuestGp = None, guest_fixed: GuestFixed = None,
             skid_window_us: Annotated[float, typer.Option(help="skid window in microseconds")] = 10.0,
-            switch_cost_ns: Annotated[float | None, typer.Option(help="PMU context-switch cost per exit "
-                                                                        "(default 500 ns, reference §7)")] = None,
-            fail_on_divergence: Annotated[bool, typer.Option(help="exit 1 when the trace diverges from the model")]
+            switch_cost_ns: Annotated[str | None, typer.Option(help="PMU put+load cost per slow-path exit for the "
+                                                                    "what-if: NS or LOW:HIGH (default: per-vendor "
+                                                                    "published range)")] = None,
+            calibrate_with: Annotated[Path | None, typer.Option(help="a mediated-design trace of the same workload: "
+                                                                     "calibrates the what-if's switch cost")] = None,
+            fail_on_divergence: Annotated[bool, typer.Option(help="exit 1 when the trace diverges from its design")]
             = False) -> None:
-    """Run the analyzers: exits, PMU MSR traffic, ownership, watchdog gaps, skid, silent errors, model diff."""
-    doc = _analyze(traces, model, only.split(",") if only else None, as_json, out, skid_window_us, switch_cost_ns)
+    """Run the analyzers (see docs/analyze.md); findings last, most severe first."""
+    calibration = None
+    if calibrate_with is not None:
+        from vpmutrace.compare import calibrate_pair
+
+        calibration = calibrate_pair(traces, [calibrate_with])
+    if skid_window_us < 0:
+        raise InputError("--skid-window-us", f"must be >= 0, got {skid_window_us}")
+    doc = _analyze(traces, model, only.split(",") if only else None, as_json, out, guest_gp, guest_fixed,
+                   skid_window_ns=int(skid_window_us * 1000), switch_cost_ns=_cost_range(switch_cost_ns),
+                   calibration=calibration)
     if fail_on_divergence and (doc.get("diff") or {}).get("divergent_events"):
         raise typer.Exit(1)
 
 
-def _one(name: str, key: str, doc: str) -> None:
-    def cmd(traces: Traces, model: ModelOpt = "mediated",
-            as_json: Annotated[bool, typer.Option("--json", help="JSON output")] = False,
-            out: Annotated[Path | None, typer.Option("-o", "--out", help="row-level results as Parquet")] = None,
-            skid_window_us: Annotated[float, typer.Option(help="skid window in microseconds")] = 10.0) -> None:
-        _analyze(traces, model, [key] + (["what_if"] if key == "diff" else []), as_json, out, skid_window_us, None)
+def _one(name: str, title: str) -> None:
+    def cmd(traces: Traces, model: ModelOpt = None, as_json: JsonOpt = False, out: OutOpt = None,
+            guest_gp: GuestGp = None, guest_fixed: GuestFixed = None) -> None:
+        _analyze(traces, model, [name], as_json, out, guest_gp, guest_fixed)
 
-    cmd.__doc__ = doc
-    app.command(name=name)(cmd)
+    cmd.__doc__ = title[0].upper() + title[1:] + "."
+    app.command(name=name.replace("_", "-"))(cmd)
 
 
-for _name, _key, _doc in (
-        ("exits", "exits", "VM exits per reason / vCPU / VM with handling-time statistics (perf kvm stat view)."),
-        ("pmu-msr", "pmu_msr", "PMU MSR traffic by MSR and kind, and what the mediated design would trap."),
-        ("ownership", "ownership", "PMU ownership windows per CPU, guest residency, context-switch cost."),
-        ("watchdog", "watchdog", "NMI-watchdog coverage per CPU and blind gaps (with guest time in them)."),
-        ("skid", "skid", "PMIs near VM transitions: correctly attributed, misattributed to host, ambiguous."),
-        ("silent", "silent", "Silent vPMU backend errors: frozen counters, counter contention, reprogram storms."),
-        ("diff", "diff", "Divergences of the trace from the reference model, and the what-if projection.")):
-    _one(_name, _key, _doc)
+def _register_analyzers() -> None:
+    """One command per analyzer of the registry (imported only when a command needs it)."""
+    from vpmutrace.analyze import registry
+
+    for name, a in registry().items():
+        _one(name, a.title)
+
+
+@app.command()
+def compare(a: Annotated[Path, typer.Argument(help="first trace (e.g. the emulated-vPMU run)")],
+            b: Annotated[Path, typer.Argument(help="second trace (e.g. the mediated-vPMU run of the same workload)")],
+            model_a: Annotated[str | None, typer.Option("--model-a", help="design of A when it has no snapshot or "
+                                                                          "signature: mediated, emulated, none")]
+            = None,
+            model_b: Annotated[str | None, typer.Option("--model-b", help="design of B (likewise)")] = None,
+            as_json: JsonOpt = False) -> None:
+    """Two traces side by side: design, exit latency by reason, PMU MSR exits, calibrated switch cost."""
+    from vpmutrace.compare import compare as run_compare
+    from vpmutrace.compare import render
+
+    for name, m in (("--model-a", model_a), ("--model-b", model_b)):
+        if m is not None and m not in ("mediated", "emulated", "none"):
+            raise InputError(name, f"unknown design {m!r}: mediated, emulated or none")
+    doc = run_compare([a], [b], model_a, model_b)
+    typer.echo(json.dumps(doc, indent=2, default=str) if as_json else render(doc))
 
 
 @app.command()
@@ -230,8 +279,14 @@ def simulate(scenario: Annotated[str, typer.Option(help="scenario name (see --li
              isa: Annotated[str, typer.Option(help="vmx (Intel) or svm (AMD)")] = "vmx",
              seed: Annotated[int, typer.Option(help="random seed")] = 1,
              out: Annotated[Path, typer.Option("-o", "--out", help="output directory")] = Path("sim-out"),
+             kernel: Annotated[str, typer.Option(help="kernel release the simulated host runs: decides the NMI "
+                                                      "event order, tracepoint fields and fastpath exits")] = "6.18",
+             guest_os: Annotated[str, typer.Option(help="linux (LVTPC in NMI mode) or windows (fixed vector)")]
+             = "linux",
              list_: Annotated[bool, typer.Option("--list", help="list the scenarios")] = False) -> None:
-    """Generate a host trace from the reference model (report text + dataset) and its truth.json."""
+    """Generate a host trace from the reference model (report text, perf.data, host.json, dataset) and its
+    truth.json."""
+    from vpmutrace.model.kernel import release_version
     from vpmutrace.sim import SCENARIOS
     from vpmutrace.sim import simulate as sim
 
@@ -243,21 +298,26 @@ def simulate(scenario: Annotated[str, typer.Option(help="scenario name (see --li
         raise InputError("--scenario", f"unknown scenario {scenario!r}: {', '.join(SCENARIOS)}")
     if isa not in ("vmx", "svm"):
         raise InputError("--isa", f"unknown isa {isa!r}: vmx or svm")
-    t = sim(scenario, isa, seed, out)
-    typer.echo(f"{scenario} ({isa}, seed {seed}, {t['scenario']['model']} design): {t['exits']['exits_total']} exits; "
-               f"wrote {out}/report.txt, {out}/dataset, {out}/truth.json")
+    if release_version(kernel) is None:
+        raise InputError("--kernel", f"expected a release such as 6.1 or 6.18, got {kernel!r}")
+    if guest_os not in ("linux", "windows"):
+        raise InputError("--guest-os", f"unknown guest {guest_os!r}: linux or windows")
+    t = sim(scenario, isa, seed, out, kernel=kernel, guest_os=guest_os)
+    n = (t.get("exits") or {}).get("exits_total", 0)
+    typer.echo(f"{scenario} ({isa}, kernel {kernel}, seed {seed}, {t['scenario']['model']} design): {n} exits; "
+               f"wrote {out}/report.txt, {out}/trace.perf.data, {out}/host.json, {out}/dataset, {out}/truth.json")
 
 
 @app.command()
 def report(traces: Traces, out: Annotated[Path, typer.Option("-o", "--out", help="HTML file to write")]
-           = Path("vpmutrace-report.html"), model: ModelOpt = "mediated",
+           = Path("vpmutrace-report.html"), model: ModelOpt = None, guest_gp: GuestGp = None,
+           guest_fixed: GuestFixed = None,
            window: Annotated[str | None, typer.Option(help="detail window START:END in seconds (trace clock)")]
            = None,
            max_points: Annotated[int, typer.Option(help="detail points cap (bounds the file size)")] = 60_000,
            title: Annotated[str | None, typer.Option(help="report title")] = None) -> None:
     """Self-contained interactive HTML report (works offline): findings, timeline, exits, MSRs, diff."""
     from vpmutrace.analyze import run
-    from vpmutrace.analyze.base import Config
     from vpmutrace.readers import load_trace
     from vpmutrace.report.html import build
 
@@ -269,13 +329,19 @@ def report(traces: Traces, out: Annotated[Path, typer.Option("-o", "--out", help
             raise InputError("--window", f"expected START:END in seconds, got {window!r}") from None
         win = (int(a * 1e9), int(b * 1e9))
     td = load_trace(list(traces))
-    doc, results = run(td, Config.for_trace(td, model=model))
+    doc, results = run(td, _config(td, model, guest_gp, guest_fixed))  # type: ignore[arg-type]
     path = build(td, doc, results, out, max_points, win, title)
     typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
 
 
+STATIC_COMMANDS = {"info", "ingest", "demo", "record", "selftest", "compare", "simulate", "report", "analyze",
+                   "show", "--version"}
+
+
 def main() -> None:
     """Entry point: click handles usage errors (exit 2); input errors become one line, exit 2."""
+    if len(sys.argv) < 2 or sys.argv[1] not in STATIC_COMMANDS:
+        _register_analyzers()
     try:
         app()
     except InputError as e:

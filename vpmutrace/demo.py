@@ -12,7 +12,7 @@ from pathlib import Path
 import typer
 
 from vpmutrace.analyze import run
-from vpmutrace.analyze.base import Config
+from vpmutrace.analyze.context import Config
 from vpmutrace.errors import InputError
 from vpmutrace.readers import load_trace
 from vpmutrace.report.html import build, findings
@@ -28,7 +28,8 @@ DEMO_TRACES = (
 )
 # simulator scenarios with known answers: (scenario, isa, seed)
 DEMO_SCENARIOS = (("emulated-multiplex", "vmx", 1), ("mediated-steady", "svm", 1), ("pinned-contention", "vmx", 1),
-                  ("skid", "vmx", 1), ("watchdog-residency", "vmx", 1), ("host-include-guest", "svm", 1))
+                  ("skid", "vmx", 1), ("emulated-watchdog", "vmx", 1), ("mediated-partial", "vmx", 1),
+                  ("mediated-refused", "svm", 1))
 
 
 def default_fixtures() -> Path:
@@ -41,16 +42,17 @@ def run_demo(out: Path, fixtures: Path | None = None) -> None:
         raise InputError(str(fx), "bundled traces not found; pass --fixtures DIR (a checkout's fixtures/)")
     out.mkdir(parents=True, exist_ok=True)
     typer.echo(f"{'trace':<34} {'events':>8} {'exits':>6} {'pmu msr':>8} {'findings':>8}  report")
-    jobs: list[tuple[str, list[Path], str]] = [(n, [fx / f for f in files], "mediated") for n, files in DEMO_TRACES]
+    jobs: list[tuple[str, list[Path]]] = [(n, [fx / f for f in files]) for n, files in DEMO_TRACES]
     for scenario, isa, seed in DEMO_SCENARIOS:
         name = f"sim-{scenario}-{isa}"
-        t = simulate(scenario, isa, seed, out / name)
-        jobs.append((name, [out / name / "dataset"], t["scenario"]["model"]))
-    for name, inputs, model in jobs:
+        simulate(scenario, isa, seed, out / name)
+        jobs.append((name, [out / name / "dataset"]))
+    for name, inputs in jobs:
         td = load_trace(inputs)
         if not name.startswith("sim-"):
             td.save(out / name / "dataset")
-        doc, results = run(td, Config.for_trace(td, model=model))
+        # the design comes from each trace's host snapshot or signatures (the simulator writes a snapshot)
+        doc, results = run(td, Config.for_trace(td))
         (out / name / "analysis.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
         report = build(td, doc, results, out / name / "report.html", title=f"vpmutrace: {name}")
         ev = td.meta["events"]

@@ -12,9 +12,9 @@ events, sched_switch among them, in their own layout instead.)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -26,6 +26,9 @@ from vpmutrace.formats.known import reference_formats
 from vpmutrace.schema import ALL_TABLES, COMMON, EVENT_TABLES, column_names, is_event_table
 from vpmutrace.tracedata import TraceData
 from vpmutrace.typed_fields import CUTS, FIELD_MAP, NAMED_ARGS, named_args
+
+if TYPE_CHECKING:
+    import polars as pl
 
 COMMON_NAMES = {c.name for c in COMMON}
 HOST_MSR_OPS = {"read": "msr:read_msr", "write": "msr:write_msr", "rdpmc": "msr:rdpmc"}
@@ -100,6 +103,42 @@ def lines(td: TraceData, event: str | None = None, limit: int | None = None) -> 
     renderers = {k: _Renderer(td, picks[k][0]) for k in rows}
     for k in which[order].tolist():
         yield renderers[k].line(next(rows[k]))
+
+
+def bodies(td: TraceData, events: Iterable[str]) -> pl.DataFrame:
+    """(ts_ns, source, pid, text) of every row of ``events`` (system:name or name; those the trace
+    does not have give no rows), in time order; ``text`` is the event's body as ``lines`` prints it,
+    computed once per distinct combination of the row's fields, not per row."""
+    import polars as pl
+
+    owners = td.event_tables()
+    parts = []
+    for event in events:
+        if not any(e == event or e.partition(":")[2] == event for e in owners):
+            continue
+        for t, rows in _select(td, event):
+            table = td.tables[t] if rows is None else td.tables[t].take(pa.array(rows))
+            if table.num_rows:
+                parts.append(_bodies_of(td, t, pl.from_arrow(table)))  # type: ignore[arg-type]
+    if not parts:
+        return pl.DataFrame(schema={"ts_ns": pl.Int64, "source": pl.String, "pid": pl.Int32, "text": pl.String})
+    return pl.concat(parts).sort("ts_ns", maintain_order=True)
+
+
+def _bodies_of(td: TraceData, table: str, df: pl.DataFrame) -> pl.DataFrame:
+    import polars as pl
+
+    renderer = _Renderer(td, table)
+    fields = [c for c in df.columns if c not in COMMON_NAMES or c == EVENT_COLUMN.get(table)]
+    groups = df.with_row_index("_row").group_by(fields, maintain_order=True).agg(pl.col("_row"))
+    codes = np.empty(df.height, np.int64)
+    texts = []
+    for g, (first, row_ids) in enumerate(zip(groups.drop("_row").iter_rows(named=True), groups["_row"].to_list(),
+                                             strict=True)):
+        texts.append(renderer.body(renderer._event(first), first))
+        codes[row_ids] = g
+    return df.select("ts_ns", pl.col("source").cast(pl.String), pl.col("pid").cast(pl.Int32),
+                     pl.Series("text", texts, pl.String).gather(codes))
 
 
 def _micros(ts_ns: int) -> str:

@@ -1,24 +1,43 @@
-"""Analyzers: pure functions over a TraceData, each with its rule and required events.
+"""Analyzers: pure functions over a TraceData, found by their registry records (``base.Analyzer``).
 
-`run(td, cfg, only)` gives the JSON document of `vpmutrace analyze --json`, with the
-stable top-level keys trace, exits, pmu_msr, ownership, watchdog, skid, silent, diff,
-what_if (timestamps in ns; see docs/analyze.md).
+``registry()`` discovers every module of this package that defines ``ANALYZER``; ``run()``
+gives the JSON document of ``vpmutrace analyze --json``: ``trace``, ``config``, one key per
+analyzer (in registry order) and ``findings`` (all findings, most severe first). See
+docs/analyze.md (generated from the registry: ``python -m vpmutrace.analyze.docs``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
+from functools import cache
 from typing import Any
 
-from vpmutrace.analyze import diff, exits, ownership, pmu_msr, silent, skid, watchdog
-from vpmutrace.analyze.base import Config, Result
+from vpmutrace.analyze.base import SEVERITIES, Analyzer, Finding, Result
+from vpmutrace.analyze.context import Config
 from vpmutrace.tracedata import TraceData
 
-ANALYZERS: dict[str, Callable[[TraceData, Config], Result]] = {
-    "exits": exits.analyze, "pmu_msr": pmu_msr.analyze, "ownership": ownership.analyze,
-    "watchdog": watchdog.analyze, "skid": skid.analyze, "silent": silent.analyze, "diff": diff.analyze,
-}
-KEYS = ["trace", *ANALYZERS, "what_if"]
+FINDINGS_KEY = "findings"
+
+
+@cache
+def registry() -> dict[str, Analyzer]:
+    """Every analyzer of this package, by name, in output order."""
+    found: list[Analyzer] = []
+    for m in pkgutil.iter_modules(__path__):
+        mod = importlib.import_module(f"{__name__}.{m.name}")
+        a = getattr(mod, "ANALYZER", None)
+        if isinstance(a, Analyzer):
+            found.append(a)
+    names = [a.name for a in found]
+    if len(set(names)) != len(names):
+        raise RuntimeError(f"duplicate analyzer names: {names}")
+    return {a.name: a for a in sorted(found, key=lambda a: (a.order, a.name))}
+
+
+def keys() -> list[str]:
+    """The stable top-level keys of the JSON document."""
+    return ["trace", "config", *registry(), FINDINGS_KEY]
 
 
 def trace_summary(td: TraceData) -> dict[str, Any]:
@@ -26,16 +45,51 @@ def trace_summary(td: TraceData) -> dict[str, Any]:
     return {"format": m.get("format"), "inputs": [i.get("path") for i in m.get("inputs", [])],
             "kernel_release": m.get("kernel_release"), "time_span_ns": m.get("time_span_ns"),
             "cpus": m.get("cpus"), "events": m.get("events"), "lost_events": m.get("lost_events"),
-            "unparsed": m.get("unparsed")}
+            "unparsed": m.get("unparsed"), "host_snapshot": bool(m.get("host"))}
+
+
+def ranked(findings: list[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity), f.certainty != "fact", f.analyzer))
 
 
 def run(td: TraceData, cfg: Config, only: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Result]]:
-    names = [n for n in ANALYZERS if not only or n in only]
-    results = {n: ANALYZERS[n](td, cfg) for n in names}
-    doc: dict[str, Any] = {"trace": trace_summary(td), "config": {
-        "model": cfg.model, "setup": cfg.setup.to_json(), "skid_window_ns": cfg.skid_window_ns,
-        "watchdog_tolerance": cfg.watchdog_tolerance, "storm_writes_per_ms": cfg.storm_writes_per_ms}}
-    for n in ANALYZERS:
-        doc[n] = results[n].to_json() if n in results else None
-    doc["what_if"] = diff.what_if(td, cfg) if (not only or "what_if" in only or "diff" in only) else None
+    reg = registry()
+    results: dict[str, Result] = {}
+    for name, a in reg.items():
+        if only and name not in only:
+            continue
+        r = a.analyze(td, cfg)
+        declared = {k.id for k in a.findings}
+        bad = [f.kind for f in r.findings if f.kind not in declared]
+        if bad:
+            raise RuntimeError(f"analyzer {name} reported undeclared finding kinds {bad}")
+        results[name] = r
+    doc: dict[str, Any] = {"trace": trace_summary(td), "config": cfg.to_json()}
+    for name in reg:
+        doc[name] = results[name].to_json() if name in results else None
+    doc[FINDINGS_KEY] = [f.to_json() for f in ranked([f for r in results.values() for f in r.findings])]
     return doc, results
+
+
+def render_text(results: dict[str, Result], doc: dict[str, Any]) -> str:
+    """The CLI's text output: each analyzer's own rendering, then the ranked findings."""
+    reg = registry()
+    parts = []
+    for name, r in results.items():
+        head = f"== {name}"
+        if not r.computable:
+            head += f": not computable: needs {', '.join(r.needs)}"
+        lines = reg[name].render(r)
+        parts.append("\n".join([head, *lines]))
+    fs = doc.get(FINDINGS_KEY) or []
+    if fs:
+        lines = ["== findings (most severe first; 'candidate' = timing/pattern evidence, not proof)"]
+        for f in fs:
+            lines.append(f"  [{f['severity']}/{f['certainty']}] {f['analyzer']}: {f['text']}")
+            for e in f["evidence"][:3]:
+                lines.append(f"      {e}")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts)
+
+
+__all__ = ["Config", "keys", "registry", "render_text", "run"]

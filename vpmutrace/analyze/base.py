@@ -1,49 +1,79 @@
-"""What every analyzer shares: the result shape, requirement gating, and configuration.
+"""The one shape every analyzer has: its registry record, its result, its findings, its configuration.
 
-Analyzers are pure functions ``(TraceData, Config) -> Result``. Each declares the
-tables it needs (``REQUIRES``); when one is empty the result is "not computable:
-needs X", never a fabricated zero (as LISA's analyses gate on required events).
+An analyzer is a module of ``vpmutrace.analyze`` that defines ``ANALYZER``, an
+:class:`Analyzer` record: name, rule (the module docstring, shipped in the output),
+the event tables it requires and those it uses when present, the finding kinds it
+can report (each declared once, with its severity and certainty), a pure function
+``analyze(TraceData, Config) -> Result`` and the text rendering of its result. The
+CLI commands, ``--only``, the report's findings and docs/analyze.md are derived from
+these records (``vpmutrace.analyze.registry``), so adding an analyzer touches one file.
+
+Certainty: a *fact* follows from the trace and the kernel code the rule cites; a
+*candidate* rests on timing or a pattern and is shown with its evidence. A candidate
+is never of high severity (as LISA gates analyses on events and Perfetto declares
+each diagnostic once with its severity).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
 
-from vpmutrace.model.design import MEDIATED, HostSetup, PmuShape
 from vpmutrace.tracedata import TraceData
 
+FACT = "fact"
+CANDIDATE = "candidate"
+SEVERITIES = ("high", "medium", "low", "info")
+
+# what each event table is, for "not computable: needs X"
 NEEDS = {
     "kvm_exit": "kvm:kvm_exit events",
     "kvm_entry": "kvm:kvm_entry events (not emitted by some hosts, e.g. kvm_pvm)",
     "kvm_msr": "kvm:kvm_msr events",
+    "kvm_cpuid": "kvm:kvm_cpuid events",
     "nmi_handler": "nmi:nmi_handler events",
     "kvm_apic_accept_irq": "kvm:kvm_apic_accept_irq events",
+    "host_msr": "msr:read_msr/write_msr/rdpmc events",
+    "sched_switch": "sched:sched_switch events",
+    "samples": "perf samples (perf record with a sampling event)",
+    "host": "a host snapshot (vpmutrace record writes host.json)",
 }
 
 
-@dataclass
-class Config:
-    model: str = MEDIATED
-    setup: HostSetup = field(default_factory=HostSetup)
-    skid_window_ns: int = 10_000  # PMIs this close after a VM-exit / before a VM-entry are suspect
-    watchdog_tolerance: float = 0.5  # a gap is blind beyond period * (1 + tolerance)
-    storm_writes_per_ms: int = 50  # PMU control writes per vCPU per ms that count as a reprogramming storm
+@dataclass(frozen=True)
+class FindingKind:
+    """A kind of finding, declared once by the analyzer that reports it."""
 
-    @classmethod
-    def for_trace(cls, td: TraceData, model: str = MEDIATED, **kw: Any) -> Config:
-        """Setup from the trace's host snapshot where present (watchdog, counters), defaults otherwise."""
-        host = td.meta.get("host") or {}
-        wd = host.get("watchdog") or {}
-        pc = host.get("pmu_counters") or {}
-        vendor = "amd" if host.get("cpu_vendor") == "AuthenticAMD" else "intel"
-        shape = PmuShape(vendor=vendor, nr_gp=int(pc.get("gp_counters") or (6 if vendor == "amd" else 8)),
-                         nr_fixed=int(pc.get("fixed_counters") or (0 if vendor == "amd" else 3)))
-        setup = HostSetup(host=shape, guest=shape, nmi_watchdog=bool(wd.get("nmi_watchdog", 0)),
-                          watchdog_thresh_s=float(wd.get("watchdog_thresh") or 10))
-        return cls(model=model, setup=setup, **kw)
+    id: str
+    severity: str  # high, medium, low, info
+    certainty: str  # fact or candidate
+    title: str
+
+    def __post_init__(self) -> None:
+        if self.severity not in SEVERITIES or self.certainty not in (FACT, CANDIDATE):
+            raise ValueError(f"finding kind {self.id}: bad severity/certainty")
+        if self.certainty == CANDIDATE and self.severity == "high":
+            raise ValueError(f"finding kind {self.id}: a candidate cannot be of high severity")
+
+
+@dataclass
+class Finding:
+    kind: str
+    analyzer: str
+    severity: str
+    certainty: str
+    text: str
+    count: int | None = None
+    first_ts_ns: int | None = None
+    evidence: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "analyzer": self.analyzer, "severity": self.severity,
+                "certainty": self.certainty, "text": self.text, "count": self.count,
+                "first_ts_ns": self.first_ts_ns, "evidence": self.evidence}
 
 
 @dataclass
@@ -52,22 +82,102 @@ class Result:
     needs: list[str] = field(default_factory=list)
     summary: dict[str, Any] = field(default_factory=dict)
     rows: dict[str, pl.DataFrame] = field(default_factory=dict)
-    rule: str = ""  # the rule applied, one paragraph, with the reference section
+    rule: str = ""
+    findings: list[Finding] = field(default_factory=list)
 
     @property
     def computable(self) -> bool:
         return not self.needs
 
     def to_json(self) -> dict[str, Any]:
+        base: dict[str, Any] = {"computable": self.computable}
         if not self.computable:
-            return {"computable": False, "needs": self.needs,
-                    "reason": "not computable: needs " + ", ".join(self.needs), **self.summary}
-        return {"computable": True, **self.summary}
+            base.update({"needs": self.needs, "reason": "not computable: needs " + ", ".join(self.needs)})
+        return {**base, **self.summary, "findings": [f.to_json() for f in self.findings]}
 
 
-def missing(td: TraceData, tables: list[str]) -> list[str]:
-    return [NEEDS.get(t, t) for t in tables if not td.has(t)]
+@dataclass(frozen=True)
+class Analyzer:
+    """The registry record of one analyzer (see the module docstring)."""
+
+    name: str  # JSON key and --only name
+    title: str  # one line: what it answers
+    rule: str  # the rule applied, with the kernel functions and reference sections it rests on
+    analyze: Callable[[TraceData, Any], Result]
+    render: Callable[[Result], list[str]]
+    requires: tuple[str, ...] = ()  # event tables (or "host") that must be present
+    optional: tuple[str, ...] = ()  # used when present
+    findings: tuple[FindingKind, ...] = ()
+    order: int = 100  # position in the output
+    limits: str = ""  # what it cannot see on a real host, and on which kernel versions
+
+    @property
+    def command(self) -> str:
+        return self.name.replace("_", "-")
+
+    def kind(self, kind_id: str) -> FindingKind:
+        for k in self.findings:
+            if k.id == kind_id:
+                return k
+        raise KeyError(f"analyzer {self.name} declares no finding kind {kind_id!r}")
+
+    def finding(self, kind_id: str, text: str, count: int | None = None, first_ts_ns: int | None = None,
+                evidence: list[str] | None = None, certainty: str | None = None) -> Finding:
+        """A finding of a declared kind. ``certainty`` can only weaken the kind's: a fact resting on an
+        input that is itself a candidate (an inferred design, a guessed PMU shape) is a candidate, and
+        a candidate is never of high severity."""
+        k = self.kind(kind_id)
+        cert = CANDIDATE if CANDIDATE in (k.certainty, certainty) else FACT
+        sev = "medium" if cert == CANDIDATE and k.severity == "high" else k.severity
+        return Finding(k.id, self.name, sev, cert, text, count, first_ts_ns, evidence or [])
 
 
-def not_computable(name: str, needs: list[str], rule: str, **partial: Any) -> Result:
-    return Result(name, needs=needs, summary=partial, rule=rule)
+def weakest(*certainties: str | None) -> str:
+    """The certainty of a conclusion drawn from several inputs: a candidate if any input is one."""
+    return CANDIDATE if any(c != FACT for c in certainties) else FACT
+
+
+def has_input(td: TraceData, name: str) -> bool:
+    if name == "host":
+        return bool(td.meta.get("host"))
+    return td.has(name)
+
+
+def missing(td: TraceData, tables: tuple[str, ...] | list[str]) -> list[str]:
+    return [NEEDS.get(t, t) for t in tables if not has_input(td, t)]
+
+
+def rule_of(doc: str | None) -> str:
+    """The rule part of a module docstring: everything after its first paragraph (the title)."""
+    parts = (doc or "").split("\n\n", 1)
+    return parts[1].strip() if len(parts) > 1 else ""
+
+
+def records(df: pl.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON-ready dicts (floats rounded to 3 decimals)."""
+    return [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in df.iter_rows(named=True)]
+
+
+def fmt_ns(v: Any) -> str:
+    """A duration for text output: '-' when unknown."""
+    if v is None:
+        return "-"
+    v = float(v)
+    for unit, div in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
+        if abs(v) >= div:
+            return f"{v / div:.3f} {unit}"
+    return f"{v:.0f} ns"
+
+
+def text_table(rows: list[dict], cols: list[tuple[str, str, int]]) -> list[str]:
+    """A fixed-width text table; columns ending in _ns are durations, None is '-'."""
+    out = ["  " + " ".join(f"{h:>{w}}" if i else f"{h:<{w}}" for i, (_, h, w) in enumerate(cols))]
+    for r in rows:
+        cells = []
+        for i, (k, _, w) in enumerate(cols):
+            v = r.get(k)
+            s = fmt_ns(v) if k.endswith("_ns") else (f"{v:.2f}" if isinstance(v, float) else ("-" if v is None
+                                                                                             else str(v)))
+            cells.append(f"{s:>{w}}" if i else f"{s:<{w}}")
+        out.append("  " + " ".join(cells))
+    return out

@@ -1,62 +1,182 @@
-"""Exit/entry pairing shared by the analyzers: exit-handling intervals and guest-run windows.
+"""Exit/entry pairing shared by the analyzers: exit-handling intervals, guest-run windows and PMU
+ownership windows.
 
-A vCPU is identified by its host thread (``source``, ``pid``): kvm_exit and kvm_entry
-fire on the vCPU thread. An exit's handling interval runs to the next kvm_entry of that
-thread (perf kvm stat pairs the same way); a guest window runs from a kvm_entry to the
-thread's next kvm_exit, on the CPU of the entry.
+A vCPU is identified by its host thread (``source``, ``pid``): kvm_exit and kvm_entry fire on
+the vCPU thread (vmx_vcpu_run()/svm_vcpu_run(), once per pass of the inner run loop, fastpath
+re-entries included). An exit's handling interval runs to the next kvm_entry of that thread
+(perf kvm stat pairs the same way), except where the pair cannot be trusted:
+
+- the tracer lost events on that CPU (a ``lost`` row) between the two: ``lost``;
+- the entry resumes the guest away from the exit's instruction (entry rip outside
+  [exit rip, exit rip + 15] modulo 2^64, 15 bytes being the longest x86 instruction), i.e. events
+  are missing between them, as across a gap in a trace excerpt: ``rip_jump``. Unless the rip
+  change is explained: exits that move the guest elsewhere (VMX TRIPLE_FAULT, INIT, SIPI,
+  TASK_SWITCH, VMLAUNCH/VMRESUME; SVM init, task_switch, shutdown, vmrun), or, on the thread
+  between the two, an emulated instruction (kvm_emulate_insn), a return to user space
+  (kvm_userspace_exit: the VMM may set registers), a nested transition
+  (kvm_nested_vmexit_inject, kvm_nested_vmenter/vmrun) or an SMM transition.
+
+A guest window runs from a kvm_entry to the thread's next kvm_exit on the CPU of the entry
+(not across a loss). PMU ownership windows (mediated design) merge guest windows across exits
+the kernel may re-enter from the fastpath without putting the guest PMU (reference §2.1, §3.5;
+``model.kernel.fastpath_eligible``).
 """
 
 from __future__ import annotations
 
-import warnings
-
 import polars as pl
 
+from vpmutrace.analyze import predicates as P
+from vpmutrace.model import kernel as K
 from vpmutrace.tracedata import TraceData
 
-# every as-of join here sorts both sides by time first; polars cannot verify sortedness
-# within `by` groups and would warn on each call
-warnings.filterwarnings("ignore", message="Sortedness of columns cannot be checked")
-
 KEY = ["source", "pid"]
+MAX_INSN_LEN = 15  # SDM vol. 2 2.3.11: an instruction is at most 15 bytes
+
+
+def _losses(td: TraceData) -> pl.DataFrame:
+    """Loss intervals [start_ns, ts_ns] per CPU (cpu null: any CPU) from the lost table."""
+    lost = td.df("lost")
+    if lost.height == 0:
+        return pl.DataFrame(schema={"cpu": pl.Int32, "l_start": pl.Int64, "l_end": pl.Int64})
+    return lost.select("cpu", pl.coalesce("start_ns", "ts_ns").alias("l_start"), pl.col("ts_ns").alias("l_end")) \
+        .filter(pl.col("l_end").is_not_null())
+
+
+def _crosses_loss(df: pl.DataFrame, a: str, b: str, losses: pl.DataFrame) -> pl.Series:
+    """Per row of ``df`` (with ``cpu``): does a loss on its CPU (or on an unknown CPU) overlap [a, b]?"""
+    if losses.height == 0 or df.height == 0:
+        return pl.Series([False] * df.height, dtype=pl.Boolean)
+    rows = df.select("cpu", pl.col(a).alias("_a"), pl.col(b).alias("_b")).with_row_index("_i")
+    anycpu = losses.filter(pl.col("cpu").is_null())
+    hit = rows.join(losses.filter(pl.col("cpu").is_not_null()), on="cpu", how="inner")
+    if anycpu.height:
+        hit = pl.concat([hit, rows.join(anycpu.drop("cpu"), how="cross")], how="diagonal_relaxed")
+    hit = hit.filter(pl.col("_b").is_not_null() & (pl.col("l_start") <= pl.col("_b"))
+                     & (pl.col("l_end") >= pl.col("_a")))["_i"].unique()
+    return rows["_i"].is_in(hit.implode())
 
 
 def _timeline(td: TraceData) -> pl.DataFrame:
-    ex = td.df("kvm_exit").select(
-        "ts_ns", "seq", "cpu", "source", "pid", pl.col("comm").cast(pl.String), "vcpu_id", "exit_reason", "reason",
-        "isa", "intr_info", pl.lit("exit").alias("kind")).with_row_index("exit_row")
-    en = td.df("kvm_entry").select("ts_ns", "seq", "cpu", "source", "pid", pl.col("vcpu_id"),
+    ex = P.exits(td).select(
+        "ts_ns", "seq", "cpu", pl.col("source").cast(pl.String), "pid", pl.col("comm").cast(pl.String), "vcpu_id",
+        "exit_reason", "basic", pl.col("reason").cast(pl.String), "isa", "intr_info", "requests", "guest_rip",
+        "exit_row", pl.lit("exit").alias("kind"))
+    en = td.df("kvm_entry").select("ts_ns", "seq", "cpu", pl.col("source").cast(pl.String), "pid", "vcpu_id",
+                                   pl.col("rip").alias("entry_rip"), pl.col("intr_info").alias("entry_intr_info"),
                                    pl.lit("entry").alias("kind"))
-    both = pl.concat([ex.with_columns(pl.col("source").cast(pl.String)),
-                      en.with_columns(pl.col("source").cast(pl.String), pl.lit(None, pl.UInt32).alias("exit_row"),
-                                      pl.lit(None, pl.UInt32).alias("exit_reason"),
-                                      pl.lit(None, pl.String).alias("reason"), pl.lit(None, pl.UInt8).alias("isa"),
-                                      pl.lit(None, pl.UInt32).alias("intr_info"))], how="diagonal_relaxed")
-    return both.sort([*KEY, "ts_ns", "seq"])
+    return pl.concat([ex, en], how="diagonal_relaxed").sort([*KEY, "ts_ns", "seq"])
 
 
 def exit_intervals(td: TraceData) -> pl.DataFrame:
-    """One row per kvm_exit: reason, vcpu, and ``handling_ns`` to the next entry (null if none)."""
-    t = _timeline(td)
-    t = t.with_columns(
-        pl.col("kind").shift(-1).over(KEY).alias("next_kind"),
-        pl.col("ts_ns").shift(-1).over(KEY).alias("next_ts"))
-    ex = t.filter(pl.col("kind") == "exit")
-    return ex.with_columns(
-        pl.when(pl.col("next_kind") == "entry").then(pl.col("next_ts") - pl.col("ts_ns")).otherwise(None)
-        .alias("handling_ns")).select("exit_row", "ts_ns", "cpu", "source", "pid", "comm", "vcpu_id",
-                                      "exit_reason", "reason", "isa", "intr_info", "handling_ns").sort("exit_row")
-
-
-def guest_windows(td: TraceData) -> pl.DataFrame:
-    """One row per guest run: [start_ns, end_ns) from a kvm_entry to the thread's next kvm_exit."""
+    """One row per kvm_exit: reason, vCPU and ``handling_ns`` to the thread's next entry, null when
+    unpaired; ``unpaired`` says why (no_entry, lost, rip_jump); ``entry_intr_info`` is what the
+    entry injected (kernels >= 6.14)."""
     t = _timeline(td).with_columns(
         pl.col("kind").shift(-1).over(KEY).alias("next_kind"),
         pl.col("ts_ns").shift(-1).over(KEY).alias("next_ts"),
-        pl.col("reason").shift(-1).over(KEY).alias("exit_reason_name"))
+        pl.col("entry_rip").shift(-1).over(KEY).alias("next_rip"),
+        pl.col("entry_intr_info").shift(-1).over(KEY).alias("next_intr_info"))
+    ex = t.filter(pl.col("kind") == "exit")
+    ex = ex.with_columns(pl.when(pl.col("next_kind") == "entry").then(pl.col("next_ts")).otherwise(None)
+                         .alias("entry_ts"))
+    ex = ex.with_columns(_crosses_loss(ex, "ts_ns", "entry_ts", _losses(td)).alias("_lost"))
+    # wrapping u64 difference: guest-kernel rips are >= 2^63
+    delta = pl.col("next_rip").cast(pl.UInt64) - pl.col("guest_rip").cast(pl.UInt64)
+    jump = pl.col("next_rip").is_not_null() & pl.col("guest_rip").is_not_null() & (delta > MAX_INSN_LEN) \
+        & ~_rip_moving_exit() & ~_rip_moved(td, ex)
+    why = (pl.when(pl.col("entry_ts").is_null()).then(pl.lit("no_entry"))
+           .when(pl.col("_lost")).then(pl.lit("lost"))
+           .when(jump.fill_null(False)).then(pl.lit("rip_jump")).otherwise(None))
+    ex = ex.with_columns(why.alias("unpaired"))
+    return ex.with_columns(
+        pl.when(pl.col("unpaired").is_null()).then(pl.col("entry_ts") - pl.col("ts_ns")).otherwise(None)
+        .alias("handling_ns"),
+        pl.when(pl.col("unpaired").is_null()).then(pl.col("next_intr_info")).otherwise(None)
+        .alias("entry_intr_info")).select(
+        "exit_row", "ts_ns", "cpu", "source", "pid", "comm", "vcpu_id", "exit_reason", "basic", "reason", "isa",
+        "intr_info", "requests", "guest_rip", "entry_ts", "handling_ns", "unpaired", "entry_intr_info") \
+        .sort("exit_row")
+
+
+# exits after which the guest legitimately resumes elsewhere (SDM Appendix C, svm.h)
+_VMX_RIP_MOVERS = (2, 3, 4, 9, 20, 24)  # TRIPLE_FAULT, INIT_SIGNAL, SIPI_SIGNAL, TASK_SWITCH, VMLAUNCH, VMRESUME
+_SVM_RIP_MOVERS = (0x63, 0x7D, 0x7F, 0x80)  # init, task_switch, shutdown, vmrun
+_RIP_MOVING_EVENTS = ("kvm:kvm_nested_vmexit_inject", "kvm:kvm_nested_vmenter", "kvm:kvm_nested_vmrun",
+                      "kvm:kvm_smm_transition", "kvm:kvm_enter_smm")
+
+
+def _rip_moving_exit() -> pl.Expr:
+    return (((pl.col("isa") == K.ISA_VMX) & pl.col("basic").is_in(_VMX_RIP_MOVERS))
+            | ((pl.col("isa") == K.ISA_SVM) & pl.col("basic").is_in(_SVM_RIP_MOVERS))).fill_null(False)
+
+
+def _rip_moved(td: TraceData, ex: pl.DataFrame) -> pl.Series:
+    """Per exit of ``ex`` (with entry_ts): an event that moves the guest's rip on its thread before the entry."""
+    parts = [td.df(t).select("ts_ns", pl.col("source").cast(pl.String), "pid")
+             for t in ("kvm_emulate_insn", "kvm_userspace_exit") if td.has(t)]
+    parts.append(P.generic_events(td, _RIP_MOVING_EVENTS).drop("text"))
+    mv = pl.concat(parts).rename({"ts_ns": "_mv"}).sort("_mv")
+    if mv.height == 0 or ex.height == 0:
+        return pl.Series([False] * ex.height, dtype=pl.Boolean)
+    j = ex.select("ts_ns", "source", "pid", "entry_ts").with_row_index("_i").sort("ts_ns") \
+        .join_asof(mv, left_on="ts_ns", right_on="_mv", by=KEY, strategy="forward")
+    hit = j.filter(pl.col("_mv").is_not_null() & pl.col("entry_ts").is_not_null()
+                   & (pl.col("_mv") <= pl.col("entry_ts")))["_i"]
+    return pl.Series(range(ex.height)).is_in(hit.implode())
+
+
+def guest_windows(td: TraceData) -> pl.DataFrame:
+    """One row per guest run: [start_ns, end_ns) from a kvm_entry to the thread's next kvm_exit
+    (windows that span a loss of events are dropped), with the reason of the exit that ends it."""
+    t = _timeline(td).with_columns(
+        pl.col("kind").shift(-1).over(KEY).alias("next_kind"),
+        pl.col("ts_ns").shift(-1).over(KEY).alias("next_ts"),
+        pl.col("reason").shift(-1).over(KEY).alias("exit_reason_name"),
+        pl.col("exit_row").shift(-1).over(KEY).alias("end_exit_row"))
     w = t.filter((pl.col("kind") == "entry") & (pl.col("next_kind") == "exit"))
-    return w.select("cpu", "source", "pid", "vcpu_id", pl.col("ts_ns").alias("start_ns"),
-                    pl.col("next_ts").alias("end_ns"), "exit_reason_name").sort("cpu", "start_ns")
+    w = w.select("cpu", "source", "pid", "vcpu_id", pl.col("ts_ns").alias("start_ns"),
+                 pl.col("next_ts").alias("end_ns"), "exit_reason_name", "end_exit_row")
+    w = w.filter(~_crosses_loss(w, "start_ns", "end_ns", _losses(td)))
+    return w.sort("cpu", "start_ns")
+
+
+def fastpath_flags(td: TraceData, iv: pl.DataFrame, version: tuple[int, int] | None) -> pl.Series:
+    """Per exit of ``iv`` (exit_intervals): may the kernel have handled it in the fastpath
+    (re-entering without leaving the inner run loop)? See ``model.kernel.fastpath_eligible``."""
+    msr_of = _msr_of_exit(td, iv)
+    rows = iv.select("exit_row", "isa", "basic", "intr_info").join(msr_of, on="exit_row", how="left")
+    return pl.Series([K.fastpath_eligible(isa, basic, msr, version) for isa, basic, msr in
+                      rows.select("isa", "basic", "msr_written").iter_rows()], dtype=pl.Boolean)
+
+
+def _msr_of_exit(td: TraceData, iv: pl.DataFrame) -> pl.DataFrame:
+    """For MSR-write exits: the MSR the guest wrote (the kvm_msr write of that thread before the
+    exit's next entry). Columns: exit_row, msr_written."""
+    if not td.has("kvm_msr"):
+        return pl.DataFrame(schema={"exit_row": pl.UInt32, "msr_written": pl.UInt32})
+    w = td.df("kvm_msr").filter(pl.col("write")).select(pl.col("ts_ns").alias("m_ts"),
+                                                         pl.col("source").cast(pl.String), "pid", "msr")
+    e = iv.filter(P.msr_exit()).select("exit_row", "ts_ns", "source", "pid", "entry_ts").sort("ts_ns")
+    j = e.join_asof(w.sort("m_ts"), left_on="ts_ns", right_on="m_ts", by=KEY, strategy="forward")
+    j = j.filter(pl.col("m_ts").is_not_null() & (pl.col("entry_ts").is_null() | (pl.col("m_ts") <= pl.col("entry_ts"))))
+    return j.select("exit_row", pl.col("msr").alias("msr_written"))
+
+
+def ownership_windows(td: TraceData, fastpath: pl.Series) -> pl.DataFrame:
+    """Guest windows merged across exits that may have re-entered from the fastpath: a merged
+    window is one PMU load..put under the mediated design (the lower bound of switches)."""
+    w = guest_windows(td)
+    if w.height == 0:
+        return w.with_columns(pl.lit(0, pl.UInt32).alias("runs"))
+    fp = pl.DataFrame({"exit_row": pl.Series(range(len(fastpath)), dtype=pl.UInt32), "_fp": fastpath})
+    w = w.join(fp.rename({"exit_row": "end_exit_row"}), on="end_exit_row", how="left").sort([*KEY, "start_ns"])
+    # a new ownership window starts after an exit that left the fastpath loop (or at the first run)
+    w = w.with_columns(pl.col("_fp").shift(1).over(KEY).fill_null(False).alias("_cont"))
+    w = w.with_columns((~pl.col("_cont")).cum_sum().over(KEY).alias("_grp"))
+    return w.group_by([*KEY, "_grp"], maintain_order=True).agg(
+        pl.col("cpu").first(), pl.col("vcpu_id").first(), pl.col("start_ns").min(), pl.col("end_ns").max(),
+        pl.len().alias("runs"), pl.col("exit_reason_name").last()).drop("_grp").sort("cpu", "start_ns")
 
 
 def overlap_ns(start: int, end: int, windows: pl.DataFrame) -> int:

@@ -7,10 +7,15 @@ Mediated passthrough vPMU (Linux 7.0+, ``enable_mediated_pmu``): counters pass
 through; event selectors, FIXED_CTR_CTRL, PERF_CAPABILITIES and Intel
 GLOBAL_STATUS_SET always trap; the global MSRs pass through only when the guest sees
 all host counters with PERF_GLOBAL_CTRL; RDPMC passes through only when counter counts
-and widths equal the host's and the VMware backdoor is off (§1.3, §1.4). The PMU is
-context-switched at every non-fastpath VM-exit (§2.1); guest PMIs arrive on host vector
+and widths equal the host's and the VMware backdoor is off (§1.3, §1.4). A vCPU has a
+mediated PMU only when its guest PMU has a version (``kvm_vcpu_has_mediated_pmu()``
+needs ``pmu->version``, §3.5). The PMU is context-switched around KVM's inner run loop,
+i.e. at every exit that leaves the fastpath (§2.1); guest PMIs arrive on host vector
 0xF5 (§3.1); host exclude_guest events stop while the guest PMU is loaded (§2.3); the
 perf NMI watchdog cannot coexist with a mediated VM (§4).
+
+A verdict that depends on a PMU shape the trace does not reveal is ``None`` (unknown),
+never a guess.
 """
 
 from __future__ import annotations
@@ -21,75 +26,101 @@ from vpmutrace.model import msrs as M
 
 MEDIATED = "mediated"
 EMULATED = "emulated"
+NO_VPMU = "none"  # kvm.enable_pmu=N, or the guest PMU has version 0: no vPMU at all
+UNKNOWN = "unknown"
 DESIGNS = (MEDIATED, EMULATED)
 
 MEDIATED_PMI_VECTOR = 0xF5  # PERF_GUEST_MEDIATED_PMI_VECTOR, §3.1
-NMI_INTR_INFO = 0x80000202  # VMX exit/entry interruption info of an NMI, §5.3
-LOCAL_TIMER_VECTOR = 0xEC
 
-# published figure behind the default context-switch cost (§7): eliding the PMC WRMSRs of
-# the load cut a CPUID VM-exit from 4k to 3k cycles on Emerald Rapids, so a full load+put
-# costs at least ~1k cycles; at 2 GHz that is 500 ns per slow-path exit
-DEFAULT_SWITCH_COST_NS = 500.0
-SWITCH_COST_SOURCE = "vpmu-reference §7: PMC WRMSR elision, CPUID exit 4k -> 3k cycles (EMR), 1k cycles @ 2 GHz"
+PASS, TRAP = "pass-through", "intercepted"
 
 
 @dataclass(frozen=True)
 class PmuShape:
-    """A PMU as the guest (or the host) sees it."""
+    """A PMU as the guest (or the host) sees it (CPUID 0xA / 0x80000022, PERF_CAPABILITIES)."""
 
     vendor: str = "intel"  # intel | amd
+    version: int = 2  # Intel arch perfmon version; AMD 1 (legacy/PerfCtrExtCore) or 2 (PerfMonV2); 0 = no PMU
     nr_gp: int = 8
     nr_fixed: int = 3
     gp_width: int = 48
     fixed_width: int = 48
-    global_ctrl: bool = True  # Intel arch perfmon v2+ / AMD PerfMonV2
-    full_width_writes: bool = True  # Intel PERF_CAPABILITIES.FW_WRITE
-    perfctr_core: bool = True  # AMD PerfCtrExtCore (F15H MSRs)
+    full_width_writes: bool = True  # Intel PERF_CAPABILITIES.FW_WRITE (bit 13)
+    perfctr_core: bool = True  # AMD PerfCtrExtCore (F15H MSRs), CPUID 0x80000001 ECX[23]
+
+    @property
+    def global_ctrl(self) -> bool:
+        """PERF_GLOBAL_CTRL exists: Intel arch perfmon v2+, AMD PerfMonV2 (§1.1)."""
+        return self.version >= 2
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "global_ctrl": self.global_ctrl}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> PmuShape | None:
+        if d is None:
+            return None
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
 class HostSetup:
-    host: PmuShape = PmuShape()
-    guest: PmuShape = PmuShape()
+    """Host and guest PMU shapes (None: not known from the trace, snapshot or options)."""
+
+    host: PmuShape | None = None
+    guest: PmuShape | None = None
     vmware_backdoor: bool = False
-    nmi_watchdog: bool = False
-    watchdog_thresh_s: float = 10.0
-    switch_cost_ns: float = DEFAULT_SWITCH_COST_NS
 
     def to_json(self) -> dict:
-        return asdict(self)
+        return {"host": self.host.to_json() if self.host else None,
+                "guest": self.guest.to_json() if self.guest else None, "vmware_backdoor": self.vmware_backdoor}
 
     @classmethod
     def from_json(cls, d: dict) -> HostSetup:
-        return cls(**{**d, "host": PmuShape(**d["host"]), "guest": PmuShape(**d["guest"])})
+        return cls(PmuShape.from_json(d.get("host")), PmuShape.from_json(d.get("guest")),
+                   bool(d.get("vmware_backdoor")))
 
     @property
-    def all_counters_exposed(self) -> bool:
+    def all_counters_exposed(self) -> bool | None:
+        if self.host is None or self.guest is None:
+            return None
         return self.guest.nr_gp == self.host.nr_gp and self.guest.nr_fixed == self.host.nr_fixed
 
 
-def global_msrs_intercepted(s: HostSetup) -> bool:
+def has_mediated_pmu(s: HostSetup) -> bool | None:
+    """kvm_vcpu_has_mediated_pmu(): the guest PMU has a version (§3.5). None when unknown."""
+    return None if s.guest is None else s.guest.version > 0
+
+
+def global_msrs_intercepted(s: HostSetup) -> bool | None:
     """kvm_need_perf_global_ctrl_intercept(): pass through only with all counters and GLOBAL_CTRL (§1.3)."""
-    return not (s.all_counters_exposed and s.guest.global_ctrl)
+    exposed = s.all_counters_exposed
+    if exposed is None:
+        return None
+    return not (exposed and s.guest is not None and s.guest.global_ctrl)
 
 
 def msr_intercepted(design: str, addr: int, s: HostSetup) -> bool | None:
-    """Does a guest access to PMU MSR ``addr`` cause a VM-exit? None when not a PMU MSR.
+    """Does a guest access to PMU MSR ``addr`` exit to KVM under ``design``? None when the answer
+    depends on a PMU shape that is not known, or ``addr`` is not a PMU MSR.
 
-    Rules: §1.6 (emulated: all), §1.3 (mediated: per kind and guest shape).
+    Rules: §1.6 (emulated and no-vPMU: all), §1.3 (mediated: per kind and guest shape).
     """
     m = M.lookup(addr)
     if m is None or m.kind == M.DEBUGCTL:
         return None
-    if design == EMULATED:
+    if design in (EMULATED, NO_VPMU):
         return True
-    g = s.guest
     if m.kind in (M.GP_SELECTOR, M.FIXED_CTRL, M.PERF_CAPABILITIES, M.GLOBAL_INUSE, M.PERF_METRICS,
                   M.PEBS, M.DS_AREA):
         return True
     if m.kind == M.GLOBAL_STATUS_SET and m.vendor == "intel":
         return True  # not in the Intel pass-through list (§1.3)
+    g = s.guest
+    if g is None:
+        return None
+    if g.version == 0:
+        return True  # no mediated PMU without a guest PMU (§3.5)
     if m.kind in (M.GLOBAL_CTRL, M.GLOBAL_STATUS, M.GLOBAL_OVF_CTRL, M.GLOBAL_STATUS_SET):
         return global_msrs_intercepted(s)
     if m.kind == M.GP_COUNTER:
@@ -107,43 +138,49 @@ def msr_intercepted(design: str, addr: int, s: HostSetup) -> bool | None:
     return True
 
 
-def rdpmc_intercepted(design: str, s: HostSetup) -> bool:
-    """kvm_need_rdpmc_intercept() (§1.4); the emulated design always intercepts."""
-    if design == EMULATED or s.vmware_backdoor:
+def verdict(intercepted: bool | None) -> str:
+    return "unknown" if intercepted is None else (TRAP if intercepted else PASS)
+
+
+def rdpmc_intercepted(design: str, s: HostSetup) -> bool | None:
+    """kvm_need_rdpmc_intercept() (§1.4); the emulated design always intercepts. None when unknown."""
+    if design in (EMULATED, NO_VPMU) or s.vmware_backdoor:
         return True
-    if not s.all_counters_exposed:
+    if s.guest is not None and s.guest.version == 0:
         return True
+    exposed = s.all_counters_exposed
+    if exposed is None:
+        return None
+    if not exposed:
+        return True
+    assert s.guest is not None and s.host is not None
     return s.guest.gp_width != s.host.gp_width or s.guest.fixed_width != s.host.fixed_width
 
 
-def context_switches_per_exit(design: str) -> int:
-    """PMU load+put pairs per slow-path VM-exit (§2.1); none in the emulated design."""
-    return 1 if design == MEDIATED else 0
-
-
-def watchdog_possible_during_guest(design: str, s: HostSetup) -> bool:
+def watchdog_possible_during_guest(design: str, nmi_watchdog: bool | None) -> bool | None:
     """Can the perf NMI watchdog fire while the guest runs? (§4)
 
     Mediated: no (the watchdog is an include-guest event; a mediated VM cannot be created
-    while it exists, and no host core-PMU event counts guest time). Emulated: yes, when enabled.
+    while it exists). Emulated: yes when it is enabled (it counts guest cycles too).
     """
-    return design == EMULATED and s.nmi_watchdog
-
-
-def host_pmi_possible_during_guest(design: str) -> bool:
-    """Can a host-vector perf PMI (NMI handled by perf) occur while the guest PMU is loaded? (§2.3, §3.1)"""
-    return design == EMULATED
+    if design == MEDIATED:
+        return False
+    if design in (EMULATED, NO_VPMU):
+        return nmi_watchdog
+    return None
 
 
 def describe(design: str, s: HostSetup) -> dict:
     """The model's answers for one setup, as a table a report can show."""
+    vendor = (s.guest or s.host or PmuShape()).vendor
     rows = []
     for m in M.catalog().values():
-        if m.kind == M.DEBUGCTL or m.vendor != s.guest.vendor:
+        if m.kind == M.DEBUGCTL or m.vendor != vendor:
             continue
         rows.append({"msr": m.addr, "name": m.name, "kind": m.kind,
-                     "traps": msr_intercepted(design, m.addr, s)})
-    return {"design": design, "setup": s.to_json(), "rdpmc_traps": rdpmc_intercepted(design, s),
-            "pmi_vector": MEDIATED_PMI_VECTOR if design == MEDIATED else "NMI (host perf overflow handler)",
-            "context_switch": "every non-fastpath VM-exit" if design == MEDIATED else "none (host perf events)",
-            "watchdog_during_guest": watchdog_possible_during_guest(design, s), "msrs": rows}
+                     "verdict": verdict(msr_intercepted(design, m.addr, s))})
+    return {"design": design, "setup": s.to_json(), "rdpmc": verdict(rdpmc_intercepted(design, s)),
+            "pmi_vector": f"{MEDIATED_PMI_VECTOR:#x}" if design == MEDIATED else "NMI (host perf overflow handler)",
+            "context_switch": "around the inner run loop: every exit that leaves the fastpath"
+            if design == MEDIATED else "none (host perf events)",
+            "msrs": rows}

@@ -118,6 +118,7 @@ def read_text(path: str | Path, builder: TraceBuilder) -> None:
     starts = line_starts(buf)
     nlines = len(starts) - 1
     frames: list[pa.Table] = []
+    lost: list[pl.DataFrame] = []
     heads = np.empty(tk.H_COLUMNS * min(nlines, CHUNK_LINES), np.int64)  # reused for every chunk
     for a in range(0, nlines, CHUNK_LINES):  # in chunks of lines: the parse's scratch stays small
         z = min(nlines, a + CHUNK_LINES)
@@ -127,7 +128,7 @@ def read_text(path: str | Path, builder: TraceBuilder) -> None:
         kind = h[tk.H_KIND]
         other = np.flatnonzero(kind == tk.LINE_OTHER)
         if len(other):
-            _other_lines(buf, h, other, a, flavor, src_file, builder)
+            lost.append(_other_lines(buf, h, other, a, flavor, src_file, builder))
         ev = np.flatnonzero(kind == tk.LINE_EVENT)
         if len(ev):
             frames.append(_event_frame(buf, h, ev, a))
@@ -139,6 +140,9 @@ def read_text(path: str | Path, builder: TraceBuilder) -> None:
                          next((e.examples[0].split(":")[0] for e in bad if e.category == "unparsed_line"), None))
     frame = pl.from_arrow(pa.concat_tables(frames, promote_options="permissive"))
     del frames
+    notices = pl.concat(lost) if lost else None
+    if notices is not None and notices.height:
+        _add_lost(notices, frame, src_file, builder)  # type: ignore[arg-type]
     _emit_events(frame.with_columns(pl.col("event").cast(pl.String)), flavor, src_file, builder)  # type: ignore[union-attr]
 
 
@@ -203,9 +207,10 @@ def _event_frame(buf: np.ndarray, heads: np.ndarray, rows: np.ndarray, first_lin
 
 
 def _other_lines(buf: np.ndarray, heads: np.ndarray, rows: np.ndarray, first_line: int, flavor: str, src_file: str,
-                 builder: TraceBuilder) -> None:
-    """Lines that are no event: tool notices (``cpus=N``, lost events), perf callchain lines, or
-    unparsed (counted, with the first few)."""
+                 builder: TraceBuilder) -> pl.DataFrame:
+    """Lines that are no event: tool notices (``cpus=N``), perf callchain lines, or unparsed
+    (counted, with the first few); returns the lost-events notices (lineno, cpu, a / b: the count),
+    placed by ``_add_lost`` once the events are known."""
     stats = builder.stats
     df = pl.DataFrame({"lineno": rows + first_line + 1,
                        "line": spans(buf, heads[tk.H_LINE_S][rows], heads[tk.H_LINE_E][rows])})
@@ -214,12 +219,7 @@ def _other_lines(buf: np.ndarray, heads: np.ndarray, rows: np.ndarray, first_lin
     if cpus.height:
         builder.meta["cpus"] = max(builder.meta.get("cpus") or 0, int(cpus["n"].cast(pl.Int64).max()))  # type: ignore[arg-type]
     lost = df.filter(line.str.contains(LOST_LINE))
-    if lost.height:
-        g = lost.select("lineno", line.str.extract_groups(LOST_LINE).alias("g")).unnest("g")
-        for row in g.iter_rows(named=True):  # (one per loss notice)
-            n = row["a"] or row["b"]
-            builder.add_lost(src_file, "lost_events", int(n) if n else None, None, int(row["cpu"]),
-                             f"line {row['lineno']}")
+    lost = lost.select("lineno", line.str.extract_groups(LOST_LINE).alias("g")).unnest("g")
     notice = line.str.contains(CPUS_LINE) | line.str.contains(LOST_LINE) | line.str.contains(NOTICE_LINE)
     bad = df.filter(~notice)
     if flavor == "perf-script" and bad.height:
@@ -231,6 +231,19 @@ def _other_lines(buf: np.ndarray, heads: np.ndarray, rows: np.ndarray, first_lin
         stats.add(src_file, "unparsed_line", "", 0, f"line {row[0]}: {row[1][:120]}")
     if bad.height:
         stats.add(src_file, "unparsed_line", "", bad.height)
+    return lost
+
+
+def _add_lost(rows: pl.DataFrame, ev: pl.DataFrame, src_file: str, builder: TraceBuilder) -> None:
+    """'CPU:N [LOST M EVENTS]' lines (the kernel prints them before the first event after the loss on
+    that CPU): placed at that event's time, so the loss covers [last event before, it] on CPU N."""
+    nxt = ev.select("lineno", "cpu", "ts_ns").filter(pl.col("cpu").is_not_null()).sort("lineno")
+    r = rows.with_columns(pl.col("cpu").cast(pl.Int32)).sort("lineno").join_asof(
+        nxt, on="lineno", by="cpu", strategy="forward")
+    for row in r.iter_rows(named=True):  # (one per loss notice)
+        n = row["a"] or row["b"]
+        builder.add_lost(src_file, "lost_events", int(n) if n else None, row["ts_ns"], int(row["cpu"]),
+                         f"line {row['lineno']}")
 
 
 def _emit_events(ev: pl.DataFrame, flavor: str, src_file: str, builder: TraceBuilder) -> None:

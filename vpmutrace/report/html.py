@@ -21,13 +21,11 @@ from typing import Any
 
 import polars as pl
 
-from vpmutrace.analyze.base import Result
-from vpmutrace.analyze.skid import classify as classify_pmis
-from vpmutrace.analyze.watchdog import watchdog_nmis
+from vpmutrace.analyze import predicates as P
+from vpmutrace.analyze.base import SEVERITIES, Result
 from vpmutrace.analyze.windows import exit_intervals, guest_windows
 from vpmutrace.tracedata import TraceData
 
-SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2, "info": 3}
 OVERVIEW_BINS = 400
 TOP_REASONS = 10
 
@@ -48,57 +46,23 @@ def _js(obj: Any) -> str:
 
 
 def findings(doc: dict[str, Any], td: TraceData) -> list[dict[str, str]]:
-    """Findings ranked by severity, each with the analyzer and a one-line statement."""
-    out: list[dict[str, str]] = []
-
-    def add(sev: str, where: str, text: str) -> None:
-        out.append({"severity": sev, "analyzer": where, "finding": text})
-
-    d = doc.get("diff") or {}
-    for dv in d.get("divergences", []):
-        add("high", "diff", f"{dv['rule']} ({dv['section']}): {dv['count']} events diverge from the "
-                            f"{d.get('model')} design - {dv['explain']}")
-    s = doc.get("silent") or {}
-    f = s.get("findings") or {}
-    if f.get("frozen_counter"):
-        add("high", "silent", f"{f['frozen_counter']} guest counter reads show an enabled counter that did not "
-                              "advance while the guest ran (silent backend error)")
-    if f.get("contention"):
-        add("high", "silent", f"{f['contention']} windows where guest-enabled counters plus pinned host events "
-                              f"exceed the {s.get('host_gp_counters')} host counters")
-    if f.get("reprogram_storm"):
-        add("medium", "silent", f"{f['reprogram_storm']} reprogramming storms (PMU control writes bursts)")
-    w = doc.get("watchdog") or {}
-    if w.get("computable") and w.get("blind_gaps"):
-        add("medium", "watchdog", f"{w['blind_gaps']} NMI-watchdog blind gaps, longest "
-                                  f"{w['longest_gap_ns'] / 1e9:.3f} s")
-    k = doc.get("skid") or {}
-    if k.get("computable") and (k.get("classes") or {}).get("misattributed_host"):
-        add("medium", "skid", f"{k['classes']['misattributed_host']} PMIs landed within "
-                              f"{k['window_ns'] / 1000:.0f} us after a VM-exit (misattributed to the host); "
-                              f"{k['classes'].get('ambiguous', 0)} ambiguous")
-    smp = (k.get("samples") or {}) if k else {}
-    if smp.get("computable"):
-        wrong = smp["classes"]["misattributed_host"] + smp["classes"]["misattributed_guest"]
-        if wrong:
-            amb = smp["classes"]["ambiguous"]
-            add("medium", "skid", f"{wrong} of {smp['samples']} perf samples carry a cpumode that disagrees with "
-                                  f"where their CPU was (guest window or host); {amb} ambiguous")
+    """Findings ranked by severity (the analyzers' own, then the trace's losses and what was not
+    computable), each with the analyzer, its certainty and a one-line statement."""
+    out = [{"severity": f["severity"], "certainty": f["certainty"], "analyzer": f["analyzer"],
+            "finding": f["text"] + (f" [{'; '.join(f['evidence'][:2])}]" if f.get("evidence") else "")}
+           for f in doc.get("findings") or []]
     t = doc.get("trace") or {}
     if t.get("lost_events"):
-        add("medium", "trace", f"the tracer lost {t['lost_events']} events")
+        out.append({"severity": "medium", "certainty": "fact", "analyzer": "trace",
+                    "finding": f"the tracer lost {t['lost_events']} events"})
     if t.get("unparsed"):
-        add("medium", "trace", f"{t['unparsed']} input lines/records could not be parsed")
-    wi = doc.get("what_if") or {}
-    if wi.get("exits_removed"):
-        net = wi.get("net_saving_ns")
-        add("info", "what_if", f"the mediated design would remove {wi['exits_removed']} exits"
-            + (f", net {net / 1e6:.3f} ms of exit handling" if net is not None else ""))
-    for name in ("exits", "pmu_msr", "ownership", "watchdog", "skid", "silent"):
-        r = doc.get(name) or {}
-        if r and not r.get("computable", True):
-            add("info", name, r.get("reason", "not computable"))
-    return sorted(out, key=lambda x: SEVERITY_ORDER[x["severity"]])
+        out.append({"severity": "medium", "certainty": "fact", "analyzer": "trace",
+                    "finding": f"{t['unparsed']} input lines/records could not be parsed"})
+    for name, r in doc.items():
+        if isinstance(r, dict) and r.get("computable") is False:
+            out.append({"severity": "info", "certainty": "fact", "analyzer": name,
+                        "finding": r.get("reason", "not computable")})
+    return sorted(out, key=lambda x: SEVERITIES.index(x["severity"]))
 
 
 def _detail_range(td: TraceData, max_points: int, window: tuple[int, int] | None) -> tuple[int, int]:
@@ -130,10 +94,13 @@ def timeline(td: TraceData, results: dict[str, Result], max_points: int,
     data: list[dict] = []
     has_exits = td.has("kvm_exit") and td.has("kvm_entry")
     if has_exits:
-        w = guest_windows(td).filter((pl.col("end_ns") > a) & (pl.col("start_ns") < b))
+        own = results.get("ownership")
+        ow = own.rows.get("ownership_windows") if own is not None else None
+        w = (ow if ow is not None else guest_windows(td)).filter((pl.col("end_ns") > a) & (pl.col("start_ns") < b))
         xs, ys = _lines(w.head(max_points // 2), "cpu")
-        data.append({"type": "scattergl", "mode": "lines", "name": "guest owns PMU", "x": xs, "y": ys,
-                     "line": {"width": 10, "color": "rgba(46,139,87,0.45)"}, "hoverinfo": "skip"})
+        data.append({"type": "scattergl", "mode": "lines", "x": xs, "y": ys, "hoverinfo": "skip",
+                     "name": "guest owns PMU (mediated, fastpath merged)" if ow is not None else "guest runs",
+                     "line": {"width": 10, "color": "rgba(46,139,87,0.45)"}})
         iv = exit_intervals(td).filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b))
         top = iv.group_by("reason").len().sort("len", descending=True)["reason"].head(TOP_REASONS).to_list()
         iv = iv.with_columns(pl.when(pl.col("reason").is_in(top)).then(pl.col("reason")).otherwise(pl.lit("other"))
@@ -157,22 +124,33 @@ def timeline(td: TraceData, results: dict[str, Result], max_points: int,
                               for w_, ms, v, gp, c in m.select("write", "msr", "value", "gp", "comm").iter_rows()],
                      "hovertemplate": "%{text}<extra></extra>"})
     if td.has("nmi_handler"):
-        wd = watchdog_nmis(td).filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b))
-        data.append({"type": "scattergl", "mode": "markers", "name": "watchdog / host perf NMI",
+        wd = P.perf_nmis(td).filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b))
+        data.append({"type": "scattergl", "mode": "markers", "name": "host perf NMI",
                      "x": (wd["ts_ns"] / 1e9).to_list(), "y": (wd["cpu"].cast(pl.Float64) - 0.22).to_list(),
                      "marker": {"size": 9, "symbol": "diamond", "color": "#d62728"},
                      "text": [_esc(f"{h} handled={n} ({d} ns)") for h, n, d in
                               wd.select("handler", "handled", "delta_ns").iter_rows()],
                      "hovertemplate": "%{text}<extra></extra>"})
-        if has_exits:
-            att = classify_pmis(td, results["skid"].summary.get("window_ns", 10_000) if "skid" in results else
-                                10_000).filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b))
-            colors = {"guest_exit": "#2ca02c", "misattributed_host": "#ff7f0e", "ambiguous": "#9467bd"}
+        sk = results.get("skid")
+        att = sk.rows.get("pmi_attribution") if sk is not None else None
+        if att is not None:
+            att = att.filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b))
+            colors = {"in_nmi_exit": "#2ca02c", "after_exit": "#ff7f0e", "before_entry": "#9467bd"}
             for cls, col in colors.items():
                 g = att.filter(pl.col("class") == cls)
-                data.append({"type": "scattergl", "mode": "markers", "name": f"PMI {cls.replace('_', ' ')}",
+                data.append({"type": "scattergl", "mode": "markers", "name": f"perf NMI {cls.replace('_', ' ')}",
                              "x": (g["ts_ns"] / 1e9).to_list(), "y": (g["cpu"].cast(pl.Float64) - 0.08).to_list(),
                              "marker": {"size": 8, "symbol": "x", "color": col}, "hoverinfo": "x+name"})
+    pm = results.get("pmi")
+    pe = pm.rows.get("pmi_exits") if pm is not None else None
+    if pe is not None and pe.height:
+        pe = pe.filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b))
+        data.append({"type": "scattergl", "mode": "markers", "name": "guest PMI exit",
+                     "x": (pe["ts_ns"] / 1e9).to_list(), "y": (pe["cpu"].cast(pl.Float64) + 0.32).to_list(),
+                     "marker": {"size": 8, "symbol": "star", "color": "#17becf"},
+                     "text": [_esc(f"{p} ({c}), injected after {i if i is not None else '?'} ns") for p, c, i in
+                              pe.select("path", "certainty", "to_injection_ns").iter_rows()],
+                     "hovertemplate": "%{text}<extra></extra>"})
     sil = results.get("silent")
     if sil is not None and sil.computable and sil.rows.get("silent_windows") is not None and has_exits:
         sw = sil.rows["silent_windows"]
@@ -245,13 +223,19 @@ def msr_figure(results: dict[str, Result]) -> list[dict]:
 
 
 def what_if_figure(doc: dict) -> list[dict]:
+    """Saved, added and net exit-handling time as ranges (low bar and the span to high)."""
     w = doc.get("what_if") or {}
-    if w.get("time_removed_ns") is None:
+    if not w.get("applicable") or w.get("time_removed_ns") is None:
         return []
-    return [{"data": [{"type": "bar", "x": ["exit handling removed", "PMU switch cost added", "net"],
-                       "y": [w["time_removed_ns"] / 1e6, w["switch_cost_added_ns"] / 1e6, w["net_saving_ns"] / 1e6],
-                       "marker": {"color": ["#2ca02c", "#d62728", "#1f77b4"]}}],
-             "layout": {"title": {"text": "What-if: this trace under the mediated design (ms)"}, "height": 360}}]
+    lows = [w["time_removed_ns"] + w["recost_saving_ns"][0], w["switch_cost_added_ns"][0], w["net_saving_ns"][0]]
+    highs = [w["time_removed_ns"] + w["recost_saving_ns"][1], w["switch_cost_added_ns"][1], w["net_saving_ns"][1]]
+    x = ["exit handling saved", "PMU switch cost added", "net saving"]
+    return [{"data": [{"type": "bar", "x": x, "y": [v / 1e6 for v in lows], "name": "low",
+                       "marker": {"color": "#1f77b4"}},
+                      {"type": "bar", "x": x, "y": [(h - lo) / 1e6 for h, lo in zip(highs, lows, strict=True)],
+                       "name": "range to high", "marker": {"color": "rgba(31,119,180,0.35)"}}],
+             "layout": {"title": {"text": "What-if: this trace under the mediated design (ms, range)"},
+                        "barmode": "stack", "height": 360}}]
 
 
 def _table(rows: list[dict], cols: list[str]) -> str:
@@ -276,16 +260,21 @@ def build(td: TraceData, doc: dict[str, Any], results: dict[str, Result], out: P
     figs += [(f"msr{i}", f) for i, f in enumerate(msr_figure(results))]
     figs += [(f"whatif{i}", f) for i, f in enumerate(what_if_figure(doc))]
     fnd = findings(doc, td)
+    cfg = doc.get("config") or {}
+    design = (cfg.get("design") or {}).get("value")
     inputs = ", ".join(str(i.get("path")) for i in td.meta.get("inputs", []))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_esc(title or 'vpmutrace report')}</title>",
              f"<style>{CSS}</style><script>{plotly_js}</script></head><body>",
-             f"<h1>{_esc(title or 'vpmutrace report')}</h1><p>{_esc(inputs)} &mdash; model: "
-             f"{_esc(doc.get('config', {}).get('model'))}</p>",
+             f"<h1>{_esc(title or 'vpmutrace report')}</h1><p>{_esc(inputs)} &mdash; vPMU design: "
+             f"{_esc(design)} ({_esc((cfg.get('design') or {}).get('source'))})</p>",
              "<h2>Findings</h2>"]
     if fnd:
-        parts.append("<table><thead><tr><th>severity</th><th>analyzer</th><th>finding</th></tr></thead><tbody>"
-                     + "".join(f"<tr class='{f['severity']}'><td>{_esc(f['severity'])}</td><td>{_esc(f['analyzer'])}"
-                               f"</td><td>{_esc(f['finding'])}</td></tr>" for f in fnd) + "</tbody></table>")
+        parts.append("<table><thead><tr><th>severity</th><th>certainty</th><th>analyzer</th><th>finding</th></tr>"
+                     "</thead><tbody>"
+                     + "".join(f"<tr class='{f['severity']}'><td>{_esc(f['severity'])}</td><td>{_esc(f['certainty'])}"
+                               f"</td><td>{_esc(f['analyzer'])}</td><td>{_esc(f['finding'])}</td></tr>" for f in fnd)
+                     + "</tbody></table><p>A <i>candidate</i> rests on timing or a pattern (its evidence is shown); "
+                       "a <i>fact</i> follows from the trace and the kernel code the rule cites.</p>")
     else:
         parts.append("<p>No findings.</p>")
     parts.append(f"<h2>Timeline</h2><p>Detail window {a / 1e9:.6f} .. {b / 1e9:.6f} s (zoom with the mouse; "
@@ -308,16 +297,20 @@ def build(td: TraceData, doc: dict[str, Any], results: dict[str, Result], out: P
     if d.get("rules_not_checked"):
         parts.append("<p>Not checked: " + _esc("; ".join(d["rules_not_checked"])) + "</p>")
     if doc.get("what_if"):
-        parts.append(_table([{"key": k, "value": v} for k, v in doc["what_if"].items()], ["key", "value"]))
+        parts.append(_table([{"key": k, "value": v} for k, v in doc["what_if"].items() if k != "findings"],
+                            ["key", "value"]))
     cfg = doc.get("config") or {}
-    if cfg.get("model"):
-        from vpmutrace.model.design import HostSetup, describe
+    design = (cfg.get("design") or {}).get("value")
+    if design in ("mediated", "emulated"):
+        from vpmutrace.model.design import HostSetup, PmuShape, describe
 
-        m = describe(cfg["model"], HostSetup.from_json(cfg["setup"]))
-        parts.append(f"<h2>Reference model: {_esc(m['design'])} design</h2><p>RDPMC traps: {_esc(m['rdpmc_traps'])}; "
-                     f"guest PMIs: {_esc(m['pmi_vector'])}; PMU context switch: {_esc(m['context_switch'])}; "
-                     f"perf NMI watchdog during guest time: {_esc(m['watchdog_during_guest'])}</p>")
-        parts.append(_table([{**r, "msr": f"{r['msr']:#x}"} for r in m["msrs"]], ["msr", "name", "kind", "traps"]))
+        hp = (cfg.get("host_pmu") or {}).get("value") or {}
+        setup = HostSetup(PmuShape.from_json(hp.get("shape")), PmuShape.from_json((cfg.get("guest_pmu") or {})
+                                                                                  .get("value")))
+        m = describe(design, setup)
+        parts.append(f"<h2>Reference model: {_esc(m['design'])} design</h2><p>RDPMC: {_esc(m['rdpmc'])}; "
+                     f"guest PMIs: {_esc(m['pmi_vector'])}; PMU context switch: {_esc(m['context_switch'])}</p>")
+        parts.append(_table([{**r, "msr": f"{r['msr']:#x}"} for r in m["msrs"]], ["msr", "name", "kind", "verdict"]))
     parts.append("<h2>Trace</h2><pre>" + _esc(json.dumps(doc.get("trace"), indent=2, default=str)) + "</pre>")
     host = td.meta.get("host")
     parts.append("<h2>Host snapshot</h2><pre>" + _esc(json.dumps(host, indent=2, default=str) if host else
