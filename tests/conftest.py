@@ -14,6 +14,14 @@ SHARED = Path(os.environ.get("VPMUTRACE_SHARED", ROOT.parent / "shared"))
 SHARED_TRACES = SHARED / "traces"
 
 
+# the common fields every tracefs event format starts with (format texts of made-up events)
+COMMON_FORMAT_FIELDS = """\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;
+\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;
+\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;
+\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;
+"""
+
+
 def shared(rel: str) -> Path:
     """A file from ../shared/traces, or skip: a user's clone has no ../shared."""
     p = SHARED_TRACES / rel

@@ -51,10 +51,19 @@ REC->delta, __print_flags(REC->pid, "|", { 1, "ONE" }, { 2, "TWO" })
 """
 
 
+# print fmts with a GNU statement expression calling kernel functions (kvm_mmu_page's role), which
+# libtraceevent cannot evaluate either (trace-cmd prints them through its kvm plugin)
+STATEMENT_EXPRESSIONS = {"kvmmmu:kvm_mmu_get_page", "kvmmmu:kvm_mmu_prepare_zap_page", "kvmmmu:kvm_mmu_sync_page",
+                         "kvmmmu:kvm_mmu_unsync_page"}
+
+
 def test_reference_formats_parse_completely() -> None:
     fmts = reference_formats()
-    assert {"kvm:kvm_exit", "kvm:kvm_msr", "nmi:nmi_handler", "msr:rdpmc"} <= set(fmts)
+    assert {"kvm:kvm_exit", "kvm:kvm_msr", "nmi:nmi_handler", "msr:rdpmc", "sched:sched_wakeup"} <= set(fmts)
     for name, f in fmts.items():
+        if name in STATEMENT_EXPRESSIONS:
+            assert f.printer is None and "trace_seq_buffer_ptr" in f.print_fmt
+            continue
         assert f.printer is not None, f"{name}: {f.fallback_reason}"
     ex = fmts["kvm:kvm_exit"]
     assert [(x.name, x.offset, x.size) for x in ex.fields][:3] == [("exit_reason", 8, 4), ("guest_rip", 16, 8),
@@ -132,10 +141,10 @@ def test_data_loc_strings_arrays_signed_and_flags() -> None:
     rec = struct.pack("<HBBiIi16sq", 300, 0, 0, 7, loc, 3, b"qemu-kvm", -5) + name
     buf = np.frombuffer(rec + bytes(8), dtype=np.uint8)
     cols = decode_fields(fmt, buf, np.array([0]), np.array([len(rec)]))
-    assert cols["filename"] == ["/usr/bin/qemu"]
-    assert cols["comm"] == ["qemu-kvm"]
+    assert cols["filename"].to_pylist() == ["/usr/bin/qemu"]
+    assert cols["comm"].to_pylist() == ["qemu-kvm"]
     assert cols["delta"].tolist() == [-5]
-    r = {k: (v.tolist()[0] if hasattr(v, "tolist") else v[0]) for k, v in cols.items()}
+    r = {k: (v.tolist()[0] if hasattr(v, "tolist") else v.to_pylist()[0]) for k, v in cols.items()}
     assert fmt.printer.render(r) == "filename=/usr/bin/qemu pid=3 comm=qemu-kvm delta=-5 flags=ONE|TWO"
 
 

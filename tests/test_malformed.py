@@ -7,8 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from conftest import FIXTURES
+from conftest import COMMON_FORMAT_FIELDS, FIXTURES
 
 from vpmutrace.errors import InputError
 from vpmutrace.readers import load_trace
@@ -44,8 +45,8 @@ def test_unparseable_body_of_a_known_event_is_kept_and_counted(tmp_path: Path) -
     f.write_text(GOOD + GOOD.replace("msr_read c0000080 = 0xd01", "something else entirely"))
     td = load_trace([f])
     assert td.df("kvm_msr").height == 1
-    ev = td.df("events")
-    assert ev.height == 1 and ev["text"][0] == "something else entirely"
+    ev = td.df("unparsed")
+    assert ev.height == 1 and ev["text"][0] == "something else entirely" and ev["event"][0] == "kvm:kvm_msr"
     e = next(e for e in td.stats.entries() if e.category == "body_unparsed")
     assert e.count == 1 and e.examples[0].startswith("line 2: ")
 
@@ -151,3 +152,96 @@ def test_compressed_text_traces_are_read(tmp_path: Path, codec: str) -> None:
     bad.write_bytes(b"\x1f\x8b" + b"garbage" * 10)
     with pytest.raises(InputError, match="corrupt gzip data"):
         load_trace([bad])
+
+
+# a format with a field of every kind (as tracefs writes it), for damaged records
+EVERY_KIND = """name: every_kind
+ID: 77
+format:
+""" + COMMON_FORMAT_FIELDS + """
+\tfield:__data_loc char[] name;\toffset:8;\tsize:4;\tsigned:0;
+\tfield:__rel_loc u32[] ids;\toffset:12;\tsize:4;\tsigned:0;
+\tfield:char comm[8];\toffset:16;\tsize:8;\tsigned:0;
+\tfield:s16 vals[3];\toffset:24;\tsize:6;\tsigned:1;
+\tfield:u8 raw[4];\toffset:30;\tsize:4;\tsigned:0;
+\tfield:s64 big;\toffset:34;\tsize:8;\tsigned:1;
+
+print fmt: "name=%s comm=%s big=%lld", __get_str(name), REC->comm, REC->big
+"""
+
+
+def _every_kind_record(name: bytes, ids: list[int], comm: bytes, vals: list[int], raw: bytes, big: int,
+                       loc: int | None = None, rel: int | None = None) -> bytes:
+    fixed = 42
+    ids_b = b"".join(struct.pack("<I", i) for i in ids)
+    name_at, ids_at = fixed, fixed + len(name)
+    loc = loc if loc is not None else (len(name) << 16) | name_at
+    rel = rel if rel is not None else (len(ids_b) << 16) | (ids_at - 16)  # __rel_loc: from the end of its word
+    head = struct.pack("<HBBiII8s3h4sq", 77, 0, 0, 42, loc, rel, comm, *vals, raw, big)
+    return head + name + ids_b
+
+
+def _every_kind_trace(tmp_path: Path, payloads: list[bytes], kind: str) -> Path:
+    """The payloads as tracepoint samples of a perf.data, or as ring-buffer records of a trace.dat."""
+    from vpmutrace.formats.event_format import parse_format
+    from vpmutrace.formats.known import reference_ring_headers
+    from vpmutrace.writers.perf_data import PerfDataContent, write_perf_data
+    from vpmutrace.writers.ringbuf import pack_pages
+    from vpmutrace.writers.trace_dat import BufferData, TraceDatContent
+
+    hp, he = reference_ring_headers()
+    if kind == "trace.dat":
+        pages = pack_pages(payloads, np.arange(1000, 1000 + len(payloads), dtype=np.int64))
+        c = TraceDatContent(page_size=4096, header_page=hp, header_event=he,
+                            event_formats={"test": [EVERY_KIND.encode()]}, cmdlines=b"42 task\n",
+                            buffers=[BufferData("", "local", {0: pages})], cpucount=1, trace_clock="[local] global")
+        return write_trace_dat(tmp_path / "every.dat", c, 7, "zstd")
+    fmt = parse_format(EVERY_KIND, "test")
+    pc = PerfDataContent(formats={"test:every_kind": fmt}, format_texts={"test:every_kind": EVERY_KIND.encode()},
+                         header_page=hp, header_event=he, comms={42: "task"})
+    pc.samples = [(1000 + i, 0, 42, "test:every_kind", p) for i, p in enumerate(payloads)]
+    return write_perf_data(tmp_path / "every.perf.data", pc)
+
+
+@pytest.mark.parametrize("kind", ["perf.data", "trace.dat"])
+def test_every_field_kind_decodes_and_damage_is_cut_and_counted(tmp_path: Path, kind: str) -> None:
+    """Fixed and dynamic strings, arrays and __rel_loc fields; a __data_loc pointing past its
+    record is cut at the record's end and counted; a string that is not UTF-8 gets U+FFFD."""
+    good = _every_kind_record(b"vcpu0\0", [7, 0xFFFFFFFF], b"qemu\0\0\0\0", [-1, 2, -300], b"\xde\xad\xbe\xef", -5)
+    bad_utf8 = _every_kind_record(b"h\xc3\xa9\xff\0", [], b"abcdefgh", [0, 0, 0], b"\0\0\0\0", 1 << 40)
+    past_end = _every_kind_record(b"xy\0", [1], b"c\0\0\0\0\0\0\0", [1, 1, 1], b"\1\2\3\4", 0,
+                                  loc=(200 << 16) | 42)  # 200 bytes claimed, 3 there
+    td = load_trace([_every_kind_trace(tmp_path, [good, bad_utf8, past_end], kind)])
+    df = td.df("test.every_kind")
+    assert df["name"].to_list() == ["vcpu0", "h\xe9\ufffd", "xy"]
+    assert df["ids"].to_list() == [[7, 0xFFFFFFFF], [], [1]]
+    assert df["field_comm"].to_list() == ["qemu", "abcdefgh", "c"]  # (a field named like a common column)
+    assert df["vals"].to_list() == [[-1, 2, -300], [0, 0, 0], [1, 1, 1]]
+    assert df["raw"].to_list() == [b"\xde\xad\xbe\xef", b"\0\0\0\0", b"\1\2\3\4"]
+    assert df["big"].to_list() == [-5, 1 << 40, 0]
+    cut = [e for e in td.stats.entries() if e.category == "dynamic_field_cut"]
+    assert len(cut) == 1 and cut[0].count == 1 and "name data reaches past the record" in cut[0].examples[0]
+
+
+@pytest.mark.parametrize("kind", ["perf.data", "trace.dat"])
+def test_truncated_record_reads_zero_and_empty(tmp_path: Path, kind: str) -> None:
+    """A record shorter than its format's fixed part: the fields past its end are zero or empty, never
+    a neighbour's bytes."""
+    full = _every_kind_record(b"vcpu0\0", [7], b"qemu\0\0\0\0", [-1, 2, -300], b"\xde\xad\xbe\xef", -5)
+    td = load_trace([_every_kind_trace(tmp_path, [full[:20]], kind)])  # cut inside comm
+    row = td.df("test.every_kind").row(0, named=True)
+    assert row["field_comm"] == "qemu" and row["vals"] == [0, 0, 0] and row["raw"] == b"\0\0\0\0" and row["big"] == 0
+    assert row["name"] == "" and row["ids"] == []
+    assert sum(e.count for e in td.stats.entries() if e.category == "dynamic_field_cut") == 2
+
+
+def test_records_without_a_format_are_kept_with_their_bytes(tmp_path: Path) -> None:
+    """A ring-buffer record whose event id the trace has no format for: kept in ``unparsed`` with its
+    payload, counted as unparsed; the others decode."""
+    c = content_of(FIXTURES / "microguest200.trace.dat")
+    c.event_formats = {s: [t for t in texts if b"name: kvm_msr\n" not in t] for s, texts in c.event_formats.items()}
+    td = load_trace([write_trace_dat(tmp_path / "noformat.dat", c, 7, "zstd")])
+    un = td.df("unparsed")
+    assert un.height == 1600 and set(un["event"].to_list()) == {"unknown:99"}
+    assert all(len(r) >= 24 and r[:2] == b"\x63\x00" for r in un["raw"].to_list())  # common_type 99
+    assert td.meta["unparsed"] == 1600 and td.df("kvm_pio").height == 201

@@ -141,10 +141,11 @@ def Counter_of(s: pl.Series) -> dict[str, int]:
 
 def test_uprobe_tracepoint_raw_payload() -> None:
     td = load_trace([FIXTURES / "probe.data.file"])
-    ev = td.df("events")
-    assert ev.height == 1 and ev["event"][0] == "probe_untitled1:main"
+    assert td.event_tables() == {"probe_untitled1:main": "probe_untitled1.main"}
+    ev = td.df("probe_untitled1.main")
+    assert ev.height == 1
     assert ev["pid"][0] == 30594 and ev["comm"][0] == "untitled1" and ev["ts_ns"][0] == 13732862216676
-    assert "__probe_ip=0x55d1db028560" in ev["text"][0] or "55d1db028560" in ev["text"][0]
+    assert ev["__probe_ip"][0] == 0x55D1DB028560
 
 
 def test_compressed_records() -> None:
@@ -245,17 +246,17 @@ def _tables_equal(a, b) -> None:
 @pytest.mark.parametrize("rel", PUBLIC + LOCAL)
 def test_parallel_record_walk_equals_sequential(rel: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The record walk cut into pieces (used on big files) gives exactly what one walk gives."""
+    import vpmutrace.kernels as kernels
     import vpmutrace.readers.perf_samples as ps
-    import vpmutrace.readers.perf_walk as pw
 
     path = _path(rel)
     monkeypatch.setattr(ps, "PARALLEL_SPLIT_BYTES", 1 << 62)
     seq = load_trace([path])
     calls = []
-    fused = pw.split_keys_chunks
+    fused = kernels.split_keys_chunks
     monkeypatch.setattr(ps, "PARALLEL_SPLIT_BYTES", 0)
-    monkeypatch.setattr(pw, "split_keys_chunks", lambda *a: (calls.append(1), fused(*a)))
-    monkeypatch.setattr(ps.numba, "get_num_threads", lambda: 4)
+    monkeypatch.setitem(kernels._loaded, "split_keys_chunks", lambda *a: (calls.append(1), fused(*a)))
+    monkeypatch.setattr(ps.kernels, "threads", lambda: 4)
     par = load_trace([path])
     _tables_equal(seq, par)
     monkeypatch.setattr(ps, "OFFSET32_LIMIT", 0)  # sample offsets in 64 bits, as for files of 4 GiB and more
@@ -280,7 +281,7 @@ def test_parallel_walk_falls_back_on_damage(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setattr(ps, "PARALLEL_SPLIT_BYTES", 1 << 62)
     seq = load_trace([bad])
     monkeypatch.setattr(ps, "PARALLEL_SPLIT_BYTES", 0)
-    monkeypatch.setattr(ps.numba, "get_num_threads", lambda: 4)
+    monkeypatch.setattr(ps.kernels, "threads", lambda: 4)
     par = load_trace([bad])
     _tables_equal(seq, par)
     assert any(e.category == "truncated" for e in par.stats.entries())
@@ -380,10 +381,10 @@ def test_fill_that_discards_its_inputs_as_it_goes(rel: str, monkeypatch: pytest.
 
 
 def test_group_rows_numbers_each_group_in_order() -> None:
-    """Samples' rows within their groups, counted in parallel chunks, equal one sequential count."""
+    """Records' rows within their groups, counted in parallel chunks, equal one sequential count."""
     import numpy as np
 
-    import vpmutrace.readers.perf_walk as pw
+    from vpmutrace.readers import payloads
 
     rng = np.random.default_rng(7)
     n = 300_000  # several chunks
@@ -391,7 +392,7 @@ def test_group_rows_numbers_each_group_in_order() -> None:
     order = np.argsort(rng.integers(0, 1 << 40, n), kind="stable")
     rows = np.full(n, -9, np.int32)
     counts = np.zeros(5, np.int64)
-    pw.group_rows(order, group, rows, counts)
+    payloads.group_rows(order, group, rows, counts)
     for g in range(5):
         in_order = order[group[order] == g]
         assert counts[g] == len(in_order)

@@ -59,6 +59,24 @@ def ingest(traces: Traces,
 
 
 @app.command()
+def show(traces: Traces,
+         event: Annotated[str | None, typer.Option(help="only this event: system:name, name, or a table")] = None,
+         limit: Annotated[int, typer.Option(help="at most N lines, the first in time (0: all)")] = 0) -> None:
+    """Events as text lines, as trace-cmd report prints them (computed for the lines shown only)."""
+    from vpmutrace.readers import load_trace
+    from vpmutrace.show import lines
+
+    td = load_trace(list(traces))
+    out = sys.stdout
+    try:
+        for line in lines(td, event, limit or None):
+            out.write(line + "\n")
+        out.flush()
+    except BrokenPipeError:  # (| head)
+        sys.stdout = None  # type: ignore[assignment]
+
+
+@app.command()
 def demo(out: Annotated[Path, typer.Option("-o", "--out", help="where to write the results")] = Path("out/demo"),
          fixtures: Annotated[Path | None, typer.Option(help="bundled traces directory (default: the "
                                                             "checkout's fixtures/)")] = None) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from vpmutrace.tracedata import TraceData
+if TYPE_CHECKING:
+    from vpmutrace.tracedata import TraceData
 
 
 def info_dict(td: TraceData) -> dict[str, Any]:

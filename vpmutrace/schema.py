@@ -1,7 +1,10 @@
 """The data model: every table vpmutrace produces, declared once.
 
 Each event kind gets one Arrow table. All event tables start with the common
-columns; typed columns follow. ``docs/schema.md`` is generated from this module
+columns; typed columns follow. The named tables below (kvm_exit, sched_switch, ...) have
+curated columns; every other event gets a table derived from its in-file format
+(``event_table_spec``: its name, its columns and their types follow the rules of
+``EVENT_TABLE_RULES``). ``docs/schema.md`` is generated from this module
 (``python -m vpmutrace.schema > docs/schema.md``) so the two cannot drift.
 """
 
@@ -14,6 +17,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from vpmutrace.formats.event_format import ARRAY, CHARS, SCALAR, EventFormat, Field
+
 
 @dataclass(frozen=True)
 class Col:
@@ -21,6 +26,7 @@ class Col:
     type: pa.DataType
     doc: str
     nullable: bool = True
+    binary_only: bool = False  # a raw field binary traces record; text traces print only a name for it
 
 
 @dataclass(frozen=True)
@@ -62,8 +68,13 @@ def _t(name: str, doc: str, events: tuple[str, ...], *cols: Col) -> TableSpec:
     return TableSpec(name, doc, tuple(cols), events)
 
 
+def binary_only(table: str) -> list[str]:
+    """Columns of a named table that only binary traces fill (text traces print names, not raw fields)."""
+    return [c.name for c in ALL_TABLES[table].columns if c.binary_only] if table in ALL_TABLES else []
+
+
 U8, U16, U32, U64 = pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()
-I32, I64, STR, BOOL = pa.int32(), pa.int64(), pa.string(), pa.bool_()
+I32, I64, STR, BOOL, BIN = pa.int32(), pa.int64(), pa.string(), pa.bool_(), pa.binary()
 
 EVENT_TABLES: tuple[TableSpec, ...] = (
     _t("kvm_exit", "VM-exits (kvm:kvm_exit).", ("kvm:kvm_exit",),
@@ -98,7 +109,8 @@ EVENT_TABLES: tuple[TableSpec, ...] = (
        Col("vector", U32, "vector", False),
        Col("delivery_mode", DICT_STR, "Fixed, LowPrio, SMI, NMI, INIT, SIPI, ExtINT"),
        Col("level", BOOL, "level-triggered (false = edge)"),
-       Col("coalesced", BOOL, "older kernels: the IRQ was coalesced")),
+       Col("coalesced", BOOL, "older kernels: the IRQ was coalesced"),
+       Col("dm", U32, "raw delivery-mode field as recorded (null from text traces)", binary_only=True)),
     _t("kvm_pio", "Guest port I/O handled by KVM (kvm:kvm_pio).", ("kvm:kvm_pio",),
        Col("write", BOOL, "OUT (true) or IN", False),
        Col("port", U32, "I/O port", False),
@@ -120,9 +132,11 @@ EVENT_TABLES: tuple[TableSpec, ...] = (
        Col("reinjected", BOOL, "re-injection")),
     _t("kvm_emulate_insn", "Instructions emulated by KVM.", ("kvm:kvm_emulate_insn",),
        Col("rip", U64, "guest RIP"), Col("csbase", U32, "CS base"),
-       Col("insn", STR, "instruction bytes, hex, space separated"),
+       Col("insn", BIN, "instruction bytes (the first ``len`` of the recorded buffer); hex on demand "
+                        "(`vpmutrace show`, or ``.bin.encode('hex')`` in polars)"),
        Col("mode", DICT_STR, "real, vm16, prot16, prot32, prot64"),
-       Col("failed", BOOL, "emulation failed")),
+       Col("failed", BOOL, "emulation failed"),
+       Col("flags", U8, "raw mode flags as recorded (null from text traces)", binary_only=True)),
     _t("kvm_userspace_exit", "Exits to the VMM in user space.", ("kvm:kvm_userspace_exit",),
        Col("reason", U32, "KVM_EXIT_* number (null when errno < 0)"),
        Col("reason_name", DICT_STR, "KVM_EXIT_* name, 'restart' or 'error'"),
@@ -141,7 +155,8 @@ EVENT_TABLES: tuple[TableSpec, ...] = (
     _t("sched_switch", "Context switches (sched:sched_switch).", ("sched:sched_switch",),
        Col("prev_comm", STR, ""), Col("prev_pid", I32, ""), Col("prev_prio", I32, ""),
        Col("prev_state", DICT_STR, "state letters as printed (R, S, D, R+ ...)"),
-       Col("next_comm", STR, ""), Col("next_pid", I32, ""), Col("next_prio", I32, "")),
+       Col("next_comm", STR, ""), Col("next_pid", I32, ""), Col("next_prio", I32, ""),
+       Col("prev_state_bits", I64, "raw prev_state field as recorded (null from text traces)", binary_only=True)),
     _t("irq_vectors", "x86 interrupt vector entries/exits (irq_vectors:*_entry, *_exit).",
        ("irq_vectors:*_entry", "irq_vectors:*_exit"),
        Col("event", DICT_STR, "event name, e.g. local_timer_entry", False),
@@ -155,9 +170,13 @@ EVENT_TABLES: tuple[TableSpec, ...] = (
        Col("dso", STR, "DSO as printed by perf"),
        Col("cpumode", DICT_STR, "kernel, user, hypervisor, guest_kernel, guest_user, unknown"),
        Col("exact_ip", BOOL, "PERF_RECORD_MISC_EXACT_IP: the IP is precise (no skid)")),
-    _t("events", "Every other event, kept as name + text so nothing is dropped.", (),
-       Col("event", DICT_STR, "system:name when the system is known, else name", False),
-       Col("text", STR, "event payload text as printed (or field=value list)")),
+    _t("unparsed", "Events that could not be decoded, kept so that nothing is dropped, and counted in the "
+                   "stats table: records of an event id the trace has no format for, and text lines whose "
+                   "body no grammar of the event matches.", (),
+       Col("event", DICT_STR, "system:name when the system is known, else name (unknown:<id> for an id "
+                              "without a format)", False),
+       Col("text", STR, "the body as printed (text traces)"),
+       Col("raw", BIN, "the record's payload bytes (binary traces)")),
 )
 
 META_TABLES: tuple[TableSpec, ...] = (
@@ -192,7 +211,8 @@ IRQ_VECTOR_EVENTS = frozenset(
 
 
 def table_for_event(system: str | None, name: str) -> str | None:
-    """Name of the typed table an event goes to, or None for the generic ``events`` table.
+    """Name of the named table an event goes to, or None when it gets a table of its own
+    (``event_table_name``).
 
     ``system`` is None for text traces that print only the event name.
     """
@@ -209,13 +229,89 @@ def table_for_event(system: str | None, name: str) -> str | None:
     return None
 
 
-def build_table(name: str, columns: dict[str, Any], nrows: int | None = None) -> pa.Table:
-    """Make a table of the declared schema from column data (lists, numpy arrays or Arrow arrays).
+# Per-event tables: every event without a named table gets one, derived from its in-file format.
+NO_SYSTEM = "nosys"  # system part of the table name of an event whose system the input does not say
+EVENT_TABLE_RULES: tuple[tuple[str, str], ...] = (
+    ("name", "`<system>.<event>` (e.g. `kvm.kvm_page_fault`, `sched.sched_wakeup`); `nosys.<event>` when a "
+             "text trace names no system and the reference kernel's formats do not know the event. Named "
+             "tables never contain a dot."),
+    ("columns", "the common columns, then `common_flags`, `common_preempt_count` (and any other `common_*` "
+                "field of the format except `common_type` and `common_pid`, which is `pid`), then every "
+                "field of the event's format in format order. A field named like a common column "
+                "(sched_wakeup's `comm`, `pid`) is named `field_<name>`."),
+    ("scalar fields", "1, 2, 4 and 8 bytes: `int8`..`int64` or `uint8`..`uint64` by the format's `signed:`; "
+                      "`bool` and `_Bool` fields: bool. Pointers are `uint64`."),
+    ("char arrays", "fixed (`char comm[16]`) and dynamic (`__data_loc char[]`, `__rel_loc char[]`): string, "
+                    "up to the first NUL; bytes that are not UTF-8 become U+FFFD."),
+    ("byte arrays", "arrays of 1-byte elements that are not chars (`u8 insn[15]`, `__data_loc u8[]`, "
+                    "`__data_loc cpumask_t`) and fields of other sizes: binary."),
+    ("integer arrays", "arrays of 2-, 4- or 8-byte elements: `fixed_size_list<intN>[len]` for fixed arrays, "
+                       "`list<intN>` for `__data_loc`/`__rel_loc` arrays, signed by the format's `signed:`."),
+    ("bit fields", "tracefs formats have none: probe events' bit-field arguments (`b<width>@<offset>/<size>`) "
+                   "are extracted by the kernel and recorded as plain integers of their container size."),
+    ("text traces", "the columns of the event's format in the bundled reference kernel's formats (Linux "
+                    "6.18: irq, irq_vectors, ipi, kvm, kvmmmu, msr, nmi, sched, timer), filled with what its "
+                    "print fmt lets the printed text give back (fields printed through expressions that "
+                    "cannot be inverted stay null, counted as `text_fields_not_recovered`); `key=value` "
+                    "bodies of other events give one integer or string column per key; an event with no "
+                    "grammar at all keeps its body in a `text` column, counted as `fields_unknown`."),
+)
+
+
+def event_table_name(system: str | None, name: str) -> str:
+    return f"{system or NO_SYSTEM}.{name}"
+
+
+def is_event_table(name: str) -> bool:
+    return "." in name
+
+
+def field_type(f: Field) -> pa.DataType:
+    """The column type of one format field (EVENT_TABLE_RULES)."""
+    if f.kind == SCALAR:
+        if f.type in ("bool", "_Bool"):
+            return BOOL
+        return pa.from_numpy_dtype(np.dtype(f"{'i' if f.signed else 'u'}{f.size}"))
+    if f.kind == CHARS:
+        return STR
+    if f.kind == ARRAY:
+        elem = pa.from_numpy_dtype(np.dtype(f"{'i' if f.signed else 'u'}{f.elem_size}"))
+        return pa.list_(elem) if f.dynamic else pa.list_(elem, f.array_len)
+    return BIN
+
+
+def column_names(fmt: EventFormat) -> dict[str, str]:
+    """{format field: column} of an event's own table (EVENT_TABLE_RULES)."""
+    taken = {c.name for c in COMMON}
+    out: dict[str, str] = {}
+    for f in fmt.common_fields + fmt.fields:
+        if f.name in ("common_type", "common_pid"):
+            continue
+        col = f.name if f.name not in taken else f"field_{f.name}"
+        while col in taken:
+            col = f"field_{col}"
+        taken.add(col)
+        out[f.name] = col
+    return out
+
+
+def event_table_spec(fmt: EventFormat) -> TableSpec:
+    """The table of an event without a named table: common columns, then its format's fields."""
+    names = column_names(fmt)
+    fields = {f.name: f for f in fmt.common_fields + fmt.fields}
+    return TableSpec(event_table_name(fmt.system, fmt.name), f"{fmt.full_name}, fields of its format",
+                     tuple(Col(col, field_type(fields[f]), "") for f, col in names.items()), (fmt.full_name,))
+
+
+def build_table(name: str, columns: dict[str, Any], nrows: int | None = None,
+                spec: TableSpec | None = None) -> pa.Table:
+    """Make a table of the declared schema (or ``spec``, for an event's own table) from column data
+    (lists, numpy arrays or Arrow arrays).
 
     Missing nullable columns are filled with nulls; a column that is declared but
     missing and not nullable is an error in the reader (a bug, not user input).
     """
-    spec = ALL_TABLES[name]
+    spec = spec or ALL_TABLES[name]
     if nrows is None:
         nrows = len(next(iter(columns.values()))) if columns else 0
     arrays = []
@@ -228,6 +324,8 @@ def build_table(name: str, columns: dict[str, Any], nrows: int | None = None) ->
             continue
         if isinstance(data, pa.ChunkedArray | pa.Array):
             arr = data if data.type == col.type else data.cast(col.type)
+            if isinstance(arr, pa.ChunkedArray) and arr.num_chunks == 1:
+                arr = arr.chunk(0)
         elif col.type == DICT_STR:
             arr = pa.array(data, type=pa.string(), from_pandas=True).dictionary_encode()
         else:
@@ -245,12 +343,11 @@ def dict_array(codes: np.ndarray, names: list[str | None], check: bool = True) -
     (Arrow cannot unify dictionaries whose values contain nulls, so nulls live in the indices.)
     """
     codes = np.asarray(codes, dtype=np.int32)
-    nulls = [i for i, v in enumerate(names) if v is None]
-    if not nulls:
+    is_null = np.array([v is None for v in names], dtype=bool)
+    if not is_null.any():
         return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()), safe=check)
-    remap = np.cumsum([v is not None for v in names], dtype=np.int32) - 1
-    mask = np.isin(codes, nulls)
-    idx = pa.array(remap[codes], mask=mask)
+    remap = np.where(is_null, 0, np.cumsum(~is_null, dtype=np.int32) - 1).astype(np.int32)  # code -> index
+    idx = pa.array(remap[codes], mask=is_null[codes])
     return pa.DictionaryArray.from_arrays(idx, pa.array([v for v in names if v is not None], pa.string()))
 
 
@@ -279,6 +376,11 @@ def render_markdown() -> str:
         out += ["", "| column | type | nullable | meaning |", "|---|---|---|---|"]
         out += [f"| `{c.name}` | {c.type} | {'yes' if c.nullable else 'no'} | {c.doc} |"
                 for c in spec.columns]
+    out += ["", "## Tables of other events", "",
+            "Every event without a named table above gets a table of its own, derived from its in-file "
+            "format (binary traces) or from the reference kernel's format (text traces):", "",
+            "| what | rule |", "|---|---|"]
+    out += [f"| {k} | {v} |" for k, v in EVENT_TABLE_RULES]
     out += ["", "## `trace_meta.json`", "",
             "| key | meaning |", "|---|---|"]
     out += [f"| `{k}` | {v} |" for k, v in META_KEYS.items()]
@@ -299,10 +401,13 @@ META_KEYS: dict[str, str] = {
     "lost_events": "total events reported lost by the tracer",
     "unparsed": "total input lines/records we could not parse (details in the stats table)",
     "fallback_events": "events whose print fmt we could not fully evaluate (raw fields kept)",
+    "event_formats": "the in-file format text of every decoded event (binary traces), by system:name: what "
+                     "`vpmutrace show` renders text lines from",
+    "event_tables": "the table each event's rows are in, by system:name",
     "host": "host snapshot captured with the trace (kernel, kvm params, PMU caps), when present",
 }
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: per-event tables replace `events`; kvm_emulate_insn.insn is binary
 
 if __name__ == "__main__":
     print(render_markdown(), end="")

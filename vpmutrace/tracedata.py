@@ -11,20 +11,30 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from vpmutrace.errors import InputError
-from vpmutrace.schema import ALL_TABLES, EVENT_TABLES, SCHEMA_VERSION, build_table, empty_table
+from vpmutrace.schema import (
+    ALL_TABLES,
+    COMMON,
+    EVENT_TABLES,
+    SCHEMA_VERSION,
+    TableSpec,
+    build_table,
+    empty_table,
+    is_event_table,
+)
 from vpmutrace.stats import Stats
+
+if TYPE_CHECKING:
+    import polars as pl
 
 META_FILE = "trace_meta.json"
 
@@ -34,11 +44,23 @@ class TraceData:
     tables: dict[str, pa.Table]
     meta: dict[str, Any]
     stats: Stats = field(default_factory=Stats)
+    # address -> kernel symbol, from the trace's kallsyms (for %pS when showing events); not saved
+    symbols: Callable[[int], str | None] | None = None
 
     def df(self, name: str) -> pl.DataFrame:
-        """A table as a polars frame (empty frame of the declared schema when absent)."""
+        """A table as a polars frame (empty frame of the declared schema when absent; an event's
+        own table that is absent: the common columns only)."""
+        import polars as pl
+
         t = self.tables.get(name)
-        return pl.from_arrow(t if t is not None else empty_table(name))  # type: ignore[return-value]
+        if t is None:
+            t = empty_table(name) if name in ALL_TABLES else pa.schema(
+                [pa.field(c.name, c.type, c.nullable) for c in COMMON]).empty_table()
+        return pl.from_arrow(t)  # type: ignore[return-value]
+
+    def event_tables(self) -> dict[str, str]:
+        """{system:name: table} of every event in the trace."""
+        return dict(self.meta.get("event_tables", {}))
 
     def has(self, name: str) -> bool:
         t = self.tables.get(name)
@@ -64,14 +86,22 @@ class TraceData:
         return out
 
 
+STATS_COLUMNS = ("ts_ns", "seq", "cpu", "pid")  # columns queries filter on: their pages get min/max statistics
+
+
 def write_parquet(t: pa.Table, path: Path) -> None:
-    """One table as Parquet: zstd; dictionary pages only for the dictionary columns (names), delta
+    """One table as Parquet: LZ4 (as small as zstd here, once the time and sequence columns are delta
+    encoded, and faster to write); dictionary pages only for the dictionary columns (names), delta
     encoding for the monotonic time and sequence columns, plain encoding for the rest (dictionary
-    attempts on high-cardinality numbers cost time and are abandoned anyway)."""
+    attempts on high-cardinality numbers cost time and are abandoned anyway); min/max statistics
+    for the columns queries filter on (computing them for every column is a third of the write)."""
+    import pyarrow.parquet as pq
+
     names = set(t.schema.names)
-    pq.write_table(t, path, compression="zstd",
+    pq.write_table(t, path, compression="lz4",
                    use_dictionary=[f.name for f in t.schema if pa.types.is_dictionary(f.type)],
-                   column_encoding={c: "DELTA_BINARY_PACKED" for c in ("ts_ns", "seq") if c in names})
+                   column_encoding={c: "DELTA_BINARY_PACKED" for c in ("ts_ns", "seq") if c in names},
+                   write_statistics=[c for c in STATS_COLUMNS if c in names])
 
 
 def is_dataset(path: str | Path) -> bool:
@@ -80,6 +110,8 @@ def is_dataset(path: str | Path) -> bool:
 
 
 def load_dataset(path: str | Path) -> TraceData:
+    import pyarrow.parquet as pq
+
     p = Path(path)
     try:
         meta = json.loads((p / META_FILE).read_text())
@@ -92,7 +124,7 @@ def load_dataset(path: str | Path) -> TraceData:
     stats = Stats()
     for f in sorted(p.glob("*.parquet")):
         name = f.stem
-        if name not in ALL_TABLES:
+        if name not in ALL_TABLES and not is_event_table(name):
             continue
         try:
             t = pq.read_table(f)
@@ -104,13 +136,15 @@ def load_dataset(path: str | Path) -> TraceData:
                 for ex in filter(None, row["examples"].split("; ")):
                     stats.add(row["source_file"], row["category"], row["name"], 0, ex)
             continue
-        tables[name] = t.cast(ALL_TABLES[name].arrow_schema)
+        tables[name] = t.cast(ALL_TABLES[name].arrow_schema) if name in ALL_TABLES else t
     return TraceData(tables, meta, stats)
 
 
 def _loss_starts(tables: dict[str, pa.Table], rows: list[dict[str, Any]]) -> list[int | None]:
     """For each loss on a known CPU at a known time, the last event recorded on that CPU before it
     (``tables``: the event tables)."""
+    import polars as pl
+
     wanted = {r["cpu"] for r in rows if r["cpu"] is not None and r["ts_ns"] is not None}
     per_cpu: dict[int, np.ndarray] = {}
     if wanted:
@@ -137,6 +171,8 @@ def _is_sorted(col: pa.ChunkedArray) -> bool:
 
 def _distinct(col: pa.ChunkedArray) -> list[Any]:
     """Distinct values of a dictionary or small-integer column (counted by index, no hashing)."""
+    import pyarrow.compute as pc
+
     out: set[Any] = set()
     for chunk in col.chunks:
         if isinstance(chunk, pa.DictionaryArray) and len(chunk.dictionary) == 1 and not chunk.null_count:
@@ -178,13 +214,19 @@ class TraceBuilder:
         self.meta: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "inputs": []}
         self.event_counts: Counter[str] = Counter()
         self.lost_rows: list[dict[str, Any]] = []
+        self.event_formats: dict[str, str] = {}  # system:name -> format text (binary inputs)
+        self.symbols: Callable[[int], str | None] | None = None  # kallsyms of a binary input
+        self.event_tables: dict[str, str] = {}  # system:name -> table
 
-    def add(self, table: str, columns: dict[str, Any], n: int, event: str | None = None) -> None:
+    def add(self, table: str, columns: dict[str, Any], n: int, event: str | None = None,
+            spec: TableSpec | None = None) -> None:
+        """Rows of ``table`` (a named table, or an event's own with its ``spec``)."""
         if n == 0:
             return
-        self.chunks.setdefault(table, []).append(build_table(table, columns, n))
+        self.chunks.setdefault(table, []).append(build_table(table, columns, n, spec))
         if event is not None:
             self.event_counts[event] += n
+            self.event_tables.setdefault(event, table)
 
     def add_lost(self, source: str, kind: str, count: int | None, ts_ns: int | None = None,
                  cpu: int | None = None, where: str | None = None) -> None:
@@ -195,18 +237,27 @@ class TraceBuilder:
         tables: dict[str, pa.Table] = {}
         event_tables = {s.name for s in EVENT_TABLES}
         for name in list(self.chunks):
-            t = pa.concat_tables(self.chunks.pop(name)).unify_dictionaries()
-            if name in event_tables and not _is_sorted(t.column("ts_ns")):
+            chunks = self.chunks.pop(name)
+            if len(chunks) == 1:
+                t = chunks[0]
+            else:  # an event's own tables from inputs whose formats differ: the union of their columns
+                t = pa.concat_tables(chunks, promote_options="permissive" if is_event_table(name) else "none")
+            t = t.unify_dictionaries()
+            if (name in event_tables or is_event_table(name)) and not _is_sorted(t.column("ts_ns")):
                 # per-CPU streams interleave in time: one sort by (ts, seq), one copy of the table
                 order = np.lexsort((t.column("seq").to_numpy(), t.column("ts_ns").to_numpy()))
                 t = t.take(pa.array(order))
             tables[name] = t
         if self.lost_rows:
             cols = {k: [r[k] for r in self.lost_rows] for k in ("ts_ns", "cpu", "kind", "count", "source")}
-            cols["start_ns"] = _loss_starts({n: t for n, t in tables.items() if n in event_tables}, self.lost_rows)
+            cols["start_ns"] = _loss_starts({n: t for n, t in tables.items()
+                                             if n in event_tables or is_event_table(n)}, self.lost_rows)
             tables["lost"] = build_table("lost", cols, len(self.lost_rows))
         meta = self.meta
         meta["events"] = dict(sorted(self.event_counts.items()))
+        meta["event_tables"] = dict(sorted(self.event_tables.items()))
+        if self.event_formats:
+            meta["event_formats"] = dict(sorted(self.event_formats.items()))
         first = [t.column("ts_ns")[0].as_py() for n, t in tables.items() if n not in ("lost",) and t.num_rows]
         last = [t.column("ts_ns")[-1].as_py() for n, t in tables.items() if n not in ("lost",) and t.num_rows]
         meta["time_span_ns"] = [min(first), max(last)] if first else None
@@ -231,4 +282,4 @@ class TraceBuilder:
             meta["cpus"] = len(cpus)
         fmts = {i["format"] for i in meta["inputs"]}
         meta["format"] = fmts.pop() if len(fmts) == 1 else "mixed"
-        return TraceData(tables, meta, self.stats)
+        return TraceData(tables, meta, self.stats, self.symbols)

@@ -1,10 +1,10 @@
-"""Raw tracepoint fields -> typed table columns (binary inputs and '[FAILED TO PARSE]' text).
+"""Raw tracepoint fields -> columns of the named tables (binary inputs and '[FAILED TO PARSE]' text).
 
 Field names differ across kernels (kvm_msr ``write`` was ``rw``; kvm_pio gained
 ``val``; kvm_exit gained ``isa``, ``vcpu_id``, ``requests``), so each column lists
 the field names it may come from. Names printed from symbol tables (exit reasons,
 exception mnemonics) are evaluated from the event's own print fmt, once per
-distinct combination of the fields they read.
+distinct combination of the fields they read; nothing here runs per row in Python.
 """
 
 from __future__ import annotations
@@ -31,21 +31,27 @@ FIELD_MAP: dict[str, dict[str, tuple[str, ...]]] = {
     "kvm_msr": {"write": ("write", "rw"), "msr": ("ecx", "index"), "value": ("data",),
                 "gp": ("exception",)},
     "kvm_inj_virq": {"vector": ("vector", "irq"), "soft": ("soft",), "reinjected": ("reinjected",)},
-    "kvm_apic_accept_irq": {"apicid": ("apicid",), "vector": ("vec", "vector"), "coalesced": ("coalesced",)},
+    "kvm_apic_accept_irq": {"apicid": ("apicid",), "vector": ("vec", "vector"), "coalesced": ("coalesced",),
+                            "dm": ("dm",), "level": ("tm",)},
     "kvm_pio": {"write": ("rw",), "port": ("port",), "size": ("size",), "count": ("count",),
                 "value": ("val",)},
     "kvm_cpuid": {"function": ("function",), "index": ("index",), "rax": ("rax",), "rbx": ("rbx",),
                   "rcx": ("rcx",), "rdx": ("rdx",), "found": ("found",), "used_max_basic": ("used_max_basic",)},
     "kvm_inj_exception": {"exception": ("exception",), "has_error": ("has_error",),
                           "error_code": ("error_code",), "reinjected": ("reinjected",)},
-    "kvm_emulate_insn": {"rip": ("rip",), "csbase": ("csbase",), "failed": ("failed",)},
-    "kvm_userspace_exit": {"errno": ("errno",)},
+    "kvm_emulate_insn": {"rip": ("rip",), "csbase": ("csbase",), "failed": ("failed",), "flags": ("flags",)},
+    "kvm_userspace_exit": {"errno": ("errno",), "reason": ("reason",)},
     "nmi_handler": {"handler_addr": ("handler",), "delta_ns": ("delta_ns",), "handled": ("handled",)},
     "host_msr": {"msr": ("msr",), "value": ("val",), "failed": ("failed",)},
     "sched_switch": {"prev_comm": ("prev_comm",), "prev_pid": ("prev_pid",), "prev_prio": ("prev_prio",),
-                     "next_comm": ("next_comm",), "next_pid": ("next_pid",), "next_prio": ("next_prio",)},
+                     "next_comm": ("next_comm",), "next_pid": ("next_pid",), "next_prio": ("next_prio",),
+                     "prev_state_bits": ("prev_state",)},
     "irq_vectors": {"vector": ("vector",)},
 }
+
+
+# byte fields a named table takes cut to the length another field gives: field -> length field
+CUTS: dict[str, dict[str, str]] = {"kvm_emulate_insn": {"insn": "len"}}
 
 
 def _first(cols: dict[str, Any], names: tuple[str, ...]) -> Any:
@@ -55,16 +61,26 @@ def _first(cols: dict[str, Any], names: tuple[str, ...]) -> Any:
     return None
 
 
-def eval_unique(fmt: EventFormat | None, k: int | None, cols: dict[str, Any], n: int,
-                joined: bool = False) -> pa.Array | None:
-    """Evaluate print fmt argument ``k`` for every row, once per distinct input tuple.
+# columns of named tables that hold what a print fmt argument prints (a name from a symbol table):
+# (column, the text before that argument or its index, whether the %s arguments printed right after
+# it belong to it too). Derived from binary fields here; given to the print fmt by `vpmutrace show`
+# for rows of text traces, which carry the name but not the raw field.
+NAMED_ARGS: dict[str, tuple[str, str | int, bool]] = {
+    "kvm_exit": ("reason", "reason ", True), "kvm_apic_accept_irq": ("delivery_mode", "(", False),
+    "kvm_inj_exception": ("name", 0, False), "kvm_emulate_insn": ("mode", "(", False),
+    "kvm_userspace_exit": ("reason_name", 0, False), "sched_switch": ("prev_state", "prev_state=", True),
+}
 
-    With ``joined``, the following ``%s`` arguments that print directly after it
-    (no literal in between) are appended, as they appear in the printed text.
-    """
-    if fmt is None or k is None or fmt.printer is None:
-        return None
+
+def named_args(table: str, fmt: EventFormat | None) -> list[int]:
+    """The print fmt arguments NAMED_ARGS[table]'s column holds (empty when the print fmt has none)."""
+    if table not in NAMED_ARGS or fmt is None or fmt.printer is None:
+        return []
     p = fmt.printer
+    _, where, joined = NAMED_ARGS[table]
+    k = where if isinstance(where, int) else p.arg_after(where)
+    if k is None:
+        return []
     ks = [k]
     if joined:
         conv_idx = [i for i, c in enumerate(p.convs) if c.conv != "%"]
@@ -73,9 +89,20 @@ def eval_unique(fmt: EventFormat | None, k: int | None, cols: dict[str, Any], n:
                 and p.convs[conv_idx[j + 1]].conv == "s":
             j += 1
             ks.append(j)
-    used = sorted(set().union(*(p.fields_used(p.args[i]) for i in ks)))
-    if any(u not in cols for u in used):
+    return ks
+
+
+def eval_named(table: str, fmt: EventFormat | None, cols: dict[str, Any], n: int) -> pa.Array | None:
+    """NAMED_ARGS[table]'s column for every row, evaluated once per distinct input tuple."""
+    ks = named_args(table, fmt)
+    if not ks:
         return None
+    assert fmt is not None and fmt.printer is not None
+    p = fmt.printer
+    used = sorted(set().union(*(p.fields_used(p.args[i]) for i in ks)))
+    if any(u not in cols or _is_list(cols[u]) for u in used):
+        return None
+
     def one(rec: dict[str, Any]) -> str | None:
         try:
             return "".join(str(p.eval_arg(i, rec)) for i in ks)
@@ -85,22 +112,29 @@ def eval_unique(fmt: EventFormat | None, k: int | None, cols: dict[str, Any], n:
     if not used:
         v = one({})
         return const_column(v, n) if v is not None else pa.nulls(n, DICT_STR)
-    if all(isinstance(cols[u], np.ndarray) for u in used):
-        # distinct input tuples with numpy, one evaluation each
-        codes, first = factorize_rows([cols[u] for u in used])
-        names = [one({u: cols[u][i].item() for u in used}) for i in first.tolist()]
-        return dict_array(codes, names)
-    keys = [cols[u].tolist() if isinstance(cols[u], np.ndarray) else cols[u] for u in used]
-    cache: dict[tuple, str | None] = {}
-    out: list[str | None] = []
-    for tup in zip(*keys, strict=True):
-        if tup not in cache:
-            cache[tup] = one(dict(zip(used, tup, strict=True)))
-        out.append(cache[tup])
-    return pa.array(out, pa.string())
+    codes, values = zip(*(value_codes(cols[u]) for u in used), strict=True)
+    row_codes, first = factorize_rows(list(codes))  # distinct input tuples, one evaluation each
+    names = [one({u: vals[c[i]] for u, c, vals in zip(used, codes, values, strict=True)}) for i in first.tolist()]
+    return dict_array(row_codes, names)
 
 
-_MISSING = object()
+def _is_list(col: Any) -> bool:
+    return isinstance(col, pa.Array | pa.ChunkedArray) and (pa.types.is_list(col.type)
+                                                            or pa.types.is_fixed_size_list(col.type))
+
+
+def value_codes(col: Any) -> tuple[np.ndarray, Any]:
+    """(integer codes per row, values by code) of a column: a numpy column is its own code; an
+    Arrow column (strings, arrays) is dictionary-encoded, its values converted once each."""
+    if isinstance(col, np.ndarray):
+        return col, _Identity()
+    enc = (col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col).dictionary_encode()
+    return enc.indices.to_numpy(zero_copy_only=False), enc.dictionary.to_pylist()
+
+
+class _Identity:
+    def __getitem__(self, v: Any) -> Any:
+        return v.item() if hasattr(v, "item") else v
 
 
 def split_reason(joined: pa.Array) -> tuple[pa.Array, pa.Array]:
@@ -137,37 +171,32 @@ Deriver = Callable[[EventFormat | None, dict[str, Any], dict[str, Any], int, Cal
 
 
 def _d_kvm_exit(fmt, cols, out, n, sym) -> None:
-    k = fmt.printer.arg_after("reason ") if fmt and fmt.printer else None
-    joined = eval_unique(fmt, k, cols, n, joined=True)
+    joined = eval_named("kvm_exit", fmt, cols, n)
     if joined is not None:
         out["reason"], out["reason_flags"] = split_reason(joined)
 
 
 def _d_apic_accept(fmt, cols, out, n, sym) -> None:
-    k = fmt.printer.arg_after("(") if fmt and fmt.printer else None
-    out["delivery_mode"] = eval_unique(fmt, k, cols, n)
+    out["delivery_mode"] = eval_named("kvm_apic_accept_irq", fmt, cols, n)
     if "tm" in cols:
         out["level"] = _as_bool(cols["tm"])
 
 
 def _d_inj_exception(fmt, cols, out, n, sym) -> None:
-    out["name"] = eval_unique(fmt, 0, cols, n)
+    out["name"] = eval_named("kvm_inj_exception", fmt, cols, n)
     if "has_error" in cols and "error_code" in cols:  # no error code is delivered: none to report
         has = np.asarray(cols["has_error"]).astype(bool)
         out["error_code"] = pa.array(np.asarray(cols["error_code"]), mask=~has)
 
 
 def _d_emulate(fmt, cols, out, n, sym) -> None:
-    insn, ln = cols.get("insn"), cols.get("len")
-    if insn is not None and ln is not None:
-        lens = ln.tolist() if isinstance(ln, np.ndarray) else ln
-        out["insn"] = [" ".join(f"{b:02x}" for b in bytes(i)[:m]) for i, m in zip(insn, lens, strict=True)]
-    k = fmt.printer.arg_after("(") if fmt and fmt.printer else None
-    out["mode"] = eval_unique(fmt, k, cols, n)
+    if "insn" in cols:  # decoded cut to len (CUTS)
+        out["insn"] = cols["insn"]
+    out["mode"] = eval_named("kvm_emulate_insn", fmt, cols, n)
 
 
 def _d_userspace_exit(fmt, cols, out, n, sym) -> None:
-    out["reason_name"] = eval_unique(fmt, 0, cols, n)
+    out["reason_name"] = eval_named("kvm_userspace_exit", fmt, cols, n)
     if "reason" in cols and "errno" in cols:
         errno = np.asarray(cols["errno"], dtype=np.int64)
         # with a negative errno the KVM_RUN ioctl failed: there is no exit reason
@@ -178,16 +207,13 @@ def _d_nmi(fmt, cols, out, n, sym) -> None:
     addrs = cols.get("handler")
     if addrs is None:
         return
-    vals = addrs.tolist() if isinstance(addrs, np.ndarray) else list(addrs)
-    names: dict[int, str] = {}
-    for a in set(vals):
-        names[a] = (sym(a) if sym else None) or f"0x{a:x}"
-    out["handler"] = [names[a] for a in vals]
+    codes, first = factorize_rows([np.asarray(addrs)])  # one symbol lookup per distinct handler
+    names = [(sym(a) if sym else None) or f"0x{a:x}" for a in np.asarray(addrs)[first].tolist()]
+    out["handler"] = dict_array(codes, names).cast(pa.string())
 
 
 def _d_sched(fmt, cols, out, n, sym) -> None:
-    k = fmt.printer.arg_after("prev_state=") if fmt and fmt.printer else None
-    out["prev_state"] = eval_unique(fmt, k, cols, n, joined=True)
+    out["prev_state"] = eval_named("sched_switch", fmt, cols, n)
 
 
 DERIVE: dict[str, Deriver] = {
@@ -215,7 +241,7 @@ def typed_columns(table: str, event_name: str, fmt: EventFormat | None, cols: di
         if v is not None:
             out[col] = v
     for b in ("write", "gp", "soft", "reinjected", "found", "used_max_basic", "has_error", "failed",
-              "immediate_exit", "coalesced"):
+              "immediate_exit", "coalesced", "level"):
         if b in out:
             out[b] = _as_bool(out[b])
     out.update(event_columns(table, event_name, n))

@@ -242,13 +242,12 @@ def lvtpc_writes(td: TraceData) -> pl.DataFrame:
 
 
 def generic_events(td: TraceData, names: tuple[str, ...]) -> pl.DataFrame:
-    """Rows (ts_ns, source, pid, text) of events without a table of their own, by name (with or
-    without their system prefix, as text traces print them)."""
-    if not td.has("events"):
-        return pl.DataFrame(schema={"ts_ns": pl.Int64, "source": pl.String, "pid": pl.Int32, "text": pl.String})
-    want = list(names) + [n.split(":", 1)[1] for n in names if ":" in n]
-    ev = td.df("events").filter(pl.col("event").cast(pl.String).is_in(want))
-    return ev.select("ts_ns", pl.col("source").cast(pl.String), "pid", "text")
+    """Rows (ts_ns, source, pid, text) of events without a named table, by name (system:name): their
+    text as trace-cmd report prints it (vpmutrace.show.bodies: computed from each event's own typed
+    table, once per distinct field values)."""
+    from vpmutrace.show import bodies
+
+    return bodies(td, names)
 
 
 def _ipis(td: TraceData) -> pl.DataFrame:

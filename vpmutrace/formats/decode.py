@@ -1,80 +1,52 @@
 """Decode binary tracepoint records into columns, driven only by the event's format.
 
-Records of one event share a fixed-offset layout (the format's fields), so the
-fixed part of every record is gathered into one ``(n, record_size)`` byte matrix
-with a single numpy fancy-index and reinterpreted through a structured dtype built
-from the format. Only dynamic (``__data_loc``/``__rel_loc``) fields take a per-row
-path.
+Every field kind of the format language becomes a column in compiled passes over the records,
+with no per-row Python (kernels/fields.py):
+
+- scalars of 1, 2, 4 or 8 bytes, signed or not, in either byte order: numpy integers of that
+  width (bool fields: bool), all of an event's scalars in one pass into one arena;
+- char arrays, fixed (``char comm[16]``) or dynamic (``__data_loc char[]``, ``__rel_loc
+  char[]``): Arrow strings up to the first NUL, built from one data buffer and offsets; bytes
+  that are not UTF-8 become U+FFFD, as ``bytes.decode(errors="replace")`` does;
+- arrays of 1-byte elements that are not chars (``u8 insn[15]``, ``__data_loc u8[]``,
+  ``cpumask_t``) and fields of other sizes (a struct): Arrow binary;
+- arrays of 2-, 4- or 8-byte integers: Arrow ``fixed_size_list`` (fixed arrays) or ``list``
+  (dynamic arrays) of integers of that width and signedness.
+
+Fixed fields that reach past a record read as zero (a truncated record); the data of a
+dynamic field is cut at its record's end and counted in ``damaged``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numba
 import numpy as np
+import pyarrow as pa
 
-from vpmutrace.formats.event_format import EventFormat, Field
+from vpmutrace import kernels
+from vpmutrace.formats.event_format import ARRAY, BYTES, CHARS, SCALAR, EventFormat, Field
 
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _gather(buf, offsets, lengths, width, limit, out):  # pragma: no cover - compiled
-    for i in numba.prange(len(offsets)):
-        o = offsets[i]
-        n = width
-        if lengths[i] < n:
-            n = lengths[i]
-        if o + n > limit:
-            n = max(0, limit - o)
-        for k in range(n):
-            out[i, k] = buf[o + k]
+ARROW_MAX_OFFSET = (1 << 31) - 1  # int32 offsets of Arrow string / binary / list arrays
 
 
-def gather(buf: np.ndarray, offsets: np.ndarray, width: int, lengths: np.ndarray | None = None) -> np.ndarray:
-    """Bytes ``buf[offsets[i] : offsets[i] + width]`` for every i as an (n, width) uint8 matrix.
+def gather(buf: np.ndarray, offsets: np.ndarray, width: int, lengths: np.ndarray | None = None,
+           start: int = 0) -> np.ndarray:
+    """Bytes ``buf[offsets[i] + start : ... + width]`` for every i as an (n, width) uint8 matrix.
 
-    Rows shorter than ``width`` (per ``lengths``) are zero-padded, never read past
-    their record or the buffer.
+    Bytes past a record (per ``lengths``) or past the buffer are zero.
     """
     n = len(offsets)
     out = np.zeros((n, width), dtype=np.uint8)
     if n == 0 or width == 0:
         return out
-    lens = lengths if lengths is not None else np.full(n, width, dtype=np.int64)
-    _gather(buf, offsets.astype(np.int64, copy=False), lens.astype(np.int64, copy=False), width, len(buf), out)
+    lens = lengths if lengths is not None else np.full(n, start + width, dtype=np.int64)
+    kernels.parallel(kernels.gather, n, buf, _i8(offsets), _i8(lens), start, width, out)
     return out
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _decode_scalars(buf, offsets, lengths, f_off, f_size, f_elem, big_endian, limit, a8, a16, a32,
-                    a64):  # pragma: no cover - compiled
-    """Field f of record i into element f_elem[f] + i of the arena seen at its width (a8/a16/a32/
-    a64: one buffer), as the host's integer of that width; left alone (zero) when the record is
-    too short."""
-    for i in numba.prange(len(offsets)):
-        o = offsets[i]
-        ln = lengths[i]
-        for f in range(len(f_off)):
-            a = f_off[f]
-            z = f_size[f]
-            if a + z > ln or o + a + z > limit:
-                continue
-            v = np.uint64(0)
-            if big_endian:
-                for k in range(z):
-                    v = (v << np.uint64(8)) | np.uint64(buf[o + a + k])
-            else:
-                for k in range(z):
-                    v |= np.uint64(buf[o + a + k]) << np.uint64(8 * k)
-            d = f_elem[f] + i
-            if z == 8:
-                a64[d] = v
-            elif z == 4:
-                a32[d] = np.uint32(v)
-            elif z == 2:
-                a16[d] = np.uint16(v)
-            else:
-                a8[d] = np.uint8(v)
+def _i8(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.int64)
 
 
 def width_views(arena: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -94,24 +66,22 @@ def _scalar_columns(fields: list[Field], buf: np.ndarray, offsets: np.ndarray, l
         total += (n * f.size + 63) & ~63  # each column starts 64-byte aligned
     arena = np.zeros(max(total, 64), dtype=np.uint8)
     if n:
-        _decode_scalars(buf, offsets, lengths, np.array([f.offset for f in fields], np.int64),
-                        np.array([f.size for f in fields], np.int64),
-                        np.array([d // f.size for d, f in zip(starts, fields, strict=True)], np.int64),
-                        big_endian, len(buf), *width_views(arena))
+        kernels.parallel(kernels.decode_scalars, n, buf, offsets, lengths,
+                         np.array([f.offset for f in fields], np.int64), np.array([f.size for f in fields], np.int64),
+                         np.array([d // f.size for d, f in zip(starts, fields, strict=True)], np.int64),
+                         big_endian, *width_views(arena))
     return {f.name: scalar_column(f, arena[d:d + n * f.size].view(scalar_dtype(f)))
             for d, f in zip(starts, fields, strict=True)}
 
 
 def is_scalar(f: Field) -> bool:
     """A field read as one integer (1, 2, 4 or 8 bytes, not an array, not dynamic)."""
-    return f.array_len is None and not (f.data_loc or f.rel_loc) and f.size in (1, 2, 4, 8)
+    return f.kind == SCALAR
 
 
 def scalar_dtype(f: Field) -> np.dtype:
     """The numpy type of a scalar field's bytes (bool fields become bool in ``scalar_column``)."""
-    if f.signed:
-        return np.dtype(f"i{f.size}")
-    return np.dtype(f"u{f.size}")
+    return np.dtype(f"{'i' if f.signed else 'u'}{f.size}")
 
 
 def scalar_column(f: Field, col: np.ndarray) -> np.ndarray:
@@ -119,154 +89,191 @@ def scalar_column(f: Field, col: np.ndarray) -> np.ndarray:
     return col.astype(bool) if f.type in ("bool", "_Bool") else col
 
 
+def element_type(f: Field) -> pa.DataType:
+    """Arrow type of one element of an ARRAY field."""
+    return pa.from_numpy_dtype(np.dtype(f"{'i' if f.signed else 'u'}{f.elem_size}"))
+
+
+def arrow_type(f: Field) -> pa.DataType:
+    """The column type of a non-scalar field (see the module docstring)."""
+    if f.kind == CHARS:
+        return pa.string()
+    if f.kind == ARRAY:
+        return pa.list_(element_type(f), f.array_len) if not f.dynamic else pa.list_(element_type(f))
+    return pa.binary()
+
+
 def decode_fields(fmt: EventFormat, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
-                  byteorder: str = "<", long_size: int = 8, scalars_done: bool = False) -> dict[str, Any]:
+                  byteorder: str = "<", long_size: int = 8, scalars: dict[str, np.ndarray] | None = None,
+                  damaged: dict[str, int] | None = None, cuts: dict[str, str] | None = None,
+                  fixed: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Decode every field of ``fmt`` for records at ``offsets`` (payload start, i.e. common_type).
 
-    Returns {field name: numpy array (numbers/bools) or list (strings/bytes)}.
-    Fields that extend beyond a record's length read as zero (truncated record).
-    Scalars are read in one compiled pass; arrays and dynamic fields take slower paths.
-    With ``scalars_done`` only the non-scalar fields are decoded (the caller has the scalars).
+    Returns {field name: numpy array (scalars) or Arrow array (everything else)}, in format
+    order. With ``scalars`` (the caller's columns of the scalar fields) only the other fields are
+    decoded. ``damaged`` receives, per dynamic field, the number of records whose data reached
+    past the record's end (cut there). ``cuts`` names fixed byte fields to take only as many
+    bytes of as a scalar field says (kvm_emulate_insn: ``insn`` to ``len``). ``fixed`` holds
+    fixed fields' bytes the caller has already copied out of the records ((n, size) uint8, zero
+    past a record): those are decoded from there, and the columns keep no reference to them.
     """
-    offsets = offsets.astype(np.int64, copy=False)
-    lengths = lengths.astype(np.int64, copy=False)
+    offsets = _i8(offsets)
+    lengths = _i8(lengths)
+    big = byteorder == ">"
     fields = fmt.common_fields + fmt.fields
-    scalars = [] if scalars_done else [f for f in fields if is_scalar(f)]
-    out: dict[str, Any] = _scalar_columns(scalars, buf, offsets, lengths, byteorder == ">") if scalars else {}
-    rest = [f for f in fields if not is_scalar(f)]
-    if rest:
-        width = max(f.offset + f.size for f in rest)
-        mat = gather(buf, offsets, width, lengths)
-        for f in rest:
-            if f.data_loc or f.rel_loc:
-                out[f.name] = _dynamic(f, buf, offsets, lengths, mat, byteorder)
-                continue
-            part = mat[:, f.offset:f.offset + f.size]
-            if f.is_string:
-                out[f.name] = [bytes(r).split(b"\0", 1)[0].decode("utf-8", "replace") for r in part]
-            else:
-                out[f.name] = [bytes(r) for r in part]
+    out: dict[str, Any] = dict(scalars) if scalars is not None else \
+        _scalar_columns([f for f in fields if is_scalar(f)], buf, offsets, lengths, big)
+    for f in fields:
+        if not is_scalar(f):
+            cut = (cuts or {}).get(f.name)
+            out[f.name] = field_column(f, buf, offsets, lengths, big, damaged,
+                                       out[cut] if cut in out and f.kind == BYTES and not f.dynamic else None,
+                                       (fixed or {}).get(f.name))
     return {f.name: out[f.name] for f in fields if f.name in out}
 
 
-def _dynamic(f: Field, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, mat: np.ndarray,
-             byteorder: str) -> list[Any]:
-    loc = np.ascontiguousarray(mat[:, f.offset:f.offset + 4]).view(np.dtype(f"{byteorder}u4")).reshape(-1)
-    rel = (f.offset + f.size) if f.rel_loc else 0
-    out: list[Any] = []
-    for base, ln, v in zip(offsets.tolist(), lengths.tolist(), loc.tolist(), strict=True):
-        start, size = (v & 0xFFFF) + rel, v >> 16
-        if start + size > ln:
-            size = max(0, ln - start)
-        data = buf[base + start:base + start + size].tobytes()
-        out.append(data.split(b"\0", 1)[0].decode("utf-8", "replace") if f.is_string else data)
-    return out
+def field_column(f: Field, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, big_endian: bool,
+                 damaged: dict[str, int] | None = None, cut: np.ndarray | None = None,
+                 mat: np.ndarray | None = None) -> pa.Array | pa.ChunkedArray:
+    """One non-scalar field of every record (offsets, lengths: int64) as an Arrow column; a fixed byte
+    field with ``cut``: the first cut[i] bytes of it. ``mat``: a fixed field's bytes already
+    copied out of the records ((n, size), zero past a record), read instead of ``buf``."""
+    n = len(offsets)
+    field_off = f.offset
+    if mat is not None:  # the records, as far as this field goes, are the rows of mat
+        buf, field_off = mat.reshape(-1), 0
+        offsets = np.arange(n, dtype=np.int64) * np.int64(f.size)
+        lengths = np.clip(lengths - f.offset, 0, f.size)
+    if not f.dynamic and f.kind != CHARS and cut is None:  # the field's bytes, zero past the record
+        # (the column keeps its bytes: a copy of the caller's, whose memory is theirs to free)
+        mat = gather(buf, offsets, f.size, lengths, f.offset) if mat is None else mat.copy()
+        if f.kind == BYTES:
+            return var_array(pa.binary(), np.arange(n + 1, dtype=np.int32) * np.int32(f.size), mat.reshape(-1))
+        values = _elements(mat.reshape(-1), f, big_endian)
+        return pa.FixedSizeListArray.from_arrays(pa.array(values), f.array_len)
+    add = 0
+    if not f.dynamic:  # fixed char array, or bytes with a cut: from the record, cut at its end
+        starts, add = offsets, field_off
+        sizes = np.empty(n, np.int64)
+        cuts = np.ascontiguousarray(cut) if cut is not None else np.zeros(0, np.uint8)
+        kernels.parallel(kernels.fixed_sizes, n, buf, offsets, lengths, field_off, f.size, cuts, f.kind == CHARS,
+                         sizes)
+    else:
+        starts, sizes = np.empty(n, np.int64), np.empty(n, np.int64)
+        bad = sum(kernels.parallel(kernels.dynamic_spans, n, buf, offsets, lengths, f.offset, f.rel_loc, big_endian,
+                                   starts, sizes))
+        if bad and damaged is not None:
+            damaged[f.name] = damaged.get(f.name, 0) + bad
+        if f.kind == CHARS:  # up to the first NUL
+            kept = np.empty(n, np.int64)
+            kernels.parallel(kernels.string_sizes, n, buf, starts, sizes, True, kept)
+            sizes = kept
+        elif f.kind == ARRAY:
+            sizes -= sizes % f.elem_size  # whole elements only
+    value_offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(sizes, out=value_offsets[1:])
+    del sizes
+    data = np.empty(int(value_offsets[-1]), dtype=np.uint8)
+    kernels.parallel(kernels.copy_values, n, buf, starts, add, value_offsets, data)
+    del starts
+    if f.kind == CHARS:
+        value_offsets, data = valid_utf8(value_offsets, data)
+        return var_array(pa.string(), value_offsets, data)
+    if f.kind == BYTES:
+        return var_array(pa.binary(), value_offsets, data)
+    return var_array(pa.list_(element_type(f)), value_offsets // f.elem_size, _elements(data, f, big_endian))
 
 
-def row_dicts(cols: dict[str, Any], n: int) -> list[dict[str, Any]]:
-    """Per-row dicts of Python values (for print fmt rendering)."""
-    names = list(cols)
-    lists = [c.tolist() if isinstance(c, np.ndarray) else c for c in cols.values()]
-    return [dict(zip(names, vals, strict=True)) for vals in zip(*lists, strict=True)] if n else []
+def _elements(data: np.ndarray, f: Field, big_endian: bool) -> np.ndarray:
+    """Array elements from their bytes in the file's byte order, as host integers."""
+    dt = np.dtype(f"{'>' if big_endian else '<'}{'i' if f.signed else 'u'}{f.elem_size}")
+    vals = data[:len(data) // f.elem_size * f.elem_size].view(dt)
+    return vals.astype(dt.newbyteorder("="), copy=False)
 
 
-@numba.njit(cache=True, inline="always")
-def _pair_key(a, b, i, shift):  # pragma: no cover - compiled
-    if shift < 0:  # one array
-        return np.int64(a[i])
-    mask = (np.int64(1) << shift) - 1 if shift < 64 else np.int64(-1)
-    return (np.int64(a[i]) & mask) | (np.int64(b[i]) << shift)
+def valid_utf8(value_offsets: np.ndarray, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The values with every invalid UTF-8 sequence replaced by U+FFFD (a copy only when needed)."""
+    n = len(value_offsets) - 1
+    if not n or not sum(kernels.parallel(kernels.utf8_invalid, n, data, value_offsets)):
+        return value_offsets, data
+    new_offsets = np.empty_like(value_offsets)
+    size = kernels.utf8_replace(data, value_offsets, data[:0], new_offsets, False)
+    out = np.empty(size, dtype=np.uint8)
+    kernels.utf8_replace(data, value_offsets, out, new_offsets, True)
+    return new_offsets, out
 
 
-@numba.njit(cache=True)
-def _factorize_keys(a, b, shift):  # pragma: no cover - compiled
-    """Codes of the keys a[i] (shift < 0) or a[i] | b[i] << shift, in order of first appearance,
-    and the first row of each (a hash table)."""
-    n = len(a)
-    codes = np.empty(n, dtype=np.int32)
-    seen = numba.typed.Dict.empty(key_type=numba.types.int64, value_type=numba.types.int32)
-    first = [0]
-    first.pop()
-    last_k = np.int64(0)
-    last_c = np.int32(-1)
-    for i in range(n):
-        k = _pair_key(a, b, i, shift)
-        if k != last_k or last_c < 0:  # runs of equal keys are common (one exception, one exit reason)
-            c = seen.get(k, np.int32(-1))
-            if c < 0:
-                c = np.int32(len(first))
-                seen[k] = c
-                first.append(i)
-            last_k = k
-            last_c = c
-        codes[i] = last_c
-    return codes, np.array(first, dtype=np.int64)
+def var_array(typ: pa.DataType, value_offsets: np.ndarray, values: np.ndarray) -> pa.Array | pa.ChunkedArray:
+    """A string / binary / list array from int64 offsets into one values buffer (not copied), in
+    chunks whose offsets fit Arrow's 32 bits."""
+    n = len(value_offsets) - 1
+    if value_offsets[-1] <= ARROW_MAX_OFFSET:
+        return _onevar_array(typ, value_offsets.astype(np.int32), values, n)
+    cuts = [0]
+    while cuts[-1] < n:
+        limit = value_offsets[cuts[-1]] + ARROW_MAX_OFFSET
+        cuts.append(max(cuts[-1] + 1, int(np.searchsorted(value_offsets, limit, side="right")) - 1))
+    parts = []
+    for a, z in zip(cuts[:-1], cuts[1:], strict=True):
+        base = int(value_offsets[a])
+        parts.append(_onevar_array(typ, (value_offsets[a:z + 1] - base).astype(np.int32),
+                                    values[base:int(value_offsets[z])], z - a))
+    return pa.chunked_array(parts, typ)
 
 
-@numba.njit(cache=True)
-def _factorize_dense(a, b, a_min, b_min, b_range, table):  # pragma: no cover - compiled
-    """As _factorize_keys for values in small ranges: the key (a - a_min) * b_range + (b - b_min)
-    indexes ``table`` (all -1) directly. b_range 0: one array."""
-    n = len(a)
-    codes = np.empty(n, dtype=np.int32)
-    first = [0]
-    first.pop()
-    for i in range(n):
-        k = np.int64(a[i]) - a_min
-        if b_range > 0:
-            k = k * b_range + (np.int64(b[i]) - b_min)
-        c = table[k]
-        if c < 0:
-            c = np.int32(len(first))
-            table[k] = c
-            first.append(i)
-        codes[i] = c
-    return codes, np.array(first, dtype=np.int64)
-
-
-DENSE_KEYS = 1 << 20  # distinct-key space small enough for a direct table
-
-
-def _factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    return _factorize_keys(keys, keys, -1)
-
-
-def _factorize_ints(a: np.ndarray, b: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """One or two integer arrays: a direct table when their value ranges are small, else a hash."""
-    lo_a, hi_a = int(a.min()), int(a.max())
-    ra = hi_a - lo_a + 1 if hi_a < 1 << 63 else DENSE_KEYS + 1  # (u64 values past int64 hash instead)
-    if b is None:
-        if ra <= DENSE_KEYS:
-            return _factorize_dense(a, a, lo_a, 0, 0, np.full(ra, -1, np.int32))
-        return _factorize_keys(a, a, -1)
-    lo_b, hi_b = int(b.min()), int(b.max())
-    rb = hi_b - lo_b + 1 if hi_b < 1 << 63 else DENSE_KEYS + 1
-    if ra * rb <= DENSE_KEYS:
-        return _factorize_dense(a, b, lo_a, lo_b, rb, np.full(ra * rb, -1, np.int32))
-    return _factorize_keys(a, b, a.dtype.itemsize * 8)
+def _onevar_array(typ: pa.DataType, offsets32: np.ndarray, values: np.ndarray, n: int) -> pa.Array:
+    if pa.types.is_list(typ):
+        return pa.ListArray.from_arrays(pa.array(offsets32), pa.array(values))
+    return pa.Array.from_buffers(typ, n, [None, pa.py_buffer(offsets32), pa.py_buffer(values)])
 
 
 def factorize_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Codes of distinct value tuples across equal-length integer arrays, and each code's first row.
 
-    Linear time (a hash per row) when the values pack into 64 bits, as the few fields a
-    print fmt argument reads usually do; a sort otherwise.
+    Linear time (a direct table for small value ranges, else a hash per row) when the values
+    pack into 64 bits, as the few fields a print fmt argument reads usually do; a sort otherwise.
     """
     n = len(arrays[0])
     if n == 0:
         return np.zeros(0, np.int32), np.zeros(0, np.int64)
     widths = [a.dtype.itemsize * 8 for a in arrays]
-    if len(arrays) == 1 and arrays[0].dtype.kind in "iu":
-        return _factorize_ints(arrays[0], None)
-    if len(arrays) == 2 and sum(widths) <= 64 and all(a.dtype.kind in "iu" for a in arrays):
-        return _factorize_ints(arrays[0], arrays[1])
-    if sum(widths) <= 64:
-        key = np.zeros(n, dtype=np.uint64)
-        shift = 0
-        for a, w in zip(arrays, widths, strict=True):
-            key |= (a.astype(np.uint64) & np.uint64((1 << w) - 1)) << np.uint64(shift)
-            shift += w
-        return _factorize(key.view(np.int64))
-    stacked = np.stack([a.astype(np.int64) for a in arrays], axis=1)
-    _, first, inv = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
-    return inv.reshape(-1).astype(np.int32), first
+    if sum(widths) > 64 or any(a.dtype.kind not in "iub" for a in arrays):
+        stacked = np.stack([a.astype(np.int64) for a in arrays], axis=1)
+        _, first, inv = np.unique(stacked, axis=0, return_index=True, return_inverse=True)
+        return inv.reshape(-1).astype(np.int32), first
+    ranges = [(int(a.min()), int(a.max())) for a in arrays]
+    space = 1
+    for lo, hi in ranges:
+        space *= hi - lo + 1
+    if space <= DENSE_KEYS:  # small value ranges: the key is the tuple's index in their product
+        key = np.zeros(n, dtype=np.int64)
+        for a, (lo, hi) in zip(arrays, ranges, strict=True):
+            key *= hi - lo + 1
+            # unsigned: subtract in the array's type (u64 values past 2**63); signed: in int64
+            key += (a - a.dtype.type(lo)).astype(np.int64) if a.dtype.kind == "u" else a.astype(np.int64) - lo
+        return _codes(lambda codes, first: kernels.factorize_dense(key, np.full(space, -1, np.int32), codes, first),
+                      n, space)
+    key = np.zeros(n, dtype=np.uint64)
+    shift = 0
+    for a, w in zip(arrays, widths, strict=True):
+        key |= (a.astype(np.uint64) & np.uint64((1 << w) - 1)) << np.uint64(shift)
+        shift += w
+    return _codes(lambda codes, first: kernels.factorize_hash(key.view(np.int64), codes, first), n, n)
+
+
+FIRST_CODES = 4096  # codes first tried for (print fmt inputs, task names: usually few)
+
+
+def _codes(run: Any, n: int, most: int) -> tuple[np.ndarray, np.ndarray]:
+    """Run a factorize kernel with room for FIRST_CODES codes, again with room for ``most`` if
+    that was too little."""
+    codes = np.empty(n, dtype=np.int32)
+    for cap in (min(FIRST_CODES, most), most):
+        first = np.empty(cap, dtype=np.int64)
+        nc = run(codes, first)
+        if nc >= 0:
+            return codes, first[:nc]
+    raise AssertionError("factorize kernel: more codes than rows")
+
+
+DENSE_KEYS = 1 << 20  # distinct-key space small enough for a direct table

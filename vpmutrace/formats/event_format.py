@@ -29,6 +29,14 @@ _ARRAY_RE = re.compile(r"^(?P<base>.*?)\s*(?P<name>\w+)\s*\[(?P<len>[^\]]*)\]\s*
 _NAME_RE = re.compile(r"^(?P<base>.*?)[\s\*]*?(?P<name>\w+)\s*$")
 
 
+# how a field's bytes become a column (formats/decode.py)
+SCALAR = "scalar"  # 1, 2, 4 or 8 bytes: an integer (bool for bool fields)
+CHARS = "chars"  # char array, fixed or dynamic: a string up to its first NUL
+BYTES = "bytes"  # 1-byte elements that are not chars (u8 insn[15], u8[]), or a field of another size: binary
+ARRAY = "array"  # array of 2-, 4- or 8-byte integers: a list (fixed size for fixed arrays)
+_CHAR_WORDS = {"char", "signed", "const", "volatile"}
+
+
 @dataclass(frozen=True)
 class Field:
     name: str
@@ -42,8 +50,33 @@ class Field:
     is_pointer: bool = False
 
     @property
+    def dynamic(self) -> bool:
+        return self.data_loc or self.rel_loc
+
+    @property
+    def elem_size(self) -> int:
+        """Bytes per element: of an array (fixed or dynamic), else of the field."""
+        if self.dynamic:
+            return _scalar_size(self.type)
+        if self.array_len:
+            return self.size // self.array_len
+        return self.size
+
+    @property
+    def kind(self) -> str:
+        """SCALAR, CHARS, BYTES or ARRAY. Elements' signedness is the field's ``signed``."""
+        if self.dynamic or self.array_len is not None:
+            words = set(self.type.split())
+            if "char" in words and words <= _CHAR_WORDS:
+                return CHARS
+            if self.elem_size in (2, 4, 8) and (self.dynamic or self.elem_size * self.array_len == self.size):
+                return ARRAY
+            return BYTES
+        return SCALAR if self.size in (1, 2, 4, 8) else BYTES
+
+    @property
     def is_string(self) -> bool:
-        return "char" in self.type and (self.array_len is not None or self.data_loc or self.rel_loc)
+        return self.kind == CHARS
 
 
 @dataclass
@@ -54,6 +87,7 @@ class EventFormat:
     fields: list[Field]  # event fields (without common_*)
     common_fields: list[Field]
     print_fmt: str
+    text: str = field(default="", repr=False)  # the format description as read
     _fallback_reason: str | None = field(default=None, repr=False)
 
     @property
@@ -115,6 +149,8 @@ def _parse_decl(decl: str) -> tuple[str, str, int | None, bool, bool, bool]:
             raise ValueError(f"cannot parse field declaration {decl!r}")
         base, name = m.group("base"), m.group("name")
     is_ptr = "*" in decl and not (data_loc or rel_loc)
+    if data_loc or rel_loc:
+        base = re.sub(r"\[[^\]]*\]\s*$", "", base.strip())  # "__data_loc u64[] name": elements are u64
     return base.strip(), name, array_len, data_loc, rel_loc, is_ptr
 
 
@@ -148,7 +184,7 @@ def parse_format(text: str, system: str = "") -> EventFormat:
             break
     if not name:
         raise ValueError("format has no 'name:' line")
-    return EventFormat(system, name, ev_id, fields, common, print_fmt)
+    return EventFormat(system, name, ev_id, fields, common, print_fmt, text)
 
 
 def _scalar_size(ctype: str) -> int:
@@ -156,7 +192,9 @@ def _scalar_size(ctype: str) -> int:
     sizes = {"char": 1, "u8": 1, "s8": 1, "__u8": 1, "__s8": 1, "bool": 1, "_Bool": 1,
              "short": 2, "u16": 2, "s16": 2, "__u16": 2, "__s16": 2,
              "int": 4, "u32": 4, "s32": 4, "__u32": 4, "__s32": 4, "": 4,
-             "long": 8, "u64": 8, "s64": 8, "__u64": 8, "__s64": 8, "long long": 8}
+             "long": 8, "u64": 8, "s64": 8, "__u64": 8, "__s64": 8, "long long": 8,
+             "uint8_t": 1, "int8_t": 1, "uint16_t": 2, "int16_t": 2, "uint32_t": 4, "int32_t": 4, "pid_t": 4,
+             "uint64_t": 8, "int64_t": 8, "size_t": 8, "ssize_t": 8, "loff_t": 8}
     return sizes.get(t, 1)
 
 

@@ -74,9 +74,9 @@ def symbol_tables(fmt: EventFormat) -> list[list[tuple[int, str]]]:
 
 
 def _const(n: Node):
-    from vpmutrace.formats.printfmt import _eval
+    from vpmutrace.formats.printfmt import const_eval
 
-    return _eval(n, {})
+    return const_eval(n)
 
 
 @cache

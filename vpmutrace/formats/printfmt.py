@@ -4,8 +4,9 @@ Supported: integer arithmetic and logic, comparisons, ternaries, casts, field
 references (``REC->x``), string literal concatenation, and the kernel helpers
 ``__print_symbolic``/``__print_symbolic64``, ``__print_flags``/``__print_flags_u64``,
 ``__print_hex``/``__print_hex_str``, ``__print_array``, ``__get_str``/``__get_rel_str``,
-``__get_dynamic_array(_len)``. Anything else raises :class:`UnsupportedFormat` at parse
-time; the reader then keeps the raw fields and reports the event as a fallback.
+``__get_dynamic_array(_len)``, ``__get_bitmask``/``__get_cpumask``. Anything else raises
+:class:`UnsupportedFormat` at parse time; the reader then keeps the raw fields and reports the
+event as a fallback.
 
 An empty symbol table (``__print_symbolic(x, { })``, which perf 6.1's libtraceevent
 rejects in kvm_inj_exception) is valid and prints the value in hex, like the kernel.
@@ -44,7 +45,7 @@ _FUNCS = {
     "__print_symbolic", "__print_symbolic64", "__print_symbolic_u64", "__print_flags",
     "__print_flags_u64", "__print_hex", "__print_hex_str", "__print_array", "__get_str",
     "__get_rel_str", "__get_dynamic_array", "__get_rel_dynamic_array", "__get_dynamic_array_len",
-    "__get_rel_dynamic_array_len",
+    "__get_rel_dynamic_array_len", "__get_bitmask", "__get_rel_bitmask", "__get_cpumask", "__get_rel_cpumask",
 }
 
 _BINARY_PREC = {
@@ -336,7 +337,10 @@ class PrintFmt:
     def eval_arg(self, k: int, rec: Mapping[str, Any], symbols: Callable[[int], str] | None = None) -> Any:
         return _eval(self.args[k], rec)
 
-    def render(self, rec: Mapping[str, Any], symbols: Callable[[int], str | None] | None = None) -> str:
+    def render(self, rec: Mapping[str, Any], symbols: Callable[[int], str | None] | None = None,
+               given: Mapping[int, str] | None = None) -> str:
+        """The printed text; ``given`` holds the text of arguments already known (names a text trace
+        printed, whose raw fields it does not carry)."""
         out: list[str] = []
         k = 0
         for c in self.convs:
@@ -352,6 +356,10 @@ class PrintFmt:
             if prec == "*":
                 prec = str(_as_int(_eval(self.args[k], rec)))
                 k += 1
+            if given is not None and k in given:
+                out.append(given[k])
+                k += 1
+                continue
             val = _eval(self.args[k], rec)
             k += 1
             out.append(_format_one(c, width, prec, val, symbols))
@@ -404,6 +412,18 @@ def _format_one(c: Conversion, width: str | None, prec: str | None, val: Any,
     return (spec + conv) % iv
 
 
+def bitmask_text(data: bytes) -> str:
+    """A bitmask as the kernel prints it (%*pb, lib/vsprintf.c bitmap_string): 32-bit chunks in hex,
+    zero-padded to their width, most significant first, comma separated (the bits: little-endian
+    words); the top chunk holds what is left of the bits beyond whole chunks."""
+    v = int.from_bytes(data, "little")
+    bits = len(data) * 8
+    chunks = max(1, (bits + 31) // 32)
+    top = (bits % 32 or 32) // 4 if bits else 1
+    return ",".join(f"{(v >> (32 * i)) & 0xFFFFFFFF:0{top if i == chunks - 1 else 8}x}"
+                    for i in reversed(range(chunks)))
+
+
 def _truthy(v: Any) -> bool:
     if isinstance(v, str | bytes):
         return True
@@ -454,6 +474,11 @@ def _eval(n: Node, rec: Mapping[str, Any]) -> Any:
     raise UnsupportedFormat(f"cannot evaluate {kind}")
 
 
+def const_eval(n: Node) -> Any:
+    """The value of a node that reads no field (symbol table entries)."""
+    return _eval(n, {})
+
+
 def _div(a: int, b: int) -> int:
     if b == 0:
         raise UnsupportedFormat("division by zero in print fmt")
@@ -471,6 +496,17 @@ _BIN_OPS: dict[str, Callable[[int, int], int]] = {
 }
 
 
+class _UnknownIsZero(dict):
+    """Symbol table keys name constants; an enum the kernel did not export (``VDSO_CLOCKMODE_TSC``:
+    no TRACE_DEFINE_ENUM) reads as 0, as libtraceevent takes it."""
+
+    def __missing__(self, key: str) -> int:
+        return 0
+
+
+_CONSTANTS = _UnknownIsZero()
+
+
 def _symtable(items: list[Node], rec: Mapping[str, Any]) -> list[tuple[int, str]]:
     out: list[tuple[int, str]] = []
     for it in items:
@@ -481,7 +517,7 @@ def _symtable(items: list[Node], rec: Mapping[str, Any]) -> list[tuple[int, str]
             continue
         if len(pair) != 2:
             raise UnsupportedFormat("symbol table entry is not a pair")
-        out.append((_as_int(_eval(pair[0], rec)) & M64, str(_eval(pair[1], rec))))
+        out.append((_as_int(_eval(pair[0], _CONSTANTS)) & M64, str(_eval(pair[1], rec))))
     return out
 
 
@@ -513,6 +549,8 @@ def _call(name: str, args: list[Node], rec: Mapping[str, Any]) -> Any:
         return _eval(args[0], rec)
     if name in ("__get_dynamic_array_len", "__get_rel_dynamic_array_len"):
         return len(_eval(args[0], rec))
+    if name in ("__get_bitmask", "__get_rel_bitmask", "__get_cpumask", "__get_rel_cpumask"):
+        return bitmask_text(bytes(_eval(args[0], rec)))
     if name in ("__print_hex", "__print_hex_str"):
         buf = _eval(args[0], rec)
         n = _as_int(_eval(args[1], rec))
@@ -520,9 +558,13 @@ def _call(name: str, args: list[Node], rec: Mapping[str, Any]) -> Any:
         sep = "" if name == "__print_hex_str" else " "
         return sep.join(f"{b:02x}" for b in data)
     if name == "__print_array":
-        buf = bytes(_eval(args[0], rec))
+        arr = _eval(args[0], rec)
         count = _as_int(_eval(args[1], rec))
         size = _as_int(_eval(args[2], rec))
-        vals = [int.from_bytes(buf[i * size:(i + 1) * size], "little") for i in range(count)]
+        if isinstance(arr, list):  # a decoded integer array
+            vals = [v & ((1 << (8 * size)) - 1) for v in arr[:count]]
+        else:
+            buf = bytes(arr)
+            vals = [int.from_bytes(buf[i * size:(i + 1) * size], "little") for i in range(count)]
         return "{" + ",".join(f"0x{v:x}" for v in vals) + "}"
     raise UnsupportedFormat(f"print fmt calls {name}()")

@@ -77,6 +77,8 @@ def host_guest_roles(dats: dict) -> dict:
     its rows are named after the host's GUEST option for its trace id and its timestamps are
     moved onto the host clock. Files with no such relation stay "host".
     """
+    if not dats:
+        return {}
     from vpmutrace.readers.trace_dat import TimeShift
 
     by_id = {d.options.get("trace_id"): p for p, d in dats.items() if d.options.get("trace_id") is not None}

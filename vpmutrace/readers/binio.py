@@ -96,8 +96,9 @@ def scratch(n: int, dtype: np.dtype | type) -> np.ndarray:
 
 
 def discard(arr: np.ndarray, start: int, end: int) -> None:
-    """Give the memory behind elements [start, end) of a ``scratch`` array back to the kernel
-    (whole huge pages only); those elements read as zero afterwards. No-op for other arrays.
+    """Give the memory behind elements [start, end) of a ``scratch`` array (or a view of one) back
+    to the kernel (whole huge pages only); those elements read as zero afterwards. No-op for other
+    arrays.
 
     Memory freed this way is what the next fresh pages come from, so a pass that consumes one
     array while it fills another needs about the larger of the two, not their sum.
@@ -108,7 +109,7 @@ def discard(arr: np.ndarray, start: int, end: int) -> None:
     at = arr.ctypes.data - np.frombuffer(mm, dtype=np.uint8).ctypes.data
     w = arr.itemsize
     z = at + min(end, len(arr)) * w
-    if end >= len(arr) and len(mm) - z < HUGE_PAGE:  # what follows the array is the mapping's padding
+    if at == 0 and end >= len(arr) and len(mm) - z < HUGE_PAGE:  # what follows the array is the mapping's padding
         z = len(mm)
     _dontneed(mm, at + start * w, z, HUGE_PAGE)
 

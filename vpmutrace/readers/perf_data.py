@@ -17,19 +17,30 @@ from typing import Any
 
 import numpy as np
 
+from vpmutrace import kernels
 from vpmutrace.errors import InputError
+from vpmutrace.formats import perf_abi as abi
+from vpmutrace.formats.perf_abi import (
+    REC_COMM,
+    REC_COMPRESSED,
+    REC_COMPRESSED2,
+    REC_FORK,
+    REC_HEADER_ATTR,
+    REC_HEADER_FEATURE,
+    REC_HEADER_TRACING_DATA,
+    REC_LOST,
+    REC_LOST_SAMPLES,
+    REC_SAMPLE,
+    REC_THROTTLE,
+    REC_UNTHROTTLE,
+)
 from vpmutrace.readers import perf_samples as ps
-from vpmutrace.readers import perf_walk as pw
 from vpmutrace.readers import tracing_data as tdmod
 from vpmutrace.readers.binio import Cursor, map_file, release_pages
 from vpmutrace.readers.perf_samples import CPUMODES, PERF_TYPE_TRACEPOINT
 from vpmutrace.tracedata import TraceBuilder
 
-__all__ = ["CPUMODES", "PerfFile", "read_perf_data", "walk"]
-REC_MMAP, REC_LOST, REC_COMM, REC_EXIT, REC_THROTTLE, REC_UNTHROTTLE, REC_FORK = 1, 2, 3, 4, 5, 6, 7
-REC_SAMPLE, REC_LOST_SAMPLES = 9, 13
-REC_HEADER_ATTR, REC_HEADER_EVENT_TYPE, REC_HEADER_TRACING_DATA = 64, 65, 66
-REC_FINISHED_ROUND, REC_ID_INDEX, REC_HEADER_FEATURE, REC_COMPRESSED, REC_COMPRESSED2 = 68, 69, 80, 81, 83
+__all__ = ["CPUMODES", "REC_SAMPLE", "PerfFile", "read_perf_data", "walk"]
 
 FEAT_TRACING_DATA, FEAT_HOSTNAME, FEAT_OSRELEASE, FEAT_VERSION, FEAT_ARCH, FEAT_NRCPUS = 1, 3, 4, 5, 6, 7
 FEAT_CPUDESC, FEAT_CPUID, FEAT_TOTAL_MEM, FEAT_CMDLINE, FEAT_EVENT_DESC = 8, 9, 10, 11, 12
@@ -50,8 +61,8 @@ RECORD_NAMES = {
 }
 
 
-SAMPLE_ID_ORDER = ((pw.S_TID, "tid"), (pw.S_TIME, "time"), (pw.S_ID, "id"), (pw.S_STREAM_ID, "stream_id"),
-                   (pw.S_CPU, "cpu"), (pw.S_IDENTIFIER, "identifier"))
+SAMPLE_ID_ORDER = ((abi.S_TID, "tid"), (abi.S_TIME, "time"), (abi.S_ID, "id"), (abi.S_STREAM_ID, "stream_id"),
+                   (abi.S_CPU, "cpu"), (abi.S_IDENTIFIER, "identifier"))
 
 
 @dataclass
@@ -216,10 +227,10 @@ def _read_attrs(c: Cursor, pf: PerfFile, off: int, size: int, attr_size: int) ->
 def walk(buf: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int]:
     """Offsets, types, misc and sizes of the records in buf[start:end], with where and why the walk stopped."""
     e64, e32 = np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int32)
-    n, stop, err = pw.walk_records(buf, start, end, False, e64, e32, e32, e32)
+    n, stop, err = kernels.walk_records(buf, start, end, False, e64, e32, e32, e32)
     offs = np.empty(n, dtype=np.int64)
     types, miscs, sizes = (np.empty(n, dtype=np.int32) for _ in range(3))
-    pw.walk_records(buf, start, end, True, offs, types, miscs, sizes)
+    kernels.walk_records(buf, start, end, True, offs, types, miscs, sizes)
     return offs, types, miscs, sizes, stop, err
 
 
@@ -296,8 +307,11 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
     samples = ps.decode_samples(len(pf.attrs), keys, comms.events, comms.comm)
     del recs, keys
     formats = pf.tracing.formats if pf.tracing else {}
+    b.symbols = b.symbols or (pf.tracing.kallsyms if pf.tracing else None)
     ps.emit_samples(pf.attrs, pf.path, buf, samples, formats, pf.tracing.kallsyms if pf.tracing else None, b,
                     source)
+    for bad in pf.tracing.bad_formats if pf.tracing else []:
+        b.stats.add(pf.path, "bad_format", "", 1, bad)
     release_pages(buf)
     if pf.partial:
         b.stats.add(pf.path, "partial", "", 1, pf.partial)

@@ -10,13 +10,16 @@
    names coded as perf resolves them.
 3. A stable sort by time (perf.data is written in per-CPU rounds, so nearly sorted) gives
    every sample its row within its group.
-4. ``perf_walk.fill_sample_columns`` writes each sample's common columns and the scalar
-   fields of its tracepoint format straight into the group's columns (one arena, no
-   intermediate per-field arrays, no later re-sort of the tables), releasing the file's
-   pages slice by slice.
+4. ``perf_walk.fill_sample_columns`` writes each sample's common columns, the scalar
+   fields of its tracepoint format and the bytes of its fixed arrays straight into the
+   group's columns (one arena, readers/arena.py: no intermediate per-field arrays, no later
+   re-sort of the tables), releasing the file's pages slice by slice.
+5. Per group, strings and arrays become Arrow columns from those bytes (formats/decode.py);
+   only dynamic fields (``__data_loc``/``__rel_loc``) read the file again, for those groups
+   first, after which its pages are let go.
 
-Only non-scalar fields (arrays, ``__data_loc`` strings) and non-tracepoint samples
-take the slower, per-group paths. Layouts: include/uapi/linux/perf_event.h.
+Non-tracepoint samples take a per-group path of their own. Layouts:
+include/uapi/linux/perf_event.h.
 """
 
 from __future__ import annotations
@@ -25,17 +28,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numba
 import numpy as np
 import pyarrow as pa
 
+from vpmutrace import kernels
 from vpmutrace.errors import InputError
-from vpmutrace.formats.decode import decode_fields, is_scalar, scalar_column, scalar_dtype, width_views
+from vpmutrace.formats import perf_abi as abi
+from vpmutrace.formats.decode import FIRST_CODES, is_scalar
 from vpmutrace.formats.event_format import EventFormat
-from vpmutrace.readers import perf_walk as pw
+from vpmutrace.readers import arena
 from vpmutrace.readers.binio import discard, release_pages, scratch
-from vpmutrace.readers.payloads import emit_event, emit_unknown
-from vpmutrace.schema import const_column, dict_array, table_for_event
+from vpmutrace.readers.payloads import (
+    FILL_SLICE,
+    emit_decoded,
+    field_columns,
+    give_back,
+    group_rows,
+    reads_payloads,
+    table_fields,
+)
+from vpmutrace.schema import const_column, dict_array
 from vpmutrace.tracedata import TraceBuilder
 
 if TYPE_CHECKING:
@@ -45,11 +57,10 @@ PERF_TYPE_TRACEPOINT = 2
 CPUMODES = {0: "unknown", 1: "kernel", 2: "user", 3: "hypervisor", 4: "guest_kernel", 5: "guest_user"}
 MISC_EXACT_IP = 1 << 14
 PARALLEL_SPLIT_BYTES = 1 << 24  # below this the record walk is not worth splitting
-FILL_SLICE = 1 << 20  # samples per fill call; the file pages behind each are released after it
 OFFSET32_LIMIT = 1 << 32  # sample offsets are kept in 32 bits (4 bytes less per sample) below this size
 # sample body fields before READ, in ABI order: each is 8 bytes when its bit is set
-FIXED_PART = (pw.S_IDENTIFIER, pw.S_IP, pw.S_TID, pw.S_TIME, pw.S_ADDR, pw.S_ID, pw.S_STREAM_ID, pw.S_CPU,
-              pw.S_PERIOD)
+FIXED_PART = (abi.S_IDENTIFIER, abi.S_IP, abi.S_TID, abi.S_TIME, abi.S_ADDR, abi.S_ID, abi.S_STREAM_ID, abi.S_CPU,
+              abi.S_PERIOD)
 
 
 def field_pos(sample_type: int, bit: int) -> int:
@@ -67,10 +78,10 @@ def id_index(attrs: list[Attr], path: str) -> tuple[int, int, np.ndarray, np.nda
     ids = np.array([i for i, _ in pairs], dtype=np.uint64)
     idx = np.array([k for _, k in pairs], dtype=np.int64)
     st = attrs[0].sample_type
-    if all(a.sample_type & pw.S_IDENTIFIER for a in attrs):
+    if all(a.sample_type & abi.S_IDENTIFIER for a in attrs):
         return 1, 0, ids, idx
-    if all(a.sample_type & pw.S_ID for a in attrs):
-        return 2, field_pos(st, pw.S_ID), ids, idx
+    if all(a.sample_type & abi.S_ID for a in attrs):
+        return 2, field_pos(st, abi.S_ID), ids, idx
     raise InputError(path, "several events but samples carry no ID/IDENTIFIER to tell them apart")
 
 
@@ -87,8 +98,8 @@ def sample_fields(attrs: list[Attr], path: str, buf: np.ndarray, offs: np.ndarra
         ("cpu", np.int32), ("period", np.uint64), ("raw_off", np.int64), ("raw_len", np.int32),
         ("ok", np.int8))}
     out["cpu"][:] = -1
-    pw.walk_samples(buf, offs, sizes, mode, pos, ids, idx, st, rf,
-                    out["attr"], out["ip"], out["pid"], out["tid"], out["time"], out["cpu"],
+    kernels.parallel(kernels.walk_samples, n, buf, offs, sizes, mode, pos, ids, idx, st, rf,
+                     out["attr"], out["ip"], out["pid"], out["tid"], out["time"], out["cpu"],
                     out["period"], out["raw_off"], out["raw_len"], out["ok"])
     return out
 
@@ -114,7 +125,7 @@ def split_records(buf: np.ndarray, start: int, end: int) -> Records:
         cap = max(1024, (end - at) // 48)
         s = scratch(cap, np.int64)
         r = (np.empty(cap // 4, np.int64), np.empty(cap // 4, np.int32), np.empty(cap // 4, np.int32))
-        ns, nr, stop, err = pw.scan_records(buf, at, end, s, *r)
+        ns, nr, stop, err = kernels.scan_records(buf, at, end, s, *r)
         parts.append((s[:ns],) + tuple(a[:nr] for a in r))
         if err != 3:
             break
@@ -145,8 +156,8 @@ def _key_args(attrs: list[Attr], path: str) -> tuple[Any, ...]:
         lut[(ids - base).astype(np.int64)] = idx
     tab = np.array([[a.sample_type for a in attrs], [a.read_format for a in attrs],
                     [8 * sum(1 for b in FIXED_PART if a.sample_type & b) for a in attrs],
-                    [field_pos(a.sample_type, pw.S_TIME) for a in attrs],
-                    [field_pos(a.sample_type, pw.S_TID) for a in attrs]], dtype=np.int64)
+                    [field_pos(a.sample_type, abi.S_TIME) for a in attrs],
+                    [field_pos(a.sample_type, abi.S_TID) for a in attrs]], dtype=np.int64)
     return mode, pos, ids, idx, lut, base, tab
 
 
@@ -159,7 +170,7 @@ def _key_arrays(n: int) -> tuple[np.ndarray, ...]:
 def sample_keys(attrs: list[Attr], path: str, buf: np.ndarray, s_off: np.ndarray) -> Keys:
     """Every sample's key fields, one parallel pass over the samples."""
     out = _key_arrays(len(s_off))
-    pw.sample_keys(buf, s_off, *_key_args(attrs, path), *out)
+    kernels.parallel(kernels.sample_keys, len(s_off), buf, s_off, *_key_args(attrs, path), *out)
     return Keys(s_off, *out)
 
 
@@ -167,11 +178,11 @@ def scan(attrs: list[Attr], path: str, buf: np.ndarray, start: int, end: int) ->
     """All records and every sample's key fields. The record walk runs in parallel pieces when the
     pieces provably join up (each starts where the previous one stopped, the last at the end);
     otherwise sequentially, which also pins down where a damaged file stops."""
-    threads = numba.get_num_threads()
+    threads = kernels.threads()
     if threads > 1 and end - start >= PARALLEL_SPLIT_BYTES:
         k = 4 * threads
         first, stop, n_s, n_r = (np.zeros(k, np.int64) for _ in range(4))
-        pw.split_chunks(buf, start, end, k, first, stop, n_s, n_r)
+        kernels.parallel(kernels.split_chunks, k, buf, start, end, k, first, stop, n_s, n_r, pieces=k)
         if first[0] == start and stop[-1] == end and (first[1:] == stop[:-1]).all():
             s_base = np.concatenate(([0], np.cumsum(n_s)[:-1]))
             r_base = np.concatenate(([0], np.cumsum(n_r)[:-1]))
@@ -179,7 +190,8 @@ def scan(attrs: list[Attr], path: str, buf: np.ndarray, start: int, end: int) ->
             s_off = scratch(ns, np.uint32 if len(buf) <= OFFSET32_LIMIT else np.int64)
             r = (np.empty(nr, np.int64), np.empty(nr, np.int32), np.empty(nr, np.int32))
             out = _key_arrays(ns)
-            pw.split_keys_chunks(buf, first, stop, s_base, r_base, *_key_args(attrs, path), s_off, *r, *out)
+            kernels.parallel(kernels.split_keys_chunks, k, buf, first, stop, s_base, r_base, *_key_args(attrs, path),
+                             s_off, *r, *out, pieces=k)
             return Records(s_off, *r, end, 0), Keys(s_off, *out)
     recs = split_records(buf, start, end)
     return recs, sample_keys(attrs, path, buf, recs.s_off)
@@ -205,34 +217,54 @@ def decode_samples(nattrs: int, keys: Keys, comm_events: dict[int, list[tuple[in
     """Samples grouped by (attr, payload event id), with thread names resolved as perf does: the
     thread's name at the sample's time (``comm_events``: COMM records per tid, by time)."""
     n = len(keys.off)
-    comm = keys.tid  # thread-name codes replace the tids in place
+    comm = scratch(n, np.int32)
     # usually a thread is named before its first sample and never renamed later: its tid is its name
-    first, tmin, tid_of = pw.dense_codes(keys.tid, keys.key, keys.time, comm)
+    first, tmin, tid_of = dense_codes(keys.tid, keys.key, keys.time, comm)
     renamed = any(t in comm_events and any(ts > t0 for ts, _ in comm_events[t])
                   for t, t0 in zip(tid_of.tolist(), tmin.tolist(), strict=True))
     if not renamed:
         names = [comm_of(t, int(keys.time[j])) for t, j in zip(tid_of.tolist(), first.tolist(), strict=True)]
-    else:  # (tid, COMM records before the sample) names the thread at each sample
-        tid = tid_of[comm].astype(np.int32)  # the tids again (any value where not decodable: skipped)
+    else:  # (thread, COMM records before the sample) names the thread at each sample
         tids = sorted(comm_events)
         seg = np.zeros(len(tids) + 1, dtype=np.int64)
         times: list[int] = []
         for k, t in enumerate(tids):
             times.extend(ts for ts, _ in comm_events[t])
             seg[k + 1] = len(times)
-        ckey = np.empty(n, np.int64)
-        pw.thread_keys(tid, keys.time, keys.key, np.array(tids, dtype=np.int64), seg,
-                       np.array(times, dtype=np.int64), ckey)
-        first, _, _ = pw.dense_codes(ckey, keys.key, keys.time, comm)
+        counts = np.empty(n, np.int32)
+        kernels.parallel(kernels.comm_counts, n, keys.tid, keys.time, keys.key, np.array(tids, dtype=np.int64), seg,
+                         np.array(times, dtype=np.int64), counts)
+        width = int(counts.max()) + 1  # thread code and COMM count as one key
+        ckey = comm * np.int32(width) + counts if len(first) * width < 1 << 31 else \
+            comm.astype(np.int64) * width + counts
+        del counts
+        first, _, _ = dense_codes(ckey, keys.key, keys.time, comm)
         del ckey
-        names = [comm_of(int(tid[j]), int(keys.time[j])) for j in first.tolist()]
-    slots = nattrs * (pw.NO_RAW + 1)
+        names = [comm_of(int(keys.tid[j]), int(keys.time[j])) for j in first.tolist()]
+    discard(keys.tid, 0, n)
+    slots = nattrs * (abi.NO_RAW + 1)
     group_key = np.zeros(slots, np.int64)
     group = keys.key  # renumbered in place: keys become dense group numbers
-    ng = pw.assign_groups(group, np.full(slots, -1, dtype=np.int32), group_key)
+    ng = kernels.assign_groups(group, np.full(slots, -1, dtype=np.int32), group_key)
     gk = group_key[:ng]
-    return Samples(keys.off, keys.rawrel, keys.time, group, comm, names, (gk // (pw.NO_RAW + 1)).astype(np.int32),
-                   (gk % (pw.NO_RAW + 1)).astype(np.int32))
+    return Samples(keys.off, keys.rawrel, keys.time, group, comm, names, (gk // (abi.NO_RAW + 1)).astype(np.int32),
+                   (gk % (abi.NO_RAW + 1)).astype(np.int32))
+
+
+DENSE_CODE_RANGE = 1 << 23  # key ranges up to this are coded through a direct table (tids: pid_max <= 4 M)
+
+
+def dense_codes(keys: np.ndarray, valid: np.ndarray, time: np.ndarray, codes: np.ndarray) \
+        -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """kernels.dense_codes with a direct table when the valid keys span a small range."""
+    lo, hi = (int(keys.min()), int(keys.max())) if len(keys) else (0, 0)  # (invalid keys widen it a little)
+    for cap in (FIRST_CODES, len(keys)):
+        table = np.full(hi - lo + 1 if hi - lo < DENSE_CODE_RANGE else 0, -1, dtype=np.int32)
+        first, tmin, kval = (np.empty(cap, np.int64) for _ in range(3))
+        nc = kernels.dense_codes(keys, lo, table, valid, time, codes, first, tmin, kval)
+        if nc >= 0:
+            return first[:nc], tmin[:nc], kval[:nc]
+    raise AssertionError("dense_codes: more codes than samples")
 
 
 # where a column's bytes come from: the record, its payload, or values the fill computes
@@ -252,51 +284,27 @@ def _plan(a: Attr, fmt: EventFormat | None) -> _Plan:
     cols: dict[str, tuple[int, int, np.dtype]] = {"seq": (SEQ, 0, np.dtype(np.int64)),
                                                   "comm": (COMM_CODE, 0, np.dtype(np.int32))}
     body = 8  # record header
-    if st & pw.S_TIME:
-        cols["ts_ns"] = (FROM_RECORD, body + field_pos(st, pw.S_TIME), np.dtype(np.int64))
-    if st & pw.S_TID:
-        tid = body + field_pos(st, pw.S_TID)
+    if st & abi.S_TIME:
+        cols["ts_ns"] = (FROM_RECORD, body + field_pos(st, abi.S_TIME), np.dtype(np.int64))
+    if st & abi.S_TID:
+        tid = body + field_pos(st, abi.S_TID)
         cols["tgid"] = (FROM_RECORD, tid, np.dtype(np.int32))
         cols["pid"] = (FROM_RECORD, tid + 4, np.dtype(np.int32))
-    if st & pw.S_CPU:
-        cols["cpu"] = (FROM_RECORD, body + field_pos(st, pw.S_CPU), np.dtype(np.int32))
-    if fmt is not None:
-        for f in fmt.fields:
-            if is_scalar(f):
-                cols["f:" + f.name] = (FROM_PAYLOAD, f.offset, scalar_dtype(f))
-        if any(not is_scalar(f) for f in fmt.fields) or table_for_event(fmt.system, fmt.name) is None:
-            cols["raw_off"] = (PAYLOAD_OFF, 0, np.dtype(np.int64))
-            cols["raw_len"] = (PAYLOAD_LEN, 0, np.dtype(np.int32))
+    if st & abi.S_CPU:
+        cols["cpu"] = (FROM_RECORD, body + field_pos(st, abi.S_CPU), np.dtype(np.int32))
+    for name, (p, dt) in field_columns(fmt).items():
+        cols[name] = (FROM_PAYLOAD, p, dt)
+    if fmt is None or any(not is_scalar(f) for f in table_fields(fmt)):  # (no format: the bytes are kept)
+        cols["raw_off"] = (PAYLOAD_OFF, 0, np.dtype(np.int64))
+        cols["raw_len"] = (PAYLOAD_LEN, 0, np.dtype(np.int64))
     return _Plan(cols, fmt)
 
 
 def _fill(buf: np.ndarray, sc: Samples, rows: np.ndarray, plans: dict[int, _Plan],
           counts: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
     """Run the compiled fill; return each planned group's columns as views of one arena."""
-    ng = len(sc.group_attr)
-    col_start = np.zeros(ng + 1, dtype=np.int64)
-    special = np.full((4, ng), -1, dtype=np.int64)  # element index of seq, comm, payload offset, length
-    raw, pos, size, elem = [], [], [], []
-    where: dict[int, dict[str, tuple[int, np.dtype]]] = {}
-    total = 0
-    for g in range(ng):
-        plan = plans.get(g)
-        if plan is not None:
-            where[g] = {}
-            for name, (src, p, dt) in plan.cols.items():
-                where[g][name] = (total, dt)
-                if src >= SEQ:
-                    special[src - SEQ, g] = total // dt.itemsize
-                else:
-                    raw.append(src == FROM_PAYLOAD)
-                    pos.append(p)
-                    size.append(dt.itemsize)
-                    elem.append(total // dt.itemsize)
-                total += (int(counts[g]) * dt.itemsize + 63) & ~63
-        col_start[g + 1] = len(raw)
-    arena = np.empty(max(total, 64), dtype=np.uint8)
-    tables = (*special, col_start, np.array(raw, np.bool_), np.array(pos, np.int64), np.array(size, np.int64),
-              np.array(elem, np.int64), *width_views(arena))
+    ar = arena.layout({g: p.cols for g, p in plans.items()}, counts, (SEQ, COMM_CODE, PAYLOAD_OFF, PAYLOAD_LEN))
+    tables = (*ar.special, ar.col_start, ar.col_src, ar.col_pos, ar.col_size, ar.col_elem, *ar.widths)
     # in slices of the file, each slice's file pages dropped once written out and its per-sample
     # inputs discarded: the file, the per-sample arrays and the tables they become are not all
     # resident at the peak (fresh memory is slow to touch on some hosts: the less, the better)
@@ -305,16 +313,15 @@ def _fill(buf: np.ndarray, sc: Samples, rows: np.ndarray, plans: dict[int, _Plan
     done = 0
     for j0 in range(0, n, FILL_SLICE):
         j1 = min(n, j0 + FILL_SLICE)
-        pw.fill_sample_columns(buf, j0, sc.off[j0:j1], sc.rawrel[j0:j1], sc.group[j0:j1], rows[j0:j1],
-                               sc.comm[j0:j1], *tables)
+        kernels.parallel(kernels.fill_sample_columns, j1 - j0, buf, j0, sc.off[j0:j1], sc.rawrel[j0:j1],
+                         sc.group[j0:j1], rows[j0:j1], sc.comm[j0:j1], *tables)
         upto = int(sc.off[j1]) if j1 < n else len(buf)
         release_pages(buf, done, upto)
         for a in consumed:
             discard(a, 0, j1)
         done = upto
     sc.off = sc.rawrel = sc.group = sc.comm = np.zeros(0, np.int32)  # consumed
-    return {g: {name: arena[d:d + int(counts[g]) * dt.itemsize].view(dt) for name, (d, dt) in cols.items()}
-            for g, cols in where.items()}
+    return ar.views
 
 
 def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, formats: dict[int, EventFormat],
@@ -323,8 +330,8 @@ def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, for
     n = len(sc.off)
     if n == 0:
         return
-    for code, label in ((pw.KEY_UNKNOWN_ID, "sample with an unknown event id"),
-                        (pw.KEY_BROKEN, "sample fields run past the record")):
+    for code, label in ((abi.KEY_UNKNOWN_ID, "sample with an unknown event id"),
+                        (abi.KEY_BROKEN, "sample fields run past the record")):
         bad = np.flatnonzero(sc.group == code)
         if len(bad):
             b.stats.add(path, "unparsed_record", "sample", len(bad), f"offset {int(sc.off[bad[0]])}: {label}")
@@ -332,13 +339,13 @@ def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, for
     ng = len(sc.group_attr)
     rows = scratch(n, np.int32)
     counts = np.zeros(ng, dtype=np.int64)
-    pw.group_rows(order, sc.group, rows, counts)
+    group_rows(order, sc.group, rows, counts)
     plans: dict[int, _Plan] = {}
     plain: list[int] = []
     for g in range(ng):
         a = attrs[int(sc.group_attr[g])]
         etype = int(sc.group_etype[g])
-        if etype == pw.NO_RAW or a.type != PERF_TYPE_TRACEPOINT:
+        if etype == abi.NO_RAW or a.type != PERF_TYPE_TRACEPOINT:
             plain.append(g)
         else:
             plans[g] = _plan(a, formats.get(etype))
@@ -350,7 +357,11 @@ def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, for
     sc.time = np.zeros(0, np.int64)
     views = _fill(buf, sc, rows, plans, counts)
     del rows
-    for g, plan in plans.items():
+    given_back = False  # the groups that read the file again first, then its pages are let go
+    for g, plan in sorted(plans.items(), key=lambda gp: not reads_payloads(gp[1].fmt)):
+        if not given_back and not reads_payloads(plan.fmt):
+            give_back(buf)
+            given_back = True
         _emit_group(path, buf, plan, views.pop(g), int(counts[g]), int(sc.group_etype[g]), sc.comm_names, symbols,
                     b, source)
 
@@ -362,15 +373,8 @@ def _emit_group(path: str, buf: np.ndarray, plan: _Plan, v: dict[str, np.ndarray
     common: dict[str, Any] = {"ts_ns": v.get("ts_ns", np.zeros(n, np.int64)), "seq": v["seq"], "cpu": v.get("cpu"),
                               "pid": v.get("pid"), "tgid": v.get("tgid"),
                               "comm": dict_array(v["comm"], names, check=False), "source": const_column(source, n)}
-    fmt = plan.fmt
-    if fmt is None:
-        emit_unknown(b, path, etype, common, common["pid"], n)
-        return
-    cols: dict[str, Any] = {f.name: scalar_column(f, v["f:" + f.name]) for f in fmt.fields if is_scalar(f)}
-    if "raw_off" in v:
-        cols.update(decode_fields(fmt, buf, v["raw_off"], v["raw_len"], scalars_done=True))
-        cols = {f.name: cols[f.name] for f in fmt.fields}
-    emit_event(b, path, fmt, common, cols, n, symbols)
+    emit_decoded(b, path, buf, plan.fmt, etype, common, {k: a.view(np.int64) if k == "raw_off" else a
+                                                         for k, a in v.items()}, n, symbols)
 
 
 def _emit_plain(a: Attr, path: str, buf: np.ndarray, sc: Samples, sel: np.ndarray, b: TraceBuilder,
@@ -383,14 +387,14 @@ def _emit_plain(a: Attr, path: str, buf: np.ndarray, sc: Samples, sel: np.ndarra
     out = sample_fields([a], path, buf, offs, sizes)
     st = a.sample_type
     b.add("samples", {
-        "ts_ns": out["time"], "seq": sel.astype(np.int64), "cpu": out["cpu"] if st & pw.S_CPU else None,
+        "ts_ns": out["time"], "seq": sel.astype(np.int64), "cpu": out["cpu"] if st & abi.S_CPU else None,
         "pid": out["tid"], "comm": dict_array(sc.comm[sel], sc.comm_names),
-        "tgid": out["pid"] if st & pw.S_TID else None,
+        "tgid": out["pid"] if st & abi.S_TID else None,
         "source": const_column(source, n), "event": const_column(a.name or "", n), "tid": out["tid"],
         # without PERF_SAMPLE_PERIOD every sample stands for attr.sample_period (perf does the same)
-        "period": out["period"] if st & pw.S_PERIOD else
+        "period": out["period"] if st & abi.S_PERIOD else
         np.full(n, 0 if a.flags >> 10 & 1 else a.sample_period, dtype=np.uint64),
-        "ip": out["ip"] if st & pw.S_IP else None,
+        "ip": out["ip"] if st & abi.S_IP else None,
         "cpumode": pa.DictionaryArray.from_arrays(
             pa.array((misc & 7).astype(np.int32)), pa.array([CPUMODES.get(i, "unknown") for i in range(8)])),
         "exact_ip": (misc & MISC_EXACT_IP) != 0,

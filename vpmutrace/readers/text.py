@@ -9,7 +9,6 @@ vectorised with polars regexes.
 from __future__ import annotations
 
 import bz2
-import fnmatch
 import gzip
 import lzma
 import re
@@ -18,18 +17,21 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 import zstandard
 
+from vpmutrace import kernels
 from vpmutrace.errors import InputError
-from vpmutrace.formats.known import reference_formats
-from vpmutrace.readers.text_events import PATTERNS, convert
-from vpmutrace.schema import ALL_TABLES, COMMON, table_for_event
+from vpmutrace.formats.decode import valid_utf8, var_array
+from vpmutrace.kernels import text_layout as tk
+from vpmutrace.readers.text_tables import COMMON_COLS, arrow, emit_text_event, system_of
 from vpmutrace.tracedata import TraceBuilder
-from vpmutrace.typed_fields import event_columns, typed_columns
 
 FTRACE_LINE = (
     r"^\s*(?:(?P<src>[^\s:]+):\s+)?\s*"
-    r"(?:(?P<comm>.+?)-(?P<pid>-?\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    # the task name may end in "-" (async-executor--20974): the pid is after the last "-"
+    r"(?:(?P<comm>.+)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
     r"(?:(?P<flags>[\w.]{4,6})\s+)?)?"
     r"(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s?(?P<body>.*)$"
 )
@@ -44,10 +46,9 @@ LOST_LINE = (r"^\s*(?:(?P<src>[^\s:]+):\s+)?CPU:\s*(?P<cpu>\d+) "
 NOTICE_LINE = r"^(?:#####.*#####|version = \d+|CPU \d+ is empty)\s*$"
 PERF_MODIFIERS = re.compile(r"^[ukhpPGHISDWeb]+$")
 SAMPLE_BODY = r"^\s*(?P<ip>[0-9a-fA-F]+)\s+(?P<sym>.*?)\s+\((?P<dso>[^()]*)\)\s*$"
-FAILED = "[FAILED TO PARSE]"
-COMMON_COLS = [c.name for c in COMMON]
 
 MAX_BINARY_PROBE = 65536
+SNIFF_LINES, SNIFF_BYTES = 400, 1 << 20  # lines the flavor is guessed from
 
 
 def sniff_text_flavor(lines: list[str]) -> str:
@@ -56,7 +57,7 @@ def sniff_text_flavor(lines: list[str]) -> str:
     perf = re.compile(PERF_LINE)
     n_perf = n_ft = padded = 0
     tc = False
-    for line in lines[:400]:
+    for line in lines[:SNIFF_LINES]:
         if re.match(CPUS_LINE, line):
             tc = True
             continue
@@ -108,87 +109,153 @@ def read_text(path: str | Path, builder: TraceBuilder) -> None:
     nul = raw.find(b"\0", 0, MAX_BINARY_PROBE)
     if nul >= 0:
         raise InputError(str(p), "binary data where a text trace was expected (NUL byte)", f"offset {nul}")
-    text = raw.decode("utf-8", errors="replace")
-    lines = text.splitlines()
-    flavor = sniff_text_flavor(lines)
+    flavor = sniff_text_flavor(raw[:SNIFF_BYTES].decode("utf-8", "replace").splitlines()[:SNIFF_LINES])
     src_file = str(p)
-    df = pl.DataFrame({"line": lines}).with_row_index("lineno", offset=1)
     tool = {"perf-script": "perf script", "trace-cmd-report": "trace-cmd report",
             "ftrace-text": "kernel ftrace"}[flavor]
     builder.meta["inputs"].append({"path": src_file, "format": flavor, "tool": tool, "size_bytes": len(raw)})
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    starts = line_starts(buf)
+    nlines = len(starts) - 1
+    frames: list[pa.Table] = []
+    lost: list[pl.DataFrame] = []
+    heads = np.empty(tk.H_COLUMNS * min(nlines, CHUNK_LINES), np.int64)  # reused for every chunk
+    for a in range(0, nlines, CHUNK_LINES):  # in chunks of lines: the parse's scratch stays small
+        z = min(nlines, a + CHUNK_LINES)
+        h = heads[:tk.H_COLUMNS * (z - a)].reshape(tk.H_COLUMNS, z - a)  # a row per column
+        kernels.parallel(kernels.parse_lines, z - a, buf, starts[a:z + 1],
+                         tk.FLAVOR_PERF if flavor == "perf-script" else tk.FLAVOR_FTRACE, h)
+        kind = h[tk.H_KIND]
+        other = np.flatnonzero(kind == tk.LINE_OTHER)
+        if len(other):
+            lost.append(_other_lines(buf, h, other, a, flavor, src_file, builder))
+        ev = np.flatnonzero(kind == tk.LINE_EVENT)
+        if len(ev):
+            frames.append(_event_frame(buf, h, ev, a))
+    del buf, raw, heads, starts  # the frames hold copies of what they need: the file's bytes can go
+    if not frames:
+        bad = builder.stats.entries()
+        raise InputError(src_file, f"no trace events recognised in {nlines} lines "
+                                   f"(not ftrace, trace-cmd report or perf script text)",
+                         next((e.examples[0].split(":")[0] for e in bad if e.category == "unparsed_line"), None))
+    frame = pl.from_arrow(pa.concat_tables(frames, promote_options="permissive"))
+    del frames
+    notices = pl.concat(lost) if lost else None
+    if notices is not None and notices.height:
+        _add_lost(notices, frame, src_file, builder)  # type: ignore[arg-type]
+    _emit_events(frame.with_columns(pl.col("event").cast(pl.String)), flavor, src_file, builder)  # type: ignore[union-attr]
+
+
+CHUNK_LINES = 1 << 20
+
+
+def line_starts(buf: np.ndarray) -> np.ndarray:
+    """Where each line starts, and the end: len(lines) + 1 offsets, found in compiled passes."""
+    n = len(buf)
+    pieces = max(1, min(64, n >> 20))
+    bounds = np.linspace(0, n, pieces + 1).astype(np.int64)
+    counts = np.zeros(pieces, np.int64)
+    kernels.parallel(kernels.count_lines, pieces, buf, bounds, counts, pieces=pieces)
+    first = np.concatenate(([0], np.cumsum(counts)[:-1])).astype(np.int64)
+    lines = int(counts.sum()) + (1 if n and buf[-1] != 10 else 0)
+    starts = np.empty(lines + 1, np.int64)
+    starts[0] = 0
+    kernels.parallel(kernels.line_starts, pieces, buf, bounds, first, starts, pieces=pieces)
+    starts[lines] = n
+    return starts
+
+
+def spans(buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> pa.Array:
+    """Strings buf[start[i]:end[i]] (null where start < 0), built in compiled passes."""
+    absent = start < 0
+    sizes = np.where(absent, 0, end - start)
+    value_offsets = np.zeros(len(start) + 1, np.int64)
+    np.cumsum(sizes, out=value_offsets[1:])
+    data = np.empty(int(value_offsets[-1]), np.uint8)
+    kernels.parallel(kernels.copy_values, len(start), buf, np.where(absent, 0, start), 0, value_offsets, data)
+    value_offsets, data = valid_utf8(value_offsets, data)
+    arr = var_array(pa.string(), value_offsets, data)
+    if absent.any():
+        arr = pc.if_else(pa.array(absent), pa.nulls(len(arr), pa.string()), arr)
+    return arr
+
+
+def _numbers(col: np.ndarray, dtype: type) -> pa.Array:
+    absent = col == tk.NONE
+    return pa.array(np.where(absent, 0, col).astype(dtype), mask=absent if absent.any() else None)
+
+
+def _event_frame(buf: np.ndarray, heads: np.ndarray, rows: np.ndarray, first_line: int) -> pa.Table:
+    """The event lines ``rows`` of a chunk of parsed lines (its first line: ``first_line``) as columns."""
+    every = len(rows) == heads.shape[1]  # (usually every line is an event)
+
+    def h(c: int) -> np.ndarray:
+        return heads[c] if every else heads[c][rows]
+
+    cpu = h(tk.H_CPU)
+    frame = {
+        "lineno": pa.array(rows + first_line + 1), "ts_ns": pa.array(h(tk.H_TS).copy()),
+        "cpu": pa.array(cpu.astype(np.int32), mask=cpu < 0 if (cpu < 0).any() else None),
+        "pid": _numbers(h(tk.H_PID), np.int32), "tgid": _numbers(h(tk.H_TGID), np.int32),
+        "comm": spans(buf, h(tk.H_COMM_S), h(tk.H_COMM_E)),
+        "src": spans(buf, h(tk.H_SRC_S), h(tk.H_SRC_E)),
+        "event": spans(buf, h(tk.H_EVENT_S), h(tk.H_EVENT_E)).dictionary_encode(),
+        "body": spans(buf, h(tk.H_BODY_S), h(tk.H_LINE_E)),
+        "period": _numbers(h(tk.H_PERIOD), np.int64),
+    }
+    return pa.table(frame)
+
+
+def _other_lines(buf: np.ndarray, heads: np.ndarray, rows: np.ndarray, first_line: int, flavor: str, src_file: str,
+                 builder: TraceBuilder) -> pl.DataFrame:
+    """Lines that are no event: tool notices (``cpus=N``), perf callchain lines, or unparsed
+    (counted, with the first few); returns the lost-events notices (lineno, cpu, a / b: the count),
+    placed by ``_add_lost`` once the events are known."""
     stats = builder.stats
-
+    df = pl.DataFrame({"lineno": rows + first_line + 1,
+                       "line": spans(buf, heads[tk.H_LINE_S][rows], heads[tk.H_LINE_E][rows])})
     line = pl.col("line")
-    blank = line.str.strip_chars() == ""
-    comment = line.str.strip_chars_start().str.starts_with("#") & ~line.str.contains(r"^#####.*#####\s*$")
-    df = df.filter(~blank & ~comment)
-
     cpus = df.filter(line.str.contains(CPUS_LINE)).select(line.str.extract_groups(CPUS_LINE)).unnest("line")
     if cpus.height:
-        builder.meta["cpus"] = int(cpus["n"].cast(pl.Int64).max())  # type: ignore[arg-type]
+        builder.meta["cpus"] = max(builder.meta.get("cpus") or 0, int(cpus["n"].cast(pl.Int64).max()))  # type: ignore[arg-type]
     lost = df.filter(line.str.contains(LOST_LINE))
-    lost_rows = lost.select("lineno", line.str.extract_groups(LOST_LINE).alias("g")).unnest("g") \
-        if lost.height else None
+    lost = lost.select("lineno", line.str.extract_groups(LOST_LINE).alias("g")).unnest("g")
     notice = line.str.contains(CPUS_LINE) | line.str.contains(LOST_LINE) | line.str.contains(NOTICE_LINE)
-    df = df.filter(~notice)
-
-    pattern = PERF_LINE if flavor == "perf-script" else FTRACE_LINE
-    parsed = df.select("lineno", "line", line.str.extract_groups(pattern).alias("h")).unnest("h")
-    ok = pl.col("ts").is_not_null()
-    bad = parsed.filter(~ok)
+    bad = df.filter(~notice)
     if flavor == "perf-script" and bad.height:
         chain = bad["line"].str.contains(PERF_CALLCHAIN)
         if chain.any():
             stats.add(src_file, "callchain_lines", "", int(chain.sum()))
         bad = bad.filter(~chain)
-    for row in bad.select("lineno", "line").head(5).iter_rows():
+    for row in bad.head(5).iter_rows():
         stats.add(src_file, "unparsed_line", "", 0, f"line {row[0]}: {row[1][:120]}")
     if bad.height:
         stats.add(src_file, "unparsed_line", "", bad.height)
-    ev = parsed.filter(ok)
-    if lost_rows is not None:
-        _add_lost(lost_rows, ev, src_file, builder)
-    if ev.height == 0:
-        raise InputError(src_file, f"no trace events recognised in {len(lines)} lines "
-                                   f"(not ftrace, trace-cmd report or perf script text)",
-                         f"line {int(bad['lineno'][0])}" if bad.height else None)
-    _emit_events(ev, flavor, src_file, builder)
+    return lost
 
 
 def _add_lost(rows: pl.DataFrame, ev: pl.DataFrame, src_file: str, builder: TraceBuilder) -> None:
     """'CPU:N [LOST M EVENTS]' lines (the kernel prints them before the first event after the loss on
     that CPU): placed at that event's time, so the loss covers [last event before, it] on CPU N."""
-    nxt = ev.select("lineno", pl.col("cpu").cast(pl.Int32), _ts_ns("ts").alias("ts_ns")).sort("lineno")
+    nxt = ev.select("lineno", "cpu", "ts_ns").filter(pl.col("cpu").is_not_null()).sort("lineno")
     r = rows.with_columns(pl.col("cpu").cast(pl.Int32)).sort("lineno").join_asof(
         nxt, on="lineno", by="cpu", strategy="forward")
-    for row in r.iter_rows(named=True):
+    for row in r.iter_rows(named=True):  # (one per loss notice)
         n = row["a"] or row["b"]
         builder.add_lost(src_file, "lost_events", int(n) if n else None, row["ts_ns"], int(row["cpu"]),
                          f"line {row['lineno']}")
 
 
-def _ts_ns(col: str) -> pl.Expr:
-    parts = pl.col(col).str.split_exact(".", 1)
-    sec = parts.struct.field("field_0").cast(pl.Int64)
-    frac = parts.struct.field("field_1").str.pad_end(9, "0").str.slice(0, 9).cast(pl.Int64)
-    return sec * 1_000_000_000 + frac
-
-
 def _emit_events(ev: pl.DataFrame, flavor: str, src_file: str, builder: TraceBuilder) -> None:
     perf = flavor == "perf-script"
     ev = ev.with_columns(
-        ts_ns=_ts_ns("ts"),
         seq=pl.col("lineno").cast(pl.Int64),
-        cpu=pl.col("cpu").cast(pl.Int32),
-        pid=(pl.col("tid").fill_null(pl.col("pid")) if perf else pl.col("pid")).cast(pl.Int32),
-        # perf script prints pid/tid only when asked (-F pid,tid); ftrace has "(tgid)" with -o record-tgid
-        tgid=(pl.when(pl.col("tid").is_not_null()).then(pl.col("pid")) if perf else pl.col("tgid"))
-        .cast(pl.Int32, strict=False),
+        # perf script prints pid/tid only when asked (-F pid,tid): the thread id is the pid column
+        # and the process id the tgid; ftrace has "(tgid)" with -o record-tgid
         # perf script prints ":<tid>" when it knows no name for the thread
-        comm=pl.when(pl.col("comm").str.contains(r"^\s*:-?\d+\s*$")).then(None)
-        .otherwise(pl.col("comm").str.strip_chars()) if perf else pl.col("comm").str.strip_chars(),
-        source=pl.col("src").fill_null("host") if "src" in ev.columns else pl.lit("host"),
-        body=pl.col("body").str.strip_chars_start(" ") if not perf else pl.col("body"),
+        comm=pl.when(pl.col("comm").str.contains(r"^:-?\d+$")).then(None).otherwise(pl.col("comm"))
+        if perf else pl.col("comm"),
+        source=pl.col("src").fill_null("host"),
     )
     if perf:
         split = pl.col("event").str.split_exact(":", 1)
@@ -200,103 +267,19 @@ def _emit_events(ev: pl.DataFrame, flavor: str, src_file: str, builder: TraceBui
         ev = ev.filter(~is_sample)
     else:
         ev = ev.with_columns(system=pl.lit(None, pl.String), evname=pl.col("event"))
-    common = COMMON_COLS
     for (system, name), grp in ev.group_by(["system", "evname"], maintain_order=True):
-        table = table_for_event(system, name)
-        if system is None and table is not None:
-            system = _system_of(table, name)
-        full = f"{system}:{name}" if system else name
-        if table is None:
-            _emit_generic(grp, full, builder)
-            continue
-        remaining = grp
-        for pat in PATTERNS[table]:
-            if remaining.height == 0:
-                break
-            matches = pl.col("body").str.contains(pat)
-            hit = remaining.filter(matches)
-            remaining = remaining.filter(~matches)
-            if hit.height == 0:
-                continue
-            typed = convert(table, hit.select(pl.col("body").str.extract_groups(pat).alias("g")).unnest("g"))
-            cols: dict[str, Any] = {c: hit[c] for c in common}
-            cols.update({c: typed[c] for c in typed.columns})
-            cols.update(event_columns(table, name, hit.height))
-            builder.add(table, {k: _arrow(v) for k, v in cols.items()}, hit.height, full)
-        if remaining.height:
-            _emit_unmatched(remaining, table, system, name, src_file, builder)
-
-
-def _arrow(v: Any) -> Any:
-    return v.to_arrow() if isinstance(v, pl.Series) else v
-
-
-_KV = re.compile(r"(\w+)=(\S*)")
-
-
-def _emit_unmatched(rows: pl.DataFrame, table: str, system: str | None, name: str, src_file: str,
-                    builder: TraceBuilder) -> None:
-    """Rows of a typed event whose text did not match: raw-field fallback, else generic + counted."""
-    full = f"{system}:{name}" if system else name
-    failed = rows.filter(pl.col("body").str.starts_with(FAILED))
-    if failed.height:
-        recs = [dict(_KV.findall(b[len(FAILED):])) for b in failed["body"].to_list()]
-        keys = sorted(set().union(*recs))
-        fields: dict[str, Any] = {}
-        for k in keys:
-            vals = [r.get(k) for r in recs]
-            fields[k] = [_int_or_str(v) for v in vals]
-        for k, v in fields.items():
-            if all(isinstance(x, int) for x in v):
-                fields[k] = np.array(v, dtype=np.int64 if min(v, default=0) < 0 else np.uint64)
-        ref = reference_formats().get(f"{system}:{name}")
-        cols = typed_columns(table, name, ref, fields, failed.height)
-        cols.update({c: _arrow(failed[c]) for c in COMMON_COLS})
-        builder.add(table, cols, failed.height, full)
-        builder.stats.add(src_file, "print_fmt_fallback", full, failed.height,
-                          f"line {failed['lineno'][0]}: the tool printed raw fields")
-    other = rows.filter(~pl.col("body").str.starts_with(FAILED))
-    if other.height:
-        for ln, body in other.select("lineno", "body").head(5).iter_rows():
-            builder.stats.add(src_file, "body_unparsed", full, 0, f"line {ln}: {body[:120]}")
-        builder.stats.add(src_file, "body_unparsed", full, other.height)
-        _emit_generic(other, full, builder)
-
-
-def _system_of(table: str, name: str) -> str | None:
-    """The tracepoint system of a typed event seen without one (ftrace / trace-cmd text)."""
-    for ev in ALL_TABLES[table].events:
-        sys_, _, pat = ev.partition(":")
-        if fnmatch.fnmatchcase(name, pat):
-            return sys_
-    return None
-
-
-def _int_or_str(v: str | None) -> Any:
-    if v is None:
-        return None
-    try:
-        return int(v, 0)
-    except ValueError:
-        return v
-
-
-def _emit_generic(rows: pl.DataFrame, full: str, builder: TraceBuilder) -> None:
-    cols = {c: _arrow(rows[c]) for c in COMMON_COLS}
-    cols["event"] = [full] * rows.height
-    cols["text"] = _arrow(rows["body"])
-    builder.add("events", cols, rows.height, full)
+        emit_text_event(grp, system if system is not None else system_of(name), name, src_file, builder)
 
 
 def _emit_samples(rows: pl.DataFrame, src_file: str, builder: TraceBuilder) -> None:
     g = rows.select(pl.col("body").str.extract_groups(SAMPLE_BODY).alias("g")).unnest("g")
-    cols: dict[str, Any] = {c: _arrow(rows[c]) for c in COMMON_COLS}
-    cols["event"] = _arrow(rows["event"])
-    cols["tid"] = _arrow(rows["pid"])
-    cols["period"] = _arrow(rows["period"].cast(pl.UInt64, strict=False))
-    cols["ip"] = _arrow(g["ip"].str.to_integer(base=16, dtype=pl.UInt64, strict=False))
-    cols["sym"] = _arrow(g["sym"])
-    cols["dso"] = _arrow(g["dso"])
+    cols: dict[str, Any] = {c: arrow(rows[c]) for c in COMMON_COLS}
+    cols["event"] = arrow(rows["event"])
+    cols["tid"] = arrow(rows["pid"])
+    cols["period"] = arrow(rows["period"].cast(pl.UInt64))
+    cols["ip"] = arrow(g["ip"].str.to_integer(base=16, dtype=pl.UInt64, strict=False))
+    cols["sym"] = arrow(g["sym"])
+    cols["dso"] = arrow(g["dso"])
     builder.add("samples", cols, rows.height)
     for ev, n in rows.group_by("event").len().iter_rows():
         builder.event_counts[ev] += n

@@ -56,6 +56,8 @@ PATTERNS: dict[str, list[str]] = {
     "kvm_emulate_insn": [
         rf"^(?P<csbase__x>{H}):(?P<rip__x>{H}):(?P<insn>[0-9a-fA-F ]*?) ?\((?P<mode>\w+)\)"
         r"(?P<failed__p> failed)?\s*$",
+        # trace-cmd's kvm plugin (libtraceevent plugin_kvm.c): bytes (or their disassembly), no mode
+        rf"^(?P<csbase__x>{H}):(?P<rip__x>{H}): (?P<insn>(?:[0-9a-f]{{2}} )*[0-9a-f]{{2}})(?P<failed__p> FAIL)?\s*$",
     ],
     "kvm_userspace_exit": [r"^reason (?P<reason_name>\S+) \((?P<num__d>-?\d+)\)\s*$"],
     "nmi_handler": [
@@ -129,39 +131,43 @@ def _post_cpuid(df: pl.DataFrame) -> pl.DataFrame:
                            .otherwise(pl.col("found") == "found"))
 
 
-def _post_exit(df: pl.DataFrame) -> pl.DataFrame:
+def _per_name(col: pl.Series, fn: Callable[[str], tuple], names: list[str], dtypes: list[pl.DataType]) \
+        -> dict[str, pl.Series]:
+    """Columns computed from a name column once per distinct name (not per row)."""
+    distinct = col.unique().drop_nulls().to_list()
+    values = [fn(v) for v in distinct]
+    out: dict[str, pl.Series] = {}
+    for k, (name, dtype) in enumerate(zip(names, dtypes, strict=True)):
+        mapped = col.replace_strict(distinct, [v[k] for v in values], default=None, return_dtype=dtype)
+        out[name] = mapped.alias(name)
+    return out
+
+
+def _exit_reason(s: str) -> tuple[str, str, int | None, int | None]:
     codes = exit_reason_codes()
-    names = df["reason"].to_list()
-    reasons, flags, code, isa = [], [], [], []
-    for s in names:
-        words = s.split(" ")
-        k = len(words)
-        while k > 1 and words[k - 1] in VMX_REASON_FLAGS:
-            k -= 1
-        r = " ".join(words[:k])
-        f = words[k:]
-        reasons.append(r)
-        flags.append(" ".join(f))
-        if r in codes:
-            c, i = codes[r]
-            c |= sum(VMX_REASON_FLAGS[w] for w in f)
-        elif r.startswith("0x"):
-            c, i = int(r, 16), None
-        else:
-            c, i = None, None
-        code.append(c)
-        isa.append(i)
-    return df.with_columns(reason=pl.Series(reasons, dtype=pl.String),
-                           reason_flags=pl.Series(flags, dtype=pl.String),
-                           exit_reason=pl.Series(code, dtype=pl.UInt32),
-                           isa=pl.Series(isa, dtype=pl.UInt8))
+    words = s.split(" ")
+    k = len(words)
+    while k > 1 and words[k - 1] in VMX_REASON_FLAGS:
+        k -= 1
+    r, f = " ".join(words[:k]), words[k:]
+    if r in codes:
+        c, i = codes[r]
+        return r, " ".join(f), c | sum(VMX_REASON_FLAGS[w] for w in f), i
+    if r.startswith("0x"):
+        return r, " ".join(f), int(r, 16), None
+    return r, " ".join(f), None, None
+
+
+def _post_exit(df: pl.DataFrame) -> pl.DataFrame:
+    return df.with_columns(**_per_name(df["reason"], _exit_reason, ["reason", "reason_flags", "exit_reason", "isa"],
+                                       [pl.String, pl.String, pl.UInt32, pl.UInt8]))
 
 
 def _post_exception(df: pl.DataFrame) -> pl.DataFrame:
     vec = exception_vectors()
-    exc = [vec.get(n, int(n, 16) if n.startswith("0x") else None) for n in df["name"].to_list()]
-    return df.with_columns(exception=pl.Series(exc, dtype=pl.UInt8),
-                           has_error=pl.col("error_code").is_not_null())
+    exc = _per_name(df["name"], lambda n: (vec.get(n, int(n, 16) if n.startswith("0x") else None),),
+                    ["exception"], [pl.UInt8])
+    return df.with_columns(**exc, has_error=pl.col("error_code").is_not_null())
 
 
 def _post_userspace(df: pl.DataFrame) -> pl.DataFrame:
@@ -179,7 +185,8 @@ def _post_nmi(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def _post_emulate(df: pl.DataFrame) -> pl.DataFrame:
-    return df.with_columns(insn=pl.col("insn").str.strip_chars())
+    # the bytes as printed ("0f 00 d8"): binary
+    return df.with_columns(insn=pl.col("insn").str.replace_all(" ", "").str.decode("hex"))
 
 
 POST: dict[str, Callable[[pl.DataFrame], pl.DataFrame]] = {

@@ -10,16 +10,18 @@ u64 size.
 from __future__ import annotations
 
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.readers import tracing_data as tdmod
-from vpmutrace.readers.binio import Cursor
-from vpmutrace.readers.payloads import emit_payloads
+from vpmutrace.readers.binio import Cursor, scratch
+from vpmutrace.readers.payloads import Records, emit_payloads
 from vpmutrace.readers.ringbuf import walk_pages
 from vpmutrace.tracedata import TraceBuilder
 from vpmutrace.writers.trace_dat import BufferData, TraceDatContent
@@ -90,7 +92,10 @@ def read_trace_dat(path: str | Path, builder: TraceBuilder, source: str = "host"
 def emit_trace_dat(td: TraceDat, raw: bytes, builder: TraceBuilder, source: str = "host",
                    shift: TimeShift | None = None) -> None:
     _apply_meta(td, builder)
+    builder.symbols = builder.symbols or td.tracing.kallsyms
     _emit(raw, td, builder, source, shift)
+    for bad in td.tracing.bad_formats:  # (formats are parsed when used: known after the events)
+        builder.stats.add(td.path, "bad_format", "", 1, bad)
 
 
 def open_trace_dat(path: str | Path) -> tuple[TraceDat, bytes]:
@@ -288,8 +293,6 @@ def _apply_meta(td: TraceDat, b: TraceBuilder) -> None:
                              "instances": [x.name or "(top)" for x in td.buffers],
                              "trace_id": o.get("trace_id"), "guests": o.get("guests"),
                              "cpustat": td.cpustat})
-    for bad in td.tracing.bad_formats:
-        b.stats.add(td.path, "bad_format", "", 1, bad)
     for i, text in enumerate(td.cpustat):
         for line in text.splitlines():
             k, _, v = line.partition(":")
@@ -329,10 +332,11 @@ def _cpu_chunks(raw: bytes, td: TraceDat, cd: CpuData, b: TraceBuilder | None = 
     return avail
 
 
-def _decompress_into(raw: bytes, td: TraceDat, cd: CpuData, chunks: Chunks, out: np.ndarray, at: int) -> None:
+def _decompress_into(raw: bytes, td: TraceDat, cd: CpuData, chunks: Chunks, out: np.ndarray, at: int,
+                     codec: _Codec | None = None) -> None:
     """Each chunk decompressed straight to its place in ``out`` (from ``at``): no list of pieces
     to join, each piece's memory reused for the next."""
-    codec: _Codec = td._codec  # type: ignore[attr-defined]
+    codec = codec or td._codec  # type: ignore[attr-defined]
     view = memoryview(raw)
     for off, csize, usize in chunks:
         try:
@@ -364,13 +368,29 @@ def _buffer_bytes(raw: bytes, td: TraceDat, buf: Buffer, b: TraceBuilder) -> tup
     if not any(isinstance(g, list) for g in got):
         return np.frombuffer(raw, dtype=np.uint8), [(cd.offset, int(g)) for cd, g in zip(buf.cpus, got, strict=True)]
     sizes = [sum(u for _, _, u in g) if isinstance(g, list) else 0 for g in got]
-    out = np.empty(sum(sizes), dtype=np.uint8)
+    out = scratch(sum(sizes), np.uint8)  # (given back as the payloads are decoded: payloads.emit_payloads)
     spans, at = [], 0
+    tasks: list[tuple[CpuData, Chunks, int]] = []  # runs of chunks, each decompressed by one thread
+    step = max(1, sum(sizes) // (4 * kernels.threads()))
     for cd, g, size in zip(buf.cpus, got, sizes, strict=True):
         if isinstance(g, list):
-            _decompress_into(raw, td, cd, g, out, at)
+            run: Chunks = []
+            run_at, run_size = at, 0
+            for chunk in g:
+                run.append(chunk)
+                run_size += chunk[2]
+                if run_size >= step:
+                    tasks.append((cd, run, run_at))
+                    run_at += run_size
+                    run, run_size = [], 0
+            if run:
+                tasks.append((cd, run, run_at))
         spans.append((at, size))
         at += size
+    # zlib and zstd decompress without the GIL: the runs go to threads, each with its own codec
+    with ThreadPoolExecutor(kernels.threads()) as pool:
+        list(pool.map(lambda t: _decompress_into(raw, td, t[0], t[1], out, t[2], _Codec(td.compression, td.path)),
+                      tasks))
     return out, spans
 
 
@@ -468,12 +488,10 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShi
             cpus.append(np.full(len(walk.offsets), cd.cpu, dtype=np.int32))
         if not offsets:
             continue
-        ts_ns = np.concatenate(stamps)
-        n = len(ts_ns)
-        offs, lens, cpu = np.concatenate(offsets), np.concatenate(lengths).astype(np.int32), np.concatenate(cpus)
+        recs = Records(np.concatenate(offsets), np.concatenate(lengths), np.concatenate(stamps), np.concatenate(cpus))
+        n = len(recs.offsets)
         del offsets, lengths, stamps, cpus
-        emit_payloads(b, td.path, src, data, offs, lens, ts_ns, cpu, t.formats, td.endian, t.cmdlines, t.kallsyms,
-                      seq_base=seq_base, time_order=True)
+        emit_payloads(b, td.path, src, data, recs, t.formats, td.endian, t.cmdlines, t.kallsyms, seq_base=seq_base)
         seq_base += n
 
 

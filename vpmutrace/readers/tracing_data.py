@@ -9,6 +9,8 @@ per-piece parsers here serve both.
 from __future__ import annotations
 
 import bisect
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,24 +18,77 @@ from vpmutrace.errors import InputError
 from vpmutrace.formats.event_format import EventFormat, parse_format, parse_header_page
 from vpmutrace.readers.binio import Cursor
 
+_ID_RE = re.compile(rb"^ID:\s*(\d+)", re.M)
+
+
+class Formats(Mapping[int, EventFormat]):
+    """Event formats by id, each parsed when first asked for: a trace.dat carries the format of
+    every event of its kernel (thousands), of which a trace uses a few. A format that does not
+    parse is not there, and ``bad`` says why."""
+
+    def __init__(self, parsed: dict[int, EventFormat] | None = None) -> None:
+        self._texts: dict[int, tuple[bytes, str]] = {}
+        self._parsed: dict[int, EventFormat | None] = dict(parsed or {})
+        self.bad: list[str] = []
+
+    def add(self, text: bytes, system: str) -> None:
+        m = _ID_RE.search(text)
+        if m is None:  # no ID line: the parse says what is wrong
+            self._parse(text, system)
+            return
+        self._texts[int(m.group(1))] = (text, system)
+
+    def _parse(self, text: bytes, system: str) -> EventFormat | None:
+        try:
+            return parse_format(text.decode("utf-8", "replace"), system)
+        except ValueError as e:
+            self.bad.append(f"{system}: {e}")
+            return None
+
+    def __getitem__(self, event_id: int) -> EventFormat:
+        if event_id not in self._parsed:
+            text = self._texts.get(event_id)
+            self._parsed[event_id] = self._parse(*text) if text is not None else None
+        fmt = self._parsed[event_id]
+        if fmt is None:
+            raise KeyError(event_id)
+        return fmt
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(set(self._texts) | {k for k, v in self._parsed.items() if v is not None})
+
+    def __len__(self) -> int:
+        return len(set(self._texts) | {k for k, v in self._parsed.items() if v is not None})
+
 
 @dataclass
 class TracingData:
     header_page: dict[str, tuple[int, int]] = field(default_factory=dict)
-    formats: dict[int, EventFormat] = field(default_factory=dict)
+    formats: Mapping[int, EventFormat] = field(default_factory=Formats)
     kallsyms: Kallsyms | None = None
     cmdlines: dict[int, str] = field(default_factory=dict)
-    bad_formats: list[str] = field(default_factory=list)
     # the texts as stored, so a file can be re-written (writers/trace_dat.py)
     raw: dict[str, Any] = field(default_factory=lambda: {"ftrace": [], "events": {}})
 
+    @property
+    def bad_formats(self) -> list[str]:
+        return self.formats.bad if isinstance(self.formats, Formats) else []
+
 
 class Kallsyms:
-    """Address -> symbol name for %ps/%pS printing (nearest symbol at or below the address)."""
+    """Address -> symbol name for %ps/%pS printing (nearest symbol at or below the address). The
+    text (/proc/kallsyms: a hundred thousand lines) is parsed on the first lookup."""
 
     def __init__(self, text: str) -> None:
+        self.text = text
+        self.addrs: list[int] = []
+        self.names: list[str] = []
+        self._parsed = False
+
+    def _parse(self) -> None:
+        self._parsed = True
         pairs: list[tuple[int, str]] = []
-        for line in text.splitlines():
+        for line in self.text.splitlines():
             parts = line.split()
             if len(parts) >= 3:
                 try:
@@ -45,6 +100,8 @@ class Kallsyms:
         self.names = [n for _, n in pairs]
 
     def __call__(self, addr: int) -> str | None:
+        if not self._parsed:
+            self._parse()
         i = bisect.bisect_right(self.addrs, addr) - 1
         if i < 0 or self.addrs[i] == 0:
             return None
@@ -61,12 +118,8 @@ def read_header_info(c: Cursor, td: TracingData) -> None:
 
 
 def _add_format(td: TracingData, text: bytes, system: str, path: str) -> None:
-    try:
-        fmt = parse_format(text.decode("utf-8", "replace"), system)
-    except ValueError as e:
-        td.bad_formats.append(f"{system}: {e}")
-        return
-    td.formats[fmt.id] = fmt
+    assert isinstance(td.formats, Formats)
+    td.formats.add(text, system)
 
 
 def read_ftrace_formats(c: Cursor, td: TracingData) -> None:

@@ -12,8 +12,7 @@ import struct
 
 import numpy as np
 
-TYPE_TIME_EXTEND = 30
-DELTA_MAX = (1 << 27) - 1
+from vpmutrace.formats.ringbuf_abi import DELTA_MAX, TS_SHIFT, TYPE_DATA_MAX, TYPE_TIME_EXTEND
 
 
 def pack_pages(payloads: list[bytes], ts: np.ndarray, page_size: int = 4096) -> bytes:
@@ -31,7 +30,7 @@ def pack_pages(payloads: list[bytes], ts: np.ndarray, page_size: int = 4096) -> 
     for payload, t in zip(payloads, ts.tolist(), strict=True):
         plen = (len(payload) + 3) & ~3
         body = payload + bytes(plen - len(payload))
-        if plen <= 28 * 4:
+        if plen <= TYPE_DATA_MAX * 4:
             need = 4 + plen
         else:
             need = 8 + plen
@@ -42,9 +41,9 @@ def pack_pages(payloads: list[bytes], ts: np.ndarray, page_size: int = 4096) -> 
             last = t
         delta = t - last
         if delta > DELTA_MAX:
-            data += struct.pack("<II", TYPE_TIME_EXTEND | ((delta & DELTA_MAX) << 5), delta >> 27)
+            data += struct.pack("<II", TYPE_TIME_EXTEND | ((delta & DELTA_MAX) << 5), delta >> TS_SHIFT)
             delta = 0
-        if plen <= 28 * 4:
+        if plen <= TYPE_DATA_MAX * 4:
             data += struct.pack("<I", (plen // 4) | (delta << 5)) + body
         else:
             data += struct.pack("<II", delta << 5, plen + 4) + body

@@ -1,8 +1,10 @@
-"""Compiled loops over perf.data records (numba): the record walk and the sample field walk.
+"""Compiled loops over perf.data records: the record walks and the sample field walks.
 
-Both are sequential over variable-length records, which numpy cannot vectorise.
-Layouts: include/uapi/linux/perf_event.h (PERF_RECORD_SAMPLE body order) and
-tools/perf/util/event.h (tool records that carry data outside header.size).
+They are sequential over variable-length records, which numpy cannot vectorise. Kernels that
+end in ``lo, hi`` handle one range of their items (samples, pieces or chunks) and are run on
+several threads by ``vpmutrace.kernels.parallel``. Layouts: include/uapi/linux/perf_event.h
+(PERF_RECORD_SAMPLE body order) and tools/perf/util/event.h (records that carry data outside
+header.size).
 """
 
 from __future__ import annotations
@@ -10,19 +12,42 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-REC_HEADER_TRACING_DATA = 66
-REC_AUXTRACE = 71
+from vpmutrace.formats.perf_abi import (
+    A_FIXED_END,
+    A_RF,
+    A_ST,
+    A_TID,
+    A_TIME,
+    F_GROUP,
+    F_ID,
+    F_LOST,
+    F_TOTAL_TIME_ENABLED,
+    F_TOTAL_TIME_RUNNING,
+    KERNEL_RECORD_TYPES,
+    KEY_BROKEN,
+    KEY_UNKNOWN_ID,
+    NO_RAW,
+    REC_AUXTRACE,
+    REC_HEADER_TRACING_DATA,
+    REC_SAMPLE,
+    S_ADDR,
+    S_CALLCHAIN,
+    S_CPU,
+    S_ID,
+    S_IDENTIFIER,
+    S_IP,
+    S_PERIOD,
+    S_RAW,
+    S_READ,
+    S_STREAM_ID,
+    S_TID,
+    S_TIME,
+    SYNC_RECORDS,
+    USER_RECORD_TYPES,
+)
 
-S_IP, S_TID, S_TIME, S_ADDR, S_READ, S_CALLCHAIN, S_ID, S_CPU = 1, 2, 4, 8, 16, 32, 64, 128
-S_PERIOD, S_STREAM_ID, S_RAW, S_BRANCH_STACK, S_REGS_USER, S_STACK_USER = 256, 512, 1024, 2048, 4096, 8192
-S_WEIGHT, S_DATA_SRC, S_IDENTIFIER, S_TRANSACTION, S_REGS_INTR, S_PHYS_ADDR = 1 << 14, 1 << 15, 1 << 16, 1 << 17, \
-    1 << 18, 1 << 19
-S_AUX, S_CGROUP, S_DATA_PAGE_SIZE, S_CODE_PAGE_SIZE, S_WEIGHT_STRUCT = 1 << 20, 1 << 21, 1 << 22, 1 << 23, 1 << 24
 
-F_TOTAL_TIME_ENABLED, F_TOTAL_TIME_RUNNING, F_ID, F_GROUP, F_LOST = 1, 2, 4, 8, 16
-
-
-@numba.njit(cache=True)
+@numba.njit(inline="always")
 def _u64(buf, pos):  # pragma: no cover - compiled
     v = np.uint64(0)
     for k in range(8):
@@ -30,38 +55,38 @@ def _u64(buf, pos):  # pragma: no cover - compiled
     return v
 
 
-@numba.njit(cache=True)
+@numba.njit(inline="always")
 def _i64(buf, pos):  # pragma: no cover - compiled
-    v = 0
+    v = np.int64(0)
     for k in range(8):
         v |= np.int64(buf[pos + k]) << (8 * k)
     return v
 
 
-@numba.njit(cache=True)
+@numba.njit(inline="always")
 def _u32(buf, pos):  # pragma: no cover - compiled
     return np.int64(buf[pos]) | (np.int64(buf[pos + 1]) << 8) | (np.int64(buf[pos + 2]) << 16) | \
         (np.int64(buf[pos + 3]) << 24)
 
 
-@numba.njit(cache=True)
+@numba.njit(inline="always")
 def _u16(buf, pos):  # pragma: no cover - compiled
     return np.int64(buf[pos]) | (np.int64(buf[pos + 1]) << 8)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(inline="always")
 def _header(buf, pos, end):  # pragma: no cover - compiled
     """(type, size, error) of the record header at pos: error 1 when size < 8, 2 when the record
     runs past ``end``, else 0."""
     size = _u16(buf, pos + 6)
     if size < 8:
-        return 0, size, 1
+        return np.int64(0), size, np.int64(1)
     if pos + size > end:
-        return 0, size, 2
-    return _u32(buf, pos), size, 0
+        return np.int64(0), size, np.int64(2)
+    return _u32(buf, pos), size, np.int64(0)
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(inline="always")
 def _extra(buf, pos, typ, size):  # pragma: no cover - compiled
     """Bytes a record carries after header.size (tools/perf/util/event.h): the tracing data of
     HEADER_TRACING_DATA (u64-aligned) and the AUX data of AUXTRACE."""
@@ -69,10 +94,9 @@ def _extra(buf, pos, typ, size):  # pragma: no cover - compiled
         return (_u32(buf, pos + 8) + 7) & ~7
     if typ == REC_AUXTRACE and size >= 16:
         return _i64(buf, pos + 8)
-    return 0
+    return np.int64(0)
 
 
-@numba.njit(cache=True)
 def walk_records(buf, start, end, fill, offs, types, miscs, sizes):  # pragma: no cover - compiled
     """Record boundaries from ``start`` to ``end``. Returns (count, stop offset, error code).
 
@@ -80,7 +104,7 @@ def walk_records(buf, start, end, fill, offs, types, miscs, sizes):  # pragma: n
     """
     n = 0
     pos = start
-    err = 0
+    err = np.int64(0)
     while pos + 8 <= end:
         typ, size, err = _header(buf, pos, end)
         if err:
@@ -100,7 +124,7 @@ def walk_records(buf, start, end, fill, offs, types, miscs, sizes):  # pragma: n
     return n, pos, err
 
 
-@numba.njit(cache=True, inline="always")
+@numba.njit(inline="always")
 def _past_read_callchain(buf, p, end, st, rf):  # pragma: no cover - compiled
     """Position after the READ and CALLCHAIN fields (variable length) that start at p, or -1 when
     they run past ``end``. st: sample_type, rf: read_format."""
@@ -120,16 +144,15 @@ def _past_read_callchain(buf, p, end, st, rf):  # pragma: no cover - compiled
     return p
 
 
-@numba.njit(cache=True, parallel=True)
-def walk_samples(buf, offs, sizes, id_mode, id_pos, ids_sorted, ids_attr, st_arr, rf_arr, out_attr, out_ip, out_pid,
-                 out_tid, out_time, out_cpu, out_period,
-                 out_raw_off, out_raw_len, out_ok):  # pragma: no cover - compiled
-    """Decode the fields of PERF_RECORD_SAMPLE records, in ABI order, up to and past RAW.
+def walk_samples(buf, offs, sizes, id_mode, id_pos, ids_sorted, ids_attr, st_arr, rf_arr, out_attr, out_ip,
+                 out_pid, out_tid, out_time, out_cpu, out_period, out_raw_off, out_raw_len, out_ok, lo,
+                 hi):  # pragma: no cover - compiled
+    """Decode the fields of PERF_RECORD_SAMPLE records lo..hi, in ABI order, up to and past RAW.
 
     id_mode: 0 single attr, 1 IDENTIFIER (first u64), 2 ID at byte ``id_pos`` of the body.
     out_ok: 1 decoded, 0 id unknown, -1 fields ran past the record.
     """
-    for i in numba.prange(len(offs)):
+    for i in range(lo, hi):
         o = offs[i] + 8
         end = offs[i] + sizes[i]
         a = 0
@@ -190,11 +213,6 @@ def walk_samples(buf, offs, sizes, id_mode, id_pos, ids_sorted, ids_attr, st_arr
         out_ok[i] = 1
 
 
-REC_SAMPLE = 9
-NO_RAW = 65536  # group slot of an attr's samples that carry no tracepoint payload
-
-
-@numba.njit(cache=True)
 def scan_records(buf, start, end, s_off, r_off, r_type, r_size):  # pragma: no cover - compiled
     """Record boundaries in one sequential pass: SAMPLE records to s_off, the others to r_*.
 
@@ -204,7 +222,7 @@ def scan_records(buf, start, end, s_off, r_off, r_type, r_size):  # pragma: no c
     ns = 0
     nr = 0
     pos = start
-    err = 0
+    err = np.int64(0)
     cap_s = len(s_off)
     cap_r = len(r_off)
     while pos + 8 <= end:
@@ -234,42 +252,39 @@ def scan_records(buf, start, end, s_off, r_off, r_type, r_size):  # pragma: no c
     return ns, nr, pos, err
 
 
-@numba.njit(cache=True)
+@numba.njit
 def _record_end(buf, pos, end):  # pragma: no cover - compiled
     """End of the record at pos (with data carried outside header.size), or -1 if it is not a plausible
     record: known type, size a multiple of 8, inside the data."""
     if pos + 8 > end:
-        return -1
+        return np.int64(-1)
     typ = _u32(buf, pos)
     size = _u16(buf, pos + 6)
-    if size < 8 or size & 7 or not (1 <= typ <= 22 or 64 <= typ <= 83):
-        return -1
+    if size < 8 or size & 7 or not (KERNEL_RECORD_TYPES[0] <= typ <= KERNEL_RECORD_TYPES[1]
+                                    or USER_RECORD_TYPES[0] <= typ <= USER_RECORD_TYPES[1]):
+        return np.int64(-1)
     extra = _extra(buf, pos, typ, size)
     if extra < 0 or pos + size + extra > end:
-        return -1
+        return np.int64(-1)
     return pos + size + extra
 
 
-SYNC_RECORDS = 32  # consecutive plausible records that mark a record boundary inside a chunk
-
-
-@numba.njit(cache=True, parallel=True)
-def split_chunks(buf, start, end, nchunks, first, stop, n_s, n_r):  # pragma: no cover - compiled
-    """Record walk in parallel: the data is cut into nchunks pieces; each piece's walk starts at the
+def split_chunks(buf, start, end, nchunks, first, stop, n_s, n_r, lo, hi):  # pragma: no cover - compiled
+    """Record walk of pieces lo..hi of the data cut into nchunks: each piece's walk starts at the
     first offset from which SYNC_RECORDS plausible records follow (piece 0: at ``start``) and runs
     to the first record starting at or past the piece's end (``stop``), counting samples (n_s)
     and other records (n_r). The split is right only when every piece starts where the previous
     one stopped and the last stops at ``end``: the caller checks that, and walks sequentially
     otherwise (a false start cannot pass that check)."""
     span = end - start
-    for c in numba.prange(nchunks):
-        lo = start + (span * c // nchunks) // 8 * 8
-        hi = start + (span * (c + 1) // nchunks) // 8 * 8 if c + 1 < nchunks else end
-        pos = lo
+    for c in range(lo, hi):
+        c_lo = start + (span * c // nchunks) // 8 * 8
+        c_hi = start + (span * (c + 1) // nchunks) // 8 * 8 if c + 1 < nchunks else end
+        pos = c_lo
         if c > 0:
             pos = -1
-            q = lo
-            while q < hi and pos < 0:
+            q = c_lo
+            while q < c_hi and pos < 0:
                 p = q
                 k = 0
                 while k < SYNC_RECORDS:
@@ -282,11 +297,11 @@ def split_chunks(buf, start, end, nchunks, first, stop, n_s, n_r):  # pragma: no
                     pos = q
                 q += 8
             if pos < 0:
-                pos = hi
+                pos = c_hi
         first[c] = pos
         ns = 0
         nr = 0
-        while pos < hi:
+        while pos < c_hi:
             e = _record_end(buf, pos, end)
             if e < 0:
                 break
@@ -300,13 +315,7 @@ def split_chunks(buf, start, end, nchunks, first, stop, n_s, n_r):  # pragma: no
         n_r[c] = nr
 
 
-KEY_UNKNOWN_ID, KEY_BROKEN = -1, -2
-
-
-A_ST, A_RF, A_FIXED_END, A_TIME, A_TID = range(5)  # rows of the per-attr table (attr_tab[row, attr])
-
-
-@numba.njit(cache=True, inline="always")
+@numba.njit(inline="always")
 def _key_one(buf, pos, i, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base, attr_tab, state, s_rawrel, s_time,
              s_tid, s_key):  # pragma: no cover - compiled
     """sample_keys for the sample at ``pos``, output index i; ``state`` caches the last id and its
@@ -316,7 +325,7 @@ def _key_one(buf, pos, i, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base
     s_rawrel[i] = 0
     s_time[i] = 0
     s_tid[i] = 0
-    a = 0
+    a = np.int64(0)
     if id_mode != 0:
         p = o if id_mode == 1 else o + id_pos
         if p + 8 > rec_end:
@@ -324,7 +333,7 @@ def _key_one(buf, pos, i, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base
             return
         sid = _u64(buf, p)
         if state[1] < 0 or np.int64(sid) != state[0]:
-            na = -1
+            na = np.int64(-1)
             if len(id_lut) > 0:
                 rel = sid - id_base
                 if sid >= id_base and rel < np.uint64(len(id_lut)):
@@ -344,14 +353,14 @@ def _key_one(buf, pos, i, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base
         s_key[i] = KEY_BROKEN
         return
     st = np.uint64(attr_tab[A_ST, a])
-    t = _i64(buf, o + attr_tab[A_TIME, a]) if attr_tab[A_TIME, a] >= 0 else 0
+    t = _i64(buf, o + attr_tab[A_TIME, a]) if attr_tab[A_TIME, a] >= 0 else np.int64(0)
     s_time[i] = t
     s_tid[i] = np.int32(_u32(buf, o + attr_tab[A_TID, a] + 4)) if attr_tab[A_TID, a] >= 0 else 0
-    etype = NO_RAW
+    etype = np.int64(NO_RAW)
     if st & np.uint64(S_RAW):
         # after the fixed part, READ and CALLCHAIN have variable length
         p = _past_read_callchain(buf, o + fixed_end, rec_end, st, attr_tab[A_RF, a])
-        ln = _u32(buf, p) if p >= 0 and p + 4 <= rec_end else 0
+        ln = _u32(buf, p) if p >= 0 and p + 4 <= rec_end else np.int64(0)
         if ln < 2 or p + 4 + ln > rec_end:
             s_key[i] = KEY_BROKEN
             return
@@ -360,30 +369,25 @@ def _key_one(buf, pos, i, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base
     s_key[i] = a * (NO_RAW + 1) + etype
 
 
-@numba.njit(cache=True, parallel=True)
 def sample_keys(buf, s_off, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base, attr_tab, s_rawrel, s_time,
-                s_tid, s_key):  # pragma: no cover - compiled
-    """Per sample: time, tid, the RAW payload's position in the record and the key
+                s_tid, s_key, lo, hi):  # pragma: no cover - compiled
+    """Per sample lo..hi: time, tid, the RAW payload's position in the record and the key
     ``attr * (NO_RAW + 1) + payload event id`` (NO_RAW without a payload; KEY_UNKNOWN_ID for an
     id no attr has, KEY_BROKEN when the fields run past the record). Sample ids map to attrs
     through id_lut[id - id_base] when the ids are dense (as perf assigns
     them), else by binary search in ids_sorted. attr_tab rows: A_ST .. A_TID."""
-    n = len(s_off)
-    nchunks = max(1, min(1024, n // 8192))
-    for c in numba.prange(nchunks):
-        state = np.array([0, -1], dtype=np.int64)
-        for i in range(c * n // nchunks, (c + 1) * n // nchunks):
-            _key_one(buf, s_off[i], i, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base, attr_tab, state,
-                     s_rawrel, s_time, s_tid, s_key)
+    state = np.array([0, -1], dtype=np.int64)
+    for i in range(lo, hi):
+        _key_one(buf, np.int64(s_off[i]), i, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base, attr_tab, state,
+                 s_rawrel, s_time, s_tid, s_key)
 
 
-@numba.njit(cache=True, parallel=True)
 def split_keys_chunks(buf, first, stop, s_base, r_base, id_mode, id_pos, ids_sorted, ids_attr, id_lut, id_base,
-                      attr_tab, s_off, r_off, r_type, r_size, s_rawrel, s_time, s_tid,
-                      s_key):  # pragma: no cover - compiled
-    """The pieces found by split_chunks walked again, in parallel: sample offsets and their keys
-    (as sample_keys), other records to r_*, at each piece's base index."""
-    for c in numba.prange(len(first)):
+                      attr_tab, s_off, r_off, r_type, r_size, s_rawrel, s_time, s_tid, s_key, lo,
+                      hi):  # pragma: no cover - compiled
+    """Pieces lo..hi found by split_chunks walked again: sample offsets and their keys (as
+    sample_keys), other records to r_*, at each piece's base index."""
+    for c in range(lo, hi):
         state = np.array([0, -1], dtype=np.int64)
         pos = first[c]
         i = s_base[c]
@@ -405,7 +409,6 @@ def split_keys_chunks(buf, first, stop, s_base, r_base, id_mode, id_pos, ids_sor
                 pos = _record_end(buf, pos, len(buf))
 
 
-@numba.njit(cache=True)
 def assign_groups(s_key, group_of, group_key):  # pragma: no cover - compiled
     """Turn keys into dense group numbers in order of first appearance (negative keys stay).
     Returns the number of groups; group_key[g] is group g's key."""
@@ -430,28 +433,23 @@ def assign_groups(s_key, group_of, group_key):  # pragma: no cover - compiled
     return ng
 
 
-@numba.njit(cache=True, parallel=True)
-def group_rows(order, s_group, rows, counts):  # pragma: no cover - compiled
-    """rows[j]: the position of sample j within its group when the group is in ``order``;
-    counts[g]: the group's size. Chunks of ``order`` are counted in parallel, then numbered in
-    parallel from each group's running total at the chunk's start."""
+def count_groups(order, s_group, at, lo, hi):  # pragma: no cover - compiled
+    """at[c, g]: samples of group g in chunk c of ``order`` (chunks lo..hi of len(at))."""
     n = len(order)
-    ng = len(counts)
-    nch = max(1, min(256, n // 65536))
-    at = np.zeros((nch, ng), dtype=np.int64)
-    for c in numba.prange(nch):
+    nch = len(at)
+    for c in range(lo, hi):
         for k in range(c * n // nch, (c + 1) * n // nch):
             g = s_group[order[k]]
             if g >= 0:
                 at[c, g] += 1
-    for g in range(ng):
-        total = np.int64(0)
-        for c in range(nch):
-            m = at[c, g]
-            at[c, g] = total
-            total += m
-        counts[g] = total
-    for c in numba.prange(nch):
+
+
+def number_rows(order, s_group, rows, at, lo, hi):  # pragma: no cover - compiled
+    """rows[j]: sample j's position within its group in ``order``, numbered from ``at[c, g]``
+    (the group's running total at chunk c's start) for chunks lo..hi."""
+    n = len(order)
+    nch = len(at)
+    for c in range(lo, hi):
         nxt = at[c].copy()
         for k in range(c * n // nch, (c + 1) * n // nch):
             j = order[k]
@@ -461,105 +459,122 @@ def group_rows(order, s_group, rows, counts):  # pragma: no cover - compiled
                 nxt[g] += 1
 
 
-@numba.njit(cache=True, parallel=True)
-def thread_keys(s_tid, s_time, s_key, ev_tids, seg_start, ev_times, s_ckey):  # pragma: no cover - compiled
-    """Thread-name key per sample: ``tid << 24 | number of that thread's COMM records at or before
-    the sample``, so that samples with equal keys had the same thread name (-1 for samples that
-    are not decodable, s_key < 0). COMM times per thread: ev_times[seg_start[k]:seg_start[k + 1]]
-    for thread ev_tids[k], sorted."""
-    n = len(s_tid)
-    nchunks = max(1, min(1024, n // 8192))
-    for c in numba.prange(nchunks):
-        i0 = c * n // nchunks
-        last_tid = np.int64(-1)
-        lo = 0
-        hi = 0
-        for i in range(i0, (c + 1) * n // nchunks):
-            if s_key[i] < 0:
-                s_ckey[i] = -1
-                continue
-            tid = np.int64(s_tid[i])
-            if tid != last_tid or i == i0:
-                k = np.searchsorted(ev_tids, tid)
-                lo = 0
-                hi = 0
-                if k < len(ev_tids) and ev_tids[k] == tid:
-                    lo = seg_start[k]
-                    hi = seg_start[k + 1]
-                last_tid = tid
-            cnt = 0
-            while lo + cnt < hi and ev_times[lo + cnt] <= s_time[i]:  # threads are renamed a few times at most
-                cnt += 1
-            s_ckey[i] = (tid << 24) | cnt
+def comm_counts(s_tid, s_time, s_key, ev_tids, seg_start, ev_times, s_cnt, lo, hi):  # pragma: no cover - compiled
+    """Per sample lo..hi: how many of its thread's COMM records are at or before it, so that samples
+    of one thread with equal counts had the same thread name (0 for samples that are not
+    decodable, s_key < 0). COMM times per thread: ev_times[seg_start[k]:seg_start[k + 1]] for
+    thread ev_tids[k], sorted."""
+    last_tid = np.int64(-1)
+    b_lo = np.int64(0)
+    b_hi = np.int64(0)
+    for i in range(lo, hi):
+        if s_key[i] < 0:
+            s_cnt[i] = 0
+            continue
+        tid = np.int64(s_tid[i])
+        if tid != last_tid or i == lo:
+            k = np.searchsorted(ev_tids, tid)
+            b_lo = np.int64(0)
+            b_hi = np.int64(0)
+            if k < len(ev_tids) and ev_tids[k] == tid:
+                b_lo = seg_start[k]
+                b_hi = seg_start[k + 1]
+            last_tid = tid
+        cnt = 0
+        while b_lo + cnt < b_hi and ev_times[b_lo + cnt] <= s_time[i]:  # threads are renamed a few times at most
+            cnt += 1
+        s_cnt[i] = cnt
 
 
-@numba.njit(cache=True)
-def dense_codes(keys, valid, s_time, codes):  # pragma: no cover - compiled
+def dense_codes(keys, base, table, valid, s_time, codes, first, tmin, kval):  # pragma: no cover - compiled
     """codes[i]: dense number of keys[i] in order of first appearance; -1 where valid[i] < 0.
-    ``codes`` may be ``keys`` itself (each key is read before its code is written).
-    Returns per code: its key, the first index with it and the earliest s_time among its rows."""
-    seen = numba.typed.Dict.empty(key_type=numba.types.int64, value_type=numba.types.int32)
-    first = [0]
-    first.pop()
-    tmin = [np.int64(0)]
-    tmin.pop()
-    kval = [np.int64(0)]
-    kval.pop()
+    Keys in a small range map through ``table`` (all -1, indexed by key - base); with an empty
+    table, through a hash table. Per code: first[c] the first index with it, tmin[c] the earliest
+    s_time among its rows, kval[c] its key. Returns the number of codes, or -1 when there are
+    more than first/tmin/kval hold (call again with larger ones)."""
+    direct = len(table) > 0
+    seen = numba.typed.Dict.empty(key_type=numba.types.int64, value_type=numba.types.int64)
+    cap = len(first)
+    nc = 0
     last_key = np.int64(-1)
-    last_code = np.int32(-1)
+    last_code = np.int64(-1)
     for i in range(len(keys)):
         if valid[i] < 0:
             codes[i] = -1
             continue
         key = np.int64(keys[i])
         if key != last_key or last_code < 0:
-            c = seen.get(key, np.int32(-2))
-            if c == -2:
-                c = np.int32(len(first))
-                seen[key] = c
-                first.append(i)
-                tmin.append(s_time[i])
-                kval.append(key)
+            if direct:
+                c = np.int64(table[key - base])
+            elif key in seen:
+                c = seen[key]
+            else:
+                c = np.int64(-1)
+            if c < 0:
+                if nc == cap:
+                    return -1
+                c = np.int64(nc)
+                if direct:
+                    table[key - base] = c
+                else:
+                    seen[key] = c
+                first[nc] = i
+                tmin[nc] = s_time[i]
+                kval[nc] = key
+                nc += 1
             last_key = key
             last_code = c
         if s_time[i] < tmin[last_code]:
             tmin[last_code] = s_time[i]
         codes[i] = last_code
-    return np.array(first, dtype=np.int64), np.array(tmin, dtype=np.int64), np.array(kval, dtype=np.int64)
+    return nc
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(inline="always")
+def _copy_bytes(buf, src, avail, out, dst, z):  # pragma: no cover - compiled
+    """z bytes from buf[src:] to out[dst:], those past ``avail`` (the bytes there are) zero."""
+    for k in range(z):
+        out[dst + k] = buf[src + k] if k < avail else np.uint8(0)
+
+
 def fill_sample_columns(buf, j0, s_off, s_rawrel, s_group, s_row, s_code, g_seq, g_code, g_rawoff, g_rawlen,
-                        col_start, col_raw, col_pos, col_size, col_elem, a8, a16, a32, a64):  # pragma: no cover
-    """Write every sample's columns straight into its group's place in one arena.
+                        col_start, col_raw, col_pos, col_size, col_elem, a8, a16, a32, a64, lo,
+                        hi):  # pragma: no cover - compiled
+    """Write the columns of samples lo..hi straight into their group's place in one arena.
 
     Groups with g_seq[g] < 0 are skipped. The arena is one buffer seen at four widths
     (a8/a16/a32/a64). For group g, row r:
     sequence number (j0 + position in s_off) at a64[g_seq[g] + r], thread-name code at
-    a32[g_code[g] + r], payload offset / length at a64[g_rawoff[g] + r] / a32[g_rawlen[g] + r]
+    a32[g_code[g] + r], payload offset / length at a64[g_rawoff[g] + r] / a64[g_rawlen[g] + r]
     when those are >= 0; then columns c in col_start[g]..col_start[g+1]: ``col_size[c]`` bytes
     copied from the record (col_raw 0) or its payload (col_raw 1, zero when the payload is
-    shorter) at col_pos[c], to element col_elem[c] + r. Little-endian input and host.
+    shorter) at col_pos[c], to element col_elem[c] + r; with col_size[c] = -z < 0, z bytes
+    copied as they are to a8[col_elem[c] + r * z:][:z] (bytes past the payload zero).
+    Little-endian input and host.
     """
-    for j in numba.prange(len(s_off)):
+    for j in range(lo, hi):
         g = s_group[j]
         if g < 0 or g_seq[g] < 0:  # not decodable, or a group filled elsewhere
             continue
         r = np.int64(s_row[j])
-        o = s_off[j]
+        o = np.int64(s_off[j])
         rel = np.int64(s_rawrel[j])
         ro = o + rel
-        rl = _u32(buf, ro - 4) if rel > 0 else 0
+        rl = _u32(buf, ro - 4) if rel > 0 else np.int64(0)
         a64[g_seq[g] + r] = np.uint64(j0 + j)
         a32[g_code[g] + r] = np.uint32(s_code[j])
         if g_rawoff[g] >= 0:
             a64[g_rawoff[g] + r] = np.uint64(ro)
-            a32[g_rawlen[g] + r] = np.uint32(rl)
+            a64[g_rawlen[g] + r] = np.uint64(rl)
         for c in range(col_start[g], col_start[g + 1]):
             z = col_size[c]
             d = col_elem[c] + r
             p = col_pos[c]
             src = o + p
+            if z < 0:
+                _copy_bytes(buf, ro + p if col_raw[c] else src, rl - p if col_raw[c] else -z, a8,
+                            col_elem[c] + r * -z, -z)
+                continue
             if col_raw[c]:
                 src = ro + p if p + z <= rl else -1
             if z == 8:
