@@ -220,3 +220,15 @@ def test_exit_reason_without_type_in_text_stays_unpaired_not_zero(tmp_path: Path
     doc = _doc(Text().entry(1000).exit(2000).write(tmp_path))
     assert doc["exits"]["unpaired_by_cause"]["no_entry"] == 1
     assert pl.DataFrame(doc["exits"]["by_reason"]).is_empty()
+
+
+def test_fixed_vector_lvtpc_written_through_the_xapic(tmp_path: Path) -> None:
+    """A Windows guest in xAPIC mode programs LVTPC = 0xfe (fixed) by MMIO (kvm_apic); its PMIs are
+    accepted in Fixed mode on that vector."""
+    t = Text().entry(1000).exit(1100, "EPT_MISCONFIG").add(1101, "kvm_apic", "apic_write APIC_LVTPC = 0xfe")
+    t.entry(1102, rip=K_RIP + 3)
+    for k in range(6):
+        b = 2000 + 1000 * k
+        t.nmi(b).exit(b + 2, "EXCEPTION_NMI", info=0x80000202).lvtpc(b + 3, vec=254, mode="Fixed").entry(b + 4)
+    doc = _doc(t.write(tmp_path))
+    assert doc["pmi"]["pmi_exits"] == 6 and doc["pmi"]["per_vcpu"][0]["lvtpc"] == "fixed 0xfe"

@@ -223,42 +223,45 @@ def pair_nmi_exits(td: TraceData, ex: pl.DataFrame, order: str, window_ns: int) 
 
 
 def lvtpc_writes(td: TraceData) -> pl.DataFrame:
-    """Guest writes of its LVTPC seen by KVM: x2APIC MSR 0x834 (kvm_msr) and xAPIC MMIO
-    (kvm:kvm_apic 'apic_write APIC_LVTPC = 0x...'). Columns: ts_ns, source, pid, value."""
-    parts = []
+    """Guest writes of its LVTPC seen by KVM: x2APIC MSR 0x834 (kvm_msr) and xAPIC MMIO (kvm:kvm_apic
+    register 0x340). Columns: ts_ns, source, pid, value."""
+    parts = [_apic_writes(td, APIC_LVTPC)]
     if td.has("kvm_msr"):
         parts.append(td.df("kvm_msr").filter(pl.col("write") & (pl.col("msr") == X2APIC_LVTPC)
                                              & ~pl.col("gp").fill_null(False))
                      .select("ts_ns", pl.col("source").cast(pl.String), "pid", pl.col("value").cast(pl.Int64)))
-    apic = generic_events(td, ("kvm:kvm_apic",))
-    if apic.height:
-        v = apic.with_columns(pl.col("text").str.extract(r"apic_write APIC_LVTPC = 0x([0-9a-fA-F]+)").alias("_hex")) \
-            .filter(pl.col("_hex").is_not_null())
-        parts.append(v.select("ts_ns", "source", "pid",
-                              pl.col("_hex").str.to_integer(base=16).cast(pl.Int64).alias("value")))
-    if not parts:
-        return pl.DataFrame(schema={"ts_ns": pl.Int64, "source": pl.String, "pid": pl.Int32, "value": pl.Int64})
     return pl.concat(parts).sort("ts_ns")
 
 
-def generic_events(td: TraceData, names: tuple[str, ...]) -> pl.DataFrame:
-    """Rows (ts_ns, source, pid, text) of events without a named table, by name (system:name): their
-    text as trace-cmd report prints it (vpmutrace.show.bodies: computed from each event's own typed
-    table, once per distinct field values)."""
-    from vpmutrace.show import bodies
+def event_rows(td: TraceData, names: tuple[str, ...]) -> pl.DataFrame:
+    """(ts_ns, source, pid) of every row of the given events ("system:event"), from their per-event
+    typed tables ("system.event")."""
+    parts = [td.df(t).select("ts_ns", pl.col("source").cast(pl.String), "pid")
+             for t in (n.replace(":", ".", 1) for n in names) if t in td.tables and td.has(t)]
+    if not parts:
+        return pl.DataFrame(schema={"ts_ns": pl.Int64, "source": pl.String, "pid": pl.Int32})
+    return pl.concat(parts)
 
-    return bodies(td, names)
+
+APIC_ICR, APIC_LVTPC = 0x300, 0x340  # xAPIC register offsets (kvm:kvm_apic ``reg``; SDM Table 11-1)
+
+
+def _apic_writes(td: TraceData, reg: int) -> pl.DataFrame:
+    """Guest xAPIC MMIO writes of one register (kvm:kvm_apic, rw=1): ts_ns, source, pid, value."""
+    if not td.has("kvm.kvm_apic"):
+        return pl.DataFrame(schema={"ts_ns": pl.Int64, "source": pl.String, "pid": pl.Int32, "value": pl.Int64})
+    a = td.df("kvm.kvm_apic")
+    return a.filter((pl.col("rw") == 1) & (pl.col("reg") == reg)).select(
+        "ts_ns", pl.col("source").cast(pl.String), "pid", pl.col("val").cast(pl.Int64).alias("value"))
 
 
 def _ipis(td: TraceData) -> pl.DataFrame:
     """Interrupts a vCPU sent through its ICR (ts_ns, source, pid): kvm:kvm_apic_ipi, x2APIC ICR
-    writes (kvm_msr 0x830) and xAPIC ICR writes (kvm:kvm_apic 'apic_write APIC_ICR')."""
-    parts = [generic_events(td, ("kvm:kvm_apic_ipi",)).drop("text")]
+    writes (kvm_msr 0x830) and xAPIC ICR writes (kvm:kvm_apic)."""
+    parts = [event_rows(td, ("kvm:kvm_apic_ipi",)), _apic_writes(td, APIC_ICR).drop("value")]
     if td.has("kvm_msr"):
         parts.append(td.df("kvm_msr").filter(pl.col("write") & (pl.col("msr") == K.MSR_X2APIC_ICR))
                      .select("ts_ns", pl.col("source").cast(pl.String), "pid"))
-    apic = generic_events(td, ("kvm:kvm_apic",))
-    parts.append(apic.filter(pl.col("text").str.contains("apic_write APIC_ICR =")).drop("text"))
     return pl.concat(parts)
 
 

@@ -115,7 +115,7 @@ def _rip_moved(td: TraceData, ex: pl.DataFrame) -> pl.Series:
     """Per exit of ``ex`` (with entry_ts): an event that moves the guest's rip on its thread before the entry."""
     parts = [td.df(t).select("ts_ns", pl.col("source").cast(pl.String), "pid")
              for t in ("kvm_emulate_insn", "kvm_userspace_exit") if td.has(t)]
-    parts.append(P.generic_events(td, _RIP_MOVING_EVENTS).drop("text"))
+    parts.append(P.event_rows(td, _RIP_MOVING_EVENTS))
     mv = pl.concat(parts).rename({"ts_ns": "_mv"}).sort("_mv")
     if mv.height == 0 or ex.height == 0:
         return pl.Series([False] * ex.height, dtype=pl.Boolean)
