@@ -217,6 +217,9 @@ class TraceBuilder:
         self.event_formats: dict[str, str] = {}  # system:name -> format text (binary inputs)
         self.symbols: Callable[[int], str | None] | None = None  # kallsyms of a binary input
         self.event_tables: dict[str, str] = {}  # system:name -> table
+        # event id -> the name the input records for it, for ids it has no format for (the reader
+        # sets it while it reads one input)
+        self.unknown_event_names: dict[int, str] = {}
 
     def add(self, table: str, columns: dict[str, Any], n: int, event: str | None = None,
             spec: TableSpec | None = None) -> None:

@@ -34,6 +34,7 @@ from vpmutrace.formats.perf_abi import (
     REC_THROTTLE,
     REC_UNTHROTTLE,
 )
+from vpmutrace.formats.perf_names import event_name
 from vpmutrace.readers import perf_samples as ps
 from vpmutrace.readers import tracing_data as tdmod
 from vpmutrace.readers.binio import Cursor, map_file, release_pages
@@ -76,8 +77,11 @@ class Attr:
     sample_regs_user: int = 0
     sample_regs_intr: int = 0
     sample_period: int = 0  # or frequency, when the freq flag is set
+    bp_type: int = 0
+    bp_addr: int = 0  # (config1 for other types)
     ids: list[int] = field(default_factory=list)
     name: str | None = None
+    name_from: str = ""  # event_desc, tracing_data or computed
 
     @property
     def sample_id_all(self) -> bool:
@@ -100,9 +104,10 @@ def parse_attr(data: bytes) -> Attr:
     """perf_event_attr of any ABI version (size 64..136+); absent tail fields read as 0."""
     d = data + bytes(max(0, 136 - len(data)))
     typ, _size, config, period, st, rf, flags = struct.unpack_from("<IIQQQQQ", d, 0)
+    bp_type, bp_addr = struct.unpack_from("<IQ", d, 52)
     bst, regs_user = struct.unpack_from("<QQ", d, 72)
     regs_intr = struct.unpack_from("<Q", d, 96)[0]
-    return Attr(typ, config, st, rf, flags, bst, regs_user, regs_intr, period)
+    return Attr(typ, config, st, rf, flags, bst, regs_user, regs_intr, period, bp_type, bp_addr)
 
 
 @dataclass
@@ -277,17 +282,8 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
         pf.partial = (pf.partial + "; " if pf.partial else "") + f"{what} at offset {stop}"
         b.stats.add(pf.path, "truncated", "", 1,
                     f"offset {stop}: {what}; {len(recs.s_off) + len(recs.r_off)} records before it read")
-    tp_ids = {a.config for a in pf.attrs if a.type == PERF_TYPE_TRACEPOINT}
-    if tp_ids and pf.tracing is None:
-        from vpmutrace.readers.local_formats import local_formats
-
-        fmts, where = local_formats(tp_ids)
-        if fmts:
-            pf.tracing = tdmod.TracingData(formats=fmts)
-            b.stats.add(pf.path, "formats_from_local_tracefs", "", len(fmts),
-                        f"the file has no tracing data; tracepoint layouts taken from {where} "
-                        f"(right only if recorded on this kernel)")
     _name_attrs(pf)
+    _tracepoint_formats(pf, b)
     _meta(pf, b)
     comms = _CommTracker(pf, buf, recs.r_off, recs.r_type, recs.r_size)
     _emit_lost(pf, buf, recs.r_off, recs.r_type, recs.r_size, b)
@@ -310,6 +306,7 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
     b.symbols = b.symbols or (pf.tracing.kallsyms if pf.tracing else None)
     ps.emit_samples(pf.attrs, pf.path, buf, samples, formats, pf.tracing.kallsyms if pf.tracing else None, b,
                     source)
+    b.unknown_event_names = {}
     for bad in pf.tracing.bad_formats if pf.tracing else []:
         b.stats.add(pf.path, "bad_format", "", 1, bad)
     release_pages(buf)
@@ -342,16 +339,55 @@ def _header_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.n
 
 
 def _name_attrs(pf: PerfFile) -> None:
+    """Each attr's name as perf shows it: the i-th name of HEADER_EVENT_DESC for the i-th attr
+    (header.c process_event_desc sets evsel names by position), else "system:name" of a
+    tracepoint from the file's tracing data, else perf's computed name (formats/perf_names.py)."""
     descs = pf.features.get("event_desc") or []
-    by_id = {i: d["name"] for d in descs for i in d["ids"]}
     formats = pf.tracing.formats if pf.tracing else {}
+    pmus = {int(k): v for k, v in (pf.features.get("pmu_mappings") or {}).items()}
     for k, a in enumerate(pf.attrs):
-        name = next((by_id[i] for i in a.ids if i in by_id), None)
-        if name is None and k < len(descs) and len(descs) == len(pf.attrs):
-            name = descs[k]["name"]
-        if name is None and a.type == PERF_TYPE_TRACEPOINT and a.config in formats:
-            name = formats[a.config].full_name
-        a.name = name or f"type{a.type}/config{a.config:#x}"
+        name = descs[k]["name"] if k < len(descs) else None
+        a.name_from = "event_desc"
+        if not name:
+            tp = formats[a.config].full_name if a.type == PERF_TYPE_TRACEPOINT and a.config in formats else None
+            name = event_name(a.type, a.config, a.flags, a.bp_type, a.bp_addr, pmus, tp)
+            a.name_from = "tracing_data" if tp else "computed"
+        a.name = name
+
+
+def _tracepoint_formats(pf: PerfFile, b: TraceBuilder) -> None:
+    """Tracepoints the file has no format for: a format from this host's tracefs when the name the
+    file records and the id agree (local_formats.py), else their records stay raw in ``unparsed``
+    under the recorded name, counted."""
+    have = pf.tracing.formats if pf.tracing else {}
+    missing = {a.config: (a.name if a.name_from == "event_desc" else None)
+               for a in pf.attrs if a.type == PERF_TYPE_TRACEPOINT and a.config not in have}
+    if not missing:
+        return
+    from vpmutrace.readers.local_formats import local_formats
+
+    why = "the file has no tracing data (HEADER_TRACING_DATA)" if pf.tracing is None else \
+        "the file's tracing data has no format for it"
+    match = local_formats(missing)
+    if match.formats:
+        if pf.tracing is None:
+            pf.tracing = tdmod.TracingData(formats={})
+        pf.tracing.formats.update(match.formats)
+        release = pf.features.get("os_release")
+        for ev_id, fmt in match.formats.items():
+            b.stats.add(pf.path, "formats_from_local_tracefs", fmt.full_name, 1,
+                        f"{why}; layout taken from {match.where} where {fmt.full_name} has the same id {ev_id}"
+                        + (f" (file recorded on {release}, this host runs {_uname()})" if release else ""))
+    b.unknown_event_names = {i: missing[i] or f"unknown:{i}" for i in match.refused}
+    for ev_id, reason in match.refused.items():
+        b.stats.add(pf.path, "no_format", missing[ev_id] or f"event id {ev_id}", 1,
+                    f"{why}; no local format used: {reason}; its records are kept raw in 'unparsed'")
+
+
+def _uname() -> str:
+    import os
+
+    return os.uname().release
 
 
 def _meta(pf: PerfFile, b: TraceBuilder) -> None:
@@ -366,7 +402,8 @@ def _meta(pf: PerfFile, b: TraceBuilder) -> None:
         "path": pf.path, "format": "perf.data", "size_bytes": Path(pf.path).stat().st_size,
         "tool": "perf" + (f" {f['perf_version']}" if f.get("perf_version") else ""),
         "mode": "pipe" if pf.pipe else "file", "partial": pf.partial, "features": info,
-        "events": [{"name": a.name, "type": a.type, "config": a.config, "exclude_guest": a.exclude_guest,
+        "events": [{"name": a.name, "name_from": a.name_from, "type": a.type, "config": a.config,
+                    "exclude_guest": a.exclude_guest,
                     "exclude_host": a.exclude_host, "precise_ip": a.precise_ip} for a in pf.attrs]})
 
 
