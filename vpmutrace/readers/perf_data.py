@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from vpmutrace import clocks as C
 from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.formats import perf_abi as abi
@@ -79,6 +80,7 @@ class Attr:
     sample_period: int = 0  # or frequency, when the freq flag is set
     bp_type: int = 0
     bp_addr: int = 0  # (config1 for other types)
+    clockid: int = 0
     ids: list[int] = field(default_factory=list)
     name: str | None = None
     name_from: str = ""  # event_desc, tracing_data or computed
@@ -106,8 +108,8 @@ def parse_attr(data: bytes) -> Attr:
     typ, _size, config, period, st, rf, flags = struct.unpack_from("<IIQQQQQ", d, 0)
     bp_type, bp_addr = struct.unpack_from("<IQ", d, 52)
     bst, regs_user = struct.unpack_from("<QQ", d, 72)
-    regs_intr = struct.unpack_from("<Q", d, 96)[0]
-    return Attr(typ, config, st, rf, flags, bst, regs_user, regs_intr, period, bp_type, bp_addr)
+    clockid, regs_intr = struct.unpack_from("<iQ", d, 92)
+    return Attr(typ, config, st, rf, flags, bst, regs_user, regs_intr, period, bp_type, bp_addr, clockid)
 
 
 @dataclass
@@ -396,15 +398,27 @@ def _meta(pf: PerfFile, b: TraceBuilder) -> None:
         b.meta.setdefault("kernel_release", f["os_release"])
     if f.get("nr_cpus_available"):
         b.meta["cpus"] = max(b.meta.get("cpus") or 0, f["nr_cpus_available"])
-    b.meta.setdefault("clock", "perf")
+    clock = _perf_clock(pf.attrs)
     info = {k: v for k, v in f.items() if k != "event_desc"}
     b.meta["inputs"].append({
         "path": pf.path, "format": "perf.data", "size_bytes": Path(pf.path).stat().st_size,
         "tool": "perf" + (f" {f['perf_version']}" if f.get("perf_version") else ""),
         "mode": "pipe" if pf.pipe else "file", "partial": pf.partial, "features": info,
+        "clock": clock, "time_unit": C.NS,
+        "time_source": f"perf records sample times in ns of the {clock} clock"
+                       + (" (perf record -k)" if clock != "perf" else " (local_clock())"),
         "events": [{"name": a.name, "name_from": a.name_from, "type": a.type, "config": a.config,
                     "exclude_guest": a.exclude_guest,
                     "exclude_host": a.exclude_host, "precise_ip": a.precise_ip} for a in pf.attrs]})
+
+
+def _perf_clock(attrs: list[Attr]) -> str:
+    """The clock of the sample times: attr.use_clockid (flags bit 25) with attr.clockid when perf record
+    -k set them (include/uapi/linux/perf_event.h), else perf's default, local_clock()."""
+    for a in attrs:
+        if a.flags >> 25 & 1:
+            return C.PERF_CLOCKIDS.get(a.clockid, f"clockid {a.clockid}")
+    return "perf"
 
 
 def _trailer_fields(a: Attr) -> list[str]:
@@ -503,8 +517,9 @@ def _emit_lost(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarra
         elif t == REC_LOST_SAMPLES:
             n = int(buf[o + 8:o + 16].view("<u8")[0])
             b.add_lost(pf.path, "lost_samples", n, tr.get("time"), tr.get("cpu"), f"offset {o}")
-        else:
-            time = int(buf[o + 8:o + 16].view("<i8")[0])
+        else:  # the time perf report shows: the sample_id trailer's, else the record's own field (when the
+            # kernel wrote it, perf_log_throttle(), a moment before the trailer)
+            time = tr["time"] if "time" in tr else int(buf[o + 8:o + 16].view("<i8")[0])
             kind = "throttle" if t == REC_THROTTLE else "unthrottle"
             b.lost_rows.append({"ts_ns": time, "cpu": tr.get("cpu"), "kind": kind, "count": None,
                                 "source": pf.path})
