@@ -310,10 +310,13 @@ def _clock_of(td: TraceDat) -> tuple[str, str, str]:
     names = {x.clock for x in td.buffers if x.clock and any(cd.size for cd in x.cpus)} or \
         {x.clock for x in td.buffers if x.clock}
     clock = o if (o := td.options.get("clock")) and (not names or o in names) else None
-    clock = clock or (sorted(names)[0] if names else "local")
+    clock = clock or (sorted(names)[0] if names else None)
     t2n = td.options.get("tsc2nsec")
     if t2n and t2n.get("mult"):
-        return clock, C.NS, f"TSC2NSEC option (mult {t2n['mult']}, shift {t2n['shift']}) as trace-cmd applies it"
+        return clock or "tsc2nsec", C.NS, \
+            f"TSC2NSEC option (mult {t2n['mult']}, shift {t2n['shift']}) as trace-cmd applies it"
+    if clock is None:
+        return "local", C.NS, "the file records no clock: the kernel's default, local, assumed"
     known = C.clock(clock)
     if known is None:
         return clock, C.UNKNOWN_TICKS, f"clock {clock!r} is not a known trace clock: its unit is unknown"
