@@ -105,8 +105,8 @@ def classify_samples(td: TraceData, cfg: Config, events: list[str]) -> pl.DataFr
     w = cfg.options.skid_window_ns
     s = td.df("samples").filter(pl.col("event").cast(pl.String).is_in(events) & pl.col("cpu").is_not_null()
                                 & pl.col("cpumode").is_not_null()) \
-        .select("ts_ns", "cpu", "pid", pl.col("event").cast(pl.String), pl.col("cpumode").cast(pl.String), "sym",
-                "exact_ip").with_row_index("s")
+        .select("ts_ns", "cpu", "pid", pl.col("event").cast(pl.String), pl.col("cpumode").cast(pl.String),
+                pl.col("sym").cast(pl.String), "exact_ip").with_row_index("s")
     win = guest_windows(td).select("cpu", pl.col("end_ns").alias("exit_ts")).sort("exit_ts") \
         if td.has("kvm_exit") and td.has("kvm_entry") else None
     if win is not None:
