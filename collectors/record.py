@@ -27,6 +27,7 @@ from collectors.host import (
     require_kvm,
     require_perf,
     require_root,
+    save_kallsyms,
     snapshot,
     tracefs_root,
 )
@@ -105,6 +106,7 @@ def record(opt: RecordOptions) -> RecordResult:
         raise Refusal("this kernel has no kvm tracepoints (is the kvm module loaded?): modprobe kvm_intel/kvm_amd")
     opt.out.mkdir(parents=True, exist_ok=True)
     snap = snapshot()
+    snap["kallsyms"] = save_kallsyms(opt.out)  # names the kernel IPs of samples wherever the trace is read
     (opt.out / "host.json").write_text(json.dumps(snap, indent=2) + "\n")
     if missing:
         print(f"record: not on this kernel, skipped: {', '.join(missing)}", file=sys.stderr)

@@ -34,24 +34,33 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     pass
 
 
+SnapshotOpt = Annotated[Path | None, typer.Option("--snapshot", help="host snapshot (host.json of vpmutrace "
+                                                                    "record) of the recording host: its kallsyms "
+                                                                    "names perf samples' kernel IPs (default: a "
+                                                                    "host.json next to the perf.data)")]
+
+
 @app.command()
 def info(traces: Traces,
-         as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False) -> None:
-    """Format, tool/kernel, time span, CPUs, events per kind, lost and unparsed counts."""
+         as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
+         snapshot: SnapshotOpt = None) -> None:
+    """Format, tool/kernel, time span, CPUs, events per kind, lost and unparsed counts, where perf
+    samples' symbols came from."""
     from vpmutrace.readers import load_trace
 
-    td = load_trace(list(traces))
+    td = load_trace(list(traces), snapshot)
     d = info_dict(td)
     typer.echo(json.dumps(d, indent=2, sort_keys=True) if as_json else render_info(d))
 
 
 @app.command()
 def ingest(traces: Traces,
-           out: Annotated[Path, typer.Option("-o", "--out", help="output dataset directory")]) -> None:
+           out: Annotated[Path, typer.Option("-o", "--out", help="output dataset directory")],
+           snapshot: SnapshotOpt = None) -> None:
     """Decode traces into a Parquet dataset (one file per table + trace_meta.json)."""
     from vpmutrace.readers import load_trace
 
-    td = load_trace(list(traces))
+    td = load_trace(list(traces), snapshot)
     path = td.save(out)
     d = info_dict(td)
     typer.echo(f"wrote {path}: {sum(d['events'].values())} events in {len(td.tables)} tables; "

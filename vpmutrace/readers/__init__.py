@@ -15,6 +15,8 @@ def sniff(path: Path) -> str:
     """'dataset', 'perf.data', 'trace.dat' or 'text'."""
     if is_dataset(path):
         return "dataset"
+    if path.is_dir() and perf_data_dir(path) is not None:
+        return "perf.data"
     if path.is_dir():
         raise InputError(str(path), "is a directory but not a vpmutrace dataset (no trace_meta.json)")
     try:
@@ -31,8 +33,21 @@ def sniff(path: Path) -> str:
     return "text"
 
 
-def load_trace(paths: list[str | Path]) -> TraceData:
-    """Read one or more inputs (merged on one time line) or one saved dataset."""
+def perf_data_dir(path: Path) -> Path | None:
+    """The data file of a perf.data directory (``perf record --kcore`` writes perf.data/data and
+    perf.data/kcore_dir/), or None."""
+    data = path / "data"
+    try:
+        with data.open("rb") as f:
+            return data if f.read(8) in PERF_MAGIC else None
+    except OSError:
+        return None
+
+
+def load_trace(paths: list[str | Path], snapshot: str | Path | None = None) -> TraceData:
+    """Read one or more inputs (merged on one time line) or one saved dataset. ``snapshot``: the host
+    snapshot (host.json) of the recording host, whose kallsyms resolves perf samples' kernel IPs when
+    the recording has none of its own (default: a snapshot found next to each perf.data)."""
     if not paths:
         raise InputError("-", "no trace given")
     kinds = [(Path(p), sniff(Path(p))) for p in paths]
@@ -51,7 +66,8 @@ def load_trace(paths: list[str | Path]) -> TraceData:
         if kind == "perf.data":
             from vpmutrace.readers.perf_data import read_perf_data
 
-            read_perf_data(p, builder)
+            read_perf_data(perf_data_dir(p) if p.is_dir() else p, builder,
+                           snapshot=Path(snapshot) if snapshot is not None else None)
         elif kind == "trace.dat":
             from vpmutrace.readers.trace_dat import emit_trace_dat, read_trace_dat
 
@@ -65,6 +81,12 @@ def load_trace(paths: list[str | Path]) -> TraceData:
 
             read_text(p, builder)
     td = builder.finish()
+    if snapshot is not None and "host" not in td.meta:
+        from vpmutrace.readers.perf_maps import load_snapshot
+
+        host, _ = load_snapshot(Path(snapshot))
+        if host is not None:
+            td.meta["host"] = host
     if roles:
         td.meta["host_guest"] = {str(p): r[0] for p, r in roles.items()}
     return td

@@ -7,8 +7,8 @@ the part of an earlier one it overlaps (perf splits the older map), and a new pr
 a new pid) starts with a copy of its parent's maps as they were at the fork. The kernel's maps
 are the kernel text (``[kernel.kallsyms]_text``, whose pgoff is the address of the reference
 symbol ``_text``, for relocation), the modules, and BPF programs (KSYMBOL register/unregister).
-A sample resolves against the maps of its process (user mode) or the kernel's (kernel mode; a
-user-mode address above the kernel's start too, as perf does) as they were at its time.
+A sample resolves against the maps of its process (user mode) or the kernel's (kernel mode) as they
+were at its time.
 
 Symbolisation is one vectorised pass over the finished ``samples`` columns, after the reader
 made them: per process the maps become elementary address intervals, each with its maps in
@@ -240,9 +240,13 @@ def load_snapshot(path: Path | None) -> tuple[dict[str, Any] | None, Path | None
 
 
 def snapshot_for(trace: Path) -> Path | None:
-    """A host snapshot given alongside a trace: ``<trace>.host.json`` or ``host.json`` in its directory
-    (the layout ``vpmutrace record`` writes)."""
-    for cand in (trace.with_name(trace.name + ".host.json"), trace.parent / "host.json"):
+    """A host snapshot given alongside a trace: ``<trace>.host.json``, ``<name>.host.json`` (the trace's
+    name up to its first dot) or ``host.json`` in its directory (the layout ``vpmutrace record`` writes;
+    for a ``perf record --kcore`` directory, next to the directory)."""
+    if trace.name == "data" and (trace.parent / "kcore_dir").is_dir():
+        trace = trace.parent
+    for cand in (trace.with_name(trace.name + ".host.json"), trace.with_name(trace.name.split(".")[0] + ".host.json"),
+                 trace.parent / "host.json"):
         if cand.is_file():
             return cand
     return None
@@ -438,7 +442,6 @@ def symbolize(pf: PerfFile, side: Side, tables: list[pa.Table], b: TraceBuilder,
         kern = kernel_symbols(pf, side, snapshot)
     # kernel space: kernel text, modules, BPF programs
     kmaps, kdso = _kernel_space(side, kern, dsos)
-    kstart = min((m.start for m in kmaps if m.filename.startswith("[kernel.kallsyms]")), default=1 << 63)
     # user space, per process
     memo: dict[int, list[Mapping]] = {}
     udso: dict[tuple[str, str | None], int] = {}
@@ -466,9 +469,9 @@ def symbolize(pf: PerfFile, side: Side, tables: list[pa.Table], b: TraceBuilder,
                 r = rows[hit == k]
                 dso_of[r] = udso[key]
                 look[r] = ip[r] - np.uint64(m.start) + np.uint64(m.pgoff)  # file offset, for now
-    # user-mode addresses no map of the process covers: the kernel's, when above its start (perf)
-    ku = user & (dso_of < 0) & (ip >= np.uint64(kstart))
-    kq = np.flatnonzero(ksel | ku)
+    # (a user-mode sample's IP is looked up in its process's maps only, even a kernel address after a
+    # skid past the return to user mode: perf's thread__find_map; its _fb fallback is for branch addresses)
+    kq = np.flatnonzero(ksel)
     if len(kq) and kmaps:
         st = np.array([m.start for m in kmaps], np.uint64)
         en = np.array([m.end for m in kmaps], np.uint64)
@@ -555,8 +558,11 @@ def _kernel_space(side: Side, kern: KernelSyms, dsos: list[Dso]) -> tuple[list[M
     for m in side.kernel:
         if m.filename.startswith("[kernel.kallsyms]"):
             continue
-        name = _module_name(m.filename)
-        tab = ks.modules.get(name[1:-1]) if ks is not None else None
+        short = _module_name(m.filename)
+        # perf names a module's DSO by the path its build-id entry gives (perf record writes one for every
+        # module with samples), else [name]
+        name = m.filename if (True, m.filename) in side.build_ids else short
+        tab = ks.modules.get(short[1:-1]) if ks is not None else None
         if tab is not None and len(tab) and (int(tab.start[0]) < m.start or int(tab.start[-1]) >= m.end):
             # the kallsyms is of another boot (the module was elsewhere): its addresses do not apply
             dsos.append(Dso(name, None, "build_id_mismatch"))
