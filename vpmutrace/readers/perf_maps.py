@@ -311,6 +311,8 @@ def kernel_symbols(pf: PerfFile, side: Side, snapshot: Path | None) -> KernelSym
         elif not bid and release and release == platform.release():
             cands.append(("/proc/kallsyms of this machine", f"unverified: no build-id recorded, same kernel "
                                                             f"release {release}", proc))
+        elif bid and not running:
+            tried.append("/proc/kallsyms: the running kernel's build-id is unknown (no /sys/kernel/notes)")
         else:
             tried.append(f"/proc/kallsyms: running kernel {running or platform.release()} is not the recorded "
                          f"{bid or release}")
