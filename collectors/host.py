@@ -342,7 +342,7 @@ def save_kallsyms(out: Path, name: str = "kallsyms.xz") -> dict[str, Any]:
     if not visible:
         info["why"] = "every address reads 0 (kptr_restrict): run as root with kptr_restrict <= 1"
         return info
-    (out / name).write_bytes(lzma.compress(data, preset=6))
+    (out / name).write_bytes(lzma.compress(data, preset=1))  # 0.2 s for 5 MB; preset 6 takes 4 s
     info["file"] = name
     return info
 

@@ -106,7 +106,6 @@ def record(opt: RecordOptions) -> RecordResult:
         raise Refusal("this kernel has no kvm tracepoints (is the kvm module loaded?): modprobe kvm_intel/kvm_amd")
     opt.out.mkdir(parents=True, exist_ok=True)
     snap = snapshot()
-    snap["kallsyms"] = save_kallsyms(opt.out)  # names the kernel IPs of samples wherever the trace is read
     (opt.out / "host.json").write_text(json.dumps(snap, indent=2) + "\n")
     if missing:
         print(f"record: not on this kernel, skipped: {', '.join(missing)}", file=sys.stderr)
@@ -132,6 +131,9 @@ def record(opt: RecordOptions) -> RecordResult:
     _progress("", opt.progress)
     if opt.progress:
         sys.stderr.write("\r")
+    # the kernel's symbols, for naming samples' kernel IPs wherever the trace is read (after the capture:
+    # modules loaded during it are in, and nothing delays its start)
+    snap["kallsyms"] = save_kallsyms(opt.out)
     (opt.out / "host.json").write_text(json.dumps(finish_snapshot(snap), indent=2) + "\n")
     (opt.out / "capture.json").write_text(json.dumps({
         "backend": res.backend, "trace_file": str(res.trace_file), "events_requested": res.events_requested,

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from conftest import FIXTURES, need_tool, shared
 
-from tests.conftest import FIXTURES, need_tool, shared
 from vpmutrace.readers import load_trace
 from vpmutrace.readers import perf_maps as pm
 from vpmutrace.readers import symbols as S
