@@ -161,30 +161,37 @@ def read_side(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray
 
 # ---- which map covers an address, at a time ----------------------------------------------------
 
-def cover(starts: np.ndarray, ends: np.ndarray, mtime: np.ndarray, addr: np.ndarray,
-          time: np.ndarray) -> np.ndarray:
-    """For maps given in insertion order (``mtime`` nondecreasing), the map covering each (addr, time):
-    the last one inserted at or before ``time`` whose [start, end) holds ``addr``; -1 where none."""
+def cover(starts: np.ndarray, ends: np.ndarray, mtime: np.ndarray, addr: np.ndarray, time: np.ndarray,
+          mspace: np.ndarray | None = None, qspace: np.ndarray | None = None) -> np.ndarray:
+    """For maps given in insertion order (``mtime`` nondecreasing within an address space), the map
+    covering each (addr, time): the last one inserted at or before ``time`` whose [start, end) holds
+    ``addr``; -1 where none. ``mspace``/``qspace``: the address space (process) of each map and each
+    query, so that all processes are done in one pass: every space's map bounds cut it into
+    elementary intervals, each interval lists the maps covering it by insertion time, and a query
+    finds its interval, then its map, with two searchsorted."""
     n = len(addr)
     if not len(starts) or not n:
         return np.full(n, -1, np.int64)
-    bounds = np.unique(np.concatenate([starts, ends]))
-    s0 = np.searchsorted(bounds, starts)
-    s1 = np.searchsorted(bounds, ends)
+    mspace = np.zeros(len(starts), np.int64) if mspace is None else mspace.astype(np.int64)
+    qspace = np.zeros(n, np.int64) if qspace is None else qspace.astype(np.int64)
+    vals = np.unique(np.concatenate([starts, ends]))
+    r = np.int64(len(vals) + 1)
+    ks, ke = mspace * r + np.searchsorted(vals, starts), mspace * r + np.searchsorted(vals, ends)
+    bkeys = np.unique(np.concatenate([ks, ke]))  # every space's bounds, space by space
+    s0, s1 = np.searchsorted(bkeys, ks), np.searchsorted(bkeys, ke)
     cnt = np.maximum(s1 - s0, 0)
-    mid = np.repeat(np.arange(len(starts)), cnt)  # (segment, map) pairs, maps in insertion order
+    mid = np.repeat(np.arange(len(starts)), cnt)  # (interval, map) pairs
     seg = np.repeat(s0, cnt) + (np.arange(len(mid)) - np.repeat(np.cumsum(cnt) - cnt, cnt))
     ut = np.unique(mtime)
     w = len(ut) + 1
-    rank = np.searchsorted(ut, mtime[mid])
-    key = seg.astype(np.int64) * w + rank
-    o = np.argsort(key, kind="stable")  # by segment, then time; equal keys keep insertion order
+    key = seg.astype(np.int64) * w + np.searchsorted(ut, mtime[mid])
+    o = np.argsort(key, kind="stable")  # by interval, then time; equal keys keep insertion order
     key, mid = key[o], mid[o]
-    qseg = np.searchsorted(bounds, addr, side="right").astype(np.int64) - 1
+    qseg = np.searchsorted(bkeys, qspace * r + (np.searchsorted(vals, addr, side="right") - 1), side="right") - 1
     qrank = np.searchsorted(ut, time, side="right").astype(np.int64) - 1
     j = np.searchsorted(key, qseg * w + qrank, side="right") - 1
     jj = np.maximum(j, 0)
-    ok = (j >= 0) & (qseg >= 0) & (key[jj] // w == qseg) & (addr < bounds[np.minimum(qseg + 1, len(bounds) - 1)])
+    ok = (j >= 0) & (qseg >= 0) & (key[jj] // w == qseg) & (bkeys[np.maximum(qseg, 0)] // r == qspace)
     return np.where(ok, mid[jj], -1)
 
 
@@ -444,33 +451,36 @@ def symbolize(pf: PerfFile, side: Side, tables: list[pa.Table], b: TraceBuilder,
         kern = kernel_symbols(pf, side, snapshot)
     # kernel space: kernel text, modules, BPF programs
     kmaps, kdso = _kernel_space(side, kern, dsos)
-    # user space, per process
+    # user space: every process's maps in one pass
     memo: dict[int, list[Mapping]] = {}
     udso: dict[tuple[str, str | None], int] = {}
     usel = np.flatnonzero(user)
     if len(usel):
-        order = usel[np.argsort(pid[usel], kind="stable")]
-        upids, first = np.unique(pid[order], return_index=True)
-        ends = np.append(first[1:], len(order))
-        for p, a, z in zip(upids.tolist(), first.tolist(), ends.tolist(), strict=True):
-            rows = order[a:z]
+        upids, qspace = np.unique(pid[usel], return_inverse=True)
+        allmaps: list[Mapping] = []
+        mspace: list[int] = []
+        for k, p in enumerate(upids.tolist()):
             maps = effective_maps(side, p, memo)
-            if not maps:
-                continue
-            st = np.array([m.start for m in maps], np.uint64)
-            en = np.array([m.end for m in maps], np.uint64)
-            mt = np.array([m.time for m in maps], np.int64)
-            hit = cover(st, en, mt, ip[rows], time[rows])
+            allmaps.extend(maps)
+            mspace.extend([k] * len(maps))
+        if allmaps:
+            st = np.array([m.start for m in allmaps], np.uint64)
+            en = np.array([m.end for m in allmaps], np.uint64)
+            mt = np.array([m.time for m in allmaps], np.int64)
+            hit = cover(st, en, mt, ip[usel], time[usel], np.array(mspace, np.int64), qspace)
             got = hit >= 0
-            for k in np.unique(hit[got]).tolist():
-                m = maps[k]
+            map_dso = np.full(len(allmaps), -1, np.int64)
+            for g in np.unique(hit[got]).tolist():
+                m = allmaps[g]
                 key = (m.filename, m.build_id or side.build_ids.get((False, m.filename)))
                 if key not in udso:
                     udso[key] = len(dsos)
                     dsos.append(_user_dso(*key))
-                r = rows[hit == k]
-                dso_of[r] = udso[key]
-                look[r] = ip[r] - np.uint64(m.start) + np.uint64(m.pgoff)  # file offset, for now
+                map_dso[g] = udso[key]
+            r = usel[got]
+            h = hit[got]
+            dso_of[r] = map_dso[h]
+            look[r] = ip[r] - st[h] + np.array([m.pgoff for m in allmaps], np.uint64)[h]  # file offset, for now
     # (a user-mode sample's IP is looked up in its process's maps only, even a kernel address after a
     # skid past the return to user mode: perf's thread__find_map; its _fb fallback is for branch addresses)
     kq = np.flatnonzero(ksel)
@@ -481,11 +491,14 @@ def symbolize(pf: PerfFile, side: Side, tables: list[pa.Table], b: TraceBuilder,
         hit = cover(st, en, mt, ip[kq], time[kq])
         dso_of[kq] = np.where(hit >= 0, kdso[np.maximum(hit, 0)], -1)
     why[(dso_of < 0) & (why < 0)] = reasons.index("no_map")
-    # per DSO: its symbol table, all its samples at once
+    # per DSO: its symbol table, all its samples at once; a symbol's code is its DSO's base + its index
     sym_code = np.full(n, -1, np.int64)
-    names: list[str] = []
+    base = np.zeros(len(dsos) + 1, np.int64)
+    by_dso = np.argsort(dso_of, kind="stable")
+    bounds = np.searchsorted(dso_of[by_dso], np.arange(len(dsos) + 1))
     for d, dso in enumerate(dsos):
-        r = np.flatnonzero(dso_of == d)
+        base[d + 1] = base[d] + (len(dso.tab) if dso.tab is not None else 0)
+        r = by_dso[bounds[d]:bounds[d + 1]]
         if not len(r):
             continue
         if dso.tab is None:
@@ -495,17 +508,23 @@ def symbolize(pf: PerfFile, side: Side, tables: list[pa.Table], b: TraceBuilder,
         i = dso.tab.lookup(addr)
         hit = i >= 0
         why[r[~hit]] = reasons.index("no_symbol")
-        if hit.any():
-            u, inv = np.unique(i[hit], return_inverse=True)
-            sym_code[r[hit]] = len(names) + inv
-            used = [dso.tab.names[j] for j in u.tolist()]
-            names.extend(used if dso.elf is None else S.demangle(used))  # perf demangles user symbols only
+        sym_code[r[hit]] = base[d] + i[hit]
+    # names of the symbols used only (perf demangles user symbols, not the kernel's)
+    used = _used(sym_code, int(base[-1]))
+    owner = np.searchsorted(base, used, side="right") - 1
+    names = [dsos[d].tab.names[int(c - base[d])] for c, d in zip(used.tolist(), owner.tolist(), strict=True)]
+    user_k = [k for k, d in enumerate(owner.tolist()) if dsos[d].elf is not None]
+    for k, nm in zip(user_k, S.demangle([names[k] for k in user_k]), strict=True):
+        names[k] = nm
+    remap = np.full(int(base[-1]) + 1, -1, np.int64)
+    remap[used] = np.arange(len(used))
+    sym_code = np.where(sym_code >= 0, remap[np.maximum(sym_code, 0)], -1)
     _count(pf, b, reasons, why, ip, pid, dso_of, dsos, kern)
     # columns: sym and dso as dictionaries; sym_source says where sym came from, or why it is null
     dso_names = [d.name for d in dsos]
     dso_arr = _dict(dso_of, dso_names)
     sources = [d.source for d in dsos] + [f"unresolved: {UNRESOLVED[r]}" for r in reasons]
-    src_code = np.where(sym_code >= 0, dso_of, len(dsos) + np.maximum(why, 0))
+    src_code = np.where(sym_code >= 0, dso_of, len(dsos) + np.maximum(why, 0).astype(np.int64))
     sym_arr = _dict(sym_code, names)
     src_arr = _dict(np.where((sym_code >= 0) | (why >= 0), src_code, -1), sources)
     _meta(pf, b, kern, dsos, dso_of, sym_code, why, reasons)
@@ -523,16 +542,21 @@ def symbolize(pf: PerfFile, side: Side, tables: list[pa.Table], b: TraceBuilder,
     return out
 
 
+def _used(codes: np.ndarray, size: int) -> np.ndarray:
+    """The distinct non-negative codes (< size), sorted, without sorting the codes."""
+    valid = codes[codes >= 0]
+    return np.flatnonzero(np.bincount(valid, minlength=size)) if len(valid) else np.zeros(0, np.int64)
+
+
 def _dict(codes: np.ndarray, values: list[str]) -> pa.DictionaryArray:
     """int codes (-1: null) over ``values``, only the values used kept."""
     valid = codes >= 0
-    if not valid.any():
-        return pa.DictionaryArray.from_arrays(pa.array(np.zeros(len(codes), np.int32), mask=~valid),
-                                              pa.array([], pa.string()))
-    used, inv = np.unique(codes[valid], return_inverse=True)
-    idx = np.zeros(len(codes), np.int32)
-    idx[valid] = inv
-    return pa.DictionaryArray.from_arrays(pa.array(idx, mask=~valid), pa.array([values[u] for u in used.tolist()]))
+    used = _used(codes, len(values))
+    remap = np.zeros(len(values) + 1, np.int32)
+    remap[used] = np.arange(len(used), dtype=np.int32)
+    idx = remap[np.where(valid, codes, len(values))]
+    return pa.DictionaryArray.from_arrays(pa.array(idx, mask=~valid), pa.array([values[u] for u in used.tolist()],
+                                                                                   pa.string()))
 
 
 def _kernel_space(side: Side, kern: KernelSyms, dsos: list[Dso]) -> tuple[list[Mapping], np.ndarray]:

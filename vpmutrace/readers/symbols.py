@@ -379,7 +379,14 @@ def plt_symbols(path: str) -> SymTab | None:
                 return None
             syms = np.frombuffer(dynsym.data(), dtype=_sym_dtype(elf))
             strtab = elf.get_section(dynsym.header.sh_link).data()
-            symidx = [r["r_info_sym"] for r in rel.iter_relocations()]
+            # Elf_Rel(a) records: r_offset, r_info (symbol index in its high half) [, r_addend]
+            order = "<" if elf.little_endian else ">"
+            word = "u8" if elf.elfclass == 64 else "u4"
+            fields = [("off", order + word), ("info", order + word)]
+            if rel.header.sh_type == "SHT_RELA":
+                fields.append(("addend", order + word.replace("u", "i")))
+            info = np.frombuffer(rel.data(), dtype=np.dtype(fields))["info"]
+            symidx = (info >> (32 if elf.elfclass == 64 else 8)).astype(np.int64).tolist()
             base = int(plt.header.sh_addr)
     except (OSError, ELFError, ValueError, KeyError, AttributeError, IndexError):
         return None
@@ -439,26 +446,34 @@ class Found:
     verified: bool
 
 
-def _debuglink(path: str) -> str | None:
+@lru_cache(maxsize=4096)
+def _elf_info(path: str) -> tuple[bool, bool, str | None]:
+    """(has a .symtab, has a .dynsym, .gnu_debuglink name) of an ELF file, in one read of its headers."""
     try:
         from elftools.elf.elffile import ELFFile
 
         with open(path, "rb") as f:
-            sec = ELFFile(f).get_section_by_name(".gnu_debuglink")
-            return sec.data().split(b"\0", 1)[0].decode() if sec is not None else None
-    except Exception:  # noqa: BLE001 - any unreadable file simply has no debuglink
-        return None
+            if f.read(4) != b"\x7fELF":
+                return False, False, None
+            f.seek(0)
+            elf = ELFFile(f)
+            have: dict[str, Any] = {}
+            for sec in elf.iter_sections():
+                if sec.name in (".symtab", ".dynsym", ".gnu_debuglink"):
+                    have[sec.name] = sec
+            ok = {n: sec.header.sh_type != "SHT_NOBITS" and sec.header.sh_size > 0 for n, sec in have.items()}
+            link = have[".gnu_debuglink"].data().split(b"\0", 1)[0].decode() if ok.get(".gnu_debuglink") else None
+            return ok.get(".symtab", False), ok.get(".dynsym", False), link
+    except Exception:  # noqa: BLE001 - an unreadable file has no tables
+        return False, False, None
+
+
+def _debuglink(path: str) -> str | None:
+    return _elf_info(path)[2]
 
 
 def _has_table(path: str, name: str) -> bool:
-    try:
-        from elftools.elf.elffile import ELFFile
-
-        with open(path, "rb") as f:
-            sec = ELFFile(f).get_section_by_name(name)
-            return sec is not None and sec.header.sh_type != "SHT_NOBITS" and sec.header.sh_size > 0
-    except Exception:  # noqa: BLE001
-        return False
+    return _elf_info(path)[0 if name == ".symtab" else 1]
 
 
 def find_dso_file(filename: str, build_id: str | None) -> tuple[Found | None, str]:
