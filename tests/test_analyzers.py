@@ -118,7 +118,7 @@ def test_emulated_trace_without_snapshot_is_detected_as_emulated(tmp_path: Path)
     says emulated, and the trace gets no mediated 'divergences'."""
     for kernel in ("6.18", "6.1"):
         simulate("emulated-multiplex", "vmx", 5, tmp_path / kernel, kernel=kernel)
-        td = load_trace([tmp_path / kernel / "report.txt"], LoadOptions(find_host=False))
+        td = load_trace([tmp_path / kernel / "report.txt"], LoadOptions(find_snapshot=False))
         cfg = Config.for_trace(td)
         assert (cfg.model, cfg.design.source, cfg.design.certainty) == ("emulated", "trace", "candidate")
         doc, _ = run(td, cfg)

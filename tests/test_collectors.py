@@ -18,6 +18,7 @@ from conftest import need_tool
 from collectors import events as evsets
 from collectors.host import Refusal, snapshot
 from collectors.microguest import WORKLOADS, assemble, parse_ops, run
+from vpmutrace.readers import symbols as S
 
 KVM = Path("/dev/kvm").exists()
 ROOT = os.geteuid() == 0
@@ -117,6 +118,10 @@ def test_tracefs_capture_is_read_by_trace_cmd_and_matches(tmp_path: Path) -> Non
         assert a.equals(theirs.df(t).drop("comm", "seq")), t
     host = json.loads((tmp_path / "cap" / "host.json").read_text())
     assert host["kernel_release"] == os.uname().release
+    # the kernel's symbols are kept with the capture (perf samples' kernel IPs resolve anywhere)
+    if host["kallsyms"].get("addresses_visible"):
+        assert host["kallsyms"]["file"] == "kallsyms.xz" and (tmp_path / "cap" / "kallsyms.xz").is_file()
+    assert host["kernel_build_id"] == S.running_kernel_build_id()
     assert load_trace([tmp_path / "cap" / "dataset"]).meta["host"]["kernel_release"] == os.uname().release
 
 

@@ -86,7 +86,7 @@ def test_simulated_perf_data_equals_perf_script(tmp_path: Path) -> None:
 def test_exits_per_vm_from_process_ids(tmp_path: Path) -> None:
     simulate("skid", "vmx", 6, tmp_path)
     # no host snapshot: the VM comes from the sample's pid
-    td = load_trace([tmp_path / "trace.perf.data"], LoadOptions(find_host=False))
+    td = load_trace([tmp_path / "trace.perf.data"], LoadOptions(find_snapshot=False))
     doc, _ = run(td, Config.for_trace(td))
     e = doc["exits"]
     assert e["vm_grouping"].startswith("VMM process (tgid)")

@@ -25,18 +25,16 @@ Traces = Annotated[list[Path], typer.Argument(help="trace files (perf.data, trac
 TscKhz = Annotated[float | None, typer.Option("--tsc-khz", help="TSC frequency in kHz, for traces whose clock counts "
                                                                 "TSC ticks (x86-tsc without TSC2NSEC; integer "
                                                                 "timestamps): converts them to ns")]
-HostOpt = Annotated[Path | None, typer.Option("--host", help="host snapshot (host.json of vpmutrace record; default: "
-                                                             "a host.json next to the first trace)")]
 ClockOpt = Annotated[str | None, typer.Option("--clock", help="the traces' clock when a file records it wrongly "
                                                               "(e.g. x86-tsc: trace-cmd extract of an instance "
                                                               "records the top-level clock)")]
 
 
-def _load(traces: list[Path], tsc_khz: float | None = None, host: Path | None = None,
+def _load(traces: list[Path], tsc_khz: float | None = None, snapshot: Path | None = None,
           clock: str | None = None) -> object:
     from vpmutrace.readers import LoadOptions, load_trace
 
-    return load_trace(list(traces), LoadOptions(tsc_khz=tsc_khz, host=host, clock=clock))
+    return load_trace(list(traces), LoadOptions(tsc_khz=tsc_khz, snapshot=snapshot, clock=clock))
 
 
 def _version(value: bool) -> None:
@@ -51,12 +49,20 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     pass
 
 
+SnapshotOpt = Annotated[Path | None, typer.Option("--snapshot", help="host snapshot (host.json of vpmutrace "
+                                                                    "record) of the recording host: its tsc_khz "
+                                                                    "converts TSC ticks, its kallsyms names perf "
+                                                                    "samples' kernel IPs (default: <trace>.host.json "
+                                                                    "or host.json next to the first trace)")]
+
+
 @app.command()
 def info(traces: Traces,
          as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
-         tsc_khz: TscKhz = None, host: HostOpt = None, clock: ClockOpt = None) -> None:
-    """Format, tool/kernel, clock and time unit, time span, CPUs, events per kind, lost and unparsed counts."""
-    td = _load(traces, tsc_khz, host, clock)
+         tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
+    """Format, tool/kernel, clock and time unit, time span, CPUs, events per kind, lost and unparsed counts, where
+    perf samples' symbols came from."""
+    td = _load(traces, tsc_khz, snapshot, clock)
     d = info_dict(td)
     typer.echo(json.dumps(d, indent=2, sort_keys=True) if as_json else render_info(d))
 
@@ -64,9 +70,9 @@ def info(traces: Traces,
 @app.command()
 def ingest(traces: Traces,
            out: Annotated[Path, typer.Option("-o", "--out", help="output dataset directory")],
-           tsc_khz: TscKhz = None, host: HostOpt = None, clock: ClockOpt = None) -> None:
+           tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Decode traces into a Parquet dataset (one file per table + trace_meta.json)."""
-    td = _load(traces, tsc_khz, host, clock)
+    td = _load(traces, tsc_khz, snapshot, clock)
     path = td.save(out)
     d = info_dict(td)
     typer.echo(f"wrote {path}: {sum(d['events'].values())} events in {len(td.tables)} tables; "
@@ -77,11 +83,11 @@ def ingest(traces: Traces,
 def show(traces: Traces,
          event: Annotated[str | None, typer.Option(help="only this event: system:name, name, or a table")] = None,
          limit: Annotated[int, typer.Option(help="at most N lines, the first in time (0: all)")] = 0,
-         tsc_khz: TscKhz = None, host: HostOpt = None, clock: ClockOpt = None) -> None:
+         tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Events as text lines, as trace-cmd report prints them (computed for the lines shown only)."""
     from vpmutrace.show import lines
 
-    td = _load(traces, tsc_khz, host, clock)
+    td = _load(traces, tsc_khz, snapshot, clock)
     out = sys.stdout
     try:
         for line in lines(td, event, limit or None):
@@ -237,7 +243,7 @@ def analyze(traces: Traces, model: ModelOpt = None,
             calibrate_with: Annotated[Path | None, typer.Option(help="a mediated-design trace of the same workload: "
                                                                      "calibrates the what-if's switch cost")] = None,
             fail_on_divergence: Annotated[bool, typer.Option(help="exit 1 when the trace diverges from its design")]
-            = False, tsc_khz: TscKhz = None, host: HostOpt = None, clock: ClockOpt = None) -> None:
+            = False, tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Run the analyzers (see docs/analyze.md); findings last, most severe first."""
     calibration = None
     if calibrate_with is not None:
@@ -247,8 +253,8 @@ def analyze(traces: Traces, model: ModelOpt = None,
     if skid_window_us < 0:
         raise InputError("--skid-window-us", f"must be >= 0, got {skid_window_us}")
     doc = _analyze(traces, model, only.split(",") if only else None, as_json, out, guest_gp, guest_fixed,
-                   {"tsc_khz": tsc_khz, "host": host, "clock": clock}, skid_window_ns=int(skid_window_us * 1000),
-                   switch_cost_ns=_cost_range(switch_cost_ns),
+                   {"tsc_khz": tsc_khz, "snapshot": snapshot, "clock": clock},
+                   skid_window_ns=int(skid_window_us * 1000), switch_cost_ns=_cost_range(switch_cost_ns),
                    calibration=calibration)
     if fail_on_divergence and (doc.get("diff") or {}).get("divergent_events"):
         raise typer.Exit(1)
@@ -256,10 +262,10 @@ def analyze(traces: Traces, model: ModelOpt = None,
 
 def _one(name: str, title: str) -> None:
     def cmd(traces: Traces, model: ModelOpt = None, as_json: JsonOpt = False, out: OutOpt = None,
-            guest_gp: GuestGp = None, guest_fixed: GuestFixed = None, tsc_khz: TscKhz = None, host: HostOpt = None,
-            clock: ClockOpt = None) -> None:
+            guest_gp: GuestGp = None, guest_fixed: GuestFixed = None, tsc_khz: TscKhz = None,
+            snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
         _analyze(traces, model, [name], as_json, out, guest_gp, guest_fixed,
-                 {"tsc_khz": tsc_khz, "host": host, "clock": clock})
+                 {"tsc_khz": tsc_khz, "snapshot": snapshot, "clock": clock})
 
     cmd.__doc__ = title[0].upper() + title[1:] + "."
     app.command(name=name.replace("_", "-"))(cmd)
@@ -335,12 +341,12 @@ def report(traces: Traces, out: Annotated[Path, typer.Option("-o", "--out", help
            = None,
            max_points: Annotated[int, typer.Option(help="detail points cap (bounds the file size)")] = 60_000,
            title: Annotated[str | None, typer.Option(help="report title")] = None,
-           tsc_khz: TscKhz = None, host: HostOpt = None, clock: ClockOpt = None) -> None:
+           tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Self-contained interactive HTML report (works offline): findings, timeline, exits, MSRs, diff."""
     from vpmutrace.analyze import run
     from vpmutrace.report.html import build, time_axis
 
-    td = _load(traces, tsc_khz, host, clock)
+    td = _load(traces, tsc_khz, snapshot, clock)
     win = None
     if window:
         try:

@@ -36,6 +36,7 @@ def info_dict(td: TraceData) -> dict[str, Any]:
                    "examples": e.examples} for e in td.stats.entries()],
         "host": m.get("host"),
         "host_snapshot": m.get("host_snapshot"),
+        "symbols": {i["path"]: i["symbols"] for i in m.get("inputs", []) if i.get("symbols")},
     }
 
 
@@ -69,6 +70,8 @@ def render_info(d: dict[str, Any]) -> str:
         out.append(f"time span  {span[0] / 1e9:.6f} .. {span[1] / 1e9:.6f} s  ({d['duration_ns'] / 1e6:.3f} ms)")
     elif span:
         out.append(f"time span  {span[0]} .. {span[1]} ({d['duration_ns']} {UNIT_TEXT.get(unit, unit)}, not ns)")
+    for path, sy in (d.get("symbols") or {}).items():
+        out.extend(render_symbols(path, sy))
     out.append(f"lost       {d['lost_events']} events in {d['lost_notices']} notices")
     out.append(f"unparsed   {d['unparsed']}")
     if d["fallback_events"]:
@@ -98,3 +101,18 @@ def render_info(d: dict[str, Any]) -> str:
             for ex in s["examples"][:3]:
                 out.append(f"      {ex}")
     return "\n".join(out)
+
+
+def render_symbols(path: str, sy: dict[str, Any]) -> list[str]:
+    """Where a perf.data's sample symbols came from, and how many samples stay unnamed and why."""
+    k = sy.get("kernel") or {}
+    if k.get("source"):
+        kern = f"kernel from {k['source']} ({k['verified']}; relocation {k.get('relocation_delta')})"
+    else:
+        kern = f"kernel unresolved ({k.get('unresolved_reason')}: {'; '.join(k.get('tried') or []) or 'no source'})"
+    un = ", ".join(f"{r} {n}" for r, n in (sy.get("unresolved") or {}).items()) or "none"
+    users = sy.get("user_dsos") or {}
+    return [f"symbols    {path}: {sy.get('resolved')} of {sy.get('samples')} samples named; unresolved: {un}",
+            f"           {kern}",
+            f"           user DSOs: {len(users.get('with_symbols') or [])} with symbols, "
+            f"{len(users.get('without') or [])} without"]

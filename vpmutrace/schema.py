@@ -167,10 +167,16 @@ EVENT_TABLES: tuple[TableSpec, ...] = (
        Col("tid", I32, "thread id"),
        Col("period", U64, "sample period"),
        Col("ip", U64, "sampled instruction pointer"),
-       Col("sym", STR, "symbol as printed by perf"),
-       Col("dso", STR, "DSO as printed by perf"),
+       Col("sym", DICT_STR, "symbol as `perf script -F sym` prints it (no offset); null when unresolved "
+                            "(perf's [unknown]), sym_source says why"),
+       Col("dso", DICT_STR, "DSO as `perf script -F dso` prints it ([kernel.kallsyms], [kvm_intel], the mmapped "
+                            "path, a BPF program); null when no map covers the IP or the sample is a guest's"),
        Col("cpumode", DICT_STR, "kernel, user, hypervisor, guest_kernel, guest_user, unknown"),
-       Col("exact_ip", BOOL, "PERF_RECORD_MISC_EXACT_IP: the IP is precise (no skid)")),
+       Col("exact_ip", BOOL, "PERF_RECORD_MISC_EXACT_IP: the IP is precise (no skid)"),
+       Col("sym_source", DICT_STR, "where sym came from (the kallsyms or ELF file, and whether its build-id "
+                                   "matched the recording), or `unresolved: <why>` (no kallsyms, build-id "
+                                   "mismatch, DSO not on this machine, no symbol covers the address, no map, "
+                                   "guest sample); null for inputs that carry no symbols (perf script text)")),
     _t("unparsed", "Events that could not be decoded, kept so that nothing is dropped, and counted in the "
                    "stats table: records of an event id the trace has no format for, and text lines whose "
                    "body no grammar of the event matches.", (),

@@ -46,6 +46,8 @@ CATEGORIES: dict[str, Category] = {
     "print_fmt_fallback": Category(INFO, "events whose print fmt cannot be evaluated (raw fields kept)"),
     "formats_from_local_tracefs": Category(INFO, "tracepoint layouts taken from this host (name and id agree)"),
     "callchain_lines": Category(INFO, "perf script callchain lines (not events)"),
+    "unresolved_symbols": Category(INFO, "perf samples left without a symbol, one row per reason (no_ip, guest, "
+                                         "no_map, no_kallsyms, build_id_mismatch, dso_not_here, no_symbol)"),
     "time_base": Category(INFO, "how an input's timestamps were turned into ns (or why they were not)"),
     "clock_mismatch": Category(ERROR, "inputs merged on one time line whose clocks are not the same time line"),
 }

@@ -18,6 +18,8 @@ def sniff(path: Path) -> str:
     """'dataset', 'perf.data', 'trace.dat' or 'text'."""
     if is_dataset(path):
         return "dataset"
+    if path.is_dir() and perf_data_dir(path) is not None:
+        return "perf.data"
     if path.is_dir():
         raise InputError(str(path), "is a directory but not a vpmutrace dataset (no trace_meta.json)")
     try:
@@ -34,20 +36,33 @@ def sniff(path: Path) -> str:
     return "text"
 
 
+def perf_data_dir(path: Path) -> Path | None:
+    """The data file of a perf.data directory (``perf record --kcore`` writes perf.data/data and
+    perf.data/kcore_dir/), or None."""
+    data = path / "data"
+    try:
+        with data.open("rb") as f:
+            return data if f.read(8) in PERF_MAGIC else None
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     """How to read inputs: the TSC frequency for clocks in ticks (``--tsc-khz``), the host snapshot
-    (``--host``; a ``host.json`` next to the first input is used when none is given), and the clock
-    of inputs that record theirs wrongly (``--clock``)."""
+    (``--snapshot``; one found next to the first input is used when none is given: see
+    ``snapshot_for``), and the clock of inputs that record theirs wrongly (``--clock``)."""
 
     tsc_khz: float | None = None
-    host: Path | None = None
-    find_host: bool = True  # look for host.json next to the first input when ``host`` is not given
+    snapshot: Path | None = None
+    find_snapshot: bool = True  # look for a snapshot next to the first input when none is given
     clock: str | None = None  # the inputs' clock, when a file records it wrongly (``--clock``)
 
 
 def load_trace(paths: list[str | Path], options: LoadOptions | None = None) -> TraceData:
-    """Read one or more inputs (merged on one time line) or one saved dataset."""
+    """Read one or more inputs (merged on one time line) or one saved dataset. The host snapshot gives
+    the TSC frequency for clocks in ticks and the kallsyms that resolves perf samples' kernel IPs when
+    the recording has none of its own."""
     opts = options or LoadOptions()
     if not paths:
         raise InputError("-", "no trace given")
@@ -58,7 +73,8 @@ def load_trace(paths: list[str | Path], options: LoadOptions | None = None) -> T
         return load_dataset(kinds[0][0])
     if opts.tsc_khz is not None and not opts.tsc_khz > 0:
         raise InputError("--tsc-khz", f"{opts.tsc_khz} is not a frequency in kHz")
-    host, host_path = host_snapshot(opts.host, kinds[0][0]) if opts.host or opts.find_host else (None, None)
+    host, host_path = host_snapshot(opts.snapshot, kinds[0][0]) if opts.snapshot or opts.find_snapshot \
+        else (None, None)
     builder = TraceBuilder()
     dats = {}
     if any(k == "trace.dat" for _, k in kinds):
@@ -72,7 +88,7 @@ def load_trace(paths: list[str | Path], options: LoadOptions | None = None) -> T
         if kind == "perf.data":
             from vpmutrace.readers.perf_data import read_perf_data
 
-            read_perf_data(p, builder)
+            read_perf_data(perf_data_dir(p) if p.is_dir() else p, builder, snapshot=host_path)
         elif kind == "trace.dat":
             from vpmutrace.readers.trace_dat import emit_trace_dat
 
@@ -96,11 +112,23 @@ def load_trace(paths: list[str | Path], options: LoadOptions | None = None) -> T
     return td
 
 
+def snapshot_for(trace: Path) -> Path | None:
+    """A host snapshot given alongside a trace: ``<trace>.host.json``, ``<name>.host.json`` (the trace's
+    name up to its first dot) or ``host.json`` in its directory (the layout ``vpmutrace record`` writes;
+    for a ``perf record --kcore`` directory, next to the directory)."""
+    if trace.name == "data" and (trace.parent / "kcore_dir").is_dir():
+        trace = trace.parent
+    for cand in (trace.with_name(trace.name + ".host.json"), trace.with_name(trace.name.split(".")[0] + ".host.json"),
+                 trace.parent / "host.json"):
+        if cand.is_file():
+            return cand
+    return None
+
+
 def host_snapshot(given: Path | None, first_input: Path) -> tuple[dict | None, Path | None]:
-    """The host snapshot: ``given``, else ``host.json`` next to the first input (as ``vpmutrace record``
-    writes it), else none."""
-    path = given if given is not None else first_input.parent / "host.json"
-    if given is None and not path.is_file():
+    """The host snapshot: ``given``, else one next to the first input (``snapshot_for``), else none."""
+    path = given if given is not None else snapshot_for(first_input)
+    if path is None:
         return None, None
     try:
         data = json.loads(path.read_text())

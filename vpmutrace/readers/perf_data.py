@@ -36,6 +36,7 @@ from vpmutrace.formats.perf_abi import (
     REC_UNTHROTTLE,
 )
 from vpmutrace.formats.perf_names import event_name
+from vpmutrace.readers import perf_maps
 from vpmutrace.readers import perf_samples as ps
 from vpmutrace.readers import tracing_data as tdmod
 from vpmutrace.readers.binio import Cursor, map_file, release_pages
@@ -44,7 +45,8 @@ from vpmutrace.tracedata import TraceBuilder
 
 __all__ = ["CPUMODES", "REC_SAMPLE", "PerfFile", "read_perf_data", "walk"]
 
-FEAT_TRACING_DATA, FEAT_HOSTNAME, FEAT_OSRELEASE, FEAT_VERSION, FEAT_ARCH, FEAT_NRCPUS = 1, 3, 4, 5, 6, 7
+FEAT_TRACING_DATA, FEAT_BUILD_ID = 1, 2
+FEAT_HOSTNAME, FEAT_OSRELEASE, FEAT_VERSION, FEAT_ARCH, FEAT_NRCPUS = 3, 4, 5, 6, 7
 FEAT_CPUDESC, FEAT_CPUID, FEAT_TOTAL_MEM, FEAT_CMDLINE, FEAT_EVENT_DESC = 8, 9, 10, 11, 12
 FEAT_PMU_MAPPINGS, FEAT_CLOCKID, FEAT_COMPRESSED, FEAT_CPU_PMU_CAPS, FEAT_HYBRID_TOPOLOGY, FEAT_PMU_CAPS = \
     16, 23, 27, 28, 30, 31
@@ -120,6 +122,7 @@ class PerfFile:
     tracing: tdmod.TracingData | None = None
     features: dict[str, Any] = field(default_factory=dict)
     partial: str | None = None
+    build_ids: list[dict[str, Any]] = field(default_factory=list)  # HEADER_BUILD_ID (perf_maps.parse_build_ids)
 
 
 def _perf_string(c: Cursor) -> str:
@@ -133,6 +136,8 @@ def _parse_feature(pf: PerfFile, feat: int, data: bytes) -> None:
     try:
         if feat == FEAT_TRACING_DATA:
             pf.tracing, *_ = tdmod.read_tracing_block(c)
+        elif feat == FEAT_BUILD_ID:
+            pf.build_ids = perf_maps.parse_build_ids(data)
         elif feat in (FEAT_HOSTNAME, FEAT_OSRELEASE, FEAT_VERSION, FEAT_ARCH, FEAT_CPUDESC, FEAT_CPUID):
             key = {FEAT_HOSTNAME: "hostname", FEAT_OSRELEASE: "os_release", FEAT_VERSION: "perf_version",
                    FEAT_ARCH: "arch", FEAT_CPUDESC: "cpu_desc", FEAT_CPUID: "cpuid"}[feat]
@@ -174,7 +179,10 @@ def _parse_feature(pf: PerfFile, feat: int, data: bytes) -> None:
         f.setdefault("unreadable_features", []).append(f"{feat}: {e.what}")
 
 
-def read_perf_data(path: str | Path, builder: TraceBuilder, source: str = "host") -> PerfFile:
+def read_perf_data(path: str | Path, builder: TraceBuilder, source: str = "host",
+                   snapshot: Path | None = None) -> PerfFile:
+    """Read a perf.data into ``builder``; ``snapshot``: a host snapshot (host.json) of the recording
+    host, for its kallsyms (default: one given alongside the file, readers.snapshot_for)."""
     p = Path(path)
     buf = map_file(p)  # the page cache holds the file once; we do not copy it
     raw = memoryview(buf)
@@ -215,7 +223,9 @@ def read_perf_data(path: str | Path, builder: TraceBuilder, source: str = "host"
             for bit, (off, size) in zip(feat_bits, secs, strict=False):
                 if off + size <= len(raw):
                     _parse_feature(pf, bit, bytes(raw[off:off + size]))
-    _read_records(pf, buf, start, end, builder, source)
+    from vpmutrace.readers import snapshot_for
+
+    _read_records(pf, buf, start, end, builder, source, snapshot or snapshot_for(p))
     return pf
 
 
@@ -259,7 +269,8 @@ def _decompress_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: 
     return np.frombuffer(b"".join(parts), dtype=np.uint8)
 
 
-def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceBuilder, source: str) -> None:
+def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceBuilder, source: str,
+                  snapshot: Path | None = None) -> None:
     keys = None
     if pf.attrs:  # file mode: walk and decode the samples' keys in one go
         recs, keys = ps.scan(pf.attrs, pf.path, buf, start, end)
@@ -288,6 +299,7 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
     _tracepoint_formats(pf, b)
     _meta(pf, b)
     comms = _CommTracker(pf, buf, recs.r_off, recs.r_type, recs.r_size)
+    side = perf_maps.read_side(pf, buf, recs.r_off, recs.r_type, recs.r_size)
     _emit_lost(pf, buf, recs.r_off, recs.r_type, recs.r_size, b)
     recs_meta = b.meta.setdefault("perf_records", {})
     if n_compressed:
@@ -306,9 +318,11 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
     del recs, keys
     formats = pf.tracing.formats if pf.tracing else {}
     b.symbols = b.symbols or (pf.tracing.kallsyms if pf.tracing else None)
+    n_chunks = len(b.chunks.get("samples", []))
     ps.emit_samples(pf.attrs, pf.path, buf, samples, formats, pf.tracing.kallsyms if pf.tracing else None, b,
                     source)
     b.unknown_event_names = {}
+    perf_maps.apply(pf, side, b, n_chunks, snapshot)  # sym/dso of the samples table, one pass after it
     for bad in pf.tracing.bad_formats if pf.tracing else []:
         b.stats.add(pf.path, "bad_format", "", 1, bad)
     release_pages(buf)
