@@ -2,8 +2,12 @@
 
 Readers fill a :class:`TraceBuilder` chunk by chunk; :meth:`TraceBuilder.finish`
 yields a :class:`TraceData` whose tables follow ``schema.py``, sorted by time.
-A dataset directory holds ``<table>.parquet`` for each non-empty table and
-``trace_meta.json``; polars, DuckDB and pyarrow read it directly.
+A dataset directory holds ``<table>.parquet`` for each non-empty table and the sidecar
+``_trace_meta.json`` (named with a leading underscore, which ``pyarrow.dataset.dataset(dir)`` skips as it
+skips ``_SUCCESS`` and ``_metadata``; it would fail reading it as Parquet otherwise); datasets written with
+``trace_meta.json`` stay readable. Each Parquet file also carries the trace metadata and the schema
+version in its key-value metadata (``KV_*`` below), so one file copied alone still says what it is.
+polars, DuckDB and pyarrow read the files directly (docs/dataset.md).
 """
 
 from __future__ import annotations
@@ -36,7 +40,12 @@ from vpmutrace.stats import Stats
 if TYPE_CHECKING:
     import polars as pl
 
-META_FILE = "trace_meta.json"
+META_FILE = "_trace_meta.json"
+LEGACY_META_FILE = "trace_meta.json"  # the sidecar's name before the underscore: still read
+# key-value metadata of every Parquet file of a dataset
+KV_SCHEMA_VERSION = b"vpmutrace.schema_version"
+KV_TABLE = b"vpmutrace.table"
+KV_TRACE_META = b"vpmutrace.trace_meta"  # the sidecar's JSON
 
 
 @dataclass
@@ -72,16 +81,23 @@ class TraceData:
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        for old in out.glob("*.parquet"):
-            old.unlink()
+        for old in [*out.glob("*.parquet"), out / LEGACY_META_FILE]:
+            old.unlink(missing_ok=True)
         tables = [(name, t) for name, t in self.tables.items() if t.num_rows]
         stats = stats_table(self.stats)
         if stats.num_rows:
             tables.append(("stats", stats))
         # the writer releases the GIL: tables are written side by side, biggest first
         tables.sort(key=lambda nt: -nt[1].nbytes)
+        meta = json.dumps(self.meta, sort_keys=True).encode()
+
+        def write(nt: tuple[str, pa.Table]) -> None:
+            kv = {KV_SCHEMA_VERSION: str(SCHEMA_VERSION).encode(), KV_TABLE: nt[0].encode(), KV_TRACE_META: meta}
+            write_parquet(nt[1].replace_schema_metadata({**(nt[1].schema.metadata or {}), **kv}),
+                          out / f"{nt[0]}.parquet")
+
         with ThreadPoolExecutor(max(1, min(len(tables), os.cpu_count() or 1))) as pool:
-            list(pool.map(lambda nt: write_parquet(nt[1], out / f"{nt[0]}.parquet"), tables))
+            list(pool.map(write, tables))
         (out / META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
         return out
 
@@ -104,19 +120,28 @@ def write_parquet(t: pa.Table, path: Path) -> None:
                    write_statistics=[c for c in STATS_COLUMNS if c in names])
 
 
-def is_dataset(path: str | Path) -> bool:
+def meta_file(path: str | Path) -> Path | None:
+    """A dataset directory's sidecar (the current name, else the name older datasets used)."""
     p = Path(path)
-    return p.is_dir() and (p / META_FILE).is_file()
+    for name in (META_FILE, LEGACY_META_FILE):
+        if (p / name).is_file():
+            return p / name
+    return None
+
+
+def is_dataset(path: str | Path) -> bool:
+    return Path(path).is_dir() and meta_file(path) is not None
 
 
 def load_dataset(path: str | Path) -> TraceData:
     import pyarrow.parquet as pq
 
     p = Path(path)
+    mf = meta_file(p) or p / META_FILE
     try:
-        meta = json.loads((p / META_FILE).read_text())
+        meta = json.loads(mf.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise InputError(str(p / META_FILE), f"not a vpmutrace dataset ({e})") from None
+        raise InputError(str(mf), f"not a vpmutrace dataset ({e})") from None
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise InputError(str(p), f"dataset schema version {meta.get('schema_version')} is not "
                                  f"{SCHEMA_VERSION}; ingest the trace again")
