@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from collectors import events as evsets
-from collectors.host import (
+from vpmutrace.collectors import events as evsets
+from vpmutrace.collectors.host import (
     Refusal,
     finish_snapshot,
     hardware_pmu,
@@ -162,7 +162,7 @@ def _workload(opt: RecordOptions) -> subprocess.Popen | None:
 
 
 def _run_tracefs(opt: RecordOptions, root: Path, have: list[str], res: RecordResult) -> None:
-    from collectors.tracefs_backend import TracefsCapture
+    from vpmutrace.collectors.tracefs_backend import TracefsCapture
 
     cap = TracefsCapture(root, have, res.trace_file, opt.cpus, opt.buffer_kb)
     cap.start()
@@ -196,7 +196,7 @@ def _run_tracefs(opt: RecordOptions, root: Path, have: list[str], res: RecordRes
 
 
 def _run_perf(opt: RecordOptions, perf: str, have: list[str], res: RecordResult) -> None:
-    from collectors.perf_backend import PerfCapture, PerfProgress
+    from vpmutrace.collectors.perf_backend import PerfCapture, PerfProgress
 
     sample = None
     if opt.samples:

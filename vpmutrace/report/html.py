@@ -67,7 +67,7 @@ def findings(doc: dict[str, Any], td: TraceData) -> list[dict[str, str]]:
 
 def time_note(td: TraceData) -> str:
     """How the trace's times came to be in their unit, input by input."""
-    from vpmutrace.report_text import time_text
+    from vpmutrace.report.text import time_text
 
     return "Times: " + "; ".join(f"{i.get('path')}: clock {i.get('clock') or 'not recorded'}, "
                                  f"{time_text(i.get('time') or {})}" for i in td.meta.get("inputs", []))
