@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-
 from vpmutrace.collectors.host import Refusal
 from vpmutrace.collectors.microguest import WORKLOADS
 from vpmutrace.collectors.record import RecordOptions, record

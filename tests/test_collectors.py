@@ -14,10 +14,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import need_tool
-
 from vpmutrace.collectors import events as evsets
 from vpmutrace.collectors.host import Refusal, snapshot
 from vpmutrace.collectors.microguest import WORKLOADS, assemble, parse_ops, run
+
 from vpmutrace.readers import symbols as S
 
 KVM = Path("/dev/kvm").exists()

@@ -1,7 +1,7 @@
 """What the analyses must know about the host and guest before they apply a rule: the vPMU design,
 the guest and host PMU shapes, the CPU vendor, the kernel (for the NMI event order) and the NMI
 watchdog. Each is inferred once, from the strongest source available, and carries that source,
-its certainty and its evidence (reference §3.5):
+its certainty and its evidence (design §3.5):
 
 1. options given by the user (``--model``, ``--guest-gp``/``--guest-fixed``) override;
 2. the host snapshot (``host.json`` of ``vpmutrace record``): kvm module parameters
@@ -315,7 +315,7 @@ def _snapshot_design(host: dict) -> Inference | None:
 
 
 def signatures(td: TraceData, cfg: Config) -> dict[str, list[str]]:
-    """Design signatures in the trace (reference §3.5): {'mediated': [...], 'emulated': [...]}."""
+    """Design signatures in the trace (design §3.5): {'mediated': [...], 'emulated': [...]}."""
     out: dict[str, list[str]] = {MEDIATED: [], EMULATED: []}
     if not td.has("kvm_exit"):
         return out

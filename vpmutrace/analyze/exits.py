@@ -11,7 +11,7 @@ samples, samples %, time %, min, max, mean, p50, p99 and perf's "±%" (100 * std
 mean). Fastpath: exits of the reasons (and, for WRMSR, the MSRs) the running kernel handles in
 vmx_exit_handlers_fastpath()/svm_exit_handlers_fastpath() without leaving the run loop
 (model.kernel.fastpath_eligible; no tracepoint marks the fastpath, so this is the share that
-*may* have re-entered fast). Reference §2.1, §5.3.
+*may* have re-entered fast). Design §2.1, §5.3.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Host-side impact of the vPMU: what host profiling loses while guests own or share the PMU.
 
-Rule (reference §2.1-§2.3, §3.1, §9): under the mediated design, perf_load_guest_context()
+Rule (design §2.1-§2.3, §3.1, §9): under the mediated design, perf_load_guest_context()
 schedules out every host exclude_guest event of the core PMU for each ownership window, so the
 host PMU is unavailable to host perf for the guest's share of each CPU (the ownership analyzer's
 residency); KVM's fastpath runs inside the window, so it cannot be profiled ("the fastpath run

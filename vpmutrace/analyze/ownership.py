@@ -1,6 +1,6 @@
 """PMU ownership windows per CPU: when the guest owns the PMU, and how often ownership switches.
 
-Rule (reference §2.1, §3.5): under the mediated design kvm_mediated_pmu_load() runs in
+Rule (design §2.1, §3.5): under the mediated design kvm_mediated_pmu_load() runs in
 vcpu_enter_guest() before the inner run loop and kvm_mediated_pmu_put() after it, so one
 ownership window spans every guest run between two exits that leave the loop; fastpath
 re-entries (model.kernel.fastpath_eligible) stay inside it. Ownership windows are therefore

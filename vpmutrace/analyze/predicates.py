@@ -97,7 +97,7 @@ def extint_vector() -> pl.Expr:
 
 
 def mediated_pmi_exit() -> pl.Expr:
-    """A VMX external-interrupt exit on PERF_GUEST_MEDIATED_PMI_VECTOR (0xF5, reference §3.1)."""
+    """A VMX external-interrupt exit on PERF_GUEST_MEDIATED_PMI_VECTOR (0xF5, design §3.1)."""
     from vpmutrace.model.design import MEDIATED_PMI_VECTOR
 
     return (extint_vector() == MEDIATED_PMI_VECTOR).fill_null(False)
@@ -113,7 +113,7 @@ def msr_exit() -> pl.Expr:
 
 def requests_pmi() -> pl.Expr:
     """kvm_exit.requests has KVM_REQ_PMI: set by __kvm_perf_overflow() inside the NMI when the guest
-    counter interrupts (emulated vPMU, reference §3.3/§3.4), before trace_kvm_exit() on kernels that
+    counter interrupts (emulated vPMU, design §3.3/§3.4), before trace_kvm_exit() on kernels that
     handle the NMI first. KVM_REQ_PMU alone (a reprogram, or an overflow without PMI) is not enough.
     Null where the format has no requests field."""
     return (pl.col("requests") & (1 << K.REQ_PMI)) != 0
@@ -173,7 +173,7 @@ def _nmi_pair_candidates(td: TraceData, ex: pl.DataFrame, window_ns: int) -> pl.
 
 
 def nmi_order_in_trace(td: TraceData, ex: pl.DataFrame, release: K.NmiOrder, window_ns: int) -> K.NmiOrder:
-    """The NMI event order the trace itself shows (reference §3.4): which side of their NMI exits the
+    """The NMI event order the trace itself shows (design §3.4): which side of their NMI exits the
     perf NMIs lie on. The kernel release decides unless the data clearly disagree (at least 3 pairs,
     3 times more on the other side): distribution kernels backport KVM's exit path."""
     c = _nmi_pair_candidates(td, ex, window_ns).filter(pl.col("identified"))
@@ -370,7 +370,7 @@ GUEST_PMI, HOST_PMI, OTHER_NMI, UNKNOWN_NMI = "guest_pmi", "host_pmi", "other_nm
 
 def classify_nmi_exits(td: TraceData, ex: pl.DataFrame, order: str, window_ns: int) -> pl.DataFrame:
     """Every NMI exit of ``ex`` with the perf NMI that caused it, the guest-PMI injection that
-    followed (before the thread's next entry) and its class (reference §3.3, §3.4):
+    followed (before the thread's next entry) and its class (design §3.3, §3.4):
 
     - guest_pmi, fact: kvm_exit.requests carries KVM_REQ_PMI (__kvm_perf_overflow() ran in
       this NMI);
@@ -414,7 +414,7 @@ def classify_nmi_exits(td: TraceData, ex: pl.DataFrame, order: str, window_ns: i
 
 
 def mediated_pmi_exits(td: TraceData, ex: pl.DataFrame, svm: bool) -> pl.DataFrame:
-    """Guest PMIs of the mediated design (reference §3.1, §3.2): VMX external-interrupt exits on
+    """Guest PMIs of the mediated design (design §3.1, §3.2): VMX external-interrupt exits on
     vector 0xF5 (fact), and, when ``svm`` (the design is known to be mediated), SVM interrupt exits
     (which report no vector) followed by an LVTPC injection before the thread's next entry
     (candidate). Adds inj_ts, lvtpc, certainty."""

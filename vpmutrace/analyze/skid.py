@@ -1,6 +1,6 @@
 """Skid: host perf samples and PMIs that a guest overflow may have charged to the host.
 
-Rule (reference §3.1, §3.5): perf decides whether a sample belongs to the guest from
+Rule (design §3.1, §3.5): perf decides whether a sample belongs to the guest from
 perf_guest_state() -> kvm_guest_state() -> kvm_arch_pmi_in_guest(), which is true only while
 KVM handles an interrupt taken from the guest (kvm_before_interrupt(); since 6.9 only an NMI:
 812d432373f6), and then records the guest RIP with a guest cpumode (perf_arch_misc_flags()).

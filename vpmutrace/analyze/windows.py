@@ -18,7 +18,7 @@ re-entries included). An exit's handling interval runs to the next kvm_entry of 
 
 A guest window runs from a kvm_entry to the thread's next kvm_exit on the CPU of the entry
 (not across a loss). PMU ownership windows (mediated design) merge guest windows across exits
-the kernel may re-enter from the fastpath without putting the guest PMU (reference §2.1, §3.5;
+the kernel may re-enter from the fastpath without putting the guest PMU (design §2.1, §3.5;
 ``model.kernel.fastpath_eligible``).
 """
 
