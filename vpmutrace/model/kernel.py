@@ -243,3 +243,8 @@ def errno_name(ret: int) -> str:
     """'-EOPNOTSUPP (-95)' for a negative kernel return value."""
     name = ERRNO_NAMES.get(-ret)
     return f"-{name} ({ret})" if name else str(ret)
+# KVM creates a counter's perf event with config = eventsel & pmu->raw_event_mask (reprogram_counter()):
+# X86_RAW_EVENT_MASK (event, umask, edge, pin control, inv, cmask; arch/x86/include/asm/perf_event.h)
+# plus AMD's event-select bits 35:32 (AMD64_RAW_EVENT_MASK_NB's event part)
+RAW_EVENT_MASK = 0xFF8CFFFF | (0xF << 32)
+FIXED_PMC_BASE_IDX = 32  # KVM_FIXED_PMC_BASE_IDX: pmc->idx of fixed counter j is 32 + j

@@ -31,7 +31,7 @@ GROUP = "vpmutrace_4242"  # the probe group of the simulated recorder (pid 4242)
 PMC_BASE = 0xFFFF888012340000  # struct kvm_pmc addresses: one block per vCPU, 0x40 per counter
 VCPU_BASE = 0xFFFF888056780000  # struct kvm_vcpu addresses
 EVENT_BASE = 0xFFFF8880AB000000  # struct perf_event addresses
-FIXED_BASE_IDX = 32  # KVM_FIXED_PMC_BASE_IDX: fixed counter j is pmc idx 32 + j
+
 FIRST_ID = 3000
 
 # (function, return probe) -> fields with BTF args (fprobe) and without (kprobe); as collectors/probes.py fetches
@@ -173,7 +173,7 @@ class ProbeEmitter:
             pmc.config = config
             ts += step
             self._fire(ts, cpu, pid, K.FN_PMC_REPROGRAM, pmc=self.pmc_ptr(vidx, idx), pmc_idx=idx,
-                       type=PERF_TYPE_RAW, config=config & 0xFFFFFFFF)
+                       type=PERF_TYPE_RAW, config=config & K.RAW_EVENT_MASK)
             ret = -22 if config in self.refused else 0  # -EINVAL: the host perf driver refused the event
             ts += step
             self._fire(ts, cpu, pid, K.FN_PMC_REPROGRAM, True, ret=ret)
