@@ -286,7 +286,8 @@ class ProbeSession:
         for c in reversed(self.created):
             g, _, ev = c["event"].partition(":")
             try:
-                self.io.write(f"events/{g}/{ev}/enable", "0")
+                if self.io.exists(f"events/{g}/{ev}/enable"):
+                    self.io.write(f"events/{g}/{ev}/enable", "0")
             except OSError:
                 pass
             try:
@@ -324,7 +325,8 @@ def cleanup_leftovers(io: TracefsIO) -> list[str]:
             if m and not _alive(int(m.group(1))):
                 for rel, val in (("tracing_on", "0"), ("events/enable", "0")):
                     try:
-                        io.write(f"instances/{d.name}/{rel}", val)
+                        if io.exists(f"instances/{d.name}/{rel}"):
+                            io.write(f"instances/{d.name}/{rel}", val)
                     except OSError:
                         pass
                 try:
@@ -339,7 +341,8 @@ def cleanup_leftovers(io: TracefsIO) -> list[str]:
                 continue
             g, ev = m.group("g"), m.group("e")
             try:
-                io.write(f"events/{g}/{ev}/enable", "0")
+                if io.exists(f"events/{g}/{ev}/enable"):
+                    io.write(f"events/{g}/{ev}/enable", "0")
             except OSError:
                 pass
             try:
