@@ -42,8 +42,12 @@ from vpmutrace.model import kernel as K
 
 GROUP_PREFIX = "vpmutrace_"
 RETURN_SUFFIX = "__return"
-FPROBE_SYNTAX = "f[:[<group>/][<event>]]"  # readme_msg line present with CONFIG_FPROBE_EVENTS
-BTF_ARGS_SYNTAX = "<argname>["  # readme_msg line present with CONFIG_PROBE_EVENTS_BTF_ARGS
+# Feature tests on tracefs README (kernel/trace/trace.c readme_msg), the prefixes of the lines the
+# kernel's own selftests grep for (tools/testing/selftests/ftrace/test.d/dynevent/add_remove_btfarg.tc:
+# "f[:[<group>/][<event>]] <func-name>[%return] [<args>]" and "<argname>[->field[->field|.field...]]");
+# prefixes, because later kernels changed the rest of the fprobe line (":entry|:exit" lists).
+FPROBE_SYNTAX = "f[:[<group>/][<event>]]"  # present with CONFIG_FPROBE_EVENTS
+BTF_ARGS_SYNTAX = "<argname>["  # present with CONFIG_PROBE_EVENTS_BTF_ARGS
 CLONE_SUFFIX = re.compile(r"^(?P<base>[A-Za-z_][A-Za-z0-9_]*)\.(constprop|isra|part)\.\d+$")
 X86_64_ARG_REGS = ("%di", "%si", "%dx", "%cx", "%r8", "%r9")
 
