@@ -77,7 +77,7 @@ def _detail_range(td: TraceData, max_points: int, window: tuple[int, int] | None
     span = td.meta.get("time_span_ns") or [0, 1]
     if window:
         return window
-    ts = [td.df(t)["ts_ns"] for t in ("kvm_exit", "kvm_msr", "nmi_handler") if td.has(t)]
+    ts = [td.scan(t, ["ts_ns"]).collect()["ts_ns"] for t in ("kvm_exit", "kvm_msr", "nmi_handler") if td.has(t)]
     if not ts:
         return span[0], span[1]
     allts = pl.concat(ts).sort()
@@ -133,7 +133,7 @@ def timeline(td: TraceData, results: dict[str, Result], max_points: int,
                                                                     "pid", "comm").iter_rows()],
                          "hovertemplate": "%{text}<extra></extra>"})
     elif td.has("kvm_msr"):
-        m = td.df("kvm_msr").filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b)).head(max_points // 2)
+        m = td.scan("kvm_msr").filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b)).head(max_points // 2).collect()
         data.append({"type": "scattergl", "mode": "markers", "name": "guest MSR access (kvm_msr)",
                      "x": (m["ts_ns"] / div).to_list(), "y": (m["cpu"].cast(pl.Float64) + 0.18).to_list(),
                      "marker": {"size": 5},
@@ -186,7 +186,7 @@ def timeline(td: TraceData, results: dict[str, Result], max_points: int,
 def _overview(td: TraceData) -> dict:
     """Whole trace: events per CPU per time bin (a heatmap of fixed size)."""
     span = td.meta.get("time_span_ns") or [0, 1]
-    parts = [td.df(t).select("ts_ns", "cpu") for t in ("kvm_exit", "kvm_msr", "nmi_handler", "kvm_entry")
+    parts = [td.scan(t, ["ts_ns", "cpu"]).collect() for t in ("kvm_exit", "kvm_msr", "nmi_handler", "kvm_entry")
              if td.has(t)]
     if not parts:
         return {"data": [], "layout": {"title": {"text": "no KVM events"}}}
