@@ -13,7 +13,7 @@ every fixture.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, MutableMapping
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,24 +57,40 @@ def _declared_schema(name: str) -> pl.Schema:
     return pl.from_arrow(ALL_TABLES[name].arrow_schema.empty_table()).schema  # type: ignore[union-attr]
 
 
-class LazyTables(Mapping[str, pa.Table]):
+class LazyTables(MutableMapping[str, pa.Table]):
     """``TraceData.tables`` of a scanned dataset: names and row counts from the Parquet footers; a
-    table is read (whole, as an Arrow table) only when indexed. Analyzers use ``TraceData.scan``."""
+    table is read (whole, as an Arrow table) only when indexed. Analyzers use ``TraceData.scan``. A
+    table assigned or deleted (as on an in-memory TraceData) replaces or hides its file."""
 
     def __init__(self, files: dict[str, Path]) -> None:
-        self.files = files
+        self.files = dict(files)
+        self.mem: dict[str, pa.Table] = {}
         self.rows = {name: row_count(p) for name, p in files.items()}
 
     def __getitem__(self, name: str) -> pa.Table:
+        if name in self.mem:
+            return self.mem[name]
         if name not in self.files:
             raise KeyError(name)
         return read_table(self.files[name], name)
 
+    def __setitem__(self, name: str, t: pa.Table) -> None:
+        self.files.pop(name, None)
+        self.mem[name] = t
+        self.rows[name] = t.num_rows
+
+    def __delitem__(self, name: str) -> None:
+        if name not in self.files and name not in self.mem:
+            raise KeyError(name)
+        self.files.pop(name, None)
+        self.mem.pop(name, None)
+        del self.rows[name]
+
     def __iter__(self) -> Iterator[str]:
-        return iter(self.files)
+        return iter([*self.files, *self.mem])
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.files) + len(self.mem)
 
 
 class ScannedTraceData(TraceData):
@@ -91,7 +107,9 @@ class ScannedTraceData(TraceData):
         import polars as pl
 
         path = self.tables.files.get(name)
-        if path is None:
+        if name in self.tables.mem:
+            lf = super().df(name).lazy()
+        elif path is None:
             lf = empty_frame(name).lazy()
         else:
             lf = pl.scan_parquet(path)
