@@ -12,13 +12,13 @@ writes each capture's analysis.json and HTML report, and merges them into fleet 
 
 Engine: Dask distributed (``engine.py``), an optional extra (``pip install 'vpmutrace[fleet]'``).
 Why Dask rather than Ray: per-capture work is a few hundred independent Python tasks with small
-results, which both run; Dask's scheduler and workers are pure-Python wheels (about 42 MB installed
+results, which both run. Dask's scheduler and workers are pure-Python wheels (about 42 MB installed
 with their dependencies here), start a 2-worker local cluster in about 5 s on this 2-core machine
-(shared with other jobs) and need no daemons besides the worker processes, and ``Client("tcp://scheduler:8786")`` reaches a real
-cluster unchanged; Ray's wheel carries a C++ core (GCS server, raylet, object store) several times
-that size and starts those services on ``ray.init()``: more install weight and startup than a
-fleet job on one machine should pay, for features (actors, a shared object store) these tasks
-do not use.
+(shared with other jobs), need no daemons besides the worker processes, and
+``Client("tcp://scheduler:8786")`` reaches a real cluster unchanged. Ray's wheel carries a C++ core
+(GCS server, raylet, object store) several times that size and starts those services on
+``ray.init()``: more install weight and startup than a fleet job on one machine should pay, for
+features (actors, a shared object store) these tasks do not use.
 """
 
 from __future__ import annotations
