@@ -360,8 +360,16 @@ def report(traces: Traces, out: Annotated[Path, typer.Option("-o", "--out", help
     typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
 
 
+def _fleet() -> None:
+    from vpmutrace.fleet.cli import app as fleet_app
+
+    app.add_typer(fleet_app, name="fleet")
+
+
+_fleet()
+
 STATIC_COMMANDS = {"info", "ingest", "demo", "record", "selftest", "compare", "simulate", "report", "analyze",
-                   "show", "--version"}
+                   "show", "fleet", "--version"}
 
 
 def main() -> None:

@@ -62,10 +62,17 @@ class TraceData:
         import polars as pl
 
         t = self.tables.get(name)
-        if t is None:
-            t = empty_table(name) if name in ALL_TABLES else pa.schema(
-                [pa.field(c.name, c.type, c.nullable) for c in COMMON]).empty_table()
-        return pl.from_arrow(t)  # type: ignore[return-value]
+        return empty_frame(name) if t is None else pl.from_arrow(t)  # type: ignore[return-value]
+
+    def scan(self, name: str, columns: list[str] | tuple[str, ...] | None = None) -> pl.LazyFrame:
+        """A table as a lazy frame, ``columns`` selected: callers that select or filter build on it, so a
+        dataset read lazily (``vpmutrace.scanned``) decodes only what they keep."""
+        lf = self.df(name).lazy()
+        return lf.select(list(columns)) if columns is not None else lf
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table."""
+        return {n: t.num_rows for n, t in self.tables.items()}
 
     def event_tables(self) -> dict[str, str]:
         """{system:name: table} of every event in the trace."""
@@ -133,8 +140,19 @@ def is_dataset(path: str | Path) -> bool:
     return Path(path).is_dir() and meta_file(path) is not None
 
 
-def load_dataset(path: str | Path) -> TraceData:
-    import pyarrow.parquet as pq
+def empty_frame(name: str) -> pl.DataFrame:
+    """An absent table: an empty frame of its declared schema (an event's own table: the common columns)."""
+    import polars as pl
+
+    t = empty_table(name) if name in ALL_TABLES else pa.schema(
+        [pa.field(c.name, c.type, c.nullable) for c in COMMON]).empty_table()
+    return pl.from_arrow(t)  # type: ignore[return-value]
+
+
+def load_dataset(path: str | Path, lazy: bool = True) -> TraceData:
+    """A saved dataset: lazily (``vpmutrace.scanned``: each table a Parquet scan, read when used) or,
+    with ``lazy=False``, every table read into memory."""
+    from vpmutrace.scanned import ScannedTraceData, read_table
 
     p = Path(path)
     mf = meta_file(p) or p / META_FILE
@@ -145,24 +163,21 @@ def load_dataset(path: str | Path) -> TraceData:
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise InputError(str(p), f"dataset schema version {meta.get('schema_version')} is not "
                                  f"{SCHEMA_VERSION}; ingest the trace again")
-    tables: dict[str, pa.Table] = {}
+    files: dict[str, Path] = {}
     stats = Stats()
     for f in sorted(p.glob("*.parquet")):
         name = f.stem
         if name not in ALL_TABLES and not is_event_table(name):
             continue
-        try:
-            t = pq.read_table(f)
-        except (OSError, pa.ArrowInvalid) as e:
-            raise InputError(str(f), f"unreadable Parquet file ({e})") from None
         if name == "stats":
-            for row in t.to_pylist():
+            for row in read_table(f, name).to_pylist():
                 stats.add(row["source_file"], row["category"], row["name"], row["count"])
                 for ex in filter(None, row["examples"].split("; ")):
                     stats.add(row["source_file"], row["category"], row["name"], 0, ex)
             continue
-        tables[name] = t.cast(ALL_TABLES[name].arrow_schema) if name in ALL_TABLES else t
-    return TraceData(tables, meta, stats)
+        files[name] = f
+    td = ScannedTraceData(files, meta, stats)
+    return td if lazy else td.materialize()
 
 
 def _loss_starts(tables: dict[str, pa.Table], rows: list[dict[str, Any]]) -> list[int | None]:

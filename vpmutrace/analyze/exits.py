@@ -63,7 +63,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     by_reason = by_reason.join(fp, on="reason", how="left")
     by_vcpu = stats(paired, ["source", "pid", "vcpu_id"])
     vm_of = _vm_map(td)
-    tgid = td.df("kvm_exit").select("tgid").with_row_index("exit_row")
+    tgid = td.scan("kvm_exit", ["tgid"]).with_row_index("exit_row").collect()
     if vm_of:
         vm = paired.with_columns(pl.col("pid").replace_strict(vm_of, default=None, return_dtype=pl.Int64)
                                  .alias("vm_pid"))

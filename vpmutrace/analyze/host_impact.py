@@ -36,8 +36,8 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     if td.has("nmi_handler"):
         # perf's handler returns handled=0 for every NMI that is not its own (an IPI backtrace, ...): only
         # NMIs that no other handler claimed at the same time (1 us, same CPU) are unexplained
-        claimed = td.df("nmi_handler").filter(pl.col("handled") >= 1).select(pl.col("ts_ns").alias("_c"), "cpu") \
-            .sort("_c")
+        claimed = td.scan("nmi_handler").filter(pl.col("handled") >= 1).select(pl.col("ts_ns").alias("_c"), "cpu") \
+            .sort("_c").collect()
         n = P.perf_nmis(td).filter(pl.col("handled") == 0).sort("ts_ns")
         if n.height and claimed.height:
             n = n.join_asof(claimed, left_on="ts_ns", right_on="_c", by="cpu", strategy="nearest",

@@ -58,8 +58,8 @@ def observed_switches(td: TraceData, iv: pl.DataFrame) -> pl.Series | None:
     if not td.has("host_msr"):
         return None
     pmu_msrs = [a for a, m in M.catalog().items() if m.kind != M.DEBUGCTL]
-    h = td.df("host_msr").with_columns(pl.col("op").cast(pl.String)).filter(
-        (pl.col("op") == "rdpmc") | ((pl.col("op") == "write") & pl.col("msr").is_in(pmu_msrs)))
+    h = td.scan("host_msr").with_columns(pl.col("op").cast(pl.String)).filter(
+        (pl.col("op") == "rdpmc") | ((pl.col("op") == "write") & pl.col("msr").is_in(pmu_msrs))).collect()
     e = iv.select("exit_row", "ts_ns", "cpu", "entry_ts").sort("ts_ns")
     j = e.join_asof(h.select(pl.col("ts_ns").alias("h_ts"), "cpu").sort("h_ts"), left_on="ts_ns", right_on="h_ts",
                     by="cpu", strategy="forward")

@@ -64,7 +64,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     would = int((pmu["mediated"] == PASS).sum())
     unknown = int((pmu["mediated"] == "unknown").sum())
     summary = {
-        "msr_accesses_total": td.df("kvm_msr").height, "pmu_msr_accesses": pmu.height,
+        "msr_accesses_total": td.row_counts().get("kvm_msr", 0), "pmu_msr_accesses": pmu.height,
         "pmu_msr_gp": int(pmu["gp"].fill_null(False).sum()), "by_kind": by_kind,
         "by_msr": [{**r, "msr_hex": f"{r['msr']:#x}"} for r in by_msr.to_dicts()],
         "accesses_mediated_would_pass_through": would if not unknown else None,
@@ -84,7 +84,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
                                            would))
     if summary["pmu_msr_gp"]:
         g = pmu.filter(pl.col("gp").fill_null(False))
-        names = g.group_by("name").len().sort("len", descending=True).rows()
+        names = g.group_by("name").len().sort(["len", "name"], descending=[True, False]).rows()
         r.findings.append(ANALYZER.finding("pmu_msr_gp", f"{g.height} guest PMU MSR accesses raised #GP (MSRs this "
                                            "guest's PMU does not have)", g.height, int(g["ts_ns"].min()),
                                            [f"{n}: {c}" for n, c in names[:5]]))

@@ -43,7 +43,8 @@ def busy_ns(td: TraceData, cpu: int, a: int, b: int) -> int | None:
     """Time CPU ``cpu`` ran a non-idle task in [a, b), from sched_switch (None without it)."""
     if not td.has("sched_switch"):
         return None
-    s = td.df("sched_switch").filter(pl.col("cpu") == cpu).select("ts_ns", "prev_pid", "next_pid").sort("ts_ns")
+    s = td.scan("sched_switch").filter(pl.col("cpu") == cpu).select("ts_ns", "prev_pid", "next_pid").sort("ts_ns") \
+        .collect()
     if s.height == 0:
         return None
     before = s.filter(pl.col("ts_ns") < a).tail(1)

@@ -36,7 +36,7 @@ MAX_INSN_LEN = 15  # SDM vol. 2 2.3.11: an instruction is at most 15 bytes
 
 def _losses(td: TraceData) -> pl.DataFrame:
     """Loss intervals [start_ns, ts_ns] per CPU (cpu null: any CPU) from the lost table."""
-    lost = td.df("lost")
+    lost = td.scan("lost", ["cpu", "start_ns", "ts_ns"]).collect()
     if lost.height == 0:
         return pl.DataFrame(schema={"cpu": pl.Int32, "l_start": pl.Int64, "l_end": pl.Int64})
     return lost.select("cpu", pl.coalesce("start_ns", "ts_ns").alias("l_start"), pl.col("ts_ns").alias("l_end")) \
@@ -62,9 +62,9 @@ def _timeline(td: TraceData) -> pl.DataFrame:
         "ts_ns", "seq", "cpu", pl.col("source").cast(pl.String), "pid", pl.col("comm").cast(pl.String), "vcpu_id",
         "exit_reason", "basic", pl.col("reason").cast(pl.String), "isa", "intr_info", "requests", "guest_rip",
         "exit_row", pl.lit("exit").alias("kind"))
-    en = td.df("kvm_entry").select("ts_ns", "seq", "cpu", pl.col("source").cast(pl.String), "pid", "vcpu_id",
-                                   pl.col("rip").alias("entry_rip"), pl.col("intr_info").alias("entry_intr_info"),
-                                   pl.lit("entry").alias("kind"))
+    en = td.scan("kvm_entry").select("ts_ns", "seq", "cpu", pl.col("source").cast(pl.String), "pid", "vcpu_id",
+                                     pl.col("rip").alias("entry_rip"), pl.col("intr_info").alias("entry_intr_info"),
+                                     pl.lit("entry").alias("kind")).collect()
     return pl.concat([ex, en], how="diagonal_relaxed").sort([*KEY, "ts_ns", "seq"])
 
 
@@ -113,7 +113,7 @@ def _rip_moving_exit() -> pl.Expr:
 
 def _rip_moved(td: TraceData, ex: pl.DataFrame) -> pl.Series:
     """Per exit of ``ex`` (with entry_ts): an event that moves the guest's rip on its thread before the entry."""
-    parts = [td.df(t).select("ts_ns", pl.col("source").cast(pl.String), "pid")
+    parts = [td.scan(t).select("ts_ns", pl.col("source").cast(pl.String), "pid").collect()
              for t in ("kvm_emulate_insn", "kvm_userspace_exit") if td.has(t)]
     parts.append(P.event_rows(td, _RIP_MOVING_EVENTS))
     mv = pl.concat(parts).rename({"ts_ns": "_mv"}).sort("_mv")
@@ -155,8 +155,8 @@ def _msr_of_exit(td: TraceData, iv: pl.DataFrame) -> pl.DataFrame:
     exit's next entry). Columns: exit_row, msr_written."""
     if not td.has("kvm_msr"):
         return pl.DataFrame(schema={"exit_row": pl.UInt32, "msr_written": pl.UInt32})
-    w = td.df("kvm_msr").filter(pl.col("write")).select(pl.col("ts_ns").alias("m_ts"),
-                                                         pl.col("source").cast(pl.String), "pid", "msr")
+    w = td.scan("kvm_msr").filter(pl.col("write")).select(pl.col("ts_ns").alias("m_ts"),
+                                                           pl.col("source").cast(pl.String), "pid", "msr").collect()
     e = iv.filter(P.msr_exit()).select("exit_row", "ts_ns", "source", "pid", "entry_ts").sort("ts_ns")
     j = e.join_asof(w.sort("m_ts"), left_on="ts_ns", right_on="m_ts", by=KEY, strategy="forward")
     j = j.filter(pl.col("m_ts").is_not_null() & (pl.col("entry_ts").is_null() | (pl.col("m_ts") <= pl.col("entry_ts"))))

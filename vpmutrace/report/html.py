@@ -163,7 +163,7 @@ class Window:
 
 
 def _detail_events(td: TraceData) -> np.ndarray:
-    ts = [td.df(t)["ts_ns"] for t in DETAIL_TABLES if td.has(t)]
+    ts = [td.scan(t, ["ts_ns"]).collect()["ts_ns"] for t in DETAIL_TABLES if td.has(t)]
     return pl.concat(ts).sort().to_numpy() if ts else np.zeros(0, np.int64)
 
 
@@ -242,7 +242,7 @@ def timeline_data(td: TraceData, results: dict[str, Result], max_points: int, a:
                                                                     "pid", "comm").iter_rows()],
                          "hovertemplate": "%{text}<extra></extra>"})
     elif td.has("kvm_msr"):
-        m = td.df("kvm_msr").filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") < b)).head(max_points // 2)
+        m = td.scan("kvm_msr").filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") < b)).head(max_points // 2).collect()
         data.append({"type": "scattergl", "mode": "markers", "name": "guest MSR access (kvm_msr)",
                      "x": clk.x(m["ts_ns"]), "y": (m["cpu"].cast(pl.Float64) + 0.18).to_list(),
                      "marker": {"size": 5},
@@ -311,7 +311,7 @@ def timeline(td: TraceData, results: dict[str, Result], max_points: int,
 def _overview(td: TraceData, windows: list[Window]) -> dict:
     """Whole trace: events per CPU per time bin (a heatmap of fixed size), the detail window shaded."""
     span = td.meta.get("time_span_ns") or [0, 1]
-    parts = [td.df(t).select("ts_ns", "cpu") for t in ("kvm_exit", "kvm_msr", "nmi_handler", "kvm_entry")
+    parts = [td.scan(t, ["ts_ns", "cpu"]).collect() for t in ("kvm_exit", "kvm_msr", "nmi_handler", "kvm_entry")
              if td.has(t)]
     if not parts:
         return {"data": [], "layout": _layout("", "", 120, annotations=[
