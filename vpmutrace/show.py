@@ -1,18 +1,24 @@
-"""Events as text lines on demand (``vpmutrace show``), like ``trace-cmd report`` prints them.
+"""Events as text lines on demand (``vpmutrace show``), as ``trace-cmd report`` prints them.
 
 Ingest stores fields, never text; a line is computed here for the rows asked for only:
 ``[source: ]comm-pid [cpu] seconds.micros: event: body``, the body being the event's print fmt
 evaluated on the row's fields (the trace's own format for binary traces, the reference
-kernel's for text traces), as the kernel prints it. Rows of text traces carry the names a
-print fmt printed (exit reasons, ...) but not always the raw field behind them: those
-arguments are given their printed text. An event whose print fmt cannot be evaluated is shown
-as ``field=value`` pairs, as ``trace-cmd report -R`` does. (trace-cmd's plugins print a few
-events, sched_switch among them, in their own layout instead.)
+kernel's for text traces) as trace-cmd 3.2 prints it without plugins (``trace-cmd report -N``;
+formats/printeval.py), one trailing newline removed as trace-cmd removes it. Rows of text traces
+carry the names a print fmt printed (exit reasons, ...) but not always the raw field behind
+them: those arguments are given their printed text.
+
+Nothing is printed silently otherwise: an event whose print fmt does not parse is printed as
+trace-cmd prints it, ``[FAILED TO PARSE]`` and its fields; a row its print fmt cannot be printed
+for (a field the row lacks) as ``field=value`` pairs; each such row is counted in the trace's
+``stats`` under stats.TEXT_CATEGORIES, with its event and an example, and ``vpmutrace show``
+reports them at the end. (trace-cmd's plugins print a few events, sched_switch among them, in
+their own layout instead; ``trace-cmd report -N`` does not load them.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -22,8 +28,11 @@ import pyarrow.compute as pc
 
 from vpmutrace.errors import InputError, UnsupportedFormat
 from vpmutrace.formats.event_format import EventFormat, parse_format
+from vpmutrace.formats.kernel_maps import FunctionMap, parse_printk
 from vpmutrace.formats.known import reference_formats
+from vpmutrace.formats.printeval import Env, MissingValue
 from vpmutrace.schema import ALL_TABLES, COMMON, EVENT_TABLES, column_names, is_event_table
+from vpmutrace.stats import TEXT_NO_PRINT_FMT, TEXT_ROW_FAILED
 from vpmutrace.tracedata import TraceData
 from vpmutrace.typed_fields import CUTS, FIELD_MAP, NAMED_ARGS, named_args
 
@@ -154,7 +163,8 @@ class _Renderer:
         self.td = td
         self.table = table
         self.owners = {t: e for e, t in td.event_tables().items()}
-        self.symbols: Callable[[int], str | None] | None = td.symbols
+        self.env = kernel_env(td)
+        self._envs: dict[str, Env] = {}
 
     def line(self, row: dict[str, Any]) -> str:
         full = self._event(row)
@@ -182,12 +192,30 @@ class _Renderer:
             return row["text"]  # an event of a text trace with no grammar: its text as printed
         fmt = _format(self.td, full)
         rec, given = self._fields(fmt, row)
-        if fmt is not None and fmt.printer is not None:
-            try:
-                return fmt.printer.render(rec, self.symbols, given)
-            except (UnsupportedFormat, IndexError, KeyError, TypeError, ValueError, OverflowError):
-                pass
-        return " ".join(f"{k}={_raw(v)}" for k, v in rec.items())
+        if fmt is None or fmt.printer is None:
+            why = "no format" if fmt is None else f"print fmt does not parse: {fmt.fallback_reason}"
+            text = "[FAILED TO PARSE]" + "".join(f" {k}={_raw_field(fmt, k, v)}" for k, v in rec.items())
+            self._count(TEXT_NO_PRINT_FMT, full, row, why)
+            return text
+        try:
+            text = fmt.printer.render(rec, given=given, env=self._env(fmt))
+        except (UnsupportedFormat, IndexError, KeyError, TypeError, ValueError, OverflowError) as e:
+            why = str(e) if isinstance(e, MissingValue) else f"{type(e).__name__}: {e}"
+            self._count(TEXT_ROW_FAILED, full, row, why)
+            return " ".join(f"{k}={_raw(v)}" for k, v in rec.items())
+        return text[:-1] if text.endswith("\n") else text  # (trace-cmd report drops one trailing newline)
+
+    def _env(self, fmt: EventFormat) -> Env:
+        env = self._envs.get(fmt.full_name)
+        if env is None:
+            env = self._envs[fmt.full_name] = self.env.with_fields({f.name: f for f in fmt.common_fields + fmt.fields})
+        return env
+
+    def _count(self, category: str, full: str, row: dict[str, Any], why: str) -> None:
+        where = f"ts {row.get('ts_ns')} cpu {row.get('cpu')}"
+        inputs = self.td.meta.get("inputs") or []
+        src = str(inputs[0].get("path")) if len(inputs) == 1 else str(row.get("source") or "")
+        self.td.stats.add(src, category, full, 1, f"{where}: {why}")
 
     def _fields(self, fmt: EventFormat | None, row: dict[str, Any]) -> tuple[dict[str, Any], dict[int, str]]:
         """The row's format fields, and the text of arguments it holds printed but not as raw fields."""
@@ -226,6 +254,47 @@ class _Renderer:
         if self.table == "kvm_exit" and row.get("reason_flags"):
             text += " " + row["reason_flags"]
         return text
+
+
+def kernel_env(td: TraceData) -> Env:
+    """The trace's kallsyms and printk strings (binary inputs), read once per trace."""
+    env = td.__dict__.get("_text_env")
+    if env is None:
+        text = getattr(td.symbols, "text", None)
+        inputs = td.meta.get("inputs") or []
+        long_size = next((i["long_size"] for i in inputs if i.get("long_size")), 8)
+        env = Env(functions=FunctionMap(text) if isinstance(text, str) else None,
+                  lookup=td.symbols if not isinstance(text, str) else None,
+                  printk=parse_printk(td.printk) if td.printk else {}, long_size=long_size)
+        td.__dict__["_text_env"] = env
+    return env
+
+
+def _raw_field(fmt: EventFormat | None, name: str, v: Any) -> str:
+    """A field as libtraceevent prints it after [FAILED TO PARSE] (print_field_raw)."""
+    f = fmt.field(name) if fmt is not None else None
+    if f is None:
+        return _raw(v)
+    if f.dynamic or f.array_len is not None:
+        data = v.encode("utf-8", "surrogateescape") if isinstance(v, str) else bytes(v or b"") \
+            if not isinstance(v, list) else b"".join(
+                (int(x) & ((1 << (8 * f.elem_size)) - 1)).to_bytes(f.elem_size, "little") for x in v)
+        is_string = any(w in f.type for w in ("char", "u8", "s8"))
+        head = data.split(b"\0", 1)[0]
+        if is_string and all(32 <= b < 127 or b in b" \t\n\v\f\r" for b in head):
+            return head.decode("latin-1")
+        return "ARRAY[" + ", ".join(f"{b:02x}" for b in data) + "]"
+    iv = int(v) if v is not None else 0
+    if f.is_pointer:
+        return f"0x{iv & ((1 << 64) - 1):x}"
+    is_long = "long" in f.type
+    if f.signed:
+        if f.size == 4:
+            return f"0x{iv & 0xFFFFFFFF:x}" if is_long else str(iv)
+        if f.size == 2:
+            return f"{iv:2d}"
+        return str(iv)
+    return f"0x{iv:x}" if is_long else str(iv)
 
 
 def _value(v: Any) -> Any:

@@ -11,6 +11,17 @@ from dataclasses import dataclass, field
 
 MAX_EXAMPLES = 5
 
+# Rows printed as text (vpmutrace show, show.bodies) without their print fmt: counted when printed,
+# after ingest, one entry per event with the first rows as examples.
+TEXT_NO_PRINT_FMT = "text_no_print_fmt"
+TEXT_ROW_FAILED = "text_row_failed"
+TEXT_CATEGORIES = {
+    TEXT_NO_PRINT_FMT: "rows of an event whose print fmt does not parse (or that has no format), printed as "
+                       "'[FAILED TO PARSE]' and their fields, as trace-cmd prints them",
+    TEXT_ROW_FAILED: "rows whose print fmt could not be printed for their values (a field the row lacks, a "
+                     "division by zero), printed as field=value",
+}
+
 
 @dataclass
 class StatEntry:

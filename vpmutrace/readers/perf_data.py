@@ -308,6 +308,7 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
     del recs, keys
     formats = pf.tracing.formats if pf.tracing else {}
     b.symbols = b.symbols or (pf.tracing.kallsyms if pf.tracing else None)
+    b.printk = b.printk or (pf.tracing.raw.get("printk") or b"" if pf.tracing else b"")
     ps.emit_samples(pf.attrs, pf.path, buf, samples, formats, pf.tracing.kallsyms if pf.tracing else None, b,
                     source)
     for bad in pf.tracing.bad_formats if pf.tracing else []:
