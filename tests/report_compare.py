@@ -23,6 +23,24 @@ LINE = re.compile(r"^(?:(?P<src>\S+): )?\s*(?P<comm>.*?)-(?P<pid>-?\d+)\s+\[(?P<
                   r"(?P<event>[\w.+-]+):\s(?P<body>.*)$", re.S)
 
 
+PERF_LINE = re.compile(r"^\s*(?P<comm>.*?)\s+(?P<pid>-?\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<ts>\d+\.\d+):\s+"
+                       r"(?P<system>[\w.+-]+):(?P<event>[\w.+-]+):\s(?P<body>.*)$", re.S)
+
+
+def parse_perf_script(text: str) -> list[dict[str, str]]:
+    """Rows of ``perf script`` text (``comm pid [cpu] ts: system:event: body``)."""
+    out: list[dict[str, str]] = []
+    for ln in text.split("\n"):
+        m = PERF_LINE.match(ln)
+        if m:
+            row = m.groupdict()
+            row["body"] = row["body"].lstrip(" ")
+            out.append(row)
+        elif out and ln:
+            out[-1]["body"] += "\n" + ln
+    return out
+
+
 def parse_report(text: str | Iterable[str]) -> list[dict[str, str]]:
     """Rows of report text; lines that do not start an event continue the previous event's body."""
     lines = text.split("\n") if isinstance(text, str) else text
@@ -98,8 +116,14 @@ def main(argv: list[str]) -> int:
         limit = int(argv[i + 1])
         del argv[i:i + 2]
     path = Path(argv[0])
-    ref_text = Path(argv[1]).read_text(errors="replace") if len(argv) > 1 else report(path)
-    ref = parse_report(ref_text)
+    perf = path.name.endswith("perf.data") or "data" in path.name.split(".")
+    if perf:
+        ref_text = Path(argv[1]).read_text(errors="replace") if len(argv) > 1 else subprocess.run(
+            ["perf", "script", "-i", str(path)], capture_output=True).stdout.decode("utf-8", "replace")
+        ref = parse_perf_script(ref_text)
+    else:
+        ref_text = Path(argv[1]).read_text(errors="replace") if len(argv) > 1 else report(path)
+        ref = parse_report(ref_text)
     td = load_trace([path])
     events = sorted({r["event"] for r in ref})
     ours: list[dict[str, str]] = []

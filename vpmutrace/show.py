@@ -32,7 +32,7 @@ from vpmutrace.formats.kernel_maps import FunctionMap, parse_printk
 from vpmutrace.formats.known import reference_formats
 from vpmutrace.formats.printeval import Env, MissingValue
 from vpmutrace.schema import ALL_TABLES, COMMON, EVENT_TABLES, column_names, is_event_table
-from vpmutrace.stats import TEXT_NO_PRINT_FMT, TEXT_ROW_FAILED
+from vpmutrace.stats import TEXT_CATEGORIES, TEXT_NO_PRINT_FMT, TEXT_ROW_FAILED
 from vpmutrace.tracedata import TraceData
 from vpmutrace.typed_fields import CUTS, FIELD_MAP, NAMED_ARGS, named_args
 
@@ -254,6 +254,13 @@ class _Renderer:
         if self.table == "kvm_exit" and row.get("reason_flags"):
             text += " " + row["reason_flags"]
         return text
+
+
+def text_fallbacks(td: TraceData) -> list[dict[str, Any]]:
+    """The rows printed so far without their print fmt, per event (stats.TEXT_CATEGORIES)."""
+    return [{"category": e.category, "meaning": TEXT_CATEGORIES[e.category], "event": e.name, "count": e.count,
+             "file": e.source_file, "examples": list(e.examples)}
+            for e in td.stats.entries() if e.category in TEXT_CATEGORIES]
 
 
 def kernel_env(td: TraceData) -> Env:

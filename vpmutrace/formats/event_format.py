@@ -123,7 +123,8 @@ class EventFormat:
         from vpmutrace.formats.printfmt import PrintFmt
 
         try:
-            return PrintFmt.parse(self.print_fmt)
+            return PrintFmt.parse(self.print_fmt, {f.name: f.size for f in self.fields
+                                                   if f.array_len is None and not f.dynamic})
         except UnsupportedFormat as e:
             self._fallback_reason = str(e)
             return None

@@ -348,7 +348,7 @@ def _length(spec: str) -> str:
 def _width_prec(spec: str) -> tuple[str, str | None, str | None]:
     """(flags, width, precision) of the characters between % and the conversion letter."""
     body = "".join(ch for ch in spec if ch not in "hlLzZ")
-    m = re.fullmatch(r"([-+#0]*)(\d+|\*)?(?:\.(\d*|\*))?.*", body)
+    m = re.fullmatch(r"([-+#0]*)(\d+|\*)?(?:\.(\*|\d*))?.*", body)
     assert m is not None
     prec = m.group(3)
     return m.group(1), m.group(2), (prec or "0") if prec is not None else None
@@ -464,13 +464,13 @@ class PrintFmt:
 
 
 def const_eval(n: Node) -> Any:
-    """The value of a node that reads no field (symbol table entries, with C's arithmetic; a name the
-    format does not define reads as 0)."""
+    """The value of a node that reads no field (symbol table entries, with C's arithmetic); a name the
+    format does not define has no known value (UnsupportedFormat)."""
     kind = n[0]
     if kind in ("num", "str"):
         return n[1]
     if kind == "field":
-        return 0
+        raise UnsupportedFormat(f"{n[1]} has no value in the format")
     if kind == "cast":
         v = const_eval(n[3])
         return v if isinstance(v, str) else c_cast(_int(v), n[1], n[2])
