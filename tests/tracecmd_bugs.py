@@ -73,23 +73,33 @@ def _zero_flags_explained(fmt: EventFormat, ours: str, theirs: str) -> bool:
     return True
 
 
+_NUMBER = re.compile(r"(-?\b(?:[0-9a-fA-F]*[0-9][0-9a-fA-F]*|[0-9a-fA-F]{4,})\b)")
+
+
 def _numbers(ours: str, theirs: str) -> list[tuple[int, int]] | None:
-    """The pairs of numbers where two texts differ, if they differ in numbers only."""
-    a, b = re.split(r"(-?\d+)", ours), re.split(r"(-?\d+)", theirs)
+    """The pairs of numbers where two texts differ, if they differ in numbers only (both read in hex when
+    either holds a-f, else in decimal)."""
+    a, b = _NUMBER.split(ours), _NUMBER.split(theirs)
     if len(a) != len(b) or any(x != y for x, y in zip(a[0::2], b[0::2], strict=True)):
         return None
-    return [(int(x), int(y)) for x, y in zip(a[1::2], b[1::2], strict=True) if x != y]
+    out = []
+    for x, y in zip(a[1::2], b[1::2], strict=True):
+        if x != y:
+            base = 10 if re.fullmatch(r"-?\d+", x) and re.fullmatch(r"-?\d+", y) else 16
+            out.append((int(x, base), int(y, base)))
+    return out
 
 
-def _zero_extended_number(x: int, y: int) -> bool:
-    return x < 0 <= y and any(y == x % (1 << bits) for bits in (8, 16, 32))
+def _unsigned_number(x: int, y: int) -> bool:
+    """``y`` is what unsigned evaluation makes of ``x``: its low bits zero-extended, a negative value
+    computed on unsigned, or a comparison of a negative value turned around."""
+    return x < 0 <= y or any(y == x % (1 << bits) for bits in (8, 16, 32)) or {x, y} == {0, 1}
 
 
-def _zero_extended(fmt: EventFormat, ours: str, theirs: str) -> bool:
+def _unsigned(fmt: EventFormat, ours: str, theirs: str) -> bool:
+    ours = ours.replace("(early)", "(late)")  # (x < 0 ? "early" : "late")
     pairs = _numbers(ours, theirs)
-    if pairs:
-        return all(_zero_extended_number(x, y) for x, y in pairs)
-    return ours.replace("early", "late") == theirs  # (x < 0 ? "early" : "late")
+    return pairs is not None and all(_unsigned_number(x, y) for x, y in pairs)
 
 
 def _no_length_arrays(fmt: EventFormat) -> bool:
@@ -103,13 +113,21 @@ def _zero_elements(fmt: EventFormat, ours: str, theirs: str) -> bool:
 
 
 def _masked_or_token(fmt: EventFormat, ours: str, theirs: str) -> bool:
-    """The texts differ only in the flags one ``name=`` prints (words joined by |)."""
+    """The texts differ only in flag words (names joined by |, after the same ``name=`` if any)."""
     a, b = ours.split(" "), theirs.split(" ")
     if len(a) != len(b):
         return False
     diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
-    return bool(diff) and all(x.split("=")[0] == y.split("=")[0] and re.fullmatch(r"\w+=[\w|]*", x)
-                              and re.fullmatch(r"\w+=[\w|]*", y) for x, y in diff)
+    flag = re.compile(r"(\w+=)?[\w|]*")
+    def key(t: str) -> str:
+        return t.partition("=")[0] if "=" in t else ""
+
+    return bool(diff) and all(flag.fullmatch(x) and flag.fullmatch(y) and key(x) == key(y) for x, y in diff)
+
+
+def _key_with_operator(fmt: EventFormat) -> bool:
+    """A __print_symbolic/__print_flags key that is an expression with * / % ^ ?: or a unary !."""
+    return re.search(r"\{\s*[^{}\",]*(?:[*/%^?]|!(?!=))[^{}\",]*,\s*\"", fmt.print_fmt) is not None
 
 
 BUGS = [
@@ -127,25 +145,29 @@ BUGS = [
         "libtraceevent evaluates REC->flags & (A | B | C | D) as (REC->flags & A) | B | C | D (the "
         "parenthesised right operand of '&' is not kept as one node by process_paren()/process_op()), so "
         "__print_flags() sees B|C|D set on every row. The kernel computes the mask.",
-        lambda f: re.search(r"&\s*\((?:\s*0x[0-9a-fA-F]+\s*\|)+", f.print_fmt) is not None, _masked_or_token),
+        lambda f: re.search(r"&\s*\((?:\s*\w+\s*\|)+", f.print_fmt) is not None, _masked_or_token),
     Bug("zero-flags-print-a-name", "writeback_*: state=I_DIRTY_SYNC for a state of 0",
         "print_str_arg() (TEP_PRINT_FLAGS) prints, for a value of 0, the first flag whose key eval_flag() "
         "cannot resolve (if (!val && fval < 0)): an enum the kernel did not export is not 0. The kernel's "
         "trace_print_flags_seq() prints nothing for 0.",
         lambda f: bool(_first_unknown_flags(f)), _zero_flags_explained),
-    Bug("fields-read-zero-extended", "a negative s8/s16 field under %d as 128.., (late) for a negative "
-                                     "delta whose format says early",
+    Bug("unsigned-evaluation", "a negative s8/s16 field under %d as 128.., (late) for a negative delta "
+                               "whose format says early",
         "eval_num_arg() reads every field with tep_read_number() (zero-extended) and computes in unsigned "
         "64 bits: -128 in an s8 prints as 128, REC->delta < 0 is never true (kvm_wait_lapic_expire prints "
         "(late) for an early expiry), signed division and shifts are unsigned. The kernel's print fmt is C "
         "with the fields' types.",
-        lambda f: any(x.signed and x.size < 8 for x in f.fields) or "< 0" in f.print_fmt, _zero_extended,
-        _zero_extended_number),
+        lambda f: any(x.signed and x.size < 8 for x in f.fields) or "< 0" in f.print_fmt, _unsigned,
+        _unsigned_number),
     Bug("array-without-length", "0 for every element of a field declared type name[] with a size",
         "event_read_fields() gives an array field without a length (probe events' s16 temps[]; size 8) an "
         "element size of 0 unless its type is char/u8/s8 or long, so REC->temps[i] reads 0 bytes. The "
         "kernel (and vpmutrace) take the element size from the type.",
         _no_length_arrays, _zero_elements, lambda x, y: y == 0),
+    Bug("key-operator", "[FAILED TO PARSE] and the raw fields",
+        "arg_num_eval() computes a symbol or flag table key with | & << >> comparisons + - ~ only: a key such "
+        "as { 2 * 3, \"six\" } fails the whole print fmt. The kernel's C computes it.",
+        _key_with_operator, _failed),
 ]
 
 
