@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, ROOT, SHARED_TRACES, need_tool, shared
+from conftest import COMMON_FORMAT_FIELDS, FIXTURES, ROOT, need_tool, shared, trace_cmd_32
 from report_compare import parse_perf_script, parse_report
 from tracecmd_bugs import BUGS, explain
 from typer.testing import CliRunner
@@ -148,18 +148,6 @@ def test_every_documented_bug_says_why() -> None:
         assert b.why and b.trace_cmd_prints and "(" in b.why, b.key  # names the libtraceevent function
 
 
-def trace_cmd_32() -> str:
-    """trace-cmd 3.2 (TRACE_CMD, or ../tools/tc32 built by the shared tools' build.sh), or skip."""
-    import os
-
-    for p in (os.environ.get("TRACE_CMD"), str(ROOT.parent / "tools" / "tc32" / "trace-cmd")):
-        if p and Path(p).exists():
-            out = subprocess.run([p, "--version"], capture_output=True, text=True)
-            if "3.2" in out.stdout + out.stderr:
-                return p
-    pytest.skip("trace-cmd 3.2 not found (TRACE_CMD, or ../tools/tc32/trace-cmd from shared/tools/trace-cmd-3.2)")
-
-
 TRACE_DATS = ["fixtures/mixed.trace.dat", "fixtures/uprobe.trace.dat", "fixtures/microguest200.trace.dat",
               "fixtures/allevents.trace.dat", "shared:captured-here/microguest_tracefs_extract.trace.dat"]
 
@@ -219,7 +207,68 @@ def test_show_reports_its_fallbacks_at_the_end_and_in_json() -> None:
     assert doc["fallbacks"][0]["count"] == len(doc["lines"]) > 0 and doc["fallbacks"][0]["examples"]
 
 
-def test_shared_collection_is_there_or_skipped() -> None:
-    if not SHARED_TRACES.exists():
-        pytest.skip("no ../shared here")
-    assert (SHARED_TRACES / "SOURCES.md").exists()
+MADE_UP = """name: {name}
+ID: {id}
+format:
+""" + COMMON_FORMAT_FIELDS + """
+\tfield:unsigned long ip;\toffset:8;\tsize:8;\tsigned:0;
+\tfield:const char * s;\toffset:16;\tsize:8;\tsigned:0;
+\tfield:unsigned int x;\toffset:24;\tsize:4;\tsigned:0;
+\tfield:char buf[];\toffset:28;\tsize:0;\tsigned:0;
+
+print fmt: {fmt}
+"""
+
+
+def _made_up_trace(tmp_path: Path, zero: bool = True) -> Path:
+    """A trace.dat of two made-up events with kallsyms and printk strings (``zero``: with a row whose
+    print fmt divides by zero)."""
+    import struct
+
+    import numpy as np
+
+    from vpmutrace.formats.known import reference_ring_headers
+    from vpmutrace.writers.ringbuf import pack_pages
+    from vpmutrace.writers.trace_dat import BufferData, TraceDatContent
+
+    texts = [MADE_UP.format(name="marker", id=901, fmt='"%ps %s: %s", (void *)REC->ip, REC->s, REC->buf'),
+             MADE_UP.format(name="ratio", id=902, fmt='"%u per %u", 100 / REC->x, REC->x')]
+
+    def rec(eid: int, ip: int, s: int, x: int, buf: bytes) -> bytes:
+        return struct.pack("<HBBiQQI", eid, 0, 0, 42, ip, s, x) + buf
+
+    payloads = [rec(901, 0xFFFFFFFF81000104, 0xFFFFFFFF82000000, 0, b"two lines\n\n\0"),
+                rec(901, 0xFFFFFFFF81000200, 0xFFFFFFFF82000008, 0, b"one\n\0\0\0"),
+                rec(902, 0, 0, 4, b""), rec(902, 0, 0, 0, b"")][:4 if zero else 3]
+    hp, he = reference_ring_headers()
+    c = TraceDatContent(page_size=4096, header_page=hp, header_event=he,
+                        event_formats={"test": [t.encode() for t in texts]}, cmdlines=b"42 task\n",
+                        kallsyms=b"ffffffff81000100 T do_foo\nffffffff81000200 T do_bar\nffffffff81000300 T end\n",
+                        printk=b'0xffffffff82000000 : "hello printk\\n"\n',
+                        buffers=[BufferData("", "local", {0: pack_pages(payloads, 1000 + np.arange(len(payloads)))})],
+                        cpucount=1, trace_clock="[local] global")
+    return write_trace_dat(tmp_path / f"made-up-{zero}.dat", c, 7, "zlib")
+
+
+def test_kallsyms_printk_newlines_and_failed_rows(tmp_path: Path) -> None:
+    """%ps from the file's kallsyms, %s of a char * from its printk strings (else the bare address),
+    one trailing newline dropped (a second stays, as trace-cmd prints it), and a row whose print fmt
+    fails (a division by zero: trace-cmd would crash) printed as its fields and counted."""
+    path = _made_up_trace(tmp_path)
+    td = load_trace([path])
+    ours = list(lines(td))
+    got = [ln.split(": ", 2)[2].lstrip() for ln in ours]
+    assert got == ["do_foo hello printk: two lines\n", "do_bar ffffffff82000008: one", "25 per 4",
+                   "ip=0 s=0 x=0 buf="]
+    (entry,) = [e for e in td.stats.entries() if e.category == "text_row_failed"]
+    assert entry.name == "test:ratio" and entry.count == 1 and "division by zero" in entry.examples[0]
+    tc = None
+    try:
+        tc = trace_cmd_32()
+    except pytest.skip.Exception:
+        pass
+    if tc is not None:  # trace-cmd prints the same lines, and dies of the division by zero (SIGFPE)
+        assert subprocess.run([tc, "report", "-N", str(path)], capture_output=True).returncode == -8
+        report = subprocess.run([tc, "report", "-N", str(_made_up_trace(tmp_path, zero=False))],
+                                capture_output=True, check=True).stdout.decode()
+        assert report.partition("\n")[2] == "\n".join(ours[:3]) + "\n"
