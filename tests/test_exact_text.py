@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import COMMON_FORMAT_FIELDS, FIXTURES, ROOT, need_tool, shared, trace_cmd_32
+from libtraceevent_parse import trace_cmd_printer
 from report_compare import parse_perf_script, parse_report
 from tracecmd_bugs import BUGS, explain
 from typer.testing import CliRunner
@@ -39,7 +40,7 @@ ALLEVENTS = FIXTURES / "allevents.trace.dat"
 ALLEVENTS_TRACE_CMD_BUGS = {
     "kvm_inj_exception": "empty-symbol-table", "ma_op": "non-printable-in-format",
     "ma_read": "non-printable-in-format", "ma_write": "non-printable-in-format",
-    "timer_start": "and-of-parenthesised-or", "writeback_dirty_inode": "zero-flags-print-a-name",
+    "timer_start": "operator-association", "writeback_dirty_inode": "zero-flags-print-a-name",
     "writeback_dirty_inode_start": "zero-flags-print-a-name", "writeback_mark_inode_dirty": "zero-flags-print-a-name",
 }
 
@@ -48,18 +49,22 @@ def _xz_text(name: str) -> str:
     return lzma.decompress((FIXTURES / name).read_bytes()).decode("utf-8", "replace")
 
 
-def _pairs(ours: list[dict[str, str]], theirs: list[dict[str, str]]) -> Iterator[tuple[str, str, str]]:
-    """(event, our body, their body) of every line, matched per event and CPU in order."""
-    a: dict[tuple[str, str], list[str]] = defaultdict(list)
-    b: dict[tuple[str, str], list[str]] = defaultdict(list)
-    for r in ours:
-        a[r["event"], r["cpu"]].append(r["body"])
-    for r in theirs:
-        b[r["event"], r["cpu"]].append(r["body"])
+def _grouped(rows: list[dict[str, str]]) -> dict[tuple[str, str], list[str]]:
+    out: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for r in rows:
+        out[r["event"], r["cpu"]].append(r["body"])
+    return out
+
+
+def _pairs(ours: list[dict[str, str]], theirs: list[dict[str, str]], emulated: list[dict[str, str]]
+           ) -> Iterator[tuple[str, str, str, str]]:
+    """(event, our body, their body, our body with libtraceevent's arithmetic) of every line, matched
+    per event and CPU in order."""
+    a, b, c = _grouped(ours), _grouped(theirs), _grouped(emulated)
     assert {k: len(v) for k, v in a.items()} == {k: len(v) for k, v in b.items()}, "lines per event and CPU"
     for key, bodies in a.items():
-        for x, y in zip(bodies, b[key], strict=True):
-            yield key[0], x, y
+        for x, y, z in zip(bodies, b[key], c[key], strict=True):
+            yield key[0], x, y, z
 
 
 def _full_names(td: TraceData) -> dict[str, str]:
@@ -76,10 +81,11 @@ def compare(td: TraceData, theirs: list[dict[str, str]]) -> tuple[set[str], dict
     names = _full_names(td)
     explained: dict[str, set[str]] = defaultdict(set)
     events: set[str] = set()
-    for event, ours, their in _pairs(parse_report(list(lines(td))), theirs):
+    emulated = parse_report(list(lines(td, as_trace_cmd=trace_cmd_printer)))
+    for event, ours, their, ours_as_trace_cmd in _pairs(parse_report(list(lines(td))), theirs, emulated):
         events.add(event)
         if ours != their:
-            bug = explain(_format(td, names[event]), ours, their)
+            bug = explain(_format(td, names[event]), ours, their, ours_as_trace_cmd)
             assert bug is not None, f"{event}: we print {ours!r}, trace-cmd {their!r}"
             explained[bug.key].add(event)
     return events, explained
@@ -111,7 +117,7 @@ KERNEL_LINE = re.compile(r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+\
 KERNEL_PARTS = {
     "empty-symbol-table": r"^(.*)$",
     "non-printable-in-format": r"^(\w+\t)\w*:? \S+ (\(\d+ \d+\) range: ?\d+-\d+)",
-    "and-of-parenthesised-or": r"(flags=\S*)$",
+    "operator-association": r"(flags=\S*)$",
     "zero-flags-print-a-name": r"(state= )",  # (rows whose state is 0; others are named from unknown enums)
 }
 

@@ -12,6 +12,7 @@ import struct
 import numpy as np
 import pytest
 from conftest import COMMON_FORMAT_FIELDS
+from libtraceevent_parse import trace_cmd_printer
 from tracecmd_bugs import explain
 
 from vpmutrace.formats.cprint import format_int
@@ -31,7 +32,7 @@ def format_text(fields: Fields, print_fmt: str) -> str:
     return f"name: ev\nID: 777\nformat:\n{COMMON_FORMAT_FIELDS}\n{body}\nprint fmt: {print_fmt}\n"
 
 
-def render(fields: Fields, print_fmt: str, payload: bytes) -> str:
+def render(fields: Fields, print_fmt: str, payload: bytes, as_trace_cmd: bool = False) -> str:
     fmt = parse_format(format_text(fields, print_fmt), "sys")
     rec = struct.pack("<HBBi", 777, 0, 0, 1) + payload
     buf = np.frombuffer(rec + bytes(64), np.uint8)
@@ -39,8 +40,11 @@ def render(fields: Fields, print_fmt: str, payload: bytes) -> str:
     row = {k: (v.tolist()[0] if hasattr(v, "tolist") else v.to_pylist()[0]) for k, v in cols.items()}
     row = {k: int(v) if isinstance(v, bool) else v for k, v in row.items()}
     assert fmt.printer is not None, fmt.fallback_reason
-    env = Env({f.name: f for f in fmt.common_fields + fmt.fields}, FunctionMap(KALLSYMS), printk=parse_printk(PRINTK))
-    return fmt.printer.render(row, env=env)
+    env = Env({f.name: f for f in fmt.common_fields + fmt.fields}, FunctionMap(KALLSYMS), printk=parse_printk(PRINTK),
+              trace_cmd=as_trace_cmd)
+    printer = trace_cmd_printer(fmt) if as_trace_cmd else fmt.printer
+    assert printer is not None
+    return printer.render(row, env=env)
 
 
 # (fields, print fmt, record payload after the common fields (hex), what trace-cmd 3.2 prints)
@@ -338,7 +342,8 @@ DEVIATIONS = [
 def test_where_libtraceevent_is_wrong_a_documented_bug_explains_it(fields: Fields, print_fmt: str, payload: str,
                                                                    ours: str, trace_cmd: str) -> None:
     assert render(fields, print_fmt, bytes.fromhex(payload)) == ours
-    assert explain(parse_format(format_text(fields, print_fmt), "sys"), ours, trace_cmd) is not None
+    emulated = render(fields, print_fmt, bytes.fromhex(payload), as_trace_cmd=True)
+    assert explain(parse_format(format_text(fields, print_fmt), "sys"), ours, trace_cmd, emulated) is not None
 
 
 @pytest.mark.parametrize("spec,value,bits,printed", [

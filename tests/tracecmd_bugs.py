@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from libtraceevent_parse import reassociated
+
 from vpmutrace.formats.event_format import EventFormat
 from vpmutrace.formats.printeval import BUILTIN_KEYS
 
@@ -26,7 +28,6 @@ class Bug:
     why: str
     applies: Callable[[EventFormat], bool]  # the event's format has the construct
     explains: Callable[[EventFormat, str, str], bool]  # (format, our body, trace-cmd's body)
-    number: Callable[[int, int], bool] | None = None  # (ours, theirs) of one number it changes
 
 
 def _failed(fmt: EventFormat, ours: str, theirs: str) -> bool:
@@ -90,16 +91,9 @@ def _numbers(ours: str, theirs: str) -> list[tuple[int, int]] | None:
     return out
 
 
-def _unsigned_number(x: int, y: int) -> bool:
-    """``y`` is what unsigned evaluation makes of ``x``: its low bits zero-extended, a negative value
-    computed on unsigned, or a comparison of a negative value turned around."""
-    return x < 0 <= y or any(y == x % (1 << bits) for bits in (8, 16, 32)) or {x, y} == {0, 1}
-
-
-def _unsigned(fmt: EventFormat, ours: str, theirs: str) -> bool:
-    ours = ours.replace("(early)", "(late)")  # (x < 0 ? "early" : "late")
-    pairs = _numbers(ours, theirs)
-    return pairs is not None and all(_unsigned_number(x, y) for x, y in pairs)
+def _emulated(fmt: EventFormat, ours: str, theirs: str) -> bool:
+    """Explained by printing with libtraceevent's arithmetic (printeval.Env.trace_cmd): see explain()."""
+    return False
 
 
 def _no_length_arrays(fmt: EventFormat) -> bool:
@@ -110,19 +104,6 @@ def _no_length_arrays(fmt: EventFormat) -> bool:
 def _zero_elements(fmt: EventFormat, ours: str, theirs: str) -> bool:
     pairs = _numbers(ours, theirs)
     return bool(pairs) and all(y == 0 for _, y in pairs)
-
-
-def _masked_or_token(fmt: EventFormat, ours: str, theirs: str) -> bool:
-    """The texts differ only in flag words (names joined by |, after the same ``name=`` if any)."""
-    a, b = ours.split(" "), theirs.split(" ")
-    if len(a) != len(b):
-        return False
-    diff = [(x, y) for x, y in zip(a, b, strict=True) if x != y]
-    flag = re.compile(r"(\w+=)?[\w|]*")
-    def key(t: str) -> str:
-        return t.partition("=")[0] if "=" in t else ""
-
-    return bool(diff) and all(flag.fullmatch(x) and flag.fullmatch(y) and key(x) == key(y) for x, y in diff)
 
 
 def _key_with_operator(fmt: EventFormat) -> bool:
@@ -141,29 +122,33 @@ BUGS = [
         "maple_tree's \"%s\\tNode: ...\" (ma_op, ma_read, ma_write) cuts the format string, and the print "
         "fmt does not parse. The kernel prints the TAB.",
         lambda f: any(not (c.isprintable() or c == " ") for c in _fmt_string(f)), _failed),
-    Bug("and-of-parenthesised-or", "timer_start: flags=D|P|I where the masked flags are I or none",
-        "libtraceevent evaluates REC->flags & (A | B | C | D) as (REC->flags & A) | B | C | D (the "
-        "parenthesised right operand of '&' is not kept as one node by process_paren()/process_op()), so "
-        "__print_flags() sees B|C|D set on every row. The kernel computes the mask.",
-        lambda f: re.search(r"&\s*\((?:\s*\w+\s*\|)+", f.print_fmt) is not None, _masked_or_token),
     Bug("zero-flags-print-a-name", "writeback_*: state=I_DIRTY_SYNC for a state of 0",
         "print_str_arg() (TEP_PRINT_FLAGS) prints, for a value of 0, the first flag whose key eval_flag() "
         "cannot resolve (if (!val && fval < 0)): an enum the kernel did not export is not 0. The kernel's "
         "trace_print_flags_seq() prints nothing for 0.",
         lambda f: bool(_first_unknown_flags(f)), _zero_flags_explained),
-    Bug("unsigned-evaluation", "a negative s8/s16 field under %d as 128.., (late) for a negative delta "
-                               "whose format says early",
-        "eval_num_arg() reads every field with tep_read_number() (zero-extended) and computes in unsigned "
-        "64 bits: -128 in an s8 prints as 128, REC->delta < 0 is never true (kvm_wait_lapic_expire prints "
-        "(late) for an early expiry), signed division and shifts are unsigned. The kernel's print fmt is C "
-        "with the fields' types.",
-        lambda f: any(x.signed and x.size < 8 for x in f.fields) or "< 0" in f.print_fmt, _unsigned,
-        _unsigned_number),
+    Bug("unsigned-evaluation", "kvm_userspace_exit: reason KVM_EXIT_INTR (10) for a KVM_RUN that returned "
+                               "-EINTR (the kernel: restart (4)); a negative s8/s16 under %d as 128..; (late) for "
+                               "a negative kvm_wait_lapic_expire delta whose format says early",
+        "eval_num_arg() reads every field with tep_read_number() (zero-extended, whatever its signed:1) and "
+        "computes in unsigned 64 bits, and eval_type() only masks on casts: REC->errno < 0 and REC->delta < 0 "
+        "are never true, -128 in an s8 prints as 128, signed division and shifts are unsigned. The kernel's "
+        "print fmt is C with the fields' types.",
+        lambda f: any(x.signed for x in f.fields), _emulated),
+    Bug("operator-association", "timer_start: flags=D|P|I where the masked flags are I or none; "
+                                "kvm_nested_vmenter: nested_cr3 where the kernel prints guest_cr3",
+        "process_op() takes the right operand of a binary operator as one item and rotates it with the "
+        "operator when that item is a parenthesised expression binding less tightly: REC->flags & (A | B | C "
+        "| D) is (REC->flags & A) | B | C | D, x * (y + 1) is (x * y) + 1; operators of equal priority group "
+        "to the right (a - b - c is a - (b - c)); process_cond() takes the else operand of ?: as one item, "
+        "so c ? a : b == 1 ? x : y is ((c ? a : b) == 1) ? x : y. C groups them as written "
+        "(tests/libtraceevent_parse.py builds libtraceevent's trees).",
+        reassociated, _emulated),
     Bug("array-without-length", "0 for every element of a field declared type name[] with a size",
         "event_read_fields() gives an array field without a length (probe events' s16 temps[]; size 8) an "
         "element size of 0 unless its type is char/u8/s8 or long, so REC->temps[i] reads 0 bytes. The "
         "kernel (and vpmutrace) take the element size from the type.",
-        _no_length_arrays, _zero_elements, lambda x, y: y == 0),
+        _no_length_arrays, _zero_elements),
     Bug("key-operator", "[FAILED TO PARSE] and the raw fields",
         "arg_num_eval() computes a symbol or flag table key with | & << >> comparisons + - ~ only: a key such "
         "as { 2 * 3, \"six\" } fails the whole print fmt. The kernel's C computes it.",
@@ -171,16 +156,22 @@ BUGS = [
 ]
 
 
-def explain(fmt: EventFormat | None, ours: str, theirs: str) -> Bug | None:
-    """The documented bug that explains why trace-cmd prints ``theirs`` where we print ``ours``."""
+EMULATED = ("unsigned-evaluation", "operator-association")
+
+
+def explain(fmt: EventFormat | None, ours: str, theirs: str, ours_as_trace_cmd: str | None = None) -> Bug | None:
+    """The documented bug that explains why trace-cmd prints ``theirs`` where we print ``ours``;
+    ``ours_as_trace_cmd``: our text printed with libtraceevent's arithmetic (the bugs in EMULATED)."""
     if fmt is None:
         return None
     bugs = [b for b in BUGS if b.applies(fmt)]
     one = next((b for b in bugs if b.explains(fmt, ours, theirs)), None)
-    if one is not None:
+    if one is not None or ours_as_trace_cmd is None:
         return one
-    pairs = _numbers(ours, theirs)  # numbers changed by several bugs at once: each by one of them
-    numeric = [b for b in bugs if b.number is not None]
-    if pairs and numeric and all(any(b.number(x, y) for b in numeric) for x, y in pairs):  # type: ignore[misc]
-        return next(b for b in numeric if any(b.number(x, y) for x, y in pairs))  # type: ignore[misc]
+    emulated = [b for b in bugs if b.key in EMULATED]
+    if emulated and ours_as_trace_cmd != ours:
+        if ours_as_trace_cmd == theirs:
+            return emulated[0]
+        return next((b for b in bugs if b.key not in EMULATED and b.explains(fmt, ours_as_trace_cmd, theirs)),
+                    None)  # (another bug on top)
     return None

@@ -193,7 +193,9 @@ META_TABLES: tuple[TableSpec, ...] = (
     TableSpec("stats", "Counts of everything skipped, unparsed, lost or decoded by fallback "
                        "(one row per file, category and event).", (
         Col("source_file", STR, "input file", False),
-        Col("category", STR, "unparsed_line, body_unparsed, print_fmt_fallback, lost_events, ...", False),
+        Col("category", STR, "unparsed_line, body_unparsed, print_fmt_fallback, lost_events, ...; "
+                             "text_no_print_fmt and text_row_failed: rows printed as text (show) without their "
+                             "print fmt", False),
         Col("name", STR, "event or record kind", False),
         Col("count", I64, "how many", False),
         Col("examples", STR, "first few locations and texts, '; ' separated", False),

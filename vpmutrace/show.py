@@ -18,7 +18,8 @@ their own layout instead; ``trace-cmd report -N`` does not load them.)
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from vpmutrace.formats.event_format import EventFormat, parse_format
 from vpmutrace.formats.kernel_maps import FunctionMap, parse_printk
 from vpmutrace.formats.known import reference_formats
 from vpmutrace.formats.printeval import Env, MissingValue
+from vpmutrace.formats.printfmt import PrintFmt
 from vpmutrace.schema import ALL_TABLES, COMMON, EVENT_TABLES, column_names, is_event_table
 from vpmutrace.stats import TEXT_CATEGORIES, TEXT_NO_PRINT_FMT, TEXT_ROW_FAILED
 from vpmutrace.tracedata import TraceData
@@ -87,8 +89,11 @@ def _select(td: TraceData, event: str | None) -> list[tuple[str, np.ndarray | No
     return out
 
 
-def lines(td: TraceData, event: str | None = None, limit: int | None = None) -> Iterator[str]:
-    """Text lines of the rows of ``event`` (all events when None), in time order, at most ``limit``."""
+def lines(td: TraceData, event: str | None = None, limit: int | None = None,
+          as_trace_cmd: Callable[[EventFormat], PrintFmt | None] | None = None) -> Iterator[str]:
+    """Text lines of the rows of ``event`` (all events when None), in time order, at most ``limit``.
+    ``as_trace_cmd``: an event's print fmt as libtraceevent parses it, printed with its arithmetic
+    (printeval.Env.trace_cmd), to compare with trace-cmd's bugs; such rows are not counted in the stats."""
     picks = []
     for t, rows in _select(td, event):
         table = td.tables[t]
@@ -109,7 +114,7 @@ def lines(td: TraceData, event: str | None = None, limit: int | None = None) -> 
     for k in np.unique(which[order]).tolist():
         mine = order[which[order] == k]  # this table's rows, in the merged order
         rows[k] = iter(td.tables[picks[k][0]].take(pa.array(idx[mine])).to_pylist())
-    renderers = {k: _Renderer(td, picks[k][0]) for k in rows}
+    renderers = {k: _Renderer(td, picks[k][0], as_trace_cmd) for k in rows}
     for k in which[order].tolist():
         yield renderers[k].line(next(rows[k]))
 
@@ -159,11 +164,17 @@ def _micros(ts_ns: int) -> str:
 class _Renderer:
     """Lines of one table's rows."""
 
-    def __init__(self, td: TraceData, table: str) -> None:
+    def __init__(self, td: TraceData, table: str,
+                 as_trace_cmd: Callable[[EventFormat], PrintFmt | None] | None = None) -> None:
         self.td = td
         self.table = table
         self.owners = {t: e for e, t in td.event_tables().items()}
         self.env = kernel_env(td)
+        self.printer: Callable[[EventFormat], PrintFmt | None] = lambda f: f.printer
+        if as_trace_cmd is not None:
+            self.env = dataclasses.replace(self.env, trace_cmd=True)
+            self.printer = as_trace_cmd
+        self.counting = as_trace_cmd is None
         self._envs: dict[str, Env] = {}
 
     def line(self, row: dict[str, Any]) -> str:
@@ -192,13 +203,14 @@ class _Renderer:
             return row["text"]  # an event of a text trace with no grammar: its text as printed
         fmt = _format(self.td, full)
         rec, given = self._fields(fmt, row)
-        if fmt is None or fmt.printer is None:
+        printer = self.printer(fmt) if fmt is not None else None
+        if fmt is None or printer is None:
             why = "no format" if fmt is None else f"print fmt does not parse: {fmt.fallback_reason}"
             text = "[FAILED TO PARSE]" + "".join(f" {k}={_raw_field(fmt, k, v)}" for k, v in rec.items())
             self._count(TEXT_NO_PRINT_FMT, full, row, why)
             return text
         try:
-            text = fmt.printer.render(rec, given=given, env=self._env(fmt))
+            text = printer.render(rec, given=given, env=self._env(fmt))
         except (UnsupportedFormat, IndexError, KeyError, TypeError, ValueError, OverflowError) as e:
             why = str(e) if isinstance(e, MissingValue) else f"{type(e).__name__}: {e}"
             self._count(TEXT_ROW_FAILED, full, row, why)
@@ -212,6 +224,8 @@ class _Renderer:
         return env
 
     def _count(self, category: str, full: str, row: dict[str, Any], why: str) -> None:
+        if not self.counting:
+            return
         where = f"ts {row.get('ts_ns')} cpu {row.get('cpu')}"
         inputs = self.td.meta.get("inputs") or []
         src = str(inputs[0].get("path")) if len(inputs) == 1 else str(row.get("source") or "")

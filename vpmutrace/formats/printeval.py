@@ -67,13 +67,16 @@ class Env:
     printk: Mapping[int, str] = field(default_factory=dict)
     big_endian: bool = False
     long_size: int = 8
+    # evaluate as libtraceevent does, its documented bug included (fields zero-extended, unsigned 64-bit
+    # arithmetic and comparisons, casts that only mask): only to compare with trace-cmd's text
+    trace_cmd: bool = False
 
     @classmethod
     def of(cls, symbols: Callable[[int], str | None] | None) -> Env:
         return cls(lookup=symbols)
 
     def with_fields(self, fields: Mapping[str, Field]) -> Env:
-        return Env(fields, self.functions, self.lookup, self.printk, self.big_endian, self.long_size)
+        return Env(fields, self.functions, self.lookup, self.printk, self.big_endian, self.long_size, self.trace_cmd)
 
     def function(self, addr: int) -> tuple[str, int] | None:
         if self.functions is not None:
@@ -165,7 +168,22 @@ def _common(a: CType, b: CType) -> CType:
 
 def typed(n: Node, rec: Mapping[str, Any], env: Env) -> tuple[int, CType]:
     """(value, C type) of an argument."""
+    if env.trace_cmd:
+        return _typed(n, rec, env)[0] & M64, _ULONG
+    return _typed(n, rec, env)
+
+
+def _typed(n: Node, rec: Mapping[str, Any], env: Env) -> tuple[int, CType]:
     kind = n[0]
+    if env.trace_cmd:  # libtraceevent: every value an unsigned 64-bit number, fields zero-extended
+        if kind == "field" and n[1] in rec:
+            v, t = _field_num(n, rec, env)
+            return v & ((1 << t[0]) - 1), _ULONG
+        if kind == "cast" and n[1] is not None:
+            return c_cast(typed(n[3], rec, env)[0], n[1], False), _ULONG
+        if kind == "index":
+            v, t = _index(n, rec, env)
+            return v & ((1 << t[0]) - 1), _ULONG
     if kind == "num":
         return n[1], n[2] if len(n) > 2 else _INT
     if kind == "str":
@@ -192,9 +210,9 @@ def typed(n: Node, rec: Mapping[str, Any], env: Env) -> tuple[int, CType]:
             return int(bool(num(n[3], rec, env))), _INT
         a, ta = typed(n[2], rec, env)
         b, tb = typed(n[3], rec, env)
-        if op in ("<<", ">>"):
+        if op in ("<<", ">>"):  # (the count masked to the type's width, as x86 shifts do)
             t = _promote(ta)
-            a = _fit(a, t)
+            a, b = _fit(a, t), b & (t[0] - 1)
             return _fit(a << b if op == "<<" else a >> b, t), t
         t = _common(ta, tb)
         a, b = _fit(a, t), _fit(b, t)
