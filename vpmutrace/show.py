@@ -34,7 +34,7 @@ from vpmutrace.formats.known import reference_formats
 from vpmutrace.formats.printeval import Env, MissingValue
 from vpmutrace.formats.printfmt import PrintFmt
 from vpmutrace.schema import ALL_TABLES, COMMON, EVENT_TABLES, column_names, is_event_table
-from vpmutrace.stats import TEXT_CATEGORIES, TEXT_NO_PRINT_FMT, TEXT_ROW_FAILED
+from vpmutrace.stats import CATEGORIES, TEXT_CATEGORIES, TEXT_NO_PRINT_FMT, TEXT_ROW_FAILED
 from vpmutrace.tracedata import TraceData
 from vpmutrace.typed_fields import CUTS, FIELD_MAP, NAMED_ARGS, named_args
 
@@ -272,7 +272,7 @@ class _Renderer:
 
 def text_fallbacks(td: TraceData) -> list[dict[str, Any]]:
     """The rows printed so far without their print fmt, per event (stats.TEXT_CATEGORIES)."""
-    return [{"category": e.category, "meaning": TEXT_CATEGORIES[e.category], "event": e.name, "count": e.count,
+    return [{"category": e.category, "meaning": CATEGORIES[e.category].meaning, "event": e.name, "count": e.count,
              "file": e.source_file, "examples": list(e.examples)}
             for e in td.stats.entries() if e.category in TEXT_CATEGORIES]
 
