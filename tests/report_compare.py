@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from pathlib import Path
 
-LINE = re.compile(r"^(?:(?P<src>\S+): )?\s*(?P<comm>.*?)-(?P<pid>-?\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<ts>\d+\.\d+): "
+LINE = re.compile(r"^(?:(?P<src>\S+): )?\s*(?P<comm>.*?)-(?P<pid>-?\d+)\s+\[(?P<cpu>\d+)\]\s*(?P<ts>\d+(?:\.\d+)?): "
                   r"(?P<event>[\w.+-]+):\s(?P<body>.*)$", re.S)
 
 

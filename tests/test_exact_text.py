@@ -28,7 +28,7 @@ from tracecmd_bugs import BUGS, explain
 from typer.testing import CliRunner
 
 from vpmutrace.cli import app
-from vpmutrace.readers import load_trace
+from vpmutrace.readers import LoadOptions, load_trace
 from vpmutrace.readers.trace_dat import content_of
 from vpmutrace.show import _format, lines, text_fallbacks
 from vpmutrace.stats import TEXT_NO_PRINT_FMT
@@ -278,3 +278,53 @@ def test_kallsyms_printk_newlines_and_failed_rows(tmp_path: Path) -> None:
         report = subprocess.run([tc, "report", "-N", str(_made_up_trace(tmp_path, zero=False))],
                                 capture_output=True, check=True).stdout.decode()
         assert report.partition("\n")[2] == "\n".join(ours[:3]) + "\n"
+
+
+def _tsc_ticks_trace(tmp_path: Path) -> Path:
+    """fixtures/tsc-clock.trace.dat with the clock its instance really had (x86-tsc; trace-cmd extract
+    recorded "local") and its hrtimer event renamed, so that nothing in it gives the TSC frequency: a
+    trace whose times can only stay ticks."""
+    c = content_of(FIXTURES / "tsc-clock.trace.dat")
+    for b in c.buffers:
+        b.clock = "x86-tsc"
+    c.trace_clock = c.trace_clock.replace("[local]", "local").replace("x86-tsc", "[x86-tsc]")
+    c.event_formats["timer"] = [f.replace(b"name: hrtimer_expire_entry\n", b"name: hrtimer_expire_entry_\n")
+                                for f in c.event_formats["timer"]]
+    return write_trace_dat(tmp_path / "ticks.dat", c, 7, "zstd")
+
+
+def _report_lines(tc: str, path: Path, *options: str) -> list[str]:
+    out = subprocess.run([tc, "report", "-N", *options, str(path)], capture_output=True, check=True).stdout
+    return [ln for ln in out.decode("utf-8", "replace").splitlines() if not ln.startswith("cpus=")]
+
+
+def test_show_prints_ticks_as_trace_cmd_prints_them(tmp_path: Path) -> None:
+    """A trace in TSC ticks with no frequency known: every line, time included, is trace-cmd 3.2's
+    ("[000]25560928714680:", %12llu glued to the CPU column); with --tsc-khz the times are seconds, the
+    ns trace-cmd prints with --ts2secs at the same frequency rounded to the microsecond."""
+    dat = _tsc_ticks_trace(tmp_path)
+    td = load_trace([dat])
+    assert td.meta["time_unit"] == "tsc_ticks"
+    ours = list(lines(td))
+    assert len(ours) == sum(td.meta["events"].values()) > 1000
+    assert all(re.search(r"\[\d{3}\]\d{14}: ", ln) for ln in ours)
+    tc = trace_cmd_32()
+    assert ours == _report_lines(tc, dat)
+    khz = 2_599_998  # the project host's TSC (fixtures/PROVENANCE.md)
+    secs = list(lines(load_trace([dat], LoadOptions(tsc_khz=khz))))
+    theirs = _report_lines(tc, dat, "--ts2secs", str(khz * 1000))  # (x86-tsc: printed as integer ns)
+
+    def micros(m: re.Match[str]) -> str:
+        us = (int(m.group(1)) + 500) // 1000
+        return f"] {us // 1_000_000:5d}.{us % 1_000_000:06d}:"
+
+    assert secs == [re.sub(r"\](\d+):", micros, ln, count=1) for ln in theirs]
+    assert secs != ours
+
+
+def test_show_prints_a_ns_clock_as_trace_cmd_prints_it() -> None:
+    """The same capture as recorded (clock "local", ns): every line, time included, as trace-cmd 3.2."""
+    path = FIXTURES / "tsc-clock.trace.dat"
+    ours = list(lines(load_trace([path])))
+    assert all(re.search(r"\[\d{3}\] \d{5}\.\d{6}: ", ln) for ln in ours)
+    assert ours == _report_lines(trace_cmd_32(), path)

@@ -8,6 +8,15 @@ formats/printeval.py), one trailing newline removed as trace-cmd removes it. Row
 carry the names a print fmt printed (exit reasons, ...) but not always the raw field behind
 them: those arguments are given their printed text.
 
+Times are printed as the trace's ``time_unit`` says (clocks.py, timebase.py): ns as trace-cmd
+prints a clock in ns (`` %5llu.%06llu:``, rounded to the microsecond: print_event_time() of
+libtraceevent 1.8.2 with trace-cmd 3.2's " %6.1000d:"); ticks that could not be converted
+(x86-tsc without TSC2NSEC and no frequency, an unknown counter, the counter clock) as the bare
+integer trace-cmd prints for a clock that is not in ns (``"%12llu:"`` glued to the CPU column:
+trace-read.c time_format() when TRACECMD_FL_IN_USECS is clear). A file converted with a frequency
+(--tsc-khz, a host snapshot, an estimate) is in ns and printed as seconds, as
+``trace-cmd report --ts2secs HZ`` prints it.
+
 Nothing is printed silently otherwise: an event whose print fmt does not parse is printed as
 trace-cmd prints it, ``[FAILED TO PARSE]`` and its fields; a row its print fmt cannot be printed
 for (a field the row lacks) as ``field=value`` pairs; each such row is counted in the trace's
@@ -27,6 +36,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vpmutrace.clocks import NS
 from vpmutrace.errors import InputError, UnsupportedFormat
 from vpmutrace.formats.event_format import EventFormat, parse_format
 from vpmutrace.formats.kernel_maps import FunctionMap, parse_printk
@@ -156,9 +166,19 @@ def _bodies_of(td: TraceData, table: str, df: pl.DataFrame) -> pl.DataFrame:
 
 
 def _micros(ts_ns: int) -> str:
-    """seconds.microseconds, rounded as trace-cmd prints them."""
+    """A space and seconds.microseconds of a time in ns, rounded as trace-cmd prints them."""
     us = (ts_ns + 500) // 1000
-    return f"{us // 1_000_000:5d}.{us % 1_000_000:06d}"
+    return f" {us // 1_000_000:5d}.{us % 1_000_000:06d}"
+
+
+def _ticks(ts: int) -> str:
+    """A time that is not in ns, as trace-cmd prints it (%12llu, no space before it)."""
+    return f"{ts:12d}"
+
+
+def time_text(unit: str) -> Callable[[int], str]:
+    """How a timestamp of ``unit`` (a trace's time_unit) is printed after the CPU column."""
+    return _micros if unit == NS else _ticks
 
 
 class _Renderer:
@@ -170,6 +190,7 @@ class _Renderer:
         self.table = table
         self.owners = {t: e for e, t in td.event_tables().items()}
         self.env = kernel_env(td)
+        self.time = time_text(td.meta.get("time_unit") or NS)
         self.printer: Callable[[EventFormat], PrintFmt | None] = lambda f: f.printer
         if as_trace_cmd is not None:
             self.env = dataclasses.replace(self.env, trace_cmd=True)
@@ -184,7 +205,7 @@ class _Renderer:
         comm = row.get("comm") or "<...>"
         pid = row.get("pid") if row.get("pid") is not None else -1
         cpu = f"{row['cpu']:03d}" if row.get("cpu") is not None else "???"
-        return (f"{src + ': ' if src and src != 'host' else ''}{comm:>16}-{pid:<5} [{cpu}] {_micros(row['ts_ns'])}: "
+        return (f"{src + ': ' if src and src != 'host' else ''}{comm:>16}-{pid:<5} [{cpu}]{self.time(row['ts_ns'])}: "
                 f"{name + ':':<21} {self.body(full, row)}")
 
     def _event(self, row: dict[str, Any]) -> str:
