@@ -42,8 +42,11 @@ def parse_perf_script(text: str) -> list[dict[str, str]]:
 
 
 def parse_report(text: str | Iterable[str]) -> list[dict[str, str]]:
-    """Rows of report text; lines that do not start an event continue the previous event's body."""
-    lines = text.split("\n") if isinstance(text, str) else text
+    """Rows of report text; lines that do not start an event continue the previous event's body.
+    Lines given as a list (ours) have their undecodable bytes (kept as surrogates) replaced as the
+    report's bytes are when decoded with errors="replace"."""
+    lines = text.split("\n") if isinstance(text, str) else \
+        [ln.encode("utf-8", "surrogateescape").decode("utf-8", "replace") for ln in text]
     out: list[dict[str, str]] = []
     for ln in lines:
         m = LINE.match(ln)

@@ -387,3 +387,52 @@ def test_a_field_the_row_lacks_is_a_missing_value_not_a_zero() -> None:
     assert fmt.printer is not None
     with pytest.raises(MissingValue):
         fmt.printer.render({}, env=Env({f.name: f for f in fmt.fields}))
+
+
+def test_bprint_arguments_are_read_as_make_bprint_args_reads_them() -> None:
+    """trace_printk's packed arguments (libtraceevent 1.8.2 make_bprint_args): 4 bytes for %d, 8 for
+    %lld and %pS (a 64-bit long), strings up to their NUL, numbers at the record's next 4-byte boundary,
+    a '*' width first; %hd and %c read nothing; a %p extension whose first byte is printable is a string."""
+    from vpmutrace.formats import bprint
+
+    buf = (struct.pack("<iQ", -1, 1 << 40) + b"hi\0" + b"\0" + struct.pack("<ii", 5, 42)
+           + struct.pack("<Q", 0xFFFFFFFF81000180) + b"dev0\0")
+    fmt = "x=%d y=%lld s=%s w=%*d h=%hd c=%c f=%pS d=%pd %%d"
+    assert bprint.args(fmt, buf, 24, 8, "little") == [
+        ("num", 0xFFFFFFFF, (64, False)), ("num", 1 << 40, (64, False)), ("str", "hi"), ("num", 5, (64, False)),
+        ("num", 42, (64, False)), ("num", 0xFFFFFFFF81000180, (64, False)), ("str", "dev0")]
+    # a 4-byte long (arm32, i686): %ld reads 4; alignment is of the record, not of buf
+    assert bprint.args("%s %ld", b"ab\0" + b"\0" + struct.pack("<i", 7), 12, 4, "little") == [
+        ("str", "ab"), ("num", 7, (64, False))]
+    env = Env({}, FunctionMap(KALLSYMS), printk=parse_printk('0xffffffff82000010 : "cpu=%d\\tname=%s\\n"\n'))
+    pf = bprint.printfmt(env.printk, 0xFFFFFFFF82000010, 0xFFFFFFFF81000104, struct.pack("<i", 3) + b"kvm\0", 24, 8,
+                         "little")
+    assert pf.render({}, env=env) == "do_foo: cpu=3\tname=kvm"
+    lost = bprint.printfmt(env.printk, 0xFFFFFFFF82000099, 0xFFFFFFFF81000104, b"", 24, 8, "little")
+    assert lost.render({}, env=env) == "do_foo: (NO FORMAT FOUND at ffffffff82000099)\n"
+
+
+def test_symbols_sharing_an_address_resolve_as_bsearch_finds_them() -> None:
+    """Several symbols at one address (``__do_softirq`` and ``__softirqentry_text_start``): libtraceevent
+    resolves the one glibc's bsearch() probes first in its map (the kallsyms in reverse order, stably
+    sorted by address); an address inside the function gets the last of them (the one followed by a
+    higher address)."""
+    text = ("ffffffff81000100 T first\nffffffff81000200 T __do_softirq\nffffffff81000200 T __softirqentry_text_start\n"
+            "ffffffff81000300 T later\n")
+    m = FunctionMap(text)  # map: first, __softirqentry_text_start, __do_softirq, later; bsearch probes index 2
+    assert m.find(0xFFFFFFFF81000200) == ("__do_softirq", 0xFFFFFFFF81000200)
+    assert m.find(0xFFFFFFFF81000250) == ("__do_softirq", 0xFFFFFFFF81000200)
+    five = ("ffffffff81000100 T a\nffffffff81000150 T b\nffffffff81000200 T __do_softirq\n"
+            "ffffffff81000200 T __softirqentry_text_start\nffffffff81000300 T z\n")
+    # map: a, b, __softirqentry_text_start, __do_softirq, z; bsearch probes index 2 first
+    assert FunctionMap(five).find(0xFFFFFFFF81000200) == ("__softirqentry_text_start", 0xFFFFFFFF81000200)
+    assert FunctionMap(five).find(0xFFFFFFFF81000250) == ("__do_softirq", 0xFFFFFFFF81000200)
+    assert m.find(0xFFFFFFFF81000050) is None and m.find(0xFFFFFFFF81000301) is None  # (past the last: unresolved)
+
+
+def test_a_zero_sized_field_without_brackets_is_the_rest_of_the_record() -> None:
+    """Kernels before 3.10 declare ftrace's print buffer "char buf; size:0" (not "char buf[]"):
+    libtraceevent reads a zero-sized field to the record's end, and so do we."""
+    fields = [("unsigned long ip", 8, 8, 0), ("char buf", 16, 0, 0)]
+    assert render(fields, '"%ps: %s", (void *)REC->ip, REC->buf',
+                  struct.pack("<Q", 0xFFFFFFFF81000104) + b"hello\n\0") == "do_foo: hello\n"

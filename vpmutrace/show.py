@@ -38,6 +38,7 @@ import pyarrow.compute as pc
 
 from vpmutrace.clocks import NS
 from vpmutrace.errors import InputError, UnsupportedFormat
+from vpmutrace.formats import bprint
 from vpmutrace.formats.event_format import EventFormat, parse_format
 from vpmutrace.formats.kernel_maps import FunctionMap, parse_printk
 from vpmutrace.formats.known import reference_formats
@@ -100,14 +101,19 @@ def _select(td: TraceData, event: str | None) -> list[tuple[str, np.ndarray | No
 
 
 def lines(td: TraceData, event: str | None = None, limit: int | None = None,
-          as_trace_cmd: Callable[[EventFormat], PrintFmt | None] | None = None) -> Iterator[str]:
-    """Text lines of the rows of ``event`` (all events when None), in time order, at most ``limit``.
+          as_trace_cmd: Callable[[EventFormat], PrintFmt | None] | None = None, cpu: int | None = None
+          ) -> Iterator[str]:
+    """Text lines of the rows of ``event`` (all events when None; of CPU ``cpu`` only when given), in
+    time order, at most ``limit``.
     ``as_trace_cmd``: an event's print fmt as libtraceevent parses it, printed with its arithmetic
     (printeval.Env.trace_cmd), to compare with trace-cmd's bugs; such rows are not counted in the stats."""
     picks = []
     for t, rows in _select(td, event):
         table = td.tables[t]
         idx = rows if rows is not None else np.arange(table.num_rows, dtype=np.int64)
+        if cpu is not None:
+            on = pc.fill_null(pc.equal(table.column("cpu"), pa.scalar(cpu, pa.int32())), False)
+            idx = idx[on.to_numpy(zero_copy_only=False)[idx]]
         if limit is not None:
             idx = idx[:limit]  # tables are in time order: the first ``limit`` of each can win
         ts = table.column("ts_ns").to_numpy()[idx] if len(idx) else np.zeros(0, np.int64)
@@ -123,10 +129,16 @@ def lines(td: TraceData, event: str | None = None, limit: int | None = None,
     rows: dict[int, Iterator[dict[str, Any]]] = {}
     for k in np.unique(which[order]).tolist():
         mine = order[which[order] == k]  # this table's rows, in the merged order
-        rows[k] = iter(td.tables[picks[k][0]].take(pa.array(idx[mine])).to_pylist())
+        rows[k] = _rows(td.tables[picks[k][0]], idx[mine])
     renderers = {k: _Renderer(td, picks[k][0], as_trace_cmd) for k in rows}
     for k in which[order].tolist():
         yield renderers[k].line(next(rows[k]))
+
+
+def _rows(table: pa.Table, idx: np.ndarray, chunk: int = 4096) -> Iterator[dict[str, Any]]:
+    """The rows ``idx`` of ``table`` as dicts, converted a chunk at a time as they are asked for."""
+    for at in range(0, len(idx), chunk):
+        yield from table.take(pa.array(idx[at:at + chunk])).to_pylist()
 
 
 def bodies(td: TraceData, events: Iterable[str]) -> pl.DataFrame:
@@ -197,6 +209,7 @@ class _Renderer:
             self.printer = as_trace_cmd
         self.counting = as_trace_cmd is None
         self._envs: dict[str, Env] = {}
+        self._needed: dict[int, set[str]] = {}  # fields of the named arguments, per format (by id: formats live on)
 
     def line(self, row: dict[str, Any]) -> str:
         full = self._event(row)
@@ -225,6 +238,10 @@ class _Renderer:
         fmt = _format(self.td, full)
         rec, given = self._fields(fmt, row)
         printer = self.printer(fmt) if fmt is not None else None
+        if full == bprint.EVENT and fmt is not None and printer is not None and bprint.has_fields(rec):
+            env = self._env(fmt)  # (the record's own format string and arguments)
+            printer = bprint.printfmt(env.printk, rec["fmt"], rec["ip"], rec["buf"],
+                                      next(f.offset for f in fmt.fields if f.name == "buf"), env.long_size, env.order)
         if fmt is None or printer is None:
             why = "no format" if fmt is None else f"print fmt does not parse: {fmt.fallback_reason}"
             text = "[FAILED TO PARSE]" + "".join(f" {k}={_raw_field(fmt, k, v)}" for k, v in rec.items())
@@ -277,7 +294,10 @@ class _Renderer:
         given: dict[int, str] = {}
         ks = named_args(self.table, fmt)
         if ks and fmt is not None and fmt.printer is not None:
-            needed = set().union(*(fmt.printer.fields_used(fmt.printer.args[k]) for k in ks))
+            needed = self._needed.get(id(fmt))
+            if needed is None:
+                needed = self._needed[id(fmt)] = set().union(*(fmt.printer.fields_used(fmt.printer.args[k])
+                                                                for k in ks))
             if any(rec.get(f) is None for f in needed):
                 given = {k: "" for k in ks}
                 given[ks[0]] = self._named_text(row)

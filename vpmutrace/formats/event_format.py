@@ -183,6 +183,9 @@ def parse_format(text: str, system: str = "") -> EventFormat:
             size = int(m.group("size"))
             if alen == 0 and size > 0:
                 alen = size // max(1, _scalar_size(base))
+            elif alen is None and size == 0 and not (dloc or rloc or ptr):
+                alen = 0  # "char buf; size:0" (kernels before 3.10's print/bprint): read as buf[] is, the
+                #           rest of the record (libtraceevent reads a zero-sized field so: print_str_arg)
             signed = m.group("signed") not in (None, "0")
             f = Field(fname, base, int(m.group("offset")), size, signed, alen, dloc, rloc, ptr)
             (common if fname.startswith("common_") else fields).append(f)

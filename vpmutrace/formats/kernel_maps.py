@@ -10,7 +10,10 @@
 Facts from libtraceevent 1.8.2 (src/event-parse.c): tep_parse_kallsyms skips symbols of type
 ``A``/``a`` and names starting with ``$``; find_func (func_bcmp over the address-sorted map with
 a zero-address sentinel after the last entry) resolves an address equal to a symbol's, or
-strictly between a symbol and the next one, so an address past the last symbol is unresolved;
+strictly between a symbol and the next one, so an address past the last symbol is unresolved, and
+of several symbols at one address the one glibc's bsearch() probes first (the map is the
+kallsyms in reverse order, stably sorted by address: tep_register_function prepends, glibc's
+qsort merges);
 test_for_symbol looks a name up linearly in that sorted map (the lowest address of that name
 wins). tep_parse_printk_formats splits each line at its first ``:``, reads the address in hex
 and skips one space; tep_register_print_string drops a leading ``"``, a trailing ``"`` and then
@@ -19,7 +22,6 @@ a trailing two-character ``\\n``; find_printk matches an address exactly.
 
 from __future__ import annotations
 
-import bisect
 import re
 from dataclasses import dataclass, field
 
@@ -47,7 +49,8 @@ class FunctionMap:
             if name.startswith("$") or kind in ("A", "a"):
                 continue
             pairs.append((addr, name))
-        pairs.sort(key=lambda p: p[0])
+        pairs.reverse()  # (tep_register_function prepends to its list: the map starts in reverse file order)
+        pairs.sort(key=lambda p: p[0])  # (glibc's qsort is a stable merge sort for such arrays)
         self._addrs = [a for a, _ in pairs]
         self._names = [n for _, n in pairs]
         for a, n in pairs:
@@ -57,12 +60,18 @@ class FunctionMap:
         """(name, start) of the symbol ``addr`` falls in, or None."""
         if not self._parsed:
             self._parse()
-        i = bisect.bisect_right(self._addrs, addr) - 1
-        if i < 0:
-            return None
-        if self._addrs[i] != addr and i + 1 >= len(self._addrs):
-            return None  # past the last symbol (the sentinel's address is 0)
-        return self._names[i], self._addrs[i]
+        a = self._addrs
+        lo, hi = 0, len(a)
+        while lo < hi:  # glibc's bsearch with func_bcmp: of several symbols at one address, the one it probes
+            i = (lo + hi) // 2
+            nxt = a[i + 1] if i + 1 < len(a) else 0  # (the sentinel's address is 0)
+            if addr == a[i] or a[i] < addr < nxt:
+                return self._names[i], a[i]
+            if addr < a[i]:
+                hi = i
+            else:
+                lo = i + 1
+        return None  # before the first symbol, or past the last one
 
     def address(self, name: str) -> int | None:
         """The address of the symbol called ``name``, or None."""

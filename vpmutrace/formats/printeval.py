@@ -364,12 +364,12 @@ def value(n: Node, rec: Mapping[str, Any], env: Env) -> Any:
 def _call_text(name: str, args: list[Node], rec: Mapping[str, Any], env: Env, fmt: Callable[[str], str]) -> str:
     if name.startswith("__print_symbolic"):
         val = tc_value(args[0], rec, env)
-        for key, s in _table(args[1:]):
+        for key, s in _table_of(args, 1):
             if key & M64 == val:
                 return fmt(s)
         return f"0x{val:x}"
     if name.startswith("__print_flags"):
-        return _flags(tc_value(args[0], rec, env), text(args[1], rec, env), _table(args[2:]), fmt)
+        return _flags(tc_value(args[0], rec, env), text(args[1], rec, env), _table_of(args, 2), fmt)
     if name in _STRINGS:
         s = text(args[0], rec, env)
         return fmt(s) if s else ""
@@ -419,6 +419,17 @@ def _flags(val: int, delim: str, table: list[tuple[int, str]], fmt: Callable[[st
     if val:
         parts.append(f"0x{val:x}")
     return delim.join(parts)
+
+
+_TABLES: dict[tuple[int, int], tuple[list[Node], list[tuple[int, str]]]] = {}
+
+
+def _table_of(args: list[Node], start: int) -> list[tuple[int, str]]:
+    """_table(args[start:]), computed once per parsed print fmt (the args list is part of its tree)."""
+    hit = _TABLES.get((id(args), start))
+    if hit is None or hit[0] is not args:
+        hit = _TABLES[id(args), start] = (args, _table(args[start:]))
+    return hit[1]
 
 
 def _table(items: list[Node]) -> list[tuple[int, str]]:
