@@ -194,6 +194,15 @@ def _cond(p: _Tokens, top: _A) -> tuple[str, str]:
     return nxt
 
 
+def _item(p: _Tokens, nxt: tuple[str, str]) -> tuple[_A, tuple[str, str]]:
+    """One argument of a function or one member of a { } list, starting at token ``nxt``."""
+    a = _A()
+    nxt = _arg_token(p, a, nxt)
+    while _is_op(nxt) and nxt[1] not in ("}", ":"):
+        nxt = _op(p, a, nxt)
+    return a, nxt
+
+
 def _function(p: _Tokens, arg: _A, name: str) -> tuple[str, str]:
     args: list[Any] = []
     nxt = p.read()
@@ -202,20 +211,14 @@ def _function(p: _Tokens, arg: _A, name: str) -> tuple[str, str]:
             items: list[Any] = []
             nxt = p.read()
             while nxt[1] != "}":
-                a = _A()
-                nxt = _arg_token(p, a, nxt)
-                while _is_op(nxt) and nxt[1] not in ("}", ":"):
-                    nxt = _op(p, a, nxt)
+                a, nxt = _item(p, nxt)
                 items.append(a)
                 if nxt[1] == ",":
                     nxt = p.read()
             args.append(("list", items))
             nxt = p.read()
         else:
-            a = _A()
-            nxt = _arg_token(p, a, nxt)
-            while _is_op(nxt) and nxt[1] not in ("}", ":"):
-                nxt = _op(p, a, nxt)
+            a, nxt = _item(p, nxt)
             args.append(a)
         if nxt[1] == ",":
             nxt = p.read()
