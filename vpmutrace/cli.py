@@ -83,11 +83,20 @@ def ingest(traces: Traces,
 def show(traces: Traces,
          event: Annotated[str | None, typer.Option(help="only this event: system:name, name, or a table")] = None,
          limit: Annotated[int, typer.Option(help="at most N lines, the first in time (0: all)")] = 0,
+         as_json: Annotated[bool, typer.Option("--json", help="print {lines, fallbacks} as JSON")] = False,
          tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
-    """Events as text lines, as trace-cmd report prints them (computed for the lines shown only)."""
-    from vpmutrace.show import lines
+    """Events as text lines, as trace-cmd report -N prints them (computed for the lines shown only).
+
+    Rows printed without their print fmt (it does not parse, or fails on the row's values) are
+    counted per event; the counts end the output (on stderr, or in the JSON's fallbacks)."""
+    from vpmutrace.show import lines, text_fallbacks
 
     td = _load(traces, tsc_khz, snapshot, clock)
+    if as_json:
+        doc = {"lines": list(lines(td, event, limit or None))}
+        doc["fallbacks"] = text_fallbacks(td)
+        typer.echo(json.dumps(doc, indent=1))
+        return
     out = sys.stdout
     try:
         for line in lines(td, event, limit or None):
@@ -95,6 +104,10 @@ def show(traces: Traces,
         out.flush()
     except BrokenPipeError:  # (| head)
         sys.stdout = None  # type: ignore[assignment]
+        return
+    for f in text_fallbacks(td):
+        print(f"vpmutrace show: {f['count']} {f['event']} row(s) {f['category']} ({f['meaning']}); first: "
+              f"{f['examples'][0] if f['examples'] else '-'}", file=sys.stderr)
 
 
 @app.command()
