@@ -42,8 +42,8 @@ _OFFSETS = "u4[::1]|i8[::1]"  # sample offsets: 32 bits for files below 4 GiB
 
 KERNELS: dict[str, Kernel] = {
     # ring-buffer pages
-    "walk_pages": _k("ringbuf", "i8", BUF, "i8", "i8", "i8", "i8", "i8", "b1", "b1", _I8, _I8, _I8, _I8, _I8,
-                     *RANGE),
+    "walk_pages": _k("ringbuf", "i8", BUF, _I8, "i8", "i8", "i8", "i8", "i8", "b1", "b1", _I8, _I8, _I4, _I8, _U2,
+                     _I8, _I8, *RANGE),
     # perf.data records
     "walk_records": _k("perf_walk", "UniTuple(i8, 3)", BUF, "i8", "i8", "b1", _I8, _I4, _I4, _I4),
     "walk_samples": _k("perf_walk", "none", BUF, _I8, _I4, "i8", "i8", _U8, _I8, _U8, _I8, _I4, _U8, _I4, _I4,
@@ -62,8 +62,9 @@ KERNELS: dict[str, Kernel] = {
                               _I8, _I8, _I8, _I8, _I8, *_ARENA, *RANGE),
     # tracepoint fields
     "gather": _k("fields", "none", BUF, _I8, _I8, "i8", "i8", "u1[:, ::1]", *RANGE),
-    "fill_payload_columns": _k("fields", "none", BUF, "i8", _I8, _I8, _I8, _I4, _I4, _I4, "b1", _I8, _I8, _I8, _I8,
-                               _I8, _I8, _I8, _I8, _I8, _I8, *_ARENA, *RANGE),
+    "count_run_groups": _k("fields", "none", _U2, _I4, "i8[:, ::1]", _I8, "i8[:, ::1]", *RANGE),
+    "fill_run_columns": _k("fields", "none", BUF, "i8", _I8, _I4, _I8, _U2, _I4, _I8, _I8, "i8[:, ::1]", _I8,
+                           "i8[:, ::1]", "b1", _I8, _I8, _I8, _I8, _I8, _I8, _I8, _I8, _I8, _I8, *_ARENA, *RANGE),
     "decode_scalars": _k("fields", "none", BUF, _I8, _I8, _I8, _I8, _I8, "b1", *_ARENA, *RANGE),
     "dynamic_spans": _k("fields", "i8", BUF, _I8, _I8, "i8", "b1", "b1", _I8, _I8, *RANGE),
     "string_sizes": _k("fields", "none", BUF, _I8, _I8, "b1", _I8, *RANGE),
