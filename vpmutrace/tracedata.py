@@ -171,8 +171,6 @@ def _is_sorted(col: pa.ChunkedArray) -> bool:
 
 def _distinct(col: pa.ChunkedArray) -> list[Any]:
     """Distinct values of a dictionary or small-integer column (counted by index, no hashing)."""
-    import pyarrow.compute as pc
-
     out: set[Any] = set()
     for chunk in col.chunks:
         if isinstance(chunk, pa.DictionaryArray) and len(chunk.dictionary) == 1 and not chunk.null_count:
@@ -180,6 +178,8 @@ def _distinct(col: pa.ChunkedArray) -> list[Any]:
             continue
         vals = chunk.indices if isinstance(chunk, pa.DictionaryArray) else chunk
         if vals.null_count:
+            import pyarrow.compute as pc  # (slow to import: only when needed)
+
             out.add(None)
             vals = pc.drop_null(vals)
         a = vals.to_numpy()

@@ -117,12 +117,10 @@ def decode_fields(fmt: EventFormat, buf: np.ndarray, offsets: np.ndarray, length
     fixed fields' bytes the caller has already copied out of the records ((n, size) uint8, zero
     past a record): those are decoded from there, and the columns keep no reference to them.
     """
-    offsets = _i8(offsets)
-    lengths = _i8(lengths)
     big = byteorder == ">"
     fields = fmt.common_fields + fmt.fields
     out: dict[str, Any] = dict(scalars) if scalars is not None else \
-        _scalar_columns([f for f in fields if is_scalar(f)], buf, offsets, lengths, big)
+        _scalar_columns([f for f in fields if is_scalar(f)], buf, _i8(offsets), _i8(lengths), big)
     for f in fields:
         if not is_scalar(f):
             cut = (cuts or {}).get(f.name)
@@ -135,11 +133,14 @@ def decode_fields(fmt: EventFormat, buf: np.ndarray, offsets: np.ndarray, length
 def field_column(f: Field, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, big_endian: bool,
                  damaged: dict[str, int] | None = None, cut: np.ndarray | None = None,
                  mat: np.ndarray | None = None) -> pa.Array | pa.ChunkedArray:
-    """One non-scalar field of every record (offsets, lengths: int64) as an Arrow column; a fixed byte
+    """One non-scalar field of every record (offsets, lengths) as an Arrow column; a fixed byte
     field with ``cut``: the first cut[i] bytes of it. ``mat``: a fixed field's bytes already
     copied out of the records ((n, size), zero past a record), read instead of ``buf``."""
     n = len(offsets)
     field_off = f.offset
+    if mat is not None and (f.kind == CHARS or cut is not None) and n * f.size <= ARROW_MAX_OFFSET:
+        return _cut_rows(f, mat, lengths, cut)
+    offsets, lengths = _i8(offsets), _i8(lengths)
     if mat is not None:  # the records, as far as this field goes, are the rows of mat
         buf, field_off = mat.reshape(-1), 0
         offsets = np.arange(n, dtype=np.int64) * np.int64(f.size)
@@ -182,6 +183,29 @@ def field_column(f: Field, buf: np.ndarray, offsets: np.ndarray, lengths: np.nda
     if f.kind == BYTES:
         return var_array(pa.binary(), value_offsets, data)
     return var_array(pa.list_(element_type(f)), value_offsets // f.elem_size, _elements(data, f, big_endian))
+
+
+def _cut_rows(f: Field, mat: np.ndarray, lengths: np.ndarray, cut: np.ndarray | None) -> pa.Array:
+    """A fixed char array (up to its first NUL) or a fixed byte field cut at ``cut`` from its bytes
+    per record (mat: (n, size), zero past a record), each value also cut at its record's end
+    (``lengths``: the records' sizes): sized, then copied, row by row in compiled passes, straight
+    into an Arrow array's buffers (int32 offsets: the caller checks that they fit)."""
+    n = len(mat)
+    sizes = np.empty(n, np.int32)
+    cuts = np.ascontiguousarray(cut) if cut is not None else np.zeros(0, np.uint8)
+    kernels.parallel(kernels.row_sizes, n, mat, np.ascontiguousarray(lengths, np.int32), f.offset, cuts,
+                     f.kind == CHARS, sizes)
+    value_offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(sizes, out=value_offsets[1:])
+    del sizes
+    data = np.empty(int(value_offsets[-1]), dtype=np.uint8)
+    kernels.parallel(kernels.copy_rows, n, mat, value_offsets, data)
+    if f.kind == CHARS:
+        if sum(kernels.parallel(kernels.utf8_invalid, n, data, value_offsets)):
+            o64, data = valid_utf8(value_offsets.astype(np.int64), data)
+            return var_array(pa.string(), o64, data)
+        return _onevar_array(pa.string(), value_offsets, data, n)
+    return _onevar_array(pa.binary(), value_offsets, data, n)
 
 
 def _elements(data: np.ndarray, f: Field, big_endian: bool) -> np.ndarray:

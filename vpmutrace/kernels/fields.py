@@ -150,6 +150,37 @@ def fixed_sizes(buf, offsets, lengths, field_off, field_size, cut, stop_at_nul, 
         sizes[i] = n
 
 
+def row_sizes(mat, lengths, field_off, cut, stop_at_nul, sizes, lo, hi):  # pragma: no cover - compiled
+    """sizes[i]: bytes of row i of ``mat`` (a fixed field's bytes in record i, the field at field_off
+    of records of lengths[i] bytes) that its value takes: the field's size, cut at the record's end,
+    at cut[i] when ``cut`` is not empty, and at its first NUL with ``stop_at_nul``."""
+    size = mat.shape[1]
+    has_cut = len(cut) > 0
+    for i in range(lo, hi):
+        n = np.int64(lengths[i]) - field_off
+        if n > size:
+            n = size
+        if has_cut and np.int64(cut[i]) < n:
+            n = np.int64(cut[i])
+        if n < 0:
+            n = 0
+        if stop_at_nul:
+            k = 0
+            while k < n and mat[i, k] != 0:
+                k += 1
+            n = k
+        sizes[i] = n
+
+
+def copy_rows(mat, value_offsets, data, lo, hi):  # pragma: no cover - compiled
+    """The first value_offsets[i + 1] - value_offsets[i] bytes of row i of ``mat`` to
+    data[value_offsets[i]:value_offsets[i + 1]] (an Arrow data buffer)."""
+    for i in range(lo, hi):
+        d = value_offsets[i]
+        for k in range(value_offsets[i + 1] - d):
+            data[d + k] = mat[i, k]
+
+
 def copy_values(buf, starts, add, value_offsets, data, lo, hi):  # pragma: no cover - compiled
     """Value i's bytes, at starts[i] + add in buf, to data[value_offsets[i]:value_offsets[i + 1]]
     (an Arrow data buffer)."""
@@ -324,7 +355,8 @@ def _put_record(buf, j, r, g, cpu, seq0, offs, lens, ts, big_endian, g_ts, g_cpu
     a64[g_seq[g] + r] = np.uint64(seq0 + j)
     if g_rawoff[g] >= 0:
         a64[g_rawoff[g] + r] = np.uint64(o)
-        a64[g_rawlen[g] + r] = np.uint64(ln)
+    if g_rawlen[g] >= 0:
+        a32[g_rawlen[g] + r] = np.uint32(ln)
     for c in range(col_start[g], col_start[g + 1]):
         z = col_size[c]
         p = col_pos[c]
@@ -347,8 +379,8 @@ def fill_run_columns(buf, seq0, offs, lens, ts, types, lut, runs, run_cpu, bound
     at offs[j], lens[j] bytes; run k, runs[k] <= j < runs[k + 1], recorded on CPU run_cpu[k]) of
     group g = lut[types[j]] (skipped when negative or g_seq[g] < 0) goes to the next row r of its
     group, from at[c, g] on: the time at a64[g_ts[g] + r], the CPU at a32[g_cpu[g] + r], the
-    sequence number seq0 + j at a64[g_seq[g] + r], the payload offset / length at a64[g_rawoff[g]
-    + r] / a64[g_rawlen[g] + r] when those are >= 0, then fields c in col_start[g]..col_start[g + 1]
+    sequence number seq0 + j at a64[g_seq[g] + r], the payload offset at a64[g_rawoff[g] + r] and
+    length at a32[g_rawlen[g] + r] when those are >= 0, then fields c in col_start[g]..col_start[g + 1]
     (col_src: all from the payload): col_size[c] bytes at col_pos[c] of the payload (zero when the
     payload is shorter), in the file's byte order, to element col_elem[c] + r; with col_size[c] =
     -z < 0, z bytes copied as they are to a8[col_elem[c] + r * z:][:z] (bytes past the payload

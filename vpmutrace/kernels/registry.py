@@ -58,7 +58,7 @@ KERNELS: dict[str, Kernel] = {
     "number_rows": _k("perf_walk", "none", _I8, _I4, _I4, "i8[:, ::1]", *RANGE),
     "comm_counts": _k("perf_walk", "none", _I4, _I8, _I4, _I8, _I8, _I8, _I4, *RANGE),
     "dense_codes": _k("perf_walk", "i8", "i4[::1]|i8[::1]", "i8", _I4, _I4, _I8, _I4, _I8, _I8, _I8),
-    "fill_sample_columns": _k("perf_walk", "none", BUF, "i8", _OFFSETS, _U2, _I4, _I4, _I4, _I8, _I8, _I8, _I8,
+    "fill_sample_columns": _k("perf_walk", "none", BUF, "i8", _OFFSETS, _U2, _I4, _I4, _I4, _I4, _I8, _I8, _I8, _I8,
                               _I8, _I8, _I8, _I8, _I8, *_ARENA, *RANGE),
     # tracepoint fields
     "gather": _k("fields", "none", BUF, _I8, _I8, "i8", "i8", "u1[:, ::1]", *RANGE),
@@ -70,8 +70,10 @@ KERNELS: dict[str, Kernel] = {
     "string_sizes": _k("fields", "none", BUF, _I8, _I8, "b1", _I8, *RANGE),
     "fixed_sizes": _k("fields", "none", BUF, _I8, _I8, "i8", "i8", "u1[::1]|u2[::1]|u4[::1]|u8[::1]", "b1", _I8,
                       *RANGE),
+    "row_sizes": _k("fields", "none", "u1[:, ::1]", _I4, "i8", "u1[::1]|u2[::1]|u4[::1]|u8[::1]", "b1", _I4, *RANGE),
+    "copy_rows": _k("fields", "none", "u1[:, ::1]", _I4, "u1[::1]", *RANGE),
     "copy_values": _k("fields", "none", BUF, _I8, "i8", _I8, "u1[::1]", *RANGE),
-    "utf8_invalid": _k("fields", "i8", "u1[::1]", _I8, *RANGE),
+    "utf8_invalid": _k("fields", "i8", "u1[::1]", "i4[::1]|i8[::1]", *RANGE),
     "utf8_replace": _k("fields", "i8", "u1[::1]", _I8, "u1[::1]", _I8, "b1"),
     # text lines
     "count_lines": _k("text", "none", BUF, _I8, _I8, *RANGE),

@@ -75,7 +75,8 @@ def _time_order(recs: Records) -> _TimeOrder:
     CHUNK_RECORDS records cut at common times so that the chunks follow each other in time."""
     ts, n = recs.ts_ns, len(recs.ts_ns)
     nch = max(kernels.threads(), -(-n // CHUNK_RECORDS))
-    starts = np.union1d(recs.runs[:-1][recs.runs[:-1] < n], np.flatnonzero(ts[1:] < ts[:-1]) + 1)
+    starts = np.sort(np.concatenate((recs.runs[:-1][recs.runs[:-1] < n], np.flatnonzero(ts[1:] < ts[:-1]) + 1)))
+    starts = starts[np.concatenate(([True], starts[1:] != starts[:-1]))]  # (np.unique imports numpy.ma)
     if len(starts) > MAX_RUNS:  # (timestamps out of order: a stable sort does it in one go)
         bounds = (np.arange(nch + 1, dtype=np.int64) * n // nch).reshape(-1, 1)
         return _TimeOrder(recs.runs, recs.cpus, bounds, np.argsort(ts, kind="stable"))
@@ -208,9 +209,20 @@ def _payload_layout(fmt: EventFormat | None) -> dict[str, tuple[int, int, np.dty
         cols["f:common_pid"] = (FIELD, pid.offset, scalar_dtype(pid))
     for name, (p, dt) in field_columns(fmt).items():
         cols[name] = (FIELD, p, dt)
-    if fmt is None or any(not is_scalar(f) for f in table_fields(fmt)):  # (no format: the bytes are kept)
-        cols["raw_off"] = (RAW_OFF, 0, np.dtype(np.int64))
-        cols["raw_len"] = (RAW_LEN, 0, np.dtype(np.int64))
+    cols.update(payload_columns(fmt, RAW_OFF, RAW_LEN))
+    return cols
+
+
+def payload_columns(fmt: EventFormat | None, off_src: int, len_src: int) -> dict[str, tuple[int, int, np.dtype]]:
+    """The arena columns of the payloads' positions an event's decode needs (sources ``off_src``,
+    ``len_src`` of its fill): the offsets ("raw_off") when its fields are read from the payloads
+    again (``reads_payloads``), the lengths ("raw_len", int32) when it has fields other than scalars
+    (fixed arrays are cut at their record's end)."""
+    cols: dict[str, tuple[int, int, np.dtype]] = {}
+    if reads_payloads(fmt):
+        cols["raw_off"] = (off_src, 0, np.dtype(np.int64))
+    if fmt is None or any(not is_scalar(f) for f in table_fields(fmt)):
+        cols["raw_len"] = (len_src, 0, np.dtype(np.int32))
     return cols
 
 
@@ -261,9 +273,10 @@ def emit_decoded(b: TraceBuilder, path: str, buf: np.ndarray, fmt: EventFormat |
     else:
         fields = table_fields(fmt)
         cols: dict[str, Any] = {f.name: scalar_column(f, v["f:" + f.name]) for f in fields if is_scalar(f)}
-        if "raw_off" in v:
+        if "raw_len" in v:  # (without raw_off: fixed fields only, decoded from their bytes in the arena)
             damaged: dict[str, int] = {}
-            cols.update(decode_fields(fmt, buf, v["raw_off"], v["raw_len"], byteorder, scalars=cols, damaged=damaged,
+            offsets = v["raw_off"] if "raw_off" in v else np.zeros(n, np.int64)
+            cols.update(decode_fields(fmt, buf, offsets, v["raw_len"], byteorder, scalars=cols, damaged=damaged,
                                       cuts=CUTS.get(table_for_event(fmt.system, fmt.name) or ""),
                                       fixed={f.name: v["b:" + f.name] for f in fields if "b:" + f.name in v}))
             count_damaged(b, path, fmt, damaged, common["ts_ns"])
