@@ -11,6 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from vpmutrace.kernels.hints import AHEAD, prefetch
+
 
 def gather(buf, offsets, lengths, start, width, out, lo, hi):  # pragma: no cover - compiled
     """out[i, :] = bytes start..start+width of record i (zero past the record or the buffer)."""
@@ -349,6 +351,7 @@ def _put_record(buf, j, r, g, cpu, seq0, offs, lens, ts, big_endian, g_ts, g_cpu
                 col_start, col_pos, col_size, col_elem, a8, a16, a32, a64):  # pragma: no cover - compiled
     """Record j's columns at row r of group g (see fill_run_columns)."""
     o = offs[j]
+    prefetch(buf, o + AHEAD)
     ln = np.int64(lens[j])
     a64[g_ts[g] + r] = np.uint64(ts[j])
     a32[g_cpu[g] + r] = np.uint32(cpu)

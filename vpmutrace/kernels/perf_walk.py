@@ -45,6 +45,7 @@ from vpmutrace.formats.perf_abi import (
     SYNC_RECORDS,
     USER_RECORD_TYPES,
 )
+from vpmutrace.kernels.hints import AHEAD, prefetch
 
 
 @numba.njit(inline="always")
@@ -252,7 +253,7 @@ def scan_records(buf, start, end, s_off, r_off, r_type, r_size):  # pragma: no c
     return ns, nr, pos, err
 
 
-@numba.njit
+@numba.njit(inline="always")
 def _record_end(buf, pos, end):  # pragma: no cover - compiled
     """End of the record at pos (with data carried outside header.size), or -1 if it is not a plausible
     record: known type, size a multiple of 8, inside the data."""
@@ -302,6 +303,7 @@ def split_chunks(buf, start, end, nchunks, first, stop, n_s, n_r, lo, hi):  # pr
         ns = 0
         nr = 0
         while pos < c_hi:
+            prefetch(buf, pos + AHEAD)
             e = _record_end(buf, pos, end)
             if e < 0:
                 break
@@ -393,6 +395,7 @@ def split_keys_chunks(buf, first, stop, s_base, r_base, id_mode, id_pos, ids_sor
         i = s_base[c]
         k = r_base[c]
         while pos < stop[c]:
+            prefetch(buf, pos + AHEAD)
             size = _u16(buf, pos + 6)
             typ = _u32(buf, pos)
             if typ == REC_SAMPLE:
@@ -558,6 +561,7 @@ def fill_sample_columns(buf, j0, s_off, s_rawrel, s_group, s_row, s_code, code_m
             continue
         r = np.int64(s_row[j])
         o = np.int64(s_off[j])
+        prefetch(buf, o + AHEAD)
         rel = np.int64(s_rawrel[j])
         ro = o + rel
         rl = _u32(buf, ro - 4) if rel > 0 else np.int64(0)

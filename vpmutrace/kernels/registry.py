@@ -85,9 +85,9 @@ KERNELS: dict[str, Kernel] = {
 }
 
 # what the compiled code is made of: a change to any of these makes a built extension stale
-SOURCES = ("kernels/__init__.py", "kernels/registry.py", "kernels/ringbuf.py", "kernels/perf_walk.py",
-           "kernels/fields.py", "kernels/factorize.py", "kernels/text.py", "kernels/text_layout.py",
-           "formats/perf_abi.py", "formats/ringbuf_abi.py")
+SOURCES = ("kernels/__init__.py", "kernels/registry.py", "kernels/hints.py", "kernels/ringbuf.py",
+           "kernels/perf_walk.py", "kernels/fields.py", "kernels/factorize.py", "kernels/text.py",
+           "kernels/text_layout.py", "formats/perf_abi.py", "formats/ringbuf_abi.py")
 
 
 def export_name(name: str, variant: int) -> str:

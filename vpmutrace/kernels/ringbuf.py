@@ -17,6 +17,7 @@ from vpmutrace.formats.ringbuf_abi import (
     TYPE_TIME_EXTEND,
     TYPE_TIME_STAMP,
 )
+from vpmutrace.kernels.hints import prefetch
 
 
 @numba.njit(inline="always")
@@ -46,6 +47,9 @@ def walk_pages(buf, page_off, ts_off, commit_off, commit_size, data_off, page_si
         n = page_events[p] if fill else np.int64(0)
         errors = 0
         base = page_off[p]
+        if p + 1 < hi:  # (the next page's first lines, while this one is walked)
+            prefetch(buf, page_off[p + 1])
+            prefetch(buf, page_off[p + 1] + 64)
         page_end = base + page_size
         ts = read_int(buf, base + ts_off, 8, big_endian)
         commit = read_int(buf, base + commit_off, commit_size, big_endian)
