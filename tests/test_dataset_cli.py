@@ -28,6 +28,8 @@ def test_ingest_writes_a_dataset_that_reads_back_equal(tmp_path: Path) -> None:
     assert set(back.tables) == set(direct.tables)
     for name in direct.tables:
         assert back.df(name).equals(direct.df(name)), name
+        # (columns without nulls are written as required: read back with their declared nullability)
+        assert back.tables[name].schema.equals(direct.tables[name].schema), name
     assert back.meta["events"] == direct.meta["events"]
     assert back.meta["format"] == "mixed"
     # plain polars / pyarrow read the files without us
