@@ -37,7 +37,25 @@ def comms_for(pids: np.ndarray, cmdlines: dict[int, str]) -> pa.Array:
     """Task names for pids from saved_cmdlines (pid 0 is '<idle>', as the kernel prints it)."""
     codes, first = factorize_rows([pids])  # linear time, not a sort
     names = [cmdlines.get(p) if p != 0 else "<idle>" for p in pids[first].tolist()]
-    return dict_array(codes, names)
+    code_map, distinct = distinct_names(names)
+    if len(distinct) < len(names) + (None not in names):  # (tasks of one name share a code)
+        codes = code_map[codes]
+    else:
+        distinct = names
+    return dict_array(codes, distinct)
+
+
+def distinct_names(names: list[str | None]) -> tuple[np.ndarray, list[str | None]]:
+    """Name codes renumbered to one code per distinct name (tasks of one name share it: a dictionary
+    holds each name once, and a table's codes run long), the names first, then one code for those
+    without a name (code_map: old code -> new), and the names of the new codes (None last)."""
+    index: dict[str, int] = {}
+    for name in names:
+        if name is not None:
+            index.setdefault(name, len(index))
+    unnamed = len(index)
+    code_map = np.array([index[x] if x is not None else unnamed for x in names], dtype=np.int32).reshape(-1)
+    return code_map, [*index, None]
 
 
 @dataclass

@@ -40,6 +40,7 @@ from vpmutrace.readers import arena
 from vpmutrace.readers.binio import discard, release_pages, scratch
 from vpmutrace.readers.payloads import (
     FILL_SLICE,
+    distinct_names,
     emit_decoded,
     field_columns,
     give_back,
@@ -353,7 +354,7 @@ def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, for
     # the times are now in rows: free them before the tables are allocated
     del order
     sc.time = np.zeros(0, np.int64)
-    code_map, names = _named_first(sc.comm_names)
+    code_map, names = distinct_names(sc.comm_names)
     views = _fill(buf, sc, rows, plans, counts, code_map)
     del rows
     given_back = False  # the groups that read the file again first, then its pages are let go
@@ -365,21 +366,13 @@ def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, for
                     b, source)
 
 
-def _named_first(names: list[str | None]) -> tuple[np.ndarray, list[str | None]]:
-    """Thread-name codes renumbered so that the named threads come first (code_map: old code -> new),
-    and the names in the new order (None for threads without one)."""
-    new = sorted(range(len(names)), key=lambda k: names[k] is None)  # (stable)
-    code_map = np.empty(len(names), dtype=np.int32)
-    code_map[new] = np.arange(len(names), dtype=np.int32)
-    return code_map, [names[k] for k in new]
-
-
 def _emit_group(path: str, buf: np.ndarray, plan: _Plan, v: dict[str, np.ndarray], n: int, etype: int,
                 names: list[str | None], symbols: Callable[[int], str | None] | None, b: TraceBuilder,
                 source: str) -> None:
     # thread-name codes come from dense_codes: in range by construction; the named threads' first
-    # (_named_first): only an event with samples of unnamed threads needs a null mask
-    named = sum(1 for x in names if x is not None)
+    # (distinct_names: the last code is the unnamed threads'): only an event with samples of unnamed
+    # threads needs a null mask
+    named = len(names) - 1
     comm = v["comm"]
     used = names if n and int(comm.max()) >= named else names[:named]
     common: dict[str, Any] = {"ts_ns": v.get("ts_ns", np.zeros(n, np.int64)), "seq": v["seq"], "cpu": v.get("cpu"),
