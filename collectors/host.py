@@ -185,10 +185,48 @@ def dmesg() -> dict[str, Any]:
     return {"lines": lines[-200:]}
 
 
-def tsc_khz(dmesg_lines: list[str] | None) -> tuple[int | None, str]:
-    """The TSC frequency in kHz and its source: the kernel's own calibration in dmesg (arch/x86/kernel/
-    tsc.c: "tsc: Refined TSC clocksource calibration: %lu.%03lu MHz", else "tsc: Detected %lu.%03lu MHz
-    processor"), else CPUID 0x15 (crystal ratio, SDM 20.7.3) or 0x16 (base frequency)."""
+def perf_time_conversion() -> tuple[int, int] | str:
+    """(time_mult, time_shift) of a perf mmap page, or why not: the kernel's own TSC -> ns scaling
+    (arch/x86/events/core.c arch_perf_update_userpage: filled when cap_user_time is set, i.e. the TSC
+    is stable; ns = tsc * time_mult >> time_shift, what trace-cmd --tsc2nsec records). Opens a
+    software dummy event on this thread (include/uapi/linux/perf_event.h: perf_event_mmap_page)."""
+    import ctypes
+    import mmap
+    import struct
+
+    nr = {"x86_64": 298, "i386": 336, "i686": 336, "aarch64": 241}.get(platform.machine())
+    if nr is None:
+        return f"perf_event_open syscall number unknown on {platform.machine()}"
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = bytearray(128)
+    struct.pack_into("<IIQ", attr, 0, 1, 128, 9)  # PERF_TYPE_SOFTWARE, size, PERF_COUNT_SW_DUMMY
+    struct.pack_into("<Q", attr, 40, 1 | 1 << 5 | 1 << 6)  # disabled, exclude_kernel, exclude_hv
+    fd = libc.syscall(nr, (ctypes.c_char * len(attr)).from_buffer(attr), 0, -1, -1, 0)
+    if fd < 0:
+        return f"perf_event_open failed ({os.strerror(ctypes.get_errno())})"
+    try:
+        with mmap.mmap(fd, mmap.PAGESIZE, mmap.MAP_SHARED, mmap.PROT_READ) as page:
+            caps = struct.unpack_from("<Q", page, 40)[0]
+            shift, mult = struct.unpack_from("<HI", page, 50)
+    except OSError as e:
+        return f"perf mmap page unreadable ({e.strerror})"
+    finally:
+        os.close(fd)
+    if not caps >> 3 & 1 or not mult:  # cap_user_time
+        return "perf mmap page has no time conversion (cap_user_time 0: TSC not stable, or a hypervisor's clock)"
+    return mult, shift
+
+
+def tsc_khz(dmesg_lines: list[str] | None,
+            perf_page: tuple[int, int] | str | None = None) -> tuple[int | None, str]:
+    """The TSC frequency in kHz and its source: the kernel's TSC -> ns scaling of the perf mmap page
+    (``perf_time_conversion``: what TSC timestamps are converted with), else the kernel's own
+    calibration in dmesg (arch/x86/kernel/tsc.c: "tsc: Refined TSC clocksource calibration: %lu.%03lu
+    MHz", else "tsc: Detected %lu.%03lu MHz processor"), else CPUID 0x15 (crystal ratio, SDM 20.7.3) or
+    0x16 (base frequency)."""
+    if isinstance(perf_page, tuple):
+        mult, shift = perf_page
+        return round(1e6 * (1 << shift) / mult), f"perf mmap page: ns = tsc * {mult} >> {shift}"
     for pat in (r"Refined TSC clocksource calibration: ([\d.]+) MHz", r"tsc: Detected ([\d.]+) MHz"):
         for ln in reversed(dmesg_lines or []):
             m = re.search(pat, ln)
@@ -284,7 +322,10 @@ def snapshot() -> dict[str, Any]:
     dm = dmesg()
     config = kernel_config()
     watchdog["kind"], watchdog["kind_evidence"] = watchdog_kind(watchdog["nmi_watchdog"], dm.get("lines"), config)
-    khz, khz_source = tsc_khz(dm.get("lines"))
+    page = perf_time_conversion()
+    khz, khz_source = tsc_khz(dm.get("lines"), page)
+    if isinstance(page, str) and khz is None:
+        khz_source += f"; {page}"
     return {
         "kernel_release": platform.release(),
         "kernel_version": platform.version(),
@@ -310,7 +351,41 @@ def snapshot() -> dict[str, Any]:
         "perf_event_paranoid": _read_int(Path("/proc/sys/kernel/perf_event_paranoid")),
         "perf_event_max_sample_rate": _read_int(Path("/proc/sys/kernel/perf_event_max_sample_rate")),
         "running_vms": running_vms(),
+        "kernel_build_id": kernel_build_id(),
+        "kptr_restrict": _read_int(Path("/proc/sys/kernel/kptr_restrict")),
     }
+
+
+def kernel_build_id() -> str | None:
+    """The running kernel's GNU build-id (/sys/kernel/notes): what perf.data records for
+    [kernel.kallsyms], so that a kallsyms saved here can be matched to a recording."""
+    from vpmutrace.readers.symbols import running_kernel_build_id
+
+    return running_kernel_build_id()
+
+
+def save_kallsyms(out: Path, name: str = "kallsyms.xz") -> dict[str, Any]:
+    """/proc/kallsyms, xz-compressed, next to host.json: the kernel's symbols for naming perf samples'
+    kernel IPs on another machine (perf keeps its own copy in ~/.debug only on the recording host).
+    Addresses are visible to root unless kptr_restrict is 2 (or 1 without CAP_SYSLOG); a copy whose
+    addresses all read 0 is useless and is not kept."""
+    import lzma
+
+    info: dict[str, Any] = {"file": None, "kptr_restrict": _read_int(Path("/proc/sys/kernel/kptr_restrict"))}
+    try:
+        data = Path("/proc/kallsyms").read_bytes()
+    except OSError as e:
+        info["why"] = f"/proc/kallsyms unreadable: {e.strerror}"
+        return info
+    lines = data.count(b"\n")
+    visible = any(not line.startswith(b"0000000000000000 ") for line in data.splitlines()[:1000])
+    info.update(symbols=lines, addresses_visible=visible)
+    if not visible:
+        info["why"] = "every address reads 0 (kptr_restrict): run as root with kptr_restrict <= 1"
+        return info
+    (out / name).write_bytes(lzma.compress(data, preset=1))  # 0.2 s for 5 MB; preset 6 takes 4 s
+    info["file"] = name
+    return info
 
 
 def finish_snapshot(snap: dict[str, Any]) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from collectors.host import (
     require_kvm,
     require_perf,
     require_root,
+    save_kallsyms,
     snapshot,
     tracefs_root,
 )
@@ -130,6 +131,9 @@ def record(opt: RecordOptions) -> RecordResult:
     _progress("", opt.progress)
     if opt.progress:
         sys.stderr.write("\r")
+    # the kernel's symbols, for naming samples' kernel IPs wherever the trace is read (after the capture:
+    # modules loaded during it are in, and nothing delays its start)
+    snap["kallsyms"] = save_kallsyms(opt.out)
     (opt.out / "host.json").write_text(json.dumps(finish_snapshot(snap), indent=2) + "\n")
     (opt.out / "capture.json").write_text(json.dumps({
         "backend": res.backend, "trace_file": str(res.trace_file), "events_requested": res.events_requested,

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from vpmutrace.analyze import keys, registry, render_text, run
 from vpmutrace.analyze.context import Config
-from vpmutrace.readers import load_trace
+from vpmutrace.readers import LoadOptions, load_trace
 from vpmutrace.sim import SCENARIOS, simulate
 from vpmutrace.sim.compare import mismatches
 
@@ -87,7 +87,7 @@ def test_nmi_before_or_after_its_exit_gives_the_same_pmi_split(tmp_path: Path, s
     The same trace in both orders, with and without the kernel release, classes every NMI exit alike."""
     simulate(scenario, "vmx", 4, tmp_path / "s", kernel="6.12")
     new = tmp_path / "s" / "report.txt"
-    old = _reordered(new, tmp_path / "old.txt")
+    old = _reordered(new, tmp_path / "s" / "old.txt")  # (next to the same host.json)
     docs = []
     for path, release in ((new, "6.12.0"), (old, "6.1.0"), (new, None), (old, None)):
         td = load_trace([path])
@@ -118,7 +118,7 @@ def test_emulated_trace_without_snapshot_is_detected_as_emulated(tmp_path: Path)
     says emulated, and the trace gets no mediated 'divergences'."""
     for kernel in ("6.18", "6.1"):
         simulate("emulated-multiplex", "vmx", 5, tmp_path / kernel, kernel=kernel)
-        td = load_trace([tmp_path / kernel / "report.txt"])
+        td = load_trace([tmp_path / kernel / "report.txt"], LoadOptions(find_snapshot=False))
         cfg = Config.for_trace(td)
         assert (cfg.model, cfg.design.source, cfg.design.certainty) == ("emulated", "trace", "candidate")
         doc, _ = run(td, cfg)

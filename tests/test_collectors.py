@@ -18,6 +18,7 @@ from conftest import need_tool
 from collectors import events as evsets
 from collectors.host import Refusal, snapshot
 from collectors.microguest import WORKLOADS, assemble, parse_ops, run
+from vpmutrace.readers import symbols as S
 
 KVM = Path("/dev/kvm").exists()
 ROOT = os.geteuid() == 0
@@ -117,11 +118,18 @@ def test_tracefs_capture_is_read_by_trace_cmd_and_matches(tmp_path: Path) -> Non
         assert a.equals(theirs.df(t).drop("comm", "seq")), t
     host = json.loads((tmp_path / "cap" / "host.json").read_text())
     assert host["kernel_release"] == os.uname().release
+    # the kernel's symbols are kept with the capture (perf samples' kernel IPs resolve anywhere)
+    if host["kallsyms"].get("addresses_visible"):
+        assert host["kallsyms"]["file"] == "kallsyms.xz" and (tmp_path / "cap" / "kallsyms.xz").is_file()
+    assert host["kernel_build_id"] == S.running_kernel_build_id()
     assert load_trace([tmp_path / "cap" / "dataset"]).meta["host"]["kernel_release"] == os.uname().release
 
 
-def _tracefs_state() -> dict[str, str]:
-    state = {"instances": " ".join(sorted(p.name for p in (TRACEFS / "instances").iterdir()))}
+def _tracefs_state(pid: int | None = None) -> dict[str, str]:
+    """The top-level tracefs settings, and the instance a recorder of process ``pid`` would own
+    (instances of other processes, e.g. a test run in another checkout, are not ours to judge)."""
+    state = {"instances": " ".join(sorted(p.name for p in (TRACEFS / "instances").iterdir()
+                                          if pid is not None and p.name == f"vpmutrace.{pid}"))}
     for f in ("tracing_on", "set_event", "buffer_size_kb", "trace_clock"):
         state[f] = (TRACEFS / f).read_text()
     return state
@@ -143,7 +151,7 @@ def test_interrupted_record_leaves_tracefs_as_it_was(tmp_path: Path, sig: int, b
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted" in out and "Traceback" not in err
-    assert _tracefs_state() == before
+    assert _tracefs_state(proc.pid) == before
     from vpmutrace.readers import load_trace
 
     trace = tmp_path / "cap" / ("trace.dat" if backend == "tracefs" else "trace.perf.data")

@@ -12,7 +12,7 @@ from conftest import need_tool
 
 from vpmutrace.analyze import run
 from vpmutrace.analyze.context import Config
-from vpmutrace.readers import load_trace
+from vpmutrace.readers import LoadOptions, load_trace
 from vpmutrace.schema import binary_only
 from vpmutrace.sim import simulate
 
@@ -85,7 +85,8 @@ def test_simulated_perf_data_equals_perf_script(tmp_path: Path) -> None:
 
 def test_exits_per_vm_from_process_ids(tmp_path: Path) -> None:
     simulate("skid", "vmx", 6, tmp_path)
-    td = load_trace([tmp_path / "trace.perf.data"])  # no host snapshot: the VM comes from the sample's pid
+    # no host snapshot: the VM comes from the sample's pid
+    td = load_trace([tmp_path / "trace.perf.data"], LoadOptions(find_snapshot=False))
     doc, _ = run(td, Config.for_trace(td))
     e = doc["exits"]
     assert e["vm_grouping"].startswith("VMM process (tgid)")

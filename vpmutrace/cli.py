@@ -22,6 +22,21 @@ Traces = Annotated[list[Path], typer.Argument(help="trace files (perf.data, trac
                                                    "report / perf script text) or one ingested dataset dir")]
 
 
+TscKhz = Annotated[float | None, typer.Option("--tsc-khz", help="TSC frequency in kHz, for traces whose clock counts "
+                                                                "TSC ticks (x86-tsc without TSC2NSEC; integer "
+                                                                "timestamps): converts them to ns")]
+ClockOpt = Annotated[str | None, typer.Option("--clock", help="the traces' clock when a file records it wrongly "
+                                                              "(e.g. x86-tsc: trace-cmd extract of an instance "
+                                                              "records the top-level clock)")]
+
+
+def _load(traces: list[Path], tsc_khz: float | None = None, snapshot: Path | None = None,
+          clock: str | None = None) -> object:
+    from vpmutrace.readers import LoadOptions, load_trace
+
+    return load_trace(list(traces), LoadOptions(tsc_khz=tsc_khz, snapshot=snapshot, clock=clock))
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"vpmutrace {__version__}")
@@ -34,24 +49,30 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
     pass
 
 
+SnapshotOpt = Annotated[Path | None, typer.Option("--snapshot", help="host snapshot (host.json of vpmutrace "
+                                                                    "record) of the recording host: its tsc_khz "
+                                                                    "converts TSC ticks, its kallsyms names perf "
+                                                                    "samples' kernel IPs (default: <trace>.host.json "
+                                                                    "or host.json next to the first trace)")]
+
+
 @app.command()
 def info(traces: Traces,
-         as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False) -> None:
-    """Format, tool/kernel, time span, CPUs, events per kind, lost and unparsed counts."""
-    from vpmutrace.readers import load_trace
-
-    td = load_trace(list(traces))
+         as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
+         tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
+    """Format, tool/kernel, clock and time unit, time span, CPUs, events per kind, lost and unparsed counts, where
+    perf samples' symbols came from."""
+    td = _load(traces, tsc_khz, snapshot, clock)
     d = info_dict(td)
     typer.echo(json.dumps(d, indent=2, sort_keys=True) if as_json else render_info(d))
 
 
 @app.command()
 def ingest(traces: Traces,
-           out: Annotated[Path, typer.Option("-o", "--out", help="output dataset directory")]) -> None:
+           out: Annotated[Path, typer.Option("-o", "--out", help="output dataset directory")],
+           tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Decode traces into a Parquet dataset (one file per table + trace_meta.json)."""
-    from vpmutrace.readers import load_trace
-
-    td = load_trace(list(traces))
+    td = _load(traces, tsc_khz, snapshot, clock)
     path = td.save(out)
     d = info_dict(td)
     typer.echo(f"wrote {path}: {sum(d['events'].values())} events in {len(td.tables)} tables; "
@@ -61,12 +82,12 @@ def ingest(traces: Traces,
 @app.command()
 def show(traces: Traces,
          event: Annotated[str | None, typer.Option(help="only this event: system:name, name, or a table")] = None,
-         limit: Annotated[int, typer.Option(help="at most N lines, the first in time (0: all)")] = 0) -> None:
+         limit: Annotated[int, typer.Option(help="at most N lines, the first in time (0: all)")] = 0,
+         tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Events as text lines, as trace-cmd report prints them (computed for the lines shown only)."""
-    from vpmutrace.readers import load_trace
     from vpmutrace.show import lines
 
-    td = load_trace(list(traces))
+    td = _load(traces, tsc_khz, snapshot, clock)
     out = sys.stdout
     try:
         for line in lines(td, event, limit or None):
@@ -184,15 +205,15 @@ def _config(td: object, model: str | None, guest_gp: int | None, guest_fixed: in
 
 
 def _analyze(traces: list[Path], model: str | None, only: list[str] | None, as_json: bool, out: Path | None,
-             guest_gp: int | None = None, guest_fixed: int | None = None, **options: object) -> dict:
+             guest_gp: int | None = None, guest_fixed: int | None = None, load: dict | None = None,
+             **options: object) -> dict:
     from vpmutrace.analyze import registry, render_text, run
-    from vpmutrace.readers import load_trace
 
     reg = registry()
     bad = [o for o in only or [] if o not in reg]
     if bad:
         raise InputError("--only", f"unknown analyzer(s) {', '.join(bad)}: {', '.join(reg)}")
-    td = load_trace(list(traces))
+    td = _load(traces, **(load or {}))
     cfg = _config(td, model, guest_gp, guest_fixed, **options)
     doc, results = run(td, cfg, only)  # type: ignore[arg-type]
     if out is not None:
@@ -222,7 +243,7 @@ def analyze(traces: Traces, model: ModelOpt = None,
             calibrate_with: Annotated[Path | None, typer.Option(help="a mediated-design trace of the same workload: "
                                                                      "calibrates the what-if's switch cost")] = None,
             fail_on_divergence: Annotated[bool, typer.Option(help="exit 1 when the trace diverges from its design")]
-            = False) -> None:
+            = False, tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Run the analyzers (see docs/analyze.md); findings last, most severe first."""
     calibration = None
     if calibrate_with is not None:
@@ -232,6 +253,7 @@ def analyze(traces: Traces, model: ModelOpt = None,
     if skid_window_us < 0:
         raise InputError("--skid-window-us", f"must be >= 0, got {skid_window_us}")
     doc = _analyze(traces, model, only.split(",") if only else None, as_json, out, guest_gp, guest_fixed,
+                   {"tsc_khz": tsc_khz, "snapshot": snapshot, "clock": clock},
                    skid_window_ns=int(skid_window_us * 1000), switch_cost_ns=_cost_range(switch_cost_ns),
                    calibration=calibration)
     if fail_on_divergence and (doc.get("diff") or {}).get("divergent_events"):
@@ -240,8 +262,10 @@ def analyze(traces: Traces, model: ModelOpt = None,
 
 def _one(name: str, title: str) -> None:
     def cmd(traces: Traces, model: ModelOpt = None, as_json: JsonOpt = False, out: OutOpt = None,
-            guest_gp: GuestGp = None, guest_fixed: GuestFixed = None) -> None:
-        _analyze(traces, model, [name], as_json, out, guest_gp, guest_fixed)
+            guest_gp: GuestGp = None, guest_fixed: GuestFixed = None, tsc_khz: TscKhz = None,
+            snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
+        _analyze(traces, model, [name], as_json, out, guest_gp, guest_fixed,
+                 {"tsc_khz": tsc_khz, "snapshot": snapshot, "clock": clock})
 
     cmd.__doc__ = title[0].upper() + title[1:] + "."
     app.command(name=name.replace("_", "-"))(cmd)
@@ -312,23 +336,25 @@ def simulate(scenario: Annotated[str, typer.Option(help="scenario name (see --li
 def report(traces: Traces, out: Annotated[Path, typer.Option("-o", "--out", help="HTML file to write")]
            = Path("vpmutrace-report.html"), model: ModelOpt = None, guest_gp: GuestGp = None,
            guest_fixed: GuestFixed = None,
-           window: Annotated[str | None, typer.Option(help="detail window START:END in seconds (trace clock)")]
+           window: Annotated[str | None, typer.Option(help="detail window START:END in seconds (trace clock; "
+                                                            "ticks when the trace's clock stayed in ticks)")]
            = None,
            max_points: Annotated[int, typer.Option(help="detail points cap (bounds the file size)")] = 60_000,
-           title: Annotated[str | None, typer.Option(help="report title")] = None) -> None:
+           title: Annotated[str | None, typer.Option(help="report title")] = None,
+           tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Self-contained interactive HTML report (works offline): findings, timeline, exits, MSRs, diff."""
     from vpmutrace.analyze import run
-    from vpmutrace.readers import load_trace
-    from vpmutrace.report.html import build
+    from vpmutrace.report.html import build, time_axis
 
+    td = _load(traces, tsc_khz, snapshot, clock)
     win = None
     if window:
         try:
             a, b = (float(x) for x in window.split(":"))
         except ValueError:
             raise InputError("--window", f"expected START:END in seconds, got {window!r}") from None
-        win = (int(a * 1e9), int(b * 1e9))
-    td = load_trace(list(traces))
+        div = time_axis(td)[0]  # (seconds; ticks on a trace whose clock stayed in ticks)
+        win = (int(a * div), int(b * div))
     doc, results = run(td, _config(td, model, guest_gp, guest_fixed))  # type: ignore[arg-type]
     path = build(td, doc, results, out, max_points, win, title)
     typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")

@@ -51,7 +51,8 @@ class TableSpec:
 DICT_STR = pa.dictionary(pa.int32(), pa.string())
 
 COMMON: tuple[Col, ...] = (
-    Col("ts_ns", pa.int64(), "event time in ns on the trace clock", False),
+    Col("ts_ns", pa.int64(), "event time on the trace clock: ns, unless the trace's time_unit (trace_meta.json, "
+                             "vpmutrace info) says its clock stayed in ticks", False),
     Col("seq", pa.int64(), "record order in its input (text line, or record index in the file / CPU "
                            "stream); orders events with equal timestamps", False),
     Col("cpu", pa.int32(), "CPU the event was recorded on (null when the text had no CPU column)"),
@@ -166,10 +167,16 @@ EVENT_TABLES: tuple[TableSpec, ...] = (
        Col("tid", I32, "thread id"),
        Col("period", U64, "sample period"),
        Col("ip", U64, "sampled instruction pointer"),
-       Col("sym", STR, "symbol as printed by perf"),
-       Col("dso", STR, "DSO as printed by perf"),
+       Col("sym", DICT_STR, "symbol as `perf script -F sym` prints it (no offset); null when unresolved "
+                            "(perf's [unknown]), sym_source says why"),
+       Col("dso", DICT_STR, "DSO as `perf script -F dso` prints it ([kernel.kallsyms], [kvm_intel], the mmapped "
+                            "path, a BPF program); null when no map covers the IP or the sample is a guest's"),
        Col("cpumode", DICT_STR, "kernel, user, hypervisor, guest_kernel, guest_user, unknown"),
-       Col("exact_ip", BOOL, "PERF_RECORD_MISC_EXACT_IP: the IP is precise (no skid)")),
+       Col("exact_ip", BOOL, "PERF_RECORD_MISC_EXACT_IP: the IP is precise (no skid)"),
+       Col("sym_source", DICT_STR, "where sym came from (the kallsyms or ELF file, and whether its build-id "
+                                   "matched the recording), or `unresolved: <why>` (no kallsyms, build-id "
+                                   "mismatch, DSO not on this machine, no symbol covers the address, no map, "
+                                   "guest sample); null for inputs that carry no symbols (perf script text)")),
     _t("unparsed", "Events that could not be decoded, kept so that nothing is dropped, and counted in the "
                    "stats table: records of an event id the trace has no format for, and text lines whose "
                    "body no grammar of the event matches.", (),
@@ -180,13 +187,20 @@ EVENT_TABLES: tuple[TableSpec, ...] = (
 )
 
 META_TABLES: tuple[TableSpec, ...] = (
-    TableSpec("lost", "Data the tracer lost: perf LOST/LOST_SAMPLES, ring-buffer overruns, "
-                      "'[LOST n EVENTS]' lines.", (
+    TableSpec("lost", "Data the tracer lost, one row per notice. Kinds: lost_events (perf LOST records; "
+                      "'[LOST n EVENTS]' / 'EVENTS DROPPED' lines of text traces), lost_samples (perf "
+                      "LOST_SAMPLES), overrun (a trace.dat's CPUSTAT overrun count: no time), missing_events "
+                      "(ring-buffer pages flagged as having lost events before them), throttle (perf THROTTLE: "
+                      "the kernel stopped sampling an event on that CPU for too many interrupts; its samples "
+                      "are missing until the next unthrottle row of that CPU) and unthrottle (perf UNTHROTTLE: "
+                      "sampling resumed; count null). perf records' times are their sample_id trailer's, as "
+                      "perf report -D prints them (the record's own time field when the attr has no "
+                      "sample_id_all).", (
         Col("ts_ns", I64, "end of the loss: time of the notice or of the first record after it (null when unknown)"),
         Col("start_ns", I64, "start of the loss: the last recorded event on that CPU before ts_ns (the data "
                              "in [start_ns, ts_ns] on that CPU is incomplete); null when unknown"),
         Col("cpu", I32, "CPU (null when unknown)"),
-        Col("kind", STR, "lost_events, lost_samples, throttle, overrun, missing_events", False),
+        Col("kind", STR, "lost_events, lost_samples, overrun, missing_events, throttle, unthrottle", False),
         Col("count", I64, "events lost (null when the tracer only flagged a loss)"),
         Col("source", STR, "file", False),
     ), common=False),
@@ -384,6 +398,19 @@ def render_markdown() -> str:
     out += ["", "## `trace_meta.json`", "",
             "| key | meaning |", "|---|---|"]
     out += [f"| `{k}` | {v} |" for k, v in META_KEYS.items()]
+    from vpmutrace.clocks import CLOCKS, UNIT_TEXT
+    from vpmutrace.stats import CATEGORIES
+
+    out += ["", "## Trace clocks", "",
+            "What each clock counts (`vpmutrace/clocks.py`); `time_unit` is `ns` unless an input's clock counts "
+            "ticks that could not be converted (see `inputs[].time` for how each input's times were made ns).",
+            "Clocks of one base, recorded on one boot, are one time line; merging others is counted as "
+            "`clock_mismatch`.", "", "| clock | unit | base | what |", "|---|---|---|---|"]
+    out += [f"| `{c.name}` | {UNIT_TEXT[c.unit]} | {c.base} | {c.what} |" for c in CLOCKS.values()]
+    out += ["", "## `stats` categories", "",
+            "Every category a reader counts, with its severity (`vpmutrace/stats.py`, as Perfetto's stats: "
+            "info, data_loss, error).", "", "| category | severity | meaning |", "|---|---|---|"]
+    out += [f"| `{k}` | {c.severity} | {c.meaning} |" for k, c in CATEGORIES.items()]
     return "\n".join(out) + "\n"
 
 
@@ -393,7 +420,17 @@ META_KEYS: dict[str, str] = {
     "format": "ftrace-text, trace-cmd-report, perf-script, trace.dat, perf.data (or 'mixed')",
     "tool": "the program that wrote the input, with version when known",
     "kernel_release": "uname -r of the traced host when the input carries it",
-    "clock": "trace clock (local, global, mono, perf, ...) when known",
+    "clock": "trace clock (local, global, mono, perf, x86-tsc, ...; 'mixed' for inputs on several clocks) "
+             "when known",
+    "time_unit": "unit of every ts_ns column: 'ns', or the ticks of a clock that could not be converted "
+                 "(tsc_ticks, arch_ticks, unknown_ticks, events)",
+    "inputs[].clock, inputs[].time": "each input's clock and time base: the unit it recorded, the unit after "
+                                     "loading, and how it was converted (TSC2NSEC, --tsc-khz, host snapshot, "
+                                     "an estimate with its spread and pairs) or checked against events carrying "
+                                     "the kernel's ns time",
+    "inputs[].time_shift": "a guest trace.dat moved onto its host's clock with its TimeShift option",
+    "host_guest": "guest trace.dat inputs and the source name their rows carry",
+    "host_snapshot": "the host.json read with the trace (--host, or found next to the first input)",
     "cpus": "number of CPUs of the traced host when known, else CPUs seen",
     "sources": "host/guest/instance names present in the `source` column",
     "time_span_ns": "[first, last] event timestamps",

@@ -11,11 +11,52 @@ from dataclasses import dataclass, field
 
 MAX_EXAMPLES = 5
 
+INFO, DATA_LOSS, ERROR = "info", "data_loss", "error"  # severities, as Perfetto's stats
+
+
+@dataclass(frozen=True)
+class Category:
+    severity: str  # info: how something was read; data_loss: data the tracer or the file lost;
+    #               error: data in the file we could not read (or read only partly)
+    meaning: str
+
+
+# every category a reader may count, declared once (docs/schema.md lists them)
+CATEGORIES: dict[str, Category] = {
+    # lost upstream (the tracer or the recording)
+    "lost_events": Category(DATA_LOSS, "perf LOST records / '[LOST n EVENTS]' notices: events the kernel dropped"),
+    "lost_samples": Category(DATA_LOSS, "perf LOST_SAMPLES records: samples the kernel dropped"),
+    "overrun": Category(DATA_LOSS, "ring-buffer overruns a trace.dat's CPUSTAT reports"),
+    "missing_events": Category(DATA_LOSS, "ring-buffer pages flagged as having lost events before them"),
+    "throttle": Category(DATA_LOSS, "perf THROTTLE records: sampling stopped for too many interrupts"),
+    "unthrottle": Category(INFO, "perf UNTHROTTLE records: sampling resumed"),
+    "partial": Category(DATA_LOSS, "a file cut short or never finished (perf record killed)"),
+    "truncated": Category(DATA_LOSS, "a record cut off by the end of the data"),
+    # not readable here
+    "unparsed_line": Category(ERROR, "text lines that are no event and no known notice"),
+    "body_unparsed": Category(ERROR, "event lines whose body no grammar of the event matches (kept in 'unparsed')"),
+    "unparsed_record": Category(ERROR, "binary records that could not be decoded (kept raw in 'unparsed')"),
+    "records_not_decoded": Category(ERROR, "perf record types this reader does not know"),
+    "bad_format": Category(ERROR, "event format descriptions in the file that do not parse"),
+    "no_format": Category(ERROR, "tracepoints with no format in the file and none usable from this host"),
+    "dynamic_field_cut": Category(ERROR, "dynamic fields whose offset/length point outside the record"),
+    "fields_unknown": Category(ERROR, "text events whose fields are not known to this reader"),
+    "text_fields_not_recovered": Category(ERROR, "fields a text line prints only inside computed expressions"),
+    # read, but by a route worth knowing
+    "print_fmt_fallback": Category(INFO, "events whose print fmt cannot be evaluated (raw fields kept)"),
+    "formats_from_local_tracefs": Category(INFO, "tracepoint layouts taken from this host (name and id agree)"),
+    "callchain_lines": Category(INFO, "perf script callchain lines (not events)"),
+    "unresolved_symbols": Category(INFO, "perf samples left without a symbol, one row per reason (no_ip, guest, "
+                                         "no_map, no_kallsyms, build_id_mismatch, dso_not_here, no_symbol)"),
+    "time_base": Category(INFO, "how an input's timestamps were turned into ns (or why they were not)"),
+    "clock_mismatch": Category(ERROR, "inputs merged on one time line whose clocks are not the same time line"),
+}
+
 
 @dataclass
 class StatEntry:
     source_file: str
-    category: str  # e.g. unparsed_line, body_unparsed, lost_events, print_fmt_fallback
+    category: str  # a key of CATEGORIES
     name: str  # event name or record kind this is about ("" when not applicable)
     count: int = 0
     examples: list[str] = field(default_factory=list)  # first few locations ("line 12: ...")
@@ -29,6 +70,8 @@ class Stats:
 
     def add(self, source_file: str, category: str, name: str = "", count: int = 1,
             example: str | None = None) -> None:
+        if category not in CATEGORIES:
+            raise ValueError(f"stats category {category!r} is not declared in vpmutrace.stats.CATEGORIES")
         key = (source_file, category, name)
         entry = self._entries.get(key)
         if entry is None:

@@ -231,6 +231,9 @@ class TraceBuilder:
         self.event_formats: dict[str, str] = {}  # system:name -> format text (binary inputs)
         self.symbols: Callable[[int], str | None] | None = None  # kallsyms of a binary input
         self.event_tables: dict[str, str] = {}  # system:name -> table
+        # event id -> the name the input records for it, for ids it has no format for (the reader
+        # sets it while it reads one input)
+        self.unknown_event_names: dict[int, str] = {}
 
     def add(self, table: str, columns: dict[str, Any], n: int, event: str | None = None,
             spec: TableSpec | None = None) -> None:
@@ -241,6 +244,30 @@ class TraceBuilder:
         if event is not None:
             self.event_counts[event] += n
             self.event_tables.setdefault(event, table)
+
+    def mark(self) -> tuple[dict[str, int], int]:
+        """Where the chunks of the next input will start (for ``since`` and ``retime``)."""
+        return {t: len(c) for t, c in self.chunks.items()}, len(self.lost_rows)
+
+    def since(self, mark: tuple[dict[str, int], int], table: str) -> pa.Table | None:
+        """The rows of ``table`` added after ``mark`` (None when none)."""
+        chunks = self.chunks.get(table, [])[mark[0].get(table, 0):]
+        if not chunks:
+            return None
+        return chunks[0] if len(chunks) == 1 else pa.concat_tables(chunks, promote_options="permissive")
+
+    def retime(self, mark: tuple[dict[str, int], int], convert: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Apply ``convert`` to the timestamps of every row added after ``mark`` (one input's rows:
+        its clock's units to ns)."""
+        for table, chunks in self.chunks.items():
+            for k in range(mark[0].get(table, 0), len(chunks)):
+                t = chunks[k]
+                i = t.schema.get_field_index("ts_ns")
+                ts = t.column(i).to_numpy()
+                chunks[k] = t.set_column(i, t.schema.field(i), pa.array(convert(ts), pa.int64()))
+        for r in self.lost_rows[mark[1]:]:
+            if r["ts_ns"] is not None:
+                r["ts_ns"] = int(convert(np.array([r["ts_ns"]], np.int64))[0])
 
     def add_lost(self, source: str, kind: str, count: int | None, ts_ns: int | None = None,
                  cpu: int | None = None, where: str | None = None) -> None:

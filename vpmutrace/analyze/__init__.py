@@ -13,7 +13,7 @@ import pkgutil
 from functools import cache
 from typing import Any
 
-from vpmutrace.analyze.base import SEVERITIES, Analyzer, Finding, Result
+from vpmutrace.analyze.base import SEVERITIES, TIME_UNIT, Analyzer, Finding, Result, needs_ns
 from vpmutrace.analyze.context import Config
 from vpmutrace.tracedata import TraceData
 
@@ -45,7 +45,10 @@ def trace_summary(td: TraceData) -> dict[str, Any]:
     return {"format": m.get("format"), "inputs": [i.get("path") for i in m.get("inputs", [])],
             "kernel_release": m.get("kernel_release"), "time_span_ns": m.get("time_span_ns"),
             "cpus": m.get("cpus"), "events": m.get("events"), "lost_events": m.get("lost_events"),
-            "unparsed": m.get("unparsed"), "host_snapshot": bool(m.get("host"))}
+            "unparsed": m.get("unparsed"), "host_snapshot": bool(m.get("host")),
+            "time_unit": m.get("time_unit", "ns"),
+            "time_bases": [{"path": i.get("path"), "clock": i.get("clock"), **(i.get("time") or {})}
+                           for i in m.get("inputs", [])]}
 
 
 def ranked(findings: list[Finding]) -> list[Finding]:
@@ -55,15 +58,15 @@ def ranked(findings: list[Finding]) -> list[Finding]:
 def run(td: TraceData, cfg: Config, only: list[str] | None = None) -> tuple[dict[str, Any], dict[str, Result]]:
     reg = registry()
     results: dict[str, Result] = {}
-    for name, a in reg.items():
-        if only and name not in only:
-            continue
-        r = a.analyze(td, cfg)
-        declared = {k.id for k in a.findings}
-        bad = [f.kind for f in r.findings if f.kind not in declared]
-        if bad:
-            raise RuntimeError(f"analyzer {name} reported undeclared finding kinds {bad}")
-        results[name] = r
+    unit = td.meta.get("time_unit", "ns")
+    token = TIME_UNIT.set(unit)
+    try:
+        for name, a in reg.items():
+            if only and name not in only:
+                continue
+            results[name] = _run_one(a, td, cfg, unit)
+    finally:
+        TIME_UNIT.reset(token)
     doc: dict[str, Any] = {"trace": trace_summary(td), "config": cfg.to_json()}
     for name in reg:
         doc[name] = results[name].to_json() if name in results else None
@@ -71,16 +74,33 @@ def run(td: TraceData, cfg: Config, only: list[str] | None = None) -> tuple[dict
     return doc, results
 
 
+def _run_one(a: Analyzer, td: TraceData, cfg: Config, unit: str) -> Result:
+    if a.needs_ns and unit != "ns":
+        return Result(a.name, needs=[needs_ns(unit)], rule=a.rule)
+    r = a.analyze(td, cfg)
+    declared = {k.id for k in a.findings}
+    bad = [f.kind for f in r.findings if f.kind not in declared]
+    if bad:
+        raise RuntimeError(f"analyzer {a.name} reported undeclared finding kinds {bad}")
+    if unit != "ns":
+        r.summary["time_unit"] = unit  # its *_ns fields hold ticks: say so next to them
+    return r
+
+
 def render_text(results: dict[str, Result], doc: dict[str, Any]) -> str:
     """The CLI's text output: each analyzer's own rendering, then the ranked findings."""
     reg = registry()
     parts = []
-    for name, r in results.items():
-        head = f"== {name}"
-        if not r.computable:
-            head += f": not computable: needs {', '.join(r.needs)}"
-        lines = reg[name].render(r)
-        parts.append("\n".join([head, *lines]))
+    token = TIME_UNIT.set((doc.get("trace") or {}).get("time_unit", "ns"))  # durations in the trace's unit
+    try:
+        for name, r in results.items():
+            head = f"== {name}"
+            if not r.computable:
+                head += f": not computable: needs {', '.join(r.needs)}"
+            lines = reg[name].render(r) if r.computable or r.summary else []
+            parts.append("\n".join([head, *lines]))
+    finally:
+        TIME_UNIT.reset(token)
     fs = doc.get(FINDINGS_KEY) or []
     if fs:
         lines = ["== findings (most severe first; 'candidate' = timing/pattern evidence, not proof)"]

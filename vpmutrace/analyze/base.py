@@ -17,6 +17,7 @@ each diagnostic once with its severity).
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,19 @@ NEEDS = {
     "samples": "perf samples (perf record with a sampling event)",
     "host": "a host snapshot (vpmutrace record writes host.json)",
 }
+
+
+# the unit of the trace's timestamps while analyzers run (``run`` sets it): "ns", or the unit of a clock in
+# ticks that could not be converted (vpmutrace.clocks); durations are printed in it
+TIME_UNIT: ContextVar[str] = ContextVar("time_unit", default="ns")
+
+
+def needs_ns(unit: str) -> str:
+    """What an analyzer that compares times with physical constants lacks on a trace in ``unit``."""
+    from vpmutrace.clocks import UNIT_TEXT
+
+    return (f"timestamps in ns (this trace's times are {UNIT_TEXT.get(unit, unit)} and no frequency is known: "
+            "give --tsc-khz, or a host snapshot with tsc_khz)")
 
 
 @dataclass(frozen=True)
@@ -110,6 +124,9 @@ class Analyzer:
     findings: tuple[FindingKind, ...] = ()
     order: int = 100  # position in the output
     limits: str = ""  # what it cannot see on a real host, and on which kernel versions
+    # compares times with physical constants (thresholds, published costs, rates): not computable on a
+    # trace whose clock is in ticks that could not be converted to ns; False: it runs, durations in ticks
+    needs_ns: bool = True
 
     @property
     def command(self) -> str:
@@ -159,10 +176,14 @@ def records(df: pl.DataFrame) -> list[dict[str, Any]]:
 
 
 def fmt_ns(v: Any) -> str:
-    """A duration for text output: '-' when unknown."""
+    """A duration for text output: '-' when unknown; in ticks when the trace's clock could not be
+    converted to ns (``TIME_UNIT``)."""
     if v is None:
         return "-"
     v = float(v)
+    unit = TIME_UNIT.get()
+    if unit != "ns":
+        return f"{v:,.0f} {'events' if unit == 'events' else 'ticks'}"
     for unit, div in (("s", 1e9), ("ms", 1e6), ("us", 1e3)):
         if abs(v) >= div:
             return f"{v / div:.3f} {unit}"

@@ -105,7 +105,7 @@ def render(r: Result) -> list[str]:
 
 
 ANALYZER = Analyzer("config_checks", "host configuration: vPMU on, mediated supported, refused by KVM", RULE, analyze,
-                    render, requires=REQUIRES, findings=KINDS, order=15,
+                    render, requires=REQUIRES, findings=KINDS, order=15, needs_ns=False,
                     limits=(
                     "reads only what `vpmutrace record` stored in host.json: kvm module parameters "
                     "(enable_mediated_pmu "

@@ -101,7 +101,8 @@ class Config:
         cfg.kernel = K.release_version(td.meta.get("kernel_release") or host.get("kernel_release"))
         isa = {"intel": K.ISA_VMX, "amd": K.ISA_SVM}.get(cfg.vendor.value or "")
         cfg.nmi_order = K.nmi_order(isa, cfg.kernel)
-        if td.has("kvm_exit") and td.has("nmi_handler"):  # the trace's own order wins over the release
+        # the trace's own order wins over the release (its pairing window is in ns)
+        if td.has("kvm_exit") and td.has("nmi_handler") and td.meta.get("time_unit", "ns") == "ns":
             cfg.nmi_order = P.nmi_order_in_trace(td, P.exits(td), cfg.nmi_order, cfg.options.nmi_pair_ns)
         cfg.host_pmu = infer_host_pmu(host, cfg.vendor.value)
         cfg.guest_pmu, cfg.guest_pmu_by_thread = infer_guest_pmu(td, host, cfg.vendor.value, cfg.host_pmu,

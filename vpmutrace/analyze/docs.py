@@ -16,7 +16,12 @@ def render_markdown() -> str:
            "Generated from the analyzer registry (`python -m vpmutrace.analyze.docs > docs/analyze.md`).", "",
            "`vpmutrace analyze TRACE --json` prints one JSON document with the stable top-level keys "
            + ", ".join(f"`{k}`" for k in keys()) + ". Timestamps and durations are integer nanoseconds on the "
-           "trace clock. An analyzer whose required inputs are missing reports `{\"computable\": false, "
+           "trace clock (`trace.time_unit` is `ns`). When a trace's clock counts ticks that could not be "
+           "converted (x86-tsc without TSC2NSEC, no `--tsc-khz`, no host snapshot `tsc_khz`, no events to "
+           "estimate the rate from), `trace.time_unit` names the ticks, the analyzers that compare times "
+           "with physical constants (marked *ns* below) are not computable, and the others carry "
+           "`time_unit` in their result: their `*_ns` fields then hold ticks. An analyzer whose required "
+           "inputs are missing reports `{\"computable\": false, "
            "\"needs\": [...], \"reason\": \"not computable: needs ...\"}` (plus any partial counts that need no "
            "pairing), never zeros. Every analyzer's result carries its `findings`; the top-level `findings` "
            "lists them all, most severe first. A finding is a *fact* when it follows from the trace and the "
@@ -30,7 +35,8 @@ def render_markdown() -> str:
            "|---|---|---|---|---|"]
     for a in reg.values():
         kinds = "; ".join(f"`{k.id}` ({k.severity}, {k.certainty})" for k in a.findings) or "-"
-        out.append(f"| `{a.name}` | {a.title} | {_inputs(a.requires)} | {_inputs(a.optional)} | {kinds} |")
+        req = _inputs(a.requires) + ("; *ns*" if a.needs_ns else "")
+        out.append(f"| `{a.name}` | {a.title} | {req} | {_inputs(a.optional)} | {kinds} |")
     out += ["", "Inputs: " + "; ".join(f"`{k}` = {v}" for k, v in NEEDS.items()) + "; `lost` = the lost table.", ""]
     for a in reg.values():
         out += [f"## `{a.name}` (`vpmutrace {a.command}`)", "", a.title[0].upper() + a.title[1:] + ".", "",

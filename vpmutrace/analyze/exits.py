@@ -118,7 +118,7 @@ def render(r: Result) -> list[str]:
 
 ANALYZER = Analyzer("exits", "VM exits per reason / vCPU / VM with handling-time statistics (perf kvm stat view)",
                     RULE, analyze, render, requires=REQUIRES, optional=("kvm_msr", "lost", "host"), findings=KINDS,
-                    order=30,
+                    order=30, needs_ns=False,
                     limits=(
                     "kvm_exit fires for fastpath exits on VMX since 5.8 and on SVM since 6.5; kvm_entry fires for "
                     "fastpath re-entries only since ~5.11, so on VMX 5.8-5.10 such an exit has no entry and stays "

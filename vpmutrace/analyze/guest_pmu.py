@@ -73,7 +73,7 @@ def render(r: Result) -> list[str]:
 
 
 ANALYZER = Analyzer("guest_pmu", "the guest's PMU shape and what it means for pass-through", RULE, analyze, render,
-                    optional=("kvm_cpuid", "kvm_msr", "host"), findings=KINDS, order=20,
+                    optional=("kvm_cpuid", "kvm_msr", "host"), findings=KINDS, order=20, needs_ns=False,
                     limits=(
                     "guests ask CPUID 0xA when their kernel boots, so a capture of a running VM usually has no "
                     "kvm_cpuid "

@@ -39,7 +39,8 @@ def analyze(td: TraceData, cfg: Config) -> Result:
         return Result("pmu_msr", needs=needs, rule=RULE)
     pmu = with_exit_latency(td, classify(td, cfg))
     span = td.meta.get("time_span_ns") or [0, 0]
-    span_s = max(1e-9, (span[1] - span[0]) / 1e9)
+    # rates need seconds: none on a trace whose clock stayed in ticks
+    span_s = max(1e-9, (span[1] - span[0]) / 1e9) if td.meta.get("time_unit", "ns") == "ns" else None
     lat = pl.col("exit_ns")
     by_msr = pmu.group_by("msr", "name", "kind", "vendor").agg(
         (~pl.col("write")).sum().alias("reads"), pl.col("write").sum().alias("writes"),
@@ -52,7 +53,8 @@ def analyze(td: TraceData, cfg: Config) -> Result:
         lat.mean().alias("exit_mean_ns"), lat.median().alias("exit_p50_ns"),
         lat.filter(pl.col("changed") == True).mean().alias("exit_changed_mean_ns"),  # noqa: E712
         lat.filter(pl.col("changed") == False).mean().alias("exit_unchanged_mean_ns"),  # noqa: E712
-    ).with_columns(((pl.col("reads") + pl.col("writes")) / span_s).alias("per_s")).sort("msr")
+    ).with_columns(((pl.col("reads") + pl.col("writes")) / span_s if span_s else pl.lit(None, pl.Float64))
+                   .alias("per_s")).sort("msr")
     by_kind = dict(pmu.group_by("kind").len().sort("kind").rows())
     rd = P.exits(td).filter(P.rdpmc_exit()) if td.has("kvm_exit") else None
     rd_lat = None
@@ -70,7 +72,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
         "writes_changed": int((pmu["changed"] == True).sum()),  # noqa: E712
         "writes_unchanged": int((pmu["changed"] == False).sum()),  # noqa: E712
         "rdpmc_exits": rd.height if rd is not None else None,
-        "rdpmc_per_s": round(rd.height / span_s, 3) if rd is not None else None,
+        "rdpmc_per_s": round(rd.height / span_s, 3) if rd is not None and span_s else None,
         "rdpmc_exit_latency": rd_lat,
         "rdpmc_mediated": verdict(rdpmc_intercepted(MEDIATED, cfg.setup)),
         "span_s": span_s,
@@ -110,7 +112,7 @@ def render(r: Result) -> list[str]:
 
 ANALYZER = Analyzer("pmu_msr", "PMU MSR traffic: by MSR, rate, exit latency, value-changing writes, mediated verdict",
                     RULE, analyze, render, requires=REQUIRES, optional=("kvm_exit", "kvm_entry", "kvm_cpuid"),
-                    findings=KINDS, order=40,
+                    findings=KINDS, order=40, needs_ns=False,
                     limits=(
                     "only accesses KVM intercepts are traced: under the mediated design guest counter accesses "
                     "and RDPMCs "

@@ -71,7 +71,7 @@ def render(r: Result) -> list[str]:
 
 
 ANALYZER = Analyzer("requests", "pending vCPU requests at each exit (KVM_REQ_PMI/PMU mark guest-PMI NMI exits)",
-                    RULE, analyze, render, requires=REQUIRES, findings=KINDS, order=35,
+                    RULE, analyze, render, requires=REQUIRES, findings=KINDS, order=35, needs_ns=False,
                     limits=(
                     "kernels 6.14 and newer only; bit numbers of KVM_REQ_PMU (18) and KVM_REQ_PMI (19) are the "
                     "same from "

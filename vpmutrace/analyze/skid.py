@@ -11,9 +11,9 @@ that window, is recorded as a host sample in KVM's exit path. So:
   misattribution cannot happen (fact); the analysis only checks for its premise;
 - emulated or unknown design: only host sampling that includes the guest can be misattributed
   (perf.data events with exclude_guest=0). A host-mode sample whose symbol is in KVM's VM-exit
-  path (vmx_vmexit, __vmx_vcpu_run, vmx_vcpu_enter_exit, vmx_vcpu_run, __svm_vcpu_run,
-  svm_vcpu_run, vcpu_enter_guest) is a candidate skidded guest overflow; without symbols, a
-  host-mode sample within the skid window after a VM-exit of its CPU is a weaker candidate.
+  path (vmx_vmexit, __vmx_vcpu_run, vmx_vcpu_enter_exit, the NMI trampolines after an NMI exit,
+  __svm_vcpu_run, svm_vcpu_enter_exit: KVM_EXIT_PATH) is a candidate skidded guest overflow;
+  without symbols, a host-mode sample within the skid window after a VM-exit of its CPU is a weaker candidate.
   Samples with an exact IP (PEBS) have no skid. Perf-claimed NMIs (nmi:nmi_handler) are classed
   the same way: paired with an NMI exit (the window in which perf attributes to the guest),
   followed by the guest's LVTPC injection before the next entry (a guest counter's overflow that
@@ -36,11 +36,20 @@ from vpmutrace.model.design import MEDIATED
 from vpmutrace.tracedata import TraceData
 
 RULE = rule_of(__doc__)
-# the code right after VM-exit, where a skidded PMI lands (arch/x86/kvm/vmx/vmenter.S, vmx.c, svm/vmenter.S,
-# svm.c); the large run-loop functions around them (vcpu_enter_guest, vmx_vcpu_run, svm_vcpu_run) hold
-# legitimate host time and are left out
+# the code right after VM-exit, where a skidded PMI lands, as kallsyms names it from 5.x to 6.18:
+# arch/x86/kvm/vmx/vmenter.S (__vmx_vcpu_run and its vmx_vmexit label; the NMI trampolines
+# vmx_do_interrupt_nmi_irqoff up to 6.1, vmx_do_nmi_irqoff from 6.2, vmx_do_fred_nmi_irqoff with FRED),
+# vmx.c (vmx_vcpu_enter_exit, vmx_spec_ctrl_restore_host from 5.19, handle_exception_nmi_irqoff before
+# NMIs moved into the noinstr vmx_handle_nmi), svm/vmenter.S (__svm_vcpu_run, __svm_sev_es_vcpu_run) and
+# svm.c (svm_vcpu_enter_exit); the large run-loop functions around them (vcpu_enter_guest, vmx_vcpu_run,
+# svm_vcpu_run) hold legitimate host time and are left out
 KVM_EXIT_PATH = ("vmx_vmexit", "__vmx_vcpu_run", "vmx_vcpu_enter_exit", "vmx_spec_ctrl_restore_host",
-                 "vmx_do_nmi_irqoff", "vmx_handle_nmi", "__svm_vcpu_run", "svm_vcpu_enter_exit")
+                 "vmx_do_interrupt_nmi_irqoff", "vmx_do_nmi_irqoff", "vmx_do_fred_nmi_irqoff",
+                 "handle_exception_nmi_irqoff", "vmx_handle_nmi", "__svm_vcpu_run", "__svm_sev_es_vcpu_run",
+                 "svm_vcpu_enter_exit")
+# what follows a function's name in a symbol: perf's +0x offset, GCC's clone suffixes (.isra.0, .cold, ...)
+SYM_SUFFIX = r"(\+0x[0-9a-f]+)?$"
+CLONE_SUFFIX = r"(\.(isra|constprop|part|cold|lto_priv|llvm)(\.[0-9]+)?)+$"
 NMI_CLASSES = ("in_nmi_exit", "delivered_to_guest", "after_exit", "before_entry", "host")
 SAMPLE_CLASSES = ("guest", "exact_ip", "kvm_exit_path", "after_exit", "host")
 KINDS = (FindingKind("skid_candidates", "medium", "candidate",
@@ -105,15 +114,15 @@ def classify_samples(td: TraceData, cfg: Config, events: list[str]) -> pl.DataFr
     w = cfg.options.skid_window_ns
     s = td.df("samples").filter(pl.col("event").cast(pl.String).is_in(events) & pl.col("cpu").is_not_null()
                                 & pl.col("cpumode").is_not_null()) \
-        .select("ts_ns", "cpu", "pid", pl.col("event").cast(pl.String), pl.col("cpumode").cast(pl.String), "sym",
-                "exact_ip").with_row_index("s")
+        .select("ts_ns", "cpu", "pid", pl.col("event").cast(pl.String), pl.col("cpumode").cast(pl.String),
+                pl.col("sym").cast(pl.String), "exact_ip").with_row_index("s")
     win = guest_windows(td).select("cpu", pl.col("end_ns").alias("exit_ts")).sort("exit_ts") \
         if td.has("kvm_exit") and td.has("kvm_entry") else None
     if win is not None:
         s = s.sort("ts_ns").join_asof(win, left_on="ts_ns", right_on="exit_ts", by="cpu", strategy="backward")
     else:
         s = s.with_columns(pl.lit(None, pl.Int64).alias("exit_ts"))
-    sym = pl.col("sym").fill_null("").str.replace(r"\+0x[0-9a-f]+$", "")
+    sym = pl.col("sym").fill_null("").str.replace(SYM_SUFFIX, "").str.replace(CLONE_SUFFIX, "")
     cls = (pl.when(pl.col("cpumode").str.starts_with("guest")).then(pl.lit("guest"))
            .when(pl.col("exact_ip").fill_null(False)).then(pl.lit("exact_ip"))
            .when(sym.is_in(list(KVM_EXIT_PATH))).then(pl.lit("kvm_exit_path"))

@@ -61,7 +61,7 @@ def render(r: Result) -> list[str]:
 
 ANALYZER = Analyzer("design", "which vPMU design the host ran (snapshot, signatures, or unknown)", RULE, analyze,
                     render, requires=(), optional=("host", "kvm_exit", "nmi_handler", "kvm_apic_accept_irq",
-                                                   "kvm_cpuid"), findings=KINDS, order=10,
+                                                   "kvm_cpuid"), findings=KINDS, order=10, needs_ns=False,
                     limits=(
                     "a fact only with a host snapshot (or --model). From the trace alone: VMX 0xF5 exits mean "
                     "mediated; "

@@ -164,8 +164,16 @@ def print_fmt_grammar(fmt: EventFormat) -> Grammar | None:
 _WAKEUP = Grammar(r"^(?P<g0>.*?):(?P<g1>-?\d+) \[(?P<g2>-?\d+)\](?: success=(?P<g3>\d+))? CPU:(?P<g4>\d+)\s*$",
                   [Group("comm", STR), Group("pid", INT), Group("prio", INT), Group("success", INT),
                    Group("target_cpu", INT)])
+# libtraceevent plugin_hrtimer.c: "hrtimer=0x%llx now=%llu function=%s" / "hrtimer=0x%llx function=%s
+# expires=%llu softexpires=%llu" (the function as a symbol, or its address when unresolved)
+_HRT_EXPIRE = Grammar(r"^hrtimer=(?P<g0>0x[0-9a-fA-F]+) now=(?P<g1>-?\d+)(?: function=\S+)?\s*$",
+                      [Group("hrtimer", HEX), Group("now", INT)])
+_HRT_START = Grammar(r"^hrtimer=(?P<g0>0x[0-9a-fA-F]+)(?: function=\S+)? expires=(?P<g1>\d+) "
+                     r"softexpires=(?P<g2>\d+)\s*$", [Group("hrtimer", HEX), Group("expires", INT),
+                                                      Group("softexpires", INT)])
 PLUGIN_GRAMMARS: dict[str, list[Grammar]] = {
     "sched:sched_wakeup": [_WAKEUP], "sched:sched_wakeup_new": [_WAKEUP], "sched:sched_waking": [_WAKEUP],
+    "timer:hrtimer_expire_entry": [_HRT_EXPIRE], "timer:hrtimer_start": [_HRT_START],
 }
 
 KEY_VALUE = re.compile(r"^(?:\w+=\S*)(?: \w+=\S*)*\s*$")

@@ -8,8 +8,9 @@ The header grammars (readers/text.py says which tools print which):
 - perf script: ``comm pid[/tid] [[cpu]] secs.frac: [period] event: body``, the event being
   everything up to the first colon followed by a blank.
 
-The timestamp is the first ``digits.digits:`` at the start of a word that is followed by blanks
-and an event name and a colon. Spans are byte offsets into the text; -1 where a part is absent.
+The timestamp is the first ``digits.digits:`` (or ``digits:``, from clocks in ticks) at the start of
+a word that is followed by blanks and an event name and a colon. Spans are byte offsets into the text;
+-1 where a part is absent.
 """
 
 from __future__ import annotations
@@ -82,40 +83,43 @@ def _word(b):  # pragma: no cover - compiled
 
 @numba.njit
 def _timestamp(buf, p, e, perf):  # pragma: no cover - compiled
-    """(start, end of its ':', event start, event end, body start) of the first ``digits.digits:``
-    at a word start from p that is followed by blanks and an event; (-1, ...) when there is none."""
+    """(start, end of its ':', event start, event end, body start) of the first ``digits.digits:`` or
+    ``digits:`` (a clock counting in ticks, e.g. x86-tsc, prints integers) at a word start from p
+    that is followed by blanks and an event; (-1, ...) when there is none."""
     q = p
     while q < e:
-        if _digit(buf[q]) and (q == p or _space(buf[q - 1])):
+        # (trace-cmd prints integer timestamps with "%12llu:" right after the "]" of the CPU column)
+        if _digit(buf[q]) and (q == p or _space(buf[q - 1]) or buf[q - 1] == 93):
             r = q
             while r < e and _digit(buf[r]):
                 r += 1
-            if r < e and buf[r] == 46:  # '.'
+            dotted = r < e and buf[r] == 46  # '.'
+            f0 = r + 1
+            if dotted:
                 r += 1
-                f0 = r
                 while r < e and _digit(buf[r]):
                     r += 1
-                if r > f0 and r < e and buf[r] == 58 and r + 1 < e and _space(buf[r + 1]):  # ':' and a blank
-                    colon = r
+            if (r > f0 or not dotted) and r < e and buf[r] == 58 and r + 1 < e and _space(buf[r + 1]):
+                colon = r
+                r += 1
+                while r < e and _space(buf[r]):
                     r += 1
-                    while r < e and _space(buf[r]):
+                if perf:  # optional period, then the event up to a colon followed by a blank or the end
+                    k = r
+                    while k < e and _digit(buf[k]):
+                        k += 1
+                    if k > r and k < e and _space(buf[k]):
+                        r = _lstrip(buf, k, e)
+                    ev = r
+                    while r < e and not _space(buf[r]) and not (buf[r] == 58 and (r + 1 == e
+                                                                                  or _space(buf[r + 1]))):
                         r += 1
-                    if perf:  # optional period, then the event up to a colon followed by a blank or the end
-                        k = r
-                        while k < e and _digit(buf[k]):
-                            k += 1
-                        if k > r and k < e and _space(buf[k]):
-                            r = _lstrip(buf, k, e)
-                        ev = r
-                        while r < e and not _space(buf[r]) and not (buf[r] == 58 and (r + 1 == e
-                                                                                      or _space(buf[r + 1]))):
-                            r += 1
-                    else:
-                        ev = r
-                        while r < e and _word(buf[r]):
-                            r += 1
-                    if r > ev and r < e and buf[r] == 58:
-                        return q, colon, ev, r, _lstrip(buf, r + 1, e)
+                else:
+                    ev = r
+                    while r < e and _word(buf[r]):
+                        r += 1
+                if r > ev and r < e and buf[r] == 58:
+                    return q, colon, ev, r, _lstrip(buf, r + 1, e)
         q += 1
     return -1, -1, -1, -1, -1
 
@@ -140,11 +144,14 @@ def _number(buf, s, e):  # pragma: no cover - compiled
 
 @numba.njit
 def _ts_ns(buf, s, colon):  # pragma: no cover - compiled
+    """secs.frac -> ns; an integer (a clock in ticks) -> as it is."""
     sec = np.int64(0)
     i = s
-    while buf[i] != 46:
+    while i < colon and buf[i] != 46:
         sec = sec * 10 + (buf[i] - 48)
         i += 1
+    if i == colon:
+        return sec
     i += 1
     frac = np.int64(0)
     digits = 0

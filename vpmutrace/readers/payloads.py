@@ -339,10 +339,11 @@ def emit_unknown(builder: TraceBuilder, src_file: str, event_id: int, common: di
                  pid: np.ndarray | None, n: int, raw: pa.Array | None = None) -> None:
     """Rows of an event id the trace has no format for: kept in ``unparsed`` with their bytes,
     counted as unparsed."""
-    builder.stats.add(src_file, "unparsed_record", f"event id {event_id}", n,
-                      f"no format for event id {event_id} (first at ts {int(common['ts_ns'][0])})")
-    common.update(event=const_column(f"unknown:{event_id}", n), pid=pid, raw=raw)
-    builder.add("unparsed", common, n, f"unknown:{event_id}")
+    name = builder.unknown_event_names.get(event_id, f"unknown:{event_id}")
+    builder.stats.add(src_file, "unparsed_record", name if name != f"unknown:{event_id}" else f"event id {event_id}",
+                      n, f"no format for event id {event_id} (first at ts {int(common['ts_ns'][0])})")
+    common.update(event=const_column(name, n), pid=pid, raw=raw)
+    builder.add("unparsed", common, n, name)
 
 
 def emit_event(builder: TraceBuilder, src_file: str, fmt: EventFormat, common: dict[str, Any],

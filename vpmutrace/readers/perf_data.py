@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from vpmutrace import clocks as C
 from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.formats import perf_abi as abi
@@ -34,6 +35,8 @@ from vpmutrace.formats.perf_abi import (
     REC_THROTTLE,
     REC_UNTHROTTLE,
 )
+from vpmutrace.formats.perf_names import event_name
+from vpmutrace.readers import perf_maps
 from vpmutrace.readers import perf_samples as ps
 from vpmutrace.readers import tracing_data as tdmod
 from vpmutrace.readers.binio import Cursor, map_file, release_pages
@@ -42,7 +45,8 @@ from vpmutrace.tracedata import TraceBuilder
 
 __all__ = ["CPUMODES", "REC_SAMPLE", "PerfFile", "read_perf_data", "walk"]
 
-FEAT_TRACING_DATA, FEAT_HOSTNAME, FEAT_OSRELEASE, FEAT_VERSION, FEAT_ARCH, FEAT_NRCPUS = 1, 3, 4, 5, 6, 7
+FEAT_TRACING_DATA, FEAT_BUILD_ID = 1, 2
+FEAT_HOSTNAME, FEAT_OSRELEASE, FEAT_VERSION, FEAT_ARCH, FEAT_NRCPUS = 3, 4, 5, 6, 7
 FEAT_CPUDESC, FEAT_CPUID, FEAT_TOTAL_MEM, FEAT_CMDLINE, FEAT_EVENT_DESC = 8, 9, 10, 11, 12
 FEAT_PMU_MAPPINGS, FEAT_CLOCKID, FEAT_COMPRESSED, FEAT_CPU_PMU_CAPS, FEAT_HYBRID_TOPOLOGY, FEAT_PMU_CAPS = \
     16, 23, 27, 28, 30, 31
@@ -76,8 +80,12 @@ class Attr:
     sample_regs_user: int = 0
     sample_regs_intr: int = 0
     sample_period: int = 0  # or frequency, when the freq flag is set
+    bp_type: int = 0
+    bp_addr: int = 0  # (config1 for other types)
+    clockid: int = 0
     ids: list[int] = field(default_factory=list)
     name: str | None = None
+    name_from: str = ""  # event_desc, tracing_data or computed
 
     @property
     def sample_id_all(self) -> bool:
@@ -100,9 +108,10 @@ def parse_attr(data: bytes) -> Attr:
     """perf_event_attr of any ABI version (size 64..136+); absent tail fields read as 0."""
     d = data + bytes(max(0, 136 - len(data)))
     typ, _size, config, period, st, rf, flags = struct.unpack_from("<IIQQQQQ", d, 0)
+    bp_type, bp_addr = struct.unpack_from("<IQ", d, 52)
     bst, regs_user = struct.unpack_from("<QQ", d, 72)
-    regs_intr = struct.unpack_from("<Q", d, 96)[0]
-    return Attr(typ, config, st, rf, flags, bst, regs_user, regs_intr, period)
+    clockid, regs_intr = struct.unpack_from("<iQ", d, 92)
+    return Attr(typ, config, st, rf, flags, bst, regs_user, regs_intr, period, bp_type, bp_addr, clockid)
 
 
 @dataclass
@@ -113,6 +122,7 @@ class PerfFile:
     tracing: tdmod.TracingData | None = None
     features: dict[str, Any] = field(default_factory=dict)
     partial: str | None = None
+    build_ids: list[dict[str, Any]] = field(default_factory=list)  # HEADER_BUILD_ID (perf_maps.parse_build_ids)
 
 
 def _perf_string(c: Cursor) -> str:
@@ -126,6 +136,8 @@ def _parse_feature(pf: PerfFile, feat: int, data: bytes) -> None:
     try:
         if feat == FEAT_TRACING_DATA:
             pf.tracing, *_ = tdmod.read_tracing_block(c)
+        elif feat == FEAT_BUILD_ID:
+            pf.build_ids = perf_maps.parse_build_ids(data)
         elif feat in (FEAT_HOSTNAME, FEAT_OSRELEASE, FEAT_VERSION, FEAT_ARCH, FEAT_CPUDESC, FEAT_CPUID):
             key = {FEAT_HOSTNAME: "hostname", FEAT_OSRELEASE: "os_release", FEAT_VERSION: "perf_version",
                    FEAT_ARCH: "arch", FEAT_CPUDESC: "cpu_desc", FEAT_CPUID: "cpuid"}[feat]
@@ -167,7 +179,10 @@ def _parse_feature(pf: PerfFile, feat: int, data: bytes) -> None:
         f.setdefault("unreadable_features", []).append(f"{feat}: {e.what}")
 
 
-def read_perf_data(path: str | Path, builder: TraceBuilder, source: str = "host") -> PerfFile:
+def read_perf_data(path: str | Path, builder: TraceBuilder, source: str = "host",
+                   snapshot: Path | None = None) -> PerfFile:
+    """Read a perf.data into ``builder``; ``snapshot``: a host snapshot (host.json) of the recording
+    host, for its kallsyms (default: one given alongside the file, readers.snapshot_for)."""
     p = Path(path)
     buf = map_file(p)  # the page cache holds the file once; we do not copy it
     raw = memoryview(buf)
@@ -208,7 +223,9 @@ def read_perf_data(path: str | Path, builder: TraceBuilder, source: str = "host"
             for bit, (off, size) in zip(feat_bits, secs, strict=False):
                 if off + size <= len(raw):
                     _parse_feature(pf, bit, bytes(raw[off:off + size]))
-    _read_records(pf, buf, start, end, builder, source)
+    from vpmutrace.readers import snapshot_for
+
+    _read_records(pf, buf, start, end, builder, source, snapshot or snapshot_for(p))
     return pf
 
 
@@ -252,7 +269,8 @@ def _decompress_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: 
     return np.frombuffer(b"".join(parts), dtype=np.uint8)
 
 
-def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceBuilder, source: str) -> None:
+def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceBuilder, source: str,
+                  snapshot: Path | None = None) -> None:
     keys = None
     if pf.attrs:  # file mode: walk and decode the samples' keys in one go
         recs, keys = ps.scan(pf.attrs, pf.path, buf, start, end)
@@ -277,19 +295,11 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
         pf.partial = (pf.partial + "; " if pf.partial else "") + f"{what} at offset {stop}"
         b.stats.add(pf.path, "truncated", "", 1,
                     f"offset {stop}: {what}; {len(recs.s_off) + len(recs.r_off)} records before it read")
-    tp_ids = {a.config for a in pf.attrs if a.type == PERF_TYPE_TRACEPOINT}
-    if tp_ids and pf.tracing is None:
-        from vpmutrace.readers.local_formats import local_formats
-
-        fmts, where = local_formats(tp_ids)
-        if fmts:
-            pf.tracing = tdmod.TracingData(formats=fmts)
-            b.stats.add(pf.path, "formats_from_local_tracefs", "", len(fmts),
-                        f"the file has no tracing data; tracepoint layouts taken from {where} "
-                        f"(right only if recorded on this kernel)")
     _name_attrs(pf)
+    _tracepoint_formats(pf, b)
     _meta(pf, b)
     comms = _CommTracker(pf, buf, recs.r_off, recs.r_type, recs.r_size)
+    side = perf_maps.read_side(pf, buf, recs.r_off, recs.r_type, recs.r_size)
     _emit_lost(pf, buf, recs.r_off, recs.r_type, recs.r_size, b)
     recs_meta = b.meta.setdefault("perf_records", {})
     if n_compressed:
@@ -308,8 +318,11 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
     del recs, keys
     formats = pf.tracing.formats if pf.tracing else {}
     b.symbols = b.symbols or (pf.tracing.kallsyms if pf.tracing else None)
+    n_chunks = len(b.chunks.get("samples", []))
     ps.emit_samples(pf.attrs, pf.path, buf, samples, formats, pf.tracing.kallsyms if pf.tracing else None, b,
                     source)
+    b.unknown_event_names = {}
+    perf_maps.apply(pf, side, b, n_chunks, snapshot)  # sym/dso of the samples table, one pass after it
     for bad in pf.tracing.bad_formats if pf.tracing else []:
         b.stats.add(pf.path, "bad_format", "", 1, bad)
     release_pages(buf)
@@ -342,16 +355,55 @@ def _header_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.n
 
 
 def _name_attrs(pf: PerfFile) -> None:
+    """Each attr's name as perf shows it: the i-th name of HEADER_EVENT_DESC for the i-th attr
+    (header.c process_event_desc sets evsel names by position), else "system:name" of a
+    tracepoint from the file's tracing data, else perf's computed name (formats/perf_names.py)."""
     descs = pf.features.get("event_desc") or []
-    by_id = {i: d["name"] for d in descs for i in d["ids"]}
     formats = pf.tracing.formats if pf.tracing else {}
+    pmus = {int(k): v for k, v in (pf.features.get("pmu_mappings") or {}).items()}
     for k, a in enumerate(pf.attrs):
-        name = next((by_id[i] for i in a.ids if i in by_id), None)
-        if name is None and k < len(descs) and len(descs) == len(pf.attrs):
-            name = descs[k]["name"]
-        if name is None and a.type == PERF_TYPE_TRACEPOINT and a.config in formats:
-            name = formats[a.config].full_name
-        a.name = name or f"type{a.type}/config{a.config:#x}"
+        name = descs[k]["name"] if k < len(descs) else None
+        a.name_from = "event_desc"
+        if not name:
+            tp = formats[a.config].full_name if a.type == PERF_TYPE_TRACEPOINT and a.config in formats else None
+            name = event_name(a.type, a.config, a.flags, a.bp_type, a.bp_addr, pmus, tp)
+            a.name_from = "tracing_data" if tp else "computed"
+        a.name = name
+
+
+def _tracepoint_formats(pf: PerfFile, b: TraceBuilder) -> None:
+    """Tracepoints the file has no format for: a format from this host's tracefs when the name the
+    file records and the id agree (local_formats.py), else their records stay raw in ``unparsed``
+    under the recorded name, counted."""
+    have = pf.tracing.formats if pf.tracing else {}
+    missing = {a.config: (a.name if a.name_from == "event_desc" else None)
+               for a in pf.attrs if a.type == PERF_TYPE_TRACEPOINT and a.config not in have}
+    if not missing:
+        return
+    from vpmutrace.readers.local_formats import local_formats
+
+    why = "the file has no tracing data (HEADER_TRACING_DATA)" if pf.tracing is None else \
+        "the file's tracing data has no format for it"
+    match = local_formats(missing)
+    if match.formats:
+        if pf.tracing is None:
+            pf.tracing = tdmod.TracingData(formats={})
+        pf.tracing.formats.update(match.formats)
+        release = pf.features.get("os_release")
+        for ev_id, fmt in match.formats.items():
+            b.stats.add(pf.path, "formats_from_local_tracefs", fmt.full_name, 1,
+                        f"{why}; layout taken from {match.where} where {fmt.full_name} has the same id {ev_id}"
+                        + (f" (file recorded on {release}, this host runs {_uname()})" if release else ""))
+    b.unknown_event_names = {i: missing[i] or f"unknown:{i}" for i in match.refused}
+    for ev_id, reason in match.refused.items():
+        b.stats.add(pf.path, "no_format", missing[ev_id] or f"event id {ev_id}", 1,
+                    f"{why}; no local format used: {reason}; its records are kept raw in 'unparsed'")
+
+
+def _uname() -> str:
+    import os
+
+    return os.uname().release
 
 
 def _meta(pf: PerfFile, b: TraceBuilder) -> None:
@@ -360,14 +412,27 @@ def _meta(pf: PerfFile, b: TraceBuilder) -> None:
         b.meta.setdefault("kernel_release", f["os_release"])
     if f.get("nr_cpus_available"):
         b.meta["cpus"] = max(b.meta.get("cpus") or 0, f["nr_cpus_available"])
-    b.meta.setdefault("clock", "perf")
+    clock = _perf_clock(pf.attrs)
     info = {k: v for k, v in f.items() if k != "event_desc"}
     b.meta["inputs"].append({
         "path": pf.path, "format": "perf.data", "size_bytes": Path(pf.path).stat().st_size,
         "tool": "perf" + (f" {f['perf_version']}" if f.get("perf_version") else ""),
         "mode": "pipe" if pf.pipe else "file", "partial": pf.partial, "features": info,
-        "events": [{"name": a.name, "type": a.type, "config": a.config, "exclude_guest": a.exclude_guest,
+        "clock": clock, "time_unit": C.NS,
+        "time_source": f"perf records sample times in ns of the {clock} clock"
+                       + (" (perf record -k)" if clock != "perf" else " (local_clock())"),
+        "events": [{"name": a.name, "name_from": a.name_from, "type": a.type, "config": a.config,
+                    "exclude_guest": a.exclude_guest,
                     "exclude_host": a.exclude_host, "precise_ip": a.precise_ip} for a in pf.attrs]})
+
+
+def _perf_clock(attrs: list[Attr]) -> str:
+    """The clock of the sample times: attr.use_clockid (flags bit 25) with attr.clockid when perf record
+    -k set them (include/uapi/linux/perf_event.h), else perf's default, local_clock()."""
+    for a in attrs:
+        if a.flags >> 25 & 1:
+            return C.PERF_CLOCKIDS.get(a.clockid, f"clockid {a.clockid}")
+    return "perf"
 
 
 def _trailer_fields(a: Attr) -> list[str]:
@@ -466,8 +531,9 @@ def _emit_lost(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarra
         elif t == REC_LOST_SAMPLES:
             n = int(buf[o + 8:o + 16].view("<u8")[0])
             b.add_lost(pf.path, "lost_samples", n, tr.get("time"), tr.get("cpu"), f"offset {o}")
-        else:
-            time = int(buf[o + 8:o + 16].view("<i8")[0])
+        else:  # the time perf report shows: the sample_id trailer's, else the record's own field (when the
+            # kernel wrote it, perf_log_throttle(), a moment before the trailer)
+            time = tr["time"] if "time" in tr else int(buf[o + 8:o + 16].view("<i8")[0])
             kind = "throttle" if t == REC_THROTTLE else "unthrottle"
             b.lost_rows.append({"ts_ns": time, "cpu": tr.get("cpu"), "kind": kind, "count": None,
                                 "source": pf.path})

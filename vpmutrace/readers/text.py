@@ -21,6 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import zstandard
 
+from vpmutrace import clocks as C
 from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.formats.decode import valid_utf8, var_array
@@ -31,13 +32,13 @@ from vpmutrace.tracedata import TraceBuilder
 FTRACE_LINE = (
     r"^\s*(?:(?P<src>[^\s:]+):\s+)?\s*"
     # the task name may end in "-" (async-executor--20974): the pid is after the last "-"
-    r"(?:(?P<comm>.+)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s+"
+    r"(?:(?P<comm>.+)-(?P<pid>\d+)\s+(?:\(\s*(?P<tgid>[\d-]+)\)\s+)?\[(?P<cpu>\d+)\]\s*"
     r"(?:(?P<flags>[\w.]{4,6})\s+)?)?"
-    r"(?P<ts>\d+\.\d+):\s+(?P<event>\w+):\s?(?P<body>.*)$"
+    r"(?P<ts>\d+(?:\.\d+)?):\s+(?P<event>\w+):\s?(?P<body>.*)$"
 )
 PERF_LINE = (
     r"^\s*(?P<comm>.+?)\s+(?P<pid>-?\d+)(?:/(?P<tid>-?\d+))?\s+(?:\[(?P<cpu>\d+)\]\s+)?"
-    r"(?P<ts>\d+\.\d+):\s+(?:(?P<period>\d+)\s+)?(?P<event>\S+?):(?:\s+|$)(?P<body>.*)$"
+    r"(?P<ts>\d+(?:\.\d+)?):\s+(?:(?P<period>\d+)\s+)?(?P<event>\S+?):(?:\s+|$)(?P<body>.*)$"
 )
 PERF_CALLCHAIN = r"^\s+[0-9a-fA-F]+\s+\S"
 CPUS_LINE = r"^\s*(?:(?P<src>\S+):\s*)?cpus=(?P<n>\d+)\s*$"
@@ -78,6 +79,17 @@ def sniff_text_flavor(lines: list[str]) -> str:
     return "ftrace-text"
 
 
+def _time_unit(head: str) -> dict[str, str | None]:
+    """What the printed timestamps are: ``secs.frac`` is a clock in ns (the kernel and trace-cmd print
+    ns clocks so); a bare integer is a clock in ticks (x86-tsc, counter), whose unit the text does
+    not say."""
+    m = re.search(r"(?:\]|\s)\s*(\d+(\.\d+)?):\s+\w+:", head)
+    if m is None or m.group(2):
+        return {"clock": None, "time_unit": C.NS, "time_source": "timestamps printed as seconds"}
+    return {"clock": None, "time_unit": C.UNKNOWN_TICKS,
+            "time_source": "timestamps printed as integers: a clock in ticks (x86-tsc) or the counter clock"}
+
+
 COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ\x00": "xz", b"BZh": "bzip2"}
 
 
@@ -113,7 +125,8 @@ def read_text(path: str | Path, builder: TraceBuilder) -> None:
     src_file = str(p)
     tool = {"perf-script": "perf script", "trace-cmd-report": "trace-cmd report",
             "ftrace-text": "kernel ftrace"}[flavor]
-    builder.meta["inputs"].append({"path": src_file, "format": flavor, "tool": tool, "size_bytes": len(raw)})
+    builder.meta["inputs"].append({"path": src_file, "format": flavor, "tool": tool, "size_bytes": len(raw),
+                                   **_time_unit(raw[:SNIFF_BYTES].decode("utf-8", "replace"))})
     buf = np.frombuffer(raw, dtype=np.uint8)
     starts = line_starts(buf)
     nlines = len(starts) - 1

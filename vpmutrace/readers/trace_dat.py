@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from vpmutrace import clocks as C
 from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.readers import tracing_data as tdmod
@@ -280,9 +281,7 @@ def _apply_meta(td: TraceDat, b: TraceBuilder) -> None:
         parts = uname.split()
         b.meta.setdefault("kernel_release", parts[2] if len(parts) > 2 else uname)
         b.meta.setdefault("uname", uname)
-    clock = o.get("clock") or next((x.clock for x in td.buffers if x.clock), None)
-    if clock:
-        b.meta.setdefault("clock", clock)
+    clock, unit, how = _clock_of(td)
     if o.get("cpucount") or td.ncpus:
         b.meta["cpus"] = max(b.meta.get("cpus") or 0, o.get("cpucount") or td.ncpus)
     version = o.get("tracecmd_version") or ""
@@ -292,12 +291,36 @@ def _apply_meta(td: TraceDat, b: TraceBuilder) -> None:
                              "size_bytes": Path(td.path).stat().st_size,
                              "instances": [x.name or "(top)" for x in td.buffers],
                              "trace_id": o.get("trace_id"), "guests": o.get("guests"),
-                             "cpustat": td.cpustat})
+                             "cpustat": td.cpustat, "uname": uname or None, "clock": clock, "time_unit": unit,
+                             "time_source": how,
+                             "date_option": o.get("date"), "offset_option": o.get("offset")})
     for i, text in enumerate(td.cpustat):
         for line in text.splitlines():
             k, _, v = line.partition(":")
             if k.strip() == "overrun" and v.strip().isdigit() and int(v) > 0:
                 b.add_lost(td.path, "overrun", int(v), None, i, f"CPUSTAT cpu{i}")
+
+
+def _clock_of(td: TraceDat) -> tuple[str, str, str]:
+    """(clock, unit of the timestamps we emit, why): the clock of the buffers (v7: each buffer's own,
+    else the TRACECLOCK option; the kernel's default "local" when the file names none). A TSC2NSEC
+    option means the counts are scaled to ns while reading (``_to_ns``). The DATE and OFFSET
+    options (wall-clock offsets trace-cmd report adds) are not applied: times stay on the trace
+    clock, so that files of one host merge; they are kept in the input's meta."""
+    names = {x.clock for x in td.buffers if x.clock and any(cd.size for cd in x.cpus)} or \
+        {x.clock for x in td.buffers if x.clock}
+    clock = o if (o := td.options.get("clock")) and (not names or o in names) else None
+    clock = clock or (sorted(names)[0] if names else None)
+    t2n = td.options.get("tsc2nsec")
+    if t2n and t2n.get("mult"):
+        return clock or "tsc2nsec", C.NS, \
+            f"TSC2NSEC option (mult {t2n['mult']}, shift {t2n['shift']}) as trace-cmd applies it"
+    if clock is None:
+        return "local", C.NS, "the file records no clock: the kernel's default, local, assumed"
+    known = C.clock(clock)
+    if known is None:
+        return clock, C.UNKNOWN_TICKS, f"clock {clock!r} is not a known trace clock: its unit is unknown"
+    return clock, known.unit, f"clock {clock}: {known.what}"
 
 
 Chunks = list[tuple[int, int, int]]  # (file offset, compressed size, uncompressed size) of each chunk
@@ -394,26 +417,13 @@ def _buffer_bytes(raw: bytes, td: TraceDat, buf: Buffer, b: TraceBuilder) -> tup
     return out, spans
 
 
-def tsc_to_ns(ts: np.ndarray, mult: int, shift: int) -> np.ndarray:
-    """TSC counts to ns as the kernel's mul_u64_u32_shr: (ts * mult) >> shift without 128-bit overflow."""
-    t = ts.astype(np.uint64)
-    lo, hi = t & np.uint64(0xFFFFFFFF), t >> np.uint64(32)
-    m = np.uint64(mult)
-    out = (lo * m) >> np.uint64(shift)
-    if shift <= 32:
-        out = out + ((hi * m) << np.uint64(32 - shift))
-    else:
-        out = out + ((hi * m) >> np.uint64(shift - 32))
-    return out.astype(np.int64)
-
-
 def _to_ns(ts: np.ndarray, td: TraceDat) -> np.ndarray:
     """Ring-buffer timestamps in ns: with a TSC2NSEC option (recorded with --tsc2nsec) the counts are
     scaled by its mult/shift, after any guest time shift, as trace-cmd's timestamp_calc() does; its
     offset field is not added there either."""
     t2n = td.options.get("tsc2nsec")
     if t2n and t2n["mult"]:
-        return tsc_to_ns(ts, t2n["mult"], t2n["shift"])
+        return C.ticks_to_ns(ts, t2n["mult"], t2n["shift"])
     return ts.astype(np.int64, copy=False)
 
 

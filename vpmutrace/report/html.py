@@ -65,6 +65,14 @@ def findings(doc: dict[str, Any], td: TraceData) -> list[dict[str, str]]:
     return sorted(out, key=lambda x: SEVERITIES.index(x["severity"]))
 
 
+def time_note(td: TraceData) -> str:
+    """How the trace's times came to be in their unit, input by input."""
+    from vpmutrace.report_text import time_text
+
+    return "Times: " + "; ".join(f"{i.get('path')}: clock {i.get('clock') or 'not recorded'}, "
+                                 f"{time_text(i.get('time') or {})}" for i in td.meta.get("inputs", []))
+
+
 def _detail_range(td: TraceData, max_points: int, window: tuple[int, int] | None) -> tuple[int, int]:
     span = td.meta.get("time_span_ns") or [0, 1]
     if window:
@@ -78,12 +86,19 @@ def _detail_range(td: TraceData, max_points: int, window: tuple[int, int] | None
     return int(allts[0]), int(allts[max_points - 1])
 
 
-def _lines(df: pl.DataFrame, y: pl.Expr | str) -> tuple[list, list]:
-    """Segments [start, end) as one line trace with gaps (x in seconds)."""
+def time_axis(td: TraceData) -> tuple[float, str]:
+    """(divisor, unit) of the time axes: seconds, or the trace's ticks when its clock could not be
+    converted to ns (the figures never call ticks seconds)."""
+    unit = td.meta.get("time_unit", "ns")
+    return (1e9, "s") if unit == "ns" else (1.0, "events" if unit == "events" else "ticks")
+
+
+def _lines(df: pl.DataFrame, y: pl.Expr | str, div: float) -> tuple[list, list]:
+    """Segments [start, end) as one line trace with gaps (x in the time axis' unit)."""
     xs: list = []
     ys: list = []
     for a, b, yy in df.select("start_ns", "end_ns", y).iter_rows():
-        xs += [a / 1e9, b / 1e9, None]
+        xs += [a / div, b / div, None]
         ys += [yy, yy, None]
     return xs, ys
 
@@ -91,13 +106,15 @@ def _lines(df: pl.DataFrame, y: pl.Expr | str) -> tuple[list, list]:
 def timeline(td: TraceData, results: dict[str, Result], max_points: int,
              window: tuple[int, int] | None) -> tuple[dict, dict, tuple[int, int]]:
     a, b = _detail_range(td, max_points, window)
+    div, tu = time_axis(td)
+    dur = "ns" if tu == "s" else tu
     data: list[dict] = []
     has_exits = td.has("kvm_exit") and td.has("kvm_entry")
     if has_exits:
         own = results.get("ownership")
         ow = own.rows.get("ownership_windows") if own is not None else None
         w = (ow if ow is not None else guest_windows(td)).filter((pl.col("end_ns") > a) & (pl.col("start_ns") < b))
-        xs, ys = _lines(w.head(max_points // 2), "cpu")
+        xs, ys = _lines(w.head(max_points // 2), "cpu", div)
         data.append({"type": "scattergl", "mode": "lines", "x": xs, "y": ys, "hoverinfo": "skip",
                      "name": "guest owns PMU (mediated, fastpath merged)" if ow is not None else "guest runs",
                      "line": {"width": 10, "color": "rgba(46,139,87,0.45)"}})
@@ -108,9 +125,9 @@ def timeline(td: TraceData, results: dict[str, Result], max_points: int,
         for (reason,), g in iv.group_by(["group"], maintain_order=True):
             g = g.head(max_points // 4)
             data.append({"type": "scattergl", "mode": "markers", "name": f"exit {_esc(reason)}",
-                         "x": (g["ts_ns"] / 1e9).to_list(), "y": (g["cpu"].cast(pl.Float64) + 0.18).to_list(),
+                         "x": (g["ts_ns"] / div).to_list(), "y": (g["cpu"].cast(pl.Float64) + 0.18).to_list(),
                          "marker": {"size": 6, "symbol": "line-ns-open"},
-                         "text": [_esc(f"vcpu {v} {r} ({c}) handled in {h if h is not None else '?'} ns, "
+                         "text": [_esc(f"vcpu {v} {r} ({c}) handled in {h if h is not None else '?'} {dur}, "
                                        f"{cm}-{p}")
                                   for v, r, c, h, p, cm in g.select("vcpu_id", "reason", "exit_reason", "handling_ns",
                                                                     "pid", "comm").iter_rows()],
@@ -118,7 +135,7 @@ def timeline(td: TraceData, results: dict[str, Result], max_points: int,
     elif td.has("kvm_msr"):
         m = td.df("kvm_msr").filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b)).head(max_points // 2)
         data.append({"type": "scattergl", "mode": "markers", "name": "guest MSR access (kvm_msr)",
-                     "x": (m["ts_ns"] / 1e9).to_list(), "y": (m["cpu"].cast(pl.Float64) + 0.18).to_list(),
+                     "x": (m["ts_ns"] / div).to_list(), "y": (m["cpu"].cast(pl.Float64) + 0.18).to_list(),
                      "marker": {"size": 5},
                      "text": [_esc(f"{'write' if w_ else 'read'} {ms:#x} = {v:#x}{' #GP' if gp else ''} ({c})")
                               for w_, ms, v, gp, c in m.select("write", "msr", "value", "gp", "comm").iter_rows()],
@@ -126,7 +143,7 @@ def timeline(td: TraceData, results: dict[str, Result], max_points: int,
     if td.has("nmi_handler"):
         wd = P.perf_nmis(td).filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b))
         data.append({"type": "scattergl", "mode": "markers", "name": "host perf NMI",
-                     "x": (wd["ts_ns"] / 1e9).to_list(), "y": (wd["cpu"].cast(pl.Float64) - 0.22).to_list(),
+                     "x": (wd["ts_ns"] / div).to_list(), "y": (wd["cpu"].cast(pl.Float64) - 0.22).to_list(),
                      "marker": {"size": 9, "symbol": "diamond", "color": "#d62728"},
                      "text": [_esc(f"{h} handled={n} ({d} ns)") for h, n, d in
                               wd.select("handler", "handled", "delta_ns").iter_rows()],
@@ -139,16 +156,16 @@ def timeline(td: TraceData, results: dict[str, Result], max_points: int,
             for cls, col in colors.items():
                 g = att.filter(pl.col("class") == cls)
                 data.append({"type": "scattergl", "mode": "markers", "name": f"perf NMI {cls.replace('_', ' ')}",
-                             "x": (g["ts_ns"] / 1e9).to_list(), "y": (g["cpu"].cast(pl.Float64) - 0.08).to_list(),
+                             "x": (g["ts_ns"] / div).to_list(), "y": (g["cpu"].cast(pl.Float64) - 0.08).to_list(),
                              "marker": {"size": 8, "symbol": "x", "color": col}, "hoverinfo": "x+name"})
     pm = results.get("pmi")
     pe = pm.rows.get("pmi_exits") if pm is not None else None
     if pe is not None and pe.height:
         pe = pe.filter((pl.col("ts_ns") >= a) & (pl.col("ts_ns") <= b))
         data.append({"type": "scattergl", "mode": "markers", "name": "guest PMI exit",
-                     "x": (pe["ts_ns"] / 1e9).to_list(), "y": (pe["cpu"].cast(pl.Float64) + 0.32).to_list(),
+                     "x": (pe["ts_ns"] / div).to_list(), "y": (pe["cpu"].cast(pl.Float64) + 0.32).to_list(),
                      "marker": {"size": 8, "symbol": "star", "color": "#17becf"},
-                     "text": [_esc(f"{p} ({c}), injected after {i if i is not None else '?'} ns") for p, c, i in
+                     "text": [_esc(f"{p} ({c}), injected after {i if i is not None else '?'} {dur}") for p, c, i in
                               pe.select("path", "certainty", "to_injection_ns").iter_rows()],
                      "hovertemplate": "%{text}<extra></extra>"})
     sil = results.get("silent")
@@ -156,11 +173,11 @@ def timeline(td: TraceData, results: dict[str, Result], max_points: int,
         sw = sil.rows["silent_windows"]
         cpu_of = exit_intervals(td).group_by("pid").agg(pl.col("cpu").mode().first())
         sw = sw.join(cpu_of, on="pid", how="left").with_columns((pl.col("cpu").cast(pl.Float64) - 0.35).alias("y"))
-        xs, ys = _lines(sw.filter(pl.col("cpu").is_not_null()), "y")
+        xs, ys = _lines(sw.filter(pl.col("cpu").is_not_null()), "y", div)
         data.append({"type": "scattergl", "mode": "lines", "name": "silent-error window", "x": xs, "y": ys,
                      "line": {"width": 6, "color": "rgba(214,39,40,0.6)"}, "hoverinfo": "name"})
-    layout = {"title": {"text": f"Per-CPU timeline, detail {(a) / 1e9:.6f} .. {b / 1e9:.6f} s"},
-              "xaxis": {"title": {"text": "time (s)"}}, "yaxis": {"title": {"text": "CPU"}, "dtick": 1},
+    layout = {"title": {"text": f"Per-CPU timeline, detail {a / div:.6f} .. {b / div:.6f} {tu}"},
+              "xaxis": {"title": {"text": f"time ({tu})"}}, "yaxis": {"title": {"text": "CPU"}, "dtick": 1},
               "height": 260 + 60 * max(1, int(td.meta.get("cpus") or 1)), "hovermode": "closest",
               "legend": {"orientation": "h"}}
     return {"data": data, "layout": layout}, _overview(td), (a, b)
@@ -180,11 +197,12 @@ def _overview(td: TraceData) -> dict:
     z = [[0] * OVERVIEW_BINS for _ in cpus]
     for cpu, bn, n in h.iter_rows():
         z[cpus.index(cpu)][min(int(bn), OVERVIEW_BINS - 1)] = n
-    x = [(span[0] + (i + 0.5) * width) / 1e9 for i in range(OVERVIEW_BINS)]
+    div, tu = time_axis(td)
+    x = [(span[0] + (i + 0.5) * width) / div for i in range(OVERVIEW_BINS)]
     return {"data": [{"type": "heatmap", "z": z, "x": x, "y": cpus, "colorscale": "Viridis",
                       "colorbar": {"title": {"text": "events"}}, "name": "events per bin"}],
             "layout": {"title": {"text": "Whole trace: KVM events per CPU per time bin"},
-                       "xaxis": {"title": {"text": "time (s)"}}, "yaxis": {"title": {"text": "CPU"}, "dtick": 1},
+                       "xaxis": {"title": {"text": f"time ({tu})"}}, "yaxis": {"title": {"text": "CPU"}, "dtick": 1},
                        "height": 200 + 40 * len(cpus)}}
 
 
@@ -277,7 +295,9 @@ def build(td: TraceData, doc: dict[str, Any], results: dict[str, Result], out: P
                        "a <i>fact</i> follows from the trace and the kernel code the rule cites.</p>")
     else:
         parts.append("<p>No findings.</p>")
-    parts.append(f"<h2>Timeline</h2><p>Detail window {a / 1e9:.6f} .. {b / 1e9:.6f} s (zoom with the mouse; "
+    div, tu = time_axis(td)
+    parts.append(f"<h2>Timeline</h2><p>{_esc(time_note(td))}</p><p>Detail window {a / div:.6f} .. {b / div:.6f} "
+                 f"{tu} (zoom with the mouse; "
                  "`vpmutrace report --window START:END` renders another window in full detail).</p>")
     for fid, _ in figs:
         if fid == "exits0":
