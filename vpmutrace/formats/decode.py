@@ -269,14 +269,21 @@ def factorize_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     space = 1
     for lo, hi in ranges:
         space *= hi - lo + 1
+    one = arrays[0].dtype
+    if space <= DENSE_KEYS and len(arrays) == 1 and one.isnative and one.str[1:] in DENSE_DIRECT:
+        # one column of a small value range: its values are the keys (no widened copy)
+        a = arrays[0].view(np.uint8) if arrays[0].dtype.kind == "b" else np.ascontiguousarray(arrays[0])
+        lo = ranges[0][0]
+        return _codes(lambda codes, first: kernels.factorize_dense(a, lo, np.full(space, -1, np.int32), codes,
+                                                                   first), n, space)
     if space <= DENSE_KEYS:  # small value ranges: the key is the tuple's index in their product
         key = np.zeros(n, dtype=np.int64)
         for a, (lo, hi) in zip(arrays, ranges, strict=True):
             key *= hi - lo + 1
             # unsigned: subtract in the array's type (u64 values past 2**63); signed: in int64
             key += (a - a.dtype.type(lo)).astype(np.int64) if a.dtype.kind == "u" else a.astype(np.int64) - lo
-        return _codes(lambda codes, first: kernels.factorize_dense(key, np.full(space, -1, np.int32), codes, first),
-                      n, space)
+        return _codes(lambda codes, first: kernels.factorize_dense(key, 0, np.full(space, -1, np.int32), codes,
+                                                                   first), n, space)
     key = np.zeros(n, dtype=np.uint64)
     shift = 0
     for a, w in zip(arrays, widths, strict=True):
@@ -285,6 +292,7 @@ def factorize_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return _codes(lambda codes, first: kernels.factorize_hash(key.view(np.int64), codes, first), n, n)
 
 
+DENSE_DIRECT = ("u1", "u2", "u4", "i1", "i2", "i4", "i8", "b1")  # column types factorize_dense reads as they are
 FIRST_CODES = 4096  # codes first tried for (print fmt inputs, task names: usually few)
 
 

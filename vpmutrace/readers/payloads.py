@@ -18,7 +18,6 @@ import pyarrow as pa
 from vpmutrace import kernels
 from vpmutrace.formats.decode import (
     decode_fields,
-    factorize_rows,
     is_scalar,
     scalar_column,
     scalar_dtype,
@@ -32,17 +31,36 @@ from vpmutrace.schema import column_names, const_column, dict_array, event_table
 from vpmutrace.tracedata import TraceBuilder
 from vpmutrace.typed_fields import CUTS, typed_columns
 
+PID_TABLE_MAX = 1 << 22  # pids up to the kernel's largest pid_max (4 M) are named through a direct table
 
-def comms_for(pids: np.ndarray, cmdlines: dict[int, str]) -> pa.Array:
-    """Task names for pids from saved_cmdlines (pid 0 is '<idle>', as the kernel prints it)."""
-    codes, first = factorize_rows([pids])  # linear time, not a sort
-    names = [cmdlines.get(p) if p != 0 else "<idle>" for p in pids[first].tolist()]
-    code_map, distinct = distinct_names(names)
-    if len(distinct) < len(names) + (None not in names):  # (tasks of one name share a code)
-        codes = code_map[codes]
-    else:
-        distinct = names
-    return dict_array(codes, distinct)
+
+@dataclass
+class TaskNames:
+    """Task names for pids from a trace's saved_cmdlines (pid 0 is '<idle>', as the kernel prints it;
+    a pid it has no line for: null). One table pid -> name code for the whole trace, so that a
+    column's codes are one gather (no per-table factorize), and its names (each once, the
+    unnamed code last: ``distinct_names``) are one dictionary for every table."""
+
+    lut: np.ndarray  # pid -> code; the last entry: the unnamed code (pids past the table clip to it)
+    names: list[str | None]
+
+    @classmethod
+    def of(cls, cmdlines: dict[int, str]) -> TaskNames:
+        pids = [p for p in cmdlines if 0 < p < PID_TABLE_MAX]
+        code_map, names = distinct_names(["<idle>"] + [cmdlines[p] for p in pids])
+        lut = np.full(max(pids, default=0) + 2, len(names) - 1, dtype=np.int32)  # (unnamed: the last code)
+        lut[[0, *pids]] = code_map
+        return cls(lut, names)
+
+    def column(self, pids: np.ndarray) -> pa.Array:
+        """The names of ``pids`` as a dictionary column (negative pids: unnamed)."""
+        keys = np.ascontiguousarray(pids, dtype=np.int32) if pids.dtype.itemsize <= 4 else \
+            np.where((pids >= 0) & (pids < len(self.lut)), pids, -1).astype(np.int32)
+        codes = np.empty(len(keys), np.int32)
+        kernels.parallel(kernels.lookup_codes, len(keys), keys, self.lut, codes)
+        named = len(self.names) - 1
+        used = self.names if len(codes) and int(codes.max()) >= named else self.names[:named]
+        return dict_array(codes, used, check=False)
 
 
 def distinct_names(names: list[str | None]) -> tuple[np.ndarray, list[str | None]]:
@@ -140,6 +158,7 @@ def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.nda
     fmts = [formats.get(int(t)) for t in kinds]
     ar = arena.layout({k: _payload_layout(f) for k, f in enumerate(fmts)}, counts, (TS, CPU, SEQ, RAW_OFF, RAW_LEN))
     fill = _RunFill(buf, seq_base, recs, lut, tord, at, ar, byteorder == ">")
+    names = TaskNames.of(cmdlines)
     reading = np.array([reads_payloads(f) for f in fmts], dtype=bool)
     # the events that read the payloads again (dynamic fields, no format) are filled and decoded
     # first; the others then, chunk by chunk, each chunk's payloads given back once written out
@@ -147,7 +166,7 @@ def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.nda
         fill.run(reading, 0, nch)
         for k in np.flatnonzero(reading).tolist():
             _emit_payload_event(builder, src_file, source, buf, fmts[k], kinds[k], ar.views.pop(k), int(counts[k]),
-                                cmdlines, symbols, byteorder)
+                                names, symbols, byteorder)
     if not reading.all():
         step = kernels.threads()
         for c0 in range(0, nch, step):
@@ -160,7 +179,7 @@ def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.nda
     del fill, tord
     for k in np.flatnonzero(~reading).tolist():
         _emit_payload_event(builder, src_file, source, buf, fmts[k], kinds[k], ar.views.pop(k), int(counts[k]),
-                            cmdlines, symbols, byteorder)
+                            names, symbols, byteorder)
 
 
 @dataclass
@@ -200,13 +219,13 @@ class _RunFill:
 
 
 def _emit_payload_event(builder: TraceBuilder, src_file: str, source: str, buf: np.ndarray, fmt: EventFormat | None,
-                        event_id: int, v: dict[str, np.ndarray], m: int, cmdlines: dict[int, str],
+                        event_id: int, v: dict[str, np.ndarray], m: int, names: TaskNames,
                         symbols: Callable[[int], str | None] | None, byteorder: str) -> None:
     common: dict[str, Any] = {"ts_ns": v["ts_ns"], "seq": v["seq"], "cpu": v["cpu"], "source": const_column(source, m)}
     if "f:common_pid" in v:
         pids = v["f:common_pid"]
         common["pid"] = pids.astype(np.int32, copy=False)
-        common["comm"] = comms_for(pids, cmdlines)
+        common["comm"] = names.column(pids)
     emit_decoded(builder, src_file, buf, fmt, event_id, common, v, m, symbols, byteorder)
 
 
