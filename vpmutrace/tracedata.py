@@ -69,7 +69,9 @@ class TraceData:
     def event_counts(self) -> dict[str, int]:
         return dict(self.meta.get("events", {}))
 
-    def save(self, out_dir: str | Path) -> Path:
+    def save(self, out_dir: str | Path, early: EarlyWrites | None = None) -> Path:
+        """The dataset: a Parquet file per non-empty table and the meta. ``early``: tables written
+        while the trace was read (``EarlyWrites``); those that are the final tables are kept."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         for old in out.glob("*.parquet"):
@@ -78,12 +80,70 @@ class TraceData:
         stats = stats_table(self.stats)
         if stats.num_rows:
             tables.append(("stats", stats))
+        if early is not None:
+            tables = [(name, t) for name, t in tables if not early.keep(name, t, out / f"{name}.parquet")]
         # the writer releases the GIL: tables are written side by side, biggest first
         tables.sort(key=lambda nt: -nt[1].nbytes)
         with ThreadPoolExecutor(max(1, min(len(tables), os.cpu_count() or 1))) as pool:
             list(pool.map(lambda nt: write_parquet(nt[1], out / f"{nt[0]}.parquet"), tables))
+        if early is not None:
+            early.close()
         (out / META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
         return out
+
+
+class EarlyWrites:
+    """Parquet files of tables written while a trace is still being read (``vpmutrace ingest``), on a
+    thread of their own: the writer releases the GIL, so a table's file is made while the reader
+    decodes the next event's. Each table chunk a reader adds is written as it comes, to
+    ``<table>.parquet.part`` in the output directory; ``TraceData.save`` keeps the file of a table
+    whose final form is that very chunk (one chunk, not retimed, not re-sorted, dictionaries not
+    unified: the same object) and writes the others again. ``close`` removes what was not kept.
+    Use as a context manager: on an error the partial files are removed."""
+
+    SUFFIX = ".parquet.part"
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out = Path(out_dir)
+        self.pool: ThreadPoolExecutor | None = None
+        self.written: dict[str, list[tuple[pa.Table, Any]]] = {}  # table -> [(chunk, its write or None)]
+
+    def submit(self, name: str, chunk: pa.Table) -> None:
+        if self.pool is None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.pool = ThreadPoolExecutor(1, thread_name_prefix="vpmutrace-parquet")
+        entries = self.written.setdefault(name, [])
+        if entries:  # a second chunk: the table is a concatenation, written at the end
+            entries.append((chunk, None))
+            return
+        entries.append((chunk, self.pool.submit(write_parquet, chunk, self._part(name))))
+
+    def keep(self, name: str, table: pa.Table, path: Path) -> bool:
+        """Whether ``table`` was written early (then its file is moved to ``path``)."""
+        entries = self.written.get(name, [])
+        if len(entries) != 1 or entries[0][0] is not table:
+            return False
+        entries[0][1].result()
+        self._part(name).replace(path)
+        del self.written[name]
+        return True
+
+    def close(self) -> None:
+        """Wait for the writes, remove the files not kept."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        for name in self.written:
+            self._part(name).unlink(missing_ok=True)
+        self.written = {}
+
+    def _part(self, name: str) -> Path:
+        return self.out / f"{name}{self.SUFFIX}"
+
+    def __enter__(self) -> EarlyWrites:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 STATS_COLUMNS = ("ts_ns", "seq", "cpu", "pid")  # columns queries filter on: their pages get min/max statistics
@@ -241,13 +301,17 @@ class TraceBuilder:
         # event id -> the name the input records for it, for ids it has no format for (the reader
         # sets it while it reads one input)
         self.unknown_event_names: dict[int, str] = {}
+        self.early: EarlyWrites | None = None  # tables written as they come (ingest)
 
     def add(self, table: str, columns: dict[str, Any], n: int, event: str | None = None,
             spec: TableSpec | None = None) -> None:
         """Rows of ``table`` (a named table, or an event's own with its ``spec``)."""
         if n == 0:
             return
-        self.chunks.setdefault(table, []).append(build_table(table, columns, n, spec))
+        chunk = build_table(table, columns, n, spec)
+        self.chunks.setdefault(table, []).append(chunk)
+        if self.early is not None:
+            self.early.submit(table, chunk)
         if event is not None:
             self.event_counts[event] += n
             self.event_tables.setdefault(event, table)
@@ -290,7 +354,8 @@ class TraceBuilder:
                 t = chunks[0]
             else:  # an event's own tables from inputs whose formats differ: the union of their columns
                 t = pa.concat_tables(chunks, promote_options="permissive" if is_event_table(name) else "none")
-            t = t.unify_dictionaries()
+            if len(chunks) > 1 or any(c.num_chunks > 1 for c in t.columns):
+                t = t.unify_dictionaries()  # (one chunk per column: nothing to unify)
             if (name in event_tables or is_event_table(name)) and not _is_sorted(t.column("ts_ns")):
                 # per-CPU streams interleave in time: one sort by (ts, seq), one copy of the table
                 order = np.lexsort((t.column("seq").to_numpy(), t.column("ts_ns").to_numpy()))
