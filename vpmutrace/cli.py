@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+import vpmutrace.cli_env  # noqa: F401  (before numpy is imported)
 from vpmutrace import __version__
 from vpmutrace.errors import InputError
 from vpmutrace.report_text import info_dict, render_info
