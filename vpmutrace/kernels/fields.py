@@ -131,18 +131,33 @@ def string_sizes(buf, starts, sizes, stop_at_nul, out, lo, hi):  # pragma: no co
         out[i] = n
 
 
+@numba.njit(inline="always")
+def _fixed_size(length, field_off, size, cut, i):  # pragma: no cover - compiled
+    """Bytes of a fixed field of ``size`` bytes at field_off of a record of ``length`` bytes: cut at
+    the record's end, and at cut[i] when ``cut`` is not empty."""
+    n = np.int64(length) - field_off
+    if n > size:
+        n = np.int64(size)
+    if len(cut) > 0 and np.int64(cut[i]) < n:
+        n = np.int64(cut[i])
+    return n if n > 0 else np.int64(0)
+
+
+@numba.njit(inline="always")
+def store_payload_pos(a32, a64, at_off, at_len, r, off, length):  # pragma: no cover - compiled
+    """A record's payload offset and length at row r of their arena columns (at_off / at_len: where
+    those columns start; negative: the event has no such column)."""
+    if at_off >= 0:
+        a64[at_off + r] = np.uint64(off)
+    if at_len >= 0:
+        a32[at_len + r] = np.uint32(length)
+
+
 def fixed_sizes(buf, offsets, lengths, field_off, field_size, cut, stop_at_nul, sizes, lo, hi):  # pragma: no cover
     """sizes[i]: bytes of the fixed field at field_off in record i: its size, cut at the record's
     end, at cut[i] when ``cut`` is not empty, and at its first NUL with ``stop_at_nul``."""
-    has_cut = len(cut) > 0
     for i in range(lo, hi):
-        n = lengths[i] - field_off
-        if n > field_size:
-            n = field_size
-        if has_cut and np.int64(cut[i]) < n:
-            n = np.int64(cut[i])
-        if n < 0:
-            n = 0
+        n = _fixed_size(lengths[i], field_off, field_size, cut, i)
         if stop_at_nul:
             s = offsets[i] + field_off
             k = 0
@@ -157,15 +172,8 @@ def row_sizes(mat, lengths, field_off, cut, stop_at_nul, sizes, lo, hi):  # prag
     of records of lengths[i] bytes) that its value takes: the field's size, cut at the record's end,
     at cut[i] when ``cut`` is not empty, and at its first NUL with ``stop_at_nul``."""
     size = mat.shape[1]
-    has_cut = len(cut) > 0
     for i in range(lo, hi):
-        n = np.int64(lengths[i]) - field_off
-        if n > size:
-            n = size
-        if has_cut and np.int64(cut[i]) < n:
-            n = np.int64(cut[i])
-        if n < 0:
-            n = 0
+        n = _fixed_size(lengths[i], field_off, size, cut, i)
         if stop_at_nul:
             k = 0
             while k < n and mat[i, k] != 0:
@@ -356,10 +364,7 @@ def _put_record(buf, j, r, g, cpu, seq0, offs, lens, ts, big_endian, g_ts, g_cpu
     a64[g_ts[g] + r] = np.uint64(ts[j])
     a32[g_cpu[g] + r] = np.uint32(cpu)
     a64[g_seq[g] + r] = np.uint64(seq0 + j)
-    if g_rawoff[g] >= 0:
-        a64[g_rawoff[g] + r] = np.uint64(o)
-    if g_rawlen[g] >= 0:
-        a32[g_rawlen[g] + r] = np.uint32(ln)
+    store_payload_pos(a32, a64, g_rawoff[g], g_rawlen[g], r, o, ln)
     for c in range(col_start[g], col_start[g + 1]):
         z = col_size[c]
         p = col_pos[c]

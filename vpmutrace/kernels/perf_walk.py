@@ -45,6 +45,7 @@ from vpmutrace.formats.perf_abi import (
     SYNC_RECORDS,
     USER_RECORD_TYPES,
 )
+from vpmutrace.kernels.fields import store_payload_pos
 from vpmutrace.kernels.hints import AHEAD, prefetch
 
 
@@ -567,10 +568,7 @@ def fill_sample_columns(buf, j0, s_off, s_rawrel, s_group, s_row, s_code, code_m
         rl = _u32(buf, ro - 4) if rel > 0 else np.int64(0)
         a64[g_seq[g] + r] = np.uint64(j0 + j)
         a32[g_code[g] + r] = np.uint32(code_map[s_code[j]])
-        if g_rawoff[g] >= 0:
-            a64[g_rawoff[g] + r] = np.uint64(ro)
-        if g_rawlen[g] >= 0:
-            a32[g_rawlen[g] + r] = np.uint32(rl)
+        store_payload_pos(a32, a64, g_rawoff[g], g_rawlen[g], r, ro, rl)
         for c in range(col_start[g], col_start[g + 1]):
             z = col_size[c]
             d = col_elem[c] + r
