@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+import vpmutrace.cli_env  # noqa: F401  (before numpy is imported)
 from vpmutrace import __version__
 from vpmutrace.errors import InputError
 from vpmutrace.report.text import info_dict, render_info
@@ -31,10 +32,10 @@ ClockOpt = Annotated[str | None, typer.Option("--clock", help="the traces' clock
 
 
 def _load(traces: list[Path], tsc_khz: float | None = None, snapshot: Path | None = None,
-          clock: str | None = None) -> object:
+          clock: str | None = None, early: Any = None) -> Any:
     from vpmutrace.readers import LoadOptions, load_trace
 
-    return load_trace(list(traces), LoadOptions(tsc_khz=tsc_khz, snapshot=snapshot, clock=clock))
+    return load_trace(list(traces), LoadOptions(tsc_khz=tsc_khz, snapshot=snapshot, clock=clock, early=early))
 
 
 def _version(value: bool) -> None:
@@ -72,8 +73,11 @@ def ingest(traces: Traces,
            out: Annotated[Path, typer.Option("-o", "--out", help="output dataset directory")],
            tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Decode traces into a Parquet dataset (one file per table + _trace_meta.json)."""
-    td = _load(traces, tsc_khz, snapshot, clock)
-    path = td.save(out)
+    from vpmutrace.tracedata import EarlyWrites
+
+    with EarlyWrites(out) as early:  # tables written to Parquet while the next are decoded
+        td = _load(traces, tsc_khz, snapshot, clock, early)
+        path = td.save(out, early)
     d = info_dict(td)
     typer.echo(f"wrote {path}: {sum(d['events'].values())} events in {len(td.tables)} tables; "
                f"lost {d['lost_events']}, unparsed {d['unparsed']}")
