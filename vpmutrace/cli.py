@@ -71,10 +71,29 @@ def info(traces: Traces,
 @app.command()
 def ingest(traces: Traces,
            out: Annotated[Path, typer.Option("-o", "--out", help="output dataset directory")],
-           tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
+           tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None,
+           max_memory: Annotated[str | None, typer.Option(
+               "--max-memory", help="read a perf.data in pieces so that the peak memory stays under SIZE "
+                                    "(e.g. 2G); a perf.data over 4G is read so under 2G without it")] = None) -> None:
     """Decode traces into a Parquet dataset (one file per table + _trace_meta.json)."""
+    from vpmutrace import ingest_stream as ist
     from vpmutrace.tracedata import EarlyWrites
 
+    budget, why = ist.streamable(traces, ist.parse_size(max_memory) if max_memory else None,
+                                 tsc_khz is not None or clock is not None)
+    if budget is not None:
+        got = ist.ingest_perf_stream(traces[0], out, budget, snapshot)
+        if not isinstance(got, str):
+            from vpmutrace.tracedata import load_dataset
+
+            td = load_dataset(out)
+            d = info_dict(td)
+            typer.echo(f"wrote {out} in pieces: {sum(d['events'].values())} events in {len(td.tables)} tables; "
+                       f"lost {d['lost_events']}, unparsed {d['unparsed']}")
+            return
+        why = f"read in memory: {got}"
+    if why:
+        typer.echo(f"{traces[0]}: {why}", err=True)
     with EarlyWrites(out) as early:  # tables written to Parquet while the next are decoded
         td = _load(traces, tsc_khz, snapshot, clock, early)
         path = td.save(out, early)

@@ -201,20 +201,25 @@ def open_parquet(t: pa.Table, path: Path) -> Any:
     Columns without nulls are written as required (no definition levels to encode: a fifth of the
     write); ``load_dataset`` gives them back their declared nullability. The writer is returned
     open (its footer not yet written: key-value metadata can still be added)."""
-    import pyarrow.parquet as pq
-
-    names = set(t.schema.names)
     t = with_nullability(t, [f.nullable and t.column(i).null_count > 0 for i, f in enumerate(t.schema)])
-    w = pq.ParquetWriter(path, t.schema, compression="lz4",
-                         use_dictionary=[f.name for f in t.schema if pa.types.is_dictionary(f.type)],
-                         column_encoding={c: "DELTA_BINARY_PACKED" for c in ("ts_ns", "seq") if c in names},
-                         write_statistics=[c for c in STATS_COLUMNS if c in names], write_batch_size=WRITE_BATCH)
+    w = parquet_writer(t.schema, path)
     try:
         w.write_table(t)
     except BaseException:
         w.close()
         raise
     return w
+
+
+def parquet_writer(schema: pa.Schema, path: Path) -> Any:
+    """An open Parquet writer of ``schema`` with the settings ``open_parquet`` explains."""
+    import pyarrow.parquet as pq
+
+    names = set(schema.names)
+    return pq.ParquetWriter(path, schema, compression="lz4",
+                            use_dictionary=[f.name for f in schema if pa.types.is_dictionary(f.type)],
+                            column_encoding={c: "DELTA_BINARY_PACKED" for c in ("ts_ns", "seq") if c in names},
+                            write_statistics=[c for c in STATS_COLUMNS if c in names], write_batch_size=WRITE_BATCH)
 
 
 WRITE_BATCH = 1 << 16  # values the Parquet writer takes at a time (its default, 1024, costs time per batch)

@@ -184,6 +184,15 @@ def read_perf_data(path: str | Path, builder: TraceBuilder, source: str = "host"
     """Read a perf.data into ``builder``; ``snapshot``: a host snapshot (host.json) of the recording
     host, for its kallsyms (default: one given alongside the file, readers.snapshot_for)."""
     p = Path(path)
+    pf, buf, start, end = open_perf_data(p)
+    from vpmutrace.readers import snapshot_for
+
+    _read_records(pf, buf, start, end, builder, source, snapshot or snapshot_for(p))
+    return pf
+
+
+def open_perf_data(p: Path) -> tuple[PerfFile, np.ndarray, int, int]:
+    """The file mapped, its header, attrs and features read: (file, buffer, data start, data end)."""
     buf = map_file(p)  # the page cache holds the file once; we do not copy it
     raw = memoryview(buf)
     if bytes(raw[:8]) == b"2ELIFREP":
@@ -223,10 +232,7 @@ def read_perf_data(path: str | Path, builder: TraceBuilder, source: str = "host"
             for bit, (off, size) in zip(feat_bits, secs, strict=False):
                 if off + size <= len(raw):
                     _parse_feature(pf, bit, bytes(raw[off:off + size]))
-    from vpmutrace.readers import snapshot_for
-
-    _read_records(pf, buf, start, end, builder, source, snapshot or snapshot_for(p))
-    return pf
+    return pf, buf, start, end
 
 
 def _read_attrs(c: Cursor, pf: PerfFile, off: int, size: int, attr_size: int) -> None:
@@ -285,37 +291,12 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
         recs, keys = ps.split_records(buf, 0, len(buf)), None
         if recs.err:
             pf.partial = pf.partial or "a decompressed record stream ends in a broken record"
-    if pf.pipe:  # attrs, tracing data and features arrive as records
-        _header_records(pf, buf, recs.r_off, recs.r_type, recs.r_size)
-    elif pf.tracing is None:  # simpleperf writes its tracing data as a record of the data section
-        _header_records(pf, buf, recs.r_off, recs.r_type, recs.r_size, (REC_HEADER_TRACING_DATA,))
-    _need_attrs(pf, start)
+    comms, side = file_records(pf, buf, recs.r_off, recs.r_type, recs.r_size, len(recs.s_off), stop, err, start, b)
+    if n_compressed:
+        recs_meta = b.meta["perf_records"]
+        recs_meta["COMPRESSED"] = recs_meta.get("COMPRESSED", 0) + n_compressed
     if keys is None:
         keys = ps.sample_keys(pf.attrs, pf.path, buf, recs.s_off)
-    if err:
-        what = "record header with size < 8" if err == 1 else "record cut off by the end of the data"
-        pf.partial = (pf.partial + "; " if pf.partial else "") + f"{what} at offset {stop}"
-        b.stats.add(pf.path, "truncated", "", 1,
-                    f"offset {stop}: {what}; {len(recs.s_off) + len(recs.r_off)} records before it read")
-    _name_attrs(pf)
-    _tracepoint_formats(pf, b)
-    _meta(pf, b)
-    comms = _CommTracker(pf, buf, recs.r_off, recs.r_type, recs.r_size)
-    side = perf_maps.read_side(pf, buf, recs.r_off, recs.r_type, recs.r_size)
-    _emit_lost(pf, buf, recs.r_off, recs.r_type, recs.r_size, b)
-    recs_meta = b.meta.setdefault("perf_records", {})
-    if n_compressed:
-        recs_meta["COMPRESSED"] = recs_meta.get("COMPRESSED", 0) + n_compressed
-    kinds, counts = np.unique(recs.r_type, return_counts=True)
-    per_kind = dict(zip(kinds.tolist(), counts.tolist(), strict=True))
-    if len(recs.s_off):
-        per_kind[REC_SAMPLE] = len(recs.s_off)
-    for k, n in sorted(per_kind.items()):
-        name = RECORD_NAMES.get(k, f"type {k}")
-        recs_meta[name] = recs_meta.get(name, 0) + n
-        if k not in RECORD_NAMES:
-            b.stats.add(pf.path, "records_not_decoded", f"record type {k}", n,
-                        f"offset {int(recs.r_off[recs.r_type == k][0])}: record type unknown to this reader")
     samples = ps.decode_samples(len(pf.attrs), keys, comms.events, comms.comm)
     del recs, keys
     formats = pf.tracing.formats if pf.tracing else {}
@@ -326,11 +307,51 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
                     source)
     b.unknown_event_names = {}
     perf_maps.apply(pf, side, b, n_chunks, snapshot)  # sym/dso of the samples table, one pass after it
+    release_pages(buf)
+    file_done(pf, b)
+
+
+def file_done(pf: PerfFile, b: TraceBuilder) -> None:
+    """The counts made once every record is read: formats that did not parse, a partial file."""
     for bad in pf.tracing.bad_formats if pf.tracing else []:
         b.stats.add(pf.path, "bad_format", "", 1, bad)
-    release_pages(buf)
     if pf.partial:
         b.stats.add(pf.path, "partial", "", 1, pf.partial)
+
+
+def file_records(pf: PerfFile, buf: np.ndarray, r_off: np.ndarray, r_type: np.ndarray, r_size: np.ndarray,
+                 n_samples: int, stop: int, err: int, start: int, b: TraceBuilder) -> tuple[_CommTracker, Any]:
+    """What the records other than samples say (``r_*``: all of them in the file; ``n_samples``: how
+    many samples; the walk stopped at ``stop`` with ``err``): attrs and tracing data of pipe mode,
+    names, meta, thread names, maps, lost records and record counts. Returns (thread names, maps)."""
+    if pf.pipe:  # attrs, tracing data and features arrive as records
+        _header_records(pf, buf, r_off, r_type, r_size)
+    elif pf.tracing is None:  # simpleperf writes its tracing data as a record of the data section
+        _header_records(pf, buf, r_off, r_type, r_size, (REC_HEADER_TRACING_DATA,))
+    _need_attrs(pf, start)
+    if err:
+        what = "record header with size < 8" if err == 1 else "record cut off by the end of the data"
+        pf.partial = (pf.partial + "; " if pf.partial else "") + f"{what} at offset {stop}"
+        b.stats.add(pf.path, "truncated", "", 1,
+                    f"offset {stop}: {what}; {n_samples + len(r_off)} records before it read")
+    _name_attrs(pf)
+    _tracepoint_formats(pf, b)
+    _meta(pf, b)
+    comms = _CommTracker(pf, buf, r_off, r_type, r_size)
+    side = perf_maps.read_side(pf, buf, r_off, r_type, r_size)
+    _emit_lost(pf, buf, r_off, r_type, r_size, b)
+    recs_meta = b.meta.setdefault("perf_records", {})
+    kinds, counts = np.unique(r_type, return_counts=True)
+    per_kind = dict(zip(kinds.tolist(), counts.tolist(), strict=True))
+    if n_samples:
+        per_kind[REC_SAMPLE] = n_samples
+    for k, n in sorted(per_kind.items()):
+        name = RECORD_NAMES.get(k, f"type {k}")
+        recs_meta[name] = recs_meta.get(name, 0) + n
+        if k not in RECORD_NAMES:
+            b.stats.add(pf.path, "records_not_decoded", f"record type {k}", n,
+                        f"offset {int(r_off[r_type == k][0])}: record type unknown to this reader")
+    return comms, side
 
 
 def _need_attrs(pf: PerfFile, start: int) -> None:

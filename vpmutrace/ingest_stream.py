@@ -1,0 +1,353 @@
+"""``vpmutrace ingest --max-memory``: a perf.data decoded piece by piece (readers/perf_stream.py)
+and appended to each table's Parquet file as row groups, so that peak memory follows the piece
+size and not the file's.
+
+The dataset is the one the in-memory ingest writes (same rows in the same order, same meta and
+stats; tests/test_stream.py checks every perf.data fixture): each table in (ts_ns, seq) order.
+Rows are final once perf's round rule (perf_stream.py) says no later record can be earlier; the
+rest are held back and merged with the next piece's. Rows that break the rule (an earlier time
+after the rule said final) are written where they come and counted (stats ``out_of_order``).
+
+Both cores: a piece's tables are written on a thread of their own (the Parquet writer releases
+the GIL) while the next piece is decoded (whose compiled passes run on every core); at most one
+piece waits to be written.
+"""
+
+from __future__ import annotations
+
+import json
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vpmutrace.errors import InputError
+from vpmutrace.readers import host_snapshot, timebase
+from vpmutrace.readers.perf_maps import STAT_CATEGORY as SYMBOL_STATS
+from vpmutrace.readers.perf_stream import PerfStream
+from vpmutrace.schema import EVENT_TABLES, SCHEMA_VERSION, is_event_table
+from vpmutrace.stats import Stats
+from vpmutrace.tracedata import (
+    KV_SCHEMA_VERSION,
+    KV_TABLE,
+    KV_TRACE_META,
+    LEGACY_META_FILE,
+    META_FILE,
+    TraceBuilder,
+    TraceData,
+    parquet_writer,
+    stats_table,
+    write_parquet,
+)
+
+# Peak resident memory per sample of a piece, measured (benchmarks/results.txt, bench_scale.py):
+# the file's 539 MB mixed.perf.data (5.45 M samples) read with pieces of 2^17..2^21 samples
+BYTES_PER_SAMPLE = 600
+BASE_BYTES = 200 << 20  # the interpreter, pyarrow, polars, numba kernels: resident before any piece
+MIN_SAMPLES = 1 << 12
+
+
+def samples_per_piece(max_memory: int) -> int:
+    """Samples per piece that keep the peak resident memory under ``max_memory`` bytes (two pieces
+    are in memory at once: one decoded, one written)."""
+    return max(MIN_SAMPLES, (max_memory - BASE_BYTES) // (2 * BYTES_PER_SAMPLE))
+
+
+STREAM_ABOVE = 4 << 30  # a perf.data larger than this is read in pieces even without --max-memory
+DEFAULT_MAX_MEMORY = 2 << 30  # ... under this budget
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``512M``, ``2G``, ``1.5G``, ``100000000`` (bytes; binary units, an optional trailing B)."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in SIZE_UNITS and t[-1:] else ""
+    try:
+        n = float(t[:-1] if unit else t) * SIZE_UNITS[unit]
+    except ValueError:
+        raise InputError("--max-memory", f"{text!r} is not a size (e.g. 2G, 512M)") from None
+    if n < 64 << 20:
+        raise InputError("--max-memory", f"{text!r}: at least 64M")
+    return int(n)
+
+
+def streamable(traces: list[Path], max_memory: int | None, forced_time: bool) -> tuple[int | None, str | None]:
+    """(budget, None) when ``traces`` are to be ingested piece by piece (one perf.data file, given
+    ``--max-memory`` or larger than STREAM_ABOVE), else (None, why not: None when nothing asked
+    for it). ``forced_time``: --clock or --tsc-khz given (they retime the whole input at once)."""
+    from vpmutrace.readers import sniff
+
+    big = len(traces) == 1 and traces[0].is_file() and traces[0].stat().st_size > STREAM_ABOVE
+    if max_memory is None and not big:
+        return None, None
+    if len(traces) != 1 or not traces[0].is_file() or sniff(traces[0]) != "perf.data":
+        return None, "read in memory: pieces are read from one perf.data file only"
+    if forced_time:
+        return None, "read in memory: --clock / --tsc-khz retime the whole input"
+    return max_memory or DEFAULT_MAX_MEMORY, None
+
+
+def _event_like(name: str) -> bool:
+    return name in {s.name for s in EVENT_TABLES} or is_event_table(name)
+
+
+class LossStarts:
+    """For each loss on a known CPU at a known time, the last event recorded on that CPU before it,
+    kept up to date as event rows are written (tracedata._loss_starts, one piece at a time)."""
+
+    def __init__(self, rows: list[dict[str, Any]]) -> None:
+        self.cpu = np.array([r["cpu"] if r["cpu"] is not None and r["ts_ns"] is not None else -1 for r in rows],
+                            np.int64)
+        self.ts = np.array([r["ts_ns"] if r["ts_ns"] is not None else 0 for r in rows], np.int64)
+        self.best = np.full(len(rows), np.iinfo(np.int64).min, np.int64)
+
+    def see(self, t: pa.Table) -> None:
+        wanted = np.unique(self.cpu[self.cpu >= 0])
+        if not len(wanted) or not t.num_rows:
+            return
+        cpu = t.column("cpu").to_numpy(zero_copy_only=False)
+        cpu = np.where(np.isnan(cpu), -1, cpu).astype(np.int64) if cpu.dtype.kind == "f" else cpu.astype(np.int64)
+        ts = t.column("ts_ns").to_numpy()
+        for c in wanted.tolist():
+            sub = np.sort(ts[cpu == c])
+            if not len(sub):
+                continue
+            rows = np.flatnonzero(self.cpu == c)
+            i = np.searchsorted(sub, self.ts[rows], side="left") - 1
+            ok = i >= 0
+            self.best[rows[ok]] = np.maximum(self.best[rows[ok]], sub[i[ok]])
+
+    def values(self) -> list[int | None]:
+        return [None if b == np.iinfo(np.int64).min else int(b) for b in self.best.tolist()]
+
+
+class TableStream:
+    """One table's Parquet file, appended row group by row group in (ts_ns, seq) order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.writer: Any = None
+        self.schema: pa.Schema | None = None
+        self.held: pa.Table | None = None
+        self.last: tuple[int, int] | None = None  # (ts_ns, seq) of the last row written
+        self.first_ts: int | None = None
+        self.late = 0  # rows earlier than a row already written
+        self.late_example: str | None = None
+
+    def add(self, t: pa.Table | None, watermark: int | None) -> pa.Table | None:
+        """Hold ``t``'s rows, write those up to ``watermark`` (None: hold all; ``math.inf``-like
+        final flush: pass ``FLUSH``). Returns the rows written."""
+        parts = [x for x in (self.held, t) if x is not None and x.num_rows]
+        if not parts:
+            return None
+        t = parts[0] if len(parts) == 1 else pa.concat_tables(parts)  # (each part in order)
+        ts, seq = t.column("ts_ns").to_numpy(), t.column("seq").to_numpy()
+        if len(parts) > 1:
+            k = parts[0].num_rows
+            if (ts[k], seq[k]) < (ts[k - 1], seq[k - 1]):  # they overlap: merge
+                order = np.lexsort((seq, ts))
+                t = t.unify_dictionaries().combine_chunks().take(pa.array(order))
+                ts, seq = ts[order], seq[order]
+        n = len(ts) if watermark is FLUSH else 0 if watermark is None else \
+            int(np.searchsorted(ts, watermark, side="right"))
+        self.held = t.slice(n) if n < len(ts) else None
+        if n == 0:
+            return None
+        head = t.slice(0, n)
+        if self.last is not None:
+            lts, lseq = self.last
+            late = (ts[:n] < lts) | ((ts[:n] == lts) & (seq[:n] < lseq))
+            if late.any():
+                self.late += int(late.sum())
+                j = int(np.flatnonzero(late)[0])
+                self.late_example = self.late_example or \
+                    f"seq {int(seq[j])}: ts {int(ts[j])} after a row of ts {lts} was written"
+        self._write(head)
+        self.last = (int(ts[n - 1]), int(seq[n - 1]))
+        if self.first_ts is None:
+            self.first_ts = int(ts[0])
+        return head
+
+    def _write(self, t: pa.Table) -> None:
+        if self.writer is None:
+            self.schema = t.schema
+            self.writer = parquet_writer(t.schema, self.path)
+        elif t.schema != self.schema:
+            t = t.cast(self.schema)
+        self.writer.write_table(t)
+
+    def close(self, kv: dict[bytes, bytes]) -> bool:
+        """Footer with ``kv``; whether the file has rows."""
+        if self.writer is None:
+            return False
+        self.writer.add_key_value_metadata(kv)
+        self.writer.close()
+        return True
+
+
+FLUSH = object()  # watermark that writes every held row
+
+
+class _Writes:
+    """The tables' files, fed piece by piece on one writer thread."""
+
+    def __init__(self, out: Path, losses: LossStarts) -> None:
+        self.out = out
+        self.streams: dict[str, TableStream] = {}
+        self.losses = losses
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="vpmutrace-stream")
+        self.pending: Future[None] | None = None
+
+    def submit(self, tables: dict[str, pa.Table], watermark: Any, threaded: bool) -> None:
+        self.wait()
+        if threaded:
+            self.pending = self.pool.submit(self._write, tables, watermark)
+        else:
+            self._write(tables, watermark)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+
+    def _write(self, tables: dict[str, pa.Table], watermark: Any) -> None:
+        for name in sorted(set(tables) | set(self.streams)):
+            st = self.streams.get(name)
+            if st is None:
+                st = self.streams[name] = TableStream(self.out / f"{name}.parquet")
+            written = st.add(tables.get(name), watermark)
+            if written is not None and _event_like(name):
+                self.losses.see(written)
+
+    def close(self) -> None:
+        self.wait()
+        self.pool.shutdown(wait=True)
+
+
+def _merge_stats(into: Stats, piece: Stats) -> None:
+    """A piece's counts added to the file's. Examples of unresolved symbols are one per DSO
+    (perf_maps._count): a piece's example of a DSO already shown is not repeated."""
+    have = {(e.source_file, e.category, e.name): e for e in into.entries()}
+    for e in piece.entries():
+        into.add(e.source_file, e.category, e.name, e.count)
+        shown = have.get((e.source_file, e.category, e.name))
+        dsos = {x.rpartition(" in ")[2] for x in shown.examples} if shown and e.category == SYMBOL_STATS else set()
+        for ex in e.examples:
+            if e.category == SYMBOL_STATS:
+                if ex.rpartition(" in ")[2] in dsos:
+                    continue
+                dsos.add(ex.rpartition(" in ")[2])
+            into.add(e.source_file, e.category, e.name, 0, ex)
+
+
+def _merge_symbols(inp: dict[str, Any], piece_inputs: list[dict[str, Any]]) -> None:
+    """A piece's symbol resolution summary (perf_maps._meta) added to the input's."""
+    got = next((i["symbols"] for i in piece_inputs if "symbols" in i), None)
+    if got is None:
+        return
+    have = inp.get("symbols")
+    if have is None:
+        inp["symbols"] = got
+        return
+    have["samples"] += got["samples"]
+    have["resolved"] += got["resolved"]
+    for r, c in got["unresolved"].items():
+        have["unresolved"][r] = have["unresolved"].get(r, 0) + c
+    for k in ("with_symbols", "without"):
+        have["user_dsos"][k] = sorted(set(have["user_dsos"][k]) | set(got["user_dsos"][k]))
+
+
+def ingest_perf_stream(path: Path, out: Path, max_memory: int, snapshot: Path | None = None,
+                       threaded: bool = True, piece_samples: int | None = None) -> TraceData | str:
+    """Ingest one perf.data into the dataset ``out`` in pieces. Returns the dataset's TraceData (its
+    tables: the lost table only; the rest are on disk), or why the file must be read in memory."""
+    host, host_path = host_snapshot(snapshot, path)
+    stream = PerfStream(path, piece_samples or samples_per_piece(max_memory), snapshot=host_path)
+    why = stream.needs_memory()
+    if why:
+        return why
+    b = TraceBuilder()
+    mark = b.mark()
+    stream.header(b)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in [*out.glob("*.parquet"), out / LEGACY_META_FILE]:
+        old.unlink(missing_ok=True)
+    writes = _Writes(out, LossStarts(b.lost_rows))
+    sources: set[Any] = set()
+    cpus: set[int] = set()
+    seen_max: int | None = None  # highest time of the pieces so far
+    round_max: list[int | None] = [None, None]  # seen_max at the last two pieces that ended a round
+    try:
+        for piece, pb in stream.pieces():
+            _merge_symbols(b.meta["inputs"][-1], pb.meta["inputs"])
+            b.event_counts.update(pb.event_counts)
+            for k, v in pb.event_tables.items():
+                b.event_tables.setdefault(k, v)
+            for k, v in pb.event_formats.items():
+                b.event_formats.setdefault(k, v)
+            _merge_stats(b.stats, pb.stats)
+            pb.stats = Stats()
+            td = pb.finish()
+            tables = {}
+            for name, t in td.tables.items():
+                i = t.schema.get_field_index("seq")
+                seq = pa.array(t.column(i).to_numpy() + piece.first_sample, pa.int64())
+                tables[name] = t.set_column(i, t.schema.field(i), seq)
+                last = int(t.column("ts_ns")[-1].as_py())
+                seen_max = last if seen_max is None else max(seen_max, last)
+            sources.update(td.meta["sources"])
+            cpus.update(td.meta.get("cpus_seen", []))
+            del td, pb
+            if piece.ends_round:
+                round_max = [round_max[1], seen_max]
+            writes.submit(tables, round_max[0], threaded)
+            del tables
+        writes.submit({}, FLUSH, threaded)
+        writes.close()
+    except BaseException:
+        writes.close()
+        raise
+    stream.done(b)
+    late = {n: s for n, s in writes.streams.items() if s.late}
+    for name, s in late.items():
+        b.stats.add(str(path), "out_of_order", name, s.late, s.late_example)
+    base = timebase.settle(b, mark, None, host, None)
+    b.meta["time_unit"] = timebase.merged_unit([base], [str(path)])
+    from vpmutrace.readers import check_time_lines
+
+    check_time_lines(b, {})
+    losses = writes.losses.values()
+    td = b.finish()
+    meta = td.meta
+    firsts = [s.first_ts for s in writes.streams.values() if s.first_ts is not None]
+    lasts = [s.last[0] for s in writes.streams.values() if s.last is not None]
+    meta["time_span_ns"] = [min(firsts), max(lasts)] if firsts else None
+    meta["sources"] = sorted(sources)
+    if meta["cpus"] is None and cpus:
+        meta["cpus_seen"] = sorted(cpus)
+        meta["cpus"] = len(cpus)
+    if host is not None:
+        meta["host"] = host
+        meta["host_snapshot"] = str(host_path)
+    if "lost" in td.tables:
+        lost = td.tables["lost"]
+        i = lost.schema.get_field_index("start_ns")
+        td.tables["lost"] = lost.set_column(i, lost.schema.field(i), pa.array(losses, lost.schema.field(i).type))
+    text = json.dumps(meta, sort_keys=True).encode()
+
+    def kv(name: str) -> dict[bytes, bytes]:
+        return {KV_SCHEMA_VERSION: str(SCHEMA_VERSION).encode(), KV_TABLE: name.encode(), KV_TRACE_META: text}
+
+    for name, s in writes.streams.items():
+        s.close(kv(name))
+    extra = dict(td.tables)
+    stats = stats_table(td.stats)
+    if stats.num_rows:
+        extra["stats"] = stats
+    for name, t in extra.items():
+        if t.num_rows:
+            write_parquet(t, out / f"{name}.parquet", kv(name))
+    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return td
