@@ -42,10 +42,11 @@ from vpmutrace.tracedata import (
     write_parquet,
 )
 
-# Peak resident memory per sample of a piece, measured (benchmarks/results.txt, bench_scale.py):
-# the file's 539 MB mixed.perf.data (5.45 M samples) read with pieces of 2^17..2^21 samples
-BYTES_PER_SAMPLE = 600
-BASE_BYTES = 200 << 20  # the interpreter, pyarrow, polars, numba kernels: resident before any piece
+# Peak resident memory per sample of a piece and before any piece, measured on the 539 MB mixed
+# perf.data of benchmarks/bench_readers.py (5.63 M samples; loaded host): pieces of 2^17 / 2^18 /
+# 2^19 / 2^20 samples peaked at 250-275 / 260-280 / 280-305 / 450-510 MB
+BYTES_PER_SAMPLE = 300
+BASE_BYTES = 230 << 20  # the interpreter, pyarrow, polars, numba kernels, the record walk's arrays
 MIN_SAMPLES = 1 << 12
 
 

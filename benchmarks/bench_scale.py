@@ -1,0 +1,129 @@
+"""Ingest cost and memory against the number of events: perf.data files of 10^5, 10^6, 10^7 (and,
+asked for, 10^8) events made of a real capture's records (benchmarks/scale_input.py: the KVM
+host's mixed capture in fixtures/, its records repeated with their times shifted).
+
+    .venv/bin/python benchmarks/bench_scale.py [--sizes 1e5,1e6,1e7] [--runs 3] [--max-memory 1G]
+
+For each size it times, each run a fresh process (wall time and peak RSS of that process, from
+wait4): ``perf script`` > /dev/null (up to --tool-max events: it takes minutes beyond), ``vpmutrace
+ingest`` in memory (up to --memory-max events: its peak grows with the file) and ``vpmutrace
+ingest --max-memory``. It prints a markdown table (best / median, events per second, peak RSS,
+ratio perf script / ours), the runs as JSON, and per mode the slope of a least-squares line of
+median time against events (s per million events), the exponent of time against events on a
+log-log fit (1.0: linear) and the throughput at the largest size against that at 10^6.
+The inputs are kept in --data (default benchmarks/data/scale) and made again only when missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+PY = sys.executable
+VPMUTRACE = str(Path(PY).with_name("vpmutrace"))
+
+
+def run(cmd: list[str]) -> tuple[float, int]:
+    """(wall seconds, peak RSS bytes) of one process, its peak measured by GNU time (a child forked
+    from this process would count this process's memory up to its exec)."""
+    t = time.perf_counter()
+    p = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                       text=True, check=False)
+    wall = time.perf_counter() - t
+    if p.returncode != 0:
+        raise SystemExit(f"failed ({p.returncode}): {' '.join(cmd)}\n{p.stderr[-2000:]}")
+    return wall, int(p.stderr.strip().splitlines()[-1]) * 1024
+
+
+def warm(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """(slope of y on x, exponent of y on x in log-log) by least squares."""
+    import numpy as np
+
+    slope = float(np.polyfit(xs, ys, 1)[0])
+    expo = float(np.polyfit(np.log(xs), np.log(ys), 1)[0]) if len(xs) > 1 else float("nan")
+    return slope, expo
+
+
+def main() -> None:
+    from scale_input import make
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1e5,1e6,1e7")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--max-memory", default="1G")
+    ap.add_argument("--tool-max", type=float, default=1e7, help="perf script only up to this many events")
+    ap.add_argument("--memory-max", type=float, default=1e7, help="in-memory ingest only up to this many events")
+    ap.add_argument("--data", type=Path, default=HERE / "data" / "scale")
+    a = ap.parse_args()
+    a.data.mkdir(parents=True, exist_ok=True)
+    perf = shutil.which("perf")
+    rows, raw = [], []
+    for size in [float(s) for s in a.sizes.split(",")]:
+        src = a.data / f"scale-{size:.0e}.perf.data"
+        count = src.with_name(src.name + ".events")  # (samples written: every sample is an event)
+        if not src.exists() or not count.exists():
+            t = time.perf_counter()
+            n = make(HERE.parent / "fixtures" / "mixed.perf.data", src, int(size))
+            count.write_text(f"{n}\n")
+            print(f"made {src} ({n} events, {src.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.1f} s",
+                  file=sys.stderr)
+        n_events = int(count.read_text())
+        out = a.data / "out.ds"
+        modes = {}
+        if perf and size <= a.tool_max:
+            modes["perf script"] = [perf, "script", "-i", str(src)]
+        if size <= a.memory_max:
+            modes["ingest (in memory)"] = [VPMUTRACE, "ingest", str(src), "-o", str(out)]
+        modes[f"ingest --max-memory {a.max_memory}"] = [VPMUTRACE, "ingest", str(src), "-o", str(out),
+                                                        "--max-memory", a.max_memory]
+        warm(src)
+        for mode, cmd in modes.items():
+            runs = []
+            for _ in range(a.runs):
+                shutil.rmtree(out, ignore_errors=True)
+                runs.append(run(cmd))
+                raw.append({"size": size, "mode": mode, "wall_s": round(runs[-1][0], 3), "rss": runs[-1][1]})
+                print(json.dumps(raw[-1]), file=sys.stderr)
+            walls = [w for w, _ in runs]
+            rows.append({"size": size, "events": n_events, "mb": src.stat().st_size / 1e6, "mode": mode,
+                         "best": min(walls), "median": statistics.median(walls), "rss": max(r for _, r in runs)})
+        shutil.rmtree(out, ignore_errors=True)
+    print("| events | file | reader | best / median | events/s (median) | vs perf script (best / median) "
+          "| peak RSS |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        tool = next((t for t in rows if t["size"] == r["size"] and t["mode"] == "perf script"), None)
+        vs = f"{tool['best'] / r['best']:.1f}x / {tool['median'] / r['median']:.1f}x" if tool else "(not run)"
+        print(f"| {r['events'] / 1e6:.2f} M | {r['mb']:.0f} MB | {r['mode']} | {r['best']:.2f} / {r['median']:.2f} s "
+              f"| {r['events'] / r['median'] / 1e6:.2f} M | {vs} | {r['rss'] / 2**20:.0f} MB |")
+    print()
+    for mode in dict.fromkeys(r["mode"] for r in rows):
+        sel = [r for r in rows if r["mode"] == mode]
+        if len(sel) < 2:
+            continue
+        slope, expo = fit([r["events"] for r in sel], [r["median"] for r in sel])
+        at6 = next((r for r in sel if r["size"] == 1e6), None)
+        big = sel[-1]
+        rel = ""
+        if at6 and big is not at6:
+            change = big["events"] / big["median"] / (at6["events"] / at6["median"]) * 100 - 100
+            rel = f"; throughput at {big['events'] / 1e6:.0f} M events {change:+.0f}% vs 1 M"
+        print(f"- {mode}: {slope * 1e6:.2f} s per M events, time ~ events^{expo:.2f}{rel}")
+
+
+if __name__ == "__main__":
+    main()
