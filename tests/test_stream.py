@@ -126,3 +126,23 @@ def test_rows_earlier_than_written_are_counted(tmp_path: Path) -> None:
     got = pq.read_table(tmp_path / "x.parquet")
     assert got.column("ts_ns").to_pylist() == [5, 3, 7, 8, 9]
     assert s.late == 1 and "seq 4" in (s.late_example or "")
+
+
+def test_failure_leaves_no_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A piece that fails (here: the disk, as the second piece is written) leaves no Parquet file
+    and no meta file behind, and the error goes up."""
+    import vpmutrace.ingest_stream as ist
+
+    calls = []
+    real = ist.TableStream._write
+
+    def failing(self: TableStream, t: pa.Table) -> None:
+        calls.append(1)
+        if len(calls) > 3:
+            raise OSError(28, "No space left on device")
+        real(self, t)
+
+    monkeypatch.setattr(ist.TableStream, "_write", failing)
+    with pytest.raises(OSError, match="No space"):
+        ingest_perf_stream(FIXTURES / "mixed.perf.data", tmp_path / "st", 1 << 30, piece_samples=50)
+    assert not list((tmp_path / "st").glob("*.parquet")) and not (tmp_path / "st" / META_FILE).exists()

@@ -8,14 +8,15 @@ Rows are final once perf's round rule (perf_stream.py) says no later record can 
 rest are held back and merged with the next piece's. Rows that break the rule (an earlier time
 after the rule said final) are written where they come and counted (stats ``out_of_order``).
 
-Both cores: a piece's tables are written on a thread of their own (the Parquet writer releases
-the GIL) while the next piece is decoded (whose compiled passes run on every core); at most one
-piece waits to be written.
+Both cores: a piece's tables are written on threads of their own, side by side (the Parquet writer
+releases the GIL), while the next piece is decoded (whose compiled passes run on every core); at
+most one piece waits to be written.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,7 @@ class _Writes:
         self.streams: dict[str, TableStream] = {}
         self.losses = losses
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="vpmutrace-stream")
+        self.tables_pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="vpmutrace-tables")
         self.pending: Future[None] | None = None
 
     def submit(self, tables: dict[str, pa.Table], watermark: Any, threaded: bool) -> None:
@@ -214,17 +216,28 @@ class _Writes:
             self.pending = None
 
     def _write(self, tables: dict[str, pa.Table], watermark: Any) -> None:
-        for name in sorted(set(tables) | set(self.streams)):
-            st = self.streams.get(name)
-            if st is None:
-                st = self.streams[name] = TableStream(self.out / f"{name}.parquet")
-            written = st.add(tables.get(name), watermark)
-            if written is not None and _event_like(name):
-                self.losses.see(written)
+        """Each table's rows to its file, the tables side by side (the writer releases the GIL)."""
+        names = sorted(set(tables) | set(self.streams), key=lambda n: -(tables[n].nbytes if n in tables else 0))
+        for name in names:
+            if name not in self.streams:
+                self.streams[name] = TableStream(self.out / f"{name}.parquet")
+        written = list(self.tables_pool.map(lambda n: self.streams[n].add(tables.get(n), watermark), names))
+        for name, w in zip(names, written, strict=True):
+            if w is not None and _event_like(name):
+                self.losses.see(w)
 
     def close(self) -> None:
-        self.wait()
-        self.pool.shutdown(wait=True)
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown(wait=True)
+            self.tables_pool.shutdown(wait=True)
+
+    def remove(self) -> None:
+        for st in self.streams.values():
+            if st.writer is not None:
+                st.writer.close()
+            st.path.unlink(missing_ok=True)
 
 
 def _merge_stats(into: Stats, piece: Stats) -> None:
@@ -307,8 +320,11 @@ def ingest_perf_stream(path: Path, out: Path, max_memory: int, snapshot: Path | 
             del tables
         writes.submit({}, FLUSH, threaded)
         writes.close()
-    except BaseException:
-        writes.close()
+    except BaseException:  # no half-written files: the directory is no dataset (no meta file) either
+        try:
+            writes.close()
+        finally:
+            writes.remove()
         raise
     stream.done(b)
     late = {n: s for n, s in writes.streams.items() if s.late}
