@@ -107,6 +107,15 @@ def test_cli_max_memory(tmp_path: Path) -> None:
     assert isinstance(res.exception, InputError) and "not a size" in str(res.exception)  # (main: one line, exit 2)
 
 
+def test_large_file_streams_without_asking(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A perf.data over STREAM_ABOVE is read in pieces without --max-memory."""
+    import vpmutrace.ingest_stream as ist
+
+    monkeypatch.setattr(ist, "STREAM_ABOVE", 1000)
+    res = CliRunner().invoke(app, ["ingest", str(FIXTURES / "mixed.perf.data"), "-o", str(tmp_path / "st")])
+    assert res.exit_code == 0 and "in pieces" in res.output, res.output
+
+
 def test_sizes() -> None:
     assert parse_size("2G") == 2 << 30 and parse_size("512MiB") == 512 << 20 and parse_size("1.5g") == 3 << 29
     assert samples_per_piece(2 << 30) > samples_per_piece(512 << 20) > 0
