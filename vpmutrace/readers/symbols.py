@@ -290,49 +290,22 @@ def elf_symbols(path: str, runtime: str | None = None) -> ElfSyms | None:
 @lru_cache(maxsize=512)
 def _elf_symbols(path: str, runtime: str | None, _ids: tuple[Any, Any]) -> ElfSyms | None:
     try:
-        with ElfFile(runtime or path) as elf:
-            ph = elf.phdrs
+        with ElfFile(runtime or path) as image:
+            ph = image.phdrs
             load = ph["type"] == E.PT_LOAD
             segs = np.stack([ph["offset"][load], ph["vaddr"][load], ph["filesz"][load]], axis=1).astype(np.uint64)
-            et_exec = elf.e_type == E.ET_EXEC
-            plt = _plt(elf)
-        with ElfFile(path) as elf:
-            sec = elf.section(".symtab")
-            if sec is None or elf.sh(sec, "type") == E.SHT_NOBITS:
-                sec = elf.section(".dynsym")
-            if sec is None or elf.sh(sec, "type") not in (E.SHT_SYMTAB, E.SHT_DYNSYM):
-                return ElfSyms(SymTab.of(_EMPTY, _EMPTY, []), segs, "", et_exec)  # (no PLT entries either)
-            table = elf.names[sec]
-            dt = _sym_dtype(elf)
-            data = elf.data(sec)
-            if len(data) % dt.itemsize:
-                return None
-            syms = data.view(dt)
-            strtab = elf.data(elf.sh(sec, "link")).tobytes()
-            text = np.zeros(max(len(elf.shdrs), 1), bool)
-            text[:len(elf.names)] = ["text" in n for n in elf.names]
-            info, shndx, noff = syms["info"], syms["shndx"].astype(np.int64), syms["name"].astype(np.int64)
-            typ = info & 0xF
-            in_text = np.zeros(len(syms), bool)
-            regular = shndx < len(text)
-            in_text[regular] = text[shndx[regular]]
-            # names that are empty or start with '$' (mapping symbols) are not kept
-            sb = np.frombuffer(strtab, np.uint8)
-            first = sb[np.minimum(noff, len(sb) - 1)] if len(sb) else np.zeros(len(noff), np.uint8)
-            keep = (noff != 0) & (shndx != SHN_UNDEF) & (
-                (typ == STT_FUNC) | (typ == STT_GNU_IFUNC) | ((typ == STT_NOTYPE) & (shndx != SHN_ABS) & in_text)) \
-                & (noff < len(sb)) & (first != 0) & (first != ord("$"))
-            idx = np.flatnonzero(keep)
-            value = syms["value"][idx].astype(np.uint64)
-            order = np.argsort(value, kind="stable")
-            idx = idx[order]
-            start = value[order]
-            end = start + syms["size"][idx].astype(np.uint64)
-            label = typ[idx] == STT_NOTYPE
-            bind = info[idx] >> 4
-            noff = noff[idx]
+            et_exec = image.e_type == E.ET_EXEC
+            plt = _plt(image)
+            if runtime and runtime != path:
+                with ElfFile(path) as elf:
+                    syms = _function_symbols(elf)
+            else:
+                syms = _function_symbols(image)
     except (OSError, ValueError, IndexError):
         return None
+    if syms is None:
+        return ElfSyms(SymTab.of(_EMPTY, _EMPTY, []), segs, "", et_exec)  # (no PLT entries either)
+    table, start, end, label, bind, strtab, noff = syms
     # symbols__fixup_end (not kallsyms): a zero-size symbol (other than a label) ends at the next
     zero = np.flatnonzero((end[:-1] == start[:-1]) & ~label[:-1])
     end[zero] = start[zero + 1]
@@ -348,6 +321,43 @@ def _elf_symbols(path: str, runtime: str | None, _ids: tuple[Any, Any]) -> ElfSy
     tab = SymTab(start, end, CStrings(strtab, noff), bind == STB_WEAK, bind == STB_GLOBAL, demangle_ties=True,
                  plt_start=pstart, plt_end=pend, plt_raw=praw)
     return ElfSyms(tab, segs, table, et_exec)
+
+
+def _function_symbols(elf: ElfFile) -> tuple[Any, ...] | None:
+    """The symbols perf keeps of an ELF file's .symtab (else .dynsym), sorted by address: the table's
+    name, start, end (the table's sizes), label (STT_NOTYPE), binding, the string table and each
+    name's offset in it; None without a table. Raises ValueError for a table of partial records."""
+    sec = elf.section(".symtab")
+    if sec is None or elf.sh(sec, "type") == E.SHT_NOBITS:
+        sec = elf.section(".dynsym")
+    if sec is None or elf.sh(sec, "type") not in (E.SHT_SYMTAB, E.SHT_DYNSYM):
+        return None
+    dt = _sym_dtype(elf)
+    data = elf.data(sec)
+    if len(data) % dt.itemsize:
+        raise ValueError(f"{elf.path}: {elf.names[sec]} is not a whole number of symbols")
+    syms = data.view(dt)
+    strtab = elf.data(elf.sh(sec, "link")).tobytes()
+    text = np.zeros(max(len(elf.shdrs), 1), bool)
+    text[:len(elf.names)] = ["text" in n for n in elf.names]
+    info, shndx, noff = syms["info"], syms["shndx"].astype(np.int64), syms["name"].astype(np.int64)
+    typ = info & 0xF
+    in_text = np.zeros(len(syms), bool)
+    regular = shndx < len(text)
+    in_text[regular] = text[shndx[regular]]
+    # names that are empty or start with '$' (mapping symbols) are not kept
+    sb = np.frombuffer(strtab, np.uint8)
+    first = sb[np.minimum(noff, len(sb) - 1)] if len(sb) else np.zeros(len(noff), np.uint8)
+    keep = (noff != 0) & (shndx != SHN_UNDEF) & (
+        (typ == STT_FUNC) | (typ == STT_GNU_IFUNC) | ((typ == STT_NOTYPE) & (shndx != SHN_ABS) & in_text)) \
+        & (noff < len(sb)) & (first != 0) & (first != ord("$"))
+    idx = np.flatnonzero(keep)
+    value = syms["value"][idx].astype(np.uint64)
+    order = np.argsort(value, kind="stable")
+    idx = idx[order]
+    start = value[order]
+    return (elf.names[sec], start, start + syms["size"][idx].astype(np.uint64), typ[idx] == STT_NOTYPE,
+            info[idx] >> 4, strtab, noff[idx])
 
 
 def _plt(elf: ElfFile) -> tuple[np.ndarray, bytes, int, int] | None:

@@ -115,28 +115,16 @@ class SymTab:
         new[1:] = self.start[1:] != self.start[:-1]
         self.rfirst = np.flatnonzero(new)
         self.rlen = np.diff(np.append(self.rfirst, n))
-        # choose_best_symbol's numeric criteria as one key (a size, not weak, global): a run keeps
-        # one of its symbols with the largest key; only where several have it do names decide
-        key = (self.end != self.start).astype(np.int8) * 4
-        if self.weak is not None:
-            key += (~self.weak).astype(np.int8) * 2
-        else:
-            key += 2
-        if self.glob is not None:
-            key += self.glob.astype(np.int8)
-        self.skey = key
-        self.rchosen = np.full(len(self.rfirst), -1, np.int64)
-        if n:
-            run = np.cumsum(new) - 1
-            top = key == np.maximum.reduceat(key, self.rfirst)[run]
-            ntop = np.add.reduceat(top, self.rfirst)
+        self.rchosen = self.rfirst.copy()  # a run of one keeps its symbol
+        several = np.flatnonzero(self.rlen > 1)
+        if len(several):  # the others keep one with the largest key (_top); names decide between several
+            k, top, at = self._top(several)
             tops = np.flatnonzero(top)
-            first_top = tops[np.append(True, run[tops[1:]] != run[tops[:-1]])]
-            single = ntop == 1
-            self.rchosen[single] = first_top[single]
-        rend = np.where(self.rchosen >= 0, self.end[np.maximum(self.rchosen, 0)], 0).astype(np.uint64)
+            run = np.repeat(np.arange(len(several)), self.rlen[several])[tops]
+            first = tops[np.append(True, run[1:] != run[:-1])]  # (every run has a symbol with its largest key)
+            self.rchosen[several] = np.where(np.add.reduceat(top, at) == 1, k[first], -1)
         self.estart = self.start[self.rfirst]
-        self.eend = rend
+        self.eend = self.end[self.rchosen]
         self.esrc = np.arange(len(self.rfirst))
         self.eopen = self.rchosen < 0
         if len(self.plt_start):  # merged in, each after the runs at or below its start (PLT starts ascend)
@@ -172,16 +160,18 @@ class SymTab:
         mark[entries] = True
         return self.esrc[np.flatnonzero(mark & self.eopen)]
 
-    def _tied(self, runs: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """Per run, its symbols with the largest key (those the names decide between), and all of
-        them in one array."""
+    def _top(self, runs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The symbols of runs (k), which of them have their run's largest key (top), and where each
+        run's start in k (at). The key is choose_best_symbol's numeric criteria in its order: a size,
+        not weak, global."""
         ln = self.rlen[runs]
         at = np.cumsum(ln) - ln
         k = np.repeat(self.rfirst[runs] - at, ln) + np.arange(int(ln.sum()))
-        key = self.skey[k]
-        top = key == np.repeat(np.maximum.reduceat(key, at), ln)
-        allk = k[top]
-        return np.split(allk, np.cumsum(np.add.reduceat(top, at))[:-1]), allk
+        key = (self.end[k] != self.start[k]).astype(np.int8) * 4
+        key += 2 if self.weak is None else (~self.weak[k]).astype(np.int8) * 2
+        if self.glob is not None:
+            key += self.glob[k].astype(np.int8)
+        return k, key == np.repeat(np.maximum.reduceat(key, at), ln), at
 
     def near(self, addr: np.ndarray) -> np.ndarray:
         """The last entry starting at or below each address (-1: none): :meth:`prefetch` and
@@ -194,27 +184,32 @@ class SymTab:
         if not self.demangle_ties or not self.nopen:
             return []
         runs = self._open_runs(np.concatenate([i[i >= 0], i[i >= 1] - 1]))
-        return self.raw(self._tied(runs)[1]) if len(runs) else []
+        if not len(runs):
+            return []
+        k, top, _ = self._top(runs)
+        return self.raw(k[top])
 
     def _settle(self, entries: np.ndarray) -> None:
         runs = self._open_runs(entries)
         if not len(runs):
             return
-        members, allk = self._tied(runs)
-        names = self.raw(allk)
+        k, top, _ = self._top(runs)
+        tied = k[top]
+        names = self.raw(tied)
         if self.demangle_ties:
             names = demangle(names)
-        at = 0
-        for r, k in zip(runs.tolist(), members, strict=True):
-            nm = names[at:at + len(k)]
-            at += len(k)
-            best = 0
-            for j in range(1, len(k)):
-                a, b = int(k[best]), int(k[j])
-                if not choose((int(self.end[a] - self.start[a]), self._weak(a), self._glob(a), nm[best]),
-                              (int(self.end[b] - self.start[b]), self._weak(b), self._glob(b), nm[j])):
-                    best = j
-            self.rchosen[r] = k[best]
+        run = np.repeat(np.arange(len(runs)), self.rlen[runs])[top].tolist()
+        tied = tied.tolist()
+        best = 0
+        for j in range(1, len(tied) + 1):  # a fold over each run's tied symbols, in order
+            if j == len(tied) or run[j] != run[best]:
+                self.rchosen[runs[run[best]]] = tied[best]
+                best = j
+                continue
+            a, b = tied[best], tied[j]
+            if not choose((int(self.end[a] - self.start[a]), self._weak(a), self._glob(a), names[best]),
+                          (int(self.end[b] - self.start[b]), self._weak(b), self._glob(b), names[j])):
+                best = j
         e = np.flatnonzero(np.isin(self.esrc, runs) & self.eopen)
         self.eend[e] = self.end[self.rchosen[self.esrc[e]]]
         self.eopen[e] = False
