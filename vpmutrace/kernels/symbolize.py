@@ -160,29 +160,22 @@ def kallsyms_lines(buf, addr, typ, noff, nlen, moff, mlen):  # pragma: no cover 
     return row
 
 
+@numba.njit(inline="always")
+def _put(codes, out, valid, it, i):  # pragma: no cover - compiled
+    x = codes[it]
+    if x >= 0:
+        out[i] = x
+        valid[i >> 3] |= np.uint8(1 << (i & 7))
+    else:
+        out[i] = 0
+
+
 def gather_columns(item, c0, c1, c2, o0, o1, o2, v0, v1, v2):  # pragma: no cover - compiled
     """For each row i and column k: o_k[i] = c_k[item[i]] when that is >= 0, else 0 with the row's
     bit in the validity bitmap v_k (Arrow's: bit i % 8 of byte i // 8; all zero on entry) left
     clear. Returns nothing; rows whose item is < 0 must not occur."""
     for i in range(len(item)):
         it = item[i]
-        byte = i >> 3
-        bit = np.uint8(1 << (i & 7))
-        x = c0[it]
-        if x >= 0:
-            o0[i] = x
-            v0[byte] |= bit
-        else:
-            o0[i] = 0
-        x = c1[it]
-        if x >= 0:
-            o1[i] = x
-            v1[byte] |= bit
-        else:
-            o1[i] = 0
-        x = c2[it]
-        if x >= 0:
-            o2[i] = x
-            v2[byte] |= bit
-        else:
-            o2[i] = 0
+        _put(c0, o0, v0, it, i)
+        _put(c1, o1, v1, it, i)
+        _put(c2, o2, v2, it, i)

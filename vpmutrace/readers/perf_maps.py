@@ -10,11 +10,13 @@ symbol ``_text``, for relocation), the modules, and BPF programs (KSYMBOL regist
 A sample resolves against the maps of its process (user mode) or the kernel's (kernel mode) as they
 were at its time.
 
-Symbolisation is one vectorised pass over the finished ``samples`` columns, after the reader
-made them: per process the maps become elementary address intervals, each with its maps in
-insertion order, and every sample finds its map with two ``searchsorted``; then per DSO its
-symbol table is searched for all its samples at once. Guest samples (guest kernel/user cpumode)
-are not resolved against the host's symbols.
+Symbolisation is one pass over the finished ``samples`` columns, after the reader made them, done
+on the samples' distinct (address space, IP) pairs (:func:`symbolize`): each pair finds its map
+once (:func:`cover`: the maps become elementary address intervals, each with its maps in
+insertion order, found with ``searchsorted``; :class:`ProcessMaps`: a process's own maps, then its
+parent's at the fork), then per DSO its symbol table (readers/symtab.py) is searched for all its
+pairs at once, and the samples' columns are gathered from their pairs'. Guest samples (guest
+kernel/user cpumode) are not resolved against the host's symbols.
 
 Every sample left without a symbol is counted in the stats (category ``unresolved_symbols``, one
 row per reason in ``UNRESOLVED``) and its ``sym_source`` column says why.
