@@ -450,3 +450,23 @@ def test_elf_reader_reads_as_pyelftools() -> None:
             assert ours.build_id() == (notes[0] if notes else None), path
             checked += 1
     assert checked >= 3
+
+
+@pytest.mark.parametrize(("name", "prot", "flags", "want"), [
+    ("//anon", 0x5, 0x22, "/tmp/perf-42.map"),  # a JIT's executable anonymous map
+    ("//anon", 0x3, 0x22, "//anon"),  # not executable: kept
+    ("/dev/zero (deleted)", 0x5, 0x1, "/tmp/perf-42.map"),
+    ("/anon_hugepage (deleted)", 0x5, 0x1, "/tmp/perf-42.map"),
+    ("/memfd:x (deleted)", 0x5, 0x40000, "/tmp/perf-42.map"),  # MAP_HUGETLB
+    ("[heap]", 0x7, 0x22, "/tmp/perf-42.map"),
+    ("[stack:7]", 0x7, 0x22, "/tmp/perf-42.map"),
+    ("/SYSV00000000 (deleted)", 0x5, 0x1, "/tmp/perf-42.map"),
+    ("/usr/lib/libc.so.6", 0x5, 0x2, "/usr/lib/libc.so.6"),
+    ("[vdso]", 0x5, 0x2, "[vdso]"),
+])
+def test_user_map_names_as_perf_gives_them(name: str, prot: int, flags: int, want: str) -> None:
+    """perf's map__new renames executable anonymous/no-DSO maps /tmp/perf-PID.map (perf script prints
+    that DSO for a JIT's samples)."""
+    from vpmutrace.readers.perf_maps import perf_map_name
+
+    assert perf_map_name(name, 42, prot, flags) == want

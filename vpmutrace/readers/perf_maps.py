@@ -45,6 +45,19 @@ MISC_CPUMODE_MASK = 7
 MISC_KERNEL, MISC_USER, MISC_GUEST_KERNEL, MISC_GUEST_USER = 1, 2, 4, 5
 MISC_MMAP_BUILD_ID = 1 << 14  # MMAP2 carries a build-id instead of maj/min/ino
 MISC_BUILD_ID_SIZE = 1 << 15  # HEADER_BUILD_ID entry gives its build-id size
+MISC_MMAP_DATA = 1 << 13  # an MMAP of data (not executable): perf's PROT_EXEC test for MMAP records
+PROT_EXEC, MAP_HUGETLB = 0x4, 0x40000
+# perf's map__new (tools/perf/util/map.c): an executable map of anonymous memory (is_anon_memory: "//anon",
+# "/dev/zero...", "/anon_hugepage...", or MAP_HUGETLB) or of no DSO (is_no_dso_memory: "[stack...", "/SYSV...",
+# "[heap]") is named /tmp/perf-PID.map, where JITs write their symbols; perf script prints that name.
+ANON_PREFIXES, NO_DSO_PREFIXES = ("/dev/zero", "/anon_hugepage"), ("[stack", "/SYSV")
+
+
+def perf_map_name(name: str, pid: int, prot: int, flags: int) -> str:
+    """The DSO name perf gives a user map (see ANON_PREFIXES)."""
+    anon = name == "//anon" or name.startswith(ANON_PREFIXES) or bool(flags & MAP_HUGETLB)
+    no_dso = name == "[heap]" or name.startswith(NO_DSO_PREFIXES)
+    return f"/tmp/perf-{pid}.map" if (anon or no_dso) and prot & PROT_EXEC else name
 KSYMBOL_FLAGS_UNREGISTER = 1
 HOST_KERNEL_ID = -1
 KERNEL_DSO = "[kernel.kallsyms]"
@@ -147,11 +160,15 @@ def read_side(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray
             if misc & MISC_MMAP_BUILD_ID:
                 bsize = rec[40]
                 bid = rec[44:44 + min(bsize, 20)].hex()
+            prot, flags = struct.unpack_from("<II", rec, 64)
             fname = rec[72:body_end]
-        else:
+        else:  # perf's machine__process_mmap_event: PROT_EXEC unless the record says data
+            prot, flags = (0 if misc & MISC_MMAP_DATA else PROT_EXEC), 0
             fname = rec[40:body_end]
         name = fname.split(b"\0", 1)[0].decode("utf-8", "replace")
         mode = misc & MISC_CPUMODE_MASK
+        if mode not in (MISC_KERNEL, MISC_GUEST_KERNEL) and pid != HOST_KERNEL_ID:
+            name = perf_map_name(name, pid, prot, flags)
         m = Mapping(start, start + ln, pgoff, name, time, order, bid)
         if mode in (MISC_GUEST_KERNEL, MISC_GUEST_USER):
             side.guest_maps += 1
