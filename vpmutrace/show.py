@@ -78,8 +78,9 @@ def _select(td: TraceData, event: str | None) -> list[tuple[str, np.ndarray | No
     return out
 
 
-def lines(td: TraceData, event: str | None = None, limit: int | None = None) -> Iterator[str]:
-    """Text lines of the rows of ``event`` (all events when None), in time order, at most ``limit``."""
+def lines(td: TraceData, event: str | None = None, limit: int | None = None, origin: int = 0) -> Iterator[str]:
+    """Text lines of the rows of ``event`` (all events when None), in time order, at most ``limit``; times
+    are printed from ``origin`` (0: the clock's own, as trace-cmd report; the trace's start: relative)."""
     picks = []
     for t, rows in _select(td, event):
         table = td.tables[t]
@@ -100,7 +101,7 @@ def lines(td: TraceData, event: str | None = None, limit: int | None = None) -> 
     for k in np.unique(which[order]).tolist():
         mine = order[which[order] == k]  # this table's rows, in the merged order
         rows[k] = iter(td.tables[picks[k][0]].take(pa.array(idx[mine])).to_pylist())
-    renderers = {k: _Renderer(td, picks[k][0]) for k in rows}
+    renderers = {k: _Renderer(td, picks[k][0], origin) for k in rows}
     for k in which[order].tolist():
         yield renderers[k].line(next(rows[k]))
 
@@ -141,6 +142,15 @@ def _bodies_of(td: TraceData, table: str, df: pl.DataFrame) -> pl.DataFrame:
                      pl.Series("text", texts, pl.String).gather(codes))
 
 
+def origin_comment(td: TraceData) -> str:
+    """The comment line above relative times: where they count from, on which clock."""
+    span = td.meta.get("time_span_ns") or [0, 0]
+    unit = td.meta.get("time_unit", "ns")
+    start = f"{span[0] / 1e9:.6f} s" if unit == "ns" else f"{span[0]} ticks"
+    return (f"# times from the trace's start, {start} on its clock ({td.meta.get('clock') or 'unknown'}); "
+            "--absolute-time prints the clock's own")
+
+
 def _micros(ts_ns: int) -> str:
     """seconds.microseconds, rounded as trace-cmd prints them."""
     us = (ts_ns + 500) // 1000
@@ -150,8 +160,9 @@ def _micros(ts_ns: int) -> str:
 class _Renderer:
     """Lines of one table's rows."""
 
-    def __init__(self, td: TraceData, table: str) -> None:
+    def __init__(self, td: TraceData, table: str, origin: int = 0) -> None:
         self.td = td
+        self.origin = origin
         self.table = table
         self.owners = {t: e for e, t in td.event_tables().items()}
         self.symbols: Callable[[int], str | None] | None = td.symbols
@@ -163,7 +174,8 @@ class _Renderer:
         comm = row.get("comm") or "<...>"
         pid = row.get("pid") if row.get("pid") is not None else -1
         cpu = f"{row['cpu']:03d}" if row.get("cpu") is not None else "???"
-        return (f"{src + ': ' if src and src != 'host' else ''}{comm:>16}-{pid:<5} [{cpu}] {_micros(row['ts_ns'])}: "
+        ts = _micros(row["ts_ns"] - self.origin)
+        return (f"{src + ': ' if src and src != 'host' else ''}{comm:>16}-{pid:<5} [{cpu}] {ts}: "
                 f"{name + ':':<21} {self.body(full, row)}")
 
     def _event(self, row: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from vpmutrace import progress
 from vpmutrace.errors import InputError
 from vpmutrace.schema import (
     ALL_TABLES,
@@ -80,7 +81,8 @@ class TraceData:
             tables.append(("stats", stats))
         # the writer releases the GIL: tables are written side by side, biggest first
         tables.sort(key=lambda nt: -nt[1].nbytes)
-        with ThreadPoolExecutor(max(1, min(len(tables), os.cpu_count() or 1))) as pool:
+        with progress.stage(f"writing {out}"), \
+                ThreadPoolExecutor(max(1, min(len(tables), os.cpu_count() or 1))) as pool:
             list(pool.map(lambda nt: write_parquet(nt[1], out / f"{nt[0]}.parquet"), tables))
         (out / META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
         return out
