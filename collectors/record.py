@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from collectors import events as evsets
+from collectors import probes as probe_set
 from collectors.host import (
     Refusal,
     finish_snapshot,
@@ -31,6 +32,7 @@ from collectors.host import (
     snapshot,
     tracefs_root,
 )
+from collectors.probes import ProbeSession, TracefsIO, cleanup_leftovers
 from vpmutrace.capture import CAPTURE_FILE, DATASET_DIR, HOST_FILE, PERF_TRACE, TRACEFS_TRACE, coverage, coverage_lines
 from vpmutrace.errors import warning_line
 from vpmutrace.outputs import output_dir
@@ -99,14 +101,21 @@ def record(opt: RecordOptions) -> RecordResult:
         wanted = evsets.expand(opt.events)
     except ValueError as e:
         raise Refusal(str(e)) from None
+    probes = evsets.wants_probes(opt.events)
     if opt.backend == "tracefs":
         require_root("the tracefs backend")
+    if probes:
+        require_root("the kvm-pmu probes")
     perf = require_perf() if opt.backend == "perf" else None
     root = tracefs_root()
     require_kvm()
     have, missing = evsets.available(wanted, root)
-    if not any(e.startswith("kvm:") for e in have):
+    if wanted and not any(e.startswith("kvm:") for e in have):
         raise Refusal("this kernel has no kvm tracepoints (is the kvm module loaded?): modprobe kvm_intel/kvm_amd")
+    session = _probe_session(root) if probes else None
+    if session is not None and session.mechanism is None and not wanted:
+        raise Refusal(f"cannot record kvm-pmu: {session.mech.why_none()}; record tracepoints instead "
+                      "(--events vpmu)")
     output_dir(opt.out, "record", owns=(CAPTURE_FILE,))
     opt.out.mkdir(exist_ok=True)
     snap = snapshot()
@@ -124,12 +133,17 @@ def record(opt: RecordOptions) -> RecordResult:
     for s in old:
         signal.signal(s, on_signal)
     try:
+        # the probes exist only inside this block: removed on the capture's end, error or interruption
+        events = have + (session.create() if session is not None else [])
         if opt.backend == "perf":
             assert perf is not None
-            _run_perf(opt, perf, have, res)
+            _run_perf(opt, perf, events, res)
         else:
-            _run_tracefs(opt, root, have, res)
+            _run_tracefs(opt, root, events, res)
     finally:
+        if session is not None:
+            session.remove()
+            res.summary["probes"] = session.summary()
         for s, h in old.items():
             signal.signal(s, h)
     _progress("", opt.progress)
@@ -157,6 +171,15 @@ def record(opt: RecordOptions) -> RecordResult:
         res.summary["lost_notices"] = td.meta["lost_notices"]
         res.summary["unparsed"] = td.meta["unparsed"]
     return res
+
+
+def _probe_session(root: Path) -> ProbeSession:
+    """The kvm-pmu probe session of this capture, after removing what dead recorders left behind."""
+    io = TracefsIO(root)
+    left = cleanup_leftovers(io)
+    if left:
+        print(f"record: removed leftovers of earlier captures: {', '.join(left)}", file=sys.stderr)
+    return ProbeSession(root, io)
 
 
 def _workload(opt: RecordOptions) -> subprocess.Popen | None:
@@ -246,8 +269,13 @@ def describe(res: RecordResult) -> str:
         lines.append(f"events       {s['decoded_events']}  lost {s['lost_events']} "
                      f"({s['lost_notices']} notices)  unparsed {s['unparsed']}")
         lines += coverage_lines(coverage(res.events_requested, s["events_by_kind"], res.events_missing))
+        others = {k: v for k, v in s["events_by_kind"].items() if k not in res.events_requested}
+        for k, v in sorted(others.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {k:<40}{v:>10}  (not a requested tracepoint)")
     else:
         lines.append("events       not decoded (--raw-only): `vpmutrace info` on the directory counts them")
+    if "probes" in s:
+        lines += probe_set.describe(s["probes"])
     if s.get("overruns"):
         lines.append(f"overruns     {s['overruns']} (ring buffer too small: raise --buffer-kb)")
     for e in s.get("errors", []):

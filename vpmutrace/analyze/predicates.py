@@ -446,3 +446,36 @@ def mediated_pmi_exits(td: TraceData, ex: pl.DataFrame, svm: bool) -> pl.DataFra
                                        pl.lit(None, pl.String).alias("lvtpc"),
                                        pl.lit(None, pl.String).alias("certainty"))
     return pl.concat(parts, how="diagonal_relaxed").sort("exit_row")
+
+
+# ---- kvm-pmu probe events (collectors/probes.py; functions in model/kernel.py FN_*) ------------------
+# A probe event is found by its event name in any group: `vpmutrace record` names entry probes after the
+# function and return probes <function>__return (perf probe's names too); the kernel's default names are
+# <function>__entry / <function>__exit for fprobes (trace_fprobe.c) and p_<function>_0 / r_<function>_0
+# for kprobes (trace_kprobe.c). A probe that was not recorded is None, never an empty (zero) table: a
+# table of the trace, or an event the capture says it created (capture.json), is recorded.
+PROBE_ENTRY_NAMES = ("{f}", "{f}__entry", "p_{f}_0")
+PROBE_RETURN_NAMES = ("{f}__return", "{f}__exit", "r_{f}_0")
+
+
+def probe_table(td: TraceData, func: str, ret: bool = False) -> str | None:
+    """The table of the probe on ``func`` (its return when ``ret``), or None when it was not recorded."""
+    names = {p.format(f=func) for p in (PROBE_RETURN_NAMES if ret else PROBE_ENTRY_NAMES)}
+    created = {c.get("event", "").replace(":", ".", 1) for c in
+               ((td.meta.get("capture") or {}).get("summary", {}).get("probes") or {}).get("created", [])}
+    for table in sorted(set(td.tables) | created):
+        system, dot, event = table.partition(".")
+        if dot and event in names and system not in ("kvm", "kvmmmu", "msr", "nmi", "sched", "irq_vectors"):
+            return table
+    return None
+
+
+def probe_rows(td: TraceData, funcs: tuple[str, ...] | str,
+               ret: bool = False) -> tuple[pl.DataFrame | None, str | None]:
+    """(rows, function) of the first of ``funcs`` whose probe was recorded (rows may be empty: recorded,
+    none fired), or (None, None): not recorded. Rows keep every probe field, with ``source`` as a string."""
+    for f in (funcs,) if isinstance(funcs, str) else funcs:
+        t = probe_table(td, f, ret)
+        if t is not None:
+            return td.df(t).with_columns(pl.col("source").cast(pl.String)), f
+    return None, None

@@ -189,3 +189,66 @@ def overlap_ns(start: int, end: int, windows: pl.DataFrame) -> int:
     s = w.select((pl.min_horizontal(pl.col("end_ns"), pl.lit(end)) - pl.max_horizontal(pl.col("start_ns"),
                                                                                          pl.lit(start))).sum())
     return int(s.item())
+
+
+def probe_windows(td: TraceData) -> tuple[pl.DataFrame, str] | None:
+    """PMU ownership windows from load/put probes (mediated design; reference §2.1-§2.2): on each vCPU
+    thread a window opens at a load (perf_load_guest_context(), which kvm_mediated_pmu_load() calls
+    first for a mediated vCPU only, else kvm_mediated_pmu_load(), which runs for every vCPU on 7.0+ and
+    returns at once without a mediated PMU) and closes at the thread's next put (perf_put_guest_context(),
+    else kvm_mediated_pmu_put());
+    a window still open at the end of the trace has a null end. Each window has ``load_ns`` / ``put_ns``
+    (the functions' durations, where their return probes were recorded; null otherwise), the guest runs
+    (kvm_entry) and ``fastpath_exits``, the exits re-entered inside it (all but the one the put
+    follows); ``gap_ns`` is the host time until the thread's next load (put ->
+    load: the host owns the PMU). Returns (windows, the function pair used) or None when neither load nor
+    put probes were recorded. Windows that span a loss of events on their CPU are marked ``lost``."""
+    pairs = []
+    for lf, pf in ((K.FN_PERF_LOAD_GUEST, K.FN_PERF_PUT_GUEST), (K.FN_MEDIATED_LOAD, K.FN_MEDIATED_PUT)):
+        load, _ = P.probe_rows(td, lf)
+        put, _ = P.probe_rows(td, pf)
+        if load is not None and put is not None:
+            pairs.append((load.height + put.height > 0, lf, pf, load, put))
+    if not pairs:
+        return None
+    # the perf hooks run only for a mediated vCPU (kvm_mediated_pmu_load() returns before calling them
+    # otherwise): preferred when they fired
+    _, lf, pf, load, put = sorted(pairs, key=lambda p: not p[0])[0]
+
+    def timed(rows: pl.DataFrame, func: str, kind: str) -> pl.DataFrame:
+        df = rows.select("ts_ns", "seq", "cpu", "source", "pid", pl.lit(kind).alias("kind"))
+        ret, _ = P.probe_rows(td, func, ret=True)
+        if ret is None or ret.height == 0:
+            return df.with_columns(pl.lit(None, pl.Int64).alias("dur_ns"))
+        r = ret.select(pl.col("ts_ns").alias("r_ts"), "source", "pid").sort("r_ts")
+        return df.sort("ts_ns").join_asof(r, left_on="ts_ns", right_on="r_ts", by=KEY, strategy="forward") \
+            .with_columns((pl.col("r_ts") - pl.col("ts_ns")).alias("dur_ns")).drop("r_ts")
+
+    ev = pl.concat([timed(load, lf, "load"), timed(put, pf, "put")]).sort([*KEY, "ts_ns", "seq"])
+    ev = ev.with_columns(pl.col("kind").shift(-1).over(KEY).alias("next_kind"),
+                         pl.col("ts_ns").shift(-1).over(KEY).alias("next_ts"),
+                         pl.col("dur_ns").shift(-1).over(KEY).alias("next_dur"))
+    w = ev.filter(pl.col("kind") == "load").select(
+        "cpu", "source", "pid", pl.col("ts_ns").alias("start_ns"),
+        pl.when(pl.col("next_kind") == "put").then(pl.col("next_ts")).alias("end_ns"),
+        pl.col("dur_ns").alias("load_ns"),
+        pl.when(pl.col("next_kind") == "put").then(pl.col("next_dur")).alias("put_ns"))
+    nxt = ev.filter(pl.col("kind") == "load").select(pl.col("ts_ns").alias("_next_load"), "source", "pid") \
+        .sort("_next_load")
+    w = w.sort("end_ns").join_asof(nxt, left_on="end_ns", right_on="_next_load", by=KEY, strategy="forward",
+                                   allow_exact_matches=False) \
+        .with_columns((pl.col("_next_load") - pl.col("end_ns")).alias("gap_ns")).drop("_next_load")
+    t = _timeline(td).select("ts_ns", "source", "pid", "kind")
+    inside = w.select("source", "pid", "start_ns", "end_ns").with_row_index("_w").join(t, on=KEY) \
+        .filter((pl.col("ts_ns") > pl.col("start_ns")) & (pl.col("end_ns").is_null()
+                                                          | (pl.col("ts_ns") < pl.col("end_ns"))))
+    counts = inside.group_by("_w").agg((pl.col("kind") == "entry").sum().alias("runs"),
+                                       (pl.col("kind") == "exit").sum().alias("exits_inside"))
+    # the exit that ends a window (the put follows it) is not a re-entry inside it
+    w = w.with_row_index("_w").join(counts, on="_w", how="left").with_columns(
+        pl.col("runs").fill_null(0), (pl.col("exits_inside").fill_null(0)
+                                      - pl.col("end_ns").is_not_null().cast(pl.UInt32)).clip(0)
+        .alias("fastpath_exits")).drop("_w", "exits_inside")
+    w = w.with_columns(_crosses_loss(w.with_columns(pl.col("end_ns").fill_null(pl.col("start_ns"))),
+                                     "start_ns", "end_ns", _losses(td)).alias("lost"))
+    return w.sort("cpu", "start_ns"), f"{lf}/{pf}"

@@ -191,3 +191,60 @@ def global_ctrl_reset_gp(version: tuple[int, int] | None) -> bool | None:
     if version is None:
         return None
     return not ((6, 0) <= version < (6, 9))
+
+
+# ---- KVM and perf PMU functions that dynamic probes observe (issue 17; reference §2.1-§2.3, §3.1-§3.3,
+#      §6.1). No kvm_pmu tracepoint exists upstream (reference SUMMARY 12), so `vpmutrace record --events
+#      kvm-pmu` puts fprobe/kprobe events on these functions where the running kernel has them. Every
+#      one runs on the vCPU thread (common_pid): load/put in vcpu_enter_guest() with IRQs off; the PMI
+#      handlers in NMI/IRQ context while the vCPU is loaded (kvm_get_running_vcpu(); KVM's perf events
+#      are task-bound to the vCPU thread, so they overflow only while it runs); the reprogram path from
+#      kvm_pmu_handle_event() on KVM_REQ_PMU. Signatures (arch/x86/kvm/pmu.c, kernel/events/core.c):
+#        void kvm_mediated_pmu_load(struct kvm_vcpu *vcpu)            7.0+ (merge bf2c3138ae36)
+#        void kvm_mediated_pmu_put(struct kvm_vcpu *vcpu)             7.0+
+#        void perf_load_guest_context(void)                           7.0+ (tip 42457a7fb6ca; v5 of the
+#        void perf_put_guest_context(void)                                 series took the guest LVTPC)
+#        void kvm_handle_guest_mediated_pmi(void)                     7.0+ (kvm 1c4ba7286afb)
+#        static int reprogram_counter(struct kvm_pmc *pmc)            6.0+ (void before 6.1; earlier
+#                                                                          reprogram_gp/fixed_counter())
+#        static int pmc_reprogram_counter(struct kvm_pmc *pmc, u32 type, u64 config,
+#                                         bool exclude_user, bool exclude_kernel, bool intr)
+#             0 or PTR_ERR(perf_event_create_kernel_counter()); void before 6.1 (Sean Christopherson,
+#             "KVM: x86/pmu: Clear "reprogram" bit if counter is disabled or disallowed", 2022-09-23)
+#        static void kvm_perf_overflow(struct perf_event *perf_event, struct perf_sample_data *data,
+#                                      struct pt_regs *regs)   pmc = perf_event->overflow_handler_context
+#        void kvm_pmu_deliver_pmi(struct kvm_vcpu *vcpu)
+#        void kvm_pmu_handle_event(struct kvm_vcpu *vcpu)
+#      Static functions can be inlined (then absent from kallsyms) or cloned by the compiler
+#      (``pmc_reprogram_counter.constprop.0`` on a 6.18 build: arguments may be dropped or reordered).
+FN_MEDIATED_LOAD = "kvm_mediated_pmu_load"
+FN_MEDIATED_PUT = "kvm_mediated_pmu_put"
+FN_PERF_LOAD_GUEST = "perf_load_guest_context"
+FN_PERF_PUT_GUEST = "perf_put_guest_context"
+FN_MEDIATED_PMI = "kvm_handle_guest_mediated_pmi"
+FN_REPROGRAM = "reprogram_counter"
+FN_PMC_REPROGRAM = "pmc_reprogram_counter"
+FN_PERF_OVERFLOW = "kvm_perf_overflow"
+FN_DELIVER_PMI = "kvm_pmu_deliver_pmi"
+FN_HANDLE_EVENT = "kvm_pmu_handle_event"
+# the PMU load/put of a mediated vCPU: KVM's functions, else the perf-core hooks they call first/last
+# (kvm_mediated_pmu_load() -> perf_load_guest_context(); kvm_mediated_pmu_put() ends with
+# perf_put_guest_context(): reference §2.2), which are exported to KVM and so never inlined into it
+PMU_LOAD_FUNCS = (FN_MEDIATED_LOAD, FN_PERF_LOAD_GUEST)
+PMU_PUT_FUNCS = (FN_MEDIATED_PUT, FN_PERF_PUT_GUEST)
+PMC_REPROGRAM_RETURNS_INT = (6, 1)
+# Linux x86-64 errno names for the error codes perf_event_create_kernel_counter() returns
+# (include/uapi/asm-generic/errno-base.h, errno.h)
+ERRNO_NAMES = {1: "EPERM", 2: "ENOENT", 12: "ENOMEM", 13: "EACCES", 16: "EBUSY", 19: "ENODEV", 22: "EINVAL",
+               24: "EMFILE", 28: "ENOSPC", 95: "EOPNOTSUPP", 524: "ENOTSUPP"}
+
+
+def errno_name(ret: int) -> str:
+    """'-EOPNOTSUPP (-95)' for a negative kernel return value."""
+    name = ERRNO_NAMES.get(-ret)
+    return f"-{name} ({ret})" if name else str(ret)
+# KVM creates a counter's perf event with config = eventsel & pmu->raw_event_mask (reprogram_counter()):
+# X86_RAW_EVENT_MASK (event, umask, edge, pin control, inv, cmask; arch/x86/include/asm/perf_event.h)
+# plus AMD's event-select bits 35:32 (AMD64_RAW_EVENT_MASK_NB's event part)
+RAW_EVENT_MASK = 0xFF8CFFFF | (0xF << 32)
+FIXED_PMC_BASE_IDX = 32  # KVM_FIXED_PMC_BASE_IDX: pmc->idx of fixed counter j is 32 + j
