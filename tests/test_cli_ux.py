@@ -210,6 +210,8 @@ def test_output_paths_are_checked_not_created(tmp_path: Path) -> None:
     _one_line_error(_cli("simulate", "-o", str(missing)), "does not exist")
     _one_line_error(_cli("report", str(NESTED), "-o", str(tmp_path)), "is a directory")
     assert not (tmp_path / "nonexistent").exists()
+    # a file the system refuses to create (procfs takes no new files, not even from root): one line too
+    _one_line_error(_cli("report", str(NESTED), "-o", "/proc/x.html"), "/proc/x.html: ")
 
 
 @pytest.mark.parametrize("args,words", [
@@ -293,6 +295,8 @@ def test_plurals() -> None:
     assert "1 rule diverges, 1 event" in render(Result("diff", summary=one))[0]
     two = dict(one, divergences=one["divergences"] * 2, divergent_events=2)
     assert "2 rules diverge, 2 events" in render(Result("diff", summary=two))[0]
+    text = _cli("exits", str(FIXTURES / "lkml_shukla_svm_idle_hlt_6x.txt")).stdout
+    assert "1 exit not timed: their next entry lies after lost events (0) or resumes elsewhere (1)" in text
 
 
 def test_pmu_msr_text_shows_the_hex_index_json_keeps_integers() -> None:
@@ -325,8 +329,8 @@ def test_demo_table_says_na_with_the_need_and_shows_findings() -> None:
     td = load_trace([PERF])
     doc, _ = run(td, Config.for_trace(td))
     rows = table_rows("microguest-perf", td.meta["events"], doc, findings(doc, td), "r.html")
-    assert "n/a (needs kvm:kvm_exit, kvm:kvm_entry)" in rows[0]
-    assert " 1600 " in rows[0]  # PMU MSR accesses, computed
+    assert "n/a (needs kvm:kvm_exit, kvm:kvm_entry)" in rows[0] and rows[-1] == "    report: r.html"
+    assert rows[0].endswith(" 1600")  # PMU MSR accesses, computed
     texts = [f["text"] for f in doc["findings"]]
     assert texts and any(texts[0] in line for line in rows[1:])
 
@@ -335,7 +339,7 @@ def test_demo_table_says_na_with_the_need_and_shows_findings() -> None:
 
 def test_show_prints_times_from_the_trace_start() -> None:
     rel = _cli("show", "--limit", "2", str(NESTED)).stdout.splitlines()
-    assert rel[0] == "# times from the trace's start, 1404.389366 s on its clock (unknown); --absolute-time " \
+    assert rel[0] == "# times: from the trace's start, 1404.389366 s on its clock (unknown); --absolute-time " \
                      "prints the clock's own"
     assert "    0.000000: " in rel[1]
     ab = _cli("show", "--limit", "2", "--absolute-time", str(NESTED)).stdout.splitlines()

@@ -475,6 +475,12 @@ def main(argv: list[str] | None = None) -> None:
     except UserError as e:
         print(error_line(e), file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # (| head) the reader went away: nothing more to say
+        sys.stderr.close()
+        sys.exit(1)
+    except OSError as e:  # the machine refused a file operation (permissions, disk full): one line too
+        print(error_line(f"{e.filename}: {e.strerror}" if e.filename else e), file=sys.stderr)
+        sys.exit(2)
     except MemoryError as e:
         detail = f" ({e})" if str(e) else ""
         print(error_line(f"out of memory{detail}; the tables of a trace take about the size of a perf.data "

@@ -62,13 +62,12 @@ def run_demo(out: Path, fixtures: Path | None = None) -> None:
 
 # the demo table's analysis columns: (header, analyzer, summary key of the number shown)
 COLUMNS = (("exits", "exits", "exits_total"), ("pmu msr", "pmu_msr", "pmu_msr_accesses"))
-COLUMN_WIDTH = 24
+COLUMN_WIDTH = 40  # fits n/a (needs kvm:kvm_exit, kvm:kvm_entry)
 MAX_FINDINGS = 4  # per trace in the terminal; the report and analysis.json have them all
 
 
 def table_header() -> str:
-    return (f"{'trace':<26} {'events':>8} " + " ".join(f"{h:<{COLUMN_WIDTH}}" for h, _, _ in COLUMNS)
-            + " report")
+    return f"{'trace':<26} {'events':>8} " + " ".join(f"{h:<{COLUMN_WIDTH}}" for h, _, _ in COLUMNS).rstrip()
 
 
 def cell(doc: dict, analyzer: str, key: str) -> str:
@@ -83,10 +82,10 @@ def cell(doc: dict, analyzer: str, key: str) -> str:
 
 
 def table_rows(name: str, events: dict[str, int], doc: dict, found: list[dict[str, str]], report: object) -> list[str]:
-    """One trace's row, then its findings' text (most severe first; not-computable notes are the cells)."""
+    """One trace's row, then its findings' text (most severe first; not-computable notes are the cells),
+    then its report."""
     cells = [cell(doc, a, k) for _, a, k in COLUMNS]
-    out = [f"{name:<26} {sum(events.values()):>8} " + " ".join(f"{c:<{COLUMN_WIDTH}}" for c in cells)
-           + f" {report}"]
+    out = [(f"{name:<26} {sum(events.values()):>8} " + " ".join(f"{c:<{COLUMN_WIDTH}}" for c in cells)).rstrip()]
     shown = [f for f in found if f["severity"] != "info"]
     for f in shown[:MAX_FINDINGS]:
         out.append(f"    [{f['severity']}/{f['certainty']}] {f['analyzer']}: {f['finding']}")
@@ -94,4 +93,5 @@ def table_rows(name: str, events: dict[str, int], doc: dict, found: list[dict[st
         out.append(f"    ... and {len(shown) - MAX_FINDINGS} more in {report}")
     if not shown:
         out.append("    no findings")
+    out.append(f"    report: {report}")
     return out

@@ -144,11 +144,10 @@ def _bodies_of(td: TraceData, table: str, df: pl.DataFrame) -> pl.DataFrame:
 
 def origin_comment(td: TraceData) -> str:
     """The comment line above relative times: where they count from, on which clock."""
+    from vpmutrace.clocks import relative_times_note
+
     span = td.meta.get("time_span_ns") or [0, 0]
-    unit = td.meta.get("time_unit", "ns")
-    start = f"{span[0] / 1e9:.6f} s" if unit == "ns" else f"{span[0]} ticks"
-    return (f"# times from the trace's start, {start} on its clock ({td.meta.get('clock') or 'unknown'}); "
-            "--absolute-time prints the clock's own")
+    return "# " + relative_times_note(span[0], td.meta.get("time_unit", "ns"), td.meta.get("clock"))
 
 
 def _micros(ts_ns: int) -> str:

@@ -137,14 +137,10 @@ def render_text(results: dict[str, Result], doc: dict[str, Any], absolute: bool 
 
 def origin_line(trace: dict[str, Any], origin: int | None) -> str:
     """The one line that states where text times are counted from."""
+    from vpmutrace.clocks import relative_times_note
+
     span = trace.get("time_span_ns") or [0, 0]
-    unit = trace.get("time_unit", "ns")
-    start = f"{span[0] / 1e9:.6f} s" if unit == "ns" else f"{span[0]} ticks"
-    clock = trace.get("clock") or "unknown"
-    if origin is None:
-        return f"times: on the trace's clock ({clock}); the trace starts at {start}"
-    return (f"times: from the trace's start, {start} on its clock ({clock}); "
-            "--absolute-time prints the clock's own")
+    return relative_times_note(span[0], trace.get("time_unit", "ns"), trace.get("clock"), origin is None)
 
 
 def write_rows(doc: dict[str, Any], results: dict[str, Result], out: Path) -> None:

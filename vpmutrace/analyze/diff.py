@@ -126,7 +126,8 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     r = Result("diff", summary=summary, rule=RULE)
     for d in divs:
         kind = "divergence" if d["certainty"] == "fact" else "divergence_candidate"
-        r.findings.append(ANALYZER.finding(kind, f"{d['rule']} ({d['section']}): {d['count']} events diverge from the "
+        r.findings.append(ANALYZER.finding(kind, f"{d['rule']} ({d['section']}): {plural(d['count'], 'event')} diverge"
+                                           f"{'s' if d['count'] == 1 else ''} from the "
                                            f"{cfg.model} design - {d['explain']}", d["count"], d["first_ts_ns"],
                                            [str(d["example"])[:300]]))
     return r

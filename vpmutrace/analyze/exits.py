@@ -21,7 +21,7 @@ import polars as pl
 from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, fmt_ts, missing, records, rule_of, text_table
 from vpmutrace.analyze.context import Config
 from vpmutrace.analyze.windows import exit_intervals, fastpath_flags
-from vpmutrace.errors import InputError
+from vpmutrace.errors import InputError, plural
 from vpmutrace.tracedata import TraceData
 
 RULE = rule_of(__doc__)
@@ -85,9 +85,9 @@ def analyze(td: TraceData, cfg: Config) -> Result:
         ex = iv.filter(pl.col("unpaired").is_in(["lost", "rip_jump"])).sort("ts_ns")
         ev = [f"{u} at {fmt_ts(t)}: {rs} exit of thread {'-' if p is None else p}" for t, rs, p, u in
               ex.select("ts_ns", "reason", "pid", "unpaired").head(3).iter_rows()]
-        r.findings.append(ANALYZER.finding("unpaired_exits", f"{broken} exits not timed: their next entry lies after "
-                                           f"lost events ({unpaired.get('lost', 0)}) or resumes elsewhere "
-                                           f"({unpaired.get('rip_jump', 0)})", broken, int(ex["ts_ns"][0]), ev))
+        text = (f"{plural(broken, 'exit')} not timed: their next entry lies after lost events "
+                f"({unpaired.get('lost', 0)}) or resumes elsewhere ({unpaired.get('rip_jump', 0)})")
+        r.findings.append(ANALYZER.finding("unpaired_exits", text, broken, int(ex["ts_ns"][0]), ev))
     return r
 
 
