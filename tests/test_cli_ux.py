@@ -76,7 +76,7 @@ def test_a_capture_directory_is_read_with_its_snapshot(tmp_path: Path, dataset: 
     assert d["events"]["kvm:kvm_msr"] == 1600
     assert d["host_snapshot"] == str(cap / "host.json") and d["host"]["kvm"]["kvm"]["enable_pmu"] == "Y"
     assert d["inputs"][0]["path"] == str(cap / "trace.perf.data")  # the dataset keeps the trace's inputs
-    r = _cli("analyze", "--json", "--only", "config_checks,exits", str(cap))
+    r = _cli("analyze", "--json", "--only", "config-checks,exits", str(cap))  # command names work too
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["trace"]["host_snapshot"] is True and doc["config_checks"]["computable"] is True
@@ -194,6 +194,7 @@ def test_ingest_onto_an_existing_file_or_foreign_directory(tmp_path: Path) -> No
     (["exits", "--by", "cpu"], ["--by", "reason, vcpu, vm"]),
     (["exits", "--vcpu", "-1"], ["--vcpu"]),
     (["info", "--tsc-khz", "0"], ["--tsc-khz"]),
+    (["info", "--tsc-khz", "inf"], ["--tsc-khz"]),
     (["info", "--limit", "3"], ["No such option: --limit", "(see vpmutrace info -h)"]),
     (["show", "--limit", "x"], ["--limit", "valid integer"]),
 ])
@@ -336,6 +337,12 @@ def test_demo_table_says_na_with_the_need_and_shows_findings() -> None:
 
 
 # 16. relative times in text output
+
+def test_show_with_an_unknown_event_prints_only_the_error() -> None:
+    r = _cli("show", "--event", "nope", str(NESTED))
+    _one_line_error(r, "--event: no event 'nope' in the trace")
+    assert r.stdout == ""
+
 
 def test_show_prints_times_from_the_trace_start() -> None:
     rel = _cli("show", "--limit", "2", str(NESTED)).stdout.splitlines()

@@ -121,6 +121,7 @@ def _load(traces: list[Path], tsc_khz: float | None = None, snapshot: Path | Non
           clock: str | None = None) -> Any:
     from vpmutrace.readers import LoadOptions, load_trace
 
+    check_positive("--tsc-khz", tsc_khz)
     return load_trace(list(traces), LoadOptions(tsc_khz=tsc_khz, snapshot=snapshot, clock=clock))
 
 
@@ -183,10 +184,14 @@ def show(traces: Traces,
     td = _load(traces, tsc_khz, snapshot, clock)
     origin = None if absolute_time else (td.meta.get("time_span_ns") or [0])[0]
     out = sys.stdout
+    shown = lines(td, event, limit or None, origin=origin or 0)
+    first = next(shown, None)  # a bad --event is an error before anything is printed
     try:
         if origin is not None:
             out.write(origin_comment(td) + "\n")
-        for line in lines(td, event, limit or None, origin=origin or 0):
+        for line in ([first] if first is not None else []):
+            out.write(line + "\n")
+        for line in shown:
             out.write(line + "\n")
         out.flush()
     except BrokenPipeError:  # (| head)
@@ -310,7 +315,8 @@ def _calibration(traces: list[Path], calibrate_with: Path | None) -> dict | None
 
 @app.command()
 def analyze(traces: Traces, model: ModelOpt = None,
-            only: Annotated[str | None, typer.Option(help="comma list of analyzers (names as in the JSON keys)")]
+            only: Annotated[str | None, typer.Option(help="comma list of analyzers (their JSON keys or command "
+                                                          "names, e.g. pmu_msr or pmu-msr)")]
             = None,
             as_json: JsonOpt = False, out: OutOpt = None, guest_gp: GuestGp = None, guest_fixed: GuestFixed = None,
             skid_window_us: SkidOpt = 10.0, switch_cost_ns: CostOpt = None, calibrate_with: CalibrateOpt = None,
@@ -320,7 +326,8 @@ def analyze(traces: Traces, model: ModelOpt = None,
     """Run the analyzers (see docs/analyze.md); findings last, most severe first."""
     check_positive("--skid-window-us", skid_window_us, allow_zero=True)
     cost = cost_range(switch_cost_ns)
-    doc = _analyze(traces, model, only.split(",") if only else None, as_json, out, guest_gp, guest_fixed,
+    names = [o.strip().replace("-", "_") for o in only.split(",")] if only else None  # pmu-msr or pmu_msr
+    doc = _analyze(traces, model, names, as_json, out, guest_gp, guest_fixed,
                    {"tsc_khz": tsc_khz, "snapshot": snapshot, "clock": clock}, absolute_time,
                    skid_window_ns=int(skid_window_us * 1000), switch_cost_ns=cost,
                    calibration=_calibration(traces, calibrate_with))
