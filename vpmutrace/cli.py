@@ -34,10 +34,9 @@ from vpmutrace.options import (
     check_positive,
     cost_range,
 )
-from vpmutrace.outputs import default_output, output_dir, output_file
+from vpmutrace.outputs import ANALYSIS_FILE, default_output, output_dir, output_file
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
-ANALYZER_OWNS = ("analysis.json",)  # what `analyze -o DIR` writes besides its Parquet files
 
 
 class _Commands(TyperGroup):
@@ -278,7 +277,7 @@ def _check_common(model: str | None, guest_gp: int | None, guest_fixed: int | No
     check_design("--model", model)
     check_counters("--guest-gp", guest_gp)
     check_counters("--guest-fixed", guest_fixed)
-    return output_dir(out, "analyze", owns=ANALYZER_OWNS) if out is not None else None
+    return output_dir(out, "analyze", owns=(ANALYSIS_FILE,)) if out is not None else None
 
 
 def _analyze(traces: list[Path], model: str | None, only: list[str] | None, as_json: bool, out: Path | None,

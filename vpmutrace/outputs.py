@@ -18,6 +18,7 @@ from pathlib import Path
 from vpmutrace.errors import InputError
 
 OUTPUT_ROOT = Path("vpmutrace-out")
+ANALYSIS_FILE = "analysis.json"  # what `analyze -o DIR` writes beside its Parquet files
 DEFAULTS = {"record": "capture", "selftest": "selftest", "simulate": "sim", "report": "report.html",
             "demo": "demo"}
 

@@ -149,7 +149,9 @@ def write_rows(doc: dict[str, Any], results: dict[str, Result], out: Path) -> No
     for r in results.values():
         for name, df in r.rows.items():
             df.write_parquet(out / f"{name}.parquet")
-    (out / "analysis.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    from vpmutrace.outputs import ANALYSIS_FILE
+
+    (out / ANALYSIS_FILE).write_text(json.dumps(doc, indent=2, default=str) + "\n")
 
 
 __all__ = ["Config", "keys", "registry", "render_text", "run", "write_rows"]
