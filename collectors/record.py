@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from collectors import events as evsets
-from collectors import probes as probe_set
-from collectors.host import (
+from vpmutrace.collectors import events as evsets
+from vpmutrace.collectors import probes as probe_set
+from vpmutrace.collectors.host import (
     Refusal,
     finish_snapshot,
     hardware_pmu,
@@ -32,7 +32,8 @@ from collectors.host import (
     snapshot,
     tracefs_root,
 )
-from collectors.probes import ProbeSession, TracefsIO, cleanup_leftovers
+from vpmutrace.collectors.probes import ProbeSession, TracefsIO, cleanup_leftovers
+
 from vpmutrace.capture import CAPTURE_FILE, DATASET_DIR, HOST_FILE, PERF_TRACE, TRACEFS_TRACE, coverage, coverage_lines
 from vpmutrace.errors import warning_line
 from vpmutrace.outputs import output_dir
@@ -189,7 +190,7 @@ def _workload(opt: RecordOptions) -> subprocess.Popen | None:
 
 
 def _run_tracefs(opt: RecordOptions, root: Path, have: list[str], res: RecordResult) -> None:
-    from collectors.tracefs_backend import TracefsCapture
+    from vpmutrace.collectors.tracefs_backend import TracefsCapture
 
     cap = TracefsCapture(root, have, res.trace_file, opt.cpus, opt.buffer_kb)
     cap.start()
@@ -223,7 +224,7 @@ def _run_tracefs(opt: RecordOptions, root: Path, have: list[str], res: RecordRes
 
 
 def _run_perf(opt: RecordOptions, perf: str, have: list[str], res: RecordResult) -> None:
-    from collectors.perf_backend import PerfCapture, PerfProgress
+    from vpmutrace.collectors.perf_backend import PerfCapture, PerfProgress
 
     sample = None
     if opt.samples:

@@ -119,7 +119,7 @@ def test_capture_coverage_lists_every_requested_event(tmp_path: Path) -> None:
 
 
 def test_record_summary_uses_the_same_coverage() -> None:
-    from collectors.record import RecordResult, describe
+    from vpmutrace.collectors.record import RecordResult, describe
 
     res = RecordResult("perf", Path("cap/trace.perf.data"), ["kvm:kvm_exit", "kvm:kvm_msr"], [],
                        summary={"decoded_events": 5, "lost_events": 0, "lost_notices": 0, "unparsed": 0,

@@ -39,10 +39,11 @@ def is_capture(path: Path) -> bool:
 
 def _current_dataset(path: Path) -> bool:
     from vpmutrace.schema import SCHEMA_VERSION
-    from vpmutrace.tracedata import META_FILE
+    from vpmutrace.tracedata import meta_file
 
+    mf = meta_file(path)
     try:
-        return json.loads((path / META_FILE).read_text()).get("schema_version") == SCHEMA_VERSION
+        return mf is not None and json.loads(mf.read_text()).get("schema_version") == SCHEMA_VERSION
     except (OSError, json.JSONDecodeError, AttributeError):
         return False
 

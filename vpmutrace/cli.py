@@ -145,7 +145,7 @@ def info(traces: Traces,
          tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Format, tool/kernel, clock and time unit, time span, CPUs, events per kind, lost and unparsed counts, where
     perf samples' symbols came from; for a capture directory, every requested event and what a silent one costs."""
-    from vpmutrace.report_text import info_dict, render_info
+    from vpmutrace.report.text import info_dict, render_info
 
     d = info_dict(_load(traces, tsc_khz, snapshot, clock))
     typer.echo(json.dumps(d, indent=2, sort_keys=True) if as_json else render_info(d))
@@ -156,11 +156,11 @@ def ingest(traces: Traces,
            out: Annotated[Path, typer.Option("-o", "--out", help="output dataset directory (new, empty, or a "
                                                                  "dataset to replace)")],
            tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
-    """Decode traces into a Parquet dataset (one file per table + trace_meta.json)."""
-    from vpmutrace.report_text import info_dict
-    from vpmutrace.tracedata import META_FILE
+    """Decode traces into a Parquet dataset (one file per table + _trace_meta.json)."""
+    from vpmutrace.report.text import info_dict
+    from vpmutrace.tracedata import LEGACY_META_FILE, META_FILE
 
-    out = output_dir(out, "ingest", owns=(META_FILE,))
+    out = output_dir(out, "ingest", owns=(META_FILE, LEGACY_META_FILE))
     td = _load(traces, tsc_khz, snapshot, clock)
     path = td.save(out)
     d = info_dict(td)
@@ -200,8 +200,8 @@ def show(traces: Traces,
 @app.command()
 def demo(out: Annotated[Path | None, typer.Option("-o", "--out", help="where to write the results "
                                                                       "(default vpmutrace-out/demo)")] = None,
-         fixtures: Annotated[Path | None, typer.Option(help="bundled traces directory (default: the "
-                                                            "checkout's fixtures/)")] = None) -> None:
+         fixtures: Annotated[Path | None, typer.Option(help="bundled traces directory (default: the checkout's "
+                                                            "fixtures/, else the package's copies)")] = None) -> None:
     """The main job on the bundled real traces: ingest each, summarise it, write its dataset."""
     from vpmutrace.demo import run_demo
 
@@ -232,8 +232,8 @@ def record(
     local_timer_entry; host-msr = msr:read_msr/write_msr/rdpmc (high rate); full = all of these and more.
     The summary lists every requested event with its count and the analyses a silent one leaves not computable.
     """
-    from collectors.record import RecordOptions, describe, parse_cpus
-    from collectors.record import record as do_record
+    from vpmutrace.collectors.record import RecordOptions, describe, parse_cpus
+    from vpmutrace.collectors.record import record as do_record
     check_positive("--duration", duration)
     check_positive("--buffer-kb", buffer_kb)
     check_choice("--backend", backend, ("perf", "tracefs"))
@@ -255,8 +255,8 @@ def selftest(out: Annotated[Path | None, typer.Option("-o", "--out", help="where
 
     Exit status 1 when a check fails.
     """
-    from collectors.selftest import render
-    from collectors.selftest import selftest as run
+    from vpmutrace.collectors.selftest import render
+    from vpmutrace.collectors.selftest import selftest as run
 
     for b in backend or []:
         check_choice("--backend", b, ("perf", "tracefs"))
@@ -457,6 +457,15 @@ def report(traces: Traces, out: Annotated[Path | None, typer.Option("-o", "--out
     with progress.stage(f"writing {path}"):
         path = build(td, doc, results, path, max_points, win, title)
     typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
+
+
+def _fleet() -> None:
+    from vpmutrace.fleet.cli import app as fleet_app
+
+    app.add_typer(fleet_app, name="fleet")
+
+
+_fleet()
 
 
 def _usage_line(e: click.ClickException) -> str:

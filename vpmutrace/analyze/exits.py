@@ -11,7 +11,7 @@ samples, samples %, time %, min, max, mean, p50, p99 and perf's "±%" (100 * std
 mean). Fastpath: exits of the reasons (and, for WRMSR, the MSRs) the running kernel handles in
 vmx_exit_handlers_fastpath()/svm_exit_handlers_fastpath() without leaving the run loop
 (model.kernel.fastpath_eligible; no tracepoint marks the fastpath, so this is the share that
-*may* have re-entered fast). Reference §2.1, §5.3.
+*may* have re-entered fast). Design §2.1, §5.3.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _vm_pids(td: TraceData, iv: pl.DataFrame) -> tuple[pl.Series | None, str]:
     if vm_of:
         return (iv["pid"].replace_strict(vm_of, default=None, return_dtype=pl.Int64).alias("vm_pid"),
                 "host snapshot vCPU threads")
-    tgid = td.df("kvm_exit")["tgid"]
+    tgid = td.scan("kvm_exit", ["tgid"]).collect()["tgid"]
     if tgid.null_count() < tgid.len():
         return tgid.cast(pl.Int64).gather(iv["exit_row"]).alias("vm_pid"), "VMM process (tgid) of each vCPU thread"
     return None, "unknown (no host snapshot, no process ids in the trace): per vCPU thread only"

@@ -23,7 +23,7 @@ def sniff(path: Path) -> str:
     if path.is_dir() and perf_data_dir(path) is not None:
         return "perf.data"
     if path.is_dir():
-        raise InputError(str(path), "is a directory but not a vpmutrace dataset (no trace_meta.json) nor a capture "
+        raise InputError(str(path), "is a directory but not a vpmutrace dataset (no _trace_meta.json) nor a capture "
                                     "directory of vpmutrace record (no capture.json, trace.perf.data or trace.dat)")
     try:
         with path.open("rb") as f:
