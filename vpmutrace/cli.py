@@ -172,21 +172,30 @@ def ingest(traces: Traces,
 def show(traces: Traces,
          event: Annotated[str | None, typer.Option(help="only this event: system:name, name, or a table")] = None,
          limit: Annotated[int, typer.Option(help="at most N lines, the first in time (0: all)")] = 0,
-         absolute_time: AbsoluteOpt = False,
+         as_json: Annotated[bool, typer.Option("--json", help="print {lines, fallbacks, time_origin_ns} as JSON")]
+         = False, absolute_time: AbsoluteOpt = False,
          tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
-    """Events as text lines, as trace-cmd report prints them (computed for the lines shown only). Times are
-    from the trace's start (the first line, a comment, gives the start on the trace's clock) unless
-    --absolute-time."""
-    from vpmutrace.show import lines, origin_comment
+    """Events as text lines, as trace-cmd report -N prints them (computed for the lines shown only).
+
+    Times are from the trace's start (the first line, a comment, gives the start on the trace's clock)
+    unless --absolute-time, which prints them as trace-cmd does. Rows printed without their print fmt
+    (it does not parse, or fails on the row's values) are counted per event; the counts end the output
+    (on stderr, or in the JSON's fallbacks)."""
+    from vpmutrace.show import lines, origin_comment, text_fallbacks
 
     check_positive("--limit", limit, allow_zero=True)
     td = _load(traces, tsc_khz, snapshot, clock)
-    origin = None if absolute_time else (td.meta.get("time_span_ns") or [0])[0]
-    out = sys.stdout
-    shown = lines(td, event, limit or None, origin=origin or 0)
+    origin = 0 if absolute_time else int((td.meta.get("time_span_ns") or [0])[0])
+    shown = lines(td, event, limit or None, origin=origin)
     first = next(shown, None)  # a bad --event is an error before anything is printed
+    if as_json:
+        doc = {"lines": ([first] if first is not None else []) + list(shown), "time_origin_ns": origin,
+               "fallbacks": text_fallbacks(td)}
+        typer.echo(json.dumps(doc, indent=1))
+        return
+    out = sys.stdout
     try:
-        if origin is not None:
+        if not absolute_time:
             out.write(origin_comment(td) + "\n")
         for line in ([first] if first is not None else []):
             out.write(line + "\n")
@@ -195,6 +204,10 @@ def show(traces: Traces,
         out.flush()
     except BrokenPipeError:  # (| head)
         sys.stdout = None  # type: ignore[assignment]
+        return
+    for f in text_fallbacks(td):
+        print(f"vpmutrace show: {f['count']} {f['event']} row(s) {f['category']} ({f['meaning']}); first: "
+              f"{f['examples'][0] if f['examples'] else '-'}", file=sys.stderr)
 
 
 @app.command()

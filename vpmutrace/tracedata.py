@@ -56,6 +56,8 @@ class TraceData:
     stats: Stats = field(default_factory=Stats)
     # address -> kernel symbol, from the trace's kallsyms (for %pS when showing events); not saved
     symbols: Callable[[int], str | None] | None = None
+    # the trace's printk section (address : "string" lines: %s of a char * field); not saved
+    printk: bytes = b""
 
     def df(self, name: str) -> pl.DataFrame:
         """A table as a polars frame (empty frame of the declared schema when absent; an event's
@@ -258,6 +260,7 @@ class TraceBuilder:
         self.lost_rows: list[dict[str, Any]] = []
         self.event_formats: dict[str, str] = {}  # system:name -> format text (binary inputs)
         self.symbols: Callable[[int], str | None] | None = None  # kallsyms of a binary input
+        self.printk = b""  # printk section of a binary input
         self.event_tables: dict[str, str] = {}  # system:name -> table
         # event id -> the name the input records for it, for ids it has no format for (the reader
         # sets it while it reads one input)
@@ -351,4 +354,4 @@ class TraceBuilder:
             meta["cpus"] = len(cpus)
         fmts = {i["format"] for i in meta["inputs"]}
         meta["format"] = fmts.pop() if len(fmts) == 1 else "mixed"
-        return TraceData(tables, meta, self.stats, self.symbols)
+        return TraceData(tables, meta, self.stats, self.symbols, self.printk)
