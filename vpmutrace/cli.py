@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - typer that depends on click
     import click  # type: ignore[no-redef]
     from click.exceptions import Abort  # type: ignore[no-redef,assignment]
 
+import vpmutrace.cli_env  # noqa: F401  (before numpy is imported)
 from vpmutrace import __version__, progress
 from vpmutrace.errors import InputError, UserError, error_line
 from vpmutrace.options import (
@@ -117,11 +118,11 @@ VmOpt = Annotated[int | None, typer.Option("--vm", help="only this VM: the pid o
 
 
 def _load(traces: list[Path], tsc_khz: float | None = None, snapshot: Path | None = None,
-          clock: str | None = None) -> Any:
+          clock: str | None = None, early: Any = None) -> Any:
     from vpmutrace.readers import LoadOptions, load_trace
 
     check_positive("--tsc-khz", tsc_khz)
-    return load_trace(list(traces), LoadOptions(tsc_khz=tsc_khz, snapshot=snapshot, clock=clock))
+    return load_trace(list(traces), LoadOptions(tsc_khz=tsc_khz, snapshot=snapshot, clock=clock, early=early))
 
 
 def _version(value: bool) -> None:
@@ -158,11 +159,12 @@ def ingest(traces: Traces,
            tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Decode traces into a Parquet dataset (one file per table + _trace_meta.json)."""
     from vpmutrace.report.text import info_dict
-    from vpmutrace.tracedata import LEGACY_META_FILE, META_FILE
+    from vpmutrace.tracedata import LEGACY_META_FILE, META_FILE, EarlyWrites
 
     out = output_dir(out, "ingest", owns=(META_FILE, LEGACY_META_FILE))
-    td = _load(traces, tsc_khz, snapshot, clock)
-    path = td.save(out)
+    with EarlyWrites(out) as early:  # tables written to Parquet while the next are decoded
+        td = _load(traces, tsc_khz, snapshot, clock, early)
+        path = td.save(out, early)
     d = info_dict(td)
     typer.echo(f"wrote {path}: {sum(d['events'].values())} events in {len(td.tables)} tables; "
                f"lost {d['lost_events']}, unparsed {d['unparsed']}")
