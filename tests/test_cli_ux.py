@@ -196,7 +196,7 @@ def test_ingest_onto_an_existing_file_or_foreign_directory(tmp_path: Path) -> No
     (["info", "--tsc-khz", "0"], ["--tsc-khz"]),
     (["info", "--tsc-khz", "inf"], ["--tsc-khz"]),
     (["info", "--limit", "3"], ["No such option: --limit", "(see vpmutrace info -h)"]),
-    (["show", "--limit", "x"], ["--limit", "valid integer"]),
+    (["show", "--limit", "x"], ["--limit", "Invalid value"]),
 ])
 def test_bad_option_values_are_one_line_errors(args: list[str], words: list[str]) -> None:
     cmd, *opts = args
