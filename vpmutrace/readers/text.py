@@ -25,6 +25,7 @@ from vpmutrace import clocks as C
 from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.formats.decode import valid_utf8, var_array
+from vpmutrace.formats.foreign import HEAD_BYTES, not_a_trace
 from vpmutrace.kernels import text_layout as tk
 from vpmutrace.readers.text_tables import COMMON_COLS, arrow, emit_text_event, system_of
 from vpmutrace.tracedata import TraceBuilder
@@ -120,7 +121,7 @@ def read_text(path: str | Path, builder: TraceBuilder) -> None:
         raise InputError(str(p), "empty file: no trace lines")
     nul = raw.find(b"\0", 0, MAX_BINARY_PROBE)
     if nul >= 0:
-        raise InputError(str(p), "binary data where a text trace was expected (NUL byte)", f"offset {nul}")
+        raise InputError(str(p), not_a_trace(raw[:HEAD_BYTES]) + f"; NUL byte at offset {nul}")
     flavor = sniff_text_flavor(raw[:SNIFF_BYTES].decode("utf-8", "replace").splitlines()[:SNIFF_LINES])
     src_file = str(p)
     tool = {"perf-script": "perf script", "trace-cmd-report": "trace-cmd report",
