@@ -18,10 +18,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from vpmutrace.errors import VpmutraceError
+
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 
-class Refusal(Exception):
+class Refusal(VpmutraceError):
     """The host cannot do what was asked: a one-line reason and the fix."""
 
 

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from vpmutrace import __version__
-from vpmutrace.errors import InputError
+from vpmutrace.errors import InputError, VpmutraceError
 from vpmutrace.report_text import info_dict, render_info
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -138,7 +138,7 @@ def record(
                                       duration=duration, command=list(command) if command else None,
                                       samples=samples, raw_only=raw_only, buffer_kb=buffer_kb,
                                       progress=sys.stderr.isatty()))
-    except (Refusal, ValueError) as e:
+    except Refusal as e:
         print(f"vpmutrace record: {e}", file=sys.stderr)
         raise typer.Exit(2) from None
     typer.echo(describe(res))
@@ -370,7 +370,7 @@ def main() -> None:
         _register_analyzers()
     try:
         app()
-    except InputError as e:
+    except VpmutraceError as e:  # InputError, BadFormat, Refusal: one line
         print(f"vpmutrace: error: {e}", file=sys.stderr)
         sys.exit(2)
     except MemoryError as e:

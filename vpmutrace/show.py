@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from vpmutrace.errors import InputError, UnsupportedFormat
+from vpmutrace.errors import BadFormat, InputError, UnsupportedFormat
 from vpmutrace.formats.event_format import EventFormat, parse_format
 from vpmutrace.formats.known import reference_formats
 from vpmutrace.schema import ALL_TABLES, COMMON, EVENT_TABLES, column_names, is_event_table
@@ -250,5 +250,5 @@ def _format(td: TraceData, full: str) -> EventFormat | None:
 def _parsed(text: str, system: str) -> EventFormat | None:
     try:
         return parse_format(text, system)
-    except ValueError:
+    except BadFormat:
         return None
