@@ -49,8 +49,8 @@ def walk_pages(buf, page_size, ts_off, commit_off, commit_size, data_off, big_en
         size = commit & COMMIT_MASK
         start = base + data_off
         end = start + size
-        if end > page_end:
-            end = page_end
+        if end > page_end or size == 0:  # (a page written out has events: commit 0 is a damaged page)
+            end = min(end, page_end)
             bad += 1
         if commit & MISSING_STORED:
             if end + commit_size <= page_end:
@@ -60,6 +60,7 @@ def walk_pages(buf, page_size, ts_off, commit_off, commit_size, data_off, big_en
         elif commit & MISSING_EVENTS:
             page_lost[p] = -1
         pos = start
+        padded = False
         while pos + 4 <= end:
             h = read_int(buf, pos, 4, big_endian)
             if big_endian:
@@ -73,6 +74,7 @@ def walk_pages(buf, page_size, ts_off, commit_off, commit_size, data_off, big_en
                 a0 = read_int(buf, pos + 4, 4, big_endian)
             if type_len == TYPE_PADDING:
                 if delta == 0:
+                    padded = True
                     break
                 pos += 4 + a0
                 continue
@@ -95,6 +97,7 @@ def walk_pages(buf, page_size, ts_off, commit_off, commit_size, data_off, big_en
                 total = 4 + length
             if length < 0 or payload + length > end:
                 bad += 1
+                padded = True  # (counted)
                 break
             if fill:
                 offs[n] = payload
@@ -102,6 +105,8 @@ def walk_pages(buf, page_size, ts_off, commit_off, commit_size, data_off, big_en
                 tss[n] = ts
             n += 1
             pos += total
+        if pos < end and not padded and size > 0:  # bytes left inside the commit that hold no event header
+            bad += 1
         if not fill:
             page_events[p] = n
     return bad

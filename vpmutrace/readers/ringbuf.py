@@ -52,9 +52,10 @@ def walk_pages(buf: np.ndarray, page_size: int, header_page: dict[str, tuple[int
     tss = np.empty(n, dtype=np.int64)
     kernels.parallel(kernels.walk_pages, npages, *args, True, first, offs, lens, tss, page_lost,
                      min_items=PAGES_PER_THREAD)
+    # (u64 read as int64, as the compiled walk reads it: a value >= 2**63 wraps, it does not raise)
     page_ts = np.array([int.from_bytes(buf[p * page_size + ts_off:p * page_size + ts_off + 8].tobytes(),
                                        "big" if big_endian else "little") for p in np.nonzero(page_lost)[0]],
-                       dtype=np.int64)
+                       dtype=np.uint64).view(np.int64)
     full_ts = np.zeros(npages, dtype=np.int64)
     full_ts[np.nonzero(page_lost)[0]] = page_ts
     return PageWalk(offs, lens, tss, page_lost, bad, full_ts)
