@@ -31,7 +31,7 @@ from vpmutrace.schema import (
     empty_table,
     is_event_table,
 )
-from vpmutrace.stats import Stats
+from vpmutrace.stats import CATEGORIES, Stats
 
 if TYPE_CHECKING:
     import polars as pl
@@ -113,10 +113,7 @@ def load_dataset(path: str | Path) -> TraceData:
     import pyarrow.parquet as pq
 
     p = Path(path)
-    try:
-        meta = json.loads((p / META_FILE).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(str(p / META_FILE), f"not a vpmutrace dataset ({e})") from None
+    meta = _read_meta(p / META_FILE)
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise InputError(str(p), f"dataset schema version {meta.get('schema_version')} is not "
                                  f"{SCHEMA_VERSION}; ingest the trace again")
@@ -132,12 +129,76 @@ def load_dataset(path: str | Path) -> TraceData:
             raise InputError(str(f), f"unreadable Parquet file ({e})") from None
         if name == "stats":
             for row in t.to_pylist():
+                if row.get("category") not in CATEGORIES or not isinstance(row.get("count"), int):
+                    raise InputError(str(f), f"stats row {row.get('category')!r} is not a declared category with "
+                                             "a count")
                 stats.add(row["source_file"], row["category"], row["name"], row["count"])
-                for ex in filter(None, row["examples"].split("; ")):
+                for ex in filter(None, (row.get("examples") or "").split("; ")):
                     stats.add(row["source_file"], row["category"], row["name"], 0, ex)
             continue
-        tables[name] = t.cast(ALL_TABLES[name].arrow_schema) if name in ALL_TABLES else t
+        try:
+            tables[name] = t.cast(ALL_TABLES[name].arrow_schema) if name in ALL_TABLES else t
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
+            raise InputError(str(f), f"table {name} does not have its declared columns ({e})") from None
+    _check_counts(p, meta, tables)
     return TraceData(tables, meta, stats)
+
+
+# the keys of trace_meta.json the commands read, with their JSON types (None: may be null)
+META_TYPES: dict[str, tuple[type | None, ...]] = {
+    "events": (dict,), "event_tables": (dict,), "inputs": (list,), "sources": (list,), "fallback_events": (list,),
+    "lost_events": (int,), "lost_notices": (int,), "unparsed": (int,), "cpus": (int, None),
+    "time_span_ns": (list, None), "clock": (str, None), "time_unit": (str, None), "format": (str, None),
+    "kernel_release": (str, None), "uname": (str, None), "event_formats": (dict,), "host_snapshot": (str, None)}
+
+
+def _read_meta(f: Path) -> dict[str, Any]:
+    """trace_meta.json, checked: JSON without NaN/Infinity (not JSON, and ``info --json`` would print
+    them), not nested past Python's recursion limit, and the keys the commands read of their types."""
+    def no_constant(name: str) -> Any:
+        raise InputError(str(f), f"not a vpmutrace dataset ({name} is not JSON)")
+
+    try:
+        meta = json.loads(f.read_text(errors="replace"), parse_constant=no_constant)
+    except OSError as e:
+        raise InputError(str(f), f"not a vpmutrace dataset ({e.strerror})") from None
+    except RecursionError:
+        raise InputError(str(f), "not a vpmutrace dataset (JSON nested too deep)") from None
+    except ValueError as e:  # (json.JSONDecodeError is one)
+        raise InputError(str(f), f"not a vpmutrace dataset ({e})") from None
+    if not isinstance(meta, dict):
+        raise InputError(str(f), "not a vpmutrace dataset (not a JSON object)")
+    for key, types in META_TYPES.items():
+        v = meta.get(key)
+        if key in meta and not any(v is None if t is None else isinstance(v, t) and not isinstance(v, bool)
+                                   for t in types):
+            raise InputError(str(f), f"{key} is {type(v).__name__}, not "
+                                     + " or ".join("null" if t is None else t.__name__ for t in types))
+    events, tables = meta.get("events", {}), meta.get("event_tables", {})
+    if not all(isinstance(n, int) and n >= 0 for n in events.values()) or \
+            not all(isinstance(t, str) for t in tables.values()):
+        raise InputError(str(f), "events / event_tables are not counts / table names")
+    span = meta.get("time_span_ns")
+    if span is not None and not (len(span) == 2 and all(isinstance(x, int) for x in span)):
+        raise InputError(str(f), "time_span_ns is not two integers")
+    if not all(isinstance(i, dict) for i in meta.get("inputs", [])):
+        raise InputError(str(f), "inputs is not a list of objects")
+    return meta
+
+
+def _check_counts(p: Path, meta: dict[str, Any], tables: dict[str, pa.Table]) -> None:
+    """Every event table the metadata counts events in is there with that many rows (a dataset missing
+    a table, or with one from another dataset, would be reported with the original counts)."""
+    per: dict[str, int] = {}
+    for ev, n in meta.get("events", {}).items():
+        t = meta.get("event_tables", {}).get(ev)
+        if t is not None:
+            per[t] = per.get(t, 0) + n
+    for t, n in sorted(per.items()):
+        rows = tables[t].num_rows if t in tables else 0
+        if rows != n:
+            what = f"has {rows} rows" if t in tables else "is missing"
+            raise InputError(str(p / f"{t}.parquet"), f"table {t} {what}; {META_FILE} counts {n} events in it")
 
 
 def _loss_starts(tables: dict[str, pa.Table], rows: list[dict[str, Any]]) -> list[int | None]:
