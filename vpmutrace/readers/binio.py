@@ -117,7 +117,7 @@ def discard(arr: np.ndarray, start: int, end: int) -> None:
 # compressed data (perf.data COMPRESSED records, trace.dat sections and CPU chunks, compressed text)
 # may expand to at most MAX_EXPANSION times the size of the file it is in, and to
 # MIN_EXPANSION_BYTES whatever the file's size: bounds the memory a small damaged file can take
-MAX_EXPANSION, MIN_EXPANSION_BYTES = 64, 256 << 20
+MAX_EXPANSION, MIN_EXPANSION_BYTES = 64, 64 << 20
 
 
 def expansion_room(size: int) -> int:
