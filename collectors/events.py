@@ -9,13 +9,16 @@ Sets (documented in `vpmutrace record --help` and the README):
             high rate, so only when asked
   full      vpmu + host-msr + more KVM detail (kvm_emulate_insn, kvm_page_fault, kvm_eoi,
             kvm_apic, kvm_msi_set_irq, kvm_hypercall) + sched_wakeup + all irq_vectors entries
+  kvm-pmu   dynamic probes (fprobe, else kprobe) on KVM's and perf's PMU functions where the kernel
+            has them: mediated PMU load/put, PMIs, counter reprogramming and its result
+            (collectors/probes.py); created for the capture and removed after it
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from collectors.host import Refusal
+from vpmutrace.collectors.host import Refusal
 
 EXITS = ["kvm:kvm_exit", "kvm:kvm_entry"]
 VPMU = EXITS + ["kvm:kvm_msr", "kvm:kvm_inj_virq", "kvm:kvm_apic_accept_irq", "kvm:kvm_inj_exception",
@@ -28,18 +31,26 @@ FULL = VPMU + HOST_MSR + ["kvm:kvm_emulate_insn", "kvm:kvm_page_fault", "kvm:kvm
                           "irq_vectors:call_function_single_entry", "irq_vectors:irq_work_entry",
                           "irq_vectors:x86_platform_ipi_entry", "irq_vectors:thermal_apic_entry"]
 SETS = {"exits": EXITS, "vpmu": VPMU, "host-msr": HOST_MSR, "full": FULL}
+PROBE_SETS = ("kvm-pmu",)  # not tracepoints: probes made for the capture (collectors/probes.py)
+
+
+def wants_probes(spec: str) -> bool:
+    return any(p.strip() in PROBE_SETS for p in spec.split(","))
 
 
 def expand(spec: str) -> list[str]:
     """'vpmu,host-msr,kvm:kvm_eoi' -> ordered, de-duplicated event names."""
     out: list[str] = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
+        if part in PROBE_SETS:
+            continue
         if part in SETS:
             items = SETS[part]
         elif ":" in part:
             items = [part]
         else:
-            raise Refusal(f"unknown event set {part!r} (sets: {', '.join(SETS)}; or give system:event)")
+            raise Refusal(f"unknown event set {part!r} (sets: {', '.join([*SETS, *PROBE_SETS])}; "
+                          "or give system:event)")
         out += [e for e in items if e not in out]
     return out
 

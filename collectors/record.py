@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from collectors import events as evsets
-from collectors.host import (
+from vpmutrace.collectors import events as evsets
+from vpmutrace.collectors import probes as probe_set
+from vpmutrace.collectors.host import (
     Refusal,
     finish_snapshot,
     hardware_pmu,
@@ -31,6 +32,7 @@ from collectors.host import (
     snapshot,
     tracefs_root,
 )
+from vpmutrace.collectors.probes import ProbeSession, TracefsIO, cleanup_leftovers
 
 
 class Interrupted(Exception):
@@ -93,14 +95,21 @@ def record(opt: RecordOptions) -> RecordResult:
     if opt.command and shutil.which(opt.command[0]) is None:
         raise Refusal(f"command not found: {opt.command[0]}")
     wanted = evsets.expand(opt.events)
+    probes = evsets.wants_probes(opt.events)
     if opt.backend == "tracefs":
         require_root("the tracefs backend")
+    if probes:
+        require_root("the kvm-pmu probes")
     perf = require_perf() if opt.backend == "perf" else None
     root = tracefs_root()
     require_kvm()
     have, missing = evsets.available(wanted, root)
-    if not any(e.startswith("kvm:") for e in have):
+    if wanted and not any(e.startswith("kvm:") for e in have):
         raise Refusal("this kernel has no kvm tracepoints (is the kvm module loaded?): modprobe kvm_intel/kvm_amd")
+    session = _probe_session(root) if probes else None
+    if session is not None and session.mechanism is None and not wanted:
+        raise Refusal(f"cannot record kvm-pmu: {session.mech.why_none()}; record tracepoints instead "
+                      "(--events vpmu)")
     opt.out.mkdir(parents=True, exist_ok=True)
     snap = snapshot()
     (opt.out / "host.json").write_text(json.dumps(snap, indent=2) + "\n")
@@ -117,12 +126,17 @@ def record(opt: RecordOptions) -> RecordResult:
     for s in old:
         signal.signal(s, on_signal)
     try:
+        # the probes exist only inside this block: removed on the capture's end, error or interruption
+        events = have + (session.create() if session is not None else [])
         if opt.backend == "perf":
             assert perf is not None
-            _run_perf(opt, perf, have, res)
+            _run_perf(opt, perf, events, res)
         else:
-            _run_tracefs(opt, root, have, res)
+            _run_tracefs(opt, root, events, res)
     finally:
+        if session is not None:
+            session.remove()
+            res.summary["probes"] = session.summary()
         for s, h in old.items():
             signal.signal(s, h)
     _progress("", opt.progress)
@@ -152,6 +166,15 @@ def record(opt: RecordOptions) -> RecordResult:
     return res
 
 
+def _probe_session(root: Path) -> ProbeSession:
+    """The kvm-pmu probe session of this capture, after removing what dead recorders left behind."""
+    io = TracefsIO(root)
+    left = cleanup_leftovers(io)
+    if left:
+        print(f"record: removed leftovers of earlier captures: {', '.join(left)}", file=sys.stderr)
+    return ProbeSession(root, io)
+
+
 def _workload(opt: RecordOptions) -> subprocess.Popen | None:
     if not opt.command:
         return None
@@ -159,7 +182,7 @@ def _workload(opt: RecordOptions) -> subprocess.Popen | None:
 
 
 def _run_tracefs(opt: RecordOptions, root: Path, have: list[str], res: RecordResult) -> None:
-    from collectors.tracefs_backend import TracefsCapture
+    from vpmutrace.collectors.tracefs_backend import TracefsCapture
 
     cap = TracefsCapture(root, have, res.trace_file, opt.cpus, opt.buffer_kb)
     cap.start()
@@ -193,7 +216,7 @@ def _run_tracefs(opt: RecordOptions, root: Path, have: list[str], res: RecordRes
 
 
 def _run_perf(opt: RecordOptions, perf: str, have: list[str], res: RecordResult) -> None:
-    from collectors.perf_backend import PerfCapture, PerfProgress
+    from vpmutrace.collectors.perf_backend import PerfCapture, PerfProgress
 
     sample = None
     if opt.samples:
@@ -240,6 +263,8 @@ def describe(res: RecordResult) -> str:
                      f"({s['lost_notices']} notices)  unparsed {s['unparsed']}")
         for k, v in sorted(s["events_by_kind"].items(), key=lambda kv: -kv[1]):
             lines.append(f"  {k:<42}{v:>10}")
+    if "probes" in s:
+        lines += probe_set.describe(s["probes"])
     if s.get("overruns"):
         lines.append(f"overruns     {s['overruns']} (ring buffer too small: raise --buffer-kb)")
     for e in s.get("errors", []):

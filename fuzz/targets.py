@@ -142,10 +142,10 @@ def summary(td: Any) -> dict[str, Any]:
 
     import polars as pl
 
-    from vpmutrace.report_text import info_dict
+    from vpmutrace.report.text import info_dict
     from vpmutrace.stats import CATEGORIES
 
-    rows = {n: t.num_rows for n, t in td.tables.items()}
+    rows = td.row_counts()
     hashes = {}
     for name in (set(td.event_tables().values()) | {"samples"}) - {"unparsed"}:  # (unparsed rows are counted)
         t = td.tables.get(name)

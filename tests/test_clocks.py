@@ -112,7 +112,7 @@ def test_ticks_without_a_frequency_stay_ticks(tmp_path: Path) -> None:
     assert td.meta["time_unit"] == "unknown_ticks"
     assert any("no frequency is known" in e.examples[0] for e in _stats(td, "time_base"))
     from vpmutrace.analyze import Config, run
-    from vpmutrace.report_text import info_dict, render_info
+    from vpmutrace.report.text import info_dict, render_info
 
     assert "not ns" in render_info(info_dict(td))
     doc, _ = run(td, Config.for_trace(td))

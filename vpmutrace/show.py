@@ -39,7 +39,7 @@ EVENT_COLUMN = {"host_msr": "op", "irq_vectors": "event", "samples": "event", "u
 def event_tables(td: TraceData) -> list[str]:
     """The tables of ``td`` that hold events, named tables first."""
     named = [s.name for s in EVENT_TABLES if td.has(s.name)]
-    return named + sorted(n for n in td.tables if is_event_table(n) and td.tables[n].num_rows)
+    return named + sorted(n for n in td.tables if is_event_table(n) and td.has(n))
 
 
 def _row_event(table: str, value: Any) -> str:

@@ -41,6 +41,7 @@ NEEDS = {
     "sched_switch": "sched:sched_switch events",
     "samples": "perf samples (perf record with a sampling event)",
     "host": "a host snapshot (vpmutrace record writes host.json)",
+    "kvm-pmu": "kvm-pmu probe events (vpmutrace record --events kvm-pmu, on hosts with kprobe or fprobe events)",
 }
 
 

@@ -1,7 +1,7 @@
 """Guest PMI delivery: which exits carried a guest PMI, how long KVM took to inject it, and whether
 the host's count of mediated PMIs matches.
 
-Rule (reference §3.1-§3.4): a guest counter overflow reaches KVM as
+Rule (design §3.1-§3.4): a guest counter overflow reaches KVM as
 - mediated design: a host interrupt on vector 0xF5 (sysvec_perf_guest_mediated_pmi_handler ->
   kvm_handle_guest_mediated_pmi() -> KVM_REQ_PMI): a VMX external-interrupt exit with
   intr_info 0x800000f5 (fact), or an SVM interrupt exit (no vector in the exit) followed by the
@@ -18,6 +18,12 @@ mode, and injections with no PMI exit before them (the overflow arrived while th
 was in the host: no exit, the request is served at the next entry). With a host snapshot
 taken before and after the capture, 0xF5 exits are compared with the /proc/interrupts VPMI
 delta (every mediated PMI, including those taken in host context).
+
+With kvm-pmu probes the delivery latency is measured, not inferred from exits: from the overflow
+reaching KVM (kvm_perf_overflow() in the host NMI, emulated; kvm_handle_guest_mediated_pmi() on
+vector 0xF5, mediated) to the LVTPC injection (kvm_pmu_deliver_pmi()) on the same vCPU thread; each
+injection pairs with the first overflow since the thread's previous injection (several overflows
+before one injection are one PMI: KVM_REQ_PMI is a flag). ``delivery.source`` says probes or inferred.
 """
 
 from __future__ import annotations
@@ -95,6 +101,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
                "f5_exits": f5, "vpmi_delta": vpmi,
                "to_entry_p50_ns": pe["to_entry_ns"].median(), "to_entry_p99_ns": pe["to_entry_ns"].quantile(0.99),
                "per_vcpu": records(per_vcpu)}
+    summary["delivery"] = _delivery(td, pe)
     r = Result("pmi", summary=summary, rows={"pmi_exits": pe}, rule=RULE)
     if pe.height:
         cert = "fact" if (pe["certainty"] == "fact").all() else "candidate"
@@ -112,6 +119,28 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     return r
 
 
+def _delivery(td: TraceData, pe: pl.DataFrame) -> dict:
+    """Overflow -> LVTPC injection latency: from probes when recorded, else from the PMI exits."""
+    deliver, _ = P.probe_rows(td, K.FN_DELIVER_PMI)
+    over, f = P.probe_rows(td, (K.FN_PERF_OVERFLOW, K.FN_MEDIATED_PMI))
+    if deliver is None or over is None:
+        lat = pe["to_injection_ns"].drop_nulls()
+        return {"source": "inferred", "from": "PMI exit", "pairs": int(lat.len()), "p50_ns": lat.median(),
+                "p99_ns": lat.quantile(0.99, "nearest"), "max_ns": lat.max()}
+    d = deliver.select(pl.col("ts_ns").alias("d_ts"), "source", "pid").sort("d_ts")
+    d = d.with_columns(pl.col("d_ts").shift(1).over(["source", "pid"]).alias("prev_d"))
+    o = over.select(pl.col("ts_ns").alias("o_ts"), "source", "pid").sort("o_ts")
+    # the first overflow after the previous injection: as-of forward from the previous injection
+    j = d.with_columns(pl.col("prev_d").fill_null(-1).alias("_from")).sort("_from") \
+        .join_asof(o, left_on="_from", right_on="o_ts", by=["source", "pid"], strategy="forward",
+                   allow_exact_matches=False)
+    j = j.filter(pl.col("o_ts").is_not_null() & (pl.col("o_ts") <= pl.col("d_ts")))
+    lat = (j["d_ts"] - j["o_ts"])
+    return {"source": "probes", "from": f, "overflows": over.height, "injections": deliver.height,
+            "pairs": int(lat.len()), "p50_ns": lat.median(), "p99_ns": lat.quantile(0.99, "nearest"),
+            "max_ns": lat.max()}
+
+
 def _vpmi_delta(td: TraceData) -> int | None:
     """Mediated PMIs the host counted during the capture (/proc/interrupts VPMI, after - before)."""
     host = td.meta.get("host") or {}
@@ -126,6 +155,9 @@ def render(r: Result) -> list[str]:
     out = [f"  {s['pmi_exits']} guest-PMI exits {s['by_path']} ({s['by_certainty']}); {s['injections']} LVTPC "
            f"injections, {'-' if s['injections_without_pmi_exit'] is None else s['injections_without_pmi_exit']} "
            f"without a PMI exit; exit->entry p50 {fmt_ns(s['to_entry_p50_ns'])}, p99 {fmt_ns(s['to_entry_p99_ns'])}"]
+    d = s["delivery"]
+    out.append(f"  overflow -> LVTPC injection ({d['source']}, from {d['from']}): {d['pairs']} PMIs, p50 "
+               f"{fmt_ns(d['p50_ns'])}, p99 {fmt_ns(d['p99_ns'])}, max {fmt_ns(d['max_ns'])}")
     if s["vpmi_delta"] is not None:
         out.append(f"  0xF5 exits {s['f5_exits']} vs host VPMI interrupts {s['vpmi_delta']}")
     return out + text_table(s["per_vcpu"], [("pid", "vcpu thread", 11), ("path", "path", 15), ("pmi_exits", "PMIs", 6),
@@ -136,7 +168,7 @@ def render(r: Result) -> list[str]:
 
 ANALYZER = Analyzer("pmi", "guest PMI delivery: PMI exits, LVTPC injection latency per vCPU, VPMI count", RULE,
                     analyze, render, requires=REQUIRES,
-                    optional=("kvm_entry", "nmi_handler", "kvm_apic_accept_irq", "kvm_msr", "host"),
+                    optional=("kvm_entry", "nmi_handler", "kvm_apic_accept_irq", "kvm_msr", "host", "kvm-pmu"),
                     findings=KINDS, order=55,
                     limits=(
                     "SVM interrupt exits carry no vector, so mediated PMIs on SVM are recognised only by the LVTPC "

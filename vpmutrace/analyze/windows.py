@@ -18,7 +18,7 @@ re-entries included). An exit's handling interval runs to the next kvm_entry of 
 
 A guest window runs from a kvm_entry to the thread's next kvm_exit on the CPU of the entry
 (not across a loss). PMU ownership windows (mediated design) merge guest windows across exits
-the kernel may re-enter from the fastpath without putting the guest PMU (reference §2.1, §3.5;
+the kernel may re-enter from the fastpath without putting the guest PMU (design §2.1, §3.5;
 ``model.kernel.fastpath_eligible``).
 """
 
@@ -36,7 +36,7 @@ MAX_INSN_LEN = 15  # SDM vol. 2 2.3.11: an instruction is at most 15 bytes
 
 def _losses(td: TraceData) -> pl.DataFrame:
     """Loss intervals [start_ns, ts_ns] per CPU (cpu null: any CPU) from the lost table."""
-    lost = td.df("lost")
+    lost = td.scan("lost", ["cpu", "start_ns", "ts_ns"]).collect()
     if lost.height == 0:
         return pl.DataFrame(schema={"cpu": pl.Int32, "l_start": pl.Int64, "l_end": pl.Int64})
     return lost.select("cpu", pl.coalesce("start_ns", "ts_ns").alias("l_start"), pl.col("ts_ns").alias("l_end")) \
@@ -62,9 +62,9 @@ def _timeline(td: TraceData) -> pl.DataFrame:
         "ts_ns", "seq", "cpu", pl.col("source").cast(pl.String), "pid", pl.col("comm").cast(pl.String), "vcpu_id",
         "exit_reason", "basic", pl.col("reason").cast(pl.String), "isa", "intr_info", "requests", "guest_rip",
         "exit_row", pl.lit("exit").alias("kind"))
-    en = td.df("kvm_entry").select("ts_ns", "seq", "cpu", pl.col("source").cast(pl.String), "pid", "vcpu_id",
-                                   pl.col("rip").alias("entry_rip"), pl.col("intr_info").alias("entry_intr_info"),
-                                   pl.lit("entry").alias("kind"))
+    en = td.scan("kvm_entry").select("ts_ns", "seq", "cpu", pl.col("source").cast(pl.String), "pid", "vcpu_id",
+                                     pl.col("rip").alias("entry_rip"), pl.col("intr_info").alias("entry_intr_info"),
+                                     pl.lit("entry").alias("kind")).collect()
     return pl.concat([ex, en], how="diagonal_relaxed").sort([*KEY, "ts_ns", "seq"])
 
 
@@ -113,7 +113,7 @@ def _rip_moving_exit() -> pl.Expr:
 
 def _rip_moved(td: TraceData, ex: pl.DataFrame) -> pl.Series:
     """Per exit of ``ex`` (with entry_ts): an event that moves the guest's rip on its thread before the entry."""
-    parts = [td.df(t).select("ts_ns", pl.col("source").cast(pl.String), "pid")
+    parts = [td.scan(t).select("ts_ns", pl.col("source").cast(pl.String), "pid").collect()
              for t in ("kvm_emulate_insn", "kvm_userspace_exit") if td.has(t)]
     parts.append(P.event_rows(td, _RIP_MOVING_EVENTS))
     mv = pl.concat(parts).rename({"ts_ns": "_mv"}).sort("_mv")
@@ -155,8 +155,8 @@ def _msr_of_exit(td: TraceData, iv: pl.DataFrame) -> pl.DataFrame:
     exit's next entry). Columns: exit_row, msr_written."""
     if not td.has("kvm_msr"):
         return pl.DataFrame(schema={"exit_row": pl.UInt32, "msr_written": pl.UInt32})
-    w = td.df("kvm_msr").filter(pl.col("write")).select(pl.col("ts_ns").alias("m_ts"),
-                                                         pl.col("source").cast(pl.String), "pid", "msr")
+    w = td.scan("kvm_msr").filter(pl.col("write")).select(pl.col("ts_ns").alias("m_ts"),
+                                                           pl.col("source").cast(pl.String), "pid", "msr").collect()
     e = iv.filter(P.msr_exit()).select("exit_row", "ts_ns", "source", "pid", "entry_ts").sort("ts_ns")
     j = e.join_asof(w.sort("m_ts"), left_on="ts_ns", right_on="m_ts", by=KEY, strategy="forward")
     j = j.filter(pl.col("m_ts").is_not_null() & (pl.col("entry_ts").is_null() | (pl.col("m_ts") <= pl.col("entry_ts"))))
@@ -189,3 +189,66 @@ def overlap_ns(start: int, end: int, windows: pl.DataFrame) -> int:
     s = w.select((pl.min_horizontal(pl.col("end_ns"), pl.lit(end)) - pl.max_horizontal(pl.col("start_ns"),
                                                                                          pl.lit(start))).sum())
     return int(s.item())
+
+
+def probe_windows(td: TraceData) -> tuple[pl.DataFrame, str] | None:
+    """PMU ownership windows from load/put probes (mediated design; design §2.1-§2.2): on each vCPU
+    thread a window opens at a load (perf_load_guest_context(), which kvm_mediated_pmu_load() calls
+    first for a mediated vCPU only, else kvm_mediated_pmu_load(), which runs for every vCPU on 7.0+ and
+    returns at once without a mediated PMU) and closes at the thread's next put (perf_put_guest_context(),
+    else kvm_mediated_pmu_put());
+    a window still open at the end of the trace has a null end. Each window has ``load_ns`` / ``put_ns``
+    (the functions' durations, where their return probes were recorded; null otherwise), the guest runs
+    (kvm_entry) and ``fastpath_exits``, the exits re-entered inside it (all but the one the put
+    follows); ``gap_ns`` is the host time until the thread's next load (put ->
+    load: the host owns the PMU). Returns (windows, the function pair used) or None when neither load nor
+    put probes were recorded. Windows that span a loss of events on their CPU are marked ``lost``."""
+    pairs = []
+    for lf, pf in ((K.FN_PERF_LOAD_GUEST, K.FN_PERF_PUT_GUEST), (K.FN_MEDIATED_LOAD, K.FN_MEDIATED_PUT)):
+        load, _ = P.probe_rows(td, lf)
+        put, _ = P.probe_rows(td, pf)
+        if load is not None and put is not None:
+            pairs.append((load.height + put.height > 0, lf, pf, load, put))
+    if not pairs:
+        return None
+    # the perf hooks run only for a mediated vCPU (kvm_mediated_pmu_load() returns before calling them
+    # otherwise): preferred when they fired
+    _, lf, pf, load, put = sorted(pairs, key=lambda p: not p[0])[0]
+
+    def timed(rows: pl.DataFrame, func: str, kind: str) -> pl.DataFrame:
+        df = rows.select("ts_ns", "seq", "cpu", "source", "pid", pl.lit(kind).alias("kind"))
+        ret, _ = P.probe_rows(td, func, ret=True)
+        if ret is None or ret.height == 0:
+            return df.with_columns(pl.lit(None, pl.Int64).alias("dur_ns"))
+        r = ret.select(pl.col("ts_ns").alias("r_ts"), "source", "pid").sort("r_ts")
+        return df.sort("ts_ns").join_asof(r, left_on="ts_ns", right_on="r_ts", by=KEY, strategy="forward") \
+            .with_columns((pl.col("r_ts") - pl.col("ts_ns")).alias("dur_ns")).drop("r_ts")
+
+    ev = pl.concat([timed(load, lf, "load"), timed(put, pf, "put")]).sort([*KEY, "ts_ns", "seq"])
+    ev = ev.with_columns(pl.col("kind").shift(-1).over(KEY).alias("next_kind"),
+                         pl.col("ts_ns").shift(-1).over(KEY).alias("next_ts"),
+                         pl.col("dur_ns").shift(-1).over(KEY).alias("next_dur"))
+    w = ev.filter(pl.col("kind") == "load").select(
+        "cpu", "source", "pid", pl.col("ts_ns").alias("start_ns"),
+        pl.when(pl.col("next_kind") == "put").then(pl.col("next_ts")).alias("end_ns"),
+        pl.col("dur_ns").alias("load_ns"),
+        pl.when(pl.col("next_kind") == "put").then(pl.col("next_dur")).alias("put_ns"))
+    nxt = ev.filter(pl.col("kind") == "load").select(pl.col("ts_ns").alias("_next_load"), "source", "pid") \
+        .sort("_next_load")
+    w = w.sort("end_ns").join_asof(nxt, left_on="end_ns", right_on="_next_load", by=KEY, strategy="forward",
+                                   allow_exact_matches=False) \
+        .with_columns((pl.col("_next_load") - pl.col("end_ns")).alias("gap_ns")).drop("_next_load")
+    t = _timeline(td).select("ts_ns", "source", "pid", "kind")
+    inside = w.select("source", "pid", "start_ns", "end_ns").with_row_index("_w").join(t, on=KEY) \
+        .filter((pl.col("ts_ns") > pl.col("start_ns")) & (pl.col("end_ns").is_null()
+                                                          | (pl.col("ts_ns") < pl.col("end_ns"))))
+    counts = inside.group_by("_w").agg((pl.col("kind") == "entry").sum().alias("runs"),
+                                       (pl.col("kind") == "exit").sum().alias("exits_inside"))
+    # the exit that ends a window (the put follows it) is not a re-entry inside it
+    w = w.with_row_index("_w").join(counts, on="_w", how="left").with_columns(
+        pl.col("runs").fill_null(0), (pl.col("exits_inside").fill_null(0)
+                                      - pl.col("end_ns").is_not_null().cast(pl.UInt32)).clip(0)
+        .alias("fastpath_exits")).drop("_w", "exits_inside")
+    w = w.with_columns(_crosses_loss(w.with_columns(pl.col("end_ns").fill_null(pl.col("start_ns"))),
+                                     "start_ns", "end_ns", _losses(td)).alias("lost"))
+    return w.sort("cpu", "start_ns"), f"{lf}/{pf}"

@@ -2,7 +2,7 @@
 
 Version-dependent behaviour is keyed on the kernel release of the trace (perf.data
 HEADER_OSRELEASE, trace.dat UNAME, the host snapshot); where the release is unknown,
-the analyses accept every behaviour a real kernel shows (reference §3.4, §3.5).
+the analyses accept every behaviour a real kernel shows (design §3.4, §3.5).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# ---- exit reasons (reference §5.3; VMX: SDM Appendix C / arch/x86/include/uapi/asm/vmx.h,
+# ---- exit reasons (design §5.3; VMX: SDM Appendix C / arch/x86/include/uapi/asm/vmx.h,
 #      SVM: arch/x86/include/uapi/asm/svm.h) ------------------------------------------------
 ISA_VMX, ISA_SVM = 1, 2  # kvm_exit.isa: KVM_ISA_VMX / KVM_ISA_SVM (arch/x86/kvm/trace.h)
 VMX_EXCEPTION_NMI, VMX_EXTERNAL_INTERRUPT, VMX_RDPMC = 0, 1, 15
@@ -91,7 +91,7 @@ def release_version(release: str | None) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-# ---- event order around an NMI VM-exit (reference §3.4) ----------------------------------------
+# ---- event order around an NMI VM-exit (design §3.4) ----------------------------------------
 NMI_BEFORE_EXIT = "nmi_before_exit"
 NMI_AFTER_EXIT = "nmi_after_exit"
 NMI_ORDER_UNKNOWN = "unknown"
@@ -112,7 +112,7 @@ def nmi_order(isa: int | None, version: tuple[int, int] | None) -> NmiOrder:
     handle_exception_nmi_irqoff() after the run loop: exit first. VMX <= 5.7: the NMI was handled
     (vmx_complete_atomic_exit() / handle_exit_irqoff()) before vmx_handle_exit() traced the exit.
     SVM, every version: svm_vcpu_run() runs stgi() ("Any pending NMI will happen here") before
-    trace_kvm_exit() (in svm_vcpu_run() since 6.5, svm_handle_exit() before). Reference §3.4.
+    trace_kvm_exit() (in svm_vcpu_run() since 6.5, svm_handle_exit() before). Design §3.4.
     """
     if isa == ISA_SVM:
         return NmiOrder(NMI_BEFORE_EXIT, "SVM: svm_vcpu_run() runs stgi() before trace_kvm_exit()")
@@ -129,7 +129,7 @@ def nmi_order(isa: int | None, version: tuple[int, int] | None) -> NmiOrder:
     return NmiOrder(NMI_ORDER_UNKNOWN, "kernel release or ISA unknown: NMIs are paired in either direction")
 
 
-# ---- fastpath VM-exits (reference §2.1, §3.5) --------------------------------------------------
+# ---- fastpath VM-exits (design §2.1, §3.5) --------------------------------------------------
 # vmx_exit_handlers_fastpath() / svm_exit_handlers_fastpath(); an exit handled there with
 # EXIT_FASTPATH_REENTER_GUEST stays in vcpu_enter_guest()'s inner loop, so under the mediated
 # design it keeps the guest PMU loaded. The WRMSR fastpath (handle_fastpath_set_msr_irqoff(),
@@ -191,3 +191,60 @@ def global_ctrl_reset_gp(version: tuple[int, int] | None) -> bool | None:
     if version is None:
         return None
     return not ((6, 0) <= version < (6, 9))
+
+
+# ---- KVM and perf PMU functions that dynamic probes observe (issue 17; design §2.1-§2.3, §3.1-§3.3,
+#      §6.1). No kvm_pmu tracepoint exists upstream (reference SUMMARY 12), so `vpmutrace record --events
+#      kvm-pmu` puts fprobe/kprobe events on these functions where the running kernel has them. Every
+#      one runs on the vCPU thread (common_pid): load/put in vcpu_enter_guest() with IRQs off; the PMI
+#      handlers in NMI/IRQ context while the vCPU is loaded (kvm_get_running_vcpu(); KVM's perf events
+#      are task-bound to the vCPU thread, so they overflow only while it runs); the reprogram path from
+#      kvm_pmu_handle_event() on KVM_REQ_PMU. Signatures (arch/x86/kvm/pmu.c, kernel/events/core.c):
+#        void kvm_mediated_pmu_load(struct kvm_vcpu *vcpu)            7.0+ (merge bf2c3138ae36)
+#        void kvm_mediated_pmu_put(struct kvm_vcpu *vcpu)             7.0+
+#        void perf_load_guest_context(void)                           7.0+ (tip 42457a7fb6ca; v5 of the
+#        void perf_put_guest_context(void)                                 series took the guest LVTPC)
+#        void kvm_handle_guest_mediated_pmi(void)                     7.0+ (kvm 1c4ba7286afb)
+#        static int reprogram_counter(struct kvm_pmc *pmc)            6.0+ (void before 6.1; earlier
+#                                                                          reprogram_gp/fixed_counter())
+#        static int pmc_reprogram_counter(struct kvm_pmc *pmc, u32 type, u64 config,
+#                                         bool exclude_user, bool exclude_kernel, bool intr)
+#             0 or PTR_ERR(perf_event_create_kernel_counter()); void before 6.1 (Sean Christopherson,
+#             "KVM: x86/pmu: Clear "reprogram" bit if counter is disabled or disallowed", 2022-09-23)
+#        static void kvm_perf_overflow(struct perf_event *perf_event, struct perf_sample_data *data,
+#                                      struct pt_regs *regs)   pmc = perf_event->overflow_handler_context
+#        void kvm_pmu_deliver_pmi(struct kvm_vcpu *vcpu)
+#        void kvm_pmu_handle_event(struct kvm_vcpu *vcpu)
+#      Static functions can be inlined (then absent from kallsyms) or cloned by the compiler
+#      (``pmc_reprogram_counter.constprop.0`` on a 6.18 build: arguments may be dropped or reordered).
+FN_MEDIATED_LOAD = "kvm_mediated_pmu_load"
+FN_MEDIATED_PUT = "kvm_mediated_pmu_put"
+FN_PERF_LOAD_GUEST = "perf_load_guest_context"
+FN_PERF_PUT_GUEST = "perf_put_guest_context"
+FN_MEDIATED_PMI = "kvm_handle_guest_mediated_pmi"
+FN_REPROGRAM = "reprogram_counter"
+FN_PMC_REPROGRAM = "pmc_reprogram_counter"
+FN_PERF_OVERFLOW = "kvm_perf_overflow"
+FN_DELIVER_PMI = "kvm_pmu_deliver_pmi"
+FN_HANDLE_EVENT = "kvm_pmu_handle_event"
+# the PMU load/put of a mediated vCPU: KVM's functions, else the perf-core hooks they call first/last
+# (kvm_mediated_pmu_load() -> perf_load_guest_context(); kvm_mediated_pmu_put() ends with
+# perf_put_guest_context(): design §2.2), which are exported to KVM and so never inlined into it
+PMU_LOAD_FUNCS = (FN_MEDIATED_LOAD, FN_PERF_LOAD_GUEST)
+PMU_PUT_FUNCS = (FN_MEDIATED_PUT, FN_PERF_PUT_GUEST)
+PMC_REPROGRAM_RETURNS_INT = (6, 1)
+# Linux x86-64 errno names for the error codes perf_event_create_kernel_counter() returns
+# (include/uapi/asm-generic/errno-base.h, errno.h)
+ERRNO_NAMES = {1: "EPERM", 2: "ENOENT", 12: "ENOMEM", 13: "EACCES", 16: "EBUSY", 19: "ENODEV", 22: "EINVAL",
+               24: "EMFILE", 28: "ENOSPC", 95: "EOPNOTSUPP", 524: "ENOTSUPP"}
+
+
+def errno_name(ret: int) -> str:
+    """'-EOPNOTSUPP (-95)' for a negative kernel return value."""
+    name = ERRNO_NAMES.get(-ret)
+    return f"-{name} ({ret})" if name else str(ret)
+# KVM creates a counter's perf event with config = eventsel & pmu->raw_event_mask (reprogram_counter()):
+# X86_RAW_EVENT_MASK (event, umask, edge, pin control, inv, cmask; arch/x86/include/asm/perf_event.h)
+# plus AMD's event-select bits 35:32 (AMD64_RAW_EVENT_MASK_NB's event part)
+RAW_EVENT_MASK = 0xFF8CFFFF | (0xF << 32)
+FIXED_PMC_BASE_IDX = 32  # KVM_FIXED_PMC_BASE_IDX: pmc->idx of fixed counter j is 32 + j

@@ -1,7 +1,7 @@
 """Ground-truth simulator: host traces generated from the reference model, in the event orders of the
 kernel the simulated host claims to run, with their right answers.
 
-Model of one vCPU (reference §1-§4, §6): a Linux (or Windows) guest runs its perf PMU driver:
+Model of one vCPU (design §1-§4, §6): a Linux (or Windows) guest runs its perf PMU driver:
 a sampling counter overflows every few hundred microseconds of guest time, and the guest's PMI
 handler then disables the PMU (GLOBAL_CTRL=0), reads GLOBAL_STATUS, reads the counter (RDPMC),
 re-arms it, acks the overflow and re-enables the PMU, and unmasks its LVTPC (x2APIC MSR 0x834,
@@ -41,6 +41,7 @@ from vpmutrace.model import design as D
 from vpmutrace.model import kernel as K
 from vpmutrace.model import msrs as M
 from vpmutrace.sim.formats import kernel_format_texts, kernel_formats
+from vpmutrace.sim.probes import ProbeEmitter
 
 US = 1000
 MS = 1_000_000
@@ -75,6 +76,9 @@ SCENARIOS = {
                          "by unhalted cycles, NMI exits when they hit guest time",
     "skid": "emulated vPMU with host perf sampling that includes the guest: perf NMIs in NMI exits, after exits, "
             "before entries and in the host",
+    "emulated-create-fail": "emulated vPMU, the multiplexing guest: at 8 ms it programs counter 2 with an event the "
+                            "host perf driver refuses, pmc_reprogram_counter() fails (-EINVAL) at every retry "
+                            "until the next rotation reprograms the counter (kvm-pmu probes make it a fact)",
     "mediated-refused": "enable_mediated_pmu=Y with the perf NMI watchdog on: KVM refuses the VM (dmesg); the trace "
                         "holds only host NMIs",
 }
@@ -120,13 +124,14 @@ class Vcpu:
     rotate_in: float = 0.0
     bg_in: float = 0.0
     frozen: bool = False  # the sampling counter lost its hardware counter (emulated contention)
+    reprogram: dict[int, tuple[int, bool]] = field(default_factory=dict)  # pmc idx -> (config, enabled) to redo
     last: int = 0  # last exit time (for the trace end)
     entered: int | None = None  # time of the last kvm_entry
 
 
 class Sim:
     def __init__(self, scenario: str, isa: str, seed: int, kernel: str | None = None,
-                 guest_os: str = "linux") -> None:
+                 guest_os: str = "linux", probes: str | None = None) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}: {', '.join(SCENARIOS)}")
         if guest_os not in ("linux", "windows"):
@@ -168,6 +173,13 @@ class Sim:
         self.switch_ns = int(self.rng.uniform(lo, hi) / SIM_GHZ)
         self.busy_cycles: dict[int, float] = {}  # per CPU: ns of busy time left until the watchdog's NMI
         self.sampling: dict[int, float] = {}  # per CPU: ns of busy time left until host sampling overflows
+        # kvm-pmu probe events (sim/probes.py), in the layout of `probes` (fprobe with BTF args, or kprobe)
+        self.probes = ProbeEmitter(probes, self.emit, self.model == D.MEDIATED) if probes else None
+        self.probe_formats = self.probes.formats() if self.probes else {}
+        self.fmts = {**self.fmts, **{n: f for n, (f, _) in self.probe_formats.items()}}
+        self.refused_sel = M.EVENTSEL_ENABLE | (3 << 16) | 0x1FF  # the event the host refuses (create-fail)
+        if self.probes is not None:
+            self.probes.refused.add(self.refused_sel)
 
     # ---- events ---------------------------------------------------------------------------------
     def emit(self, ts: int, cpu: int, pid: int, name: str, **f: Any) -> None:
@@ -251,6 +263,9 @@ class Sim:
         if self.entry_info:
             f["intr_info"] = (K.INTR_INFO_NMI if self.isa == K.ISA_VMX else K.ENTRY_NMI) if inject_nmi else 0
             f["error_code"] = 0
+        pr = self.probes
+        if pr is not None and self.model == D.MEDIATED and self.guest.version and v.pid not in pr.loaded:
+            pr.load(t - 50 - self.switch_ns // 2, t - 50, v.cpu, v.pid, v.idx)
         self.emit(t, v.cpu, v.pid, "kvm:kvm_entry", **f)
         v.entered = t
 
@@ -277,14 +292,19 @@ class Sim:
         if msr is not None and msr[3] and self.model == D.EMULATED and m is not None and m.kind in (
                 M.GP_SELECTOR, M.FIXED_CTRL, M.GLOBAL_CTRL):
             h += int(self.rng.uniform(*REPROGRAM_US) * US)
+        nmi_ts = None
         if nmi is not None and self.nmi_before:  # the NMI arrived in guest mode, after the last entry
             lo = v.entered + 1 if v.entered is not None else t - 3000
-            self.nmi_handler(max(lo, t - self.rng.randint(1000, 3000)), v, *nmi)
+            nmi_ts = max(lo, t - self.rng.randint(1000, 3000))
+            self.nmi_handler(nmi_ts, v, *nmi)
         rec = self.exit(t, v, kind, h, intr_info=intr_info, requests=requests, fastpath=fastpath,
                         msr=msr[0] if msr else None)
         h = rec["handling_ns"]
         if nmi is not None and not self.nmi_before:
-            self.nmi_handler(t + min(self.rng.randint(300, 1500), h // 2), v, *nmi)
+            nmi_ts = t + min(self.rng.randint(300, 1500), h // 2)
+            self.nmi_handler(nmi_ts, v, *nmi)
+        if self.probes is not None and nmi_ts is not None and nmi_class == "guest_pmi":
+            self.probes.overflow(nmi_ts + 100, v.cpu, v.pid, v.idx, 0)  # kvm_perf_overflow() inside the NMI
         if nmi_class:
             self.truth.nmi_exits[nmi_class] = self.truth.nmi_exits.get(nmi_class, 0) + 1
         if msr is not None:
@@ -299,9 +319,22 @@ class Sim:
         if pmi_path:
             self.truth.pmi_exits.append({"path": pmi_path, "ts": t, "pid": v.pid, "handling_ns": h})
         end = t + h
+        pr = self.probes
+        if pr is not None and pmi_path == "0xf5 interrupt":
+            pr.mediated_pmi(t + 30, v.cpu, v.pid)  # the 0xF5 handler runs right after the exit
         if self.model == D.MEDIATED and self.guest.version and not fastpath:
             self.put_load(t, end, v)
+            if pr is not None:
+                pr.put(t + 50, t + 50 + self.switch_ns // 2, v.cpu, v.pid, v.idx)
+        if pr is not None and self.model == D.EMULATED and (v.reprogram or nmi_class == "guest_pmi"):
+            if nmi_class == "guest_pmi":  # kvm_perf_overflow() set the sampling counter's reprogram bit
+                v.reprogram.setdefault(0, (v.eventsel.get(0, 0), True))
+            a = t + min(150, h // 3) + 10
+            pr.handle_event(a, max(a + 10, end - min(400, h // 4) - 30), v.cpu, v.pid, v.idx, v.reprogram)
+            v.reprogram = {}
         if inject:
+            if pr is not None:
+                pr.deliver(end - min(400, h // 4) - 20, v.cpu, v.pid, v.idx)
             self.inject_lvtpc(end - min(400, h // 4), v)
         self.entry(end, v, inject_nmi=inject)
         return end
@@ -324,11 +357,36 @@ class Sim:
             if write:
                 v.fixed_ctrl = value
         changed = (prev != value) if write and prev is not None else (True if write else None)
+        if write and changed and self.probes is not None and self.model == D.EMULATED and m is not None:
+            v.reprogram.update(self._to_reprogram(v, m, prev or 0, value))
         trap = addr == 0x834 or D.msr_intercepted(self.model, addr, self.setup)
         if not trap:
             return t + 60
         kind = "msr_write" if write else "msr_read"
         return self.do_exit(t, v, kind, msr=(addr, write, value, bool(changed)))
+
+    def _to_reprogram(self, v: Vcpu, m: M.PmuMsr, prev: int, value: int) -> dict[int, tuple[int, bool]]:
+        """The counters a value-changing control write marks for reprogramming (pmc idx -> (config,
+        enabled)): an event select its counter; GLOBAL_CTRL the counters whose enable bit changed;
+        FIXED_CTR_CTRL the fixed counters whose field changed (kvm_pmu_request_counter_reprogram(),
+        reprogram_counters() in arch/x86/kvm/vmx/pmu_intel.c / svm/pmu.c)."""
+        def gp(i: int) -> tuple[int, tuple[int, bool]]:
+            sel = v.eventsel.get(i, 0)
+            return i, (sel, bool(sel & M.EVENTSEL_ENABLE) and bool(v.global_ctrl >> i & 1))
+
+        def fixed(j: int) -> tuple[int, tuple[int, bool]]:
+            f = v.fixed_ctrl >> (4 * j) & 0xF
+            return 32 + j, (f, bool(f & 3) and bool(v.global_ctrl >> (32 + j) & 1))
+
+        if m.kind == M.GP_SELECTOR:
+            return dict([gp(m.index or 0)])
+        if m.kind == M.GLOBAL_CTRL:
+            diff = prev ^ value
+            return dict([gp(i) for i in range(self.guest.nr_gp) if diff >> i & 1]
+                        + [fixed(j) for j in range(self.guest.nr_fixed) if diff >> (32 + j) & 1])
+        if m.kind == M.FIXED_CTRL:
+            return dict(fixed(j) for j in range(self.guest.nr_fixed) if (prev ^ value) >> (4 * j) & 0xF)
+        return {}
 
     def boot_cpuid(self, t: int, v: Vcpu) -> int:
         """The guest kernel's PMU probe at boot: CPUID leaf 0xA (Intel) or 0x80000001/0x80000022 (AMD),
@@ -380,6 +438,8 @@ class Sim:
     # ---- the run ---------------------------------------------------------------------------------
     def run(self) -> None:
         getattr(self, "_" + self.scenario.replace("-", "_"))()
+        if self.probes is not None:
+            self.probes.close()
         self.events.sort(key=lambda e: e.ts)
 
     def _setup_guest_pmu(self, t: int, v: Vcpu, n: int) -> int:
@@ -423,7 +483,7 @@ class Sim:
 
     def _vcpu(self, v: Vcpu, start: int, until: int, *, sample_us: tuple[int, int] = (200, 600), counters: int = 4,
               rotate_us: int = 1000, background_us: tuple[int, int] = (20, 120), watchdog: bool = False,
-              host_sampling: bool = False, storm_at: int | None = None) -> None:
+              host_sampling: bool = False, storm_at: int | None = None, refuse_at: int | None = None) -> None:
         """Run vCPU ``v`` from ``start`` to ``until``: guest runs between exits of the workload model."""
         self.entry(start, v)
         t = self.boot_cpuid(start + 1000, v)
@@ -435,6 +495,10 @@ class Sim:
             if storm_at is not None and t >= storm_at:
                 storm_at = None
                 t = self.storm(t, v)
+                continue
+            if refuse_at is not None and t >= refuse_at:
+                refuse_at = None
+                t = self.guest_msr(t + 300, v, self.sel(2), True, self.refused_sel)
                 continue
             step = min(v.pmi_in if not v.frozen else math.inf, v.rotate_in, v.bg_in,
                        self.busy_cycles.get(v.cpu, math.inf) if watchdog else math.inf,
@@ -510,6 +574,15 @@ class Sim:
         for v in self.vcpus:
             self._vcpu(v, 100 * US + v.cpu * 7 * US, 20 * MS, counters=4, rotate_us=800,
                        storm_at=10 * MS + 20 * US if v.idx == 0 else None)
+
+    def _emulated_create_fail(self) -> None:
+        """The multiplexing guest of emulated-multiplex; at 8 ms vCPU 0 programs counter 2 with an event the
+        host perf driver refuses: pmc_reprogram_counter() returns -EINVAL, the counter does not count, and
+        KVM retries it at every later KVM_REQ_PMU until the next rotation writes another event select."""
+        bad = self.vcpus[0]
+        for v in self.vcpus:
+            self._vcpu(v, 100 * US + v.cpu * 7 * US, 20 * MS, counters=4, rotate_us=800,
+                       refuse_at=8 * MS if v is bad else None)
 
     def _skid(self) -> None:
         for v in self.vcpus:
@@ -650,7 +723,7 @@ class Sim:
     def pmu_overhead(self) -> float:
         """PMU-attributable exit handling per ns of guest time: the exits of PMU MSR accesses, RDPMCs and
         PMIs, plus, under the mediated design, the put+load of every other slow-path exit. The quantity the
-        published overheads compare across designs (reference §7: SPECint2017 with guest perf sampling,
+        published overheads compare across designs (design §7: SPECint2017 with guest perf sampling,
         emulated 33.62%/79.32% vs mediated 6.21%/10.45%, basic/multiplexed)."""
         t = self.truth
         pmu = {id(m["exit"]): m["exit"] for m in t.msr} | {id(e): e for e in t.rdpmc}
@@ -666,6 +739,8 @@ class Sim:
         """The events as `trace-cmd report -t` text (ns timestamps)."""
         lines = [f"cpus={self.ncpu}"]
         for e in self.events:
+            if e.name in self.probe_formats:
+                continue  # probe events: binary outputs only (write_perf_data, write_trace_dat)
             fmt = self.fmts[e.name]
             text = fmt.printer.render(e.fields, HANDLERS.get)
             comm = self.comm(e.pid)
@@ -681,7 +756,7 @@ class Sim:
 
         names = sorted({e.name for e in self.events})
         header_page, header_event = reference_ring_headers()
-        texts = kernel_format_texts(self.version)
+        texts = {**kernel_format_texts(self.version), **{n: t for n, (_, t) in self.probe_formats.items()}}
         pc = PerfDataContent(formats={n: self.fmts[n] for n in names}, format_texts={n: texts[n] for n in names},
                              header_page=header_page, header_event=header_event, os_release=self.kernel_release,
                              cpuid="GenuineIntel,6,143,8" if self.vendor == "intel" else "AuthenticAMD,25,17,1",
@@ -690,6 +765,33 @@ class Sim:
         for e in self.events:
             pc.samples.append((e.ts, e.cpu, e.pid, e.name, pack_payload(self.fmts[e.name], e.fields, e.pid)))
         return write_perf_data(path, pc)
+
+    def write_trace_dat(self, path: Path) -> Path:
+        """The same events as a trace.dat (what trace-cmd record writes): per-CPU ring-buffer pages, the
+        format files of every event (probes included), saved cmdlines; local clock in ns."""
+        import numpy as np
+
+        from vpmutrace.formats.known import reference_ring_headers
+        from vpmutrace.writers.perf_data import pack_payload
+        from vpmutrace.writers.ringbuf import pack_pages
+        from vpmutrace.writers.trace_dat import BufferData, TraceDatContent, write_trace_dat
+
+        header_page, header_event = reference_ring_headers()
+        texts = {**kernel_format_texts(self.version), **{n: t for n, (_, t) in self.probe_formats.items()}}
+        by_sys: dict[str, list[bytes]] = {}
+        for n in sorted({e.name for e in self.events}):
+            by_sys.setdefault(n.split(":")[0], []).append(texts[n])
+        cpus = {}
+        for cpu in range(self.ncpu):
+            evs = [e for e in self.events if e.cpu == cpu]
+            cpus[cpu] = pack_pages([pack_payload(self.fmts[e.name], e.fields, e.pid) for e in evs],
+                                   np.array([e.ts for e in evs], dtype=np.int64))
+        pids = {e.pid for e in self.events}
+        c = TraceDatContent(page_size=4096, header_page=header_page, header_event=header_event, event_formats=by_sys,
+                            cmdlines="".join(f"{p} {self.comm(p)}\n" for p in sorted(pids)).encode(),
+                            buffers=[BufferData("", "local", cpus)], uname=f"Linux sim {self.kernel_release} x86_64",
+                            trace_clock="[local] global", cpucount=self.ncpu, tool_version="vpmutrace simulator")
+        return write_trace_dat(path, c, 7, "zstd")
 
     @property
     def kernel_release(self) -> str:
