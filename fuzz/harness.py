@@ -140,9 +140,9 @@ class Worker:
         root = Path(__file__).resolve().parent.parent
         # (a PYTHONPATH given comes first: ``PYTHONPATH=<other checkout> python -m fuzz.run`` fuzzes that code)
         path = os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(root))))
+        env = {**os.environ, "PYTHONPATH": path}
         return subprocess.Popen([sys.executable, "-m", "fuzz.worker"], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": path},
-                                cwd=tempfile.gettempdir())
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, cwd=tempfile.gettempdir())
 
     def run(self, target: str, data: bytes, timeout: float) -> Outcome:
         if self.proc is None or self.proc.poll() is not None:

@@ -545,3 +545,17 @@ def test_dataset_metadata_junk_is_an_error(tmp_path: Path, meta: str) -> None:
         text = meta
     (ds / "trace_meta.json").write_text(text)
     _one_line_error(ds, "trace_meta.json")
+
+
+def test_terminal_output_has_no_control_sequences_from_trace_strings(tmp_path: Path) -> None:
+    """A task name with an escape sequence was printed raw (it can move the cursor, clear or retitle the
+    terminal); JSON output escapes it itself."""
+    import json
+
+    f = _write(tmp_path / "esc.txt", GOOD.replace("qemu-system-x86-8397", "q\x1b]0;owned\x07\x1b[2J-8397").encode())
+    for cmd in (("show", str(f)), ("info", str(f))):
+        r = _cli(*cmd)
+        assert r.returncode == 0 and "\x1b" not in r.stdout and "\x07" not in r.stdout, r.stdout
+    assert "q\\x1b]0;owned\\x07\\x1b[2J" in _cli("show", str(f)).stdout
+    r = _cli("info", "--json", str(f))
+    assert json.loads(r.stdout)["events"] == {"kvm:kvm_msr": 1}

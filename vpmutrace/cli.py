@@ -372,14 +372,36 @@ STATIC_COMMANDS = {"info", "ingest", "demo", "record", "selftest", "compare", "s
                    "show", "fleet", "--version"}
 
 
+# control characters (C0 but tab and newline, DEL, C1) shown escaped: a task name, exit reason or file
+# name in a trace must not move the cursor or retitle the terminal (ECMA-48 escape sequences)
+_INERT = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))}
+
+
+class _InertText:
+    """A text stream that writes what it is given with control characters escaped (_INERT)."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+
+    def write(self, s: str) -> int:
+        return self._stream.write(s.translate(_INERT))  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        if name == "buffer":  # (click writes bytes to a text stream's buffer when it has one: not past us)
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
+
 def main() -> None:
-    """Entry point: click handles usage errors (exit 2); input errors become one line, exit 2."""
+    """Entry point: click handles usage errors (exit 2); input errors become one line, exit 2. What is
+    printed has control characters escaped (JSON escapes them itself)."""
     if len(sys.argv) < 2 or sys.argv[1] not in STATIC_COMMANDS:
         _register_analyzers()
+    sys.stdout = _InertText(sys.stdout)  # type: ignore[assignment]
     try:
         app()
     except VpmutraceError as e:  # InputError, BadFormat, Refusal: one line
-        print(f"vpmutrace: error: {e}", file=sys.stderr)
+        print(f"vpmutrace: error: {str(e).translate(_INERT)}", file=sys.stderr)
         sys.exit(2)
     except MemoryError as e:
         detail = f" ({e})" if str(e) else ""
