@@ -237,7 +237,7 @@ def judge(kind: str, got: Outcome, base: dict[str, Any]) -> Outcome:
     s = got.summary
     if not s["json_ok"]:
         return Outcome("invalid_json", "info --json gives NaN or an unserialisable value", got.seconds, got.rss_mb)
-    counted = any(v > base["loss"].get(k, 0) for k, v in s["loss"].items())
+    counted = any(v > base["loss"].get(k, 0) for k, v in s["loss"].items()) or (s["cut"] and not base["cut"])
     if s["events"] < base["events"] and not counted:
         return Outcome("silent_loss", f"{s['events']} of {base['events']} events, no loss counted",
                        got.seconds, got.rss_mb)

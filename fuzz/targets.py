@@ -135,9 +135,14 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
 )}
 
 
+# columns not recorded in the file but worked out from other parts of it (sequence numbers in time
+# order; a sample's symbol from maps, build ids and kallsyms that a cut file may no longer have)
+DERIVED = ("seq", "sym", "dso", "sym_source")
+
+
 def summary(td: Any) -> dict[str, Any]:
-    """What a result is compared on: rows per table, a hash of each event row (without ``seq``, which
-    numbers rows in time order), loss by severity, and whether ``info --json`` is valid JSON."""
+    """What a result is compared on: rows per table, a hash of each event row (without the DERIVED
+    columns), the loss counted per category/name, and whether ``info --json`` is valid JSON."""
     import json
 
     import polars as pl
@@ -152,7 +157,7 @@ def summary(td: Any) -> dict[str, Any]:
         if t is None or not t.num_rows:
             continue
         df = pl.from_arrow(t)
-        df = df.select([c for c in df.columns if c != "seq"])
+        df = df.select([c for c in df.columns if c not in DERIVED])
         df = df.with_columns(pl.col(pl.Categorical).cast(pl.String))
         hashes[name] = df.hash_rows(seed=0).to_numpy()
     loss: dict[str, int] = {}  # "category/name" -> count, for the categories of data loss and errors
@@ -165,8 +170,11 @@ def summary(td: Any) -> dict[str, Any]:
         json_ok = True
     except (ValueError, TypeError):
         json_ok = False
+    # a cut said where it is: the file ends early (partial / truncated) or inside its last line
+    cut = any(e.category in ("partial", "truncated") or any("ends inside this line" in x for x in e.examples)
+              for e in td.stats.entries())
     return {"rows": rows, "events": sum(td.event_counts().values()), "hashes": hashes, "loss": loss,
-            "json_ok": json_ok}
+            "json_ok": json_ok, "cut": cut}
 
 
 def dumps(obj: Any) -> bytes:

@@ -44,6 +44,7 @@ MISC_MMAP_BUILD_ID = 1 << 14  # MMAP2 carries a build-id instead of maj/min/ino
 MISC_BUILD_ID_SIZE = 1 << 15  # HEADER_BUILD_ID entry gives its build-id size
 KSYMBOL_FLAGS_UNREGISTER = 1
 HOST_KERNEL_ID = -1
+U64_MAX = (1 << 64) - 1
 KERNEL_DSO = "[kernel.kallsyms]"
 
 STAT_CATEGORY = "unresolved_symbols"
@@ -149,7 +150,7 @@ def read_side(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray
             fname = rec[40:body_end]
         name = fname.split(b"\0", 1)[0].decode("utf-8", "replace")
         mode = misc & MISC_CPUMODE_MASK
-        m = Mapping(start, start + ln, pgoff, name, time, order, bid)
+        m = Mapping(start, min(start + ln, U64_MAX), pgoff, name, time, order, bid)  # (a damaged length: clamped)
         if mode in (MISC_GUEST_KERNEL, MISC_GUEST_USER):
             side.guest_maps += 1
         elif mode == MISC_KERNEL or pid == HOST_KERNEL_ID:
