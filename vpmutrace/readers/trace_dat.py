@@ -319,6 +319,8 @@ def _option(td: TraceDat, oid: int, data: bytes) -> None:
         n = gc.u32()
         vcpus = [dict(zip(("vcpu", "host_pid"), gc.unpack("II"), strict=True)) for _ in range(n)]
         o.setdefault("guests", []).append({"name": name, "trace_id": tid, "vcpus": vcpus})
+    elif oid > OPT_BUFFER_TEXT:  # (ids up to it are trace-cmd's; HOOK, PROCMAPS, STRINGS carry nothing used here)
+        o.setdefault("unknown_options", []).append(oid)
     elif oid == OPT_TIME_SHIFT:
         tc = Cursor(data, td.path, endian=td.endian, what="TIME_SHIFT option")
         peer, flags, ncpu = tc.unpack("QII")
@@ -356,6 +358,9 @@ def _apply_meta(td: TraceDat, b: TraceBuilder) -> None:
                              "cpustat": td.cpustat, "uname": uname or None, "clock": clock, "time_unit": unit,
                              "time_source": how,
                              "date_option": o.get("date"), "offset_option": o.get("offset")})
+    for oid in o.get("unknown_options", []):
+        b.stats.add(td.path, "unparsed_record", "option", 1, f"option id {oid} is unknown to this reader (trace-cmd "
+                                                            "defines ids up to 22): skipped")
     for i, text in enumerate(td.cpustat):
         for line in text.splitlines():
             k, _, v = line.partition(":")
@@ -463,7 +468,8 @@ def _buffer_bytes(raw: bytes, td: TraceDat, buf: Buffer, b: TraceBuilder) -> tup
     one array."""
     got = [_cpu_chunks(raw, td, cd, b, buf.page_size) for cd in buf.cpus]
     if not any(isinstance(g, list) for g in got):
-        return np.frombuffer(raw, dtype=np.uint8), [(cd.offset, int(g)) for cd, g in zip(buf.cpus, got, strict=True)]
+        return np.frombuffer(raw, dtype=np.uint8), [(cd.offset if g else 0, int(g))
+                                                    for cd, g in zip(buf.cpus, got, strict=True)]
     sizes = [sum(u for _, _, u in g) if isinstance(g, list) else 0 for g in got]
     out = scratch(sum(sizes), np.uint8)  # (given back as the payloads are decoded: payloads.emit_payloads)
     spans, at = [], 0
