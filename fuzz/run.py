@@ -104,8 +104,10 @@ def _header_field(text: bytes, name: bytes, rep: bytes) -> bytes:
 
 
 def dataset_mutants(seed: bytes) -> Iterator[mutate.Mutant]:
+    from vpmutrace.tracedata import META_FILE
+
     files = dataset_files(seed)
-    meta = files["trace_meta.json"]
+    meta = files[META_FILE]
     for name in sorted(files):
         if name.endswith(".parquet"):
             yield "damage", f"{name} missing", dataset_bytes({k: v for k, v in files.items() if k != name})
@@ -122,9 +124,9 @@ def dataset_mutants(seed: bytes) -> Iterator[mutate.Mutant]:
             text = json.dumps(d).encode()
             if val == "DEEP":
                 text = text.replace(b'"DEEP"', b"[" * 100_000 + b"]" * 100_000)
-            yield "damage", f"trace_meta.json {key} = {label}", dataset_bytes({**files, "trace_meta.json": text})
-    yield "damage", "trace_meta.json cut", dataset_bytes({**files, "trace_meta.json": meta[:len(meta) // 2]})
-    yield "damage", "trace_meta.json not an object", dataset_bytes({**files, "trace_meta.json": b"[1, 2]"})
+            yield "damage", f"{META_FILE} {key} = {label}", dataset_bytes({**files, META_FILE: text})
+    yield "damage", f"{META_FILE} cut", dataset_bytes({**files, META_FILE: meta[:len(meta) // 2]})
+    yield "damage", f"{META_FILE} not an object", dataset_bytes({**files, META_FILE: b"[1, 2]"})
 
 
 def _spread(items: list, limit: int | None) -> list:

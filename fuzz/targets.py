@@ -96,7 +96,9 @@ def _dataset(data: bytes, tmp: Path) -> Any:
     try:
         files = dataset_files(data)
     except (tarfile.TarError, EOFError):
-        files = {"trace_meta.json": data}  # (atheris: bytes that are no tar: taken as the metadata)
+        from vpmutrace.tracedata import META_FILE
+
+        files = {META_FILE: data}  # (atheris: bytes that are no tar: taken as the metadata)
     for name, content in files.items():
         (d / Path(name).name).write_bytes(content)
     return _load(d)

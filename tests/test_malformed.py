@@ -537,14 +537,16 @@ def test_dataset_metadata_junk_is_an_error(tmp_path: Path, meta: str) -> None:
     """NaN printed by info --json (invalid JSON), RecursionError, junk types: one-line errors now."""
     import json
 
+    from vpmutrace.tracedata import META_FILE
+
     ds = _dataset(tmp_path)
-    doc = json.loads((ds / "trace_meta.json").read_text())
+    doc = json.loads((ds / META_FILE).read_text())
     if meta.startswith("{"):
         text = json.dumps(doc)[:-1] + ", " + meta[1:]
     else:
         text = meta
-    (ds / "trace_meta.json").write_text(text)
-    _one_line_error(ds, "trace_meta.json")
+    (ds / META_FILE).write_text(text)
+    _one_line_error(ds, META_FILE)
 
 
 def test_terminal_output_has_no_control_sequences_from_trace_strings(tmp_path: Path) -> None:
