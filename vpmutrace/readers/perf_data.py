@@ -258,6 +258,8 @@ def walk(buf: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray,
     offs = np.empty(n, dtype=np.int64)
     types, miscs, sizes = (np.empty(n, dtype=np.int32) for _ in range(3))
     kernels.walk_records(buf, start, end, True, offs, types, miscs, sizes)
+    if err == 0 and stop < end:  # fewer than 8 bytes left: a record header cut off
+        err = 2
     return offs, types, miscs, sizes, stop, err
 
 
