@@ -108,9 +108,12 @@ def field_mutants(data: bytes, fields: list[FieldAt], limit: int | None = None) 
             yield "damage", f"{f.what} @{f.offset} zeroed", bytes(b)
 
 
-def truncations(data: bytes, boundaries: list[int]) -> Iterator[Mutant]:
-    """Cut at each boundary, one byte before it and one after it."""
-    cuts = sorted({c for b in boundaries for c in (b - 1, b, b + 1) if 0 < c < len(data)})
+def truncations(data: bytes, boundaries: list[int], at_boundary: bool = True) -> Iterator[Mutant]:
+    """Cut at each boundary, one byte before it and one after it. ``at_boundary`` False: not at it, for
+    formats where a cut at a record boundary is a complete, shorter file (text lines, pipe-mode
+    perf.data: nothing in them says more was to come)."""
+    offsets = (-1, 0, 1) if at_boundary else (-1, 1)
+    cuts = sorted({c for b in boundaries for c in (b + k for k in offsets) if 0 < c < len(data)})
     for c in cuts:
         yield "truncate", f"cut at {c}", data[:c]
 
@@ -151,7 +154,7 @@ def perf_mutants(data: bytes, read, max_records: int = 24) -> Iterator[Mutant]: 
     bounds = [16, start, end] + [f.offset for f in fields] + [f.offset + f.width for f in fields]
     picked = recs[:8] + _sample(recs[8:], max_records)
     bounds += [o for o, _t, _s in picked] + [o + 4 for o, _t, _s in picked]
-    yield from truncations(data, bounds)
+    yield from truncations(data, bounds, at_boundary=not pipe)
     for o, t, s in picked:
         for name, v in (("0", 0), ("4", 4), ("0xfff0 (-16)", 0xFFF0), ("0xffff", 0xFFFF), ("+8", s + 8)):
             yield "damage", f"record type {t} @{o} size {name}", _put(data, o + 6, 2, v)
@@ -268,10 +271,10 @@ def text_mutants(data: bytes, max_lines: int = 12) -> Iterator[Mutant]:
         at += len(ln) + 1
     event_lines = [k for k, ln in enumerate(lines) if b": " in ln and not ln.lstrip().startswith(b"#")]
     picked = _sample(event_lines, max_lines)
-    yield from truncations(data, [starts[k] for k in picked])
+    yield from truncations(data, [starts[k] for k in picked], at_boundary=False)
     for k in picked[:4]:  # a line cut after each of its words
         ln = lines[k]
-        for j in range(len(ln)):
+        for j in range(1, len(ln)):
             if ln[j:j + 1] in (b" ", b"=", b"(", b":", b","):
                 yield "truncate", f"line {k + 1} cut at column {j}", data[:starts[k] + j]
                 yield "truncate", f"line {k + 1} cut at column {j + 1}", data[:starts[k] + j + 1]

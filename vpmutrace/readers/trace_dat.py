@@ -90,7 +90,10 @@ class _Codec:
             if self.name == "zstd":
                 return self._z.decompress(data, max_output_size=max(usize, 1))
             d = zlib.decompressobj()
-            return d.decompress(data, max(usize, 1))
+            out = d.decompress(data, max(usize, 1))
+            if not d.eof:
+                raise _Corrupt("the zlib stream ends early or is longer than its header says")
+            return out
         except self._errors as e:  # corrupt data
             raise _Corrupt(str(e)) from None
 
@@ -141,6 +144,8 @@ def open_trace_dat(path: str | Path) -> tuple[TraceDat, bytes]:
     return td, raw
 
 
+MAX_CPUS = 1 << 16  # CPUs of a v6 file (its flyrecord table has an offset and size for each)
+MAGIC_END = len(MAGIC) + 2  # (no section starts before the magic and the version)
 MIN_PAGE, MAX_PAGE = 1 << 10, 1 << 24  # ring-buffer (sub-)buffer sizes taken (kernel pages are 4 to 64 KB)
 
 
@@ -178,6 +183,8 @@ def _read_v6(c: Cursor, td: TraceDat) -> None:
     tdmod.read_printk(c, t)
     tdmod.read_cmdlines(c, t)
     td.ncpus = c.u32()
+    if not 0 < td.ncpus <= MAX_CPUS:
+        raise c.fail(f"CPU count {td.ncpus} (1 to {MAX_CPUS} taken)")
     c.what = "options"
     c.expect(b"options  \0", "options tag")
     extra_buffers: list[tuple[str, int]] = []
@@ -202,6 +209,9 @@ def _read_v6(c: Cursor, td: TraceDat) -> None:
     cpus = [CpuData(i, *c.unpack("QQ")) for i in range(td.ncpus)]
     td.buffers.append(Buffer("", td.options.get("clock"), cpus))
     for name, off in extra_buffers:
+        if not MAGIC_END <= off < len(c.data):
+            raise InputError(td.path, f"BUFFER option of instance {name!r}: offset {off} is not inside the file's "
+                                      "data", "options")
         bc = Cursor(c.data, td.path, off, td.endian, what=f"buffer {name}")
         if bytes(c.data[off:off + 10]) == b"flyrecord\0":
             bc.pos += 10
