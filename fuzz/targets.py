@@ -137,9 +137,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
 )}
 
 
-# columns not recorded in the file but worked out from other parts of it (sequence numbers in time
-# order; a sample's symbol from maps, build ids and kallsyms that a cut file may no longer have)
-DERIVED = ("seq", "sym", "dso", "sym_source")
+# columns not recorded in the record but worked out from other parts of the file (sequence numbers in
+# time order; a sample's symbol from maps, build ids and kallsyms, and its event's name from the
+# header's EVENT_DESC, which a cut file may no longer have: perf's computed name then)
+DERIVED = ("seq", "sym", "dso", "sym_source", "event")
 
 
 def summary(td: Any) -> dict[str, Any]:
