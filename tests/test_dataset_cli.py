@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from conftest import FIXTURES, ROOT
 
 from vpmutrace.readers import load_trace
 from vpmutrace.schema import ALL_TABLES, SCHEMA_VERSION, render_markdown
+from vpmutrace.tracedata import EarlyWrites
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -28,6 +31,8 @@ def test_ingest_writes_a_dataset_that_reads_back_equal(tmp_path: Path) -> None:
     assert set(back.tables) == set(direct.tables)
     for name in direct.tables:
         assert back.df(name).equals(direct.df(name)), name
+        # (columns without nulls are written as required: read back with their declared nullability)
+        assert back.tables[name].schema.equals(direct.tables[name].schema), name
     assert back.meta["events"] == direct.meta["events"]
     assert back.meta["format"] == "mixed"
     # plain polars / pyarrow read the files without us
@@ -35,6 +40,37 @@ def test_ingest_writes_a_dataset_that_reads_back_equal(tmp_path: Path) -> None:
     assert pq.read_schema(tmp_path / "ds" / "kvm_exit.parquet").field("exit_reason").type == "uint32"
     meta = json.loads((tmp_path / "ds" / "_trace_meta.json").read_text())
     assert meta["schema_version"] == SCHEMA_VERSION and len(meta["inputs"]) == 2
+
+
+@pytest.mark.parametrize("name", ["mixed.trace.dat", "mixed.perf.data", "cpuclock.perf.data", "tsc-clock.trace.dat"])
+def test_ingest_of_one_input_writes_tables_while_reading(tmp_path: Path, name: str) -> None:
+    """ingest writes each table's Parquet file as the reader adds it; the files of tables changed after
+    that (perf samples symbolized, times in ticks converted) are written again: the dataset is the
+    trace as loaded either way, and no partial file is left."""
+    src = FIXTURES / name
+    r = _cli("ingest", str(src), "-o", str(tmp_path / "ds"))
+    assert r.returncode == 0, r.stderr
+    direct = load_trace([src])
+    back = load_trace([tmp_path / "ds"])
+    assert set(back.tables) == set(direct.tables)
+    for t in direct.tables:
+        assert back.df(t).equals(direct.df(t)), t
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir() if not p.name.endswith(".parquet")) == ["trace_meta.json"]
+
+
+def test_early_writes_keep_only_the_final_tables(tmp_path: Path) -> None:
+    """A table whose chunk was written early is kept only when the loaded table is that very chunk."""
+    a = pa.table({"x": [1, 2]})
+    with EarlyWrites(tmp_path) as early:
+        early.submit("one", a)
+        early.submit("two", a)
+        early.submit("two", a)  # a second chunk: the table is written at the end
+        early.submit("changed", a)
+        assert early.keep("one", a, tmp_path / "one.parquet")
+        assert not early.keep("two", a, tmp_path / "two.parquet")
+        assert not early.keep("changed", pa.table({"x": [1, 2]}), tmp_path / "changed.parquet")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.parquet"]
+    assert pq.read_table(tmp_path / "one.parquet").column("x").to_pylist() == [1, 2]
 
 
 def test_stats_survive_the_dataset(tmp_path: Path) -> None:

@@ -18,9 +18,21 @@ from vpmutrace.tracedata import LEGACY_META_FILE, META_FILE
 SRC = FIXTURES / "lkml_krause_vmx_nested_6x_ftrace.txt"  # a real VMX trace with kvm_exit rows
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return load_trace([SRC]).save(tmp_path_factory.mktemp("ds") / "ds")
+@pytest.fixture(scope="module", params=["save", "ingest"])
+def dataset(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The dataset as TraceData.save writes it, and as `vpmutrace ingest` does (its tables' files
+    written while the trace is read: tracedata.EarlyWrites)."""
+    out = tmp_path_factory.mktemp("ds") / "ds"
+    if request.param == "save":
+        return load_trace([SRC]).save(out)
+    from typer.testing import CliRunner
+
+    from vpmutrace.cli import app
+
+    r = CliRunner().invoke(app, ["ingest", str(SRC), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert not list(out.glob("*.part"))
+    return out
 
 
 def _recipe(lib: str) -> str:
@@ -34,7 +46,7 @@ def test_every_file_carries_metadata(dataset: Path) -> None:
     files = sorted(dataset.glob("*.parquet"))
     assert len(files) >= 5
     for f in files:
-        kv = pq.read_schema(f).metadata
+        kv = pq.read_metadata(f).metadata  # the footer's key-value metadata
         assert kv[b"vpmutrace.table"].decode() == f.stem
         assert int(kv[b"vpmutrace.schema_version"]) == SCHEMA_VERSION
         assert json.loads(kv[b"vpmutrace.trace_meta"]) == sidecar
@@ -72,3 +84,31 @@ def test_old_sidecar_name_still_reads(dataset: Path, tmp_path: Path) -> None:
     assert back.df("kvm_exit").height == 13
     back.save(old)  # rewriting it leaves one sidecar, under the new name
     assert (old / META_FILE).is_file() and not (old / LEGACY_META_FILE).exists()
+
+
+def test_files_written_while_reading_carry_metadata(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`ingest` of a trace.dat writes its tables' files while it reads (tracedata.EarlyWrites); their
+    footers get the same key-value metadata, known only once the whole trace is read."""
+    from typer.testing import CliRunner
+
+    from vpmutrace.cli import app
+    from vpmutrace.tracedata import EarlyWrites
+
+    kept: list[str] = []
+    keep = EarlyWrites.keep
+
+    def spy(self: EarlyWrites, name: str, *a: object) -> bool:
+        r = keep(self, name, *a)  # type: ignore[arg-type]
+        if r:
+            kept.append(name)
+        return r
+
+    out = tmp_path / "ds"
+    monkeypatch.setattr(EarlyWrites, "keep", spy)
+    r = CliRunner().invoke(app, ["ingest", str(FIXTURES / "microguest200.trace.dat"), "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "kvm_msr" in kept
+    sidecar = json.loads((out / META_FILE).read_text())
+    for name in kept:
+        kv = pq.read_metadata(out / f"{name}.parquet").metadata
+        assert kv[b"vpmutrace.table"].decode() == name and json.loads(kv[b"vpmutrace.trace_meta"]) == sidecar

@@ -59,7 +59,7 @@ def test_demo_setup_installs_no_browser(tmp_path: Path) -> None:
 def test_test_setup_installs_tools_without_recommends_and_shows_progress(tmp_path: Path) -> None:
     r, apt, pip = _run(tmp_path)
     assert r.returncode == 0, r.stderr
-    assert any(line.endswith("install -e .[dev]") for line in pip), pip
+    assert any(line.endswith("install -e .[dev,fleet]") for line in pip), pip  # the fleet test needs Dask
     installs = [a for a in apt if a.startswith("install") and " -s " not in a]
     assert len(installs) == 1 and "--no-install-recommends" in installs[0].split(), apt
     assert installs[0].split()[-4:] == ["trace-cmd", "binutils", "chromium", "chromium-driver"]

@@ -194,3 +194,55 @@ def test_tsc2nsec_conversion_as_trace_cmd(tmp_path: Path) -> None:
         out = subprocess.run([tc, "report", "-t", "-i", str(f)], capture_output=True, text=True, check=False).stdout
         (tmp_path / "r.txt").write_text(out)
         assert load_trace([tmp_path / "r.txt"]).df("kvm_msr")["ts_ns"].to_list() == ours
+
+
+def _cpu_streams(c, rng) -> dict[int, bytes]:
+    """The file's payloads dealt to three CPUs with timestamps that interleave, tie across CPUs, and
+    (CPU 2) go back once: as pages packed per CPU."""
+    import numpy as np
+
+    from vpmutrace.readers.ringbuf import walk_pages
+    from vpmutrace.writers.ringbuf import pack_pages
+
+    payloads = []
+    for b in c.buffers:
+        for pages in b.cpus.values():
+            w = walk_pages(np.frombuffer(pages, np.uint8), c.page_size, {"timestamp": (0, 8), "commit": (8, 8),
+                                                                          "data": (16, 0)})
+            raw = np.frombuffer(pages, np.uint8)
+            payloads += [raw[o:o + n].tobytes() for o, n in zip(w.offsets.tolist(), w.lengths.tolist(), strict=True)]
+    out = {}
+    for cpu, part in enumerate(np.array_split(np.arange(len(payloads)), 3)):
+        ts = np.sort(rng.integers(10**9, 10**9 + 5_000, len(part)))  # few distinct times: many ties
+        mine = [payloads[i] for i in part.tolist()]
+        if cpu == 2:  # time goes back half way (a new page with an earlier time)
+            half = len(mine) // 2
+            out[cpu] = pack_pages(mine[:half], ts[:half] + 3_000) + pack_pages(mine[half:], ts[half:])
+        else:
+            out[cpu] = pack_pages(mine, ts)
+    return out
+
+
+@pytest.mark.parametrize("max_runs", [4096, 1])
+def test_cpus_merge_in_time_order(tmp_path: Path, monkeypatch, max_runs: int) -> None:
+    """Every table in time order, ties in file order (CPU by CPU, each CPU's records in the order
+    recorded), whether the fill merges the CPUs' time-ordered runs or (too many runs) sorts."""
+    import numpy as np
+
+    from vpmutrace.readers import payloads
+    from vpmutrace.writers.trace_dat import BufferData
+
+    monkeypatch.setattr(payloads, "MAX_RUNS", max_runs)
+    monkeypatch.setattr(payloads, "CHUNK_RECORDS", 64)  # many chunks, each merged on its own
+    c = content_of(SRC)
+    c.buffers = [BufferData("", "local", _cpu_streams(c, np.random.default_rng(3)))]
+    td = load_trace([write_trace_dat(tmp_path / "m.dat", c, 7, "zstd")])
+    assert sum(td.meta["events"].values()) == sum(load_trace([SRC]).meta["events"].values())
+    rows = pl.concat([td.df(t).select("ts_ns", "seq", "cpu") for t in td.tables if t not in ("lost", "stats")])
+    assert rows.n_unique("seq") == rows.height == sum(td.meta["events"].values())
+    assert rows.sort("seq")["cpu"].to_list() == sorted(rows["cpu"].to_list())  # seq: CPU by CPU
+    for t in td.tables:
+        if t in ("lost", "stats"):
+            continue
+        df = td.df(t)
+        assert df.select("ts_ns", "seq").equals(df.sort("ts_ns", "seq").select("ts_ns", "seq")), t

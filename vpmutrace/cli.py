@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+import vpmutrace.cli_env  # noqa: F401  (before numpy is imported)
 from vpmutrace import __version__
 from vpmutrace.errors import InputError, VpmutraceError
 from vpmutrace.report.text import info_dict, render_info
@@ -31,10 +32,10 @@ ClockOpt = Annotated[str | None, typer.Option("--clock", help="the traces' clock
 
 
 def _load(traces: list[Path], tsc_khz: float | None = None, snapshot: Path | None = None,
-          clock: str | None = None) -> object:
+          clock: str | None = None, early: Any = None) -> Any:
     from vpmutrace.readers import LoadOptions, load_trace
 
-    return load_trace(list(traces), LoadOptions(tsc_khz=tsc_khz, snapshot=snapshot, clock=clock))
+    return load_trace(list(traces), LoadOptions(tsc_khz=tsc_khz, snapshot=snapshot, clock=clock, early=early))
 
 
 def _version(value: bool) -> None:
@@ -72,8 +73,11 @@ def ingest(traces: Traces,
            out: Annotated[Path, typer.Option("-o", "--out", help="output dataset directory")],
            tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Decode traces into a Parquet dataset (one file per table + _trace_meta.json)."""
-    td = _load(traces, tsc_khz, snapshot, clock)
-    path = td.save(out)
+    from vpmutrace.tracedata import EarlyWrites
+
+    with EarlyWrites(out) as early:  # tables written to Parquet while the next are decoded
+        td = _load(traces, tsc_khz, snapshot, clock, early)
+        path = td.save(out, early)
     d = info_dict(td)
     typer.echo(f"wrote {path}: {sum(d['events'].values())} events in {len(td.tables)} tables; "
                f"lost {d['lost_events']}, unparsed {d['unparsed']}")
@@ -83,11 +87,20 @@ def ingest(traces: Traces,
 def show(traces: Traces,
          event: Annotated[str | None, typer.Option(help="only this event: system:name, name, or a table")] = None,
          limit: Annotated[int, typer.Option(help="at most N lines, the first in time (0: all)")] = 0,
+         as_json: Annotated[bool, typer.Option("--json", help="print {lines, fallbacks} as JSON")] = False,
          tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
-    """Events as text lines, as trace-cmd report prints them (computed for the lines shown only)."""
-    from vpmutrace.show import lines
+    """Events as text lines, as trace-cmd report -N prints them (computed for the lines shown only).
+
+    Rows printed without their print fmt (it does not parse, or fails on the row's values) are
+    counted per event; the counts end the output (on stderr, or in the JSON's fallbacks)."""
+    from vpmutrace.show import lines, text_fallbacks
 
     td = _load(traces, tsc_khz, snapshot, clock)
+    if as_json:
+        doc = {"lines": list(lines(td, event, limit or None))}
+        doc["fallbacks"] = text_fallbacks(td)
+        typer.echo(json.dumps(doc, indent=1))
+        return
     out = sys.stdout
     try:
         for line in lines(td, event, limit or None):
@@ -95,6 +108,10 @@ def show(traces: Traces,
         out.flush()
     except BrokenPipeError:  # (| head)
         sys.stdout = None  # type: ignore[assignment]
+        return
+    for f in text_fallbacks(td):
+        print(f"vpmutrace show: {f['count']} {f['event']} row(s) {f['category']} ({f['meaning']}); first: "
+              f"{f['examples'][0] if f['examples'] else '-'}", file=sys.stderr)
 
 
 @app.command()

@@ -30,14 +30,18 @@ if TYPE_CHECKING:
 
 
 def read_table(path: Path, name: str) -> pa.Table:
-    """One Parquet table, cast to its declared schema (named tables), or an InputError naming the file."""
+    """One Parquet table, cast to its declared schema (named tables; an event's own table gets its
+    declared nullability back: the writer makes columns without nulls required), or an InputError
+    naming the file."""
     import pyarrow.parquet as pq
+
+    from vpmutrace.tracedata import declared_nullability
 
     try:
         t = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as e:
         raise InputError(str(path), f"unreadable Parquet file ({e})") from None
-    return t.cast(ALL_TABLES[name].arrow_schema) if name in ALL_TABLES else t
+    return t.cast(ALL_TABLES[name].arrow_schema) if name in ALL_TABLES else declared_nullability(t)
 
 
 def row_count(path: Path) -> int:

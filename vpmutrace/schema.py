@@ -360,6 +360,14 @@ def dict_array(codes: np.ndarray, names: list[str | None], check: bool = True) -
     is_null = np.array([v is None for v in names], dtype=bool)
     if not is_null.any():
         return pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string()), safe=check)
+    k = int(np.argmax(is_null))
+    if is_null[k:].all():  # the null codes last (as distinct_names numbers them): codes below k stay as they are
+        nulls = codes >= k
+        idx = codes.copy()
+        idx[nulls] = 0
+        valid = pa.py_buffer(np.packbits(~nulls, bitorder="little"))
+        return pa.DictionaryArray.from_arrays(pa.Array.from_buffers(pa.int32(), len(idx), [valid, pa.py_buffer(idx)]),
+                                              pa.array(names[:k], pa.string()), safe=check)
     remap = np.where(is_null, 0, np.cumsum(~is_null, dtype=np.int32) - 1).astype(np.int32)  # code -> index
     idx = pa.array(remap[codes], mask=is_null[codes])
     return pa.DictionaryArray.from_arrays(idx, pa.array([v for v in names if v is not None], pa.string()))

@@ -117,12 +117,10 @@ def decode_fields(fmt: EventFormat, buf: np.ndarray, offsets: np.ndarray, length
     fixed fields' bytes the caller has already copied out of the records ((n, size) uint8, zero
     past a record): those are decoded from there, and the columns keep no reference to them.
     """
-    offsets = _i8(offsets)
-    lengths = _i8(lengths)
     big = byteorder == ">"
     fields = fmt.common_fields + fmt.fields
     out: dict[str, Any] = dict(scalars) if scalars is not None else \
-        _scalar_columns([f for f in fields if is_scalar(f)], buf, offsets, lengths, big)
+        _scalar_columns([f for f in fields if is_scalar(f)], buf, _i8(offsets), _i8(lengths), big)
     for f in fields:
         if not is_scalar(f):
             cut = (cuts or {}).get(f.name)
@@ -135,16 +133,19 @@ def decode_fields(fmt: EventFormat, buf: np.ndarray, offsets: np.ndarray, length
 def field_column(f: Field, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray, big_endian: bool,
                  damaged: dict[str, int] | None = None, cut: np.ndarray | None = None,
                  mat: np.ndarray | None = None) -> pa.Array | pa.ChunkedArray:
-    """One non-scalar field of every record (offsets, lengths: int64) as an Arrow column; a fixed byte
+    """One non-scalar field of every record (offsets, lengths) as an Arrow column; a fixed byte
     field with ``cut``: the first cut[i] bytes of it. ``mat``: a fixed field's bytes already
     copied out of the records ((n, size), zero past a record), read instead of ``buf``."""
     n = len(offsets)
     field_off = f.offset
+    if mat is not None and (f.kind == CHARS or cut is not None) and n * f.size <= ARROW_MAX_OFFSET:
+        return _cut_rows(f, mat, lengths, cut)
+    offsets, lengths = _i8(offsets), _i8(lengths)
     if mat is not None:  # the records, as far as this field goes, are the rows of mat
         buf, field_off = mat.reshape(-1), 0
         offsets = np.arange(n, dtype=np.int64) * np.int64(f.size)
         lengths = np.clip(lengths - f.offset, 0, f.size)
-    if not f.dynamic and f.kind != CHARS and cut is None:  # the field's bytes, zero past the record
+    if not f.dynamic and not f.flexible and f.kind != CHARS and cut is None:  # the bytes, zero past the record
         # (the column keeps its bytes: a copy of the caller's, whose memory is theirs to free)
         mat = gather(buf, offsets, f.size, lengths, f.offset) if mat is None else mat.copy()
         if f.kind == BYTES:
@@ -152,7 +153,14 @@ def field_column(f: Field, buf: np.ndarray, offsets: np.ndarray, lengths: np.nda
         values = _elements(mat.reshape(-1), f, big_endian)
         return pa.FixedSizeListArray.from_arrays(pa.array(values), f.array_len)
     add = 0
-    if not f.dynamic:  # fixed char array, or bytes with a cut: from the record, cut at its end
+    if f.flexible:  # the rest of the record (a string: up to its first NUL)
+        starts = offsets + np.int64(f.offset)
+        sizes = np.clip(lengths - f.offset, 0, None)
+        if f.kind == CHARS:
+            kept = np.empty(n, np.int64)
+            kernels.parallel(kernels.string_sizes, n, buf, starts, sizes, True, kept)
+            sizes = kept
+    elif not f.dynamic:  # fixed char array, or bytes with a cut: from the record, cut at its end
         starts, add = offsets, field_off
         sizes = np.empty(n, np.int64)
         cuts = np.ascontiguousarray(cut) if cut is not None else np.zeros(0, np.uint8)
@@ -182,6 +190,29 @@ def field_column(f: Field, buf: np.ndarray, offsets: np.ndarray, lengths: np.nda
     if f.kind == BYTES:
         return var_array(pa.binary(), value_offsets, data)
     return var_array(pa.list_(element_type(f)), value_offsets // f.elem_size, _elements(data, f, big_endian))
+
+
+def _cut_rows(f: Field, mat: np.ndarray, lengths: np.ndarray, cut: np.ndarray | None) -> pa.Array:
+    """A fixed char array (up to its first NUL) or a fixed byte field cut at ``cut`` from its bytes
+    per record (mat: (n, size), zero past a record), each value also cut at its record's end
+    (``lengths``: the records' sizes): sized, then copied, row by row in compiled passes, straight
+    into an Arrow array's buffers (int32 offsets: the caller checks that they fit)."""
+    n = len(mat)
+    sizes = np.empty(n, np.int32)
+    cuts = np.ascontiguousarray(cut) if cut is not None else np.zeros(0, np.uint8)
+    kernels.parallel(kernels.row_sizes, n, mat, np.ascontiguousarray(lengths, np.int32), f.offset, cuts,
+                     f.kind == CHARS, sizes)
+    value_offsets = np.zeros(n + 1, dtype=np.int32)
+    np.cumsum(sizes, out=value_offsets[1:])
+    del sizes
+    data = np.empty(int(value_offsets[-1]), dtype=np.uint8)
+    kernels.parallel(kernels.copy_rows, n, mat, value_offsets, data)
+    if f.kind == CHARS:
+        if sum(kernels.parallel(kernels.utf8_invalid, n, data, value_offsets)):
+            o64, data = valid_utf8(value_offsets.astype(np.int64), data)
+            return var_array(pa.string(), o64, data)
+        return _onevar_array(pa.string(), value_offsets, data, n)
+    return _onevar_array(pa.binary(), value_offsets, data, n)
 
 
 def _elements(data: np.ndarray, f: Field, big_endian: bool) -> np.ndarray:
@@ -245,14 +276,21 @@ def factorize_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     space = 1
     for lo, hi in ranges:
         space *= hi - lo + 1
+    one = arrays[0].dtype
+    if space <= DENSE_KEYS and len(arrays) == 1 and one.isnative and one.str[1:] in DENSE_DIRECT:
+        # one column of a small value range: its values are the keys (no widened copy)
+        a = arrays[0].view(np.uint8) if arrays[0].dtype.kind == "b" else np.ascontiguousarray(arrays[0])
+        lo = ranges[0][0]
+        return _codes(lambda codes, first: kernels.factorize_dense(a, lo, np.full(space, -1, np.int32), codes,
+                                                                   first), n, space)
     if space <= DENSE_KEYS:  # small value ranges: the key is the tuple's index in their product
         key = np.zeros(n, dtype=np.int64)
         for a, (lo, hi) in zip(arrays, ranges, strict=True):
             key *= hi - lo + 1
             # unsigned: subtract in the array's type (u64 values past 2**63); signed: in int64
             key += (a - a.dtype.type(lo)).astype(np.int64) if a.dtype.kind == "u" else a.astype(np.int64) - lo
-        return _codes(lambda codes, first: kernels.factorize_dense(key, np.full(space, -1, np.int32), codes, first),
-                      n, space)
+        return _codes(lambda codes, first: kernels.factorize_dense(key, 0, np.full(space, -1, np.int32), codes,
+                                                                   first), n, space)
     key = np.zeros(n, dtype=np.uint64)
     shift = 0
     for a, w in zip(arrays, widths, strict=True):
@@ -261,6 +299,7 @@ def factorize_rows(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return _codes(lambda codes, first: kernels.factorize_hash(key.view(np.int64), codes, first), n, n)
 
 
+DENSE_DIRECT = ("u1", "u2", "u4", "i1", "i2", "i4", "i8", "b1")  # column types factorize_dense reads as they are
 FIRST_CODES = 4096  # codes first tried for (print fmt inputs, task names: usually few)
 
 

@@ -32,11 +32,12 @@ def factorize_hash(keys, codes, first):  # pragma: no cover - compiled
     return nc
 
 
-def factorize_dense(keys, table, codes, first):  # pragma: no cover - compiled
-    """As factorize_hash for keys in 0..len(table) - 1: ``table`` (all -1) maps them directly."""
+def factorize_dense(keys, lo, table, codes, first):  # pragma: no cover - compiled
+    """As factorize_hash for keys in lo..lo + len(table) - 1: ``table`` (all -1) maps them directly
+    (keys of any integer width up to 32 bits, or int64: no widened copy of a column to make)."""
     nc = 0
     for i in range(len(keys)):
-        k = keys[i]
+        k = np.int64(keys[i]) - lo
         c = table[k]
         if c < 0:
             if nc == len(first):
@@ -47,3 +48,12 @@ def factorize_dense(keys, table, codes, first):  # pragma: no cover - compiled
             nc += 1
         codes[i] = c
     return nc
+
+
+def lookup_codes(keys, table, out, lo, hi):  # pragma: no cover - compiled
+    """out[i] = table[keys[i]] for i in lo..hi; keys outside the table (negative, or past its end)
+    take its last entry."""
+    last = len(table) - 1
+    for i in range(lo, hi):
+        k = keys[i]
+        out[i] = table[k] if 0 <= k < last else table[last]

@@ -11,6 +11,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from vpmutrace.kernels.hints import AHEAD, prefetch
+
 
 def gather(buf, offsets, lengths, start, width, out, lo, hi):  # pragma: no cover - compiled
     """out[i, :] = bytes start..start+width of record i (zero past the record or the buffer)."""
@@ -27,15 +29,33 @@ def gather(buf, offsets, lengths, start, width, out, lo, hi):  # pragma: no cove
 
 
 @numba.njit(inline="always")
-def _read_uint(buf, pos, z, big_endian):  # pragma: no cover - compiled
-    """The z-byte unsigned integer at buf[pos:], in the given byte order."""
+def _le(buf, pos, z):  # pragma: no cover - compiled
+    """The z-byte (1, 2, 4 or 8) little-endian unsigned integer at buf[pos:]: a loop of constant
+    length per width, which the compiler turns into one load."""
     v = np.uint64(0)
-    if big_endian:
-        for k in range(z):
-            v = (v << np.uint64(8)) | np.uint64(buf[pos + k])
+    if z == 8:
+        for k in range(8):
+            v |= np.uint64(buf[pos + k]) << np.uint64(8 * k)
+    elif z == 4:
+        for k in range(4):
+            v |= np.uint64(buf[pos + k]) << np.uint64(8 * k)
+    elif z == 2:
+        for k in range(2):
+            v |= np.uint64(buf[pos + k]) << np.uint64(8 * k)
     else:
         for k in range(z):
             v |= np.uint64(buf[pos + k]) << np.uint64(8 * k)
+    return v
+
+
+@numba.njit(inline="always")
+def _read_uint(buf, pos, z, big_endian):  # pragma: no cover - compiled
+    """The z-byte unsigned integer at buf[pos:], in the given byte order."""
+    if not big_endian:
+        return _le(buf, pos, z)
+    v = np.uint64(0)
+    for k in range(z):
+        v = (v << np.uint64(8)) | np.uint64(buf[pos + k])
     return v
 
 
@@ -111,18 +131,33 @@ def string_sizes(buf, starts, sizes, stop_at_nul, out, lo, hi):  # pragma: no co
         out[i] = n
 
 
+@numba.njit(inline="always")
+def _fixed_size(length, field_off, size, cut, i):  # pragma: no cover - compiled
+    """Bytes of a fixed field of ``size`` bytes at field_off of a record of ``length`` bytes: cut at
+    the record's end, and at cut[i] when ``cut`` is not empty."""
+    n = np.int64(length) - field_off
+    if n > size:
+        n = np.int64(size)
+    if len(cut) > 0 and np.int64(cut[i]) < n:
+        n = np.int64(cut[i])
+    return n if n > 0 else np.int64(0)
+
+
+@numba.njit(inline="always")
+def store_payload_pos(a32, a64, at_off, at_len, r, off, length):  # pragma: no cover - compiled
+    """A record's payload offset and length at row r of their arena columns (at_off / at_len: where
+    those columns start; negative: the event has no such column)."""
+    if at_off >= 0:
+        a64[at_off + r] = np.uint64(off)
+    if at_len >= 0:
+        a32[at_len + r] = np.uint32(length)
+
+
 def fixed_sizes(buf, offsets, lengths, field_off, field_size, cut, stop_at_nul, sizes, lo, hi):  # pragma: no cover
     """sizes[i]: bytes of the fixed field at field_off in record i: its size, cut at the record's
     end, at cut[i] when ``cut`` is not empty, and at its first NUL with ``stop_at_nul``."""
-    has_cut = len(cut) > 0
     for i in range(lo, hi):
-        n = lengths[i] - field_off
-        if n > field_size:
-            n = field_size
-        if has_cut and np.int64(cut[i]) < n:
-            n = np.int64(cut[i])
-        if n < 0:
-            n = 0
+        n = _fixed_size(lengths[i], field_off, field_size, cut, i)
         if stop_at_nul:
             s = offsets[i] + field_off
             k = 0
@@ -130,6 +165,30 @@ def fixed_sizes(buf, offsets, lengths, field_off, field_size, cut, stop_at_nul, 
                 k += 1
             n = k
         sizes[i] = n
+
+
+def row_sizes(mat, lengths, field_off, cut, stop_at_nul, sizes, lo, hi):  # pragma: no cover - compiled
+    """sizes[i]: bytes of row i of ``mat`` (a fixed field's bytes in record i, the field at field_off
+    of records of lengths[i] bytes) that its value takes: the field's size, cut at the record's end,
+    at cut[i] when ``cut`` is not empty, and at its first NUL with ``stop_at_nul``."""
+    size = mat.shape[1]
+    for i in range(lo, hi):
+        n = _fixed_size(lengths[i], field_off, size, cut, i)
+        if stop_at_nul:
+            k = 0
+            while k < n and mat[i, k] != 0:
+                k += 1
+            n = k
+        sizes[i] = n
+
+
+def copy_rows(mat, value_offsets, data, lo, hi):  # pragma: no cover - compiled
+    """The first value_offsets[i + 1] - value_offsets[i] bytes of row i of ``mat`` to
+    data[value_offsets[i]:value_offsets[i + 1]] (an Arrow data buffer)."""
+    for i in range(lo, hi):
+        d = value_offsets[i]
+        for k in range(value_offsets[i + 1] - d):
+            data[d + k] = mat[i, k]
 
 
 def copy_values(buf, starts, add, value_offsets, data, lo, hi):  # pragma: no cover - compiled
@@ -223,38 +282,140 @@ def utf8_replace(data, value_offsets, out, out_offsets, fill):  # pragma: no cov
     return q
 
 
-def fill_payload_columns(buf, seq0, offs, lens, ts, cpu, group, rows, big_endian, g_ts, g_cpu, g_seq, g_rawoff,
-                         g_rawlen, col_start, col_src, col_pos, col_size, col_elem, a8, a16, a32, a64, lo,
-                         hi):  # pragma: no cover - compiled
-    """Write the columns of ring-buffer records lo..hi (payload at offs[j], lens[j] bytes) straight
-    into their event's place in one arena (a8/a16/a32/a64: one buffer at four widths): for group g
-    = group[j] (skipped when negative or g_seq[g] < 0), row r = rows[j]: the time at a64[g_ts[g] +
-    r], the CPU at a32[g_cpu[g] + r], the sequence number seq0 + j at a64[g_seq[g] + r], the payload
-    offset / length at a64[g_rawoff[g] + r] / a64[g_rawlen[g] + r] when those are >= 0, then fields
-    c in col_start[g]..col_start[g + 1] (col_src: all from the payload): col_size[c] bytes at
-    col_pos[c] of the payload (zero when the payload is shorter), in the file's byte order, to
-    element col_elem[c] + r; with col_size[c] = -z < 0, z bytes copied as they are to
-    a8[col_elem[c] + r * z:][:z] (bytes past the payload zero)."""
-    for j in range(lo, hi):
-        g = group[j]
-        if g < 0 or g_seq[g] < 0:
+@numba.njit(inline="always")
+def _before(ts, heads, a, b):  # pragma: no cover - compiled
+    """Whether run a's next record comes before run b's: earlier time, or the same time and an
+    earlier run (a stable order)."""
+    ta = ts[heads[a]]
+    tb = ts[heads[b]]
+    return ta < tb or (ta == tb and a < b)
+
+
+@numba.njit(inline="always")
+def _sift_down(ts, heads, heap, hn, i):  # pragma: no cover - compiled
+    """Restore the min-heap of runs (by their next record) below position i."""
+    while True:
+        m = i
+        left = 2 * i + 1
+        if left < hn and _before(ts, heads, heap[left], heap[m]):
+            m = left
+        if left + 1 < hn and _before(ts, heads, heap[left + 1], heap[m]):
+            m = left + 1
+        if m == i:
+            return
+        heap[i], heap[m] = heap[m], heap[i]
+        i = m
+
+
+@numba.njit(inline="always")
+def _merge_start(ts, bounds, c, heads, ends, heap):  # pragma: no cover - compiled
+    """Set up the merge of the runs' records of chunk c (bounds[c, k]..bounds[c + 1, k] of run k):
+    returns the heap's size."""
+    hn = 0
+    for k in range(bounds.shape[1]):
+        heads[k] = bounds[c, k]
+        ends[k] = bounds[c + 1, k]
+        if heads[k] < ends[k]:
+            heap[hn] = k
+            hn += 1
+    for i in range(hn // 2 - 1, -1, -1):
+        _sift_down(ts, heads, heap, hn, i)
+    return hn
+
+
+@numba.njit(inline="always")
+def _merge_pop(ts, heads, ends, heap, hn):  # pragma: no cover - compiled
+    """The next record of the merge (index, run) and the heap's new size."""
+    k = heap[0]
+    j = heads[k]
+    heads[k] += 1
+    if heads[k] >= ends[k]:
+        hn -= 1
+        heap[0] = heap[hn]
+    _sift_down(ts, heads, heap, hn, 0)
+    return j, k, hn
+
+
+def count_run_groups(types, lut, bounds, order, at, lo, hi):  # pragma: no cover - compiled
+    """at[c, g]: records of group lut[types[j]] (skipped when negative) in chunk c, for chunks lo..hi:
+    with ``order`` empty, chunk c holds records bounds[c, k]..bounds[c + 1, k] of each run k; else
+    records order[bounds[c, 0]:bounds[c + 1, 0]]."""
+    for c in range(lo, hi):
+        if len(order) > 0:
+            for p in range(bounds[c, 0], bounds[c + 1, 0]):
+                g = lut[types[order[p]]]
+                if g >= 0:
+                    at[c, g] += 1
             continue
-        r = np.int64(rows[j])
-        o = offs[j]
-        ln = lens[j]
-        a64[g_ts[g] + r] = np.uint64(ts[j])
-        a32[g_cpu[g] + r] = np.uint32(cpu[j])
-        a64[g_seq[g] + r] = np.uint64(seq0 + j)
-        if g_rawoff[g] >= 0:
-            a64[g_rawoff[g] + r] = np.uint64(o)
-            a64[g_rawlen[g] + r] = np.uint64(ln)
-        for c in range(col_start[g], col_start[g + 1]):
-            z = col_size[c]
-            p = col_pos[c]
-            if z < 0:
-                d = col_elem[c] + r * -z
-                for k in range(-z):
-                    a8[d + k] = buf[o + p + k] if p + k < ln else np.uint8(0)
+        for k in range(bounds.shape[1]):
+            for j in range(bounds[c, k], bounds[c + 1, k]):
+                g = lut[types[j]]
+                if g >= 0:
+                    at[c, g] += 1
+
+
+@numba.njit(inline="always")
+def _put_record(buf, j, r, g, cpu, seq0, offs, lens, ts, big_endian, g_ts, g_cpu, g_seq, g_rawoff, g_rawlen,
+                col_start, col_pos, col_size, col_elem, a8, a16, a32, a64):  # pragma: no cover - compiled
+    """Record j's columns at row r of group g (see fill_run_columns)."""
+    o = offs[j]
+    prefetch(buf, o + AHEAD)
+    ln = np.int64(lens[j])
+    a64[g_ts[g] + r] = np.uint64(ts[j])
+    a32[g_cpu[g] + r] = np.uint32(cpu)
+    a64[g_seq[g] + r] = np.uint64(seq0 + j)
+    store_payload_pos(a32, a64, g_rawoff[g], g_rawlen[g], r, o, ln)
+    for c in range(col_start[g], col_start[g + 1]):
+        z = col_size[c]
+        p = col_pos[c]
+        if z < 0:
+            d = col_elem[c] + r * -z
+            for k in range(-z):
+                a8[d + k] = buf[o + p + k] if p + k < ln else np.uint8(0)
+            continue
+        v = _read_uint(buf, o + p, z, big_endian) if p + z <= ln else np.uint64(0)
+        _store(a8, a16, a32, a64, col_elem[c] + r, z, v)
+
+
+def fill_run_columns(buf, seq0, offs, lens, ts, types, lut, runs, run_cpu, bounds, order, at, big_endian, g_ts, g_cpu,
+                     g_seq, g_rawoff, g_rawlen, col_start, col_src, col_pos, col_size, col_elem, a8, a16, a32, a64,
+                     lo, hi):  # pragma: no cover - compiled
+    """Write the columns of the ring-buffer records of chunks lo..hi (see count_run_groups) straight
+    into their event's place in one arena (a8/a16/a32/a64: one buffer at four widths), in time
+    order: the records of a chunk are merged from its runs (each in time order; ties go to the
+    earlier run, so the order is that of a stable sort), or taken in ``order``. Record j (payload
+    at offs[j], lens[j] bytes; run k, runs[k] <= j < runs[k + 1], recorded on CPU run_cpu[k]) of
+    group g = lut[types[j]] (skipped when negative or g_seq[g] < 0) goes to the next row r of its
+    group, from at[c, g] on: the time at a64[g_ts[g] + r], the CPU at a32[g_cpu[g] + r], the
+    sequence number seq0 + j at a64[g_seq[g] + r], the payload offset at a64[g_rawoff[g] + r] and
+    length at a32[g_rawlen[g] + r] when those are >= 0, then fields c in col_start[g]..col_start[g + 1]
+    (col_src: all from the payload): col_size[c] bytes at col_pos[c] of the payload (zero when the
+    payload is shorter), in the file's byte order, to element col_elem[c] + r; with col_size[c] =
+    -z < 0, z bytes copied as they are to a8[col_elem[c] + r * z:][:z] (bytes past the payload
+    zero)."""
+    nr = bounds.shape[1]
+    heads = np.empty(nr, np.int64)
+    ends = np.empty(nr, np.int64)
+    heap = np.empty(nr, np.int64)
+    for c in range(lo, hi):
+        nxt = at[c].copy()
+        if len(order) > 0:
+            for p in range(bounds[c, 0], bounds[c + 1, 0]):
+                j = order[p]
+                g = lut[types[j]]
+                if g < 0 or g_seq[g] < 0:
+                    continue
+                k = np.searchsorted(runs, j, side="right") - 1
+                _put_record(buf, j, nxt[g], g, run_cpu[k], seq0, offs, lens, ts, big_endian, g_ts, g_cpu, g_seq,
+                            g_rawoff, g_rawlen, col_start, col_pos, col_size, col_elem, a8, a16, a32, a64)
+                nxt[g] += 1
+            continue
+        hn = _merge_start(ts, bounds, c, heads, ends, heap)
+        while hn > 0:
+            j, k, hn = _merge_pop(ts, heads, ends, heap, hn)
+            g = lut[types[j]]
+            if g < 0 or g_seq[g] < 0:
                 continue
-            v = _read_uint(buf, o + p, z, big_endian) if p + z <= ln else np.uint64(0)
-            _store(a8, a16, a32, a64, col_elem[c] + r, z, v)
+            _put_record(buf, j, nxt[g], g, run_cpu[k], seq0, offs, lens, ts, big_endian, g_ts, g_cpu, g_seq, g_rawoff,
+                        g_rawlen, col_start, col_pos, col_size, col_elem, a8, a16, a32, a64)
+            nxt[g] += 1

@@ -45,6 +45,8 @@ from vpmutrace.formats.perf_abi import (
     SYNC_RECORDS,
     USER_RECORD_TYPES,
 )
+from vpmutrace.kernels.fields import store_payload_pos
+from vpmutrace.kernels.hints import AHEAD, prefetch
 
 
 @numba.njit(inline="always")
@@ -89,8 +91,11 @@ def _header(buf, pos, end):  # pragma: no cover - compiled
 @numba.njit(inline="always")
 def _extra(buf, pos, typ, size):  # pragma: no cover - compiled
     """Bytes a record carries after header.size (tools/perf/util/event.h): the tracing data of
-    HEADER_TRACING_DATA (u64-aligned) and the AUX data of AUXTRACE."""
+    HEADER_TRACING_DATA (u64-aligned; simpleperf's record holds it within header.size instead: see
+    tracing_data_span) and the AUX data of AUXTRACE."""
     if typ == REC_HEADER_TRACING_DATA and size >= 12:
+        if size >= 12 + _u32(buf, pos + 8):
+            return np.int64(0)
         return (_u32(buf, pos + 8) + 7) & ~7
     if typ == REC_AUXTRACE and size >= 16:
         return _i64(buf, pos + 8)
@@ -268,7 +273,7 @@ def scan_records(buf, start, end, s_off, r_off, r_type, r_size):  # pragma: no c
     return ns, nr, pos, err
 
 
-@numba.njit
+@numba.njit(inline="always")
 def _record_end(buf, pos, end):  # pragma: no cover - compiled
     """End of the record at pos (with data carried outside header.size), or -1 if it is not a plausible
     record: known type, size a multiple of 8, inside the data."""
@@ -318,6 +323,7 @@ def split_chunks(buf, start, end, nchunks, first, stop, n_s, n_r, lo, hi):  # pr
         ns = 0
         nr = 0
         while pos < c_hi:
+            prefetch(buf, pos + AHEAD)
             e = _record_end(buf, pos, end)
             if e < 0:
                 break
@@ -409,6 +415,7 @@ def split_keys_chunks(buf, first, stop, s_base, r_base, id_mode, id_pos, ids_sor
         i = s_base[c]
         k = r_base[c]
         while pos < stop[c]:
+            prefetch(buf, pos + AHEAD)
             size = _u16(buf, pos + 6)
             typ = _u32(buf, pos)
             if typ == REC_SAMPLE:
@@ -553,16 +560,16 @@ def _copy_bytes(buf, src, avail, out, dst, z):  # pragma: no cover - compiled
         out[dst + k] = buf[src + k] if k < avail else np.uint8(0)
 
 
-def fill_sample_columns(buf, j0, s_off, s_rawrel, s_group, s_row, s_code, g_seq, g_code, g_rawoff, g_rawlen,
-                        col_start, col_raw, col_pos, col_size, col_elem, a8, a16, a32, a64, lo,
+def fill_sample_columns(buf, j0, s_off, s_rawrel, s_group, s_row, s_code, code_map, g_seq, g_code, g_rawoff,
+                        g_rawlen, col_start, col_raw, col_pos, col_size, col_elem, a8, a16, a32, a64, lo,
                         hi):  # pragma: no cover - compiled
     """Write the columns of samples lo..hi straight into their group's place in one arena.
 
     Groups with g_seq[g] < 0 are skipped. The arena is one buffer seen at four widths
     (a8/a16/a32/a64). For group g, row r:
-    sequence number (j0 + position in s_off) at a64[g_seq[g] + r], thread-name code at
-    a32[g_code[g] + r], payload offset / length at a64[g_rawoff[g] + r] / a64[g_rawlen[g] + r]
-    when those are >= 0; then columns c in col_start[g]..col_start[g+1]: ``col_size[c]`` bytes
+    sequence number (j0 + position in s_off) at a64[g_seq[g] + r], thread-name code
+    code_map[s_code[j]] at a32[g_code[g] + r], payload offset at a64[g_rawoff[g] + r] and length at
+    a32[g_rawlen[g] + r] when those are >= 0; then columns c in col_start[g]..col_start[g+1]: ``col_size[c]`` bytes
     copied from the record (col_raw 0) or its payload (col_raw 1, zero when the payload is
     shorter) at col_pos[c], to element col_elem[c] + r; with col_size[c] = -z < 0, z bytes
     copied as they are to a8[col_elem[c] + r * z:][:z] (bytes past the payload zero).
@@ -574,14 +581,13 @@ def fill_sample_columns(buf, j0, s_off, s_rawrel, s_group, s_row, s_code, g_seq,
             continue
         r = np.int64(s_row[j])
         o = np.int64(s_off[j])
+        prefetch(buf, o + AHEAD)
         rel = np.int64(s_rawrel[j])
         ro = o + rel
         rl = _u32(buf, ro - 4) if rel > 0 else np.int64(0)
         a64[g_seq[g] + r] = np.uint64(j0 + j)
-        a32[g_code[g] + r] = np.uint32(s_code[j])
-        if g_rawoff[g] >= 0:
-            a64[g_rawoff[g] + r] = np.uint64(ro)
-            a64[g_rawlen[g] + r] = np.uint64(rl)
+        a32[g_code[g] + r] = np.uint32(code_map[s_code[j]])
+        store_payload_pos(a32, a64, g_rawoff[g], g_rawlen[g], r, ro, rl)
         for c in range(col_start[g], col_start[g + 1]):
             z = col_size[c]
             d = col_elem[c] + r

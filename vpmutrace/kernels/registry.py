@@ -42,8 +42,8 @@ _OFFSETS = "u4[::1]|i8[::1]"  # sample offsets: 32 bits for files below 4 GiB
 
 KERNELS: dict[str, Kernel] = {
     # ring-buffer pages
-    "walk_pages": _k("ringbuf", "i8", BUF, "i8", "i8", "i8", "i8", "i8", "b1", "b1", _I8, _I8, _I8, _I8, _I8,
-                     *RANGE),
+    "walk_pages": _k("ringbuf", "i8", BUF, _I8, "i8", "i8", "i8", "i8", "i8", "b1", "b1", _I8, _I8, _I4, _I8, _U2,
+                     _I8, _I8, *RANGE),
     # perf.data records
     "walk_records": _k("perf_walk", "UniTuple(i8, 3)", BUF, "i8", "i8", "b1", _I8, _I4, _I4, _I4),
     "walk_samples": _k("perf_walk", "none", BUF, _I8, _I4, "i8", "i8", _U8, _I8, _U8, _I8, _I4, _U8, _I4, _I4,
@@ -58,19 +58,22 @@ KERNELS: dict[str, Kernel] = {
     "number_rows": _k("perf_walk", "none", _I8, _I4, _I4, "i8[:, ::1]", *RANGE),
     "comm_counts": _k("perf_walk", "none", _I4, _I8, _I4, _I8, _I8, _I8, _I4, *RANGE),
     "dense_codes": _k("perf_walk", "i8", "i4[::1]|i8[::1]", "i8", _I4, _I4, _I8, _I4, _I8, _I8, _I8),
-    "fill_sample_columns": _k("perf_walk", "none", BUF, "i8", _OFFSETS, _U2, _I4, _I4, _I4, _I8, _I8, _I8, _I8,
+    "fill_sample_columns": _k("perf_walk", "none", BUF, "i8", _OFFSETS, _U2, _I4, _I4, _I4, _I4, _I8, _I8, _I8, _I8,
                               _I8, _I8, _I8, _I8, _I8, *_ARENA, *RANGE),
     # tracepoint fields
     "gather": _k("fields", "none", BUF, _I8, _I8, "i8", "i8", "u1[:, ::1]", *RANGE),
-    "fill_payload_columns": _k("fields", "none", BUF, "i8", _I8, _I8, _I8, _I4, _I4, _I4, "b1", _I8, _I8, _I8, _I8,
-                               _I8, _I8, _I8, _I8, _I8, _I8, *_ARENA, *RANGE),
+    "count_run_groups": _k("fields", "none", _U2, _I4, "i8[:, ::1]", _I8, "i8[:, ::1]", *RANGE),
+    "fill_run_columns": _k("fields", "none", BUF, "i8", _I8, _I4, _I8, _U2, _I4, _I8, _I8, "i8[:, ::1]", _I8,
+                           "i8[:, ::1]", "b1", _I8, _I8, _I8, _I8, _I8, _I8, _I8, _I8, _I8, _I8, *_ARENA, *RANGE),
     "decode_scalars": _k("fields", "none", BUF, _I8, _I8, _I8, _I8, _I8, "b1", *_ARENA, *RANGE),
     "dynamic_spans": _k("fields", "i8", BUF, _I8, _I8, "i8", "b1", "b1", _I8, _I8, *RANGE),
     "string_sizes": _k("fields", "none", BUF, _I8, _I8, "b1", _I8, *RANGE),
     "fixed_sizes": _k("fields", "none", BUF, _I8, _I8, "i8", "i8", "u1[::1]|u2[::1]|u4[::1]|u8[::1]", "b1", _I8,
                       *RANGE),
+    "row_sizes": _k("fields", "none", "u1[:, ::1]", _I4, "i8", "u1[::1]|u2[::1]|u4[::1]|u8[::1]", "b1", _I4, *RANGE),
+    "copy_rows": _k("fields", "none", "u1[:, ::1]", _I4, "u1[::1]", *RANGE),
     "copy_values": _k("fields", "none", BUF, _I8, "i8", _I8, "u1[::1]", *RANGE),
-    "utf8_invalid": _k("fields", "i8", "u1[::1]", _I8, *RANGE),
+    "utf8_invalid": _k("fields", "i8", "u1[::1]", "i4[::1]|i8[::1]", *RANGE),
     "utf8_replace": _k("fields", "i8", "u1[::1]", _I8, "u1[::1]", _I8, "b1"),
     # text lines
     "count_lines": _k("text", "none", BUF, _I8, _I8, *RANGE),
@@ -78,13 +81,15 @@ KERNELS: dict[str, Kernel] = {
     "parse_lines": _k("text", "none", BUF, _I8, "i8", "i8[:, ::1]", *RANGE),
     # distinct values
     "factorize_hash": _k("factorize", "i8", _I8, _I4, _I8),
-    "factorize_dense": _k("factorize", "i8", _I8, _I4, _I4, _I8),
+    "factorize_dense": _k("factorize", "i8", "u1[::1]|u2[::1]|u4[::1]|i1[::1]|i2[::1]|i4[::1]|i8[::1]", "i8", _I4, _I4,
+                          _I8),
+    "lookup_codes": _k("factorize", "none", _I4, _I4, _I4, *RANGE),
 }
 
 # what the compiled code is made of: a change to any of these makes a built extension stale
-SOURCES = ("kernels/__init__.py", "kernels/registry.py", "kernels/ringbuf.py", "kernels/perf_walk.py",
-           "kernels/fields.py", "kernels/factorize.py", "kernels/text.py", "kernels/text_layout.py",
-           "formats/perf_abi.py", "formats/ringbuf_abi.py")
+SOURCES = ("kernels/__init__.py", "kernels/registry.py", "kernels/hints.py", "kernels/ringbuf.py",
+           "kernels/perf_walk.py", "kernels/fields.py", "kernels/factorize.py", "kernels/text.py",
+           "kernels/text_layout.py", "formats/perf_abi.py", "formats/ringbuf_abi.py")
 
 
 def export_name(name: str, variant: int) -> str:

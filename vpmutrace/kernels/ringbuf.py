@@ -17,6 +17,7 @@ from vpmutrace.formats.ringbuf_abi import (
     TYPE_TIME_EXTEND,
     TYPE_TIME_STAMP,
 )
+from vpmutrace.kernels.hints import prefetch
 
 
 @numba.njit(inline="always")
@@ -31,18 +32,25 @@ def read_int(buf, pos, size, big_endian):  # pragma: no cover - compiled
     return v
 
 
-def walk_pages(buf, page_size, ts_off, commit_off, commit_size, data_off, big_endian, fill, page_events,
-               offs, lens, tss, page_lost, lo, hi):  # pragma: no cover - compiled
-    """The data events of pages lo..hi (each page stands alone: its header holds the time its
-    events' deltas add to). Without ``fill``: page_events[p] = how many; with it, page p's events'
-    payload offsets, lengths and timestamps from index page_events[p] on. Per page the events lost
-    before it (0 none, -1 an unknown number, n). Returns the pages with a bad commit size or
-    event length. Arithmetic in int64: timestamps and commit words stay far below 2**63."""
+def walk_pages(buf, page_off, ts_off, commit_off, commit_size, data_off, page_size, big_endian, fill, page_events,
+               offs, lens, tss, types, page_lost, page_bad, lo, hi):  # pragma: no cover - compiled
+    """The data events of pages lo..hi, page p at buf[page_off[p]:][:page_size] (each page stands
+    alone: its header holds the time its events' deltas add to). Without ``fill``: page_events[p] =
+    how many; with it, page p's events' payload offsets, lengths, timestamps and event ids (the
+    payload's first u16, common_type; 0 for a payload shorter than that) from index page_events[p]
+    on. Per page the events lost before it (0 none, -1 an unknown number, n) and its errors: a bad
+    commit size (or commit 0), and an event length past the commit or bytes left in it that hold no
+    event header (page_bad: 0, 1 or 2; their total is returned). Arithmetic in int64: timestamps and
+    commit words stay far below 2**63."""
     bad = 0
     ts_msb = -(1 << 59)
     for p in range(lo, hi):
         n = page_events[p] if fill else np.int64(0)
-        base = p * page_size
+        errors = 0
+        base = page_off[p]
+        if p + 1 < hi:  # (the next page's first lines, while this one is walked)
+            prefetch(buf, page_off[p + 1])
+            prefetch(buf, page_off[p + 1] + 64)
         page_end = base + page_size
         ts = read_int(buf, base + ts_off, 8, big_endian)
         commit = read_int(buf, base + commit_off, commit_size, big_endian)
@@ -51,7 +59,7 @@ def walk_pages(buf, page_size, ts_off, commit_off, commit_size, data_off, big_en
         end = start + size
         if end > page_end or size == 0:  # (a page written out has events: commit 0 is a damaged page)
             end = min(end, page_end)
-            bad += 1
+            errors += 1
         if commit & MISSING_STORED:
             if end + commit_size <= page_end:
                 page_lost[p] = read_int(buf, end, commit_size, big_endian)
@@ -96,17 +104,20 @@ def walk_pages(buf, page_size, ts_off, commit_off, commit_size, data_off, big_en
                 payload = pos + 4
                 total = 4 + length
             if length < 0 or payload + length > end:
-                bad += 1
+                errors += 1
                 padded = True  # (counted)
                 break
             if fill:
                 offs[n] = payload
                 lens[n] = length
                 tss[n] = ts
+                types[n] = read_int(buf, payload, 2, big_endian) if length >= 2 else 0
             n += 1
             pos += total
         if pos < end and not padded and size > 0:  # bytes left inside the commit that hold no event header
-            bad += 1
+            errors += 1
         if not fill:
             page_events[p] = n
+        page_bad[p] = errors
+        bad += errors
     return bad

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from vpmutrace import timebase
 from vpmutrace.errors import InputError
-from vpmutrace.tracedata import TraceBuilder, TraceData, is_dataset, load_dataset
+from vpmutrace.tracedata import EarlyWrites, TraceBuilder, TraceData, is_dataset, load_dataset
 
 PERF_MAGIC = (b"PERFILE2", b"2ELIFREP")
 TRACE_DAT_MAGIC = b"\x17\x08\x44tracing"
@@ -57,6 +57,7 @@ class LoadOptions:
     snapshot: Path | None = None
     find_snapshot: bool = True  # look for a snapshot next to the first input when none is given
     clock: str | None = None  # the inputs' clock, when a file records it wrongly (``--clock``)
+    early: EarlyWrites | None = None  # one input's tables written to Parquet as they are read (ingest)
 
 
 def load_trace(paths: list[str | Path], options: LoadOptions | None = None) -> TraceData:
@@ -76,6 +77,7 @@ def load_trace(paths: list[str | Path], options: LoadOptions | None = None) -> T
     host, host_path = host_snapshot(opts.snapshot, kinds[0][0]) if opts.snapshot or opts.find_snapshot \
         else (None, None)
     builder = TraceBuilder()
+    builder.early = opts.early if len(kinds) == 1 else None  # (merged inputs: tables made of several chunks)
     dats = {}
     if any(k == "trace.dat" for _, k in kinds):
         from vpmutrace.readers.trace_dat import open_trace_dat
@@ -101,6 +103,7 @@ def load_trace(paths: list[str | Path], options: LoadOptions | None = None) -> T
 
             read_text(p, builder)
         bases.append(timebase.settle(builder, mark, opts.tsc_khz, host, opts.clock))
+    builder.early = None
     builder.meta["time_unit"] = timebase.merged_unit(bases, [str(p) for p, _ in kinds])
     check_time_lines(builder, roles)
     td = builder.finish()

@@ -1,6 +1,6 @@
 """One buffer for the columns of every event of a trace, laid out for the compiled fills.
 
-The fills (``kernels.fill_sample_columns``, ``kernels.fill_payload_columns``) write each
+The fills (``kernels.fill_sample_columns``, ``kernels.fill_run_columns``) write each
 record's columns straight to its row of its event's columns. Each event (group) declares its
 columns as name -> (source, byte position, dtype): sources the fill computes itself (time,
 sequence number, ...; ``computed``, in the order the kernel takes them) and sources copied from

@@ -18,8 +18,6 @@ import pyarrow as pa
 from vpmutrace import kernels
 from vpmutrace.formats.decode import (
     decode_fields,
-    factorize_rows,
-    gather,
     is_scalar,
     scalar_column,
     scalar_dtype,
@@ -33,104 +31,205 @@ from vpmutrace.schema import column_names, const_column, dict_array, event_table
 from vpmutrace.tracedata import TraceBuilder
 from vpmutrace.typed_fields import CUTS, typed_columns
 
+PID_TABLE_MAX = 1 << 22  # pids up to the kernel's largest pid_max (4 M) are named through a direct table
 
-def comms_for(pids: np.ndarray, cmdlines: dict[int, str]) -> pa.Array:
-    """Task names for pids from saved_cmdlines (pid 0 is '<idle>', as the kernel prints it)."""
-    codes, first = factorize_rows([pids])  # linear time, not a sort
-    names = [cmdlines.get(p) if p != 0 else "<idle>" for p in pids[first].tolist()]
-    return dict_array(codes, names)
+
+@dataclass
+class TaskNames:
+    """Task names for pids from a trace's saved_cmdlines (pid 0 is '<idle>', as the kernel prints it;
+    a pid it has no line for: null). One table pid -> name code for the whole trace, so that a
+    column's codes are one gather (no per-table factorize), and its names (each once, the
+    unnamed code last: ``distinct_names``) are one dictionary for every table."""
+
+    lut: np.ndarray  # pid -> code; the last entry: the unnamed code (pids past the table clip to it)
+    names: list[str | None]
+
+    @classmethod
+    def of(cls, cmdlines: dict[int, str]) -> TaskNames:
+        pids = [p for p in cmdlines if 0 < p < PID_TABLE_MAX]
+        code_map, names = distinct_names(["<idle>"] + [cmdlines[p] for p in pids])
+        lut = np.full(max(pids, default=0) + 2, len(names) - 1, dtype=np.int32)  # (unnamed: the last code)
+        lut[[0, *pids]] = code_map
+        return cls(lut, names)
+
+    def column(self, pids: np.ndarray) -> pa.Array:
+        """The names of ``pids`` as a dictionary column (negative pids: unnamed)."""
+        keys = np.ascontiguousarray(pids, dtype=np.int32) if pids.dtype.itemsize <= 4 else \
+            np.where((pids >= 0) & (pids < len(self.lut)), pids, -1).astype(np.int32)
+        codes = np.empty(len(keys), np.int32)
+        kernels.parallel(kernels.lookup_codes, len(keys), keys, self.lut, codes)
+        named = len(self.names) - 1
+        used = self.names if len(codes) and int(codes.max()) >= named else self.names[:named]
+        return dict_array(codes, used, check=False)
+
+
+def distinct_names(names: list[str | None]) -> tuple[np.ndarray, list[str | None]]:
+    """Name codes renumbered to one code per distinct name (tasks of one name share it: a dictionary
+    holds each name once, and a table's codes run long), the names first, then one code for those
+    without a name (code_map: old code -> new), and the names of the new codes (None last)."""
+    index: dict[str, int] = {}
+    for name in names:
+        if name is not None:
+            index.setdefault(name, len(index))
+    unnamed = len(index)
+    code_map = np.array([index[x] if x is not None else unnamed for x in names], dtype=np.int32).reshape(-1)
+    return code_map, [*index, None]
 
 
 @dataclass
 class Records:
-    """Ring-buffer records in file order: payload offset and length, time (ns), CPU. The arrays
-    are consumed by ``emit_payloads`` (dropped once they are written out, as the tables grow)."""
+    """Ring-buffer records, CPU by CPU, each CPU's in recording order: payload offset (int64) and
+    length (int32), time in ns (int64), event id (uint16, the payload's common_type); CPU
+    ``cpus[k]``'s records are runs[k]..runs[k + 1]. The arrays are consumed by ``emit_payloads``."""
 
     offsets: np.ndarray
     lengths: np.ndarray
     ts_ns: np.ndarray
-    cpu: np.ndarray
+    types: np.ndarray
+    runs: np.ndarray
+    cpus: np.ndarray
+
+
+MAX_RUNS = 4096  # runs in time order merged by the fill; more (times out of order): one stable sort instead
+CHUNK_RECORDS = 1 << 19  # records per chunk of the time line the fill works on (and lets their payloads go after)
+
+
+@dataclass
+class _TimeOrder:
+    """The records in time order, in chunks: with ``order`` empty, chunk c is records bounds[c, k]..
+    bounds[c + 1, k] of each run k (runs[k]..runs[k + 1], each in time order, on CPU cpus[k]) merged;
+    else records order[bounds[c, 0]:bounds[c + 1, 0]] (runs, cpus: the CPUs' records)."""
+
+    runs: np.ndarray
+    cpus: np.ndarray
+    bounds: np.ndarray
+    order: np.ndarray
+
+
+def _time_order(recs: Records) -> _TimeOrder:
+    """Each CPU's records split into runs where time goes back (none, usually); chunks of about
+    CHUNK_RECORDS records cut at common times so that the chunks follow each other in time."""
+    ts, n = recs.ts_ns, len(recs.ts_ns)
+    nch = max(kernels.threads(), -(-n // CHUNK_RECORDS))
+    starts = np.sort(np.concatenate((recs.runs[:-1][recs.runs[:-1] < n], np.flatnonzero(ts[1:] < ts[:-1]) + 1)))
+    starts = starts[np.concatenate(([True], starts[1:] != starts[:-1]))]  # (np.unique imports numpy.ma)
+    if len(starts) > MAX_RUNS:  # (timestamps out of order: a stable sort does it in one go)
+        bounds = (np.arange(nch + 1, dtype=np.int64) * n // nch).reshape(-1, 1)
+        return _TimeOrder(recs.runs, recs.cpus, bounds, np.argsort(ts, kind="stable"))
+    runs = np.append(starts, n).astype(np.int64)
+    cpus = recs.cpus[np.searchsorted(recs.runs[:-1], starts, side="right") - 1].astype(np.int64)
+    sample = np.sort(ts[::max(1, n // (64 * nch))])
+    cuts = sample[np.arange(1, nch) * len(sample) // nch]
+    bounds = np.empty((nch + 1, len(starts)), dtype=np.int64)
+    for k, (a, z) in enumerate(zip(runs[:-1].tolist(), runs[1:].tolist(), strict=True)):
+        bounds[0, k], bounds[nch, k] = a, z
+        bounds[1:nch, k] = a + np.searchsorted(ts[a:z], cuts, side="left")
+    return _TimeOrder(runs, cpus, bounds, np.zeros(0, np.int64))
 
 
 def emit_payloads(builder: TraceBuilder, src_file: str, source: str, buf: np.ndarray, recs: Records,
                   formats: Mapping[int, EventFormat], byteorder: str, cmdlines: dict[int, str],
                   symbols: Callable[[int], str | None] | None, seq_base: int = 0) -> None:
-    """Decode and add every payload (ring-buffer records, in file order): task ids from common_pid,
-    names from the trace's saved cmdlines. A record's sequence number is ``seq_base`` + its
-    position; each event's rows go in time order (ties in file order).
+    """Decode and add every payload (ring-buffer records): task ids from common_pid, names from the
+    trace's saved cmdlines. A record's sequence number is ``seq_base`` + its position in ``recs``;
+    each event's rows go in time order (ties in that order).
 
     One compiled pass writes every record's time, CPU, sequence number, scalar fields and fixed
-    arrays straight to its row of its event's columns (one arena); then each event's other fields
-    are decoded. The payloads' memory (``buf``: a file mapping or a ``scratch`` array) is given back
-    as soon as nothing reads it any more: it reads zero afterwards."""
+    arrays straight to its row of its event's columns (one arena), taking the records in time
+    order (the CPUs' records merged); then each event's other fields are decoded. The payloads'
+    memory (``buf``: a file mapping or a ``scratch`` array) is given back as soon as nothing reads
+    it any more: it reads zero afterwards."""
     n = len(recs.offsets)
     if n == 0:
         return
-    per_record = (np.ascontiguousarray(recs.offsets, dtype=np.int64), np.ascontiguousarray(recs.lengths, np.int64),
-                  np.ascontiguousarray(recs.ts_ns, np.int64), np.ascontiguousarray(recs.cpu, np.int32))
-    recs.offsets = recs.lengths = recs.ts_ns = recs.cpu = np.zeros(0, np.int64)  # consumed
-    offsets, lengths, ts_ns = per_record[:3]
-    types = gather(buf, offsets, 2, lengths).view(np.dtype(f"{byteorder}u2")).reshape(n)
-    present = np.flatnonzero(np.bincount(types, minlength=1 << 16))  # the event ids there are
+    tord = _time_order(recs)
+    nch = len(tord.bounds) - 1
+    per_type = np.zeros((nch, 1 << 16), dtype=np.int64)  # records of each event id in each chunk
+    kernels.parallel(kernels.count_run_groups, nch, recs.types, np.arange(1 << 16, dtype=np.int32), tord.bounds,
+                     tord.order, per_type, pieces=nch)
+    present = np.flatnonzero(per_type.sum(axis=0))  # the event ids there are
+    at = np.ascontiguousarray(per_type[:, present])
+    del per_type
+    counts = at.sum(axis=0)
+    at = np.ascontiguousarray(np.cumsum(at, axis=0) - at)  # each event's first row in each chunk
     lut = np.full(1 << 16, -1, dtype=np.int32)
     lut[present] = np.arange(len(present), dtype=np.int32)
-    group = lut[types]
-    del types, lut
-    sorted_ = bool((ts_ns[1:] >= ts_ns[:-1]).all())
-    order = np.arange(n, dtype=np.int64) if sorted_ else np.argsort(ts_ns, kind="stable")  # (CPUs merged)
-    rows = np.empty(n, dtype=np.int32)
-    counts = np.zeros(len(present), dtype=np.int64)
-    group_rows(order, group, rows, counts)
-    del order
     kinds = present.tolist()
     fmts = [formats.get(int(t)) for t in kinds]
     ar = arena.layout({k: _payload_layout(f) for k, f in enumerate(fmts)}, counts, (TS, CPU, SEQ, RAW_OFF, RAW_LEN))
-    per_record = (*per_record, group, rows)
-    del group, rows, offsets, lengths, ts_ns
+    fill = _RunFill(buf, seq_base, recs, lut, tord, at, ar, byteorder == ">")
+    names = TaskNames.of(cmdlines)
     reading = np.array([reads_payloads(f) for f in fmts], dtype=bool)
     # the events that read the payloads again (dynamic fields, no format) are filled and decoded
-    # first; the others are filled in slices, each slice's payloads given back once written out
+    # first; the others then, chunk by chunk, each chunk's payloads given back once written out
     if reading.any():
-        _fill_payloads(buf, seq_base, per_record, ar, reading, byteorder, 0, n)
+        fill.run(reading, 0, nch)
         for k in np.flatnonzero(reading).tolist():
             _emit_payload_event(builder, src_file, source, buf, fmts[k], kinds[k], ar.views.pop(k), int(counts[k]),
-                                cmdlines, symbols, byteorder)
-    done = 0
-    for j0 in range(0, n, FILL_SLICE) if not reading.all() else ():
-        j1 = min(n, j0 + FILL_SLICE)
-        _fill_payloads(buf, seq_base, per_record, ar, ~reading, byteorder, j0, j1)
-        upto = int(per_record[0][j1]) if j1 < n else len(buf)
-        release_pages(buf, done, upto)
-        discard(buf, done, upto)
-        done = upto
-    del per_record  # (the per-record arrays: gone before the other fields' columns are made)
+                                names, symbols, byteorder)
+    if not reading.all():
+        step = kernels.threads()
+        for c0 in range(0, nch, step):
+            c1 = min(nch, c0 + step)
+            fill.run(~reading, c0, c1)
+            fill.let_go(c0, c1)
+    give_back(buf)
+    # the per-record arrays: gone before the other fields' columns are made
+    recs.offsets = recs.lengths = recs.ts_ns = recs.types = np.zeros(0, np.int64)
+    del fill, tord
     for k in np.flatnonzero(~reading).tolist():
         _emit_payload_event(builder, src_file, source, buf, fmts[k], kinds[k], ar.views.pop(k), int(counts[k]),
-                            cmdlines, symbols, byteorder)
+                            names, symbols, byteorder)
 
 
-def _fill_payloads(buf: np.ndarray, seq_base: int, per_record: tuple[np.ndarray, ...], ar: arena.Arena,
-                   groups: np.ndarray, byteorder: str, j0: int, j1: int) -> None:
-    """kernels.fill_payload_columns over records j0..j1, for the groups where ``groups`` is True."""
-    ts_at, cpu_at, seq_at, *rest = ar.special
-    seq_at = np.where(groups, seq_at, -1)  # (the fill skips groups without a sequence column)
-    kernels.parallel(kernels.fill_payload_columns, j1 - j0, buf, seq_base + j0, *(a[j0:j1] for a in per_record),
-                     byteorder == ">", ts_at, cpu_at, seq_at, *rest, ar.col_start, ar.col_src, ar.col_pos,
-                     ar.col_size, ar.col_elem, *ar.widths)
+@dataclass
+class _RunFill:
+    """kernels.fill_run_columns over chunks of the time line."""
+
+    buf: np.ndarray
+    seq_base: int
+    recs: Records
+    lut: np.ndarray
+    tord: _TimeOrder
+    at: np.ndarray
+    ar: arena.Arena
+    big_endian: bool
+
+    def run(self, groups: np.ndarray, c0: int, c1: int) -> None:
+        """Chunks c0..c1, for the events where ``groups`` is True."""
+        r, t, ar = self.recs, self.tord, self.ar
+        ts_at, cpu_at, seq_at, *rest = ar.special
+        seq_at = np.where(groups, seq_at, -1)  # (the fill skips events without a sequence column)
+        kernels.parallel(kernels.fill_run_columns, c1 - c0, self.buf, self.seq_base, r.offsets, r.lengths, r.ts_ns,
+                         r.types, self.lut, t.runs, t.cpus, t.bounds[c0:c1 + 1], t.order, self.at[c0:c1],
+                         self.big_endian, ts_at, cpu_at, seq_at, *rest, ar.col_start, ar.col_src, ar.col_pos,
+                         ar.col_size, ar.col_elem, *ar.widths, pieces=c1 - c0)
+
+    def let_go(self, c0: int, c1: int) -> None:
+        """Give back the payloads of chunks c0..c1 once written out (those of a run's records taken
+        in these chunks: they lie together); no-op when the records are taken in a sorted order."""
+        t, offs, lens = self.tord, self.recs.offsets, self.recs.lengths
+        if len(t.order):
+            return
+        for a, z, end in zip(t.bounds[c0].tolist(), t.bounds[c1].tolist(), t.runs[1:].tolist(), strict=True):
+            if z > a:
+                upto = int(offs[z]) if z < end else int(offs[z - 1]) + int(lens[z - 1])
+                release_pages(self.buf, int(offs[a]), upto)
+                discard(self.buf, int(offs[a]), upto)
 
 
 def _emit_payload_event(builder: TraceBuilder, src_file: str, source: str, buf: np.ndarray, fmt: EventFormat | None,
-                        event_id: int, v: dict[str, np.ndarray], m: int, cmdlines: dict[int, str],
+                        event_id: int, v: dict[str, np.ndarray], m: int, names: TaskNames,
                         symbols: Callable[[int], str | None] | None, byteorder: str) -> None:
     common: dict[str, Any] = {"ts_ns": v["ts_ns"], "seq": v["seq"], "cpu": v["cpu"], "source": const_column(source, m)}
     if "f:common_pid" in v:
         pids = v["f:common_pid"]
         common["pid"] = pids.astype(np.int32, copy=False)
-        common["comm"] = comms_for(pids, cmdlines)
+        common["comm"] = names.column(pids)
     emit_decoded(builder, src_file, buf, fmt, event_id, common, v, m, symbols, byteorder)
 
 
-FILL_SLICE = 1 << 20  # records per fill call; the payloads (file pages) behind each are given back after it
+FILL_SLICE = 1 << 20  # records per perf.data fill call; the payloads (file pages) behind each are given back after it
 
 
 # where a column of the payload arena comes from: the payload's bytes, or values the fill computes
@@ -147,9 +246,20 @@ def _payload_layout(fmt: EventFormat | None) -> dict[str, tuple[int, int, np.dty
         cols["f:common_pid"] = (FIELD, pid.offset, scalar_dtype(pid))
     for name, (p, dt) in field_columns(fmt).items():
         cols[name] = (FIELD, p, dt)
-    if fmt is None or any(not is_scalar(f) for f in table_fields(fmt)):  # (no format: the bytes are kept)
-        cols["raw_off"] = (RAW_OFF, 0, np.dtype(np.int64))
-        cols["raw_len"] = (RAW_LEN, 0, np.dtype(np.int64))
+    cols.update(payload_columns(fmt, RAW_OFF, RAW_LEN))
+    return cols
+
+
+def payload_columns(fmt: EventFormat | None, off_src: int, len_src: int) -> dict[str, tuple[int, int, np.dtype]]:
+    """The arena columns of the payloads' positions an event's decode needs (sources ``off_src``,
+    ``len_src`` of its fill): the offsets ("raw_off") when its fields are read from the payloads
+    again (``reads_payloads``), the lengths ("raw_len", int32) when it has fields other than scalars
+    (fixed arrays are cut at their record's end)."""
+    cols: dict[str, tuple[int, int, np.dtype]] = {}
+    if reads_payloads(fmt):
+        cols["raw_off"] = (off_src, 0, np.dtype(np.int64))
+    if fmt is None or any(not is_scalar(f) for f in table_fields(fmt)):
+        cols["raw_len"] = (len_src, 0, np.dtype(np.int32))
     return cols
 
 
@@ -170,7 +280,7 @@ def field_columns(fmt: EventFormat | None) -> dict[str, tuple[int, np.dtype]]:
 def reads_payloads(fmt: EventFormat | None) -> bool:
     """Whether an event's table is made from its payloads' bytes after the fill (dynamic fields,
     or the bytes of an event without a format), not from the arena alone."""
-    return fmt is None or any(f.dynamic for f in table_fields(fmt))
+    return fmt is None or any(f.dynamic or f.flexible for f in table_fields(fmt))
 
 
 def give_back(buf: np.ndarray) -> None:
@@ -200,9 +310,10 @@ def emit_decoded(b: TraceBuilder, path: str, buf: np.ndarray, fmt: EventFormat |
     else:
         fields = table_fields(fmt)
         cols: dict[str, Any] = {f.name: scalar_column(f, v["f:" + f.name]) for f in fields if is_scalar(f)}
-        if "raw_off" in v:
+        if "raw_len" in v:  # (without raw_off: fixed fields only, decoded from their bytes in the arena)
             damaged: dict[str, int] = {}
-            cols.update(decode_fields(fmt, buf, v["raw_off"], v["raw_len"], byteorder, scalars=cols, damaged=damaged,
+            offsets = v["raw_off"] if "raw_off" in v else np.zeros(n, np.int64)
+            cols.update(decode_fields(fmt, buf, offsets, v["raw_len"], byteorder, scalars=cols, damaged=damaged,
                                       cuts=CUTS.get(table_for_event(fmt.system, fmt.name) or ""),
                                       fixed={f.name: v["b:" + f.name] for f in fields if "b:" + f.name in v}))
             count_damaged(b, path, fmt, damaged, common["ts_ns"])

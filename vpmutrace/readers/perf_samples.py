@@ -34,18 +34,19 @@ import pyarrow as pa
 from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.formats import perf_abi as abi
-from vpmutrace.formats.decode import FIRST_CODES, is_scalar
+from vpmutrace.formats.decode import FIRST_CODES
 from vpmutrace.formats.event_format import EventFormat
 from vpmutrace.readers import arena
 from vpmutrace.readers.binio import discard, release_pages, scratch
 from vpmutrace.readers.payloads import (
     FILL_SLICE,
+    distinct_names,
     emit_decoded,
     field_columns,
     give_back,
     group_rows,
+    payload_columns,
     reads_payloads,
-    table_fields,
 )
 from vpmutrace.schema import const_column, dict_array
 from vpmutrace.tracedata import TraceBuilder
@@ -296,14 +297,12 @@ def _plan(a: Attr, fmt: EventFormat | None) -> _Plan:
         cols["cpu"] = (FROM_RECORD, body + field_pos(st, abi.S_CPU), np.dtype(np.int32))
     for name, (p, dt) in field_columns(fmt).items():
         cols[name] = (FROM_PAYLOAD, p, dt)
-    if fmt is None or any(not is_scalar(f) for f in table_fields(fmt)):  # (no format: the bytes are kept)
-        cols["raw_off"] = (PAYLOAD_OFF, 0, np.dtype(np.int64))
-        cols["raw_len"] = (PAYLOAD_LEN, 0, np.dtype(np.int64))
+    cols.update(payload_columns(fmt, PAYLOAD_OFF, PAYLOAD_LEN))
     return _Plan(cols, fmt)
 
 
-def _fill(buf: np.ndarray, sc: Samples, rows: np.ndarray, plans: dict[int, _Plan],
-          counts: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
+def _fill(buf: np.ndarray, sc: Samples, rows: np.ndarray, plans: dict[int, _Plan], counts: np.ndarray,
+          code_map: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
     """Run the compiled fill; return each planned group's columns as views of one arena."""
     ar = arena.layout({g: p.cols for g, p in plans.items()}, counts, (SEQ, COMM_CODE, PAYLOAD_OFF, PAYLOAD_LEN))
     tables = (*ar.special, ar.col_start, ar.col_src, ar.col_pos, ar.col_size, ar.col_elem, *ar.widths)
@@ -316,7 +315,7 @@ def _fill(buf: np.ndarray, sc: Samples, rows: np.ndarray, plans: dict[int, _Plan
     for j0 in range(0, n, FILL_SLICE):
         j1 = min(n, j0 + FILL_SLICE)
         kernels.parallel(kernels.fill_sample_columns, j1 - j0, buf, j0, sc.off[j0:j1], sc.rawrel[j0:j1],
-                         sc.group[j0:j1], rows[j0:j1], sc.comm[j0:j1], *tables)
+                         sc.group[j0:j1], rows[j0:j1], sc.comm[j0:j1], code_map, *tables)
         upto = int(sc.off[j1]) if j1 < n else len(buf)
         release_pages(buf, done, upto)
         for a in consumed:
@@ -357,24 +356,30 @@ def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, for
     # the times are now in rows: free them before the tables are allocated
     del order
     sc.time = np.zeros(0, np.int64)
-    views = _fill(buf, sc, rows, plans, counts)
+    code_map, names = distinct_names(sc.comm_names)
+    views = _fill(buf, sc, rows, plans, counts, code_map)
     del rows
     given_back = False  # the groups that read the file again first, then its pages are let go
     for g, plan in sorted(plans.items(), key=lambda gp: not reads_payloads(gp[1].fmt)):
         if not given_back and not reads_payloads(plan.fmt):
             give_back(buf)
             given_back = True
-        _emit_group(path, buf, plan, views.pop(g), int(counts[g]), int(sc.group_etype[g]), sc.comm_names, symbols,
+        _emit_group(path, buf, plan, views.pop(g), int(counts[g]), int(sc.group_etype[g]), names, symbols,
                     b, source)
 
 
 def _emit_group(path: str, buf: np.ndarray, plan: _Plan, v: dict[str, np.ndarray], n: int, etype: int,
                 names: list[str | None], symbols: Callable[[int], str | None] | None, b: TraceBuilder,
                 source: str) -> None:
-    # thread-name codes come from dense_codes: in range by construction
+    # thread-name codes come from dense_codes: in range by construction; the named threads' first
+    # (distinct_names: the last code is the unnamed threads'): only an event with samples of unnamed
+    # threads needs a null mask
+    named = len(names) - 1
+    comm = v["comm"]
+    used = names if n and int(comm.max()) >= named else names[:named]
     common: dict[str, Any] = {"ts_ns": v.get("ts_ns", np.zeros(n, np.int64)), "seq": v["seq"], "cpu": v.get("cpu"),
                               "pid": v.get("pid"), "tgid": v.get("tgid"),
-                              "comm": dict_array(v["comm"], names, check=False), "source": const_column(source, n)}
+                              "comm": dict_array(comm, used, check=False), "source": const_column(source, n)}
     emit_decoded(b, path, buf, plan.fmt, etype, common, {k: a.view(np.int64) if k == "raw_off" else a
                                                          for k, a in v.items()}, n, symbols)
 

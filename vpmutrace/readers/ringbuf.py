@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vpmutrace import kernels
+from vpmutrace.readers.binio import scratch
 
 PAGES_PER_THREAD = 256  # pages below which a range is not worth a thread
 
@@ -25,37 +26,70 @@ PAGES_PER_THREAD = 256  # pages below which a range is not worth a thread
 @dataclass
 class PageWalk:
     offsets: np.ndarray  # int64 offsets of event payloads in the buffer
-    lengths: np.ndarray  # int64 payload lengths
+    lengths: np.ndarray  # int32 payload lengths
     ts: np.ndarray  # int64 timestamps (trace clock units)
     page_lost: np.ndarray  # per page: 0 none, -1 lost unknown count, n > 0 lost n
     corrupt_pages: int
     page_ts: np.ndarray  # per page: the page header's timestamp (trace clock units)
+    types: np.ndarray  # uint16 event id (common_type) of each payload
+
+
+@dataclass
+class RunWalk:
+    """Every event of several CPUs' pages, CPU by CPU (``runs``: where each CPU's events start;
+    within a CPU in recording order), and per CPU what ``PageWalk`` says of its pages."""
+
+    offsets: np.ndarray
+    lengths: np.ndarray
+    ts: np.ndarray
+    types: np.ndarray
+    runs: np.ndarray  # int64, one more than CPUs: CPU k's events are runs[k]..runs[k + 1]
+    page_lost: list[np.ndarray]
+    corrupt_pages: list[int]
+    page_ts: list[np.ndarray]
 
 
 def walk_pages(buf: np.ndarray, page_size: int, header_page: dict[str, tuple[int, int]],
                big_endian: bool = False) -> PageWalk:
+    """The events of one CPU's pages (``buf``: whole pages, back to back)."""
+    w = walk_spans(buf, [(0, len(buf))], page_size, header_page, big_endian)
+    return PageWalk(w.offsets, w.lengths, w.ts, w.page_lost[0], w.corrupt_pages[0], w.page_ts[0], w.types)
+
+
+def walk_spans(buf: np.ndarray, spans: list[tuple[int, int]], page_size: int, header_page: dict[str, tuple[int, int]],
+               big_endian: bool = False) -> RunWalk:
+    """The events of several CPUs' pages at once (CPU k's whole pages at buf[spans[k][0]:][:spans[k][1]]),
+    into one array per field: one parallel pass counts each page's events, a second writes them."""
     ts_off = header_page.get("timestamp", (0, 8))[0]
     commit_off, commit_size = header_page.get("commit", (8, 8))
     data_off = header_page.get("data", (16, 0))[0]
-    npages = len(buf) // page_size
+    per_cpu = [size // page_size for _, size in spans]
+    page_off = np.concatenate([at + np.arange(k, dtype=np.int64) * page_size
+                               for (at, _), k in zip(spans, per_cpu, strict=True)] or [np.zeros(0, np.int64)])
+    npages = len(page_off)
     page_lost = np.zeros(npages, dtype=np.int64)
-    empty = np.zeros(0, dtype=np.int64)
+    page_bad = np.zeros(npages, dtype=np.int64)
     counts = np.zeros(npages, dtype=np.int64)
-    args = (buf, page_size, ts_off, commit_off, commit_size, data_off, big_endian)
-    bad = sum(kernels.parallel(kernels.walk_pages, npages, *args, False, counts, empty, empty, empty, page_lost,
-                               min_items=PAGES_PER_THREAD))
-    first = np.zeros(npages, dtype=np.int64)  # each page's first event's index
-    np.cumsum(counts[:-1], out=first[1:])
-    n = int(counts.sum())
-    offs = np.empty(n, dtype=np.int64)
-    lens = np.empty(n, dtype=np.int64)
-    tss = np.empty(n, dtype=np.int64)
-    kernels.parallel(kernels.walk_pages, npages, *args, True, first, offs, lens, tss, page_lost,
+    args = (buf, page_off, ts_off, commit_off, commit_size, data_off, page_size, big_endian)
+    e8, e4, e2 = np.zeros(0, np.int64), np.zeros(0, np.int32), np.zeros(0, np.uint16)
+    kernels.parallel(kernels.walk_pages, npages, *args, False, counts, e8, e4, e8, e2, page_lost, page_bad,
                      min_items=PAGES_PER_THREAD)
-    # (u64 read as int64, as the compiled walk reads it: a value >= 2**63 wraps, it does not raise)
-    page_ts = np.array([int.from_bytes(buf[p * page_size + ts_off:p * page_size + ts_off + 8].tobytes(),
-                                       "big" if big_endian else "little") for p in np.nonzero(page_lost)[0]],
-                       dtype=np.uint64).view(np.int64)
-    full_ts = np.zeros(npages, dtype=np.int64)
-    full_ts[np.nonzero(page_lost)[0]] = page_ts
-    return PageWalk(offs, lens, tss, page_lost, bad, full_ts)
+    first = np.zeros(npages + 1, dtype=np.int64)  # each page's first event's index
+    np.cumsum(counts, out=first[1:])
+    n = int(first[-1])
+    offs, lens, tss, types = (scratch(n, dt) for dt in (np.int64, np.int32, np.int64, np.uint16))
+    kernels.parallel(kernels.walk_pages, npages, *args, True, first, offs, lens, tss, types, page_lost, page_bad,
+                     min_items=PAGES_PER_THREAD)
+    page_at = np.concatenate(([0], np.cumsum(per_cpu, dtype=np.int64))).astype(np.int64)
+    runs = first[page_at]
+    lost = [page_lost[a:z] for a, z in zip(page_at[:-1], page_at[1:], strict=True)]
+    page_ts = []
+    for a, pl in zip(page_at[:-1].tolist(), lost, strict=True):
+        full = np.zeros(len(pl), dtype=np.int64)
+        for p in np.nonzero(pl)[0].tolist():
+            at = int(page_off[a + p]) + ts_off
+            v = int.from_bytes(buf[at:at + 8].tobytes(), "big" if big_endian else "little")
+            full[p] = v - (1 << 64) if v >> 63 else v  # (as int64, as the compiled walk reads it: no OverflowError)
+        page_ts.append(full)
+    bad = [int(page_bad[a:z].sum()) for a, z in zip(page_at[:-1], page_at[1:], strict=True)]
+    return RunWalk(offs, lens, tss, types, runs, lost, bad, page_ts)

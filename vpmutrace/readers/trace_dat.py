@@ -23,7 +23,7 @@ from vpmutrace.errors import InputError
 from vpmutrace.readers import tracing_data as tdmod
 from vpmutrace.readers.binio import MAX_EXPANSION, Cursor, expansion_room, scratch
 from vpmutrace.readers.payloads import Records, emit_payloads
-from vpmutrace.readers.ringbuf import walk_pages
+from vpmutrace.readers.ringbuf import walk_spans
 from vpmutrace.tracedata import TraceBuilder
 from vpmutrace.writers.trace_dat import BufferData, TraceDatContent
 
@@ -110,6 +110,8 @@ def emit_trace_dat(td: TraceDat, raw: bytes, builder: TraceBuilder, source: str 
                    shift: TimeShift | None = None) -> None:
     _apply_meta(td, builder)
     builder.symbols = builder.symbols or td.tracing.kallsyms
+    builder.printk = builder.printk or td.tracing.raw.get("printk") or b""
+    builder.meta["inputs"][-1]["long_size"] = td.long_size
     _emit(raw, td, builder, source, shift)
     for bad in td.tracing.bad_formats:  # (formats are parsed when used: known after the events)
         builder.stats.add(td.path, "bad_format", "", 1, bad)
@@ -514,7 +516,7 @@ def _to_ns(ts: np.ndarray, td: TraceDat) -> np.ndarray:
     t2n = td.options.get("tsc2nsec")
     if t2n and t2n["mult"]:
         return C.ticks_to_ns(ts, t2n["mult"], t2n["shift"])
-    return ts.astype(np.int64)
+    return ts.astype(np.int64, copy=False)
 
 
 TSYNC_FLAG_INTERPOLATE = 0x1  # trace-cmd tsync: interpolate offsets between samples
@@ -566,33 +568,38 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShi
         # rows of an instance carry its name, as `trace-cmd report` prefixes them
         src = (f"{source}:{buf.name}" if source != "host" else buf.name) if buf.name else source
         data, spans = _buffer_bytes(raw, td, buf, b)
-        offsets, lengths, stamps, cpus = [], [], [], []
-        for cd, (at, size) in zip(buf.cpus, spans, strict=True):
-            walk = walk_pages(data[at:at + size], buf.page_size or td.page_size, t.header_page, td.endian == ">")
-            lost_pages = np.nonzero(walk.page_lost)[0]
-            if len(lost_pages):
-                # the events were lost before the page: its header time closes the gap
-                pts = walk.page_ts[lost_pages]
-                pts = _to_ns(shift.apply(cd.cpu, pts) if shift is not None else pts, td)
-                for page, when in zip(lost_pages.tolist(), pts.tolist(), strict=True):
-                    lost = int(walk.page_lost[page])
-                    b.add_lost(td.path, "missing_events", lost if lost > 0 else None, int(when), cd.cpu,
-                               f"cpu{cd.cpu} page {page}")
-            if walk.corrupt_pages:
-                b.stats.add(td.path, "unparsed_record", f"cpu{cd.cpu}", walk.corrupt_pages,
-                            f"cpu{cd.cpu}: {walk.corrupt_pages} page(s) with a bad commit size or event length")
-            ts = shift.apply(cd.cpu, walk.ts) if shift is not None else walk.ts
-            offsets.append(walk.offsets + at)
-            lengths.append(walk.lengths)
-            stamps.append(_to_ns(ts, td))
-            cpus.append(np.full(len(walk.offsets), cd.cpu, dtype=np.int32))
-        if not offsets:
-            continue
-        recs = Records(np.concatenate(offsets), np.concatenate(lengths), np.concatenate(stamps), np.concatenate(cpus))
-        n = len(recs.offsets)
-        del offsets, lengths, stamps, cpus
-        emit_payloads(b, td.path, src, data, recs, t.formats, td.endian, t.cmdlines, t.kallsyms, seq_base=seq_base)
+        walk = walk_spans(data, spans, buf.page_size or td.page_size, t.header_page, td.endian == ">")
+        for k, cd in enumerate(buf.cpus):
+            _page_notes(td, b, cd.cpu, walk.page_lost[k], walk.page_ts[k], walk.corrupt_pages[k], shift)
+            part = walk.ts[walk.runs[k]:walk.runs[k + 1]]
+            ns = _to_ns(shift.apply(cd.cpu, part) if shift is not None else part, td)
+            if ns is not part:
+                part[:] = ns
+        n = len(walk.offsets)
+        if n:
+            recs = Records(walk.offsets, walk.lengths, walk.ts, walk.types, walk.runs,
+                           np.array([cd.cpu for cd in buf.cpus], dtype=np.int64))
+            del walk
+            emit_payloads(b, td.path, src, data, recs, t.formats, td.endian, t.cmdlines, t.kallsyms,
+                          seq_base=seq_base)
         seq_base += n
+
+
+def _page_notes(td: TraceDat, b: TraceBuilder, cpu: int, page_lost: np.ndarray, page_ts: np.ndarray, corrupt: int,
+                shift: TimeShift | None) -> None:
+    """One CPU's lost-events notices (at the time of the page they were lost before) and its pages
+    with a bad commit size or event length, counted."""
+    lost_pages = np.nonzero(page_lost)[0]
+    if len(lost_pages):
+        # the events were lost before the page: its header time closes the gap
+        pts = page_ts[lost_pages]
+        pts = _to_ns(shift.apply(cpu, pts) if shift is not None else pts, td)
+        for page, when in zip(lost_pages.tolist(), pts.tolist(), strict=True):
+            lost = int(page_lost[page])
+            b.add_lost(td.path, "missing_events", lost if lost > 0 else None, int(when), cpu, f"cpu{cpu} page {page}")
+    if corrupt:
+        b.stats.add(td.path, "unparsed_record", f"cpu{cpu}", corrupt,
+                    f"cpu{cpu}: {corrupt} page(s) with a bad commit size or event length")
 
 
 def content_of(path: str | Path) -> TraceDatContent:

@@ -34,6 +34,7 @@ from vpmutrace.analyze import predicates as P
 from vpmutrace.analyze.base import SEVERITIES, Result
 from vpmutrace.analyze.windows import exit_intervals, guest_windows
 from vpmutrace.report import reference
+from vpmutrace.stats import TEXT_CATEGORIES
 from vpmutrace.tracedata import TraceData
 
 OVERVIEW_BINS = 400
@@ -647,6 +648,13 @@ def build(td: TraceData, doc: dict[str, Any], results: dict[str, Result], out: P
         parts.append(f"<h2>Reference model: {_esc(m['design'])} design</h2><p>RDPMC: {_esc(m['rdpmc'])}; "
                      f"guest PMIs: {_esc(m['pmi_vector'])}; PMU context switch: {_esc(m['context_switch'])}</p>")
         parts.append(_table([{**r, "msr": f"{r['msr']:#x}"} for r in m["msrs"]], ["msr", "name", "kind", "verdict"]))
+    counted = [{"category": e.category, "event or record": e.name or "-", "count": e.count, "file": e.source_file,
+                "first": "; ".join(e.examples[:2])} for e in td.stats.entries()]
+    parts.append("<h2>Counted: skipped, unparsed, lost, fallbacks</h2>"
+                 + (_table(counted, ["category", "event or record", "count", "file", "first"]) if counted else
+                    "<p>Nothing skipped, lost or decoded by fallback.</p>")
+                 + "<p>Rows printed as text without their print fmt are counted too (categories "
+                 + _esc(", ".join(TEXT_CATEGORIES)) + ") once text is printed.</p>")
     parts.append("<h2>Trace</h2>" + _trace_table(td, doc, clk))
     parts.append("<h2>Host snapshot</h2>" + _host_table(td.meta.get("host")))
     parts.append(_reference_section(list(dict.fromkeys(cites))))
