@@ -219,7 +219,7 @@ def ringbuf_mutants(pages: bytes, page_size: int, max_pages: int = 4) -> Iterato
     for p in range(0, min(len(pages), max_pages * page_size), page_size):
         for name, v in (("0", 0), ("page+1", page_size + 1), ("-1", (1 << 64) - 1), ("-16", (1 << 64) - 16)):
             yield "damage", f"page {p // page_size} commit {name}", _put(pages, p + 8, 8, v)
-        for tl in (0, 29, 30, 31):
+        for tl in (0, 30, 31):  # (29 with a length is a discarded event the kernel writes: not damage)
             yield "damage", f"page {p // page_size} first event type_len {tl}", \
                 _put(pages, p + 16, 4, tl | (0x7FFFFFF << 5))
         yield "damage", f"page {p // page_size} first event type_len 0, length -1", \
