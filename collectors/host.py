@@ -18,12 +18,12 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from vpmutrace.errors import VpmutraceError
+from vpmutrace.errors import UserError
 
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 
-class Refusal(VpmutraceError):
+class Refusal(UserError):
     """The host cannot do what was asked: a one-line reason and the fix."""
 
 

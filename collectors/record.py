@@ -34,6 +34,10 @@ from vpmutrace.collectors.host import (
 )
 from vpmutrace.collectors.probes import ProbeSession, TracefsIO, cleanup_leftovers
 
+from vpmutrace.capture import CAPTURE_FILE, DATASET_DIR, HOST_FILE, PERF_TRACE, TRACEFS_TRACE, coverage, coverage_lines
+from vpmutrace.errors import warning_line
+from vpmutrace.outputs import output_dir
+
 
 class Interrupted(Exception):
     def __init__(self, signum: int) -> None:
@@ -110,12 +114,13 @@ def record(opt: RecordOptions) -> RecordResult:
     if session is not None and session.mechanism is None and not wanted:
         raise Refusal(f"cannot record kvm-pmu: {session.mech.why_none()}; record tracepoints instead "
                       "(--events vpmu)")
-    opt.out.mkdir(parents=True, exist_ok=True)
+    output_dir(opt.out, "record", owns=(CAPTURE_FILE,))
+    opt.out.mkdir(exist_ok=True)
     snap = snapshot()
-    (opt.out / "host.json").write_text(json.dumps(snap, indent=2) + "\n")
+    (opt.out / HOST_FILE).write_text(json.dumps(snap, indent=2) + "\n")
     if missing:
-        print(f"record: not on this kernel, skipped: {', '.join(missing)}", file=sys.stderr)
-    trace_file = opt.out / ("trace.perf.data" if opt.backend == "perf" else "trace.dat")
+        print(warning_line(f"not on this kernel, skipped: {', '.join(missing)}"), file=sys.stderr)
+    trace_file = opt.out / (PERF_TRACE if opt.backend == "perf" else TRACEFS_TRACE)
     res = RecordResult(opt.backend, trace_file, wanted, missing)
 
     old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -145,8 +150,8 @@ def record(opt: RecordOptions) -> RecordResult:
     # the kernel's symbols, for naming samples' kernel IPs wherever the trace is read (after the capture:
     # modules loaded during it are in, and nothing delays its start)
     snap["kallsyms"] = save_kallsyms(opt.out)
-    (opt.out / "host.json").write_text(json.dumps(finish_snapshot(snap), indent=2) + "\n")
-    (opt.out / "capture.json").write_text(json.dumps({
+    (opt.out / HOST_FILE).write_text(json.dumps(finish_snapshot(snap), indent=2) + "\n")
+    (opt.out / CAPTURE_FILE).write_text(json.dumps({
         "backend": res.backend, "trace_file": str(res.trace_file), "events_requested": res.events_requested,
         "events_missing": res.events_missing, "interrupted": res.interrupted, "command": opt.command,
         "command_status": res.command_status, "duration": opt.duration, "cpus": opt.cpus,
@@ -155,9 +160,9 @@ def record(opt: RecordOptions) -> RecordResult:
         from vpmutrace.readers import load_trace
 
         td = load_trace([trace_file])
-        td.meta["host"] = json.loads((opt.out / "host.json").read_text())
-        td.meta["capture"] = json.loads((opt.out / "capture.json").read_text())
-        res.dataset = td.save(opt.out / "dataset")
+        td.meta["host"] = json.loads((opt.out / HOST_FILE).read_text())
+        td.meta["capture"] = json.loads((opt.out / CAPTURE_FILE).read_text())
+        res.dataset = td.save(opt.out / DATASET_DIR)
         res.summary["decoded_events"] = sum(td.meta["events"].values())
         res.summary["events_by_kind"] = td.meta["events"]
         res.summary["lost_events"] = td.meta["lost_events"]
@@ -261,8 +266,12 @@ def describe(res: RecordResult) -> str:
     if "decoded_events" in s:
         lines.append(f"events       {s['decoded_events']}  lost {s['lost_events']} "
                      f"({s['lost_notices']} notices)  unparsed {s['unparsed']}")
-        for k, v in sorted(s["events_by_kind"].items(), key=lambda kv: -kv[1]):
-            lines.append(f"  {k:<42}{v:>10}")
+        lines += coverage_lines(coverage(res.events_requested, s["events_by_kind"], res.events_missing))
+        others = {k: v for k, v in s["events_by_kind"].items() if k not in res.events_requested}
+        for k, v in sorted(others.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {k:<40}{v:>10}  (not a requested tracepoint)")
+    else:
+        lines.append("events       not decoded (--raw-only): `vpmutrace info` on the directory counts them")
     if "probes" in s:
         lines += probe_set.describe(s["probes"])
     if s.get("overruns"):

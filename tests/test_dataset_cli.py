@@ -15,7 +15,7 @@ from conftest import FIXTURES, ROOT
 
 from vpmutrace.readers import load_trace
 from vpmutrace.schema import ALL_TABLES, SCHEMA_VERSION, render_markdown
-from vpmutrace.tracedata import EarlyWrites
+from vpmutrace.tracedata import META_FILE, EarlyWrites
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -55,7 +55,7 @@ def test_ingest_of_one_input_writes_tables_while_reading(tmp_path: Path, name: s
     assert set(back.tables) == set(direct.tables)
     for t in direct.tables:
         assert back.df(t).equals(direct.df(t)), t
-    assert sorted(p.name for p in (tmp_path / "ds").iterdir() if not p.name.endswith(".parquet")) == ["trace_meta.json"]
+    assert sorted(p.name for p in (tmp_path / "ds").iterdir() if not p.name.endswith(".parquet")) == [META_FILE]
 
 
 def test_early_writes_keep_only_the_final_tables(tmp_path: Path) -> None:
@@ -66,11 +66,12 @@ def test_early_writes_keep_only_the_final_tables(tmp_path: Path) -> None:
         early.submit("two", a)
         early.submit("two", a)  # a second chunk: the table is written at the end
         early.submit("changed", a)
-        assert early.keep("one", a, tmp_path / "one.parquet")
-        assert not early.keep("two", a, tmp_path / "two.parquet")
-        assert not early.keep("changed", pa.table({"x": [1, 2]}), tmp_path / "changed.parquet")
+        assert early.keep("one", a, tmp_path / "one.parquet", {b"k": b"v"})
+        assert not early.keep("two", a, tmp_path / "two.parquet", {})
+        assert not early.keep("changed", pa.table({"x": [1, 2]}), tmp_path / "changed.parquet", {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.parquet"]
     assert pq.read_table(tmp_path / "one.parquet").column("x").to_pylist() == [1, 2]
+    assert pq.read_metadata(tmp_path / "one.parquet").metadata[b"k"] == b"v"  # the footer written at keep
 
 
 def test_stats_survive_the_dataset(tmp_path: Path) -> None:

@@ -55,7 +55,10 @@ def test_unparseable_body_of_a_known_event_is_kept_and_counted(tmp_path: Path) -
     (b"", "empty file"),
     (b"\n\n  \n", "empty file"),
     (b"just some words\nnothing like a trace\n", "no trace events recognised"),
-    (b"\x7fELF\x02\x01\x01\x00" + bytes(64), "binary data where a text trace was expected"),
+    (b"\x7fELF\x02\x01\x01\x00" + bytes(64), "not a perf.data, trace.dat or text trace: magic 7f 45 4c 46 02 01 01 00 "
+                                           "(an ELF executable or object)"),
+    (b"\x01\x02\x03\x04\x00" + bytes(64), "not a perf.data, trace.dat or text trace: magic 01 02 03 04 00 00 00 00 "
+                                          "(binary data of an unknown format)"),
 ])
 def test_bad_files_give_one_line_errors(tmp_path: Path, content: bytes, msg: str) -> None:
     f = tmp_path / "bad.txt"

@@ -9,11 +9,13 @@ build-id is on the machine running the tests.
 
 from __future__ import annotations
 
+import bisect
 import json
 import lzma
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from conftest import FIXTURES, need_tool, shared
 from vpmutrace.readers import LoadOptions, load_trace
 from vpmutrace.readers import perf_maps as pm
 from vpmutrace.readers import symbols as S
+from vpmutrace.readers import symtab as T
 
 CPUCLOCK = FIXTURES / "cpuclock.perf.data"
 
@@ -234,11 +237,11 @@ def test_kallsyms_sizes_and_duplicates() -> None:
     ks = S.parse_kallsyms(b"ffffffff81000000 T _stext\nffffffff81000000 T _text\nffffffff81000010 t a_fn\n"
                           b"ffffffff81000020 W weak_fn\nffffffff81000020 T strong_fn\nffffffff81000030 D some_data\n"
                           b"ffffffff81000038 A abs_sym\nffffffffc0001000 t mod_fn\t[kvm]\n")
-    assert ks.kernel.names == ["_text", "a_fn", "strong_fn", "some_data"]
-    assert ks.kernel.end.tolist()[:3] == [0xffffffff81000010, 0xffffffff81000020, 0xffffffff81000030]
-    assert int(ks.kernel.end[-1]) == 0xffffffff81002000  # up to the page after (next is a module)
+    assert ks.kernel.all_names() == ["_text", "a_fn", "strong_fn", "some_data"]
+    assert ks.kernel.eend.tolist()[:3] == [0xffffffff81000010, 0xffffffff81000020, 0xffffffff81000030]
+    assert ks.kernel.bounds()[1] == 0xffffffff81002000  # up to the page after (next is a module)
     assert ks.refs["_text"] == 0xffffffff81000000
-    assert ks.modules["kvm"].names == ["mod_fn"]
+    assert ks.modules["kvm"].all_names() == ["mod_fn"]
     assert ks.kernel.lookup(np.array([0xffffffff81000015, 0xffffffff81000031, 0xffffffff81003000],
                                      np.uint64)).tolist() == [1, 3, -1]
 
@@ -265,3 +268,205 @@ def test_skid_reads_dictionary_symbols() -> None:
                   dtype=pl.Categorical)
     stripped = s.cast(pl.String).str.replace(SYM_SUFFIX, "").str.replace(CLONE_SUFFIX, "")
     assert stripped.is_in(list(KVM_EXIT_PATH)).to_list() == [True, True, True, False]
+
+
+def _maps_of_each_sample_alone(side: pm.Side, kmaps: list[pm.Mapping], smp: pm.Samples) -> list[str | None]:
+    """The map of every sample looked up on its own: the process's effective_maps list (the kernel's
+    maps for kernel samples) and cover()."""
+    out: list[str | None] = []
+    for j in range(len(smp.ip)):
+        mode = int(smp.mode[j])
+        if mode not in (pm.MISC_USER, pm.MISC_KERNEL):
+            out.append(None)
+            continue
+        maps = kmaps if mode == pm.MISC_KERNEL else pm.effective_maps(side, int(smp.pid(np.array([j]))[0]), {})
+        st, en, mt = (np.array([getattr(m, f) for m in maps], dt) for f, dt in
+                      (("start", np.uint64), ("end", np.uint64), ("time", np.int64)))
+        h = int(pm.cover(st, en, mt, smp.ip[j:j + 1], smp.time[j:j + 1])[0]) if maps else -1
+        out.append(maps[h].filename if h >= 0 else None)
+    return out
+
+
+@pytest.mark.parametrize("shape", ["forks", "fork_loop"])
+def test_items_resolve_as_each_sample_alone(shape: str) -> None:
+    """Symbolisation resolves each distinct (process, IP) once, at its first sample, with the times its
+    answer holds, and a process's own maps before its parent's at the fork; every sample must still get
+    the map a lookup of that sample alone gives (effective_maps + cover), also when maps are replaced
+    between samples of one IP (those samples become items of their own) and when forks loop (then each
+    process is searched through its effective_maps list)."""
+    rng = np.random.default_rng(12)
+    side = pm.Side()
+    order = iter(range(10_000))
+
+    def maps(tag: str, times: np.ndarray) -> list[pm.Mapping]:
+        out = []
+        for t in times.tolist():
+            start = 0x10000 + 0x1000 * int(rng.integers(0, 12))
+            out.append(pm.Mapping(start, start + 0x1000 * int(rng.integers(1, 5)), 0, f"/{tag}@{t}", t, next(order)))
+        return out
+
+    side.user[1] = maps("p1", np.sort(rng.integers(0, 1000, 40)))
+    side.user[2] = maps("p2", np.sort(rng.integers(300, 1000, 15)))  # forked from 1 at 300
+    side.user[3] = maps("p3", np.sort(rng.integers(500, 1000, 10)))  # forked from 2 at 500
+    side.forks.update({2: (1, 300), 3: (2, 500), 4: (1, 700)})  # 4: no maps of its own
+    if shape == "fork_loop":
+        side.forks.update({6: (7, 100), 7: (6, 200)})
+        side.user[6] = maps("p6", np.sort(rng.integers(100, 1000, 8)))
+    kmaps = [pm.Mapping(0xffff0000, 0xffff8000, 0, "[kernel.kallsyms]", -1, -1),
+             pm.Mapping(0xffff1000, 0xffff2000, 0, "bpf_prog_a", 400, 1),
+             pm.Mapping(0xffff1000, 0xffff2000, 0, "bpf_prog_b", 800, 2)]
+    n = 6000
+    pids = np.array([1, 2, 3, 4, 5] + ([6, 7] if shape == "fork_loop" else []))
+    tgid = rng.choice(pids, n).astype(np.int32)
+    tgid[rng.random(n) < 0.05] = -1  # no tgid: the thread id is the process
+    mode = rng.choice([pm.MISC_USER] * 6 + [pm.MISC_KERNEL] * 3 + [pm.MISC_GUEST_KERNEL, pm.NO_IP], n).astype(np.int8)
+    ip = (0x10000 + 0x400 * rng.integers(0, 64, n)).astype(np.uint64)  # few IPs: many samples per item
+    kern = mode == pm.MISC_KERNEL
+    ip[kern] = (0xffff0000 + 0x800 * rng.integers(0, 8, int(kern.sum()))).astype(np.uint64)
+    smp = pm.Samples(ip, tgid, rng.choice(pids, n).astype(np.int32), rng.integers(0, 1200, n), mode)
+    it = pm.find_items(side, smp, kmaps)
+    assert it.user.flat == (shape == "fork_loop")
+    assert it.count.tolist() == np.bincount(it.item[it.item >= 0], minlength=len(it.first)).tolist()
+    pairs = {(int(smp.pid(np.array([j]))[0]) if m == pm.MISC_USER else -1, int(ip[j]))
+             for j, m in enumerate(mode.tolist()) if m in (pm.MISC_USER, pm.MISC_KERNEL)}
+    assert len(it.first) > len(pairs)  # some samples were outside their item's window
+    got = [None if i < 0 or it.hit[i] < 0 else (kmaps if it.kernel[i] else it.user.maps)[it.hit[i]].filename
+           for i in it.item.tolist()]
+    assert got == _maps_of_each_sample_alone(side, kmaps, smp)
+
+
+def test_kallsyms_read_in_bulk_as_line_by_line() -> None:
+    """A kallsyms text of the kernel's form is read with array operations; any other line sends the whole
+    text through the line pattern: both must give the same tables (modules, duplicates, sizes)."""
+    text = lzma.decompress((FIXTURES / "cpuclock.kallsyms.xz").read_bytes())
+    extra = b"".join(b"ffffffffc%07x %s m%d_fn%d\t[mod_%d]\n" % (0x1000 + 0x40 * (k // 2), b"tTdW"[k % 4:k % 4 + 1],
+                                                                  k % 3, k, k % 3) for k in range(300))
+    for data in (text, text + extra):
+        fast = S._kallsyms_lines(data)
+        assert fast is not None
+        slow = S._kallsyms_matches(data)
+        assert all(np.array_equal(a, b) for a, b in zip(fast[1:6], slow[1:6], strict=True))
+        assert [fast[6][m] for m in fast[5][fast[5] >= 0]] == [slow[6][m] for m in slow[5][slow[5] >= 0]]
+        a, b = S.parse_kallsyms(data), S.parse_kallsyms(data + b"not a kallsyms line\n")
+        assert a.lines == b.lines and a.refs == b.refs and a.modules.keys() == b.modules.keys()
+        for ta, tb in [(a.kernel, b.kernel)] + [(a.modules[m], b.modules[m]) for m in a.modules]:
+            assert ta.all_names() == tb.all_names()
+            assert ta.estart.tolist() == tb.estart.tolist() and ta.eend.tolist() == tb.eend.tolist()
+    assert {"mod_0", "mod_1", "mod_2", "__builtin__ftrace"} == set(S.parse_kallsyms(text + extra).modules)
+
+
+def _reference_table(start: list[int], end: list[int], names: list[str], weak: list[bool], glob: list[bool],
+                     plt: list[tuple[int, int, str]]) -> tuple[list[int], list[int], list[str]]:
+    """One symbol per start as choose_best_symbol keeps it (a fold over each run), then the PLT entries
+    merged in after the symbols at the same address."""
+    ents: list[tuple[int, int, str]] = []
+    k = 0
+    while k < len(start):
+        best, j = k, k + 1
+        while j < len(start) and start[j] == start[k]:
+            if not T.choose((end[best] - start[best], weak[best], glob[best], names[best]),
+                            (end[j] - start[j], weak[j], glob[j], names[j])):
+                best = j
+            j += 1
+        ents.append((start[best], end[best], names[best]))
+        k = j
+    ents = sorted(ents + plt, key=lambda e: e[0])  # (stable: symbols before PLT entries at one address)
+    return [e[0] for e in ents], [e[1] for e in ents], [e[2] for e in ents]
+
+
+@pytest.mark.parametrize("elf", [False, True])
+def test_symbol_table_settles_duplicates_where_looked_up(elf: bool) -> None:
+    """SymTab keeps every symbol and settles which one of those sharing a start perf keeps only where an
+    address lands, from the numbers when they decide, else from the names: the answers must be those of
+    the table perf builds up front (choose_best_symbol over every run) searched as symbols__find does."""
+    rng = np.random.default_rng(4)
+    for _ in range(30):
+        n = int(rng.integers(1, 60))
+        start = np.sort(rng.integers(0, 40, n) * 16).astype(np.uint64)
+        size = rng.choice([0, 0, 8, 16, 40, 100], n).astype(np.uint64)
+        end = start + size
+        names = [("_" * int(rng.integers(0, 3))) + rng.choice(["a", "bb", "SyS_x", "ccc"]) + str(k % 4)
+                 for k in range(n)]
+        weak, glob = rng.random(n) < 0.3, rng.random(n) < 0.5
+        plt = [(int(s), int(s) + 16, f"p{k}@plt") for k, s in enumerate(range(int(rng.integers(0, 40)) * 16,
+                                                                           700, 16 * int(rng.integers(1, 9))))]
+        pstart = np.array([p[0] for p in plt], np.uint64)
+        tab = T.SymTab(start, end, T.NameList(names), weak, glob, demangle_ties=elf,  # (no mangled names)
+                       plt_start=pstart, plt_end=pstart + np.uint64(16), plt_raw=T.NameList([p[2][:-4] for p in plt]))
+        rs, re_, rn = _reference_table(start.tolist(), end.tolist(), names, weak.tolist(), glob.tolist(), plt)
+        addr = rng.integers(0, 720, 200).astype(np.uint64)
+        got = tab.lookup(addr)
+        want = []
+        for a in addr.tolist():
+            i = bisect.bisect_right(rs, a) - 1
+            if i >= 0 and (a < re_[i] or a == rs[i]):
+                want.append(i)
+            elif i > 0 and rs[i - 1] <= a < re_[i - 1]:
+                want.append(i - 1)
+            else:
+                want.append(-1)
+        assert [-1 if e < 0 else (int(tab.estart[e]), int(tab.eend[e])) for e in got.tolist()] == \
+            [-1 if w < 0 else (rs[w], re_[w]) for w in want]
+        hit = got[got >= 0]
+        assert tab.raw_names(hit) == [rn[w][:-4] if rn[w].endswith("@plt") else rn[w] for w in want if w >= 0]
+        assert tab.all_names() == rn
+
+
+def _elf_files_here() -> list[str]:
+    """Some ELF files of this machine: the interpreter, ls, and the shared libraries this process maps."""
+    paths = {str(Path(sys.executable).resolve()), str(Path(shutil.which("ls") or "/bin/ls").resolve())}
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        f = line.split()[-1]
+        if f.startswith("/") and ".so" in f:
+            paths.add(f)
+    return sorted(p for p in paths if Path(p).is_file() and Path(p).read_bytes()[:4] == b"\x7fELF")
+
+
+def test_elf_reader_reads_as_pyelftools() -> None:
+    """readers/elf.py (headers as record arrays, what symbolisation needs) reads section headers, names and
+    contents, program headers and the GNU build-id note as pyelftools does, on this machine's ELF files."""
+    from elftools.elf.elffile import ELFFile
+
+    from vpmutrace.readers.elf import ElfFile
+
+    checked = 0
+    for path in _elf_files_here():
+        with open(path, "rb") as f, ElfFile(path) as ours:
+            ref = ELFFile(f)
+            assert ours.elfclass == ref.elfclass and ours.little_endian == ref.little_endian, path
+            secs = list(ref.iter_sections())
+            assert ours.names == [s.name for s in secs], path
+            for i, s in enumerate(secs):
+                for field in ("offset", "size", "addr", "flags", "link", "info", "entsize"):
+                    assert ours.sh(i, field) == s.header[f"sh_{field}"], (path, s.name, field)
+                if s.name in (".dynsym", ".dynstr", ".symtab", ".strtab", ".gnu_debuglink", ".rela.plt"):
+                    assert ours.data(i).tobytes() == s.data(), (path, s.name)
+            loads = [(g["p_offset"], g["p_vaddr"], g["p_filesz"]) for g in ref.iter_segments()
+                     if g["p_type"] == "PT_LOAD"]
+            ph = ours.phdrs[ours.phdrs["type"] == 1]
+            assert list(zip(ph["offset"].tolist(), ph["vaddr"].tolist(), ph["filesz"].tolist(), strict=True)) == loads
+            notes = [n["n_desc"] for s in secs if s.header.sh_type == "SHT_NOTE" for n in s.iter_notes()
+                     if n["n_type"] == "NT_GNU_BUILD_ID"]
+            assert ours.build_id() == (notes[0] if notes else None), path
+            checked += 1
+    assert checked >= 3
+
+
+@pytest.mark.parametrize(("name", "prot", "flags", "want"), [
+    ("//anon", 0x5, 0x22, "/tmp/perf-42.map"),  # a JIT's executable anonymous map
+    ("//anon", 0x3, 0x22, "//anon"),  # not executable: kept
+    ("/dev/zero (deleted)", 0x5, 0x1, "/tmp/perf-42.map"),
+    ("/anon_hugepage (deleted)", 0x5, 0x1, "/tmp/perf-42.map"),
+    ("/memfd:x (deleted)", 0x5, 0x40000, "/tmp/perf-42.map"),  # MAP_HUGETLB
+    ("[heap]", 0x7, 0x22, "/tmp/perf-42.map"),
+    ("[stack:7]", 0x7, 0x22, "/tmp/perf-42.map"),
+    ("/SYSV00000000 (deleted)", 0x5, 0x1, "/tmp/perf-42.map"),
+    ("/usr/lib/libc.so.6", 0x5, 0x2, "/usr/lib/libc.so.6"),
+    ("[vdso]", 0x5, 0x2, "[vdso]"),
+])
+def test_user_map_names_as_perf_gives_them(name: str, prot: int, flags: int, want: str) -> None:
+    """perf's map__new renames executable anonymous/no-DSO maps /tmp/perf-PID.map (perf script prints
+    that DSO for a JIT's samples)."""
+    from vpmutrace.readers.perf_maps import perf_map_name
+
+    assert perf_map_name(name, 42, prot, flags) == want

@@ -1,4 +1,11 @@
-"""Command-line interface (thin: parse arguments, call the library, print)."""
+"""Command-line interface (thin: parse arguments, call the library, print).
+
+Every user error, whether a bad file, a bad option value or a usage mistake, is one line
+``vpmutrace: error: ...`` on stderr and exit status 2 (``errors.UserError``). Progress of long
+operations goes to stderr when it is a terminal (``vpmutrace.progress``; ``-q`` silences it).
+``--help`` and ``--version`` import neither polars nor the analyzers: the analyzer commands are
+listed from their registry records' source (``vpmutrace.analyzer_index``) and built when run.
+"""
 
 from __future__ import annotations
 
@@ -8,33 +15,113 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+
+try:  # recent typer carries its own copy of click
+    from typer import _click as click
+    from typer.exceptions import Abort
+except ImportError:  # pragma: no cover - typer that depends on click
+    import click  # type: ignore[no-redef]
+    from click.exceptions import Abort  # type: ignore[no-redef,assignment]
 
 import vpmutrace.cli_env  # noqa: F401  (before numpy is imported)
-from vpmutrace import __version__
-from vpmutrace.errors import InputError, VpmutraceError
-from vpmutrace.report.text import info_dict, render_info
+from vpmutrace import __version__, progress
+from vpmutrace.errors import InputError, UserError, error_line
+from vpmutrace.options import (
+    EXIT_GROUPINGS,
+    check_choice,
+    check_counters,
+    check_design,
+    check_positive,
+    cost_range,
+)
+from vpmutrace.outputs import ANALYSIS_FILE, default_output, output_dir, output_file
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+class _Commands(TyperGroup):
+    """The static commands plus one per analyzer, listed without importing the analyzers."""
+
+    listing = False
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        from vpmutrace.analyzer_index import analyzer_titles
+
+        return [*super().list_commands(ctx), *(n.replace("_", "-") for n in analyzer_titles())]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            return cmd
+        from vpmutrace.analyzer_index import analyzer_titles
+
+        titles = {n.replace("_", "-"): (n, t) for n, t in analyzer_titles().items()}
+        if cmd_name not in titles:
+            return None
+        name, title = titles[cmd_name]
+        if self.listing:  # the help's command list needs only the title
+            return TyperCommand(name=cmd_name, help=title)
+        return _analyzer_command(name, title)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        self.listing = True
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self.listing = False
+
+
+app = typer.Typer(cls=_Commands, add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  context_settings=CONTEXT,
                   help="Trace analysis for KVM virtual PMUs (emulated and mediated passthrough vPMU).\n\n"
                        "Exit codes: 0 success, 1 findings-level failure where a command documents it, "
-                       "2 usage or input error.")
+                       "2 usage or input error. Default outputs go under ./vpmutrace-out/.")
 
 Traces = Annotated[list[Path], typer.Argument(help="trace files (perf.data, trace.dat, ftrace / trace-cmd "
-                                                   "report / perf script text) or one ingested dataset dir")]
-
-
+                                                   "report / perf script text), one ingested dataset dir, or "
+                                                   "a capture directory of vpmutrace record")]
 TscKhz = Annotated[float | None, typer.Option("--tsc-khz", help="TSC frequency in kHz, for traces whose clock counts "
                                                                 "TSC ticks (x86-tsc without TSC2NSEC; integer "
                                                                 "timestamps): converts them to ns")]
 ClockOpt = Annotated[str | None, typer.Option("--clock", help="the traces' clock when a file records it wrongly "
                                                               "(e.g. x86-tsc: trace-cmd extract of an instance "
                                                               "records the top-level clock)")]
+SnapshotOpt = Annotated[Path | None, typer.Option("--snapshot", help="host snapshot (host.json of vpmutrace "
+                                                                    "record) of the recording host: its tsc_khz "
+                                                                    "converts TSC ticks, its kallsyms names perf "
+                                                                    "samples' kernel IPs (default: <trace>.host.json "
+                                                                    "or host.json next to the first trace)")]
+AbsoluteOpt = Annotated[bool, typer.Option("--absolute-time", help="print timestamps on the trace's clock instead "
+                                                                   "of from the trace's start")]
+ModelOpt = Annotated[str | None, typer.Option("--model", help="vPMU design to check against: mediated, emulated or "
+                                                                "none (default: from the host snapshot, else the "
+                                                                "trace's signatures, else unknown)")]
+GuestGp = Annotated[int | None, typer.Option("--guest-gp", help="guest GP counters, when the trace has no guest "
+                                                                "CPUID leaf 0xA / 0x80000022")]
+GuestFixed = Annotated[int | None, typer.Option("--guest-fixed", help="guest fixed counters (Intel)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="JSON with the stable top-level keys (docs/analyze.md)")]
+OutOpt = Annotated[Path | None, typer.Option("-o", "--out", help="write row-level results as Parquet and "
+                                                                 "analysis.json into this directory")]
+SkidOpt = Annotated[float, typer.Option("--skid-window-us", help="skid window in microseconds")]
+CostOpt = Annotated[str | None, typer.Option("--switch-cost-ns", help="PMU put+load cost per slow-path exit for the "
+                                                                      "what-if: NS or LOW:HIGH (default: per-vendor "
+                                                                      "published range)")]
+CalibrateOpt = Annotated[Path | None, typer.Option("--calibrate-with", help="a mediated-design trace of the same "
+                                                                            "workload: calibrates the what-if's "
+                                                                            "switch cost")]
+ByOpt = Annotated[str, typer.Option("--by", help="group exits by reason (perf kvm stat's default), vcpu or vm "
+                                                 "(the VMM process of each vCPU thread)")]
+VcpuOpt = Annotated[int | None, typer.Option("--vcpu", help="only this vCPU (kvm_exit's vcpu_id), as perf kvm stat "
+                                                            "--vcpu")]
+VmOpt = Annotated[int | None, typer.Option("--vm", help="only this VM: the pid of its VMM process")]
 
 
 def _load(traces: list[Path], tsc_khz: float | None = None, snapshot: Path | None = None,
           clock: str | None = None, early: Any = None) -> Any:
     from vpmutrace.readers import LoadOptions, load_trace
 
+    check_positive("--tsc-khz", tsc_khz)
     return load_trace(list(traces), LoadOptions(tsc_khz=tsc_khz, snapshot=snapshot, clock=clock, early=early))
 
 
@@ -46,15 +133,11 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                                help="print the version and exit")] = False) -> None:
-    pass
-
-
-SnapshotOpt = Annotated[Path | None, typer.Option("--snapshot", help="host snapshot (host.json of vpmutrace "
-                                                                    "record) of the recording host: its tsc_khz "
-                                                                    "converts TSC ticks, its kallsyms names perf "
-                                                                    "samples' kernel IPs (default: <trace>.host.json "
-                                                                    "or host.json next to the first trace)")]
+                                                help="print the version and exit")] = False,
+          quiet: Annotated[bool, typer.Option("-q", "--quiet", help="no progress display on stderr (it is "
+                                                                    "shown only on a terminal anyway)")]
+          = False) -> None:
+    progress.enable(quiet)
 
 
 @app.command()
@@ -62,19 +145,23 @@ def info(traces: Traces,
          as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
          tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Format, tool/kernel, clock and time unit, time span, CPUs, events per kind, lost and unparsed counts, where
-    perf samples' symbols came from."""
-    td = _load(traces, tsc_khz, snapshot, clock)
-    d = info_dict(td)
+    perf samples' symbols came from; for a capture directory, every requested event and what a silent one costs."""
+    from vpmutrace.report.text import info_dict, render_info
+
+    d = info_dict(_load(traces, tsc_khz, snapshot, clock))
     typer.echo(json.dumps(d, indent=2, sort_keys=True) if as_json else render_info(d))
 
 
 @app.command()
 def ingest(traces: Traces,
-           out: Annotated[Path, typer.Option("-o", "--out", help="output dataset directory")],
+           out: Annotated[Path, typer.Option("-o", "--out", help="output dataset directory (new, empty, or a "
+                                                                 "dataset to replace)")],
            tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Decode traces into a Parquet dataset (one file per table + _trace_meta.json)."""
-    from vpmutrace.tracedata import EarlyWrites
+    from vpmutrace.report.text import info_dict
+    from vpmutrace.tracedata import LEGACY_META_FILE, META_FILE, EarlyWrites
 
+    out = output_dir(out, "ingest", owns=(META_FILE, LEGACY_META_FILE))
     with EarlyWrites(out) as early:  # tables written to Parquet while the next are decoded
         td = _load(traces, tsc_khz, snapshot, clock, early)
         path = td.save(out, early)
@@ -87,23 +174,34 @@ def ingest(traces: Traces,
 def show(traces: Traces,
          event: Annotated[str | None, typer.Option(help="only this event: system:name, name, or a table")] = None,
          limit: Annotated[int, typer.Option(help="at most N lines, the first in time (0: all)")] = 0,
-         as_json: Annotated[bool, typer.Option("--json", help="print {lines, fallbacks} as JSON")] = False,
+         as_json: Annotated[bool, typer.Option("--json", help="print {lines, fallbacks, time_origin_ns} as JSON")]
+         = False, absolute_time: AbsoluteOpt = False,
          tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Events as text lines, as trace-cmd report -N prints them (computed for the lines shown only).
 
-    Rows printed without their print fmt (it does not parse, or fails on the row's values) are
-    counted per event; the counts end the output (on stderr, or in the JSON's fallbacks)."""
-    from vpmutrace.show import lines, text_fallbacks
+    Times are from the trace's start (the first line, a comment, gives the start on the trace's clock)
+    unless --absolute-time, which prints them as trace-cmd does. Rows printed without their print fmt
+    (it does not parse, or fails on the row's values) are counted per event; the counts end the output
+    (on stderr, or in the JSON's fallbacks)."""
+    from vpmutrace.show import lines, origin_comment, text_fallbacks
 
+    check_positive("--limit", limit, allow_zero=True)
     td = _load(traces, tsc_khz, snapshot, clock)
+    origin = 0 if absolute_time else int((td.meta.get("time_span_ns") or [0])[0])
+    shown = lines(td, event, limit or None, origin=origin)
+    first = next(shown, None)  # a bad --event is an error before anything is printed
     if as_json:
-        doc = {"lines": list(lines(td, event, limit or None))}
-        doc["fallbacks"] = text_fallbacks(td)
+        doc = {"lines": ([first] if first is not None else []) + list(shown), "time_origin_ns": origin,
+               "fallbacks": text_fallbacks(td)}
         typer.echo(json.dumps(doc, indent=1))
         return
     out = sys.stdout
     try:
-        for line in lines(td, event, limit or None):
+        if not absolute_time:
+            out.write(origin_comment(td) + "\n")
+        for line in ([first] if first is not None else []):
+            out.write(line + "\n")
+        for line in shown:
             out.write(line + "\n")
         out.flush()
     except BrokenPipeError:  # (| head)
@@ -115,19 +213,21 @@ def show(traces: Traces,
 
 
 @app.command()
-def demo(out: Annotated[Path, typer.Option("-o", "--out", help="where to write the results")] = Path("out/demo"),
+def demo(out: Annotated[Path | None, typer.Option("-o", "--out", help="where to write the results "
+                                                                      "(default vpmutrace-out/demo)")] = None,
          fixtures: Annotated[Path | None, typer.Option(help="bundled traces directory (default: the checkout's "
                                                             "fixtures/, else the package's copies)")] = None) -> None:
     """The main job on the bundled real traces: ingest each, summarise it, write its dataset."""
     from vpmutrace.demo import run_demo
 
-    run_demo(out, fixtures)
+    run_demo(output_dir(out, "demo"), fixtures)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def record(
     command: Annotated[list[str] | None, typer.Argument(help="workload to run and record: put it after --")] = None,
-    out: Annotated[Path, typer.Option("-o", "--out", help="output directory")] = Path("vpmu-capture"),
+    out: Annotated[Path | None, typer.Option("-o", "--out", help="output directory (default "
+                                                                 "vpmutrace-out/capture)")] = None,
     duration: Annotated[float | None, typer.Option(help="record for S seconds (default 10 without a command)")]
     = None,
     backend: Annotated[str, typer.Option(help="perf (perf record -a) or tracefs (private tracefs instance)")]
@@ -145,155 +245,153 @@ def record(
     Event sets: exits = kvm_exit/kvm_entry; vpmu = exits + kvm_msr, kvm_inj_virq, kvm_apic_accept_irq,
     kvm_inj_exception, kvm_cpuid, kvm_pio, kvm_userspace_exit, nmi_handler, sched_switch,
     local_timer_entry; host-msr = msr:read_msr/write_msr/rdpmc (high rate); full = all of these and more.
+    The summary lists every requested event with its count and the analyses a silent one leaves not computable.
     """
-    from vpmutrace.collectors.host import Refusal
     from vpmutrace.collectors.record import RecordOptions, describe, parse_cpus
     from vpmutrace.collectors.record import record as do_record
-
-    try:
-        res = do_record(RecordOptions(out=out, backend=backend, events=events, cpus=parse_cpus(cpus),
-                                      duration=duration, command=list(command) if command else None,
-                                      samples=samples, raw_only=raw_only, buffer_kb=buffer_kb,
-                                      progress=sys.stderr.isatty()))
-    except Refusal as e:
-        print(f"vpmutrace record: {e}", file=sys.stderr)
-        raise typer.Exit(2) from None
+    check_positive("--duration", duration)
+    check_positive("--buffer-kb", buffer_kb)
+    check_choice("--backend", backend, ("perf", "tracefs"))
+    res = do_record(RecordOptions(out=out or default_output("record"), backend=backend,
+                                  events=events, cpus=parse_cpus(cpus), duration=duration,
+                                  command=list(command) if command else None, samples=samples,
+                                  raw_only=raw_only, buffer_kb=buffer_kb, progress=progress.enabled()))
     typer.echo(describe(res))
     if res.interrupted:
         raise typer.Exit(130)
 
 
 @app.command()
-def selftest(out: Annotated[Path, typer.Option("-o", "--out", help="where to keep the captures")]
-             = Path("vpmu-selftest"),
+def selftest(out: Annotated[Path | None, typer.Option("-o", "--out", help="where to keep the captures (default "
+                                                                          "vpmutrace-out/selftest)")] = None,
              backend: Annotated[list[str] | None, typer.Option(help="perf and/or tracefs (default: all "
                                                                     "available)")] = None) -> None:
     """Record the bundled KVM guest with each available backend and check the decoded events.
 
     Exit status 1 when a check fails.
     """
-    from vpmutrace.collectors.host import Refusal
     from vpmutrace.collectors.selftest import render
     from vpmutrace.collectors.selftest import selftest as run
 
-    try:
-        checks = run(out, backend)
-    except Refusal as e:
-        print(f"vpmutrace selftest: {e}", file=sys.stderr)
-        raise typer.Exit(2) from None
+    for b in backend or []:
+        check_choice("--backend", b, ("perf", "tracefs"))
+    checks = run(output_dir(out, "selftest"), backend)
     typer.echo(render(checks))
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
 
 
-ModelOpt = Annotated[str | None, typer.Option("--model", help="vPMU design to check against: mediated, emulated or "
-                                                                "none (default: from the host snapshot, else the "
-                                                                "trace's signatures, else unknown)")]
-GuestGp = Annotated[int | None, typer.Option("--guest-gp", help="guest GP counters, when the trace has no guest "
-                                                                "CPUID leaf 0xA / 0x80000022")]
-GuestFixed = Annotated[int | None, typer.Option("--guest-fixed", help="guest fixed counters (Intel)")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="JSON with the stable top-level keys (docs/analyze.md)")]
-OutOpt = Annotated[Path | None, typer.Option("-o", "--out", help="write row-level results as Parquet and "
-                                                                 "analysis.json into this directory")]
-
-
-def _cost_range(value: str | None) -> tuple[float, float] | None:
-    if value is None:
-        return None
-    try:
-        parts = [float(x) for x in value.split(":")]
-    except ValueError:
-        raise InputError("--switch-cost-ns", f"expected NS or LOW:HIGH, got {value!r}") from None
-    if len(parts) not in (1, 2) or min(parts) < 0 or parts[0] > parts[-1]:
-        raise InputError("--switch-cost-ns", f"expected NS or LOW:HIGH with LOW <= HIGH, got {value!r}")
-    return parts[0], parts[-1]
-
-
-def _config(td: object, model: str | None, guest_gp: int | None, guest_fixed: int | None, **options: object) -> object:
+def _config(td: Any, model: str | None, guest_gp: int | None, guest_fixed: int | None, **options: Any) -> Any:
     from vpmutrace.analyze.context import Config
-    from vpmutrace.model.design import EMULATED, MEDIATED, NO_VPMU
 
-    if model is not None and model not in (MEDIATED, EMULATED, NO_VPMU):
-        raise InputError("--model", f"unknown design {model!r}: mediated, emulated or none")
-    for name, v in (("--guest-gp", guest_gp), ("--guest-fixed", guest_fixed)):
-        if v is not None and not 0 <= v <= 32:
-            raise InputError(name, f"expected 0..32 counters, got {v}")
-    return Config.for_trace(td, model=model, guest_gp=guest_gp, guest_fixed=guest_fixed, **options)  # type: ignore
+    return Config.for_trace(td, model=model, guest_gp=guest_gp, guest_fixed=guest_fixed, **options)
+
+
+def _check_common(model: str | None, guest_gp: int | None, guest_fixed: int | None, out: Path | None) -> Path | None:
+    """The options every analysis command shares, checked before any file is read."""
+    check_design("--model", model)
+    check_counters("--guest-gp", guest_gp)
+    check_counters("--guest-fixed", guest_fixed)
+    return output_dir(out, "analyze", owns=(ANALYSIS_FILE,)) if out is not None else None
 
 
 def _analyze(traces: list[Path], model: str | None, only: list[str] | None, as_json: bool, out: Path | None,
              guest_gp: int | None = None, guest_fixed: int | None = None, load: dict | None = None,
-             **options: object) -> dict:
-    from vpmutrace.analyze import registry, render_text, run
+             absolute_time: bool = False, **options: Any) -> dict:
+    from vpmutrace.analyze import registry, render_text, run, write_rows
 
     reg = registry()
     bad = [o for o in only or [] if o not in reg]
     if bad:
         raise InputError("--only", f"unknown analyzer(s) {', '.join(bad)}: {', '.join(reg)}")
+    out = _check_common(model, guest_gp, guest_fixed, out)
     td = _load(traces, **(load or {}))
     cfg = _config(td, model, guest_gp, guest_fixed, **options)
-    doc, results = run(td, cfg, only)  # type: ignore[arg-type]
+    doc, results = run(td, cfg, only, absolute=absolute_time)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        for r in results.values():
-            for name, df in r.rows.items():
-                df.write_parquet(out / f"{name}.parquet")
-        (out / "analysis.json").write_text(json.dumps(doc, indent=2, default=str) + "\n")
+        write_rows(doc, results, out)
     if as_json:
         typer.echo(json.dumps(doc, indent=2, default=str))
     else:
-        typer.echo(render_text(results, doc))
+        typer.echo(render_text(results, doc, absolute=absolute_time))
         if out is not None:
             typer.echo(f"\nrow-level results and analysis.json in {out}")
     return doc
 
 
+def _calibration(traces: list[Path], calibrate_with: Path | None) -> dict | None:
+    if calibrate_with is None:
+        return None
+    from vpmutrace.compare import calibrate_pair
+
+    return calibrate_pair(traces, [calibrate_with])
+
+
 @app.command()
 def analyze(traces: Traces, model: ModelOpt = None,
-            only: Annotated[str | None, typer.Option(help="comma list of analyzers (names as in the JSON keys)")]
+            only: Annotated[str | None, typer.Option(help="comma list of analyzers (their JSON keys or command "
+                                                          "names, e.g. pmu_msr or pmu-msr)")]
             = None,
             as_json: JsonOpt = False, out: OutOpt = None, guest_gp: GuestGp = None, guest_fixed: GuestFixed = None,
-            skid_window_us: Annotated[float, typer.Option(help="skid window in microseconds")] = 10.0,
-            switch_cost_ns: Annotated[str | None, typer.Option(help="PMU put+load cost per slow-path exit for the "
-                                                                    "what-if: NS or LOW:HIGH (default: per-vendor "
-                                                                    "published range)")] = None,
-            calibrate_with: Annotated[Path | None, typer.Option(help="a mediated-design trace of the same workload: "
-                                                                     "calibrates the what-if's switch cost")] = None,
+            skid_window_us: SkidOpt = 10.0, switch_cost_ns: CostOpt = None, calibrate_with: CalibrateOpt = None,
             fail_on_divergence: Annotated[bool, typer.Option(help="exit 1 when the trace diverges from its design")]
-            = False, tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
+            = False, absolute_time: AbsoluteOpt = False, tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None,
+            clock: ClockOpt = None) -> None:
     """Run the analyzers (see docs/analyze.md); findings last, most severe first."""
-    calibration = None
-    if calibrate_with is not None:
-        from vpmutrace.compare import calibrate_pair
-
-        calibration = calibrate_pair(traces, [calibrate_with])
-    if skid_window_us < 0:
-        raise InputError("--skid-window-us", f"must be >= 0, got {skid_window_us}")
-    doc = _analyze(traces, model, only.split(",") if only else None, as_json, out, guest_gp, guest_fixed,
-                   {"tsc_khz": tsc_khz, "snapshot": snapshot, "clock": clock},
-                   skid_window_ns=int(skid_window_us * 1000), switch_cost_ns=_cost_range(switch_cost_ns),
-                   calibration=calibration)
+    check_positive("--skid-window-us", skid_window_us, allow_zero=True)
+    cost = cost_range(switch_cost_ns)
+    names = [o.strip().replace("-", "_") for o in only.split(",")] if only else None  # pmu-msr or pmu_msr
+    doc = _analyze(traces, model, names, as_json, out, guest_gp, guest_fixed,
+                   {"tsc_khz": tsc_khz, "snapshot": snapshot, "clock": clock}, absolute_time,
+                   skid_window_ns=int(skid_window_us * 1000), switch_cost_ns=cost,
+                   calibration=_calibration(traces, calibrate_with))
     if fail_on_divergence and (doc.get("diff") or {}).get("divergent_events"):
         raise typer.Exit(1)
 
 
-def _one(name: str, title: str) -> None:
-    def cmd(traces: Traces, model: ModelOpt = None, as_json: JsonOpt = False, out: OutOpt = None,
-            guest_gp: GuestGp = None, guest_fixed: GuestFixed = None, tsc_khz: TscKhz = None,
-            snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
+def _analyzer_command(name: str, title: str) -> click.Command:
+    """The command of one analyzer, with the options every analysis takes and those only it uses."""
+
+    def generic(traces: Traces, model: ModelOpt = None, as_json: JsonOpt = False, out: OutOpt = None,
+                guest_gp: GuestGp = None, guest_fixed: GuestFixed = None, absolute_time: AbsoluteOpt = False,
+                tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
         _analyze(traces, model, [name], as_json, out, guest_gp, guest_fixed,
-                 {"tsc_khz": tsc_khz, "snapshot": snapshot, "clock": clock})
+                 {"tsc_khz": tsc_khz, "snapshot": snapshot, "clock": clock}, absolute_time)
 
+    def skid(traces: Traces, model: ModelOpt = None, as_json: JsonOpt = False, out: OutOpt = None,
+             guest_gp: GuestGp = None, guest_fixed: GuestFixed = None, skid_window_us: SkidOpt = 10.0,
+             absolute_time: AbsoluteOpt = False, tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None,
+             clock: ClockOpt = None) -> None:
+        check_positive("--skid-window-us", skid_window_us, allow_zero=True)
+        _analyze(traces, model, [name], as_json, out, guest_gp, guest_fixed,
+                 {"tsc_khz": tsc_khz, "snapshot": snapshot, "clock": clock}, absolute_time,
+                 skid_window_ns=int(skid_window_us * 1000))
+
+    def what_if(traces: Traces, model: ModelOpt = None, as_json: JsonOpt = False, out: OutOpt = None,
+                guest_gp: GuestGp = None, guest_fixed: GuestFixed = None, switch_cost_ns: CostOpt = None,
+                calibrate_with: CalibrateOpt = None, absolute_time: AbsoluteOpt = False, tsc_khz: TscKhz = None,
+                snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
+        cost = cost_range(switch_cost_ns)
+        _analyze(traces, model, [name], as_json, out, guest_gp, guest_fixed,
+                 {"tsc_khz": tsc_khz, "snapshot": snapshot, "clock": clock}, absolute_time,
+                 switch_cost_ns=cost, calibration=_calibration(traces, calibrate_with))
+
+    def exits(traces: Traces, by: ByOpt = "reason", vcpu: VcpuOpt = None, vm: VmOpt = None, model: ModelOpt = None,
+              as_json: JsonOpt = False, out: OutOpt = None, guest_gp: GuestGp = None,
+              guest_fixed: GuestFixed = None, absolute_time: AbsoluteOpt = False, tsc_khz: TscKhz = None,
+              snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
+        check_choice("--by", by, EXIT_GROUPINGS)
+        check_positive("--vcpu", vcpu, allow_zero=True)
+        check_positive("--vm", vm)
+        _analyze(traces, model, [name], as_json, out, guest_gp, guest_fixed,
+                 {"tsc_khz": tsc_khz, "snapshot": snapshot, "clock": clock}, absolute_time,
+                 exits_by=by, vcpu=vcpu, vm=vm)
+
+    cmd = {"skid": skid, "what_if": what_if, "exits": exits}.get(name, generic)
     cmd.__doc__ = title[0].upper() + title[1:] + "."
-    app.command(name=name.replace("_", "-"))(cmd)
-
-
-def _register_analyzers() -> None:
-    """One command per analyzer of the registry (imported only when a command needs it)."""
-    from vpmutrace.analyze import registry
-
-    for name, a in registry().items():
-        _one(name, a.title)
+    one = typer.Typer(add_completion=False, rich_markup_mode=None, context_settings=CONTEXT)
+    one.command(name=name.replace("_", "-"))(cmd)
+    return typer.main.get_command(one)
 
 
 @app.command()
@@ -308,9 +406,8 @@ def compare(a: Annotated[Path, typer.Argument(help="first trace (e.g. the emulat
     from vpmutrace.compare import compare as run_compare
     from vpmutrace.compare import render
 
-    for name, m in (("--model-a", model_a), ("--model-b", model_b)):
-        if m is not None and m not in ("mediated", "emulated", "none"):
-            raise InputError(name, f"unknown design {m!r}: mediated, emulated or none")
+    check_design("--model-a", model_a)
+    check_design("--model-b", model_b)
     doc = run_compare([a], [b], model_a, model_b)
     typer.echo(json.dumps(doc, indent=2, default=str) if as_json else render(doc))
 
@@ -318,8 +415,9 @@ def compare(a: Annotated[Path, typer.Argument(help="first trace (e.g. the emulat
 @app.command()
 def simulate(scenario: Annotated[str, typer.Option(help="scenario name (see --list)")] = "mediated-steady",
              isa: Annotated[str, typer.Option(help="vmx (Intel) or svm (AMD)")] = "vmx",
-             seed: Annotated[int, typer.Option(help="random seed")] = 1,
-             out: Annotated[Path, typer.Option("-o", "--out", help="output directory")] = Path("sim-out"),
+             seed: Annotated[int, typer.Option(help="random seed (>= 0)")] = 1,
+             out: Annotated[Path | None, typer.Option("-o", "--out", help="output directory (default "
+                                                                          "vpmutrace-out/sim)")] = None,
              kernel: Annotated[str, typer.Option(help="kernel release the simulated host runs: decides the NMI "
                                                       "event order, tracepoint fields and fastpath exits")] = "6.18",
              guest_os: Annotated[str, typer.Option(help="linux (LVTPC in NMI mode) or windows (fixed vector)")]
@@ -335,14 +433,13 @@ def simulate(scenario: Annotated[str, typer.Option(help="scenario name (see --li
         for k, v in SCENARIOS.items():
             typer.echo(f"{k:<20} {v}")
         return
-    if scenario not in SCENARIOS:
-        raise InputError("--scenario", f"unknown scenario {scenario!r}: {', '.join(SCENARIOS)}")
-    if isa not in ("vmx", "svm"):
-        raise InputError("--isa", f"unknown isa {isa!r}: vmx or svm")
+    check_choice("--scenario", scenario, tuple(SCENARIOS))
+    check_choice("--isa", isa, ("vmx", "svm"))
+    check_choice("--guest-os", guest_os, ("linux", "windows"))
+    check_positive("--seed", seed, allow_zero=True)
     if release_version(kernel) is None:
         raise InputError("--kernel", f"expected a release such as 6.1 or 6.18, got {kernel!r}")
-    if guest_os not in ("linux", "windows"):
-        raise InputError("--guest-os", f"unknown guest {guest_os!r}: linux or windows")
+    out = output_dir(out, "simulate", owns=("truth.json",))
     t = sim(scenario, isa, seed, out, kernel=kernel, guest_os=guest_os)
     n = (t.get("exits") or {}).get("exits_total", 0)
     typer.echo(f"{scenario} ({isa}, kernel {kernel}, seed {seed}, {t['scenario']['model']} design): {n} exits; "
@@ -350,9 +447,10 @@ def simulate(scenario: Annotated[str, typer.Option(help="scenario name (see --li
 
 
 @app.command()
-def report(traces: Traces, out: Annotated[Path, typer.Option("-o", "--out", help="HTML file to write")]
-           = Path("vpmutrace-report.html"), model: ModelOpt = None, guest_gp: GuestGp = None,
-           guest_fixed: GuestFixed = None,
+def report(traces: Traces, out: Annotated[Path | None, typer.Option("-o", "--out", help="HTML file to write "
+                                                                                        "(default vpmutrace-out/"
+                                                                                        "report.html)")] = None,
+           model: ModelOpt = None, guest_gp: GuestGp = None, guest_fixed: GuestFixed = None,
            window: Annotated[str | None, typer.Option(help="detail window START:END in seconds (trace clock; "
                                                             "ticks when the trace's clock stayed in ticks)")]
            = None,
@@ -361,19 +459,18 @@ def report(traces: Traces, out: Annotated[Path, typer.Option("-o", "--out", help
            tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
     """Self-contained interactive HTML report (works offline): findings, timeline, exits, MSRs, diff."""
     from vpmutrace.analyze import run
+    from vpmutrace.options import window as parse_window
     from vpmutrace.report.html import build, time_axis
 
+    check_positive("--max-points", max_points)
+    _check_common(model, guest_gp, guest_fixed, None)
+    path = output_file(out, "report")
     td = _load(traces, tsc_khz, snapshot, clock)
-    win = None
-    if window:
-        try:
-            a, b = (float(x) for x in window.split(":"))
-        except ValueError:
-            raise InputError("--window", f"expected START:END in seconds, got {window!r}") from None
-        div = time_axis(td)[0]  # (seconds; ticks on a trace whose clock stayed in ticks)
-        win = (int(a * div), int(b * div))
-    doc, results = run(td, _config(td, model, guest_gp, guest_fixed))  # type: ignore[arg-type]
-    path = build(td, doc, results, out, max_points, win, title)
+    div, unit = time_axis(td)
+    win = parse_window(window, td.meta.get("time_span_ns"), div, unit)
+    doc, results = run(td, _config(td, model, guest_gp, guest_fixed))
+    with progress.stage(f"writing {path}"):
+        path = build(td, doc, results, path, max_points, win, title)
     typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
 
 
@@ -385,8 +482,11 @@ def _fleet() -> None:
 
 _fleet()
 
-STATIC_COMMANDS = {"info", "ingest", "demo", "record", "selftest", "compare", "simulate", "report", "analyze",
-                   "show", "fleet", "--version"}
+
+def _usage_line(e: click.ClickException) -> str:
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see {ctx.command_path} -h)" if ctx is not None else ""
+    return error_line(e.format_message() + hint)
 
 
 # control characters (C0 but tab and newline, DEL, C1) shown escaped: a task name, exit reason or file
@@ -409,22 +509,36 @@ class _InertText:
         return getattr(self._stream, name)
 
 
-def main() -> None:
-    """Entry point: click handles usage errors (exit 2); input errors become one line, exit 2. What is
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: usage and input errors are one line ``vpmutrace: error: ...``, exit 2. What is
     printed has control characters escaped (JSON escapes them itself)."""
-    if len(sys.argv) < 2 or sys.argv[1] not in STATIC_COMMANDS:
-        _register_analyzers()
     sys.stdout = _InertText(sys.stdout)  # type: ignore[assignment]
     try:
-        app()
-    except VpmutraceError as e:  # InputError, BadFormat, Refusal: one line
-        print(f"vpmutrace: error: {str(e).translate(_INERT)}", file=sys.stderr)
+        rc = typer.main.get_command(app).main(args=argv, prog_name="vpmutrace", standalone_mode=False)
+    except click.exceptions.ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":  # `vpmutrace` alone: the help
+            print(e.format_message(), file=sys.stderr)
+        else:
+            print(_usage_line(e), file=sys.stderr)
+        sys.exit(e.exit_code)
+    except Abort:
+        print(error_line("aborted"), file=sys.stderr)
+        sys.exit(130)
+    except UserError as e:  # InputError, BadFormat, Refusal
+        print(error_line(str(e).translate(_INERT)), file=sys.stderr)
+        sys.exit(2)
+    except BrokenPipeError:  # (| head) the reader went away: nothing more to say
+        sys.stderr.close()
+        sys.exit(1)
+    except OSError as e:  # the machine refused a file operation (permissions, disk full): one line too
+        print(error_line(f"{e.filename}: {e.strerror}" if e.filename else e), file=sys.stderr)
         sys.exit(2)
     except MemoryError as e:
         detail = f" ({e})" if str(e) else ""
-        print(f"vpmutrace: error: out of memory{detail}; the tables of a trace take about the size of a "
-              "perf.data (see README, Performance)", file=sys.stderr)
+        print(error_line(f"out of memory{detail}; the tables of a trace take about the size of a perf.data "
+                         "(see README, Performance)"), file=sys.stderr)
         sys.exit(1)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -92,3 +92,13 @@ def ticks_to_ns(ts: np.ndarray, mult: int, shift: int) -> np.ndarray:
     else:
         out = out + ((hi * m) >> np.uint64(shift - 32))
     return out.astype(np.int64)
+
+
+def relative_times_note(start: int, unit: str, clock_name: str | None, absolute: bool = False) -> str:
+    """The one statement above text times: counted from the trace's start (as LISA's normalize_time
+    does), which is given on the trace's clock, or printed on that clock (``absolute``)."""
+    at = f"{start / 1e9:.6f} s" if unit == NS else f"{start} {UNIT_TEXT.get(unit, unit)}"
+    if absolute:
+        return f"times: on the trace's clock ({clock_name or 'unknown'}); the trace starts at {at}"
+    return (f"times: from the trace's start, {at} on its clock ({clock_name or 'unknown'}); "
+            "--absolute-time prints the clock's own")

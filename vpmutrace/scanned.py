@@ -134,12 +134,13 @@ class ScannedTraceData(TraceData):
     def row_counts(self) -> dict[str, int]:
         return dict(self.tables.rows)
 
-    def save(self, out_dir: str | Path) -> Path:
-        """As ``TraceData.save``; into its own directory, after reading every table (the files are rewritten)."""
+    def save(self, out_dir: str | Path, early: Any = None) -> Path:
+        """As ``TraceData.save``; into its own directory, after reading every table (the files are rewritten).
+        ``early`` (``EarlyWrites``) holds nothing for a dataset read back: ``vpmutrace ingest DATASET`` passes it."""
         files = self.tables.files
         if files and Path(out_dir).resolve() == next(iter(files.values())).parent.resolve():
-            return self.materialize().save(out_dir)
-        return super().save(out_dir)
+            return self.materialize().save(out_dir, early)
+        return super().save(out_dir, early)
 
     def materialize(self) -> TraceData:
         """The same dataset read into memory at once (the in-memory path)."""

@@ -101,10 +101,11 @@ def _select(td: TraceData, event: str | None) -> list[tuple[str, np.ndarray | No
 
 
 def lines(td: TraceData, event: str | None = None, limit: int | None = None,
-          as_trace_cmd: Callable[[EventFormat], PrintFmt | None] | None = None, cpu: int | None = None
-          ) -> Iterator[str]:
+          as_trace_cmd: Callable[[EventFormat], PrintFmt | None] | None = None, cpu: int | None = None,
+          origin: int = 0) -> Iterator[str]:
     """Text lines of the rows of ``event`` (all events when None; of CPU ``cpu`` only when given), in
-    time order, at most ``limit``.
+    time order, at most ``limit``; times are printed from ``origin`` (0: the clock's own, as trace-cmd
+    report prints them; the trace's start: relative, as LISA's normalize_time).
     ``as_trace_cmd``: an event's print fmt as libtraceevent parses it, printed with its arithmetic
     (printeval.Env.trace_cmd), to compare with trace-cmd's bugs; such rows are not counted in the stats."""
     picks = []
@@ -130,7 +131,7 @@ def lines(td: TraceData, event: str | None = None, limit: int | None = None,
     for k in np.unique(which[order]).tolist():
         mine = order[which[order] == k]  # this table's rows, in the merged order
         rows[k] = _rows(td.tables[picks[k][0]], idx[mine])
-    renderers = {k: _Renderer(td, picks[k][0], as_trace_cmd) for k in rows}
+    renderers = {k: _Renderer(td, picks[k][0], as_trace_cmd, origin) for k in rows}
     for k in which[order].tolist():
         yield renderers[k].line(next(rows[k]))
 
@@ -177,6 +178,14 @@ def _bodies_of(td: TraceData, table: str, df: pl.DataFrame) -> pl.DataFrame:
                      pl.Series("text", texts, pl.String).gather(codes))
 
 
+def origin_comment(td: TraceData) -> str:
+    """The comment line above relative times: where they count from, on which clock."""
+    from vpmutrace.clocks import relative_times_note
+
+    span = td.meta.get("time_span_ns") or [0, 0]
+    return "# " + relative_times_note(span[0], td.meta.get("time_unit", "ns"), td.meta.get("clock"))
+
+
 def _micros(ts_ns: int) -> str:
     """A space and seconds.microseconds of a time in ns, rounded as trace-cmd prints them."""
     us = (ts_ns + 500) // 1000
@@ -197,8 +206,9 @@ class _Renderer:
     """Lines of one table's rows."""
 
     def __init__(self, td: TraceData, table: str,
-                 as_trace_cmd: Callable[[EventFormat], PrintFmt | None] | None = None) -> None:
+                 as_trace_cmd: Callable[[EventFormat], PrintFmt | None] | None = None, origin: int = 0) -> None:
         self.td = td
+        self.origin = origin
         self.table = table
         self.owners = {t: e for e, t in td.event_tables().items()}
         self.env = kernel_env(td)
@@ -218,7 +228,8 @@ class _Renderer:
         comm = row.get("comm") or "<...>"
         pid = row.get("pid") if row.get("pid") is not None else -1
         cpu = f"{row['cpu']:03d}" if row.get("cpu") is not None else "???"
-        return (f"{src + ': ' if src and src != 'host' else ''}{comm:>16}-{pid:<5} [{cpu}]{self.time(row['ts_ns'])}: "
+        ts = self.time(row["ts_ns"] - self.origin)
+        return (f"{src + ': ' if src and src != 'host' else ''}{comm:>16}-{pid:<5} [{cpu}]{ts}: "
                 f"{name + ':':<21} {self.body(full, row)}")
 
     def _event(self, row: dict[str, Any]) -> str:

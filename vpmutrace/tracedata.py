@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from vpmutrace import progress
 from vpmutrace.errors import InputError
 from vpmutrace.schema import (
     ALL_TABLES,
@@ -111,7 +112,8 @@ class TraceData:
         def write(nt: tuple[str, pa.Table]) -> None:
             write_parquet(nt[1], out / f"{nt[0]}.parquet", kv(nt[0]))
 
-        with ThreadPoolExecutor(max(1, min(len(tables), os.cpu_count() or 1))) as pool:
+        with progress.stage(f"writing {out}"), \
+                ThreadPoolExecutor(max(1, min(len(tables), os.cpu_count() or 1))) as pool:
             list(pool.map(write, tables))
         if early is not None:
             early.close()

@@ -50,6 +50,24 @@ NEEDS = {
 TIME_UNIT: ContextVar[str] = ContextVar("time_unit", default="ns")
 
 
+# the time text times are printed from (``run`` and ``render_text`` set it): the trace's start, so times read
+# as from the start of the trace (as LISA's normalize_time), or None for the clock's own (--absolute-time)
+TIME_ORIGIN: ContextVar[int | None] = ContextVar("time_origin", default=None)
+
+
+def fmt_ts(ts: Any) -> str:
+    """A point in time for text output: seconds from the trace's start (``TIME_ORIGIN``), or on the
+    trace's clock when no origin is set; in ticks on a trace whose clock could not be converted."""
+    if ts is None:
+        return "-"
+    origin = TIME_ORIGIN.get()
+    v = int(ts) - (origin or 0)
+    unit = TIME_UNIT.get()
+    if unit != "ns":
+        return f"{'+' if origin is not None else ''}{v} {'events' if unit == 'events' else 'ticks'}"
+    return f"{'+' if origin is not None else ''}{v / 1e9:.6f} s"
+
+
 def needs_ns(unit: str) -> str:
     """What an analyzer that compares times with physical constants lacks on a trace in ``unit``."""
     from vpmutrace.clocks import UNIT_TEXT
@@ -191,15 +209,24 @@ def fmt_ns(v: Any) -> str:
     return f"{v:.0f} ns"
 
 
+# columns that hold points in time (printed from the trace's start), not durations
+POINT_COLUMNS = frozenset({"ts_ns", "start_ns", "end_ns", "first_ts_ns", "last_ts_ns"})
+
+
 def text_table(rows: list[dict], cols: list[tuple[str, str, int]]) -> list[str]:
-    """A fixed-width text table; columns ending in _ns are durations, None is '-'."""
+    """A fixed-width text table; columns ending in _ns are durations (``POINT_COLUMNS`` points in time),
+    None is '-'."""
     out = ["  " + " ".join(f"{h:>{w}}" if i else f"{h:<{w}}" for i, (_, h, w) in enumerate(cols))]
     for r in rows:
         cells = []
         for i, (k, _, w) in enumerate(cols):
             v = r.get(k)
-            s = fmt_ns(v) if k.endswith("_ns") else (f"{v:.2f}" if isinstance(v, float) else ("-" if v is None
-                                                                                             else str(v)))
+            if k in POINT_COLUMNS:
+                s = fmt_ts(v)
+            elif k.endswith("_ns"):
+                s = fmt_ns(v)
+            else:
+                s = f"{v:.2f}" if isinstance(v, float) else ("-" if v is None else str(v))
             cells.append(f"{s:>{w}}" if i else f"{s:<{w}}")
         out.append("  " + " ".join(cells))
     return out

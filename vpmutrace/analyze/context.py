@@ -57,6 +57,9 @@ class Options:
     cadence_periods: int = 10  # an armed sampling counter silent for this many periods is suspect
     switch_cost_ns: tuple[float, float] | None = None  # override of the per-vendor range (what-if)
     calibration: dict[str, Any] | None = None  # from an emulated/mediated pair of traces
+    exits_by: str = "reason"  # the exits table's grouping: reason, vcpu or vm (`exits --by`)
+    vcpu: int | None = None  # only this vCPU id (`exits --vcpu`, as perf kvm stat --vcpu)
+    vm: int | None = None  # only this VM: its VMM process id (`exits --vm`)
 
 
 @dataclass

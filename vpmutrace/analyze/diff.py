@@ -30,9 +30,10 @@ from typing import Any
 import polars as pl
 
 from vpmutrace.analyze import predicates as P
-from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, rule_of, weakest
+from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ts, rule_of, weakest
 from vpmutrace.analyze.context import Config
 from vpmutrace.analyze.msr_access import classify
+from vpmutrace.errors import plural
 from vpmutrace.model.design import EMULATED, MEDIATED, NO_VPMU, PASS, rdpmc_intercepted
 from vpmutrace.tracedata import TraceData
 
@@ -125,20 +126,20 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     r = Result("diff", summary=summary, rule=RULE)
     for d in divs:
         kind = "divergence" if d["certainty"] == "fact" else "divergence_candidate"
-        r.findings.append(ANALYZER.finding(kind, f"{d['rule']} (design {d['section']}): {d['count']} events diverge "
-                                           f"from the {cfg.model} design - {d['explain']}", d["count"],
-                                           d["first_ts_ns"], [str(d["example"])[:300]]))
+        r.findings.append(ANALYZER.finding(kind, f"{d['rule']} (design {d['section']}): {plural(d['count'], 'event')} "
+                                           f"diverge{'s' if d['count'] == 1 else ''} from the {cfg.model} design - "
+                                           f"{d['explain']}", d["count"], d["first_ts_ns"], [str(d["example"])[:300]]))
     return r
 
 
 def render(r: Result) -> list[str]:
     s = r.summary
     n = len(s["divergences"])
-    out = [f"  design {s['model']} ({s['design_source']}): {n} rule{'s' if n != 1 else ''} diverge, "
-           f"{s['divergent_events']} events"]
+    out = [f"  design {s['model']} ({s['design_source']}): {plural(n, 'rule')} {'diverges' if n == 1 else 'diverge'}, "
+           f"{plural(s['divergent_events'], 'event')}"]
     for d in s["divergences"]:
         out.append(f"  [design {d['section']}] {d['rule']} ({d['certainty']}): {d['count']} (first at "
-                   f"{fmt_ns(d['first_ts_ns'])}) - {d['explain']}")
+                   f"{fmt_ts(d['first_ts_ns'])}) - {d['explain']}")
     out += [f"  not checked: {u}" for u in s["rules_not_checked"]]
     return out
 

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import polars as pl
 
-from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, missing, records, rule_of, text_table
+from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, fmt_ts, missing, records, rule_of, text_table
 from vpmutrace.analyze.context import Config
 from vpmutrace.analyze.windows import exit_intervals, fastpath_flags
+from vpmutrace.errors import InputError, plural
 from vpmutrace.tracedata import TraceData
 
 RULE = rule_of(__doc__)
@@ -57,23 +58,16 @@ def analyze(td: TraceData, cfg: Config) -> Result:
         return Result("exits", needs=needs, summary=partial, rule=RULE)
     iv = exit_intervals(td)
     iv = iv.with_columns(fastpath_flags(td, iv, cfg.kernel).alias("fastpath_eligible"))
+    vm_pid, grouping = _vm_pids(td, iv)
+    if vm_pid is not None:
+        iv = iv.with_columns(vm_pid)
+    iv, selection = _select(iv, cfg.options.vcpu, cfg.options.vm, grouping)
     paired = iv.filter(pl.col("handling_ns").is_not_null())
     by_reason = stats(paired, ["reason", "exit_reason", "isa"])
     fp = iv.group_by("reason").agg(pl.col("fastpath_eligible").sum().alias("fastpath_eligible"))
     by_reason = by_reason.join(fp, on="reason", how="left")
-    by_vcpu = stats(paired, ["source", "pid", "vcpu_id"])
-    vm_of = _vm_map(td)
-    tgid = td.scan("kvm_exit", ["tgid"]).with_row_index("exit_row").collect()
-    if vm_of:
-        vm = paired.with_columns(pl.col("pid").replace_strict(vm_of, default=None, return_dtype=pl.Int64)
-                                 .alias("vm_pid"))
-        grouping = "host snapshot vCPU threads"
-    elif tgid["tgid"].null_count() < tgid.height:
-        vm = paired.join(tgid, on="exit_row", how="left").with_columns(pl.col("tgid").cast(pl.Int64).alias("vm_pid"))
-        grouping = "VMM process (tgid) of each vCPU thread"
-    else:
-        vm, grouping = None, "unknown (no host snapshot, no process ids in the trace): per vCPU thread only"
-    by_vm = stats(vm, ["vm_pid"]) if vm is not None else None
+    by_vcpu = stats(paired, ["source", *(["vm_pid"] if vm_pid is not None else []), "pid", "vcpu_id"])
+    by_vm = stats(paired, ["vm_pid"]) if vm_pid is not None else None
     unpaired = dict(iv.filter(pl.col("unpaired").is_not_null()).group_by("unpaired").len().rows())
     n_fp = int(iv["fastpath_eligible"].sum())
     summary = {
@@ -83,17 +77,52 @@ def analyze(td: TraceData, cfg: Config) -> Result:
         "fastpath_eligible": n_fp, "fastpath_share": round(n_fp / iv.height, 6) if iv.height else None,
         "by_reason": records(by_reason), "by_vcpu": records(by_vcpu),
         "by_vm": records(by_vm) if by_vm is not None else None, "vm_grouping": grouping,
+        "by": cfg.options.exits_by, "selection": selection,
     }
     r = Result("exits", summary=summary, rows={"exit_intervals": iv, "exits_by_reason": by_reason}, rule=RULE)
     broken = unpaired.get("lost", 0) + unpaired.get("rip_jump", 0)
     if broken:
         ex = iv.filter(pl.col("unpaired").is_in(["lost", "rip_jump"])).sort("ts_ns")
-        ev = [f"{u} at {t} ns: {rs} exit of thread {'-' if p is None else p}" for t, rs, p, u in
+        ev = [f"{u} at {fmt_ts(t)}: {rs} exit of thread {'-' if p is None else p}" for t, rs, p, u in
               ex.select("ts_ns", "reason", "pid", "unpaired").head(3).iter_rows()]
-        r.findings.append(ANALYZER.finding("unpaired_exits", f"{broken} exits not timed: their next entry lies after "
-                                           f"lost events ({unpaired.get('lost', 0)}) or resumes elsewhere "
-                                           f"({unpaired.get('rip_jump', 0)})", broken, int(ex["ts_ns"][0]), ev))
+        text = (f"{plural(broken, 'exit')} not timed: their next entry lies after lost events "
+                f"({unpaired.get('lost', 0)}) or resumes elsewhere ({unpaired.get('rip_jump', 0)})")
+        r.findings.append(ANALYZER.finding("unpaired_exits", text, broken, int(ex["ts_ns"][0]), ev))
     return r
+
+
+def _vm_pids(td: TraceData, iv: pl.DataFrame) -> tuple[pl.Series | None, str]:
+    """The VM of each exit: the VMM process of its vCPU thread, from the host snapshot's running VMs,
+    else the thread's tgid when the trace records it (perf.data samples do), else unknown."""
+    vm_of = _vm_map(td)
+    if vm_of:
+        return (iv["pid"].replace_strict(vm_of, default=None, return_dtype=pl.Int64).alias("vm_pid"),
+                "host snapshot vCPU threads")
+    tgid = td.scan("kvm_exit", ["tgid"]).collect()["tgid"]
+    if tgid.null_count() < tgid.len():
+        return tgid.cast(pl.Int64).gather(iv["exit_row"]).alias("vm_pid"), "VMM process (tgid) of each vCPU thread"
+    return None, "unknown (no host snapshot, no process ids in the trace): per vCPU thread only"
+
+
+def _select(iv: pl.DataFrame, vcpu: int | None, vm: int | None, grouping: str) -> tuple[pl.DataFrame, dict | None]:
+    """Only the exits of one vCPU and/or one VM (``exits --vcpu N --vm PID``)."""
+    if vcpu is None and vm is None:
+        return iv, None
+    if vm is not None:
+        if "vm_pid" not in iv.columns:
+            raise InputError("--vm", f"this trace does not say which VM a vCPU thread belongs to ({grouping})")
+        known = sorted(x for x in iv["vm_pid"].unique().to_list() if x is not None)
+        if vm not in known:
+            raise InputError("--vm", f"no exits of VM {vm}; VMs in the trace: {', '.join(map(str, known)) or 'none'}")
+        iv = iv.filter(pl.col("vm_pid") == vm)
+    if vcpu is not None:
+        ids = sorted(x for x in iv["vcpu_id"].unique().to_list() if x is not None)
+        if not ids:
+            raise InputError("--vcpu", "this trace's kvm_exit events carry no vcpu_id")
+        if vcpu not in ids:
+            raise InputError("--vcpu", f"no exits of vCPU {vcpu}; vCPUs: {', '.join(map(str, ids))}")
+        iv = iv.filter(pl.col("vcpu_id") == vcpu)
+    return iv, {"vcpu": vcpu, "vm": vm}
 
 
 def _vm_map(td: TraceData) -> dict[int, int]:
@@ -101,19 +130,34 @@ def _vm_map(td: TraceData) -> dict[int, int]:
     return {v["tid"]: vm["pid"] for vm in host.get("running_vms", []) for v in vm.get("vcpus", [])}
 
 
+REASON_COLS = [("reason", "reason", 22)]
+VCPU_COLS = [("vm_pid", "VM (pid)", 9), ("pid", "thread", 8), ("vcpu_id", "vcpu", 5)]
+VM_COLS = [("vm_pid", "VM (pid)", 9)]
+STAT_COLS = [("samples", "samples", 8), ("samples_pct", "samples%", 9), ("time_pct", "time%", 7),
+             ("min_ns", "min", 11), ("max_ns", "max", 11), ("mean_ns", "avg", 11), ("rel_stderr_pct", "+-%", 7),
+             ("p99_ns", "p99", 11)]
+
+
 def render(r: Result) -> list[str]:
     s = r.summary
     if not r.computable:
         return [f"  {s['exits_total']} exits (counts only): {s['by_reason_counts']}"] if "exits_total" in s else []
     u = s["unpaired_by_cause"]
-    out = [f"  {s['exits_total']} exits, {s['exits_paired']} timed, {s['exits_unpaired']} unpaired (no entry "
-           f"{u['no_entry']}, lost events {u['lost']}, rip jump {u['rip_jump']}); handling time "
-           f"{fmt_ns(s['handling_ns_total'])}; fastpath-eligible {s['fastpath_eligible']}"]
-    return out + text_table(s["by_reason"], [("reason", "reason", 22), ("samples", "samples", 8),
-                                             ("samples_pct", "samples%", 9), ("time_pct", "time%", 7),
-                                             ("min_ns", "min", 11), ("max_ns", "max", 11), ("mean_ns", "avg", 11),
-                                             ("rel_stderr_pct", "+-%", 7), ("p99_ns", "p99", 11),
-                                             ("fastpath_eligible", "fastpath?", 9)])
+    sel = s.get("selection") or {}
+    only = ", ".join(f"{k} {v}" for k, v in (("VM", sel.get("vm")), ("vCPU", sel.get("vcpu"))) if v is not None)
+    out = [f"  {s['exits_total']} exits{' of ' + only if only else ''}, {s['exits_paired']} timed, "
+           f"{s['exits_unpaired']} unpaired (no entry {u['no_entry']}, lost events {u['lost']}, rip jump "
+           f"{u['rip_jump']}); handling time {fmt_ns(s['handling_ns_total'])}; fastpath-eligible "
+           f"{s['fastpath_eligible']}"]
+    by = s.get("by", "reason")
+    if by == "vcpu":
+        cols = [c for c in VCPU_COLS if c[0] != "vm_pid" or s["by_vm"] is not None]
+        return out + [f"  by vCPU (VM: {s['vm_grouping']})"] + text_table(s["by_vcpu"], cols + STAT_COLS)
+    if by == "vm":
+        if s["by_vm"] is None:
+            return out + [f"  by VM: not computable: {s['vm_grouping']}"]
+        return out + [f"  by VM ({s['vm_grouping']})"] + text_table(s["by_vm"], VM_COLS + STAT_COLS)
+    return out + text_table(s["by_reason"], REASON_COLS + STAT_COLS + [("fastpath_eligible", "fastpath?", 9)])
 
 
 ANALYZER = Analyzer("exits", "VM exits per reason / vCPU / VM with handling-time statistics (perf kvm stat view)",

@@ -22,6 +22,7 @@ from vpmutrace.analyze import predicates as P
 from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, records, rule_of, text_table
 from vpmutrace.analyze.context import Config
 from vpmutrace.analyze.windows import exit_intervals, fastpath_flags, guest_windows
+from vpmutrace.errors import plural
 from vpmutrace.model.design import MEDIATED
 from vpmutrace.tracedata import TraceData
 
@@ -52,7 +53,8 @@ def analyze(td: TraceData, cfg: Config) -> Result:
             summary.update({"unhandled_in_guest_windows": inside, "unhandled_at_nmi_exits": at_exit})
         summary["per_cpu"] = records(n.group_by("cpu").len().rename({"len": "unhandled"}).sort("cpu"))
         if n.height:
-            r.findings.append(ANALYZER.finding("perf_nmi_unhandled", f"{n.height} NMIs reached perf_event_nmi_handler "
+            r.findings.append(ANALYZER.finding("perf_nmi_unhandled", f"{plural(n.height, 'NMI')} reached "
+                                               "perf_event_nmi_handler "
                                                "and no handler claimed them (handled=0)" + (
                                                    ": under the mediated design perf returns NMI_DONE while the guest "
                                                    "LVTPC is loaded" if cfg.model == MEDIATED else ""), n.height,

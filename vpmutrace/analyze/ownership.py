@@ -38,6 +38,7 @@ from vpmutrace.analyze.windows import (
     ownership_windows,
     probe_windows,
 )
+from vpmutrace.errors import plural
 from vpmutrace.model import costs
 from vpmutrace.model import kernel as K
 from vpmutrace.model import msrs as M
@@ -116,8 +117,9 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     r = Result("ownership", summary=summary, rows=rows, rule=RULE)
     if switching:
         if obs is not None:
-            r.findings.append(ANALYZER.finding("switches_observed", f"{int(obs.sum())} PMU load/put pairs seen in host "
-                                               f"MSR events over {iv.height} exits", int(obs.sum()),
+            pairs = plural(int(obs.sum()), "PMU load/put pair")
+            r.findings.append(ANALYZER.finding("switches_observed", f"{pairs} seen in "
+                                               f"host MSR events over {plural(iv.height, 'exit')}", int(obs.sum()),
                                                certainty=cfg.design.certainty))
         else:
             r.findings.append(ANALYZER.finding("switch_count_range", f"{own.height}..{runs.height} PMU context "

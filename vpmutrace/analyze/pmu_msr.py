@@ -103,7 +103,8 @@ def render(r: Result) -> list[str]:
               if s["accesses_mediated_verdict_unknown"] else ""),
            f"  RDPMC exits {'-' if s['rdpmc_exits'] is None else s['rdpmc_exits']} "
            f"({'-' if s['rdpmc_per_s'] is None else s['rdpmc_per_s']}/s; mediated: {s['rdpmc_mediated']})"]
-    return out + text_table(s["by_msr"], [("msr_hex", "MSR", 10), ("name", "name", 24), ("reads", "reads", 7),
+    rows = [{**r, "label": f"{r['msr_hex']:<10} {r['name']}"} for r in s["by_msr"]]  # hex index beside the name
+    return out + text_table(rows, [("label", "MSR", 40), ("reads", "reads", 7),
                                           ("writes", "writes", 7), ("writes_changed", "changed", 8), ("gp", "#GP", 5),
                                           ("per_s", "per s", 9), ("exit_mean_ns", "exit avg", 10),
                                           ("mediated", "mediated", 13)]) + \

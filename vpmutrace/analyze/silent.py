@@ -40,6 +40,7 @@ from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, missin
 from vpmutrace.analyze.context import Config
 from vpmutrace.analyze.msr_access import classify, with_exit_latency
 from vpmutrace.analyze.windows import guest_windows, overlap_ns
+from vpmutrace.errors import plural
 from vpmutrace.model import kernel as K
 from vpmutrace.model import msrs as M
 from vpmutrace.model.design import MEDIATED, NO_VPMU
@@ -201,7 +202,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
                                      v.contention[1] + " (until the end of the trace)"))
     for f in findings:
         if f["kind"] == "frozen_counter":
-            f["evidence"] = f"{f.pop('_reads')} reads returned the same value: {f['evidence']}"
+            f["evidence"] = f"{plural(f.pop('_reads'), 'read')} returned the same value: {f['evidence']}"
     findings += _cadence(td, cfg, pmu, wins, {k: v.armed for k, v in state.items()})
     storms, storm_lat = _storms(pmu, cfg)
     findings += storms

@@ -32,6 +32,7 @@ from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, missin
 from vpmutrace.analyze.context import Config
 from vpmutrace.analyze.msr_access import classify, with_exit_latency
 from vpmutrace.analyze.windows import exit_intervals, fastpath_flags
+from vpmutrace.errors import plural
 from vpmutrace.model import costs
 from vpmutrace.model import msrs as M
 from vpmutrace.model.design import EMULATED, MEDIATED, NO_VPMU, PASS, rdpmc_intercepted
@@ -108,8 +109,9 @@ def analyze(td: TraceData, cfg: Config) -> Result:
         "trace_design": cfg.model if cfg.model == EMULATED else f"{cfg.model} (assumed emulated)",
     }
     r = Result("what_if", summary=summary, rule=RULE)
-    r.findings.append(ANALYZER.finding("mediated_saving", f"under the mediated design: {removed.height} exits removed "
-                                       f"({fmt_ns(saved)}), {slow.height} PMU switches added "
+    r.findings.append(ANALYZER.finding("mediated_saving", f"under the mediated design: "
+                                       f"{plural(removed.height, 'exit')} removed "
+                                       f"({fmt_ns(saved)}), {plural(slow.height, 'PMU switch', 'PMU switches')} added "
                                        f"({fmt_ns(added[0])}..{fmt_ns(added[1])}); net "
                                        f"{fmt_ns(net[0])}..{fmt_ns(net[1])}"
                                        " of exit handling", removed.height, evidence=[src]))

@@ -84,11 +84,19 @@ KERNELS: dict[str, Kernel] = {
     "factorize_dense": _k("factorize", "i8", "u1[::1]|u2[::1]|u4[::1]|i1[::1]|i2[::1]|i4[::1]|i8[::1]", "i8", _I4, _I4,
                           _I8),
     "lookup_codes": _k("factorize", "none", _I4, _I4, _I4, *RANGE),
+    # perf sample symbols
+    "sample_items": _k("symbolize", "UniTuple(i8, 2)", _U8, _I4, _I4, "i1[::1]", "i1", "i1", "i8", "i8", "i8[:, ::1]",
+                       _I4, _I8, "i8"),
+    "rehash_items": _k("symbolize", "none", "i8[:, ::1]", "i8[:, ::1]"),
+    "item_windows": _k("symbolize", "i8", _I4, _I8, _I8, _I8, _I8),
+    "kallsyms_lines": _k("symbolize", "i8", BUF, _U8, "u1[::1]", _I8, _I8, _I8, _I8),
+    "gather_columns": _k("symbolize", "none", _I4, _I4, _I4, _I4, _I4, _I4, _I4, "u1[::1]", "u1[::1]", "u1[::1]"),
 }
 
 # what the compiled code is made of: a change to any of these makes a built extension stale
 SOURCES = ("kernels/__init__.py", "kernels/registry.py", "kernels/hints.py", "kernels/ringbuf.py",
-           "kernels/perf_walk.py", "kernels/fields.py", "kernels/factorize.py", "kernels/text.py",
+           "kernels/perf_walk.py", "kernels/fields.py", "kernels/factorize.py", "kernels/symbolize.py",
+           "kernels/text.py",
            "kernels/text_layout.py", "formats/perf_abi.py", "formats/ringbuf_abi.py")
 
 

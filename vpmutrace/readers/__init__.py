@@ -6,8 +6,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from vpmutrace import timebase
+from vpmutrace import progress, timebase
+from vpmutrace.capture import HOST_FILE, capture_input, capture_meta, is_capture
 from vpmutrace.errors import InputError
+from vpmutrace.formats.foreign import HEAD_BYTES, not_a_trace, what_it_is
 from vpmutrace.tracedata import EarlyWrites, TraceBuilder, TraceData, is_dataset, load_dataset
 
 PERF_MAGIC = (b"PERFILE2", b"2ELIFREP")
@@ -21,10 +23,11 @@ def sniff(path: Path) -> str:
     if path.is_dir() and perf_data_dir(path) is not None:
         return "perf.data"
     if path.is_dir():
-        raise InputError(str(path), "is a directory but not a vpmutrace dataset (no _trace_meta.json)")
+        raise InputError(str(path), "is a directory but not a vpmutrace dataset (no _trace_meta.json) nor a capture "
+                                    "directory of vpmutrace record (no capture.json, trace.perf.data or trace.dat)")
     try:
         with path.open("rb") as f:
-            head = f.read(16)
+            head = f.read(HEAD_BYTES)
     except FileNotFoundError:
         raise InputError(str(path), "no such file") from None
     except OSError as e:
@@ -33,6 +36,8 @@ def sniff(path: Path) -> str:
         return "perf.data"
     if head[:10] == TRACE_DAT_MAGIC:
         return "trace.dat"
+    if what_it_is(head) is not None:
+        raise InputError(str(path), not_a_trace(head))
     return "text"
 
 
@@ -67,11 +72,35 @@ def load_trace(paths: list[str | Path], options: LoadOptions | None = None) -> T
     opts = options or LoadOptions()
     if not paths:
         raise InputError("-", "no trace given")
-    kinds = [(Path(p), sniff(Path(p))) for p in paths]
+    captures = [Path(p) for p in paths if is_capture(Path(p))]
+    kinds = [(p, sniff(p)) for p in (capture_input(Path(p)) if is_capture(Path(p)) else Path(p) for p in paths)]
     if any(k == "dataset" for _, k in kinds):
         if len(kinds) > 1:
             raise InputError(str(kinds[0][0]), "a dataset cannot be merged with other inputs; give it alone")
-        return load_dataset(kinds[0][0])
+        with progress.stage(progress.reading(kinds[0][0])):
+            td = load_dataset(kinds[0][0])
+        return with_capture(td, captures[0] if captures else None, opts.snapshot)
+    td = _read(kinds, opts)
+    return with_capture(td, captures[0] if len(captures) == 1 and len(kinds) == 1 else None, opts.snapshot)
+
+
+def with_capture(td: TraceData, capture: Path | None, snapshot: Path | None) -> TraceData:
+    """The trace of a capture directory with its host snapshot (unless ``--snapshot`` gave another)
+    and what was asked of the capture (capture.json: requested events, missing ones)."""
+    if capture is None:
+        return td
+    host, cap = capture_meta(capture)
+    if host is not None and snapshot is None and not td.meta.get("host"):
+        td.meta["host"] = host
+        td.meta["host_snapshot"] = str(capture / HOST_FILE)
+    if cap is not None:
+        td.meta["capture"] = cap
+    td.meta["capture_dir"] = str(capture)
+    return td
+
+
+def _read(kinds: list[tuple[Path, str]], opts: LoadOptions) -> TraceData:
+    """Trace files (not datasets) merged on one time line."""
     if opts.tsc_khz is not None and not opts.tsc_khz > 0:
         raise InputError("--tsc-khz", f"{opts.tsc_khz} is not a frequency in kHz")
     host, host_path = host_snapshot(opts.snapshot, kinds[0][0]) if opts.snapshot or opts.find_snapshot \
@@ -85,7 +114,7 @@ def load_trace(paths: list[str | Path], options: LoadOptions | None = None) -> T
         dats = {p: open_trace_dat(p) for p, k in kinds if k == "trace.dat"}
     roles = host_guest_roles({p: d for p, (d, _) in dats.items()})
     bases = []
-    for p, kind in kinds:
+    for p, kind in progress.each(kinds, lambda pk: progress.reading(pk[0])):
         mark = builder.mark()
         if kind == "perf.data":
             from vpmutrace.readers.perf_data import read_perf_data
@@ -106,7 +135,8 @@ def load_trace(paths: list[str | Path], options: LoadOptions | None = None) -> T
     builder.early = None
     builder.meta["time_unit"] = timebase.merged_unit(bases, [str(p) for p, _ in kinds])
     check_time_lines(builder, roles)
-    td = builder.finish()
+    with progress.stage("building the tables"):
+        td = builder.finish()
     if roles:
         td.meta["host_guest"] = {str(p): r[0] for p, r in roles.items()}
     if host is not None:

@@ -1,11 +1,10 @@
 """Symbol tables for perf samples: kallsyms (kernel), ELF .symtab/.dynsym (user DSOs), and where
 to find them, the way perf looks them up (tools/perf/util/symbol.c, build-id.c, symbol-elf.c).
 
-A table is sorted start addresses, end addresses and names; :meth:`SymTab.lookup` resolves many
-addresses at once (one ``searchsorted``). Sizes follow perf: a kallsyms symbol ends where the next
-one starts (``symbols__fixup_end``), symbols at one address keep the one perf keeps
-(``symbols__fixup_duplicate``/``choose_best_symbol``), an address resolves to the symbol with
-start <= address < end (or a zero-size symbol at exactly that address).
+Tables are :class:`symtab.SymTab`: numbers read in bulk (the kallsyms text parsed with numpy,
+an ELF symbol table viewed as one record array), names decoded only where samples land. Sizes
+follow perf: a kallsyms symbol ends where the next one starts (``symbols__fixup_end``), an ELF
+symbol of size zero at the next symbol; symbols at one address keep the one perf keeps.
 
 Where files are found (perf's order):
 
@@ -27,6 +26,7 @@ from __future__ import annotations
 import lzma
 import os
 import re
+import stat
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -34,89 +34,13 @@ from typing import Any
 
 import numpy as np
 
+from vpmutrace.readers import elf as E
+from vpmutrace.readers.elf import ElfFile, file_identity
+from vpmutrace.readers.symtab import CStrings, Spans, SymTab
+
 KSYM_TYPES = frozenset("TtWwDdBb")  # perf's symbol_type__filter: text, weak, data, bss
 KALLSYMS_LINE = re.compile(rb"^([0-9a-fA-F]+) (\S) (\S+)(?:\t\[(\S+)\])?", re.M)
 PAGE = 4096
-
-
-@dataclass
-class SymTab:
-    """Symbols sorted by start: [start, end) and name."""
-
-    start: np.ndarray  # uint64
-    end: np.ndarray  # uint64
-    names: list[str]
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-    def lookup(self, addr: np.ndarray) -> np.ndarray:
-        """Index of the symbol covering each address, -1 where none does (perf's symbols__find)."""
-        addr = np.asarray(addr, dtype=np.uint64)
-        if not len(self.names):
-            return np.full(len(addr), -1, np.int64)
-        i = np.searchsorted(self.start, addr, side="right").astype(np.int64) - 1
-        j = np.maximum(i, 0)
-        ok = (i >= 0) & ((addr < self.end[j]) | (addr == self.start[j]))
-        # a symbol nested in an earlier, larger one (ELF tables): look one further back
-        miss = np.flatnonzero(~ok & (i > 0))
-        if len(miss):
-            k = i[miss] - 1
-            a = addr[miss]
-            back = (a < self.end[k]) & (a >= self.start[k])
-            i[miss[back]] = k[back]
-            ok[miss[back]] = True
-        return np.where(ok, i, -1)
-
-
-def _choose(a: tuple, b: tuple) -> bool:
-    """True when symbol a is kept over b at the same address (perf's choose_best_symbol).
-    Items: (size, weak, global, name)."""
-    if (a[0] == 0) != (b[0] == 0):
-        return a[0] > 0
-    if a[1] != b[1]:
-        return not a[1]
-    if a[2] != b[2]:
-        return a[2]
-    ua, ub = len(a[3]) - len(a[3].lstrip("_")), len(b[3]) - len(b[3].lstrip("_"))
-    if ua != ub:
-        return ua < ub
-    if len(a[3]) != len(b[3]):
-        return len(a[3]) > len(b[3])
-    return not a[3].startswith(("SyS", "compat_SyS"))
-
-
-def _dedupe(start: np.ndarray, end: np.ndarray, names: list[str], weak: list[bool],
-            glob: list[bool], demangle_ties: bool = False) -> SymTab:
-    """One symbol per start address (``start`` sorted). ``demangle_ties``: compare (and keep) names
-    demangled, as perf holds ELF symbols (it demangles each one as it loads it)."""
-    if not len(start):
-        return SymTab(start, end, names)
-    dup = np.flatnonzero(start[1:] == start[:-1])
-    if not len(dup):
-        return SymTab(start, end, names)
-    keep = np.ones(len(start), bool)
-    if demangle_ties:
-        ties = sorted({k for d in dup.tolist() for k in (d, d + 1)})
-        shown = demangle([names[k] for k in ties])
-        names = list(names)
-        for k, nm in zip(ties, shown, strict=True):
-            names[k] = nm
-    # runs of equal starts: pick the best of each run
-    run_first = dup[np.r_[True, dup[1:] != dup[:-1] + 1]]
-    for f in run_first.tolist():
-        last = f
-        while last + 1 < len(start) and start[last + 1] == start[f]:
-            last += 1
-        best = f
-        for k in range(f + 1, last + 1):
-            if not _choose((int(end[best] - start[best]), weak[best], glob[best], names[best]),
-                           (int(end[k] - start[k]), weak[k], glob[k], names[k])):
-                best = k
-        keep[f:last + 1] = False
-        keep[best] = True
-    idx = np.flatnonzero(keep)
-    return SymTab(start[idx], end[idx], [names[i] for i in idx.tolist()])
 
 
 @dataclass
@@ -145,41 +69,86 @@ def read_text(path: Path) -> bytes:
 
 def parse_kallsyms(data: bytes) -> Kallsyms:
     """kallsyms text as perf loads it (dso__load_all_kallsyms, symbols__fixup_end(kallsyms),
-    symbols__fixup_duplicate). Lines are ``addr type name[\\t[module]]``."""
-    rows = KALLSYMS_LINE.findall(data)
+    symbols__fixup_duplicate). Lines are ``addr type name[\\t[module]]`` (KALLSYMS_LINE; lines
+    that do not match are skipped); symbols of the types perf keeps (KSYM_TYPES), names not
+    starting with '$'. A text whose every line has exactly that form (as the kernel prints it) is
+    parsed with array operations, any other line by line with the pattern: the same rows."""
+    rows = _kallsyms_lines(data if data.endswith(b"\n") else data + b"\n") or _kallsyms_matches(data)
+    text, addr, typ, noff, nlen, mod, mod_names = rows
     refs: dict[str, int] = {}
-    for a, _t, n, m in rows:
-        if not m and n in (b"_text", b"_stext", b"_etext") and n.decode() not in refs:
-            refs[n.decode()] = int(a, 16)
-    sel = [(int(a, 16), t.decode(), n.decode("utf-8", "replace"), m.decode() if m else "")
-           for a, t, n, m in rows if t.decode() in KSYM_TYPES and not n.startswith(b"$")]
-    order = sorted(range(len(sel)), key=lambda k: sel[k][0])  # stable: file order among equal addresses
-    sel = [sel[k] for k in order]
-    n = len(sel)
-    start = np.fromiter((s[0] for s in sel), dtype=np.uint64, count=n)
+    for k in np.flatnonzero((mod < 0) & ((nlen == 5) | (nlen == 6))).tolist():
+        nm = text[noff[k]:noff[k] + nlen[k]].decode()
+        if nm in ("_text", "_stext", "_etext") and nm not in refs:
+            refs[nm] = int(addr[k])
+    first = np.frombuffer(text, np.uint8)[noff] if len(noff) else np.zeros(0, np.uint8)
+    keep = np.flatnonzero(np.isin(typ, np.frombuffer("".join(sorted(KSYM_TYPES)).encode(), np.uint8))
+                          & (first != ord("$")))
+    keep = keep[np.argsort(addr[keep], kind="stable")]  # stable: file order among equal addresses
+    start, mods = addr[keep], mod[keep]
     end = start.copy()
-    mods = [s[3] for s in sel]
-    # symbols__fixup_end for kallsyms: up to the next symbol, unless kernel <-> module or module
-    # <-> other module changes there (then to the next page); the last one to the page after
-    for k in range(n - 1):
-        if mods[k] == mods[k + 1]:
-            end[k] = start[k + 1]
-        else:
-            end[k] = (int(start[k]) + PAGE + PAGE - 1) // PAGE * PAGE
-    if n:
-        end[-1] = (int(start[-1]) + PAGE - 1) // PAGE * PAGE + PAGE
-    names = [s[2] for s in sel]
-    weak = [s[1] in "Ww" for s in sel]
-    glob = [s[1].isupper() for s in sel]
-    groups: dict[str, list[int]] = {}
-    for k, m in enumerate(mods):
-        groups.setdefault(m, []).append(k)
-    tabs: dict[str, SymTab] = {}
-    for m, ks in groups.items():
-        ix = np.array(ks, dtype=np.int64)
-        tabs[m] = _dedupe(start[ix], end[ix], [names[k] for k in ks], [weak[k] for k in ks], [glob[k] for k in ks])
-    kernel = tabs.pop("", SymTab(np.zeros(0, np.uint64), np.zeros(0, np.uint64), []))
-    return Kallsyms(kernel, tabs, refs, len(rows))
+    if len(start):
+        # symbols__fixup_end for kallsyms: up to the next symbol, unless kernel <-> module or module
+        # <-> other module changes there (then to the next page); the last one to the page after
+        page = np.uint64(PAGE)
+        same = mods[:-1] == mods[1:]
+        end[:-1] = np.where(same, start[1:], (start[:-1] + page + page - np.uint64(1)) // page * page)
+        end[-1] = (start[-1] + page - np.uint64(1)) // page * page + page
+    t = typ[keep]
+    weak = (t == ord("W")) | (t == ord("w"))
+    glob = (t >= ord("A")) & (t <= ord("Z"))
+    noff, nlen = noff[keep], nlen[keep]
+    tabs: dict[int, SymTab] = {}
+    by_mod = np.argsort(mods, kind="stable")
+    ids, at = np.unique(mods[by_mod], return_index=True)
+    for m, ix in zip(ids.tolist(), np.split(by_mod, at[1:]), strict=True):
+        tabs[m] = SymTab(start[ix], end[ix], Spans(text, noff[ix], nlen[ix]), weak[ix], glob[ix])
+    kernel = tabs.pop(-1, SymTab.of(np.zeros(0, np.uint64), np.zeros(0, np.uint64), []))
+    return Kallsyms(kernel, {mod_names[m]: tab for m, tab in tabs.items()}, refs, len(addr))
+
+
+_Rows = tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]]
+
+
+def _kallsyms_lines(text: bytes) -> _Rows | None:
+    """The rows of a kallsyms text (ending with a newline) whose every line is ``addr type name``
+    with an optional ``\\t[module]`` (kernels.kallsyms_lines), as arrays: the text, addresses, type
+    bytes, name offsets and lengths, module numbers (-1: none) and the modules' names; None when a
+    line has another form."""
+    from vpmutrace import kernels
+
+    buf = np.frombuffer(text, np.uint8)
+    n = int(np.count_nonzero(buf == 10))
+    addr, typ = np.empty(n, np.uint64), np.empty(n, np.uint8)
+    noff, nlen, moff, mlen = (np.empty(n, np.int64) for _ in range(4))
+    if kernels.kallsyms_lines(buf, addr, typ, noff, nlen, moff, mlen) != n:
+        return None
+    mod = np.full(n, -1, np.int64)
+    mod_names: list[str] = []
+    t = np.flatnonzero(mlen)
+    if len(t):  # the modules' names, as rows of bytes made distinct at once
+        mo, ml = moff[t], mlen[t]
+        width = int(ml.max())
+        cols = np.arange(width)
+        grid = np.where(cols < ml[:, None], buf[np.minimum(mo[:, None] + cols, len(buf) - 1)], 0).astype(np.uint8)
+        _, firsts, inv = np.unique(np.ascontiguousarray(grid).view(np.dtype((np.void, width))).ravel(),
+                                   return_index=True, return_inverse=True)
+        mod[t] = inv.ravel()
+        mod_names = [text[int(mo[f]):int(mo[f] + ml[f])].decode("utf-8", "replace") for f in firsts.tolist()]
+    return text, addr, typ, noff, nlen, mod, mod_names
+
+
+def _kallsyms_matches(data: bytes) -> _Rows:
+    """The rows of any kallsyms text, line by line (KALLSYMS_LINE)."""
+    addr, typ, noff, nlen, mod = [], [], [], [], []
+    mods: dict[bytes, int] = {}
+    for m in KALLSYMS_LINE.finditer(data):
+        addr.append(int(m.group(1), 16))
+        typ.append(data[m.start(2)])
+        noff.append(m.start(3))
+        nlen.append(m.end(3) - m.start(3))
+        mod.append(mods.setdefault(m.group(4), len(mods)) if m.group(4) else -1)
+    return (data, np.array(addr, np.uint64), np.array(typ, np.uint8), np.array(noff, np.int64),
+            np.array(nlen, np.int64), np.array(mod, np.int64), [m.decode() for m in mods])
 
 
 def all_zero(k: Kallsyms) -> bool:
@@ -216,29 +185,50 @@ def running_kernel_build_id() -> str | None:
         return None
 
 
+@dataclass(frozen=True)
+class ElfFacts:
+    """What finding a DSO's symbol files asks of a file, from one read of its headers."""
+
+    build_id: str | None  # its GNU build-id note (None: none, or not ELF)
+    symtab: bool  # a .symtab with contents
+    dynsym: bool  # a .dynsym with contents
+    debuglink: str | None  # the .gnu_debuglink file name
+
+
+def elf_facts(path: str) -> ElfFacts | None:
+    """A regular file's :class:`ElfFacts` (None: no regular file there), remembered per file version
+    (device, inode, size, mtime): a rebuilt file is read again."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return _elf_facts(path, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+
+
 @lru_cache(maxsize=4096)
+def _elf_facts(path: str, _ident: tuple[int, int, int, int]) -> ElfFacts:
+    try:
+        with ElfFile(path) as elf:
+            try:
+                bid = elf.build_id()
+            except ValueError:
+                bid = None
+            try:
+                sym, dyn, dl = (elf.section(n) for n in (".symtab", ".dynsym", ".gnu_debuglink"))
+                link = bytes(elf.data(dl)).split(b"\0", 1)[0].decode() if elf.has_contents(dl) else None
+                return ElfFacts(bid, elf.has_contents(sym), elf.has_contents(dyn), link)
+            except Exception:  # noqa: BLE001 - unreadable headers: no tables
+                return ElfFacts(bid, False, False, None)
+    except (OSError, ValueError):  # not ELF, or headers outside the file
+        return ElfFacts(None, False, False, None)
+
+
 def elf_build_id(path: str) -> str | None:
     """The GNU build-id note of an ELF file (None when it has none or is not ELF)."""
-    try:
-        from elftools.common.exceptions import ELFError
-        from elftools.elf.elffile import ELFFile
-    except ImportError:  # pragma: no cover - a declared dependency
-        return None
-    try:
-        with open(path, "rb") as f:
-            if f.read(4) != b"\x7fELF":
-                return None
-            f.seek(0)
-            elf = ELFFile(f)
-            for sec in elf.iter_sections():
-                if sec.header.sh_type != "SHT_NOTE":
-                    continue
-                for note in sec.iter_notes():
-                    if note["n_type"] == "NT_GNU_BUILD_ID":
-                        return str(note["n_desc"])
-    except (OSError, ELFError, ValueError, KeyError):
-        return None
-    return None
+    facts = elf_facts(path)
+    return facts.build_id if facts else None
 
 
 def same_build_id(a: str | None, b: str | None) -> bool:
@@ -251,6 +241,18 @@ def same_build_id(a: str | None, b: str | None) -> bool:
 
 
 # ---- ELF symbols -------------------------------------------------------------------------------
+
+ELF64_SYM = [("name", "u4"), ("info", "u1"), ("other", "u1"), ("shndx", "u2"), ("value", "u8"), ("size", "u8")]
+ELF32_SYM = [("name", "u4"), ("value", "u4"), ("size", "u4"), ("info", "u1"), ("other", "u1"), ("shndx", "u2")]
+STT_NOTYPE, STT_FUNC, STT_GNU_IFUNC = 0, 2, 10
+STB_GLOBAL, STB_WEAK = 1, 2
+SHN_UNDEF, SHN_ABS = 0, 0xFFF1
+_EMPTY = np.zeros(0, np.uint64)
+
+
+def _sym_dtype(elf: ElfFile) -> np.dtype:
+    return np.dtype([(n, elf.order + t) for n, t in (ELF64_SYM if elf.elfclass == 64 else ELF32_SYM)])
+
 
 @dataclass
 class ElfSyms:
@@ -271,167 +273,134 @@ class ElfSyms:
         return out
 
 
-ELF64_SYM = [("name", "u4"), ("info", "u1"), ("other", "u1"), ("shndx", "u2"), ("value", "u8"), ("size", "u8")]
-ELF32_SYM = [("name", "u4"), ("value", "u4"), ("size", "u4"), ("info", "u1"), ("other", "u1"), ("shndx", "u2")]
-STT_NOTYPE, STT_FUNC, STT_GNU_IFUNC = 0, 2, 10
-STB_GLOBAL, STB_WEAK = 1, 2
-SHN_UNDEF, SHN_ABS = 0, 0xFFF1
-
-
-def _sym_dtype(elf: Any) -> np.dtype:
-    order = "<" if elf.little_endian else ">"
-    return np.dtype([(n, order + t) for n, t in (ELF64_SYM if elf.elfclass == 64 else ELF32_SYM)])
-
-
-@lru_cache(maxsize=512)
 def elf_symbols(path: str, runtime: str | None = None) -> ElfSyms | None:
     """Function symbols of an ELF file as perf keeps them (dso__load_sym): .symtab when there is
     one, else .dynsym; STT_FUNC/STT_GNU_IFUNC symbols defined in a section, and STT_NOTYPE labels
-    in text sections; sizes from the table, zero sizes ending at the next symbol. pyelftools finds
-    the sections and segments; the symbol array (fixed-size Elf_Sym records, hundreds of thousands
-    in a large library) is read as one numpy array. ``runtime``: the image whose program headers
-    map file offsets to addresses (a separate debuginfo file's are not usable)."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
-    empty = SymTab(np.zeros(0, np.uint64), np.zeros(0, np.uint64), [])
-    try:
-        with open(runtime or path, "rb") as f:
-            elf = ELFFile(f)
-            segs = np.array([(s["p_offset"], s["p_vaddr"], s["p_filesz"]) for s in elf.iter_segments()
-                             if s["p_type"] == "PT_LOAD"], dtype=np.uint64).reshape(-1, 3)
-            et_exec = elf.header["e_type"] == "ET_EXEC"
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            sec = elf.get_section_by_name(".symtab")
-            if sec is None or sec.header.sh_type == "SHT_NOBITS":
-                sec = elf.get_section_by_name(".dynsym")
-            if sec is None or sec.header.sh_type not in ("SHT_SYMTAB", "SHT_DYNSYM"):
-                return ElfSyms(empty, segs, "", et_exec)
-            table = sec.name
-            syms = np.frombuffer(sec.data(), dtype=_sym_dtype(elf))
-            strtab = elf.get_section(sec.header.sh_link).data()
-            text = np.zeros(max(elf.num_sections(), 1), bool)
-            for i, sc in enumerate(elf.iter_sections()):
-                text[i] = "text" in sc.name
-    except (OSError, ELFError, ValueError, KeyError, AttributeError, IndexError):
+    in text sections; sizes from the table, zero sizes ending at the next symbol; then the PLT
+    entries. The symbol array (fixed-size Elf_Sym records, hundreds of thousands in a large
+    library) is read as one record array of the mapped file. ``runtime``: the image whose program
+    headers map file offsets to addresses (a separate debuginfo file's are not usable). Remembered
+    per version of both files (device, inode, size, mtime)."""
+    ids = (file_identity(path), file_identity(runtime) if runtime else None)
+    if ids[0] is None or (runtime and ids[1] is None):
         return None
-    typ, bind, shndx = syms["info"] & 0xF, syms["info"] >> 4, syms["shndx"].astype(np.int64)
-    in_text = np.zeros(len(syms), bool)
-    regular = shndx < len(text)
-    in_text[regular] = text[shndx[regular]]
-    keep = (syms["name"] != 0) & (shndx != SHN_UNDEF) & (
-        np.isin(typ, [STT_FUNC, STT_GNU_IFUNC]) | ((typ == STT_NOTYPE) & (shndx != SHN_ABS) & in_text))
-    idx = np.flatnonzero(keep)
-    names = [_cstr(strtab, off) for off in syms["name"][idx].tolist()]
-    ok = np.array([bool(nm) and not nm.startswith("$") for nm in names], bool)
-    idx = idx[ok]
-    names = [nm for nm, k in zip(names, ok.tolist(), strict=True) if k]
-    order = np.argsort(syms["value"][idx], kind="stable")
-    idx = idx[order]
-    names = [names[k] for k in order.tolist()]
-    start = syms["value"][idx].astype(np.uint64)
-    end = start + syms["size"][idx].astype(np.uint64)
-    label = typ[idx] == STT_NOTYPE
+    return _elf_symbols(path, runtime, ids)
+
+
+@lru_cache(maxsize=512)
+def _elf_symbols(path: str, runtime: str | None, _ids: tuple[Any, Any]) -> ElfSyms | None:
+    try:
+        with ElfFile(runtime or path) as image:
+            ph = image.phdrs
+            load = ph["type"] == E.PT_LOAD
+            segs = np.stack([ph["offset"][load], ph["vaddr"][load], ph["filesz"][load]], axis=1).astype(np.uint64)
+            et_exec = image.e_type == E.ET_EXEC
+            plt = _plt(image)
+            if runtime and runtime != path:
+                with ElfFile(path) as elf:
+                    syms = _function_symbols(elf)
+            else:
+                syms = _function_symbols(image)
+    except (OSError, ValueError, IndexError):
+        return None
+    if syms is None:
+        return ElfSyms(SymTab.of(_EMPTY, _EMPTY, []), segs, "", et_exec)  # (no PLT entries either)
+    table, start, end, label, bind, strtab, noff = syms
     # symbols__fixup_end (not kallsyms): a zero-size symbol (other than a label) ends at the next
     zero = np.flatnonzero((end[:-1] == start[:-1]) & ~label[:-1])
     end[zero] = start[zero + 1]
     if len(start) and end[-1] == start[-1]:
         end[-1] = (int(start[-1]) + PAGE - 1) // PAGE * PAGE + PAGE
-    b = bind[idx]
-    tab = _dedupe(start, end, names, (b == STB_WEAK).tolist(), (b == STB_GLOBAL).tolist(), demangle_ties=True)
-    plt = plt_symbols(runtime or path)
-    if plt is not None and len(plt):  # added after the table's fixups, as perf does
-        o = np.argsort(np.concatenate([tab.start, plt.start]), kind="stable")
-        names = tab.names + plt.names
-        tab = SymTab(np.concatenate([tab.start, plt.start])[o], np.concatenate([tab.end, plt.end])[o],
-                     [names[k] for k in o.tolist()])
+    pstart = pend = _EMPTY
+    praw = None
+    if plt is not None and len(plt[0]):  # added after the table's fixups, as perf does
+        pnoff, dynstr, base, ent = plt
+        pstart = np.uint64(base + ent) + np.arange(len(pnoff), dtype=np.uint64) * np.uint64(ent)
+        pend = pstart + np.uint64(ent)
+        praw = CStrings(dynstr, pnoff)
+    tab = SymTab(start, end, CStrings(strtab, noff), bind == STB_WEAK, bind == STB_GLOBAL, demangle_ties=True,
+                 plt_start=pstart, plt_end=pend, plt_raw=praw)
     return ElfSyms(tab, segs, table, et_exec)
 
 
-def _cstr(strtab: bytes, off: int) -> str:
-    z = strtab.find(b"\0", off)
-    return strtab[off:z if z >= 0 else len(strtab)].decode("utf-8", "replace")
-
-
-@lru_cache(maxsize=512)
-def plt_symbols(path: str) -> SymTab | None:
-    """``<name>@plt`` for each PLT slot (perf 6.1's dso__synthesize_plt_symbols): the .rela.plt (or
-    .rel.plt) entries in order, each naming its .dynsym symbol (demangled), one .plt entry each after
-    the .plt header (entry and header size: the .plt entry size)."""
-    from elftools.common.exceptions import ELFError
-    from elftools.elf.elffile import ELFFile
-
-    try:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            rel = elf.get_section_by_name(".rela.plt") or elf.get_section_by_name(".rel.plt")
-            plt = elf.get_section_by_name(".plt")
-            dynsym = elf.get_section_by_name(".dynsym")
-            if rel is None or plt is None or dynsym is None or rel.header.sh_type not in ("SHT_RELA", "SHT_REL"):
-                return None
-            if rel.header.sh_type == "SHT_NOBITS" or dynsym.header.sh_type == "SHT_NOBITS":
-                return None
-            if elf.get_section(rel.header.sh_link).name != ".dynsym":
-                return None
-            ent = int(plt.header.sh_entsize)
-            if not ent:
-                return None
-            syms = np.frombuffer(dynsym.data(), dtype=_sym_dtype(elf))
-            strtab = elf.get_section(dynsym.header.sh_link).data()
-            # Elf_Rel(a) records: r_offset, r_info (symbol index in its high half) [, r_addend]
-            order = "<" if elf.little_endian else ">"
-            word = "u8" if elf.elfclass == 64 else "u4"
-            fields = [("off", order + word), ("info", order + word)]
-            if rel.header.sh_type == "SHT_RELA":
-                fields.append(("addend", order + word.replace("u", "i")))
-            info = np.frombuffer(rel.data(), dtype=np.dtype(fields))["info"]
-            symidx = (info >> (32 if elf.elfclass == 64 else 8)).astype(np.int64).tolist()
-            base = int(plt.header.sh_addr)
-    except (OSError, ELFError, ValueError, KeyError, AttributeError, IndexError):
+def _function_symbols(elf: ElfFile) -> tuple[Any, ...] | None:
+    """The symbols perf keeps of an ELF file's .symtab (else .dynsym), sorted by address: the table's
+    name, start, end (the table's sizes), label (STT_NOTYPE), binding, the string table and each
+    name's offset in it; None without a table. Raises ValueError for a table of partial records."""
+    sec = elf.section(".symtab")
+    if sec is None or elf.sh(sec, "type") == E.SHT_NOBITS:
+        sec = elf.section(".dynsym")
+    if sec is None or elf.sh(sec, "type") not in (E.SHT_SYMTAB, E.SHT_DYNSYM):
         return None
-    raw = [_cstr(strtab, int(syms["name"][i])) if i < len(syms) else "" for i in symidx]
-    names = [f"{nm}@plt" for nm in demangle(raw)]
-    start = np.uint64(base + ent) + np.arange(len(names), dtype=np.uint64) * np.uint64(ent)
-    return SymTab(start, start + np.uint64(ent), names)
+    dt = _sym_dtype(elf)
+    data = elf.data(sec)
+    if len(data) % dt.itemsize:
+        raise ValueError(f"{elf.path}: {elf.names[sec]} is not a whole number of symbols")
+    syms = data.view(dt)
+    strtab = elf.data(elf.sh(sec, "link")).tobytes()
+    text = np.zeros(max(len(elf.shdrs), 1), bool)
+    text[:len(elf.names)] = ["text" in n for n in elf.names]
+    info, shndx, noff = syms["info"], syms["shndx"].astype(np.int64), syms["name"].astype(np.int64)
+    typ = info & 0xF
+    in_text = np.zeros(len(syms), bool)
+    regular = shndx < len(text)
+    in_text[regular] = text[shndx[regular]]
+    # names that are empty or start with '$' (mapping symbols) are not kept
+    sb = np.frombuffer(strtab, np.uint8)
+    first = sb[np.minimum(noff, len(sb) - 1)] if len(sb) else np.zeros(len(noff), np.uint8)
+    keep = (noff != 0) & (shndx != SHN_UNDEF) & (
+        (typ == STT_FUNC) | (typ == STT_GNU_IFUNC) | ((typ == STT_NOTYPE) & (shndx != SHN_ABS) & in_text)) \
+        & (noff < len(sb)) & (first != 0) & (first != ord("$"))
+    idx = np.flatnonzero(keep)
+    value = syms["value"][idx].astype(np.uint64)
+    order = np.argsort(value, kind="stable")
+    idx = idx[order]
+    start = value[order]
+    return (elf.names[sec], start, start + syms["size"][idx].astype(np.uint64), typ[idx] == STT_NOTYPE,
+            info[idx] >> 4, strtab, noff[idx])
 
 
-def _mangled(name: str) -> bool:
-    return name.startswith(("_Z", "_R"))
-
-
-def demangle(names: list[str]) -> list[str]:
-    """C++ (Itanium) and Rust names as perf shows them: libiberty's demangler without parameters
-    and without verbose details (perf's demangle_sym with DMGL_NO_OPTS), through binutils' c++filt
-    (``-p -i``), run once for all the names; names that are not mangled, or everything when
-    c++filt is not installed, stay as they are."""
-    todo = sorted({n for n in names if _mangled(n)})
-    if not todo:
-        return list(names)
-    got = _demangled(tuple(todo))
-    return [got.get(n, n) for n in names]
-
-
-_DEMANGLED: dict[str, str] = {}
-DEMANGLER: dict[str, str | None] = {"tool": None}
-
-
-def _demangled(todo: tuple[str, ...]) -> dict[str, str]:
-    import shutil
-    import subprocess
-
-    missing = [n for n in todo if n not in _DEMANGLED]
-    exe = shutil.which("c++filt")
-    DEMANGLER["tool"] = exe
-    if missing and exe:
-        try:
-            out = subprocess.run([exe, "-p", "-i"], input="\n".join(missing) + "\n", capture_output=True,
-                                 text=True, timeout=120, check=False).stdout.split("\n")
-        except (OSError, subprocess.SubprocessError):
-            out = []
-        if len(out) >= len(missing):
-            _DEMANGLED.update(zip(missing, out, strict=False))
-    return {n: _DEMANGLED.get(n, n) for n in todo}
+def _plt(elf: ElfFile) -> tuple[np.ndarray, bytes, int, int] | None:
+    """The PLT slots (perf 6.1's dso__synthesize_plt_symbols): the .rela.plt (or .rel.plt) entries
+    in order, each naming its .dynsym symbol, one .plt entry each after the .plt header (entry and
+    header size: the .plt entry size). Returns the names' offsets in .dynstr (-1: none), .dynstr,
+    the .plt address and entry size."""
+    try:
+        rel = elf.section(".rela.plt")
+        rel = rel if rel is not None else elf.section(".rel.plt")
+        plt, dynsym = elf.section(".plt"), elf.section(".dynsym")
+        if rel is None or plt is None or dynsym is None or elf.sh(rel, "type") not in (E.SHT_RELA, E.SHT_REL):
+            return None
+        if elf.sh(dynsym, "type") == E.SHT_NOBITS:
+            return None
+        link = elf.sh(rel, "link")
+        if not 0 <= link < len(elf.names) or elf.names[link] != ".dynsym":
+            return None
+        ent = elf.sh(plt, "entsize")
+        if not ent:
+            return None
+        dt = _sym_dtype(elf)
+        sdata = elf.data(dynsym)
+        if len(sdata) % dt.itemsize:
+            return None
+        names = sdata.view(dt)["name"]
+        dynstr = elf.data(elf.sh(dynsym, "link")).tobytes()
+        # Elf_Rel(a) records: r_offset, r_info (symbol index in its high half) [, r_addend]
+        word = "u8" if elf.elfclass == 64 else "u4"
+        fields = [("off", elf.order + word), ("info", elf.order + word)]
+        if elf.sh(rel, "type") == E.SHT_RELA:
+            fields.append(("addend", elf.order + word.replace("u", "i")))
+        rdt = np.dtype(fields)
+        rdata = elf.data(rel)
+        if len(rdata) % rdt.itemsize:
+            return None
+        symidx = (rdata.view(rdt)["info"] >> (32 if elf.elfclass == 64 else 8)).astype(np.int64)
+        inside = symidx < len(names)
+        pnoff = np.full(len(symidx), -1, np.int64)
+        pnoff[inside] = names[symidx[inside]]
+        return pnoff, dynstr, elf.sh(plt, "addr"), ent
+    except (ValueError, IndexError):
+        return None
 
 
 @dataclass
@@ -446,49 +415,20 @@ class Found:
     verified: bool
 
 
-@lru_cache(maxsize=4096)
-def _elf_info(path: str) -> tuple[bool, bool, str | None]:
-    """(has a .symtab, has a .dynsym, .gnu_debuglink name) of an ELF file, in one read of its headers."""
-    try:
-        from elftools.elf.elffile import ELFFile
-
-        with open(path, "rb") as f:
-            if f.read(4) != b"\x7fELF":
-                return False, False, None
-            f.seek(0)
-            elf = ELFFile(f)
-            have: dict[str, Any] = {}
-            for sec in elf.iter_sections():
-                if sec.name in (".symtab", ".dynsym", ".gnu_debuglink"):
-                    have[sec.name] = sec
-            ok = {n: sec.header.sh_type != "SHT_NOBITS" and sec.header.sh_size > 0 for n, sec in have.items()}
-            link = have[".gnu_debuglink"].data().split(b"\0", 1)[0].decode() if ok.get(".gnu_debuglink") else None
-            return ok.get(".symtab", False), ok.get(".dynsym", False), link
-    except Exception:  # noqa: BLE001 - an unreadable file has no tables
-        return False, False, None
-
-
-def _debuglink(path: str) -> str | None:
-    return _elf_info(path)[2]
-
-
-def _has_table(path: str, name: str) -> bool:
-    return _elf_info(path)[0 if name == ".symtab" else 1]
-
-
 def find_dso_file(filename: str, build_id: str | None) -> tuple[Found | None, str]:
     """The files to read a user DSO's symbols from, in perf's order (dso__load: debuglink, build-id
     cache elf and debug, /usr/lib/debug by path and by build-id, the path itself), each only when its
     build-id is the recorded one; or None and why (``build-id mismatch``, ``DSO not on this machine``).
     Without a recorded build-id the path's own build-id is used, and the result is unverified."""
     p = Path(filename)
-    here = filename.startswith("/") and p.is_file()
+    own = elf_facts(filename) if filename.startswith("/") else None
+    here = own is not None
     verified = bool(build_id)
-    if not build_id and here:
-        build_id = elf_build_id(filename)
+    if not build_id and own is not None:
+        build_id = own.build_id
     cands: list[tuple[Path, str]] = []
-    if here:
-        link = _debuglink(filename)
+    if own is not None:
+        link = own.debuglink
         if link:
             cands += [(p.parent / link, "debuglink"), (p.parent / ".debug" / link, "debuglink"),
                       (Path("/usr/lib/debug") / p.parent.relative_to("/") / link, "debuglink")]
@@ -508,14 +448,15 @@ def find_dso_file(filename: str, build_id: str | None) -> tuple[Found | None, st
     how = ""
     mismatch = False
     for c, kind in cands:
-        if not c.is_file():
+        facts = elf_facts(str(c))
+        if facts is None:
             continue
-        if build_id and not same_build_id(elf_build_id(str(c)), build_id):
+        if build_id and not same_build_id(facts.build_id, build_id):
             mismatch = True
             continue
-        if symtab is None and _has_table(str(c), ".symtab"):
+        if symtab is None and facts.symtab:
             symtab, how = str(c), kind
-        if runtime is None and _has_table(str(c), ".dynsym"):
+        if runtime is None and facts.dynsym:
             runtime = str(c)
             how = how or kind
         if symtab and runtime:

@@ -25,6 +25,7 @@ from vpmutrace import clocks as C
 from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.formats.decode import valid_utf8, var_array
+from vpmutrace.formats.foreign import HEAD_BYTES, not_a_trace
 from vpmutrace.kernels import text_layout as tk
 from vpmutrace.readers.binio import MAX_EXPANSION, expansion_room
 from vpmutrace.readers.text_tables import COMMON_COLS, arrow, emit_text_event, system_of
@@ -152,7 +153,7 @@ def read_text(path: str | Path, builder: TraceBuilder) -> None:
         builder.stats.add(str(p), "partial", "", 1, f"{cut}: the text decompressed up to there is read")
     nul = raw.find(b"\0", 0, MAX_BINARY_PROBE)
     if nul >= 0:
-        raise InputError(str(p), "binary data where a text trace was expected (NUL byte)", f"offset {nul}")
+        raise InputError(str(p), not_a_trace(raw[:HEAD_BYTES]) + f"; NUL byte at offset {nul}")
     if not raw.endswith(b"\n"):  # the tools end every line: a last line without one was cut (not read)
         last = raw.rfind(b"\n") + 1
         lineno = raw.count(b"\n", 0, last) + 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from vpmutrace.capture import capture_coverage, coverage_lines
 from vpmutrace.clocks import NS, UNIT_TEXT
 from vpmutrace.stats import CATEGORIES
 
@@ -38,6 +39,7 @@ def info_dict(td: TraceData) -> dict[str, Any]:
         "host": m.get("host"),
         "host_snapshot": m.get("host_snapshot"),
         "symbols": {i["path"]: i["symbols"] for i in m.get("inputs", []) if i.get("symbols")},
+        "capture": capture_coverage(m),
     }
 
 
@@ -92,6 +94,8 @@ def render_info(d: dict[str, Any]) -> str:
             out.append("kvm        " + " ".join(f"{k}={v}" for k, v in sorted(params.items())))
         pc = host.get("pmu_counters", {})
         out.append("pmu        " + ", ".join(f"{k}={v}" for k, v in pc.items()))
+    if d.get("capture"):
+        out += ["", *coverage_lines(d["capture"])]
     out.append("")
     out.append(f"{'event':<40} {'count':>12}")
     for name, n in sorted(d["events"].items(), key=lambda kv: (-kv[1], kv[0])):
