@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from vpmutrace.collectors.host import Refusal
+
 EXITS = ["kvm:kvm_exit", "kvm:kvm_entry"]
 VPMU = EXITS + ["kvm:kvm_msr", "kvm:kvm_inj_virq", "kvm:kvm_apic_accept_irq", "kvm:kvm_inj_exception",
                 "kvm:kvm_cpuid", "kvm:kvm_pio", "kvm:kvm_userspace_exit", "nmi:nmi_handler",
@@ -47,8 +49,8 @@ def expand(spec: str) -> list[str]:
         elif ":" in part:
             items = [part]
         else:
-            raise ValueError(f"unknown event set {part!r} (sets: {', '.join([*SETS, *PROBE_SETS])}; "
-                             "or give system:event)")
+            raise Refusal(f"unknown event set {part!r} (sets: {', '.join([*SETS, *PROBE_SETS])}; "
+                          "or give system:event)")
         out += [e for e in items if e not in out]
     return out
 

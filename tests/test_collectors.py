@@ -71,7 +71,7 @@ def test_event_sets() -> None:
     v = evsets.expand("vpmu,host-msr,kvm:kvm_eoi")
     assert v[:2] == ["kvm:kvm_exit", "kvm:kvm_entry"] and "msr:rdpmc" in v and v[-1] == "kvm:kvm_eoi"
     assert "msr:read_msr" not in evsets.expand("vpmu")
-    with pytest.raises(ValueError):
+    with pytest.raises(Refusal, match="unknown event set"):
         evsets.expand("nonsense")
 
 

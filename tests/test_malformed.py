@@ -248,3 +248,319 @@ def test_records_without_a_format_are_kept_with_their_bytes(tmp_path: Path) -> N
     assert un.height == 1600 and set(un["event"].to_list()) == {"unknown:99"}
     assert all(len(r) >= 24 and r[:2] == b"\x63\x00" for r in un["raw"].to_list())  # common_type 99
     assert td.meta["unparsed"] == 1600 and td.df("kvm_pio").height == 201
+
+
+# --- regressions from the corruption matrix and fuzzing (fuzz/, docs/reliability.md) -----------
+
+def _one_line_error(path: Path, *match: str) -> str:
+    """The reader raises an InputError naming the file, and the CLI prints it as one line, exit 2."""
+    with pytest.raises(InputError) as e:
+        load_trace([path])
+    for m in match:
+        assert m in str(e.value), str(e.value)
+    r = _cli("info", str(path))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    return str(e.value)
+
+
+def _categories(td) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    out: dict[str, int] = {}
+    for e in td.stats.entries():
+        out[e.category] = out.get(e.category, 0) + e.count
+    return out
+
+
+PIPE_HEADER = b"PERFILE2" + struct.pack("<Q", 16)
+REC_AUXTRACE = 71
+
+
+@pytest.mark.parametrize("size", [-16, -4096, -(1 << 63), (1 << 63) - 1])
+def test_pipe_auxtrace_with_impossible_size_stops_the_walk(tmp_path: Path, size: int) -> None:
+    """A 32-byte pipe perf.data whose AUXTRACE record carries a negative or huge data size: the walk
+    read outside its buffer (segfault) or never advanced (-16: 5 GB of record offsets)."""
+    f = tmp_path / "aux.data"
+    f.write_bytes(PIPE_HEADER + struct.pack("<IHHq", REC_AUXTRACE, 0, 16, size))
+    _one_line_error(f, "no event attributes")
+
+
+def test_auxtrace_with_negative_size_in_a_real_file_is_counted(tmp_path: Path) -> None:
+    from fuzz.corpus import pipe_mode
+
+    raw = pipe_mode((FIXTURES / "uprobe.perf.data").read_bytes())
+    full = load_trace([_write(tmp_path / "full.data", raw)])
+    at = _first_record_of(raw, 9)  # the first sample: an AUXTRACE with size -16 before it
+    aux = struct.pack("<IHHqQQIII", REC_AUXTRACE, 0, 48, -16, 0, 0, 0, 0, 0) + bytes(4)
+    td = load_trace([_write(tmp_path / "aux.data", raw[:at] + aux + raw[at:])])
+    assert _categories(td).get("truncated") == 1
+    assert sum(td.meta["events"].values()) < sum(full.meta["events"].values())
+
+
+def _write(p: Path, data: bytes) -> Path:
+    p.write_bytes(data)
+    return p
+
+
+def _first_record_of(raw: bytes, rtype: int) -> int:
+    from fuzz.mutate import perf_records
+
+    return next(o for o, t, _ in perf_records(raw, 16, len(raw)) if t == rtype)
+
+
+@pytest.mark.parametrize("offset", [(1 << 63) - 1, 1 << 40])
+def test_perf_data_offset_past_the_file(tmp_path: Path, offset: int) -> None:
+    raw = bytearray((FIXTURES / "uprobe.perf.data").read_bytes())
+    raw[40:48] = struct.pack("<Q", offset)
+    _one_line_error(_write(tmp_path / "off.data", bytes(raw)), "data section offset", "outside the file")
+
+
+def test_perf_data_feature_sections_past_the_end_are_counted(tmp_path: Path) -> None:
+    """Feature sections past the end of the file (event names, kernel release, CPU count) were skipped
+    silently."""
+    raw = bytearray((FIXTURES / "uprobe.perf.data").read_bytes())
+    d_off, d_size = struct.unpack_from("<QQ", raw, 40)
+    table = d_off + d_size
+    raw[table:table + 8] = struct.pack("<Q", len(raw) + 100)  # the first feature's offset
+    td = load_trace([_write(tmp_path / "feat.data", bytes(raw))])
+    e = [e for e in td.stats.entries() if e.category == "header_unreadable"]
+    assert e and "past the end of the file" in e[0].examples[0]
+
+
+def test_pipe_header_attr_with_bad_attr_size(tmp_path: Path) -> None:
+    from fuzz.corpus import pipe_mode
+
+    raw = bytearray(pipe_mode((FIXTURES / "uprobe.perf.data").read_bytes()))
+    raw[16 + 12:16 + 16] = struct.pack("<I", 0xFFFFFFF0)  # the first HEADER_ATTR's attr.size
+    _one_line_error(_write(tmp_path / "attr.data", bytes(raw)), "HEADER_ATTR record: attr size")
+
+
+def test_short_records_are_counted_not_a_traceback(tmp_path: Path) -> None:
+    """A COMM record of 8 bytes (the header only): struct.error before; now counted as unparsed."""
+    raw = bytearray((FIXTURES / "uprobe.perf.data").read_bytes())
+    d_off, d_size = struct.unpack_from("<QQ", raw, 40)
+    from fuzz.mutate import perf_records
+
+    o, _t, s = next(r for r in perf_records(bytes(raw), d_off, d_off + d_size) if r[1] == 3)  # COMM
+    raw[o:o + s] = struct.pack("<IHH", 3, 0, 8) + struct.pack("<IHH", 68, 0, s - 8) + bytes(s - 16)
+    td = load_trace([_write(tmp_path / "comm.data", bytes(raw))])
+    assert any(e.category == "unparsed_record" and e.name == "COMM" for e in td.stats.entries())
+
+
+def _v7(tmp_path: Path, codec: str = "zstd") -> tuple[Path, bytes]:
+    f = write_trace_dat(tmp_path / f"v7{codec}.dat", content_of(FIXTURES / "uprobe.trace.dat"), 7, codec)
+    return f, f.read_bytes()
+
+
+def test_trace_dat_page_size_zero_or_not_a_page(tmp_path: Path) -> None:
+    raw = bytearray((FIXTURES / "uprobe.trace.dat").read_bytes())
+    at = raw.index(b"\0", 10) + 3  # magic, version string, endian, long size: then the page size
+    for bad in (0, 4097, 1 << 31):
+        raw[at:at + 4] = struct.pack("<I", bad)
+        _one_line_error(_write(tmp_path / "ps.dat", bytes(raw)), "page size")
+
+
+def test_trace_dat_page_size_that_disagrees_with_the_header_page(tmp_path: Path) -> None:
+    """A page size of 8192 in a file of 4096-byte pages read half of every page silently."""
+    f = write_trace_dat(tmp_path / "v6.dat", content_of(FIXTURES / "uprobe.trace.dat"), 6, "none")
+    raw = bytearray(f.read_bytes())
+    at = raw.index(b"\0", 10) + 3
+    raw[at:at + 4] = struct.pack("<I", 8192)
+    _one_line_error(_write(tmp_path / "ps.dat", bytes(raw)), "disagrees with the header_page")
+
+
+def test_trace_dat_v7_options_offset_zero_or_looping(tmp_path: Path) -> None:
+    f, raw = _v7(tmp_path)
+    at = raw.index(b"\0", raw.index(b"\0", raw.index(b"\0", 10) + 7) + 1) + 1  # after the codec version
+    zero = raw[:at] + bytes(8) + raw[at + 8:]
+    _one_line_error(_write(tmp_path / "zero.dat", zero), "first options section is 0")
+    first = struct.unpack_from("<Q", raw, at)[0]
+    # the DONE option's next-section offset (the last 8 bytes of the first options section) pointing back
+    from vpmutrace.readers.trace_dat import open_trace_dat
+
+    open_trace_dat(f)
+    sid, flags, _s, size = struct.unpack_from("<HHIQ", raw, first)
+    if not flags & 1:
+        end = first + 16 + size
+        loop = raw[:end - 8] + struct.pack("<Q", first) + raw[end:]
+        _one_line_error(_write(tmp_path / "loop.dat", loop), "loop back")
+
+
+@pytest.mark.parametrize("codec", ["zstd", "zlib"])
+def test_trace_dat_chunk_sizes_are_bounded_and_counted(tmp_path: Path, codec: str) -> None:
+    """A CPU chunk claiming 4 GB uncompressed ("out of memory" before), a chunk count of 0 (the CPU's
+    data dropped silently)."""
+    from vpmutrace.readers.trace_dat import open_trace_dat
+
+    f, raw = _v7(tmp_path, codec)
+    td, _ = open_trace_dat(f)
+    cd = next(c for b in td.buffers for c in b.cpus if c.size)
+    huge = raw[:cd.offset + 8] + struct.pack("<I", 0xFFFFFFFF) + raw[cd.offset + 12:]
+    _one_line_error(_write(tmp_path / "huge.dat", huge), "expand to more than")
+    none = raw[:cd.offset] + struct.pack("<I", 0) + raw[cd.offset + 4:]
+    got = load_trace([_write(tmp_path / "none.dat", none)])
+    assert sum(got.meta["events"].values()) == 0 and _categories(got).get("unparsed_record", 0) >= 1
+
+
+@pytest.mark.parametrize("codec", ["zstd", "zlib"])
+def test_trace_dat_section_that_does_not_decompress(tmp_path: Path, codec: str) -> None:
+    from vpmutrace.readers.trace_dat import open_trace_dat
+
+    f, raw = _v7(tmp_path, codec)
+    td, _ = open_trace_dat(f)
+    # the first compressed section: flags bit 0 after its id; damage its data
+    at = next(o for o in range(len(raw) - 16) if raw[o:o + 2] == struct.pack("<H", 16)
+              and struct.unpack_from("<H", raw, o + 2)[0] == 1)
+    bad = raw[:at + 24] + b"\xff" * 8 + raw[at + 32:]
+    _one_line_error(_write(tmp_path / "sec.dat", bad), "does not decompress")
+
+
+def test_trace_dat_damaged_pages_are_counted(tmp_path: Path) -> None:
+    """A page with commit 0, a page of zeros, CPU data one byte short of a page: dropped silently before."""
+    from vpmutrace.readers.trace_dat import open_trace_dat
+
+    f = write_trace_dat(tmp_path / "v6.dat", content_of(FIXTURES / "uprobe.trace.dat"), 6, "none")
+    raw = f.read_bytes()
+    td, _ = open_trace_dat(f)
+    cd = next(c for b in td.buffers for c in b.cpus if c.size)
+    commit0 = raw[:cd.offset + 8] + bytes(8) + raw[cd.offset + 16:]
+    zeros = raw[:cd.offset] + bytes(td.page_size) + raw[cd.offset + td.page_size:]
+    for name, data in (("commit0", commit0), ("zeros", zeros)):
+        got = load_trace([_write(tmp_path / f"{name}.dat", data)])
+        assert _categories(got).get("unparsed_record", 0) >= 1, name
+    short = raw[:cd.offset + cd.size - 1] + raw[cd.offset + cd.size:]  # one byte less in the CPU's data
+    got = load_trace([_write(tmp_path / "short.dat", short)])
+    assert _categories(got).get("truncated", 0) + _categories(got).get("partial", 0) >= 1
+
+
+def test_header_page_commit_size_zero_is_an_error(tmp_path: Path) -> None:
+    c = content_of(FIXTURES / "uprobe.trace.dat")
+    c.header_page = c.header_page.replace(b"offset:8;\tsize:8;", b"offset:8;\tsize:0;", 1)
+    f = write_trace_dat(tmp_path / "hp.dat", c, 6, "none")
+    _one_line_error(f, "header_page commit field")
+
+
+def test_format_field_sizes_past_any_record_are_bad_formats(tmp_path: Path) -> None:
+    """A field of size 2**40 or at offset 2e9 was "out of memory" (exit 1)."""
+    c = content_of(FIXTURES / "uprobe.trace.dat")
+    (system, texts), = [(s, t) for s, t in c.event_formats.items() if t]
+    text = texts[0]
+    line = next(ln for ln in text.split(b"\n") if b"field:" in ln and b"common_" not in ln)
+    for rep in (b"size:1099511627776;", b"offset:2000000000;"):
+        key = rep.split(b":")[0] + b":"
+        i = line.index(key)
+        bad_line = line[:i] + rep + line[line.index(b";", i) + 1:]
+        c.event_formats = {system: [text.replace(line, bad_line)]}
+        td = load_trace([write_trace_dat(tmp_path / "fmt.dat", c, 6, "none")])
+        bad = [e for e in td.stats.entries() if e.category == "bad_format"]
+        assert bad and "no trace record is that long" in bad[0].examples[0]
+        assert td.meta["unparsed"] == sum(1 for _ in range(td.df("unparsed").height)) > 0
+
+
+def test_deeply_nested_print_fmt_falls_back_to_raw_fields() -> None:
+    from vpmutrace.formats.event_format import parse_format
+
+    fmt = parse_format(EVERY_KIND.replace('print fmt: "name=%s comm=%s big=%lld", __get_str(name), REC->comm, REC->big',
+                                          'print fmt: "%d", ' + "(" * 5000 + "REC->big" + ")" * 5000), "test")
+    assert fmt.printer is None and "nested" in (fmt.fallback_reason or "")
+
+
+def test_text_with_a_long_word_in_its_first_lines_does_not_hang(tmp_path: Path) -> None:
+    """200 KB without a blank in the first line took > 30 s in the flavor sniffing regexes (bounded by a
+    generous subprocess timeout: a hang check, not a speed test)."""
+    f = tmp_path / "long.txt"
+    f.write_bytes(b"a" + b"a:" * 100_000 + b"\n" + GOOD.encode() * 3)
+    r = subprocess.run([sys.executable, "-m", "vpmutrace", "info", str(f)], capture_output=True, text=True,
+                       timeout=120, check=False)
+    assert r.returncode == 0 and "kvm:kvm_msr" in r.stdout
+
+
+def test_zstd_text_bomb_is_refused(tmp_path: Path) -> None:
+    """688 KB of zstd expanding to 5 GB was read whole into memory."""
+    from fuzz.mutate import zstd_bomb
+
+    f = _write(tmp_path / "bomb.txt.zst", zstd_bomb(1.0))
+    _one_line_error(f, "expands to more than")
+
+
+@pytest.mark.parametrize("codec", ["zstd", "gzip", "xz"])
+def test_truncated_compressed_text_is_partial(tmp_path: Path, codec: str) -> None:
+    """A .zst cut short read as complete (1313 of 3678 events, nothing counted)."""
+    import gzip
+    import lzma
+
+    import zstandard
+
+    text = (FIXTURES / "microguest200.ftrace.txt").read_bytes()
+    pack = {"gzip": lambda b: gzip.compress(b, mtime=0), "xz": lzma.compress,
+            "zstd": zstandard.ZstdCompressor().compress}[codec]
+    data = pack(text)
+    td = load_trace([_write(tmp_path / f"cut.txt.{codec}", data[:len(data) // 2])])
+    full = load_trace([FIXTURES / "microguest200.ftrace.txt"])
+    assert 0 < sum(td.meta["events"].values()) < sum(full.meta["events"].values())
+    assert _categories(td).get("partial") == 1
+
+
+def test_line_cut_mid_field_is_not_read_with_a_changed_value(tmp_path: Path) -> None:
+    """``= 0x0 (#GP)`` cut to ``= 0x0`` was read as a kvm_msr without its fault."""
+    line = " qemu-system-x86-8397    [002] d....  1404.389509: kvm_msr: msr_write c0010200 = 0x0 (#GP)\n"
+    f = _write(tmp_path / "cut.txt", (GOOD * 2 + line[:line.index(" (#GP)")]).encode())
+    td = load_trace([f])
+    assert td.df("kvm_msr").height == 2 and td.meta["unparsed"] == 1
+    e = next(e for e in td.stats.entries() if e.category == "unparsed_line")
+    assert "ends inside this line" in e.examples[0]
+
+
+@pytest.mark.parametrize("bad", [
+    GOOD.replace("1404.389509", "9223372036.854775808"),  # 2**63 ns
+    GOOD.replace("1404.389509", "100000000000000000000.000001"),
+    GOOD.replace("[002]", "[2147483648]"),  # cpu 2**31
+    GOOD.replace("-8397", "-2147483648"),  # pid 2**31
+    GOOD.replace("-8397", "-99999999999999999999"),
+])
+def test_numbers_that_do_not_fit_are_unparsed_lines(tmp_path: Path, bad: str) -> None:
+    """Timestamps >= 2**63 ns wrapped negative; cpu/pid >= 2**31 raised polars InvalidOperationError."""
+    td = load_trace([_write(tmp_path / "big.txt", (GOOD + bad + GOOD).encode())])
+    assert td.df("kvm_msr").height == 2 and td.meta["unparsed"] == 1
+    assert (td.df("kvm_msr")["ts_ns"] > 0).all()
+
+
+def _dataset(tmp_path: Path) -> Path:
+    return load_trace([FIXTURES / "uprobe.trace.dat"]).save(tmp_path / "ds")
+
+
+def test_dataset_missing_a_table_is_an_error(tmp_path: Path) -> None:
+    """A dataset without one of its parquet files loaded while info claimed the original counts."""
+    ds = _dataset(tmp_path)
+    next(p for p in ds.glob("*.parquet") if p.stem not in ("stats", "lost")).unlink()
+    _one_line_error(ds, "is missing", "counts")
+
+
+@pytest.mark.parametrize("meta", ['{"events": NaN}', "[" * 100_000 + "]" * 100_000, '{"events": "x"}',
+                                  '{"time_span_ns": [1, "a"]}', '{"inputs": [1]}'])
+def test_dataset_metadata_junk_is_an_error(tmp_path: Path, meta: str) -> None:
+    """NaN printed by info --json (invalid JSON), RecursionError, junk types: one-line errors now."""
+    import json
+
+    from vpmutrace.tracedata import META_FILE
+
+    ds = _dataset(tmp_path)
+    doc = json.loads((ds / META_FILE).read_text())
+    if meta.startswith("{"):
+        text = json.dumps(doc)[:-1] + ", " + meta[1:]
+    else:
+        text = meta
+    (ds / META_FILE).write_text(text)
+    _one_line_error(ds, META_FILE)
+
+
+def test_terminal_output_has_no_control_sequences_from_trace_strings(tmp_path: Path) -> None:
+    """A task name with an escape sequence was printed raw (it can move the cursor, clear or retitle the
+    terminal); JSON output escapes it itself."""
+    import json
+
+    f = _write(tmp_path / "esc.txt", GOOD.replace("qemu-system-x86-8397", "q\x1b]0;owned\x07\x1b[2J-8397").encode())
+    for cmd in (("show", str(f)), ("info", str(f))):
+        r = _cli(*cmd)
+        assert r.returncode == 0 and "\x1b" not in r.stdout and "\x07" not in r.stdout, r.stdout
+    assert "q\\x1b]0;owned\\x07\\x1b[2J" in _cli("show", str(f)).stdout
+    r = _cli("info", "--json", str(f))
+    assert json.loads(r.stdout)["events"] == {"kvm:kvm_msr": 1}

@@ -508,8 +508,30 @@ def _usage_line(e: click.ClickException) -> str:
     return error_line(e.format_message() + hint)
 
 
+# control characters (C0 but tab and newline, DEL, C1) shown escaped: a task name, exit reason or file
+# name in a trace must not move the cursor or retitle the terminal (ECMA-48 escape sequences)
+_INERT = {c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0B, 0x20), *range(0x7F, 0xA0))}
+
+
+class _InertText:
+    """A text stream that writes what it is given with control characters escaped (_INERT)."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream = stream
+
+    def write(self, s: str) -> int:
+        return self._stream.write(s.translate(_INERT))  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        if name == "buffer":  # (click writes bytes to a text stream's buffer when it has one: not past us)
+            raise AttributeError(name)
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: usage and input errors are one line ``vpmutrace: error: ...``, exit 2."""
+    """Entry point: usage and input errors are one line ``vpmutrace: error: ...``, exit 2. What is
+    printed has control characters escaped (JSON escapes them itself)."""
+    sys.stdout = _InertText(sys.stdout)  # type: ignore[assignment]
     try:
         rc = typer.main.get_command(app).main(args=argv, prog_name="vpmutrace", standalone_mode=False)
     except click.exceptions.ClickException as e:
@@ -521,8 +543,8 @@ def main(argv: list[str] | None = None) -> None:
     except Abort:
         print(error_line("aborted"), file=sys.stderr)
         sys.exit(130)
-    except UserError as e:
-        print(error_line(e), file=sys.stderr)
+    except UserError as e:  # InputError, BadFormat, Refusal
+        print(error_line(str(e).translate(_INERT)), file=sys.stderr)
         sys.exit(2)
     except BrokenPipeError:  # (| head) the reader went away: nothing more to say
         sys.stderr.close()

@@ -2,7 +2,9 @@
 
 Every error a user can cause (a bad file, a bad option value, a host that cannot do what was
 asked) is a :class:`UserError`; the CLI prints it as ``vpmutrace: error: <message>`` on one line
-and exits with status 2, never with a traceback.
+and exits with status 2, never with a traceback. One hierarchy: InputError for inputs, BadFormat
+for a format description in a trace, the collectors' Refusal for what the host cannot do.
+``ValueError`` and other exceptions are bugs, never reported as a usage error.
 """
 
 from __future__ import annotations
@@ -12,6 +14,11 @@ PREFIX = "vpmutrace"  # the program name every message the CLI prints starts wit
 
 class UserError(Exception):
     """A mistake of the user or a refusal of the host: one line, exit status 2."""
+
+
+class BadFormat(UserError):
+    """A tracepoint format description (the text of a tracefs ``format`` file) that does not parse;
+    readers count it (stats category bad_format) and keep that event's records raw."""
 
 
 class InputError(UserError):

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from vpmutrace.clocks import NS
-from vpmutrace.errors import InputError, UnsupportedFormat
+from vpmutrace.errors import BadFormat, InputError, UnsupportedFormat
 from vpmutrace.formats import bprint
 from vpmutrace.formats.event_format import EventFormat, parse_format
 from vpmutrace.formats.kernel_maps import FunctionMap, parse_printk
@@ -392,5 +392,5 @@ def _format(td: TraceData, full: str) -> EventFormat | None:
 def _parsed(text: str, system: str) -> EventFormat | None:
     try:
         return parse_format(text, system)
-    except ValueError:
+    except BadFormat:
         return None

@@ -17,6 +17,7 @@ TEXT_ROW_FAILED = "text_row_failed"
 TEXT_CATEGORIES = (TEXT_NO_PRINT_FMT, TEXT_ROW_FAILED)
 
 INFO, DATA_LOSS, ERROR = "info", "data_loss", "error"  # severities, as Perfetto's stats
+SEVERITIES = (DATA_LOSS, ERROR, INFO)
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,8 @@ CATEGORIES: dict[str, Category] = {
     "body_unparsed": Category(ERROR, "event lines whose body no grammar of the event matches (kept in 'unparsed')"),
     "unparsed_record": Category(ERROR, "binary records that could not be decoded (kept raw in 'unparsed')"),
     "records_not_decoded": Category(ERROR, "perf record types this reader does not know"),
+    "header_unreadable": Category(ERROR, "perf.data header features past the end of the file or that do not parse "
+                                         "(event names, kernel release, CPU count, ... may be missing)"),
     "bad_format": Category(ERROR, "event format descriptions in the file that do not parse"),
     "no_format": Category(ERROR, "tracepoints with no format in the file and none usable from this host"),
     "dynamic_field_cut": Category(ERROR, "dynamic fields whose offset/length point outside the record"),
@@ -97,6 +100,13 @@ class Stats:
 
     def total(self, category: str) -> int:
         return sum(e.count for e in self._entries.values() if e.category == category)
+
+    def by_severity(self) -> dict[str, int]:
+        """Counts summed per severity of their category (every severity present, 0 when none)."""
+        out = dict.fromkeys(SEVERITIES, 0)
+        for e in self._entries.values():
+            out[CATEGORIES[e.category].severity] += e.count
+        return out
 
     def __bool__(self) -> bool:
         return bool(self._entries)

@@ -36,7 +36,7 @@ from vpmutrace.schema import (
     empty_table,
     is_event_table,
 )
-from vpmutrace.stats import Stats
+from vpmutrace.stats import CATEGORIES, Stats
 
 if TYPE_CHECKING:
     import polars as pl
@@ -271,10 +271,7 @@ def load_dataset(path: str | Path, lazy: bool = True) -> TraceData:
 
     p = Path(path)
     mf = meta_file(p) or p / META_FILE
-    try:
-        meta = json.loads(mf.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(str(mf), f"not a vpmutrace dataset ({e})") from None
+    meta = _read_meta(mf)
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise InputError(str(p), f"dataset schema version {meta.get('schema_version')} is not "
                                  f"{SCHEMA_VERSION}; ingest the trace again")
@@ -286,13 +283,74 @@ def load_dataset(path: str | Path, lazy: bool = True) -> TraceData:
             continue
         if name == "stats":
             for row in read_table(f, name).to_pylist():
+                if row.get("category") not in CATEGORIES or not isinstance(row.get("count"), int):
+                    raise InputError(str(f), f"stats row {row.get('category')!r} is not a declared category with "
+                                             "a count")
                 stats.add(row["source_file"], row["category"], row["name"], row["count"])
-                for ex in filter(None, row["examples"].split("; ")):
+                for ex in filter(None, (row.get("examples") or "").split("; ")):
                     stats.add(row["source_file"], row["category"], row["name"], 0, ex)
             continue
         files[name] = f
     td = ScannedTraceData(files, meta, stats)
+    _check_counts(p, meta, td.row_counts())
     return td if lazy else td.materialize()
+
+
+# the keys of trace_meta.json the commands read, with their JSON types (None: may be null)
+META_TYPES: dict[str, tuple[type | None, ...]] = {
+    "events": (dict,), "event_tables": (dict,), "inputs": (list,), "sources": (list,), "fallback_events": (list,),
+    "lost_events": (int,), "lost_notices": (int,), "unparsed": (int,), "cpus": (int, None),
+    "time_span_ns": (list, None), "clock": (str, None), "time_unit": (str, None), "format": (str, None),
+    "kernel_release": (str, None), "uname": (str, None), "event_formats": (dict,), "host_snapshot": (str, None)}
+
+
+def _read_meta(f: Path) -> dict[str, Any]:
+    """trace_meta.json, checked: JSON without NaN/Infinity (not JSON, and ``info --json`` would print
+    them), not nested past Python's recursion limit, and the keys the commands read of their types."""
+    def no_constant(name: str) -> Any:
+        raise InputError(str(f), f"not a vpmutrace dataset ({name} is not JSON)")
+
+    try:
+        meta = json.loads(f.read_text(errors="replace"), parse_constant=no_constant)
+    except OSError as e:
+        raise InputError(str(f), f"not a vpmutrace dataset ({e.strerror})") from None
+    except RecursionError:
+        raise InputError(str(f), "not a vpmutrace dataset (JSON nested too deep)") from None
+    except ValueError as e:  # (json.JSONDecodeError is one)
+        raise InputError(str(f), f"not a vpmutrace dataset ({e})") from None
+    if not isinstance(meta, dict):
+        raise InputError(str(f), "not a vpmutrace dataset (not a JSON object)")
+    for key, types in META_TYPES.items():
+        v = meta.get(key)
+        if key in meta and not any(v is None if t is None else isinstance(v, t) and not isinstance(v, bool)
+                                   for t in types):
+            raise InputError(str(f), f"{key} is {type(v).__name__}, not "
+                                     + " or ".join("null" if t is None else t.__name__ for t in types))
+    events, tables = meta.get("events", {}), meta.get("event_tables", {})
+    if not all(isinstance(n, int) and n >= 0 for n in events.values()) or \
+            not all(isinstance(t, str) for t in tables.values()):
+        raise InputError(str(f), "events / event_tables are not counts / table names")
+    span = meta.get("time_span_ns")
+    if span is not None and not (len(span) == 2 and all(isinstance(x, int) for x in span)):
+        raise InputError(str(f), "time_span_ns is not two integers")
+    if not all(isinstance(i, dict) for i in meta.get("inputs", [])):
+        raise InputError(str(f), "inputs is not a list of objects")
+    return meta
+
+
+def _check_counts(p: Path, meta: dict[str, Any], rows: dict[str, int]) -> None:
+    """Every event table the metadata counts events in is there with that many rows (a dataset missing
+    a table, or with one from another dataset, would be reported with the original counts)."""
+    per: dict[str, int] = {}
+    for ev, n in meta.get("events", {}).items():
+        t = meta.get("event_tables", {}).get(ev)
+        if t is not None:
+            per[t] = per.get(t, 0) + n
+    for t, n in sorted(per.items()):
+        have = rows.get(t)
+        if have != n and not (have is None and n == 0):
+            what = f"has {have} rows" if have is not None else "is missing"
+            raise InputError(str(p / f"{t}.parquet"), f"table {t} {what}; {META_FILE} counts {n} events in it")
 
 
 def _loss_starts(tables: dict[str, pa.Table], rows: list[dict[str, Any]]) -> list[int | None]:

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from vpmutrace.errors import UnsupportedFormat
+from vpmutrace.errors import BadFormat, UnsupportedFormat
 
 _FIELD_RE = re.compile(
     r"^\s*field:(?P<decl>[^;]*);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);"
@@ -153,7 +153,7 @@ def _parse_decl(decl: str) -> tuple[str, str, int | None, bool, bool, bool]:
     else:
         m = _NAME_RE.match(decl)
         if not m:
-            raise ValueError(f"cannot parse field declaration {decl!r}")
+            raise BadFormat(f"cannot parse field declaration {decl!r}")
         base, name = m.group("base"), m.group("name")
     is_ptr = "*" in decl and not (data_loc or rel_loc)
     if data_loc or rel_loc:
@@ -161,8 +161,13 @@ def _parse_decl(decl: str) -> tuple[str, str, int | None, bool, bool, bool]:
     return base.strip(), name, array_len, data_loc, rel_loc, is_ptr
 
 
+# the longest a tracepoint record can be: a perf RAW payload sits in a record of at most 64 KB
+# (perf_event_header.size is a u16); a ring-buffer event in a sub-buffer (at most 1 MB here)
+MAX_RECORD = 1 << 20
+
+
 def parse_format(text: str, system: str = "") -> EventFormat:
-    """Parse one tracefs format description. Raises ValueError with the offending line."""
+    """Parse one tracefs format description. Raises errors.BadFormat with the offending line."""
     name = ""
     ev_id = -1
     fields: list[Field] = []
@@ -174,11 +179,13 @@ def parse_format(text: str, system: str = "") -> EventFormat:
         if s.startswith("name:"):
             name = s[5:].strip()
         elif s.startswith("ID:"):
+            if not s[3:].strip().isdigit():
+                raise BadFormat(f"line {i + 1}: ID {s[3:].strip()!r} is not a number")
             ev_id = int(s[3:].strip())
         elif s.startswith("field:") or s.startswith("field special:"):
             m = _FIELD_RE.match(s.replace("field special:", "field:", 1))
             if not m:
-                raise ValueError(f"line {i + 1}: malformed field line {s!r}")
+                raise BadFormat(f"line {i + 1}: malformed field line {s!r}")
             base, fname, alen, dloc, rloc, ptr = _parse_decl(m.group("decl"))
             size = int(m.group("size"))
             if alen == 0 and size > 0:
@@ -187,13 +194,21 @@ def parse_format(text: str, system: str = "") -> EventFormat:
                 alen = 0  # "char buf; size:0" (kernels before 3.10's print/bprint): read as buf[] is, the
                 #           rest of the record (libtraceevent reads a zero-sized field so: print_str_arg)
             signed = m.group("signed") not in (None, "0")
-            f = Field(fname, base, int(m.group("offset")), size, signed, alen, dloc, rloc, ptr)
+            offset = int(m.group("offset"))
+            if offset + size > MAX_RECORD:
+                raise BadFormat(f"line {i + 1}: field {fname} at offset {offset}, {size} bytes, ends past "
+                                f"{MAX_RECORD} bytes (no trace record is that long)")
+            if (dloc or rloc) and size != 4:
+                raise BadFormat(f"line {i + 1}: dynamic field {fname} has size {size}, not 4 (u32 offset/length)")
+            if alen and alen > size:
+                raise BadFormat(f"line {i + 1}: array {fname} of {alen} elements in {size} bytes")
+            f = Field(fname, base, offset, size, signed, alen, dloc, rloc, ptr)
             (common if fname.startswith("common_") else fields).append(f)
         elif s.startswith("print fmt:"):
             print_fmt = "\n".join([line.split("print fmt:", 1)[1]] + lines[i + 1:]).strip()
             break
     if not name:
-        raise ValueError("format has no 'name:' line")
+        raise BadFormat("format has no 'name:' line")
     return EventFormat(system, name, ev_id, fields, common, print_fmt, text)
 
 

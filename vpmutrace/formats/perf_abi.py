@@ -23,6 +23,12 @@ REC_SAMPLE, REC_LOST_SAMPLES = 9, 13
 REC_HEADER_ATTR, REC_HEADER_EVENT_TYPE, REC_HEADER_TRACING_DATA = 64, 65, 66
 REC_FINISHED_ROUND, REC_ID_INDEX, REC_AUXTRACE = 68, 69, 71
 REC_HEADER_FEATURE, REC_COMPRESSED, REC_COMPRESSED2 = 80, 81, 83
+# the smallest header.size of the records the reader takes fields from (the fixed part of each
+# struct in perf_event.h / event.h, before strings and the sample_id trailer)
+MIN_RECORD_SIZE = {REC_MMAP: 40, REC_LOST: 24, REC_COMM: 16, REC_EXIT: 32, REC_THROTTLE: 32, REC_UNTHROTTLE: 32,
+                   REC_FORK: 32, REC_LOST_SAMPLES: 16, 10: 72, 17: 24,  # MMAP2, KSYMBOL
+                   REC_HEADER_ATTR: 8 + 64, REC_HEADER_TRACING_DATA: 12, REC_HEADER_FEATURE: 16,
+                   REC_COMPRESSED2: 16}
 KERNEL_RECORD_TYPES = (1, 22)  # the kernel's record types are 1..22, perf's own 64..83
 USER_RECORD_TYPES = (64, 83)
 

@@ -396,6 +396,21 @@ def parse_conversions(fmt: str) -> tuple[list[Conversion], str]:
     return convs, "".join(lit)
 
 
+MAX_DEPTH = 200  # expression nesting evaluated (kernel print fmts nest a few levels; __print_symbolic lists are flat)
+
+
+def _depth(root: Any) -> int:
+    """How deep tuples and lists nest in ``root`` (iteratively: the tree may be deeper than Python's stack)."""
+    deepest, todo = 0, [(root, 1)]
+    while todo:
+        node, d = todo.pop()
+        deepest = max(deepest, d)
+        if deepest > MAX_DEPTH:
+            break
+        todo.extend((c, d + 1) for c in node if isinstance(c, tuple | list))
+    return deepest
+
+
 @dataclass
 class PrintFmt:
     convs: list[Conversion]
@@ -412,9 +427,14 @@ class PrintFmt:
         fmt_node = p.primary()
         fmt = fmt_node[1]
         args: list[Node] = []
-        while p.peek()[0] != "eof":
-            p.expect(",")
-            args.append(p.brace_or_expr())
+        try:
+            while p.peek()[0] != "eof":
+                p.expect(",")
+                args.append(p.brace_or_expr())
+        except RecursionError:
+            raise UnsupportedFormat(f"print fmt nested deeper than this reader follows ({len(toks)} tokens)") from None
+        if _depth(args) > MAX_DEPTH:  # (evaluating a node recurses into its operands)
+            raise UnsupportedFormat(f"print fmt expressions nested deeper than {MAX_DEPTH}")
         convs, tail = parse_conversions(fmt)
         n_args = sum(1 + (c.width == "*") + (c.prec == "*") for c in convs)
         if n_args > len(args):

@@ -105,7 +105,8 @@ def _extra(buf, pos, typ, size):  # pragma: no cover - compiled
 def walk_records(buf, start, end, fill, offs, types, miscs, sizes):  # pragma: no cover - compiled
     """Record boundaries from ``start`` to ``end``. Returns (count, stop offset, error code).
 
-    error 0: clean end; 1: header size < 8; 2: record runs past the end (truncated file).
+    error 0: clean end; 1: header size < 8; 2: record runs past the end (truncated file);
+    4: the size of the data a record carries after it is negative.
     """
     n = 0
     pos = start
@@ -116,7 +117,10 @@ def walk_records(buf, start, end, fill, offs, types, miscs, sizes):  # pragma: n
             break
         misc = _u16(buf, pos + 4)
         extra = _extra(buf, pos, typ, size)
-        if pos + size + extra > end:
+        if extra < 0:  # (a size from the file: negative, or past 2**63)
+            err = 4
+            break
+        if extra > end - pos - size:
             err = 2
             break
         if fill:
@@ -139,13 +143,21 @@ def _past_read_callchain(buf, p, end, st, rf):  # pragma: no cover - compiled
         if rf & F_GROUP:
             if p + 8 > end:
                 return -1
-            p += 8 + 8 * times + 8 * per * _i64(buf, p)
+            nr = _i64(buf, p)  # (counts from the file: checked against the bytes left before use)
+            if nr < 0 or nr > (end - p) // (8 * per):
+                return -1
+            p += 8 + 8 * times + 8 * per * nr
         else:
             p += 8 * (times + per)
     if st & np.uint64(S_CALLCHAIN):
         if p + 8 > end:
             return -1
-        p += 8 + 8 * _i64(buf, p)
+        nr = _i64(buf, p)
+        if nr < 0 or nr > (end - p) // 8:
+            return -1
+        p += 8 + 8 * nr
+    if p > end:
+        return -1
     return p
 
 
@@ -222,7 +234,8 @@ def scan_records(buf, start, end, s_off, r_off, r_type, r_size):  # pragma: no c
     """Record boundaries in one sequential pass: SAMPLE records to s_off, the others to r_*.
 
     Returns (samples, other records, stop offset, error): error 0 clean end, 1 header
-    size < 8, 2 record past the end, 3 output arrays full (call again from the stop offset).
+    size < 8, 2 record past the end, 3 output arrays full (call again from the stop offset),
+    4 the size of the data a record carries after it negative.
     """
     ns = 0
     nr = 0
@@ -243,7 +256,10 @@ def scan_records(buf, start, end, s_off, r_off, r_type, r_size):  # pragma: no c
             pos += size
             continue
         extra = _extra(buf, pos, typ, size)
-        if pos + size + extra > end:
+        if extra < 0:
+            err = 4
+            break
+        if extra > end - pos - size:
             err = 2
             break
         if nr >= cap_r:
@@ -269,7 +285,7 @@ def _record_end(buf, pos, end):  # pragma: no cover - compiled
                                     or USER_RECORD_TYPES[0] <= typ <= USER_RECORD_TYPES[1]):
         return np.int64(-1)
     extra = _extra(buf, pos, typ, size)
-    if extra < 0 or pos + size + extra > end:
+    if extra < 0 or extra > end - pos - size:
         return np.int64(-1)
     return pos + size + extra
 

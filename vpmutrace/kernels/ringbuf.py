@@ -38,9 +38,10 @@ def walk_pages(buf, page_off, ts_off, commit_off, commit_size, data_off, page_si
     alone: its header holds the time its events' deltas add to). Without ``fill``: page_events[p] =
     how many; with it, page p's events' payload offsets, lengths, timestamps and event ids (the
     payload's first u16, common_type; 0 for a payload shorter than that) from index page_events[p]
-    on. Per page the events lost before it (0 none, -1 an unknown number, n) and its errors, a bad
-    commit size and/or event length (page_bad: 0, 1 or 2; their total is returned). Arithmetic in
-    int64: timestamps and commit words stay far below 2**63."""
+    on. Per page the events lost before it (0 none, -1 an unknown number, n) and its errors: a bad
+    commit size (or commit 0), and an event length past the commit or bytes left in it that hold no
+    event header (page_bad: 0, 1 or 2; their total is returned). Arithmetic in int64: timestamps and
+    commit words stay far below 2**63."""
     bad = 0
     ts_msb = -(1 << 59)
     for p in range(lo, hi):
@@ -56,8 +57,8 @@ def walk_pages(buf, page_off, ts_off, commit_off, commit_size, data_off, page_si
         size = commit & COMMIT_MASK
         start = base + data_off
         end = start + size
-        if end > page_end:
-            end = page_end
+        if end > page_end or size == 0:  # (a page written out has events: commit 0 is a damaged page)
+            end = min(end, page_end)
             errors += 1
         if commit & MISSING_STORED:
             if end + commit_size <= page_end:
@@ -67,6 +68,7 @@ def walk_pages(buf, page_off, ts_off, commit_off, commit_size, data_off, page_si
         elif commit & MISSING_EVENTS:
             page_lost[p] = -1
         pos = start
+        padded = False
         while pos + 4 <= end:
             h = read_int(buf, pos, 4, big_endian)
             if big_endian:
@@ -80,6 +82,7 @@ def walk_pages(buf, page_off, ts_off, commit_off, commit_size, data_off, page_si
                 a0 = read_int(buf, pos + 4, 4, big_endian)
             if type_len == TYPE_PADDING:
                 if delta == 0:
+                    padded = True
                     break
                 pos += 4 + a0
                 continue
@@ -102,6 +105,7 @@ def walk_pages(buf, page_off, ts_off, commit_off, commit_size, data_off, page_si
                 total = 4 + length
             if length < 0 or payload + length > end:
                 errors += 1
+                padded = True  # (counted)
                 break
             if fill:
                 offs[n] = payload
@@ -110,6 +114,8 @@ def walk_pages(buf, page_off, ts_off, commit_off, commit_size, data_off, page_si
                 types[n] = read_int(buf, payload, 2, big_endian) if length >= 2 else 0
             n += 1
             pos += total
+        if pos < end and not padded and size > 0:  # bytes left inside the commit that hold no event header
+            errors += 1
         if not fill:
             page_events[p] = n
         page_bad[p] = errors

@@ -134,6 +134,8 @@ def _number(buf, s, e):  # pragma: no cover - compiled
         s += 1
     if s >= e:
         return NONE
+    if e - s > 18:  # (could overflow int64)
+        return NONE
     v = np.int64(0)
     for i in range(s, e):
         if not _digit(buf[i]):
@@ -144,10 +146,12 @@ def _number(buf, s, e):  # pragma: no cover - compiled
 
 @numba.njit
 def _ts_ns(buf, s, colon):  # pragma: no cover - compiled
-    """secs.frac -> ns; an integer (a clock in ticks) -> as it is."""
+    """secs.frac -> ns; an integer (a clock in ticks) -> as it is; NONE when it does not fit in int64."""
     sec = np.int64(0)
     i = s
     while i < colon and buf[i] != 46:
+        if i - s >= 18:
+            return NONE
         sec = sec * 10 + (buf[i] - 48)
         i += 1
     if i == colon:
@@ -163,7 +167,13 @@ def _ts_ns(buf, s, colon):  # pragma: no cover - compiled
     while digits < 9:
         frac *= 10
         digits += 1
+    if sec > MAX_SECONDS or (sec == MAX_SECONDS and frac > MAX_SECONDS_FRAC):
+        return NONE
     return sec * 1_000_000_000 + frac
+
+
+MAX_SECONDS, MAX_SECONDS_FRAC = divmod((1 << 63) - 1, 1_000_000_000)  # the latest time int64 ns hold
+INT32_MAX = (1 << 31) - 1
 
 
 @numba.njit
@@ -200,6 +210,8 @@ def _ftrace_task(buf, s, e, out, i):  # pragma: no cover - compiled
     if k == e - 1 or k == s or buf[k - 1] != 91:  # '['
         return False
     out[H_CPU, i] = _number(buf, k, e - 1)
+    if out[H_CPU, i] == NONE:  # (too many digits)
+        return False
     e = _rstrip(buf, s, k - 1)
     if e > s and buf[e - 1] == 41:  # ')': (tgid)
         k = e - 1
@@ -216,6 +228,8 @@ def _ftrace_task(buf, s, e, out, i):  # pragma: no cover - compiled
     if k == e or k - 1 <= s or buf[k - 1] != 45:  # '-' before the pid, and a name before it
         return False
     out[H_PID, i] = _number(buf, k, e)
+    if out[H_PID, i] == NONE:
+        return False
     c0 = _lstrip(buf, s, k - 1)
     if c0 >= k - 1:
         return False
@@ -235,6 +249,8 @@ def _perf_task(buf, s, e, out, i):  # pragma: no cover - compiled
         if k == e - 1 or k == s or buf[k - 1] != 91:
             return False
         out[H_CPU, i] = _number(buf, k, e - 1)
+        if out[H_CPU, i] == NONE:
+            return False
         e = _rstrip(buf, s, k - 1)
     k = e
     while k > s and not _space(buf[k - 1]):
@@ -264,6 +280,16 @@ def _perf_task(buf, s, e, out, i):  # pragma: no cover - compiled
     return True
 
 
+
+
+@numba.njit
+def _ids_fit(out, i):  # pragma: no cover - compiled
+    """cpu, pid and tgid of row i fit the tables' int32 columns (or are absent)."""
+    for c in (H_CPU, H_PID, H_TGID):
+        v = out[c, i]
+        if v != NONE and (v > INT32_MAX or v < -INT32_MAX - 1):
+            return False
+    return True
 
 
 def parse_lines(buf, starts, flavor, out, lo, hi):  # pragma: no cover - compiled
@@ -296,6 +322,8 @@ def parse_lines(buf, starts, flavor, out, lo, hi):  # pragma: no cover - compile
         if t0 < 0:
             continue
         out[H_TS, i] = _ts_ns(buf, t0, colon)
+        if out[H_TS, i] == NONE:  # a time past 2**63 ns: not an event (counted with the other lines)
+            continue
         out[H_EVENT_S, i] = ev0
         out[H_EVENT_E, i] = ev1
         out[H_BODY_S, i] = body
@@ -305,7 +333,7 @@ def parse_lines(buf, starts, flavor, out, lo, hi):  # pragma: no cover - compile
                 k += 1
             if k < ev0:
                 out[H_PERIOD, i] = _number(buf, k, _rstrip(buf, k, ev0))
-            if _perf_task(buf, p, t0, out, i):
+            if _perf_task(buf, p, t0, out, i) and _ids_fit(out, i):
                 out[H_KIND, i] = LINE_EVENT
             continue
         if _rstrip(buf, p, t0) == p:  # no task columns
@@ -316,7 +344,7 @@ def parse_lines(buf, starts, flavor, out, lo, hi):  # pragma: no cover - compile
         while q < t0 and not _space(buf[q]) and buf[q] != 58:
             q += 1
         if q > p and q + 1 < t0 and buf[q] == 58 and _space(buf[q + 1]):
-            if _rstrip(buf, q + 1, t0) == q + 1 or _ftrace_task(buf, q + 1, t0, out, i):
+            if _rstrip(buf, q + 1, t0) == q + 1 or (_ftrace_task(buf, q + 1, t0, out, i) and _ids_fit(out, i)):
                 out[H_SRC_S, i] = p
                 out[H_SRC_E, i] = q
                 out[H_KIND, i] = LINE_EVENT
@@ -325,5 +353,5 @@ def parse_lines(buf, starts, flavor, out, lo, hi):  # pragma: no cover - compile
                 out[c, i] = -1
             out[H_PID, i] = NONE
             out[H_TGID, i] = NONE
-        if _ftrace_task(buf, p, t0, out, i):
+        if _ftrace_task(buf, p, t0, out, i) and _ids_fit(out, i):
             out[H_KIND, i] = LINE_EVENT

@@ -114,6 +114,17 @@ def discard(arr: np.ndarray, start: int, end: int) -> None:
     _dontneed(mm, at + start * w, z, HUGE_PAGE)
 
 
+# compressed data (perf.data COMPRESSED records, trace.dat sections and CPU chunks, compressed text)
+# may expand to at most MAX_EXPANSION times the size of the file it is in, and to
+# MIN_EXPANSION_BYTES whatever the file's size: bounds the memory a small damaged file can take
+MAX_EXPANSION, MIN_EXPANSION_BYTES = 64, 64 << 20
+
+
+def expansion_room(size: int) -> int:
+    """How many bytes the compressed data of a file of ``size`` bytes may expand to."""
+    return max(MAX_EXPANSION * size, MIN_EXPANSION_BYTES)
+
+
 class Cursor:
     def __init__(self, data: bytes | memoryview, path: str, pos: int = 0, endian: str = "<",
                  base: int = 0, what: str = "") -> None:
@@ -133,6 +144,11 @@ class Cursor:
             raise self.fail(f"truncated: needed {n} bytes, {len(self.data) - self.pos} left")
 
     def unpack(self, fmt: str) -> tuple:
+        count = fmt[:-1]
+        if count[:1].isdigit() or count[:1] == "-":  # "<n>Q": n items, n from the file: checked first
+            if not count.isdigit():
+                raise self.fail(f"count {count} is not a number of items")
+            self.need(int(count) * struct.calcsize(self.endian + fmt[-1]))
         s = struct.Struct(self.endian + fmt)
         self.need(s.size)
         v = s.unpack_from(self.data, self.pos)

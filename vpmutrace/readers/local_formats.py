@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vpmutrace.errors import BadFormat
 from vpmutrace.formats.event_format import EventFormat, parse_format
 
 TRACEFS_ROOTS = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -55,6 +56,6 @@ def local_formats(wanted: dict[int, str | None]) -> LocalMatch:
             continue
         try:
             out.formats[ev_id] = parse_format(text, system)
-        except ValueError as e:
+        except BadFormat as e:
             out.refused[ev_id] = f"this host's format of {name} does not parse ({e})"
     return out

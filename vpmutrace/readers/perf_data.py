@@ -39,7 +39,7 @@ from vpmutrace.formats.perf_names import event_name
 from vpmutrace.readers import perf_maps
 from vpmutrace.readers import perf_samples as ps
 from vpmutrace.readers import tracing_data as tdmod
-from vpmutrace.readers.binio import Cursor, map_file, release_pages
+from vpmutrace.readers.binio import MAX_EXPANSION, Cursor, expansion_room, map_file, release_pages
 from vpmutrace.readers.perf_samples import CPUMODES, PERF_TYPE_TRACEPOINT
 from vpmutrace.tracedata import TraceBuilder
 
@@ -211,6 +211,9 @@ def open_perf_data(p: Path) -> tuple[PerfFile, np.ndarray, int, int]:
         flags = c.unpack("QQQQ")
         feat_bits = [i for i in range(256) if flags[i // 64] >> (i % 64) & 1]
         _read_attrs(c, pf, a_off, a_size, attr_size)
+        if d_off < hsize or d_off > len(raw):
+            raise InputError(str(p), f"data section offset {d_off} is outside the file ({len(raw)} bytes)",
+                             "offset 40 (perf header)")
         start = d_off
         if d_size == 0 and len(raw) > d_off:
             pf.partial = "header data size is 0 (perf record did not finish); read records to the end of file"
@@ -218,7 +221,7 @@ def open_perf_data(p: Path) -> tuple[PerfFile, np.ndarray, int, int]:
             feat_bits = []
         else:
             end = d_off + d_size
-            if end > len(raw):
+            if d_size > len(raw) - d_off:
                 pf.partial = f"data section ends at {end}, past the end of the file ({len(raw)} bytes)"
                 end = len(raw)
                 feat_bits = []
@@ -230,14 +233,20 @@ def open_perf_data(p: Path) -> tuple[PerfFile, np.ndarray, int, int]:
                 pf.features["unreadable_features"] = [e.what]
                 secs = []
             for bit, (off, size) in zip(feat_bits, secs, strict=False):
-                if off + size <= len(raw):
+                if off <= len(raw) and size <= len(raw) - off:
                     _parse_feature(pf, bit, bytes(raw[off:off + size]))
+                else:
+                    pf.features.setdefault("unreadable_features", []).append(
+                        f"{bit}: section at offset {off}, {size} bytes, is past the end of the file "
+                        f"({len(raw)} bytes)")
     return pf, buf, start, end
 
 
 def _read_attrs(c: Cursor, pf: PerfFile, off: int, size: int, attr_size: int) -> None:
     if attr_size < 16 + 64:
         raise c.fail(f"attr size {attr_size} too small")
+    if size > len(c.data) or off > len(c.data) - size:
+        raise c.fail(f"attrs section (offset {off}, {size} bytes) is outside the file ({len(c.data)} bytes)")
     for i in range(size // attr_size):
         ac = Cursor(c.data, pf.path, off + i * attr_size, what=f"attr {i}")
         a = parse_attr(ac.bytes(attr_size - 16))
@@ -254,25 +263,62 @@ def walk(buf: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray,
     offs = np.empty(n, dtype=np.int64)
     types, miscs, sizes = (np.empty(n, dtype=np.int32) for _ in range(3))
     kernels.walk_records(buf, start, end, True, offs, types, miscs, sizes)
+    if err == 0 and stop < end:  # fewer than 8 bytes left: a record header cut off
+        err = 2
     return offs, types, miscs, sizes, stop, err
 
 
+class _Bounded:
+    """Sink of a zstd stream writer that keeps what is written, up to ``room`` bytes in all."""
+
+    class Full(Exception):
+        pass
+
+    def __init__(self, room: int) -> None:
+        self.room, self.total, self.parts = room, 0, []  # type: list[bytes]
+
+    def write(self, data: bytes) -> int:
+        self.total += len(data)
+        if self.total > self.room:
+            raise self.Full
+        self.parts.append(bytes(data))
+        return len(data)
+
+
 def _decompress_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray,
-                        sizes: np.ndarray) -> np.ndarray:
-    """Expand COMPRESSED/COMPRESSED2 records in place: one buffer of plain records, in file order."""
+                        sizes: np.ndarray, stop: int) -> np.ndarray:
+    """Expand COMPRESSED/COMPRESSED2 records in place: one buffer of plain records, in file order
+    (each other record with the data it carries after header.size, up to the next record). perf
+    compresses one zstd stream across the records (util/zstd.c flushes, does not end, a frame per
+    record). What they expand to is bounded (MAX_EXPANSION); a record that does not decompress
+    ends the data there (counted as partial)."""
     import zstandard
 
-    dctx = zstandard.ZstdDecompressor().decompressobj()
-    parts: list[bytes] = []
-    for o, t, s in zip(offs.tolist(), types.tolist(), sizes.tolist(), strict=True):
-        if t == REC_COMPRESSED:
-            parts.append(dctx.decompress(buf[o + 8:o + s].tobytes()))
-        elif t == REC_COMPRESSED2:
-            dsize = int(buf[o + 8:o + 16].view("<u8")[0])
-            parts.append(dctx.decompress(buf[o + 16:o + 16 + dsize].tobytes()))
-        else:
-            parts.append(buf[o:o + s].tobytes())
-    return np.frombuffer(b"".join(parts), dtype=np.uint8)
+    sink = _Bounded(expansion_room(len(buf)))
+    dec = zstandard.ZstdDecompressor().stream_writer(sink, write_size=1 << 20)
+    ends = np.append(offs[1:], stop).tolist()
+    for o, t, s, e in zip(offs.tolist(), types.tolist(), sizes.tolist(), ends, strict=True):
+        try:
+            if t == REC_COMPRESSED:
+                dec.write(buf[o + 8:o + s].tobytes())
+            elif t == REC_COMPRESSED2:
+                dsize = int(buf[o + 8:o + 16].view("<u8")[0])
+                if dsize > s - 16:
+                    pf.partial = (pf.partial + "; " if pf.partial else "") + \
+                        f"COMPRESSED2 record at offset {o}: data size {dsize} is more than the {s - 16} bytes " \
+                        "it holds; records from it on not read"
+                    break
+                dec.write(buf[o + 16:o + 16 + dsize].tobytes())
+            else:
+                sink.parts.append(buf[o:e].tobytes())
+        except _Bounded.Full:
+            raise InputError(pf.path, f"compressed records expand to more than {sink.room} bytes "
+                                      f"({MAX_EXPANSION} times the file): not read", f"offset {o}") from None
+        except zstandard.ZstdError as err:
+            pf.partial = (pf.partial + "; " if pf.partial else "") + \
+                f"COMPRESSED record at offset {o} does not decompress ({err}); records from it on not read"
+            break
+    return np.frombuffer(b"".join(sink.parts), dtype=np.uint8)
 
 
 def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceBuilder, source: str,
@@ -285,8 +331,8 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
     stop, err = recs.stop, recs.err
     n_compressed = int(np.isin(recs.r_type, [REC_COMPRESSED, REC_COMPRESSED2]).sum())
     if n_compressed:  # records inside records: expand them, in file order, and walk the result
-        offs, types, _miscs, sizes, _, _ = walk(buf, start, stop)
-        buf = _decompress_records(pf, buf, offs, types, sizes)
+        offs, types, _miscs, sizes, wstop, _ = walk(buf, start, stop)
+        buf = _decompress_records(pf, buf, offs, types, sizes, wstop)
         del offs, types, sizes, _miscs
         recs, keys = ps.split_records(buf, 0, len(buf)), None
         if recs.err:
@@ -324,16 +370,21 @@ def file_records(pf: PerfFile, buf: np.ndarray, r_off: np.ndarray, r_type: np.nd
     """What the records other than samples say (``r_*``: all of them in the file; ``n_samples``: how
     many samples; the walk stopped at ``stop`` with ``err``): attrs and tracing data of pipe mode,
     names, meta, thread names, maps, lost records and record counts. Returns (thread names, maps)."""
+    r_off, r_type, r_size = _drop_short(pf, r_off, r_type, r_size, b, 0)
     if pf.pipe:  # attrs, tracing data and features arrive as records
         _header_records(pf, buf, r_off, r_type, r_size)
     elif pf.tracing is None:  # simpleperf writes its tracing data as a record of the data section
         _header_records(pf, buf, r_off, r_type, r_size, (REC_HEADER_TRACING_DATA,))
     _need_attrs(pf, start)
+    r_off, r_type, r_size = _drop_short(pf, r_off, r_type, r_size, b, 8 * len(_trailer_fields(pf.attrs[0])))
     if err:
-        what = "record header with size < 8" if err == 1 else "record cut off by the end of the data"
+        what = {1: "record header with size < 8", 4: "record whose data size is negative"}.get(
+            err, "record cut off by the end of the data")
         pf.partial = (pf.partial + "; " if pf.partial else "") + f"{what} at offset {stop}"
         b.stats.add(pf.path, "truncated", "", 1,
                     f"offset {stop}: {what}; {n_samples + len(r_off)} records before it read")
+    for bad in pf.features.get("unreadable_features", []):
+        b.stats.add(pf.path, "header_unreadable", f"feature {bad.split(':')[0]}", 1, bad)
     _name_attrs(pf)
     _tracepoint_formats(pf, b)
     _meta(pf, b)
@@ -354,6 +405,25 @@ def file_records(pf: PerfFile, buf: np.ndarray, r_off: np.ndarray, r_type: np.nd
     return comms, side
 
 
+def _drop_short(pf: PerfFile, r_off: np.ndarray, r_type: np.ndarray, r_size: np.ndarray, b: TraceBuilder,
+                trailer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The records (other than samples) without those shorter than the fields the reader takes from
+    them (abi.MIN_RECORD_SIZE, plus the sample_id trailer of the kernel's records), which are counted
+    as unparsed_record."""
+    bad = np.zeros(len(r_type), dtype=bool)
+    for t, least in abi.MIN_RECORD_SIZE.items():
+        short = (r_type == t) & (r_size < least + (trailer if t < abi.USER_RECORD_TYPES[0] else 0))
+        if short.any():
+            k = int(np.flatnonzero(short)[0])
+            b.stats.add(pf.path, "unparsed_record", RECORD_NAMES.get(t, f"type {t}"), int(short.sum()),
+                        f"offset {int(r_off[k])}: record of {int(r_size[k])} bytes, shorter than its fields")
+            bad |= short
+    if not bad.any():
+        return r_off, r_type, r_size
+    keep = ~bad
+    return r_off[keep], r_type[keep], r_size[keep]
+
+
 def _need_attrs(pf: PerfFile, start: int) -> None:
     if not pf.attrs:
         raise InputError(pf.path, "no event attributes (perf_event_attr) found", f"offset {start}")
@@ -370,6 +440,9 @@ def _header_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.n
         if t == REC_HEADER_ATTR:
             rec = buf[o + 8:o + s].tobytes()
             asize = struct.unpack_from("<I", rec, 4)[0] or 64
+            if not 64 <= asize <= len(rec):
+                raise InputError(pf.path, f"HEADER_ATTR record: attr size {asize} does not fit the record "
+                                          f"({len(rec)} bytes)", f"offset {o}")
             a = parse_attr(rec[:asize])
             a.ids = list(struct.unpack_from(f"<{(len(rec) - asize) // 8}Q", rec, asize))
             pf.attrs.append(a)
@@ -474,6 +547,8 @@ def _trailer(a: Attr, rec: bytes) -> dict[str, int]:
     fields = _trailer_fields(a)
     pos = len(rec) - 8 * len(fields)
     out: dict[str, int] = {}
+    if pos < 8:  # (records shorter than their fields are dropped before: _drop_short)
+        return out
     for name in fields:
         if name == "tid":
             out["pid"], out["tid"] = struct.unpack_from("<II", rec, pos)

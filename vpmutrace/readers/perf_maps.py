@@ -60,6 +60,7 @@ def perf_map_name(name: str, pid: int, prot: int, flags: int) -> str:
     return f"/tmp/perf-{pid}.map" if (anon or no_dso) and prot & PROT_EXEC else name
 KSYMBOL_FLAGS_UNREGISTER = 1
 HOST_KERNEL_ID = -1
+U64_MAX = (1 << 64) - 1
 KERNEL_DSO = "[kernel.kallsyms]"
 
 STAT_CATEGORY = "unresolved_symbols"
@@ -169,7 +170,7 @@ def read_side(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray
         mode = misc & MISC_CPUMODE_MASK
         if mode not in (MISC_KERNEL, MISC_GUEST_KERNEL) and pid != HOST_KERNEL_ID:
             name = perf_map_name(name, pid, prot, flags)
-        m = Mapping(start, start + ln, pgoff, name, time, order, bid)
+        m = Mapping(start, min(start + ln, U64_MAX), pgoff, name, time, order, bid)  # (a damaged length: clamped)
         if mode in (MISC_GUEST_KERNEL, MISC_GUEST_USER):
             side.guest_maps += 1
         elif mode == MISC_KERNEL or pid == HOST_KERNEL_ID:

@@ -132,6 +132,8 @@ def split_records(buf: np.ndarray, start: int, end: int) -> Records:
             break
         at = stop
     cols = [p[0] if len(parts) == 1 else np.concatenate(p) for p in zip(*parts, strict=True)]
+    if err == 0 and stop < end:  # fewer than 8 bytes left: a record header cut off
+        err = 2
     return Records(*cols, stop, err)
 
 

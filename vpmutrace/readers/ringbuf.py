@@ -88,7 +88,8 @@ def walk_spans(buf: np.ndarray, spans: list[tuple[int, int]], page_size: int, he
         full = np.zeros(len(pl), dtype=np.int64)
         for p in np.nonzero(pl)[0].tolist():
             at = int(page_off[a + p]) + ts_off
-            full[p] = int.from_bytes(buf[at:at + 8].tobytes(), "big" if big_endian else "little")
+            v = int.from_bytes(buf[at:at + 8].tobytes(), "big" if big_endian else "little")
+            full[p] = v - (1 << 64) if v >> 63 else v  # (as int64, as the compiled walk reads it: no OverflowError)
         page_ts.append(full)
     bad = [int(page_bad[a:z].sum()) for a, z in zip(page_at[:-1], page_at[1:], strict=True)]
     return RunWalk(offs, lens, tss, types, runs, lost, bad, page_ts)

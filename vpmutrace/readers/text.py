@@ -9,9 +9,9 @@ vectorised with polars regexes.
 from __future__ import annotations
 
 import bz2
-import gzip
 import lzma
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from vpmutrace.errors import InputError
 from vpmutrace.formats.decode import valid_utf8, var_array
 from vpmutrace.formats.foreign import HEAD_BYTES, not_a_trace
 from vpmutrace.kernels import text_layout as tk
+from vpmutrace.readers.binio import MAX_EXPANSION, expansion_room
 from vpmutrace.readers.text_tables import COMMON_COLS, arrow, emit_text_event, system_of
 from vpmutrace.tracedata import TraceBuilder
 
@@ -51,15 +52,17 @@ SAMPLE_BODY = r"^\s*(?P<ip>[0-9a-fA-F]+)\s+(?P<sym>.*?)\s+\((?P<dso>[^()]*)\)\s*
 
 MAX_BINARY_PROBE = 65536
 SNIFF_LINES, SNIFF_BYTES = 400, 1 << 20  # lines the flavor is guessed from
+SNIFF_LINE_CHARS = 256  # of each, the start (task, cpu, flags, time and event name fit in it)
 
 
 def sniff_text_flavor(lines: list[str]) -> str:
-    """'perf-script', 'trace-cmd-report' or 'ftrace-text' from the first event-like lines."""
+    """'perf-script', 'trace-cmd-report' or 'ftrace-text' from the first event-like lines (their first
+    SNIFF_LINE_CHARS characters: the regexes backtrack, so a long line must not reach them whole)."""
     ftrace = re.compile(FTRACE_LINE)
     perf = re.compile(PERF_LINE)
     n_perf = n_ft = padded = 0
     tc = False
-    for line in lines[:SNIFF_LINES]:
+    for line in (ln[:SNIFF_LINE_CHARS] for ln in lines[:SNIFF_LINES]):
         if re.match(CPUS_LINE, line):
             tc = True
             continue
@@ -84,6 +87,7 @@ def _time_unit(head: str) -> dict[str, str | None]:
     """What the printed timestamps are: ``secs.frac`` is a clock in ns (the kernel and trace-cmd print
     ns clocks so); a bare integer is a clock in ticks (x86-tsc, counter), whose unit the text does
     not say."""
+    head = "\n".join(ln[:SNIFF_LINE_CHARS] for ln in head.splitlines()[:SNIFF_LINES])
     m = re.search(r"(?:\]|\s)\s*(\d+(\.\d+)?):\s+\w+:", head)
     if m is None or m.group(2):
         return {"clock": None, "time_unit": C.NS, "time_source": "timestamps printed as seconds"}
@@ -94,34 +98,71 @@ def _time_unit(head: str) -> dict[str, str | None]:
 COMPRESSED_MAGIC = {b"\x1f\x8b": "gzip", b"\x28\xb5\x2f\xfd": "zstd", b"\xfd7zXZ\x00": "xz", b"BZh": "bzip2"}
 
 
-def decompress_text(p: Path, raw: bytes) -> bytes:
-    """Text traces are often kept compressed (trace.txt.gz, .zst, .xz, .bz2): read them as they are."""
-    for magic, kind in COMPRESSED_MAGIC.items():
-        if raw.startswith(magic):
-            try:
-                if kind == "gzip":
-                    return gzip.decompress(raw)
-                if kind == "xz":
-                    return lzma.decompress(raw)
-                if kind == "bzip2":
-                    return bz2.decompress(raw)
-                return zstandard.ZstdDecompressor().stream_reader(raw).read()
-            except (OSError, EOFError, lzma.LZMAError, ValueError, zstandard.ZstdError) as e:
-                raise InputError(str(p), f"corrupt {kind} data ({e})") from None
-    return raw
+def decompress_text(p: Path, raw: bytes) -> tuple[bytes, str | None]:
+    """Text traces are often kept compressed (trace.txt.gz, .zst, .xz, .bz2): read them as they are.
+
+    Returns the text and, when the compressed data ends inside a frame / stream (a file cut
+    short), why: the text decompressed up to there is kept. Concatenated frames / members are read
+    one after the other. What it expands to is bounded (binio.expansion_room): zstd has no output
+    limit per call, so it is fed 1 KB at a time (one KB of zstd expands to at most ~32 MB: 128 KB
+    per 4-byte RLE block)."""
+    kind = next((k for magic, k in COMPRESSED_MAGIC.items() if raw.startswith(magic)), None)
+    if kind is None:
+        return raw, None
+    room = expansion_room(len(raw))
+    new = {"gzip": lambda: zlib.decompressobj(wbits=31), "xz": lzma.LZMADecompressor, "bzip2": bz2.BZ2Decompressor,
+           "zstd": lambda: zstandard.ZstdDecompressor().decompressobj()}[kind]
+    step = 1024 if kind == "zstd" else 1 << 20
+    parts: list[bytes] = []
+    total = pos = fed = 0
+    d = new()
+    try:
+        while pos < len(raw):
+            piece = raw[pos:pos + step]
+            pos += len(piece)
+            fed += len(piece)
+            out = d.decompress(piece) if kind == "zstd" else d.decompress(piece, room + 1 - total)
+            total += len(out)
+            parts.append(out)
+            if total > room:  # (zlib, lzma, bz2 stop at room + 1 bytes)
+                raise InputError(str(p), f"{kind} data expands to more than {room} bytes ({MAX_EXPANSION} "
+                                         "times the file): not read")
+            if d.eof:  # one frame / member ended: what follows starts the next
+                rest = d.unused_data
+                pos -= len(rest)
+                if not raw[pos:].strip(b"\0"):  # (gzip and xz may be padded with zeros)
+                    pos = len(raw)
+                    fed = 0
+                    break
+                d, fed = new(), 0
+    except (OSError, EOFError, lzma.LZMAError, ValueError, zlib.error, zstandard.ZstdError) as e:
+        raise InputError(str(p), f"corrupt {kind} data ({e})", f"offset {pos}") from None
+    cut = f"the {kind} data ends inside a frame (the file is cut short)" if fed else None
+    return b"".join(parts), cut
 
 
 def read_text(path: str | Path, builder: TraceBuilder) -> None:
     p = Path(path)
     try:
-        raw = decompress_text(p, p.read_bytes())
+        raw, cut = decompress_text(p, p.read_bytes())
     except OSError as e:
         raise InputError(str(p), f"cannot read: {e.strerror}") from None
     if not raw.strip():
         raise InputError(str(p), "empty file: no trace lines")
+    if cut:
+        builder.stats.add(str(p), "partial", "", 1, f"{cut}: the text decompressed up to there is read")
     nul = raw.find(b"\0", 0, MAX_BINARY_PROBE)
     if nul >= 0:
         raise InputError(str(p), not_a_trace(raw[:HEAD_BYTES]) + f"; NUL byte at offset {nul}")
+    if not raw.endswith(b"\n"):  # the tools end every line: a last line without one was cut (not read)
+        last = raw.rfind(b"\n") + 1
+        lineno = raw.count(b"\n", 0, last) + 1
+        builder.stats.add(str(p), "unparsed_line", "", 1,
+                          f"line {lineno}: {raw[last:last + 120].decode('utf-8', 'replace')} "
+                          "(the file ends inside this line: not read)")
+        raw = raw[:last]
+        if not raw.strip():
+            raise InputError(str(p), "no complete line: the file ends inside its first line")
     flavor = sniff_text_flavor(raw[:SNIFF_BYTES].decode("utf-8", "replace").splitlines()[:SNIFF_LINES])
     src_file = str(p)
     tool = {"perf-script": "perf script", "trace-cmd-report": "trace-cmd report",

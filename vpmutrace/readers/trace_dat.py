@@ -21,7 +21,7 @@ from vpmutrace import clocks as C
 from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.readers import tracing_data as tdmod
-from vpmutrace.readers.binio import Cursor, scratch
+from vpmutrace.readers.binio import MAX_EXPANSION, Cursor, expansion_room, scratch
 from vpmutrace.readers.payloads import Records, emit_payloads
 from vpmutrace.readers.ringbuf import walk_spans
 from vpmutrace.tracedata import TraceBuilder
@@ -66,6 +66,10 @@ class TraceDat:
     ncpus: int = 0
 
 
+class _Corrupt(Exception):
+    """Compressed data that does not decompress (turned into an InputError where its offset is known)."""
+
+
 class _Codec:
     def __init__(self, name: str, path: str) -> None:
         self.name = name
@@ -73,13 +77,25 @@ class _Codec:
             import zstandard
 
             self._z = zstandard.ZstdDecompressor()
-        elif name not in ("zlib", "none"):
+            self._errors: tuple[type[Exception], ...] = (zstandard.ZstdError,)
+        else:
+            self._errors = (zlib.error,)
+        if name not in ("zlib", "none", "zstd"):
             raise InputError(path, f"trace.dat compressed with unsupported codec {name!r} (zstd and zlib are)")
 
-    def decompress(self, data: bytes, usize: int) -> bytes:
-        if self.name == "zstd":
-            return self._z.decompress(data, max_output_size=usize)
-        return zlib.decompress(data)
+    def decompress(self, data: bytes | memoryview, usize: int) -> bytes:
+        """``data`` decompressed, at most ``usize`` bytes of it (the size its header gives); raises
+        _Corrupt with the codec's reason when it does not decompress."""
+        try:
+            if self.name == "zstd":
+                return self._z.decompress(data, max_output_size=max(usize, 1))
+            d = zlib.decompressobj()
+            out = d.decompress(data, max(usize, 1))
+            if not d.eof:
+                raise _Corrupt("the zlib stream ends early or is longer than its header says")
+            return out
+        except self._errors as e:  # corrupt data
+            raise _Corrupt(str(e)) from None
 
 
 def read_trace_dat(path: str | Path, builder: TraceBuilder, source: str = "host",
@@ -117,12 +133,47 @@ def open_trace_dat(path: str | Path) -> tuple[TraceDat, bytes]:
     c.endian = endian
     long_size = c.u8()
     page_size = c.u32()
+    if long_size not in (4, 8):
+        raise c.fail(f"long size {long_size} is neither 4 nor 8", )
+    if page_size & (page_size - 1) or not MIN_PAGE <= page_size <= MAX_PAGE:
+        raise c.fail(f"page size {page_size} is not a power of two from {MIN_PAGE} to {MAX_PAGE}")
     td = TraceDat(str(p), int(version), endian, long_size, page_size)
     if td.version == 6:
         _read_v6(c, td)
     else:
         _read_v7(c, td)
+    _check_layout(td)
     return td, raw
+
+
+MAX_CPUS = 1 << 16  # CPUs of a v6 file (its flyrecord table has an offset and size for each)
+MAGIC_END = len(MAGIC) + 2  # (no section starts before the magic and the version)
+MIN_PAGE, MAX_PAGE = 1 << 10, 1 << 24  # ring-buffer (sub-)buffer sizes taken (kernel pages are 4 to 64 KB)
+
+
+def _check_layout(td: TraceDat) -> None:
+    """The page layout the header_page gives must fit the pages: its timestamp, commit and data
+    fields inside them; for a v6 file (one page size, no sub-buffers) its data field ends where the
+    page ends (BUF_PAGE_SIZE is the page size less the header: kernel/trace/ring_buffer.c
+    ring_buffer_print_page_header), so a damaged page size or header_page is an error, not pages
+    read half."""
+    hp = td.tracing.header_page
+    if not hp:
+        return
+    ts, commit, data = hp.get("timestamp", (0, 8)), hp.get("commit", (8, td.long_size)), hp.get("data", (16, 0))
+    where = "header_page"
+    if ts != (0, 8) and not (0 <= ts[0] and ts[1] == 8 and ts[0] + 8 <= MIN_PAGE):
+        raise InputError(td.path, f"header_page timestamp field at {ts[0]}, {ts[1]} bytes, is not a u64 in the page",
+                         where)
+    if commit[1] not in (4, 8) or not 0 <= commit[0] <= MIN_PAGE - commit[1]:
+        raise InputError(td.path, f"header_page commit field at {commit[0]}, {commit[1]} bytes, is not a 4- or "
+                                  "8-byte word in the page", where)
+    if not 0 < data[0] < MIN_PAGE:
+        raise InputError(td.path, f"header_page data field offset {data[0]} is not inside a page", where)
+    pages = {b.page_size or td.page_size for b in td.buffers}
+    if td.version == 6 and data[1] and data[0] + data[1] not in pages:
+        raise InputError(td.path, f"page size {td.page_size} disagrees with the header_page (its data field ends at "
+                                  f"{data[0] + data[1]})", "offset of the page size")
 
 
 def _read_v6(c: Cursor, td: TraceDat) -> None:
@@ -134,6 +185,8 @@ def _read_v6(c: Cursor, td: TraceDat) -> None:
     tdmod.read_printk(c, t)
     tdmod.read_cmdlines(c, t)
     td.ncpus = c.u32()
+    if not 0 < td.ncpus <= MAX_CPUS:
+        raise c.fail(f"CPU count {td.ncpus} (1 to {MAX_CPUS} taken)")
     c.what = "options"
     c.expect(b"options  \0", "options tag")
     extra_buffers: list[tuple[str, int]] = []
@@ -158,6 +211,9 @@ def _read_v6(c: Cursor, td: TraceDat) -> None:
     cpus = [CpuData(i, *c.unpack("QQ")) for i in range(td.ncpus)]
     td.buffers.append(Buffer("", td.options.get("clock"), cpus))
     for name, off in extra_buffers:
+        if not MAGIC_END <= off < len(c.data):
+            raise InputError(td.path, f"BUFFER option of instance {name!r}: offset {off} is not inside the file's "
+                                      "data", "options")
         bc = Cursor(c.data, td.path, off, td.endian, what=f"buffer {name}")
         if bytes(c.data[off:off + 10]) == b"flyrecord\0":
             bc.pos += 10
@@ -173,7 +229,13 @@ def _section(c: Cursor, td: TraceDat, codec: _Codec, offset: int, want: int | No
         raise sc.fail(f"expected section id {want}, found {sid}")
     if flags & 1:
         csize, usize = sc.unpack("II")
-        body = codec.decompress(sc.bytes(csize), usize)
+        data = sc.bytes(csize)
+        if usize > expansion_room(len(c.data)):
+            raise sc.fail(f"section {sid}: {usize} bytes once decompressed is more than {MAX_EXPANSION} times the file")
+        try:
+            body = codec.decompress(data, usize)
+        except _Corrupt as e:
+            raise sc.fail(f"section {sid} does not decompress ({e})") from None
         if len(body) != usize:
             raise sc.fail(f"section {sid}: decompressed {len(body)} bytes, header says {usize}")
         return Cursor(body, td.path, 0, td.endian, base=offset, what=f"section {sid} (decompressed)")
@@ -185,21 +247,25 @@ def _read_v7(c: Cursor, td: TraceDat) -> None:
     c.cstr()  # codec version
     td.compression = comp
     codec = _Codec(comp, td.path)
-    next_opts = c.u64()
+    if not (next_opts := c.u64()):
+        raise c.fail("the offset of the first options section is 0")
     seen: set[int] = set()
     readers = {SEC_HEADER_INFO: tdmod.read_header_info, SEC_FTRACE_EVENTS: tdmod.read_ftrace_formats,
                SEC_EVENT_FORMATS: tdmod.read_event_formats, SEC_KALLSYMS: tdmod.read_kallsyms,
                SEC_PRINTK: tdmod.read_printk, SEC_CMDLINES: tdmod.read_cmdlines}
-    while next_opts and next_opts not in seen:
+    while next_opts:
+        if next_opts in seen:
+            raise InputError(td.path, f"the options sections loop back to offset {next_opts}", "options")
         seen.add(next_opts)
         oc = _section(c, td, codec, next_opts, 0)
-        next_opts = 0
+        at, next_opts, done = next_opts, 0, False
         while oc.left >= 6:
             oid = oc.u16()
             size = oc.u32()
             data = oc.bytes(size)
             if oid == OPT_DONE:
                 next_opts = Cursor(data, td.path, endian=td.endian).u64() if size >= 8 else 0
+                done = True
                 break
             if oid in readers:
                 off = Cursor(data, td.path, endian=td.endian).u64()
@@ -222,6 +288,10 @@ def _read_v7(c: Cursor, td: TraceDat) -> None:
                 raise oc.fail("latency-format (text) buffer in trace.dat is not supported")
             else:
                 _option(td, oid, data)
+        if not done:
+            raise InputError(td.path, "options section ends without its DONE option", f"offset {at}")
+    if not td.buffers:
+        raise InputError(td.path, "no BUFFER option: the file has no CPU data", "options")
     td._codec = codec  # type: ignore[attr-defined]
 
 
@@ -250,7 +320,9 @@ def _option(td: TraceDat, oid: int, data: bytes) -> None:
     elif oid == OPT_TRACEID:
         o["trace_id"] = Cursor(data, td.path, endian=td.endian).u64()
     elif oid == OPT_TSC2NSEC:
-        mult, shift, offset = Cursor(data, td.path, endian=td.endian).unpack("IIQ")
+        mult, shift, offset = Cursor(data, td.path, endian=td.endian, what="TSC2NSEC option").unpack("IIQ")
+        if shift > 63:
+            raise InputError(td.path, f"TSC2NSEC option: shift {shift} is more than 63", "options")
         o["tsc2nsec"] = {"mult": mult, "shift": shift, "offset": offset}
     elif oid == OPT_GUEST:
         gc = Cursor(data, td.path, endian=td.endian, what="GUEST option")
@@ -259,6 +331,8 @@ def _option(td: TraceDat, oid: int, data: bytes) -> None:
         n = gc.u32()
         vcpus = [dict(zip(("vcpu", "host_pid"), gc.unpack("II"), strict=True)) for _ in range(n)]
         o.setdefault("guests", []).append({"name": name, "trace_id": tid, "vcpus": vcpus})
+    elif oid > OPT_BUFFER_TEXT:  # (ids up to it are trace-cmd's; HOOK, PROCMAPS, STRINGS carry nothing used here)
+        o.setdefault("unknown_options", []).append(oid)
     elif oid == OPT_TIME_SHIFT:
         tc = Cursor(data, td.path, endian=td.endian, what="TIME_SHIFT option")
         peer, flags, ncpu = tc.unpack("QII")
@@ -296,6 +370,9 @@ def _apply_meta(td: TraceDat, b: TraceBuilder) -> None:
                              "cpustat": td.cpustat, "uname": uname or None, "clock": clock, "time_unit": unit,
                              "time_source": how,
                              "date_option": o.get("date"), "offset_option": o.get("offset")})
+    for oid in o.get("unknown_options", []):
+        b.stats.add(td.path, "unparsed_record", "option", 1, f"option id {oid} is unknown to this reader (trace-cmd "
+                                                            "defines ids up to 22): skipped")
     for i, text in enumerate(td.cpustat):
         for line in text.splitlines():
             k, _, v = line.partition(":")
@@ -328,7 +405,8 @@ def _clock_of(td: TraceDat) -> tuple[str, str, str]:
 Chunks = list[tuple[int, int, int]]  # (file offset, compressed size, uncompressed size) of each chunk
 
 
-def _cpu_chunks(raw: bytes, td: TraceDat, cd: CpuData, b: TraceBuilder | None = None) -> Chunks | int:
+def _cpu_chunks(raw: bytes, td: TraceDat, cd: CpuData, b: TraceBuilder | None = None,
+                page_size: int = 0) -> Chunks | int:
     """Where one CPU's ring-buffer pages are: for a compressed file its chunks (file offset,
     compressed size, uncompressed size); else how many bytes of them stand at ``cd.offset``.
     A file cut short keeps the whole pages/chunks before the cut."""
@@ -351,10 +429,21 @@ def _cpu_chunks(raw: bytes, td: TraceDat, cd: CpuData, b: TraceBuilder | None = 
         except InputError:
             if not short:
                 raise
+        if sum(u for _, _, u in chunks) > expansion_room(len(raw)):
+            raise InputError(td.path, f"cpu{cd.cpu} chunks expand to more than {MAX_EXPANSION} times the file",
+                             f"offset {cd.offset}")
+        if not short and c.pos - cd.offset < cd.size and b is not None:
+            b.stats.add(td.path, "unparsed_record", f"cpu{cd.cpu}", 1,
+                        f"offset {c.pos}: CPU {cd.cpu} chunks end {c.pos - cd.offset} bytes into its "
+                        f"{cd.size} bytes of data; the rest is not read")
         return chunks
     avail = max(0, min(cd.size, len(raw) - cd.offset))
-    avail -= avail % td.page_size if short else 0
-    return avail
+    page = page_size or td.page_size
+    if avail % page and b is not None:  # (pages are read whole: bytes past the last whole page are not)
+        b.stats.add(td.path, "truncated", f"cpu{cd.cpu}", 1,
+                    f"offset {cd.offset + avail - avail % page}: CPU {cd.cpu} data ends {avail % page} bytes into "
+                    "a page; that page is not read")
+    return avail - avail % page
 
 
 def _decompress_into(raw: bytes, td: TraceDat, cd: CpuData, chunks: Chunks, out: np.ndarray, at: int,
@@ -366,7 +455,7 @@ def _decompress_into(raw: bytes, td: TraceDat, cd: CpuData, chunks: Chunks, out:
     for off, csize, usize in chunks:
         try:
             piece = codec.decompress(view[off:off + csize], usize)
-        except Exception as e:  # zstd/zlib errors: corrupt chunk
+        except _Corrupt as e:  # corrupt chunk
             raise InputError(td.path, f"cpu{cd.cpu} chunk does not decompress ({e})", f"offset {off}") from None
         if len(piece) != usize:
             raise InputError(td.path, f"cpu{cd.cpu} chunk decompresses to {len(piece)} bytes, its header says "
@@ -389,9 +478,10 @@ def _buffer_bytes(raw: bytes, td: TraceDat, buf: Buffer, b: TraceBuilder) -> tup
     """All CPUs' pages of one buffer in one array, and where each CPU's pages start in it and how
     long they are: the file itself when uncompressed, else every CPU's chunks decompressed into
     one array."""
-    got = [_cpu_chunks(raw, td, cd, b) for cd in buf.cpus]
+    got = [_cpu_chunks(raw, td, cd, b, buf.page_size) for cd in buf.cpus]
     if not any(isinstance(g, list) for g in got):
-        return np.frombuffer(raw, dtype=np.uint8), [(cd.offset, int(g)) for cd, g in zip(buf.cpus, got, strict=True)]
+        return np.frombuffer(raw, dtype=np.uint8), [(cd.offset if g else 0, int(g))
+                                                    for cd, g in zip(buf.cpus, got, strict=True)]
     sizes = [sum(u for _, _, u in g) if isinstance(g, list) else 0 for g in got]
     out = scratch(sum(sizes), np.uint8)  # (given back as the payloads are decoded: payloads.emit_payloads)
     spans, at = [], 0

@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from vpmutrace.errors import InputError
+from vpmutrace.errors import BadFormat, InputError
 from vpmutrace.formats.event_format import EventFormat, parse_format, parse_header_page
 from vpmutrace.readers.binio import Cursor
 
@@ -36,12 +36,19 @@ class Formats(Mapping[int, EventFormat]):
         if m is None:  # no ID line: the parse says what is wrong
             self._parse(text, system)
             return
-        self._texts[int(m.group(1))] = (text, system)
+        ev_id = int(m.group(1))
+        if ev_id in self._texts:
+            self.bad.append(f"{system}: ID {ev_id} is the ID of two formats (the later one kept)")
+        self._texts[ev_id] = (text, system)
+
+    def update(self, parsed: Mapping[int, EventFormat]) -> None:
+        """Add formats parsed elsewhere (this host's, readers/local_formats.py)."""
+        self._parsed.update(parsed)
 
     def _parse(self, text: bytes, system: str) -> EventFormat | None:
         try:
             return parse_format(text.decode("utf-8", "replace"), system)
-        except ValueError as e:
+        except BadFormat as e:
             self.bad.append(f"{system}: {e}")
             return None
 

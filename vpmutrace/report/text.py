@@ -28,6 +28,7 @@ def info_dict(td: TraceData) -> dict[str, Any]:
         "duration_ns": (span[1] - span[0]) if span else None,
         "events": m.get("events", {}),
         "tables": dict(sorted(td.row_counts().items())),
+        "loss_by_severity": td.stats.by_severity(),
         "lost_events": m.get("lost_events", 0),
         "lost_notices": m.get("lost_notices", 0),
         "unparsed": m.get("unparsed", 0),
@@ -76,6 +77,9 @@ def render_info(d: dict[str, Any]) -> str:
         out.extend(render_symbols(path, sy))
     out.append(f"lost       {d['lost_events']} events in {d['lost_notices']} notices")
     out.append(f"unparsed   {d['unparsed']}")
+    sev = d.get("loss_by_severity") or {}
+    out.append("severity   " + ", ".join(f"{k} {v}" for k, v in sev.items())
+               + "  (stats counts summed by the severity of their category; data_loss and error: not read)")
     if d["fallback_events"]:
         out.append(f"fallback   {', '.join(d['fallback_events'])} (print fmt not evaluable; raw fields kept)")
     host = d.get("host")
