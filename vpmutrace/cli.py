@@ -122,6 +122,9 @@ def record(
     = False,
     raw_only: Annotated[bool, typer.Option(help="keep the raw capture only, do not ingest")] = False,
     buffer_kb: Annotated[int, typer.Option(help="tracefs backend: ring buffer per CPU in KiB")] = 16384,
+    cleanup: Annotated[bool, typer.Option("--cleanup", help="only salvage and remove what killed recorders "
+                                                             "left (tracefs instances, probes, spools) and exit")]
+    = False,
 ) -> None:
     """Record a KVM host (kvm tracepoints, NMIs, scheduling) with a host snapshot, then ingest it.
 
@@ -133,6 +136,12 @@ def record(
     from collectors.record import RecordOptions, describe, parse_cpus
     from collectors.record import record as do_record
 
+    if cleanup:
+        from collectors.record import cleanup as do_cleanup
+
+        done = do_cleanup()
+        typer.echo("\n".join(done) if done else "nothing left behind by earlier captures")
+        return
     try:
         res = do_record(RecordOptions(out=out, backend=backend, events=events, cpus=parse_cpus(cpus),
                                       duration=duration, command=list(command) if command else None,
@@ -142,6 +151,9 @@ def record(
         print(f"vpmutrace record: {e}", file=sys.stderr)
         raise typer.Exit(2) from None
     typer.echo(describe(res))
+    if res.fault:
+        print(f"vpmutrace record: {res.fault}; what was captured so far is kept in {res.trace_file}", file=sys.stderr)
+        raise typer.Exit(1)
     if res.interrupted:
         raise typer.Exit(130)
 
