@@ -52,12 +52,14 @@ def state_dir() -> Path:
 
 def start_time(pid: int) -> int | None:
     """The process's start time in clock ticks since boot (/proc/<pid>/stat field 22), telling a
-    process from a later one that reused its pid; None when it does not exist."""
+    process from a later one that reused its pid; None when it does not exist or is a zombie (field 3
+    is Z: it ended and waits for its parent to reap it)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return int(stat.rpartition(")")[2].split()[19])
+    fields = stat.rpartition(")")[2].split()
+    return None if fields[0] == "Z" else int(fields[19])
 
 
 def same_process(rec: dict[str, Any] | None) -> bool:

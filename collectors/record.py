@@ -40,6 +40,7 @@ from collectors.host import (
     snapshot,
     tracefs_root,
 )
+from collectors.perf_repair import disk_full, needs_repair, repair
 from collectors.probes import ProbeSession, TracefsIO, cleanup_leftovers
 
 
@@ -148,7 +149,7 @@ def record(opt: RecordOptions) -> RecordResult:
         events = have + (session.create() if session is not None else [])
         if opt.backend == "perf":
             assert perf is not None
-            _run_perf(opt, perf, events, res, guard)
+            _run_perf(opt, perf, events, res, guard, root)
         else:
             _run_tracefs(opt, root, events, res, guard)
     finally:
@@ -166,6 +167,12 @@ def record(opt: RecordOptions) -> RecordResult:
     # modules loaded during it are in, and nothing delays its start)
     try:
         snap["kallsyms"] = save_kallsyms(opt.out)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        (opt.out / "kallsyms.xz").unlink(missing_ok=True)  # a partial copy is worse than none
+        snap["kallsyms"] = {"file": None, "why": f"not kept: {e.strerror}"}
+    try:
         (opt.out / "host.json").write_text(json.dumps(finish_snapshot(snap), indent=2) + "\n")
         (opt.out / "capture.json").write_text(json.dumps({
             "backend": res.backend, "trace_file": str(res.trace_file), "events_requested": res.events_requested,
@@ -272,7 +279,8 @@ def _run_tracefs(opt: RecordOptions, root: Path, have: list[str], res: RecordRes
         cap.cleanup()
 
 
-def _run_perf(opt: RecordOptions, perf: str, have: list[str], res: RecordResult, guard: Guard) -> None:
+def _run_perf(opt: RecordOptions, perf: str, have: list[str], res: RecordResult, guard: Guard,
+              root: Path) -> None:
     from collectors.perf_backend import PerfCapture, PerfProgress
 
     sample = None
@@ -303,9 +311,21 @@ def _run_perf(opt: RecordOptions, perf: str, have: list[str], res: RecordResult,
         res.command_status = status
     res.summary = {"perf_status": status, "bytes": cap.bytes_written(), "sample_event": sample,
                    "perf_argv": cap.argv, "file": str(res.trace_file)}
+    why = f"killed by {signal.Signals(-status).name}" if status < 0 else f"exit status {status}, see {cap.stderr_file}"
     if not res.trace_file.exists() or res.trace_file.stat().st_size == 0:
-        log = cap.log().strip().splitlines()
-        raise Refusal(f"perf record wrote no data ({log[-1] if log else f'exit status {status}'})")
+        raise Refusal(f"perf record wrote no data ({why})")
+    full = disk_full(res.trace_file)
+    if needs_repair(res.trace_file):
+        try:
+            rep = repair(res.trace_file, root, have)
+        except OSError as e:
+            raise Refusal(f"perf record died ({why}) and its file could not be repaired: {e.strerror}") from None
+        res.summary["repair"] = rep
+        res.fault = (f"{'disk full: ' if full else ''}perf record stopped ({why}) before finishing its file: "
+                     f"repaired ({rep['records']} records kept, {rep['torn_bytes']} bytes of a torn record and "
+                     f"{rep['records_cut_for_room']} records cut; events still in perf's buffers are lost)")
+    elif full or (status != 0 and not opt.command and not res.interrupted):
+        res.fault = f"{'disk full: ' if full else ''}perf record failed ({why})"
 
 
 def describe(res: RecordResult) -> str:
@@ -328,9 +348,10 @@ def describe(res: RecordResult) -> str:
         lines.append(f"overruns     {s['overruns']} (ring buffer too small: raise --buffer-kb)")
     for e in s.get("errors", []):
         lines.append(f"error        {e}")
-    if s.get("lost_unwritten_events") or s.get("lost_unwritten_pages"):
+    if s.get("lost_unwritten_events") or s.get("lost_unwritten_pages") or s.get("lost_unread_events"):
         lines.append(f"lost         {s['lost_unwritten_events']} events in {s['lost_unwritten_pages']} pages read "
-                     "from the kernel but not written")
+                     f"from the kernel but not written, {s['lost_unread_events']} left unread in the kernel's "
+                     "buffer")
     for n in s.get("notes", []):
         lines.append(f"note         {n}")
     if res.fault and res.fault not in s.get("errors", []):

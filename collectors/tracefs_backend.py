@@ -199,12 +199,7 @@ class TracefsCapture:
                 stats = (self.inst / "per_cpu" / f"cpu{r.cpu}" / "stats").read_text()
             except OSError:
                 continue
-            n = 0
-            for line in stats.splitlines():
-                k, _, v = line.partition(":")
-                if k.strip() in ("overrun", "dropped events") and v.strip().isdigit():
-                    n += int(v)
-            out[r.cpu] = n
+            out[r.cpu] = _stat(stats, "overrun") + _stat(stats, "dropped events")
         return out
 
     def stop(self) -> dict:
@@ -216,7 +211,7 @@ class TracefsCapture:
         for t in self._threads:
             t.join(timeout=30)
         self._write_trace_dat(cpustat)
-        return self._summary(overruns)
+        return self._summary(overruns, cpustat)
 
     def halt(self) -> None:
         """Tracing off in our instance (nothing more is recorded; the buffer keeps what it has)."""
@@ -245,7 +240,7 @@ class TracefsCapture:
             self._write_trace_dat(cpustat)
         finally:
             self.cleanup()
-        return self._summary(overruns)
+        return self._summary(overruns, cpustat)
 
     def _cpustat(self) -> list[str]:
         cpustat = []
@@ -257,12 +252,15 @@ class TracefsCapture:
             cpustat.append(f"CPU: {r.cpu}\n{stats}")
         return cpustat
 
-    def _summary(self, overruns: dict[int, int]) -> dict:
+    def _summary(self, overruns: dict[int, int], cpustat: list[str]) -> dict:
         errors = [r.error for r in self.readers if r.error]
+        # a CPU whose reader stopped (disk full) leaves its buffer unread: the stats' entries count it
+        unread = sum(_stat(text, "entries") for r, text in zip(self.readers, cpustat, strict=True) if r.error)
         return {"events": sum(r.events for r in self.readers), "pages": sum(r.pages for r in self.readers),
                 "overruns": sum(overruns.values()), "errors": errors, "file": str(self.out_file),
                 "lost_unwritten_pages": sum(r.lost_pages for r in self.readers),
-                "lost_unwritten_events": sum(r.lost_events for r in self.readers), "notes": self.notes}
+                "lost_unwritten_events": sum(r.lost_events for r in self.readers), "lost_unread_events": unread,
+                "notes": self.notes}
 
     def _write_trace_dat(self, cpustat: list[str]) -> None:
         def rb(p: Path) -> bytes:
@@ -331,6 +329,15 @@ class TracefsCapture:
                 if e.errno != errno.EBUSY:
                     return
                 time.sleep(0.1)  # a reader still holds trace_pipe_raw open
+
+
+def _stat(text: str, key: str) -> int:
+    """One counter of a per_cpu/cpuN/stats text ("entries: 12"), 0 when absent."""
+    for line in text.splitlines():
+        k, _, v = line.partition(":")
+        if k.strip() == key and v.strip().isdigit():
+            return int(v)
+    return 0
 
 
 def _pages(data: bytes, size: int) -> list[bytes]:
