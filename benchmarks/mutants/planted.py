@@ -1,0 +1,114 @@
+"""Plant realistic one-line bugs in the readers and analyzers, one at a time, and run the tests on each.
+
+Each bug below is one a careful reader of the format could make (issue 15, item 7). A bug is
+*killed* when the test run fails with it planted, *survived* otherwise. The source file is patched in
+place and restored afterwards (also on ^C); a file with uncommitted changes is refused, so nothing of
+yours is lost. Usage:
+
+    .venv/bin/python benchmarks/mutants/planted.py                 # the whole suite, per bug (-x)
+    .venv/bin/python benchmarks/mutants/planted.py --tests tests/test_trace_dat.py --only time_extend
+
+Prints one line per bug (killed by which test, or SURVIVED) and exits 1 if any survived.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Plant:
+    name: str
+    file: str
+    old: str
+    new: str
+    what: str
+
+
+PLANTS = (
+    Plant("time_extend_low_bits", "vpmutrace/kernels/ringbuf.py",
+          "ts += (a0 << TS_SHIFT) | delta", "ts += a0 << TS_SHIFT",
+          "ring-buffer TIME_EXTEND loses its low 27 bits (the header's time_delta)"),
+    Plant("abs_timestamp_as_delta", "vpmutrace/kernels/ringbuf.py",
+          "ts = (ts & ts_msb) | (a0 << TS_SHIFT) | delta", "ts += (a0 << TS_SHIFT) | delta",
+          "an absolute TIME_STAMP event added to the running time as if it were a delta"),
+    Plant("lost_wrong_field", "vpmutrace/readers/perf_data.py",
+          'n = int(buf[o + 16:o + 24].view("<u8")[0])', 'n = int(buf[o + 8:o + 16].view("<u8")[0])',
+          "PERF_RECORD_LOST's count read from the id field"),
+    Plant("rel_loc_base", "vpmutrace/kernels/fields.py",
+          "at = (w & 0xFFFF) + (field_off + 4 if rel else 0)", "at = (w & 0xFFFF) + (field_off if rel else 0)",
+          "__rel_loc offsets taken from the field's start instead of the end of its u32 word"),
+    Plant("stream_id_not_skipped", "vpmutrace/kernels/perf_walk.py",
+          "if st & np.uint64(S_STREAM_ID):\n            p += 8\n",
+          "if st & np.uint64(S_STREAM_ID):\n            p += 0\n",
+          "PERF_SAMPLE_STREAM_ID not skipped in a sample's body"),
+    Plant("pair_per_cpu", "vpmutrace/analyze/windows.py",
+          'KEY = ["source", "pid"]', 'KEY = ["source", "cpu"]',
+          "exit/entry paired per CPU instead of per vCPU thread"),
+    Plant("pair_any_next_event", "vpmutrace/analyze/windows.py",
+          'ex.with_columns(pl.when(pl.col("next_kind") == "entry")',
+          'ex.with_columns(pl.when(pl.col("next_kind").is_not_null())',
+          "an exit paired with the thread's next event of any kind (another exit included)"),
+    Plant("p99_as_p95", "vpmutrace/analyze/exits.py",
+          'h.quantile(0.99, "nearest").alias("p99_ns")', 'h.quantile(0.95, "nearest").alias("p99_ns")',
+          "p99 computed as p95"),
+)
+
+
+def _dirty(rel: str) -> bool:
+    r = subprocess.run(["git", "status", "--porcelain", "--", rel], cwd=ROOT, capture_output=True, text=True,
+                       check=True)
+    return bool(r.stdout.strip())
+
+
+def run_one(p: Plant, tests: list[str], timeout: float) -> tuple[str, str, float]:
+    """(killed|survived|error, detail, seconds) for one planted bug."""
+    path = ROOT / p.file
+    src = path.read_text()
+    if src.count(p.old) != 1:
+        return "error", f"the line to change occurs {src.count(p.old)} times in {p.file}", 0.0
+    if _dirty(p.file):
+        return "error", f"{p.file} has uncommitted changes: commit or stash them first", 0.0
+    t0 = time.monotonic()
+    try:
+        path.write_text(src.replace(p.old, p.new))
+        r = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+                           cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return "killed", f"timeout after {timeout:g} s", time.monotonic() - t0
+    finally:
+        path.write_text(src)
+    dt = time.monotonic() - t0
+    if r.returncode == 0:
+        return "survived", "", dt
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", r.stdout, re.M)
+    return "killed", failed[0] if failed else f"pytest exit {r.returncode}", dt
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tests", nargs="*", default=[], help="pytest arguments (default: the whole suite)")
+    ap.add_argument("--only", nargs="*", default=[], help="names of the bugs to plant (default: all)")
+    ap.add_argument("--timeout", type=float, default=3600)
+    a = ap.parse_args(argv)
+    plants = [p for p in PLANTS if not a.only or p.name in a.only]
+    survived = 0
+    for p in plants:
+        verdict, detail, dt = run_one(p, a.tests, a.timeout)
+        survived += verdict != "killed"
+        print(f"{p.name:<24} {verdict.upper() if verdict != 'killed' else verdict:<9} {dt:6.0f} s  {detail}"
+              f"{'  (' + p.what + ')' if verdict != 'killed' else ''}", flush=True)
+    print(f"{len(plants) - survived} of {len(plants)} planted bugs killed")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
