@@ -1,9 +1,10 @@
 """Plant realistic one-line bugs in the readers and analyzers, one at a time, and run the tests on each.
 
 Each bug below is one a careful reader of the format could make (issue 15, item 7). A bug is
-*killed* when the test run fails with it planted, *survived* otherwise. The source file is patched in
-place and restored afterwards (also on ^C); a file with uncommitted changes is refused, so nothing of
-yours is lost. Usage:
+*killed* when the test run fails with it planted, *survived* otherwise. The run happens in a scratch
+copy of the committed HEAD (``--work``, kept between runs so numba's cache is reused), never in the
+checkout; the planted file is restored after each bug. ``VPMUTRACE_SHARED`` points the copy's tests at
+the real shared traces. Usage:
 
     .venv/bin/python benchmarks/mutants/planted.py                 # the whole suite, per bug (-x)
     .venv/bin/python benchmarks/mutants/planted.py --tests tests/test_trace_dat.py --only time_extend
@@ -15,6 +16,7 @@ output of each is kept in $TMPDIR/vpmutrace-planted/<bug>.log.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import signal
 import subprocess
@@ -67,43 +69,43 @@ PLANTS = (
 )
 
 
-def _dirty(rel: str) -> bool:
-    r = subprocess.run(["git", "status", "--porcelain", "--", rel], cwd=ROOT, capture_output=True, text=True,
-                       check=True)
-    return bool(r.stdout.strip())
+def checkout(work: Path) -> None:
+    """The committed HEAD, in ``work`` (files already there are overwritten)."""
+    work.mkdir(parents=True, exist_ok=True)
+    tar = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, capture_output=True, check=True)
+    subprocess.run(["tar", "-x", "-C", str(work)], input=tar.stdout, check=True)
 
 
-def _pytest(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, check=False)
+def _pytest(work: Path, args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, VPMUTRACE_SHARED=os.environ.get("VPMUTRACE_SHARED", str(ROOT.parent / "shared")))
+    return subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=work,
+                          capture_output=True, text=True, timeout=timeout, check=False, env=env)
 
 
-def run_one(p: Plant, tests: list[str], timeout: float) -> tuple[str, str, float]:
+def run_one(work: Path, p: Plant, tests: list[str], timeout: float) -> tuple[str, str, float]:
     """(killed|survived|error, detail, seconds) for one planted bug.
 
     The suite runs with -x; the test that fails is run again with the bug still planted, and counts
     as the killer only if it fails again (a test that fails only under load is deselected and the
     suite goes on, at most 3 times)."""
-    path = ROOT / p.file
+    path = work / p.file
     src = path.read_text()
     if src.count(p.old) != 1:
         return "error", f"the line to change occurs {src.count(p.old)} times in {p.file}", 0.0
-    if _dirty(p.file):
-        return "error", f"{p.file} has uncommitted changes: commit or stash them first", 0.0
     t0 = time.monotonic()
     LOGS.mkdir(parents=True, exist_ok=True)
     flaky: list[str] = []
     try:
         path.write_text(src.replace(p.old, p.new))
         while True:
-            r = _pytest(["-x", *[f"--deselect={t}" for t in flaky], *tests], timeout)
+            r = _pytest(work, ["-x", *[f"--deselect={t}" for t in flaky], *tests], timeout)
             (LOGS / f"{p.name}.log").write_text(r.stdout[-20000:] + r.stderr[-5000:])
             if r.returncode == 0:
                 return "survived", f"flaky, deselected: {flaky}" if flaky else "", time.monotonic() - t0
             failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", r.stdout, re.M)
             if not failed:
                 return "killed", f"pytest exit {r.returncode}", time.monotonic() - t0
-            if _pytest([failed[0]], timeout).returncode != 0:
+            if _pytest(work, [failed[0]], timeout).returncode != 0:
                 return "killed", failed[0], time.monotonic() - t0
             flaky.append(failed[0])
             if len(flaky) > 3:
@@ -119,12 +121,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tests", nargs="*", default=[], help="pytest arguments (default: the whole suite)")
     ap.add_argument("--only", nargs="*", default=[], help="names of the bugs to plant (default: all)")
     ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vpmutrace-planted-work")
     a = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the planted file is restored
     plants = [p for p in PLANTS if not a.only or p.name in a.only]
+    checkout(a.work)
     survived = 0
     for p in plants:
-        verdict, detail, dt = run_one(p, a.tests, a.timeout)
+        verdict, detail, dt = run_one(a.work, p, a.tests, a.timeout)
         survived += verdict != "killed"
         print(f"{p.name:<24} {verdict.upper() if verdict != 'killed' else verdict:<9} {dt:6.0f} s  {detail}"
               f"{'  (' + p.what + ')' if verdict != 'killed' else ''}", flush=True)

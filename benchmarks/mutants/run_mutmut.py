@@ -1,8 +1,8 @@
 """Mutation testing (mutmut 3) of readers/, formats/ or analyze/, bounded in time: a benchmark, not a test.
 
 mutmut copies the sources into ``mutants/`` and runs, per mutant, the tests that call the mutated
-function. It runs in a scratch copy of the repository (``--work``, default a temporary directory) so
-the checkout is never touched, with ``VPMUTRACE_SHARED`` pointing at the real shared traces. Each
+function. It runs in a scratch copy of the committed HEAD (``--work``, default a temporary
+directory), never in the checkout, with ``VPMUTRACE_SHARED`` pointing at the real shared traces. Each
 package has a fast test subset (``PACKAGES``): the tests that read real files through that package.
 mutmut does not mutate decorated functions, so the numba kernels (vpmutrace/kernels, all
 ``@njit``) are out of its reach; benchmarks/mutants/planted.py plants the kernels' realistic bugs.
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -41,13 +40,9 @@ KILLED = ("killed", "timeout", "caught by type check", "segfault")
 
 def prepare(work: Path, package: str, only: list[str]) -> None:
     """A scratch copy of the repository with a [tool.mutmut] section for ``package``."""
-    files = subprocess.run(["git", "ls-files", "-z", *COPY], cwd=ROOT, capture_output=True, text=True,
-                           check=True).stdout.split("\0")
-    for f in filter(None, files):
-        dst = work / f
-        if not dst.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / f, dst)
+    tar = subprocess.run(["git", "archive", "--format=tar", "HEAD", *COPY], cwd=ROOT, capture_output=True,
+                         check=True)
+    subprocess.run(["tar", "-x", "-C", str(work)], input=tar.stdout, check=True)
     conf = (ROOT / "pyproject.toml").read_text()
     lines = ["", "[tool.mutmut]", 'source_paths = ["vpmutrace"]',
              f"only_mutate = {only or [f'vpmutrace/{package}/*']!r}".replace("'", '"'),
