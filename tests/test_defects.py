@@ -111,13 +111,16 @@ def test_perf_lost_counts_equal_perfs_own(tmp_path: Path) -> None:
     if os.geteuid() != 0 or not Path("/dev/kvm").exists():
         pytest.skip("needs root and /dev/kvm to record")
     perf = need_tool("perf")
-    from collectors.perf_backend import PerfCapture
+    from collectors.perf_backend import PerfCapture, PerfProgress
 
     guest = Path(__file__).resolve().parents[1] / "collectors" / "microguest.py"
     cap = PerfCapture(perf, ["kvm:kvm_msr", "kvm:kvm_exit"], tmp_path / "p.perf.data", mmap_pages="4")
     cap.start([sys.executable, str(guest), "-n", "100000000", "--timeout", "6", "-q"], None)
     assert cap.proc is not None
-    time.sleep(2)
+    prog = PerfProgress(tmp_path / "p.perf.data")
+    end = time.monotonic() + 90
+    while time.monotonic() < end and prog.update()[0] < 2000:  # the guest runs and perf writes
+        time.sleep(0.2)
     cap.proc.send_signal(signal.SIGSTOP)
     time.sleep(2)
     cap.proc.send_signal(signal.SIGCONT)
