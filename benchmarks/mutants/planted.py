@@ -72,10 +72,10 @@ PLANTS = (
 )
 
 
-def checkout(work: Path) -> None:
-    """The committed HEAD, in ``work`` (files already there are overwritten)."""
+def checkout(work: Path, rev: str = "HEAD") -> None:
+    """The committed ``rev``, in ``work`` (files already there are overwritten)."""
     work.mkdir(parents=True, exist_ok=True)
-    tar = subprocess.run(["git", "archive", "--format=tar", "HEAD"], cwd=ROOT, capture_output=True, check=True)
+    tar = subprocess.run(["git", "archive", "--format=tar", rev], cwd=ROOT, capture_output=True, check=True)
     subprocess.run(["tar", "-x", "-C", str(work)], input=tar.stdout, check=True)
 
 
@@ -125,10 +125,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=[], help="names of the bugs to plant (default: all)")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vpmutrace-planted-work")
+    ap.add_argument("--rev", default="HEAD", help="the commit whose code and tests are used (e.g. main: before)")
     a = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the planted file is restored
     plants = [p for p in PLANTS if not a.only or p.name in a.only]
-    checkout(a.work)
+    checkout(a.work, a.rev)
     survived = 0
     for p in plants:
         verdict, detail, dt = run_one(a.work, p, a.tests, a.timeout)
