@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "vpmutrace-planted-work")
     ap.add_argument("--rev", default="HEAD", help="the commit whose code and tests are used (e.g. main: before)")
-    a = ap.parse_args(argv)
+    a, extra = ap.parse_known_args(argv)  # other options (--ignore=..., -k ...) go to pytest
+    a.tests += extra
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so the planted file is restored
     plants = [p for p in PLANTS if not a.only or p.name in a.only]
     checkout(a.work, a.rev)
