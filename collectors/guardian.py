@@ -7,7 +7,7 @@ spool holds raw pages no reader opens. Three layers make sure nothing keeps reco
 1. The kernel's parent-death signal (prctl(2) PR_SET_PDEATHSIG, set in the child between fork and
    exec): the workload gets SIGTERM and ``perf record`` SIGINT (perf then writes a complete file and
    stops its own workload) the moment the recorder dies.
-2. A guardian process (``python -m collectors.guardian STATE``) started in its own session before
+2. A guardian process (``python -m vpmutrace.collectors.guardian STATE``) started in its own session before
    the capture. It holds the read end of a pipe whose write end only the recorder has; the kernel
    closes it when the recorder dies, however it dies. End of file without the recorder's ``done``
    line means the recorder died: the guardian salvages (``salvage``): tracing off, the workload
@@ -148,7 +148,7 @@ def _stop_process(rec: dict[str, Any] | None, sig: int, grace: float) -> str | N
 
 def salvage(path: Path) -> list[str]:
     """Stop and clean up the capture whose recorder is gone; keep what it captured. Returns what was done."""
-    from collectors.probes import TracefsIO, remove_group
+    from vpmutrace.collectors.probes import TracefsIO, remove_group
 
     st = json.loads(path.read_text())
     done: list[str] = []
@@ -156,7 +156,7 @@ def salvage(path: Path) -> list[str]:
     root = Path(st["tracefs_root"]) if st.get("tracefs_root") else None
     cap = None
     if st.get("backend") == "tracefs" and st.get("instance") and root is not None:
-        from collectors.tracefs_backend import TracefsCapture
+        from vpmutrace.collectors.tracefs_backend import TracefsCapture
 
         cap = TracefsCapture.attach(st)
         cap.halt()  # tracing off first: nothing more is recorded, whatever else happens
@@ -174,7 +174,7 @@ def salvage(path: Path) -> list[str]:
         done += [f"probe {x} removed" for x in remove_group(io, st["probe_group"])]
     died = f"recorder pid {st['recorder']['pid']} died without stopping its capture (SIGKILL?)"
     capture = {"backend": st.get("backend"), "trace_file": st.get("trace_file"), "interrupted": died,
-               "salvaged_by": "collectors.guardian", "salvaged": done, "command": st.get("command"),
+               "salvaged_by": "vpmutrace.collectors.guardian", "salvaged": done, "command": st.get("command"),
                "summary": summary}
     with contextlib.suppress(OSError):
         (out / "capture.json").write_text(json.dumps(capture, indent=2) + "\n")

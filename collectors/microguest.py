@@ -58,7 +58,7 @@ GP_COUNT, IRQ_COUNT = 0x0600, 0x0604
 PORT_DONE, PORT_BADEXC = 0xF4, 0xEF
 IRQ_VECTOR = 0x20
 
-# Architectural PMU MSRs (Intel SDM vol. 4; AMD APM vol. 2), as listed in the project's vPMU reference §1.1
+# Architectural PMU MSRs (Intel SDM vol. 4; AMD APM vol. 2), as listed in the project's vPMU design §1.1
 INTEL_MSRS = {"PERFEVTSEL0": 0x186, "PMC0": 0xC1, "FIXED_CTR_CTRL": 0x38D, "GLOBAL_STATUS": 0x38E,
               "GLOBAL_CTRL": 0x38F, "GLOBAL_OVF_CTRL": 0x390}
 AMD_MSRS = {"PERF_CTL0": 0xC0010200, "PERF_CTR0": 0xC0010201, "K7_EVNTSEL0": 0xC0010000,

@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from collectors import events as evsets
-from collectors import probes as probe_set
-from collectors.guardian import Guard, pdeathsig, proc_ref, salvage_dead
-from collectors.host import (
+from vpmutrace.collectors import events as evsets
+from vpmutrace.collectors import probes as probe_set
+from vpmutrace.collectors.guardian import Guard, pdeathsig, proc_ref, salvage_dead
+from vpmutrace.collectors.host import (
     Refusal,
     finish_snapshot,
     hardware_pmu,
@@ -40,8 +40,8 @@ from collectors.host import (
     snapshot,
     tracefs_root,
 )
-from collectors.perf_repair import disk_full, needs_repair, repair
-from collectors.probes import ProbeSession, TracefsIO, cleanup_leftovers
+from vpmutrace.collectors.perf_repair import disk_full, needs_repair, repair
+from vpmutrace.collectors.probes import ProbeSession, TracefsIO, cleanup_leftovers
 
 
 class Interrupted(Exception):
@@ -241,7 +241,7 @@ def _stop_workload(proc: subprocess.Popen | None, res: RecordResult) -> None:
 
 
 def _run_tracefs(opt: RecordOptions, root: Path, have: list[str], res: RecordResult, guard: Guard) -> None:
-    from collectors.tracefs_backend import TracefsCapture
+    from vpmutrace.collectors.tracefs_backend import TracefsCapture
 
     cap = TracefsCapture(root, have, res.trace_file, opt.cpus, opt.buffer_kb)
     cap.start(on_ready=lambda st: guard.update(**st))
@@ -281,7 +281,7 @@ def _run_tracefs(opt: RecordOptions, root: Path, have: list[str], res: RecordRes
 
 def _run_perf(opt: RecordOptions, perf: str, have: list[str], res: RecordResult, guard: Guard,
               root: Path) -> None:
-    from collectors.perf_backend import PerfCapture, PerfProgress
+    from vpmutrace.collectors.perf_backend import PerfCapture, PerfProgress
 
     sample = None
     if opt.samples:

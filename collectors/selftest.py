@@ -15,10 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
-
-from collectors.host import Refusal
-from collectors.microguest import WORKLOADS
-from collectors.record import RecordOptions, record
+from vpmutrace.collectors.host import Refusal
+from vpmutrace.collectors.microguest import WORKLOADS
+from vpmutrace.collectors.record import RecordOptions, record
 
 GUEST = Path(__file__).resolve().parent / "microguest.py"
 

@@ -37,6 +37,20 @@ def need_tool(name: str) -> str:
     return path
 
 
+def trace_cmd_32() -> str:
+    """trace-cmd 3.2 (TRACE_CMD, or ../tools/tc32/trace-cmd as shared/tools/trace-cmd-3.2/build.sh builds
+    it), or skip."""
+    import subprocess
+
+    for p in (os.environ.get("TRACE_CMD"), str(ROOT.parent / "tools" / "tc32" / "trace-cmd")):
+        if p and Path(p).exists():
+            out = subprocess.run([p, "--version"], capture_output=True, text=True)
+            if "3.2" in out.stdout + out.stderr:
+                return p
+    pytest.skip("trace-cmd 3.2 not found (TRACE_CMD, or ../tools/tc32/trace-cmd built by "
+                "shared/tools/trace-cmd-3.2/build.sh)")
+
+
 @pytest.fixture
 def fixtures() -> Path:
     return FIXTURES

@@ -83,7 +83,7 @@ def _reordered(src: Path, dst: Path) -> Path:
 
 @pytest.mark.parametrize("scenario", ["emulated-multiplex", "skid"])
 def test_nmi_before_or_after_its_exit_gives_the_same_pmi_split(tmp_path: Path, scenario: str) -> None:
-    """Reference §3.4: on VMX 6.3+ nmi_handler precedes its EXCEPTION_NMI exit, on 5.8-6.2 it follows.
+    """Design §3.4: on VMX 6.3+ nmi_handler precedes its EXCEPTION_NMI exit, on 5.8-6.2 it follows.
     The same trace in both orders, with and without the kernel release, classes every NMI exit alike."""
     simulate(scenario, "vmx", 4, tmp_path / "s", kernel="6.12")
     new = tmp_path / "s" / "report.txt"
@@ -464,7 +464,7 @@ def test_plugin_format_svm_nmi_exit_and_a_self_nmi_ipi() -> None:
 
 @pytest.mark.parametrize("isa", ["vmx", "svm"])
 def test_sim_overheads_are_ordered_like_the_published_figures(isa: str) -> None:
-    """Reference §7: SPECint2017 with guest perf sampling costs 33.62%/79.32% under the emulated vPMU and
+    """Design §7: SPECint2017 with guest perf sampling costs 33.62%/79.32% under the emulated vPMU and
     6.21%/10.45% under the mediated one (basic/multiplexed): 5.4x and 7.6x. The simulator's guest workload
     (sampling + multiplexing) under both designs, with the same seed, costs a few times more PMU-attributable
     exit handling under the emulated design. Absolute values are not comparable (SPECint measures guest

@@ -57,7 +57,7 @@ def _recording(out: Path, backend: str, timeout: float = 90) -> None:
     """Wait until the capture holds guest events (a loaded machine starts the guest and perf late)."""
     end = time.monotonic() + timeout
     if backend == "perf":
-        from collectors.perf_backend import PerfProgress
+        from vpmutrace.collectors.perf_backend import PerfProgress
 
         prog = PerfProgress(out / "trace.perf.data")
         while time.monotonic() < end and prog.update()[0] < 2000:
@@ -72,7 +72,7 @@ def _recording(out: Path, backend: str, timeout: float = 90) -> None:
 
 def _gone(pid: int, timeout: float) -> bool:
     """The process ended (a zombie waiting for its parent counts as ended)."""
-    from collectors.guardian import start_time
+    from vpmutrace.collectors.guardian import start_time
 
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -126,7 +126,7 @@ def test_sigkilled_tracefs_recorder_leaves_nothing_recording_and_a_readable_trac
     assert not inst.exists()  # stopped and removed
     assert _gone(st["workload"]["pid"], 10)  # the workload stopped with it
     cap = json.loads((out / "capture.json").read_text())
-    assert "died" in cap["interrupted"] and cap["salvaged_by"] == "collectors.guardian"
+    assert "died" in cap["interrupted"] and cap["salvaged_by"] == "vpmutrace.collectors.guardian"
     assert any("stopped" in x for x in cap["salvaged"])
     td = load_trace([out / "trace.dat"])
     n = td.meta["events"]
@@ -146,10 +146,10 @@ def test_sigkilled_perf_recorder_stops_perf_which_finishes_its_file(tmp_path: Pa
     rec.wait()
     assert _gone(st["perf"]["pid"], 60)  # the parent-death signal (SIGINT) ended perf
     _wait_no_state(tmp_path)
-    from collectors.perf_repair import needs_repair
+    from vpmutrace.collectors.perf_repair import needs_repair
 
     assert not needs_repair(out / "trace.perf.data")  # perf wrote its header and features itself
-    assert json.loads((out / "capture.json").read_text())["salvaged_by"] == "collectors.guardian"
+    assert json.loads((out / "capture.json").read_text())["salvaged_by"] == "vpmutrace.collectors.guardian"
     assert load_trace([out / "trace.perf.data"]).meta["events"].get("kvm:kvm_msr", 0) > 100
     # perf stopped its workload (SIGTERM) before exiting
     r = subprocess.run(["pgrep", "-f", f"{GUEST} -n 100000000 --timeout 57"], capture_output=True, text=True,

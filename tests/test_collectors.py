@@ -14,10 +14,10 @@ from pathlib import Path
 import polars as pl
 import pytest
 from conftest import need_tool
+from vpmutrace.collectors import events as evsets
+from vpmutrace.collectors.host import Refusal, snapshot
+from vpmutrace.collectors.microguest import WORKLOADS, assemble, parse_ops, run
 
-from collectors import events as evsets
-from collectors.host import Refusal, snapshot
-from collectors.microguest import WORKLOADS, assemble, parse_ops, run
 from vpmutrace.readers import symbols as S
 
 KVM = Path("/dev/kvm").exists()
@@ -90,7 +90,7 @@ def test_snapshot_has_what_the_analyses_need() -> None:
 def test_selftest_recovers_exactly_what_the_guest_did(tmp_path: Path, backend: str) -> None:
     if backend == "perf":
         need_tool("perf")
-    from collectors.selftest import run_backend
+    from vpmutrace.collectors.selftest import run_backend
 
     checks = run_backend(backend, tmp_path)
     bad = [(c.what, c.expected, c.got) for c in checks if not c.ok]
@@ -205,7 +205,7 @@ def test_refusal_when_not_root(tmp_path: Path) -> None:
 
 
 def test_no_kvm_refusal(monkeypatch: pytest.MonkeyPatch) -> None:
-    import collectors.host as host
+    import vpmutrace.collectors.host as host
 
     real = host.Path
 
@@ -239,7 +239,7 @@ def test_samples_and_cpu_list(tmp_path: Path) -> None:
 @needs_root_kvm
 def test_perf_progress_counts_events_while_recording(tmp_path: Path) -> None:
     perf = need_tool("perf")
-    from collectors.perf_backend import PerfProgress
+    from vpmutrace.collectors.perf_backend import PerfProgress
 
     guest = Path(__file__).resolve().parents[1] / "collectors" / "microguest.py"
     out = tmp_path / "p.perf.data"
@@ -269,14 +269,14 @@ VPMI:        17         25   Perf Guest Mediated PMI
 
 
 def test_interrupts_rows_are_summed_over_cpus() -> None:
-    from collectors.host import interrupts
+    from vpmutrace.collectors.host import interrupts
 
     got = interrupts(PROC_INTERRUPTS)
     assert got == {"24": 1, "NMI": 7, "LOC": 495199, "PMI": 7, "VPMI": 42}
 
 
 def test_finish_snapshot_records_the_capture_delta(monkeypatch: pytest.MonkeyPatch) -> None:
-    import collectors.host as h
+    import vpmutrace.collectors.host as h
 
     monkeypatch.setattr(h, "interrupts", lambda text=None: {"VPMI": 50, "NMI": 9, "24": 3})
     snap = h.finish_snapshot({"interrupts_before": {"VPMI": 42, "NMI": 7, "24": 1}})
@@ -284,7 +284,7 @@ def test_finish_snapshot_records_the_capture_delta(monkeypatch: pytest.MonkeyPat
 
 
 def test_watchdog_kind_from_dmesg_and_config() -> None:
-    from collectors.host import watchdog_kind
+    from vpmutrace.collectors.host import watchdog_kind
 
     perf_line = ["[    1.2] NMI watchdog: Enabled. Permanently consumes one hw-PMU counter."]
     assert watchdog_kind(1, perf_line, {})[0] == "perf"
@@ -313,7 +313,7 @@ def test_snapshot_feeds_the_analyses(tmp_path: Path) -> None:
 
 
 def test_tsc_khz_from_the_kernel_calibration() -> None:
-    from collectors.host import tsc_khz
+    from vpmutrace.collectors.host import tsc_khz
 
     lines = ["[    0.000052] tsc: Detected 2599.998 MHz processor",
              "[    1.512345] tsc: Refined TSC clocksource calibration: 2918.400 MHz"]

@@ -33,7 +33,7 @@ def test_ingest_writes_a_dataset_that_reads_back_equal(tmp_path: Path) -> None:
     # plain polars / pyarrow read the files without us
     assert pl.read_parquet(tmp_path / "ds" / "kvm_msr.parquet").height == 1603
     assert pq.read_schema(tmp_path / "ds" / "kvm_exit.parquet").field("exit_reason").type == "uint32"
-    meta = json.loads((tmp_path / "ds" / "trace_meta.json").read_text())
+    meta = json.loads((tmp_path / "ds" / "_trace_meta.json").read_text())
     assert meta["schema_version"] == SCHEMA_VERSION and len(meta["inputs"]) == 2
 
 

@@ -111,7 +111,7 @@ def test_perf_lost_counts_equal_perfs_own(tmp_path: Path) -> None:
     if os.geteuid() != 0 or not Path("/dev/kvm").exists():
         pytest.skip("needs root and /dev/kvm to record")
     perf = need_tool("perf")
-    from collectors.perf_backend import PerfCapture, PerfProgress
+    from vpmutrace.collectors.perf_backend import PerfCapture, PerfProgress
 
     guest = Path(__file__).resolve().parents[1] / "collectors" / "microguest.py"
     cap = PerfCapture(perf, ["kvm:kvm_msr", "kvm:kvm_exit"], tmp_path / "p.perf.data", mmap_pages="4")

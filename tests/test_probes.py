@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from vpmutrace.collectors import probes as PR
 
-from collectors import probes as PR
 from vpmutrace.analyze import run
 from vpmutrace.analyze.context import Config
 from vpmutrace.model import kernel as K
@@ -166,7 +166,7 @@ def test_leftovers_of_dead_recorders_are_removed(tmp_path: Path) -> None:
 @pytest.mark.skipif(not (KVM and ROOT), reason="needs root and /dev/kvm")
 def test_record_removes_its_probes_when_interrupted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """record() against the fake tracefs: the probes exist during the capture and are gone after a signal."""
-    import collectors.record as R
+    import vpmutrace.collectors.record as R
 
     root = _fake(tmp_path, FPROBE_README)
     (root / "events" / "kvm" / "kvm_exit").mkdir(parents=True)

@@ -11,7 +11,7 @@ import typer
 
 from vpmutrace import __version__
 from vpmutrace.errors import InputError
-from vpmutrace.report_text import info_dict, render_info
+from vpmutrace.report.text import info_dict, render_info
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Trace analysis for KVM virtual PMUs (emulated and mediated passthrough vPMU).\n\n"
@@ -71,7 +71,7 @@ def info(traces: Traces,
 def ingest(traces: Traces,
            out: Annotated[Path, typer.Option("-o", "--out", help="output dataset directory")],
            tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
-    """Decode traces into a Parquet dataset (one file per table + trace_meta.json)."""
+    """Decode traces into a Parquet dataset (one file per table + _trace_meta.json)."""
     td = _load(traces, tsc_khz, snapshot, clock)
     path = td.save(out)
     d = info_dict(td)
@@ -83,11 +83,20 @@ def ingest(traces: Traces,
 def show(traces: Traces,
          event: Annotated[str | None, typer.Option(help="only this event: system:name, name, or a table")] = None,
          limit: Annotated[int, typer.Option(help="at most N lines, the first in time (0: all)")] = 0,
+         as_json: Annotated[bool, typer.Option("--json", help="print {lines, fallbacks} as JSON")] = False,
          tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
-    """Events as text lines, as trace-cmd report prints them (computed for the lines shown only)."""
-    from vpmutrace.show import lines
+    """Events as text lines, as trace-cmd report -N prints them (computed for the lines shown only).
+
+    Rows printed without their print fmt (it does not parse, or fails on the row's values) are
+    counted per event; the counts end the output (on stderr, or in the JSON's fallbacks)."""
+    from vpmutrace.show import lines, text_fallbacks
 
     td = _load(traces, tsc_khz, snapshot, clock)
+    if as_json:
+        doc = {"lines": list(lines(td, event, limit or None))}
+        doc["fallbacks"] = text_fallbacks(td)
+        typer.echo(json.dumps(doc, indent=1))
+        return
     out = sys.stdout
     try:
         for line in lines(td, event, limit or None):
@@ -95,12 +104,16 @@ def show(traces: Traces,
         out.flush()
     except BrokenPipeError:  # (| head)
         sys.stdout = None  # type: ignore[assignment]
+        return
+    for f in text_fallbacks(td):
+        print(f"vpmutrace show: {f['count']} {f['event']} row(s) {f['category']} ({f['meaning']}); first: "
+              f"{f['examples'][0] if f['examples'] else '-'}", file=sys.stderr)
 
 
 @app.command()
 def demo(out: Annotated[Path, typer.Option("-o", "--out", help="where to write the results")] = Path("out/demo"),
-         fixtures: Annotated[Path | None, typer.Option(help="bundled traces directory (default: the "
-                                                            "checkout's fixtures/)")] = None) -> None:
+         fixtures: Annotated[Path | None, typer.Option(help="bundled traces directory (default: the checkout's "
+                                                            "fixtures/, else the package's copies)")] = None) -> None:
     """The main job on the bundled real traces: ingest each, summarise it, write its dataset."""
     from vpmutrace.demo import run_demo
 
@@ -132,12 +145,12 @@ def record(
     kvm_inj_exception, kvm_cpuid, kvm_pio, kvm_userspace_exit, nmi_handler, sched_switch,
     local_timer_entry; host-msr = msr:read_msr/write_msr/rdpmc (high rate); full = all of these and more.
     """
-    from collectors.host import Refusal
-    from collectors.record import RecordOptions, describe, parse_cpus
-    from collectors.record import record as do_record
+    from vpmutrace.collectors.host import Refusal
+    from vpmutrace.collectors.record import RecordOptions, describe, parse_cpus
+    from vpmutrace.collectors.record import record as do_record
 
     if cleanup:
-        from collectors.record import cleanup as do_cleanup
+        from vpmutrace.collectors.record import cleanup as do_cleanup
 
         done = do_cleanup()
         typer.echo("\n".join(done) if done else "nothing left behind by earlier captures")
@@ -167,9 +180,9 @@ def selftest(out: Annotated[Path, typer.Option("-o", "--out", help="where to kee
 
     Exit status 1 when a check fails.
     """
-    from collectors.host import Refusal
-    from collectors.selftest import render
-    from collectors.selftest import selftest as run
+    from vpmutrace.collectors.host import Refusal
+    from vpmutrace.collectors.selftest import render
+    from vpmutrace.collectors.selftest import selftest as run
 
     try:
         checks = run(out, backend)
@@ -372,8 +385,16 @@ def report(traces: Traces, out: Annotated[Path, typer.Option("-o", "--out", help
     typer.echo(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MB)")
 
 
+def _fleet() -> None:
+    from vpmutrace.fleet.cli import app as fleet_app
+
+    app.add_typer(fleet_app, name="fleet")
+
+
+_fleet()
+
 STATIC_COMMANDS = {"info", "ingest", "demo", "record", "selftest", "compare", "simulate", "report", "analyze",
-                   "show", "--version"}
+                   "show", "fleet", "--version"}
 
 
 def main() -> None:

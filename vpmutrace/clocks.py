@@ -71,14 +71,13 @@ def same_time_line(a: str | None, b: str | None) -> bool:
     return ca.base == cb.base and ca.unit == cb.unit
 
 
-def mult_shift(khz: float) -> tuple[int, int]:
-    """(mult, shift) with ns = ticks * mult >> shift for a counter of ``khz`` kHz, mult < 2**32 (the
-    kernel's clocks_calc_mult_shift idea: the largest shift that keeps mult in 32 bits)."""
-    ns_per_tick = 1e6 / khz
-    shift = 32
-    while shift > 0 and ns_per_tick * (1 << shift) >= 1 << 32:
-        shift -= 1
-    return int(round(ns_per_tick * (1 << shift))), shift
+def ticks_at(ts: np.ndarray, khz: float) -> np.ndarray:
+    """Counter ticks to ns at ``khz`` kHz as ``trace-cmd report --ts2secs HZ`` converts them
+    (trace-input.c timestamp_calc(): ``ts *= 1e9 / HZ`` in double, truncated on the way back): exact to
+    the ns for times below 2**53 ns (104 days), where a 32-bit mult/shift drifts by ~1e-9 of the time
+    (microseconds after an hour)."""
+    factor = 1e9 / float(round(khz * 1000))
+    return (ts.astype(np.float64) * factor).astype(np.int64)
 
 
 def ticks_to_ns(ts: np.ndarray, mult: int, shift: int) -> np.ndarray:

@@ -1,7 +1,7 @@
 """`vpmutrace compare A B`: two traces side by side, e.g. the same workload under the emulated and the
 mediated vPMU, and the switch-cost calibration the what-if uses.
 
-Calibration rule (reference §2.1, §3.5): under the mediated design every exit that leaves the
+Calibration rule (design §2.1, §3.5): under the mediated design every exit that leaves the
 fastpath also pays kvm_mediated_pmu_put()+load(); exits that have nothing to do with the PMU
 (CPUID, I/O, EPT, ...) otherwise cost the same under both designs on one host. So for each exit
 reason present in both traces with enough timed samples, excluding PMU-related reasons (MSR and

@@ -1,4 +1,4 @@
-"""`vpmutrace demo`: the main job on the bundled traces (works offline on a fresh clone).
+"""`vpmutrace demo`: the main job on the bundled traces (works offline, in a checkout or an installed wheel).
 
 For each bundled real capture and a set of simulator scenarios: ingest to a dataset,
 run every analyzer, write the JSON and an interactive HTML report, and print a summary.
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import typer
 
+from vpmutrace import bundled
 from vpmutrace.analyze import run
 from vpmutrace.analyze.context import Config
 from vpmutrace.errors import InputError
@@ -18,31 +19,20 @@ from vpmutrace.readers import load_trace
 from vpmutrace.report.html import build, findings
 from vpmutrace.sim import simulate
 
-# the bundled real traces (see fixtures/PROVENANCE.md)
-DEMO_TRACES = (
-    ("vmx-nested-ftrace", ["lkml_krause_vmx_nested_6x_ftrace.txt"]),
-    ("svm-idle-hlt-ftrace", ["lkml_shukla_svm_idle_hlt_6x.txt"]),
-    ("vmx-ept-loop-report", ["lkml_rak_ept_violation_loop_host_write_msr.txt"]),
-    ("microguest-perf", ["microguest200.perf.data"]),
-    ("microguest-tracedat", ["microguest200.trace.dat"]),
-)
 # simulator scenarios with known answers: (scenario, isa, seed)
 DEMO_SCENARIOS = (("emulated-multiplex", "vmx", 1), ("mediated-steady", "svm", 1), ("pinned-contention", "vmx", 1),
                   ("skid", "vmx", 1), ("emulated-watchdog", "vmx", 1), ("mediated-partial", "vmx", 1),
                   ("mediated-refused", "svm", 1))
 
 
-def default_fixtures() -> Path:
-    return Path(__file__).resolve().parents[1] / "fixtures"
-
-
 def run_demo(out: Path, fixtures: Path | None = None) -> None:
-    fx = fixtures or default_fixtures()
-    if not fx.is_dir():
-        raise InputError(str(fx), "bundled traces not found; pass --fixtures DIR (a checkout's fixtures/)")
+    fx = fixtures or bundled.location()
+    if fx is None or not fx.is_dir():
+        raise InputError(str(fixtures or bundled.checkout_fixtures()),
+                         "bundled traces not found; pass --fixtures DIR (a checkout's fixtures/)")
     out.mkdir(parents=True, exist_ok=True)
     typer.echo(f"{'trace':<34} {'events':>8} {'exits':>6} {'pmu msr':>8} {'findings':>8}  report")
-    jobs: list[tuple[str, list[Path]]] = [(n, [fx / f for f in files]) for n, files in DEMO_TRACES]
+    jobs: list[tuple[str, list[Path]]] = [(n, [fx / f for f in files]) for n, files in bundled.DEMO_TRACES]
     for scenario, isa, seed in DEMO_SCENARIOS:
         name = f"sim-{scenario}-{isa}"
         simulate(scenario, isa, seed, out / name)

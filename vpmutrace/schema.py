@@ -51,7 +51,7 @@ class TableSpec:
 DICT_STR = pa.dictionary(pa.int32(), pa.string())
 
 COMMON: tuple[Col, ...] = (
-    Col("ts_ns", pa.int64(), "event time on the trace clock: ns, unless the trace's time_unit (trace_meta.json, "
+    Col("ts_ns", pa.int64(), "event time on the trace clock: ns, unless the trace's time_unit (_trace_meta.json, "
                              "vpmutrace info) says its clock stayed in ticks", False),
     Col("seq", pa.int64(), "record order in its input (text line, or record index in the file / CPU "
                            "stream); orders events with equal timestamps", False),
@@ -379,7 +379,10 @@ def render_markdown() -> str:
     out = ["# vpmutrace data model", "",
            "Generated from `vpmutrace/schema.py` (`python -m vpmutrace.schema`). A dataset is a directory",
            "with one Parquet file per table (`<table>.parquet`, only tables that have rows) and",
-           "`trace_meta.json`. Timestamps are int64 nanoseconds on the trace clock.", "",
+           "`_trace_meta.json` (older datasets: `trace_meta.json`). Each Parquet file carries the same",
+           "metadata in its key-value metadata: `vpmutrace.schema_version`, `vpmutrace.table` and",
+           "`vpmutrace.trace_meta` (the sidecar's JSON). Timestamps are int64 nanoseconds on the trace clock.",
+           "Opening a dataset with polars, pyarrow and DuckDB: docs/dataset.md.", "",
            "## Common columns of every event table", "",
            "| column | type | meaning |", "|---|---|---|"]
     out += [f"| `{c.name}` | {c.type} | {c.doc} |" for c in COMMON]
@@ -395,7 +398,7 @@ def render_markdown() -> str:
             "format (binary traces) or from the reference kernel's format (text traces):", "",
             "| what | rule |", "|---|---|"]
     out += [f"| {k} | {v} |" for k, v in EVENT_TABLE_RULES]
-    out += ["", "## `trace_meta.json`", "",
+    out += ["", "## `_trace_meta.json`", "",
             "| key | meaning |", "|---|---|"]
     out += [f"| `{k}` | {v} |" for k, v in META_KEYS.items()]
     from vpmutrace.clocks import CLOCKS, UNIT_TEXT

@@ -11,6 +11,11 @@ from dataclasses import dataclass, field
 
 MAX_EXAMPLES = 5
 
+# Rows printed as text without their print fmt (declared with the others in CATEGORIES)
+TEXT_NO_PRINT_FMT = "text_no_print_fmt"
+TEXT_ROW_FAILED = "text_row_failed"
+TEXT_CATEGORIES = (TEXT_NO_PRINT_FMT, TEXT_ROW_FAILED)
+
 INFO, DATA_LOSS, ERROR = "info", "data_loss", "error"  # severities, as Perfetto's stats
 
 
@@ -50,6 +55,11 @@ CATEGORIES: dict[str, Category] = {
                                          "no_map, no_kallsyms, build_id_mismatch, dso_not_here, no_symbol)"),
     "time_base": Category(INFO, "how an input's timestamps were turned into ns (or why they were not)"),
     "clock_mismatch": Category(ERROR, "inputs merged on one time line whose clocks are not the same time line"),
+    # counted when rows are printed as text (vpmutrace show, show.bodies), after ingest: one entry per event
+    TEXT_NO_PRINT_FMT: Category(INFO, "rows of an event whose print fmt does not parse (or that has no format), "
+                                      "printed as '[FAILED TO PARSE]' and their fields, as trace-cmd prints them"),
+    TEXT_ROW_FAILED: Category(INFO, "rows whose print fmt could not be printed for their values (a field the row "
+                                    "lacks, a division by zero), printed as field=value"),
 }
 
 

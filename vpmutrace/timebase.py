@@ -207,8 +207,7 @@ def settle(b: TraceBuilder, mark: tuple[dict[str, int], int], tsc_khz: float | N
     elif unit in (C.TSC_TICKS, C.UNKNOWN_TICKS, C.ARCH_TICKS):
         khz, source, est = _frequency(b, mark, unit, tsc_khz, host)
         if khz is not None:
-            mult, shift = C.mult_shift(khz)
-            b.retime(mark, lambda ts: C.ticks_to_ns(ts, mult, shift))
+            b.retime(mark, lambda ts: C.ticks_at(ts, khz))
             tb.unit, tb.source, tb.tsc_khz = C.NS, source, round(khz, 3)
             if est is not None:
                 tb.spread_pct, tb.pairs = est.spread_pct, est.pairs

@@ -2,8 +2,12 @@
 
 Readers fill a :class:`TraceBuilder` chunk by chunk; :meth:`TraceBuilder.finish`
 yields a :class:`TraceData` whose tables follow ``schema.py``, sorted by time.
-A dataset directory holds ``<table>.parquet`` for each non-empty table and
-``trace_meta.json``; polars, DuckDB and pyarrow read it directly.
+A dataset directory holds ``<table>.parquet`` for each non-empty table and the sidecar
+``_trace_meta.json`` (named with a leading underscore, which ``pyarrow.dataset.dataset(dir)`` skips as it
+skips ``_SUCCESS`` and ``_metadata``; it would fail reading it as Parquet otherwise); datasets written with
+``trace_meta.json`` stay readable. Each Parquet file also carries the trace metadata and the schema
+version in its key-value metadata (``KV_*`` below), so one file copied alone still says what it is.
+polars, DuckDB and pyarrow read the files directly (docs/dataset.md).
 """
 
 from __future__ import annotations
@@ -36,7 +40,12 @@ from vpmutrace.stats import Stats
 if TYPE_CHECKING:
     import polars as pl
 
-META_FILE = "trace_meta.json"
+META_FILE = "_trace_meta.json"
+LEGACY_META_FILE = "trace_meta.json"  # the sidecar's name before the underscore: still read
+# key-value metadata of every Parquet file of a dataset
+KV_SCHEMA_VERSION = b"vpmutrace.schema_version"
+KV_TABLE = b"vpmutrace.table"
+KV_TRACE_META = b"vpmutrace.trace_meta"  # the sidecar's JSON
 
 
 @dataclass
@@ -46,6 +55,8 @@ class TraceData:
     stats: Stats = field(default_factory=Stats)
     # address -> kernel symbol, from the trace's kallsyms (for %pS when showing events); not saved
     symbols: Callable[[int], str | None] | None = None
+    # the trace's printk section (address : "string" lines: %s of a char * field); not saved
+    printk: bytes = b""
 
     def df(self, name: str) -> pl.DataFrame:
         """A table as a polars frame (empty frame of the declared schema when absent; an event's
@@ -53,10 +64,17 @@ class TraceData:
         import polars as pl
 
         t = self.tables.get(name)
-        if t is None:
-            t = empty_table(name) if name in ALL_TABLES else pa.schema(
-                [pa.field(c.name, c.type, c.nullable) for c in COMMON]).empty_table()
-        return pl.from_arrow(t)  # type: ignore[return-value]
+        return empty_frame(name) if t is None else pl.from_arrow(t)  # type: ignore[return-value]
+
+    def scan(self, name: str, columns: list[str] | tuple[str, ...] | None = None) -> pl.LazyFrame:
+        """A table as a lazy frame, ``columns`` selected: callers that select or filter build on it, so a
+        dataset read lazily (``vpmutrace.scanned``) decodes only what they keep."""
+        lf = self.df(name).lazy()
+        return lf.select(list(columns)) if columns is not None else lf
+
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table."""
+        return {n: t.num_rows for n, t in self.tables.items()}
 
     def event_tables(self) -> dict[str, str]:
         """{system:name: table} of every event in the trace."""
@@ -72,16 +90,23 @@ class TraceData:
     def save(self, out_dir: str | Path) -> Path:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        for old in out.glob("*.parquet"):
-            old.unlink()
+        for old in [*out.glob("*.parquet"), out / LEGACY_META_FILE]:
+            old.unlink(missing_ok=True)
         tables = [(name, t) for name, t in self.tables.items() if t.num_rows]
         stats = stats_table(self.stats)
         if stats.num_rows:
             tables.append(("stats", stats))
         # the writer releases the GIL: tables are written side by side, biggest first
         tables.sort(key=lambda nt: -nt[1].nbytes)
+        meta = json.dumps(self.meta, sort_keys=True).encode()
+
+        def write(nt: tuple[str, pa.Table]) -> None:
+            kv = {KV_SCHEMA_VERSION: str(SCHEMA_VERSION).encode(), KV_TABLE: nt[0].encode(), KV_TRACE_META: meta}
+            write_parquet(nt[1].replace_schema_metadata({**(nt[1].schema.metadata or {}), **kv}),
+                          out / f"{nt[0]}.parquet")
+
         with ThreadPoolExecutor(max(1, min(len(tables), os.cpu_count() or 1))) as pool:
-            list(pool.map(lambda nt: write_parquet(nt[1], out / f"{nt[0]}.parquet"), tables))
+            list(pool.map(write, tables))
         (out / META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
         return out
 
@@ -104,40 +129,57 @@ def write_parquet(t: pa.Table, path: Path) -> None:
                    write_statistics=[c for c in STATS_COLUMNS if c in names])
 
 
+def meta_file(path: str | Path) -> Path | None:
+    """A dataset directory's sidecar (the current name, else the name older datasets used)."""
+    p = Path(path)
+    for name in (META_FILE, LEGACY_META_FILE):
+        if (p / name).is_file():
+            return p / name
+    return None
+
+
 def is_dataset(path: str | Path) -> bool:
+    return Path(path).is_dir() and meta_file(path) is not None
+
+
+def empty_frame(name: str) -> pl.DataFrame:
+    """An absent table: an empty frame of its declared schema (an event's own table: the common columns)."""
+    import polars as pl
+
+    t = empty_table(name) if name in ALL_TABLES else pa.schema(
+        [pa.field(c.name, c.type, c.nullable) for c in COMMON]).empty_table()
+    return pl.from_arrow(t)  # type: ignore[return-value]
+
+
+def load_dataset(path: str | Path, lazy: bool = True) -> TraceData:
+    """A saved dataset: lazily (``vpmutrace.scanned``: each table a Parquet scan, read when used) or,
+    with ``lazy=False``, every table read into memory."""
+    from vpmutrace.scanned import ScannedTraceData, read_table
+
     p = Path(path)
-    return p.is_dir() and (p / META_FILE).is_file()
-
-
-def load_dataset(path: str | Path) -> TraceData:
-    import pyarrow.parquet as pq
-
-    p = Path(path)
+    mf = meta_file(p) or p / META_FILE
     try:
-        meta = json.loads((p / META_FILE).read_text())
+        meta = json.loads(mf.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise InputError(str(p / META_FILE), f"not a vpmutrace dataset ({e})") from None
+        raise InputError(str(mf), f"not a vpmutrace dataset ({e})") from None
     if meta.get("schema_version") != SCHEMA_VERSION:
         raise InputError(str(p), f"dataset schema version {meta.get('schema_version')} is not "
                                  f"{SCHEMA_VERSION}; ingest the trace again")
-    tables: dict[str, pa.Table] = {}
+    files: dict[str, Path] = {}
     stats = Stats()
     for f in sorted(p.glob("*.parquet")):
         name = f.stem
         if name not in ALL_TABLES and not is_event_table(name):
             continue
-        try:
-            t = pq.read_table(f)
-        except (OSError, pa.ArrowInvalid) as e:
-            raise InputError(str(f), f"unreadable Parquet file ({e})") from None
         if name == "stats":
-            for row in t.to_pylist():
+            for row in read_table(f, name).to_pylist():
                 stats.add(row["source_file"], row["category"], row["name"], row["count"])
                 for ex in filter(None, row["examples"].split("; ")):
                     stats.add(row["source_file"], row["category"], row["name"], 0, ex)
             continue
-        tables[name] = t.cast(ALL_TABLES[name].arrow_schema) if name in ALL_TABLES else t
-    return TraceData(tables, meta, stats)
+        files[name] = f
+    td = ScannedTraceData(files, meta, stats)
+    return td if lazy else td.materialize()
 
 
 def _loss_starts(tables: dict[str, pa.Table], rows: list[dict[str, Any]]) -> list[int | None]:
@@ -216,6 +258,7 @@ class TraceBuilder:
         self.lost_rows: list[dict[str, Any]] = []
         self.event_formats: dict[str, str] = {}  # system:name -> format text (binary inputs)
         self.symbols: Callable[[int], str | None] | None = None  # kallsyms of a binary input
+        self.printk = b""  # printk section of a binary input
         self.event_tables: dict[str, str] = {}  # system:name -> table
         # event id -> the name the input records for it, for ids it has no format for (the reader
         # sets it while it reads one input)
@@ -309,4 +352,4 @@ class TraceBuilder:
             meta["cpus"] = len(cpus)
         fmts = {i["format"] for i in meta["inputs"]}
         meta["format"] = fmts.pop() if len(fmts) == 1 else "mixed"
-        return TraceData(tables, meta, self.stats, self.symbols)
+        return TraceData(tables, meta, self.stats, self.symbols, self.printk)

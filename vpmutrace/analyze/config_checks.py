@@ -1,7 +1,7 @@
 """Host configuration checks from the snapshot: is the vPMU on, can the mediated design run here,
 did KVM refuse it.
 
-Rules (reference §1.2, §2.3, §9): ``kvm.enable_pmu=N`` gives guests no PMU. The mediated vPMU
+Rules (design §1.2, §2.3, §9): ``kvm.enable_pmu=N`` gives guests no PMU. The mediated vPMU
 needs ``kvm_{intel,amd}.enable_mediated_pmu=Y`` (read-only, Linux 7.0+), an in-kernel LAPIC, and an
 Intel PMU of version >= 4 with PERF_CAPABILITIES.FW_WRITES (intel_pmu_is_mediated_pmu_supported())
 or AMD PerfMonV2 (amd_pmu_is_mediated_pmu_supported()). When perf_create_mediated_pmu() fails at

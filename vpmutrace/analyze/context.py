@@ -1,7 +1,7 @@
 """What the analyses must know about the host and guest before they apply a rule: the vPMU design,
 the guest and host PMU shapes, the CPU vendor, the kernel (for the NMI event order) and the NMI
 watchdog. Each is inferred once, from the strongest source available, and carries that source,
-its certainty and its evidence (reference §3.5):
+its certainty and its evidence (design §3.5):
 
 1. options given by the user (``--model``, ``--guest-gp``/``--guest-fixed``) override;
 2. the host snapshot (``host.json`` of ``vpmutrace record``): kvm module parameters
@@ -127,7 +127,7 @@ def infer_vendor(td: TraceData, host: dict) -> Inference:
             return Inference("intel" if isa == K.ISA_VMX else "amd", "trace", FACT,
                              (f"kvm_exit isa {isa} ({'VMX' if isa == K.ISA_VMX else 'SVM'})",))
     if td.has("kvm_cpuid"):
-        leaf0 = td.df("kvm_cpuid").filter(pl.col("function") == 0)
+        leaf0 = td.scan("kvm_cpuid").filter(pl.col("function") == 0).collect()
         if leaf0.height:
             r = leaf0.row(0, named=True)
             name = b"".join(int(r[k] or 0).to_bytes(4, "little") for k in ("rbx", "rdx", "rcx")).decode(
@@ -144,7 +144,7 @@ def infer_vendor(td: TraceData, host: dict) -> Inference:
             if cpuid.startswith(name):
                 return Inference(v, "trace", FACT, (f"perf.data HEADER_CPUID {cpuid}",))
     if td.has("kvm_msr"):
-        msrs = td.df("kvm_msr")["msr"].unique().to_list()
+        msrs = td.scan("kvm_msr", ["msr"]).unique().collect()["msr"].to_list()
         vendors = {m.vendor for m in map(M.lookup, msrs) if m is not None}
         if len(vendors) == 1:
             v = vendors.pop()
@@ -214,8 +214,9 @@ def infer_guest_pmu(td: TraceData, host: dict, vendor: str | None, host_pmu: Inf
     evidence: dict[PmuShape, list[str]] = {}
     if td.has("kvm_cpuid"):
         # rows KVM answered from another leaf ("entry not found, used max basic") are not these leaves
-        cp = td.df("kvm_cpuid").filter(pl.col("function").is_in([0xA, 0x80000001, 0x80000022])
-                                       & pl.col("found").fill_null(True) & ~pl.col("used_max_basic").fill_null(False))
+        cp = td.scan("kvm_cpuid").filter(pl.col("function").is_in([0xA, 0x80000001, 0x80000022])
+                                         & pl.col("found").fill_null(True)
+                                         & ~pl.col("used_max_basic").fill_null(False)).collect()
         fw = _fw_writes(td)
         for (src, pid), g in cp.group_by(pl.col("source").cast(pl.String), "pid"):
             rows = {r["function"]: r for r in g.sort("ts_ns").iter_rows(named=True)}  # the last answer per leaf
@@ -239,7 +240,8 @@ def infer_guest_pmu(td: TraceData, host: dict, vendor: str | None, host_pmu: Inf
         return snap, {}
     why = ["no guest CPUID leaf 0xA/0x80000001/0x80000022 in the trace (record kvm:kvm_cpuid; guests ask at boot), "
            "no VMM command line in a host snapshot; give --guest-gp/--guest-fixed"]
-    if vendor == "amd" and td.has("kvm_cpuid") and not td.df("kvm_cpuid").filter(pl.col("function") == 0xA).is_empty():
+    if vendor == "amd" and td.has("kvm_cpuid") and \
+            not td.scan("kvm_cpuid").filter(pl.col("function") == 0xA).collect().is_empty():
         why.insert(0, "the guest asked CPUID leaf 0xA, Intel's: on an AMD host it says nothing of the guest's PMU")
     return Inference(None, "unknown", CANDIDATE, tuple(why)), {}
 
@@ -248,7 +250,8 @@ def _fw_writes(td: TraceData) -> dict[tuple[str, int], bool]:
     """Guest reads of IA32_PERF_CAPABILITIES (0x345): FW_WRITE bit per vCPU thread."""
     if not td.has("kvm_msr"):
         return {}
-    r = td.df("kvm_msr").filter(~pl.col("write") & (pl.col("msr") == 0x345) & ~pl.col("gp").fill_null(False))
+    r = td.scan("kvm_msr").filter(~pl.col("write") & (pl.col("msr") == 0x345) & ~pl.col("gp").fill_null(False)) \
+        .collect()
     return {(str(s), p): bool(int(v) >> FW_WRITE_BIT & 1)
             for s, p, v in r.select(pl.col("source").cast(pl.String), "pid", "value").iter_rows()}
 
@@ -315,7 +318,7 @@ def _snapshot_design(host: dict) -> Inference | None:
 
 
 def signatures(td: TraceData, cfg: Config) -> dict[str, list[str]]:
-    """Design signatures in the trace (reference §3.5): {'mediated': [...], 'emulated': [...]}."""
+    """Design signatures in the trace (design §3.5): {'mediated': [...], 'emulated': [...]}."""
     out: dict[str, list[str]] = {MEDIATED: [], EMULATED: []}
     if not td.has("kvm_exit"):
         return out

@@ -1,7 +1,7 @@
 """The trace replayed against the reference model of its design: where it does what the design
 forbids.
 
-Rules (reference section in brackets), applied for the design the context established (design
+Rules (section of docs/design.md in brackets), applied for the design the context established (design
 analyzer); with an unknown design nothing is checked, since any divergence would be an artefact
 of a guessed design. A divergence is a fact only when every input it rests on is one: the design
 (host snapshot or ``--model``), the guest and host PMU shapes and the vendor where the rule uses
@@ -125,9 +125,9 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     r = Result("diff", summary=summary, rule=RULE)
     for d in divs:
         kind = "divergence" if d["certainty"] == "fact" else "divergence_candidate"
-        r.findings.append(ANALYZER.finding(kind, f"{d['rule']} ({d['section']}): {d['count']} events diverge from the "
-                                           f"{cfg.model} design - {d['explain']}", d["count"], d["first_ts_ns"],
-                                           [str(d["example"])[:300]]))
+        r.findings.append(ANALYZER.finding(kind, f"{d['rule']} (design {d['section']}): {d['count']} events diverge "
+                                           f"from the {cfg.model} design - {d['explain']}", d["count"],
+                                           d["first_ts_ns"], [str(d["example"])[:300]]))
     return r
 
 
@@ -137,7 +137,7 @@ def render(r: Result) -> list[str]:
     out = [f"  design {s['model']} ({s['design_source']}): {n} rule{'s' if n != 1 else ''} diverge, "
            f"{s['divergent_events']} events"]
     for d in s["divergences"]:
-        out.append(f"  [{d['section']}] {d['rule']} ({d['certainty']}): {d['count']} (first at "
+        out.append(f"  [design {d['section']}] {d['rule']} ({d['certainty']}): {d['count']} (first at "
                    f"{fmt_ns(d['first_ts_ns'])}) - {d['explain']}")
     out += [f"  not checked: {u}" for u in s["rules_not_checked"]]
     return out

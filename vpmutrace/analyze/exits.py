@@ -11,7 +11,7 @@ samples, samples %, time %, min, max, mean, p50, p99 and perf's "±%" (100 * std
 mean). Fastpath: exits of the reasons (and, for WRMSR, the MSRs) the running kernel handles in
 vmx_exit_handlers_fastpath()/svm_exit_handlers_fastpath() without leaving the run loop
 (model.kernel.fastpath_eligible; no tracepoint marks the fastpath, so this is the share that
-*may* have re-entered fast). Reference §2.1, §5.3.
+*may* have re-entered fast). Design §2.1, §5.3.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     by_reason = by_reason.join(fp, on="reason", how="left")
     by_vcpu = stats(paired, ["source", "pid", "vcpu_id"])
     vm_of = _vm_map(td)
-    tgid = td.df("kvm_exit").select("tgid").with_row_index("exit_row")
+    tgid = td.scan("kvm_exit", ["tgid"]).with_row_index("exit_row").collect()
     if vm_of:
         vm = paired.with_columns(pl.col("pid").replace_strict(vm_of, default=None, return_dtype=pl.Int64)
                                  .alias("vm_pid"))

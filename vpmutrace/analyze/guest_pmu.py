@@ -1,6 +1,6 @@
 """Guest PMU shape: what the guest was told its PMU is, and what that means for pass-through.
 
-Rule (reference §1.3, §1.4, §3.5): what the mediated design passes through depends on the
+Rule (design §1.3, §1.4, §3.5): what the mediated design passes through depends on the
 guest's PMU, not the host's. The shape is read from the answers KVM gave the guest's CPUID
 (kvm:kvm_cpuid, the last answer per leaf and vCPU thread): Intel leaf 0xA (EAX version [7:0],
 GP counters [15:8], width [23:16]; EDX fixed counters [4:0], width [12:5]) and PERF_CAPABILITIES

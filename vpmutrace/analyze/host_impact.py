@@ -1,6 +1,6 @@
 """Host-side impact of the vPMU: what host profiling loses while guests own or share the PMU.
 
-Rule (reference §2.1-§2.3, §3.1, §9): under the mediated design, perf_load_guest_context()
+Rule (design §2.1-§2.3, §3.1, §9): under the mediated design, perf_load_guest_context()
 schedules out every host exclude_guest event of the core PMU for each ownership window, so the
 host PMU is unavailable to host perf for the guest's share of each CPU (the ownership analyzer's
 residency); KVM's fastpath runs inside the window, so it cannot be profiled ("the fastpath run
@@ -36,8 +36,8 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     if td.has("nmi_handler"):
         # perf's handler returns handled=0 for every NMI that is not its own (an IPI backtrace, ...): only
         # NMIs that no other handler claimed at the same time (1 us, same CPU) are unexplained
-        claimed = td.df("nmi_handler").filter(pl.col("handled") >= 1).select(pl.col("ts_ns").alias("_c"), "cpu") \
-            .sort("_c")
+        claimed = td.scan("nmi_handler").filter(pl.col("handled") >= 1).select(pl.col("ts_ns").alias("_c"), "cpu") \
+            .sort("_c").collect()
         n = P.perf_nmis(td).filter(pl.col("handled") == 0).sort("ts_ns")
         if n.height and claimed.height:
             n = n.join_asof(claimed, left_on="ts_ns", right_on="_c", by="cpu", strategy="nearest",

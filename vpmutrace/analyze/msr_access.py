@@ -5,7 +5,7 @@ Rules: an access belongs to the MSR exit of its vCPU thread that precedes it, be
 next entry (kvm_msr fires inside the exit's handling: kvm_{get,set}_msr ->
 trace_kvm_msr_{read,write}). A write changes the value when it differs from the last value the
 vCPU wrote or read for that MSR (KVM reprograms only then: ``if (data != pmc->eventsel)`` in
-intel_pmu_set_msr()/amd_pmu_set_msr(), XOR diff for GLOBAL_CTRL; reference §3.5). The mediated
+intel_pmu_set_msr()/amd_pmu_set_msr(), XOR diff for GLOBAL_CTRL; design §3.5). The mediated
 verdict uses the thread's guest PMU shape (model.design.msr_intercepted); an access that raised
 #GP never passes through, nor does one to the other vendor's PMU MSRs (KVM's kvm_pmu_ops are the
 host vendor's).

@@ -1,6 +1,6 @@
 """PMU ownership windows per CPU: when the guest owns the PMU, and how often ownership switches.
 
-Rule (reference §2.1, §3.5): under the mediated design kvm_mediated_pmu_load() runs in
+Rule (design §2.1, §3.5): under the mediated design kvm_mediated_pmu_load() runs in
 vcpu_enter_guest() before the inner run loop and kvm_mediated_pmu_put() after it, so one
 ownership window spans every guest run between two exits that leave the loop; fastpath
 re-entries (model.kernel.fastpath_eligible) stay inside it. Ownership windows are therefore
@@ -58,8 +58,8 @@ def observed_switches(td: TraceData, iv: pl.DataFrame) -> pl.Series | None:
     if not td.has("host_msr"):
         return None
     pmu_msrs = [a for a, m in M.catalog().items() if m.kind != M.DEBUGCTL]
-    h = td.df("host_msr").with_columns(pl.col("op").cast(pl.String)).filter(
-        (pl.col("op") == "rdpmc") | ((pl.col("op") == "write") & pl.col("msr").is_in(pmu_msrs)))
+    h = td.scan("host_msr").with_columns(pl.col("op").cast(pl.String)).filter(
+        (pl.col("op") == "rdpmc") | ((pl.col("op") == "write") & pl.col("msr").is_in(pmu_msrs))).collect()
     e = iv.select("exit_row", "ts_ns", "cpu", "entry_ts").sort("ts_ns")
     j = e.join_asof(h.select(pl.col("ts_ns").alias("h_ts"), "cpu").sort("h_ts"), left_on="ts_ns", right_on="h_ts",
                     by="cpu", strategy="forward")

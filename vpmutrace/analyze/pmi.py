@@ -1,7 +1,7 @@
 """Guest PMI delivery: which exits carried a guest PMI, how long KVM took to inject it, and whether
 the host's count of mediated PMIs matches.
 
-Rule (reference §3.1-§3.4): a guest counter overflow reaches KVM as
+Rule (design §3.1-§3.4): a guest counter overflow reaches KVM as
 - mediated design: a host interrupt on vector 0xF5 (sysvec_perf_guest_mediated_pmi_handler ->
   kvm_handle_guest_mediated_pmi() -> KVM_REQ_PMI): a VMX external-interrupt exit with
   intr_info 0x800000f5 (fact), or an SVM interrupt exit (no vector in the exit) followed by the

@@ -1,14 +1,14 @@
 """PMU MSR traffic KVM handled: by MSR and kind, rate and exit latency, value-changing writes, RDPMC
 exits, and what the mediated design would do with each access for this guest.
 
-Rule: every kvm:kvm_msr row on an MSR of the PMU catalog (model/msrs.py, reference §1.1) is one
+Rule: every kvm:kvm_msr row on an MSR of the PMU catalog (model/msrs.py, design §1.1) is one
 guest access KVM handled (trace_kvm_msr_{read,write} in kvm_{get,set}_msr paths; §1.6: the
 emulated design traps all of them). Each access belongs to the MSR exit of its vCPU thread
 that precedes it (before that thread's next entry); that exit's handling time is the
 access's latency. A write changes the value when it differs from the last value this vCPU
 wrote or read for that MSR (unknown for the first one seen): the emulated vPMU reprograms a
 counter only then (intel_pmu_set_msr()/amd_pmu_set_msr(): ``if (data != pmc->eventsel)``,
-reference §3.5). The mediated verdict uses the guest's own PMU shape (guest_pmu analyzer;
+design §3.5). The mediated verdict uses the guest's own PMU shape (guest_pmu analyzer;
 §1.3): an access that raised #GP never passes through, a guest with PMU version 0 passes
 nothing, and a verdict that depends on an unknown shape is "unknown". RDPMC exits (VMX 15, SVM
 0x6F) are counted with their rate and latency, and the mediated RDPMC verdict of §1.4.
@@ -64,7 +64,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     would = int((pmu["mediated"] == PASS).sum())
     unknown = int((pmu["mediated"] == "unknown").sum())
     summary = {
-        "msr_accesses_total": td.df("kvm_msr").height, "pmu_msr_accesses": pmu.height,
+        "msr_accesses_total": td.row_counts().get("kvm_msr", 0), "pmu_msr_accesses": pmu.height,
         "pmu_msr_gp": int(pmu["gp"].fill_null(False).sum()), "by_kind": by_kind,
         "by_msr": [{**r, "msr_hex": f"{r['msr']:#x}"} for r in by_msr.to_dicts()],
         "accesses_mediated_would_pass_through": would if not unknown else None,
@@ -84,7 +84,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
                                            would))
     if summary["pmu_msr_gp"]:
         g = pmu.filter(pl.col("gp").fill_null(False))
-        names = g.group_by("name").len().sort("len", descending=True).rows()
+        names = g.group_by("name").len().sort(["len", "name"], descending=[True, False]).rows()
         r.findings.append(ANALYZER.finding("pmu_msr_gp", f"{g.height} guest PMU MSR accesses raised #GP (MSRs this "
                                            "guest's PMU does not have)", g.height, int(g["ts_ns"].min()),
                                            [f"{n}: {c}" for n, c in names[:5]]))

@@ -97,7 +97,7 @@ def extint_vector() -> pl.Expr:
 
 
 def mediated_pmi_exit() -> pl.Expr:
-    """A VMX external-interrupt exit on PERF_GUEST_MEDIATED_PMI_VECTOR (0xF5, reference §3.1)."""
+    """A VMX external-interrupt exit on PERF_GUEST_MEDIATED_PMI_VECTOR (0xF5, design §3.1)."""
     from vpmutrace.model.design import MEDIATED_PMI_VECTOR
 
     return (extint_vector() == MEDIATED_PMI_VECTOR).fill_null(False)
@@ -113,7 +113,7 @@ def msr_exit() -> pl.Expr:
 
 def requests_pmi() -> pl.Expr:
     """kvm_exit.requests has KVM_REQ_PMI: set by __kvm_perf_overflow() inside the NMI when the guest
-    counter interrupts (emulated vPMU, reference §3.3/§3.4), before trace_kvm_exit() on kernels that
+    counter interrupts (emulated vPMU, design §3.3/§3.4), before trace_kvm_exit() on kernels that
     handle the NMI first. KVM_REQ_PMU alone (a reprogram, or an overflow without PMI) is not enough.
     Null where the format has no requests field."""
     return (pl.col("requests") & (1 << K.REQ_PMI)) != 0
@@ -135,8 +135,8 @@ def recorded(td: TraceData, table: str, event: str) -> bool | None:
 
 def perf_nmis(td: TraceData) -> pl.DataFrame:
     """nmi:nmi_handler rows of perf's handler (perf_event_nmi_handler), every ``handled`` value."""
-    n = td.df("nmi_handler")
-    return n.filter(pl.col("handler").str.starts_with(K.PERF_NMI_HANDLER)).with_row_index("nmi_row")
+    return td.scan("nmi_handler").filter(pl.col("handler").str.starts_with(K.PERF_NMI_HANDLER)) \
+        .with_row_index("nmi_row").collect()
 
 
 def _nmi_pair_candidates(td: TraceData, ex: pl.DataFrame, window_ns: int) -> pl.DataFrame:
@@ -173,7 +173,7 @@ def _nmi_pair_candidates(td: TraceData, ex: pl.DataFrame, window_ns: int) -> pl.
 
 
 def nmi_order_in_trace(td: TraceData, ex: pl.DataFrame, release: K.NmiOrder, window_ns: int) -> K.NmiOrder:
-    """The NMI event order the trace itself shows (reference §3.4): which side of their NMI exits the
+    """The NMI event order the trace itself shows (design §3.4): which side of their NMI exits the
     perf NMIs lie on. The kernel release decides unless the data clearly disagree (at least 3 pairs,
     3 times more on the other side): distribution kernels backport KVM's exit path."""
     c = _nmi_pair_candidates(td, ex, window_ns).filter(pl.col("identified"))
@@ -227,16 +227,17 @@ def lvtpc_writes(td: TraceData) -> pl.DataFrame:
     register 0x340). Columns: ts_ns, source, pid, value."""
     parts = [_apic_writes(td, APIC_LVTPC)]
     if td.has("kvm_msr"):
-        parts.append(td.df("kvm_msr").filter(pl.col("write") & (pl.col("msr") == X2APIC_LVTPC)
-                                             & ~pl.col("gp").fill_null(False))
-                     .select("ts_ns", pl.col("source").cast(pl.String), "pid", pl.col("value").cast(pl.Int64)))
+        parts.append(td.scan("kvm_msr").filter(pl.col("write") & (pl.col("msr") == X2APIC_LVTPC)
+                                               & ~pl.col("gp").fill_null(False))
+                     .select("ts_ns", pl.col("source").cast(pl.String), "pid", pl.col("value").cast(pl.Int64))
+                     .collect())
     return pl.concat(parts).sort("ts_ns")
 
 
 def event_rows(td: TraceData, names: tuple[str, ...]) -> pl.DataFrame:
     """(ts_ns, source, pid) of every row of the given events ("system:event"), from their per-event
     typed tables ("system.event")."""
-    parts = [td.df(t).select("ts_ns", pl.col("source").cast(pl.String), "pid")
+    parts = [td.scan(t).select("ts_ns", pl.col("source").cast(pl.String), "pid").collect()
              for t in (n.replace(":", ".", 1) for n in names) if t in td.tables and td.has(t)]
     if not parts:
         return pl.DataFrame(schema={"ts_ns": pl.Int64, "source": pl.String, "pid": pl.Int32})
@@ -250,9 +251,8 @@ def _apic_writes(td: TraceData, reg: int) -> pl.DataFrame:
     """Guest xAPIC MMIO writes of one register (kvm:kvm_apic, rw=1): ts_ns, source, pid, value."""
     if not td.has("kvm.kvm_apic"):
         return pl.DataFrame(schema={"ts_ns": pl.Int64, "source": pl.String, "pid": pl.Int32, "value": pl.Int64})
-    a = td.df("kvm.kvm_apic")
-    return a.filter((pl.col("rw") == 1) & (pl.col("reg") == reg)).select(
-        "ts_ns", pl.col("source").cast(pl.String), "pid", pl.col("val").cast(pl.Int64).alias("value"))
+    return td.scan("kvm.kvm_apic").filter((pl.col("rw") == 1) & (pl.col("reg") == reg)).select(
+        "ts_ns", pl.col("source").cast(pl.String), "pid", pl.col("val").cast(pl.Int64).alias("value")).collect()
 
 
 def _ipis(td: TraceData) -> pl.DataFrame:
@@ -260,8 +260,8 @@ def _ipis(td: TraceData) -> pl.DataFrame:
     writes (kvm_msr 0x830) and xAPIC ICR writes (kvm:kvm_apic)."""
     parts = [event_rows(td, ("kvm:kvm_apic_ipi",)), _apic_writes(td, APIC_ICR).drop("value")]
     if td.has("kvm_msr"):
-        parts.append(td.df("kvm_msr").filter(pl.col("write") & (pl.col("msr") == K.MSR_X2APIC_ICR))
-                     .select("ts_ns", pl.col("source").cast(pl.String), "pid"))
+        parts.append(td.scan("kvm_msr").filter(pl.col("write") & (pl.col("msr") == K.MSR_X2APIC_ICR))
+                     .select("ts_ns", pl.col("source").cast(pl.String), "pid").collect())
     return pl.concat(parts)
 
 
@@ -276,8 +276,8 @@ def self_injections(td: TraceData) -> pl.DataFrame:
                                                     pl.col("delivery_mode").cast(pl.String))
     if acc.height == 0:
         return acc
-    rows = [td.df(t).select(pl.col("source").cast(pl.String), "pid", "vcpu_id") for t in ("kvm_exit", "kvm_entry")
-            if td.has(t)]
+    rows = [td.scan(t).select(pl.col("source").cast(pl.String), "pid", "vcpu_id").collect()
+            for t in ("kvm_exit", "kvm_entry") if td.has(t)]
     if not rows:
         return acc.clear()
     ids = pl.concat(rows).group_by("source", "pid").agg(pl.col("vcpu_id").drop_nulls().mode().first())
@@ -360,8 +360,8 @@ def next_event_before_entry(ex: pl.DataFrame, ev: pl.DataFrame, entries: pl.Data
 
 def entries(td: TraceData) -> pl.DataFrame:
     """kvm_entry rows as (source, pid, entry_ts, entry_intr_info)."""
-    return td.df("kvm_entry").select(pl.col("source").cast(pl.String), "pid", pl.col("ts_ns").alias("entry_ts"),
-                                     pl.col("intr_info").alias("entry_intr_info"))
+    return td.scan("kvm_entry").select(pl.col("source").cast(pl.String), "pid", pl.col("ts_ns").alias("entry_ts"),
+                                       pl.col("intr_info").alias("entry_intr_info")).collect()
 
 
 # classes of NMI exits (classify_nmi_exits)
@@ -370,7 +370,7 @@ GUEST_PMI, HOST_PMI, OTHER_NMI, UNKNOWN_NMI = "guest_pmi", "host_pmi", "other_nm
 
 def classify_nmi_exits(td: TraceData, ex: pl.DataFrame, order: str, window_ns: int) -> pl.DataFrame:
     """Every NMI exit of ``ex`` with the perf NMI that caused it, the guest-PMI injection that
-    followed (before the thread's next entry) and its class (reference §3.3, §3.4):
+    followed (before the thread's next entry) and its class (design §3.3, §3.4):
 
     - guest_pmi, fact: kvm_exit.requests carries KVM_REQ_PMI (__kvm_perf_overflow() ran in
       this NMI);
@@ -414,7 +414,7 @@ def classify_nmi_exits(td: TraceData, ex: pl.DataFrame, order: str, window_ns: i
 
 
 def mediated_pmi_exits(td: TraceData, ex: pl.DataFrame, svm: bool) -> pl.DataFrame:
-    """Guest PMIs of the mediated design (reference §3.1, §3.2): VMX external-interrupt exits on
+    """Guest PMIs of the mediated design (design §3.1, §3.2): VMX external-interrupt exits on
     vector 0xF5 (fact), and, when ``svm`` (the design is known to be mediated), SVM interrupt exits
     (which report no vector) followed by an LVTPC injection before the thread's next entry
     (candidate). Adds inj_ts, lvtpc, certainty."""

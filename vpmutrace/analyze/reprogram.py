@@ -1,6 +1,6 @@
 """Counter reprogramming under the emulated vPMU, and the perf events KVM failed to create.
 
-Rule (reference §3.5, §6.1; arch/x86/kvm/pmu.c, model/kernel.py FN_*): a value-changing write of a
+Rule (design §3.5, §6.1; arch/x86/kvm/pmu.c, model/kernel.py FN_*): a value-changing write of a
 guest PMU control MSR (event select, FIXED_CTR_CTRL, GLOBAL_CTRL) sets the counter's reprogram bit
 and KVM_REQ_PMU; at the next entry kvm_pmu_handle_event() calls reprogram_counter() for each
 marked counter, which reuses the counter's perf event when its configuration is unchanged

@@ -6,7 +6,7 @@ KVM_ARCH_REQ(n) = n + KVM_REQUEST_ARCH_BASE (8) (include/linux/kvm_host.h,
 arch/x86/include/asm/kvm_host.h; model.kernel). KVM_REQ_PMI (bit 19) and KVM_REQ_PMU (bit 18)
 are set by kvm_perf_overflow() in the host NMI handler of the emulated vPMU, and on kernels
 that handle the NMI before trace_kvm_exit() (VMX 6.3+, SVM) they are already pending at the
-NMI exit: those exits were guest-counter overflows (reference §3.3, §3.4). Under the mediated
+NMI exit: those exits were guest-counter overflows (design §3.3, §3.4). Under the mediated
 design KVM_REQ_PMI comes from the 0xF5 handler, which on VMX runs after the exit is traced
 (handle_exit_irqoff), so mediated PMI exits need not carry it. Per request: exits carrying it
 and by exit reason.

@@ -1,6 +1,6 @@
 """Silent backend errors of the emulated vPMU: guest counters that are enabled but may not count.
 
-Rules (reference §6.1, §6.3, §3.5), emulated design only: under the mediated design the guest owns
+Rules (design §6.1, §6.3, §3.5), emulated design only: under the mediated design the guest owns
 the counters while it runs and no host perf event backs them (not applicable, fact).
 1. frozen counter (candidate): consecutive guest reads (kvm_msr) of the same counter by one vCPU
    return the same value (one window from the first to the last of them) while it stayed enabled

@@ -1,6 +1,6 @@
 """Skid: host perf samples and PMIs that a guest overflow may have charged to the host.
 
-Rule (reference §3.1, §3.5): perf decides whether a sample belongs to the guest from
+Rule (design §3.1, §3.5): perf decides whether a sample belongs to the guest from
 perf_guest_state() -> kvm_guest_state() -> kvm_arch_pmi_in_guest(), which is true only while
 KVM handles an interrupt taken from the guest (kvm_before_interrupt(); since 6.9 only an NMI:
 812d432373f6), and then records the guest RIP with a guest cpumode (perf_arch_misc_flags()).
@@ -79,7 +79,7 @@ def classify_nmis(td: TraceData, cfg: Config) -> pl.DataFrame:
     paired = P.pair_nmi_exits(td, ex, cfg.nmi_order.order, cfg.options.nmi_pair_ns)["nmi_row"].drop_nulls()
     other = ex.filter(~P.nmi_exit() & ~P.nmi_exit_unidentified()).select(pl.col("ts_ns").alias("exit_ts"), "cpu") \
         .sort("exit_ts")
-    en = td.df("kvm_entry").select(pl.col("ts_ns").alias("entry_ts"), "cpu").sort("entry_ts")
+    en = td.scan("kvm_entry").select(pl.col("ts_ns").alias("entry_ts"), "cpu").sort("entry_ts").collect()
     j = nmi.sort("ts_ns").join_asof(other, left_on="ts_ns", right_on="exit_ts", by="cpu", strategy="backward")
     j = j.join_asof(en, left_on="ts_ns", right_on="entry_ts", by="cpu", strategy="forward")
     inj = P.pmi_injections(td)
@@ -112,10 +112,10 @@ def host_counts_guest(td: TraceData, cfg: Config, include_guest: list[str] | Non
 def classify_samples(td: TraceData, cfg: Config, events: list[str]) -> pl.DataFrame:
     """Samples of include-guest events with a class (SAMPLE_CLASSES)."""
     w = cfg.options.skid_window_ns
-    s = td.df("samples").filter(pl.col("event").cast(pl.String).is_in(events) & pl.col("cpu").is_not_null()
-                                & pl.col("cpumode").is_not_null()) \
+    s = td.scan("samples").filter(pl.col("event").cast(pl.String).is_in(events) & pl.col("cpu").is_not_null()
+                                  & pl.col("cpumode").is_not_null()) \
         .select("ts_ns", "cpu", "pid", pl.col("event").cast(pl.String), pl.col("cpumode").cast(pl.String),
-                pl.col("sym").cast(pl.String), "exact_ip").with_row_index("s")
+                pl.col("sym").cast(pl.String), "exact_ip").with_row_index("s").collect()
     win = guest_windows(td).select("cpu", pl.col("end_ns").alias("exit_ts")).sort("exit_ts") \
         if td.has("kvm_exit") and td.has("kvm_entry") else None
     if win is not None:

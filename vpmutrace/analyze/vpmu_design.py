@@ -1,6 +1,6 @@
 """vPMU design of the traced host: mediated passthrough, emulated (perf-based), none, or unknown.
 
-Rule (reference §3.5, §1.2): the design is a fact of the host: ``kvm.enable_pmu=N`` means no
+Rule (design §3.5, §1.2): the design is a fact of the host: ``kvm.enable_pmu=N`` means no
 vPMU; ``kvm_intel.enable_mediated_pmu``/``kvm_amd.enable_mediated_pmu`` = Y means mediated,
 N (or no such parameter: kernels before 7.0) means emulated; ``--model`` overrides. Without a
 host snapshot a guest whose CPUID leaf 0xA reports PMU version 0 has no vPMU, and otherwise the

@@ -1,7 +1,7 @@
 """Hard-lockup watchdog: which detector the host runs, whether it can run beside the vPMU design,
 and, where the perf detector runs, its NMIs per CPU and the gaps between them.
 
-Rule (reference §4, §3.5): the perf hard-lockup detector (kernel/watchdog_perf.c) is a CPU-pinned
+Rule (design §4, §3.5): the perf hard-lockup detector (kernel/watchdog_perf.c) is a CPU-pinned
 cycles event without exclude_guest, one NMI per hw_nmi_get_sample_period(watchdog_thresh) =
 cpu_khz * 1000 * watchdog_thresh *unhalted* cycles per CPU; the buddy detector
 (watchdog_buddy.c) uses no PMU and no NMI. Which one runs is read from the host snapshot
@@ -43,7 +43,8 @@ def busy_ns(td: TraceData, cpu: int, a: int, b: int) -> int | None:
     """Time CPU ``cpu`` ran a non-idle task in [a, b), from sched_switch (None without it)."""
     if not td.has("sched_switch"):
         return None
-    s = td.df("sched_switch").filter(pl.col("cpu") == cpu).select("ts_ns", "prev_pid", "next_pid").sort("ts_ns")
+    s = td.scan("sched_switch").filter(pl.col("cpu") == cpu).select("ts_ns", "prev_pid", "next_pid").sort("ts_ns") \
+        .collect()
     if s.height == 0:
         return None
     before = s.filter(pl.col("ts_ns") < a).tail(1)

@@ -1,6 +1,6 @@
 """What-if: this emulated-vPMU trace under the mediated design, as a range.
 
-Rule (reference §1.3, §1.4, §2.1, §3.5, §7): for a trace of the emulated design whose guest PMU
+Rule (design §1.3, §1.4, §2.1, §3.5, §7): for a trace of the emulated design whose guest PMU
 shape is known,
 - removed: the exits of PMU MSR accesses the mediated design passes through for this guest
   (no #GP), and RDPMC exits when kvm_need_rdpmc_intercept() is false; their measured handling

@@ -18,7 +18,7 @@ re-entries included). An exit's handling interval runs to the next kvm_entry of 
 
 A guest window runs from a kvm_entry to the thread's next kvm_exit on the CPU of the entry
 (not across a loss). PMU ownership windows (mediated design) merge guest windows across exits
-the kernel may re-enter from the fastpath without putting the guest PMU (reference §2.1, §3.5;
+the kernel may re-enter from the fastpath without putting the guest PMU (design §2.1, §3.5;
 ``model.kernel.fastpath_eligible``).
 """
 
@@ -36,7 +36,7 @@ MAX_INSN_LEN = 15  # SDM vol. 2 2.3.11: an instruction is at most 15 bytes
 
 def _losses(td: TraceData) -> pl.DataFrame:
     """Loss intervals [start_ns, ts_ns] per CPU (cpu null: any CPU) from the lost table."""
-    lost = td.df("lost")
+    lost = td.scan("lost", ["cpu", "start_ns", "ts_ns"]).collect()
     if lost.height == 0:
         return pl.DataFrame(schema={"cpu": pl.Int32, "l_start": pl.Int64, "l_end": pl.Int64})
     return lost.select("cpu", pl.coalesce("start_ns", "ts_ns").alias("l_start"), pl.col("ts_ns").alias("l_end")) \
@@ -62,9 +62,9 @@ def _timeline(td: TraceData) -> pl.DataFrame:
         "ts_ns", "seq", "cpu", pl.col("source").cast(pl.String), "pid", pl.col("comm").cast(pl.String), "vcpu_id",
         "exit_reason", "basic", pl.col("reason").cast(pl.String), "isa", "intr_info", "requests", "guest_rip",
         "exit_row", pl.lit("exit").alias("kind"))
-    en = td.df("kvm_entry").select("ts_ns", "seq", "cpu", pl.col("source").cast(pl.String), "pid", "vcpu_id",
-                                   pl.col("rip").alias("entry_rip"), pl.col("intr_info").alias("entry_intr_info"),
-                                   pl.lit("entry").alias("kind"))
+    en = td.scan("kvm_entry").select("ts_ns", "seq", "cpu", pl.col("source").cast(pl.String), "pid", "vcpu_id",
+                                     pl.col("rip").alias("entry_rip"), pl.col("intr_info").alias("entry_intr_info"),
+                                     pl.lit("entry").alias("kind")).collect()
     return pl.concat([ex, en], how="diagonal_relaxed").sort([*KEY, "ts_ns", "seq"])
 
 
@@ -113,7 +113,7 @@ def _rip_moving_exit() -> pl.Expr:
 
 def _rip_moved(td: TraceData, ex: pl.DataFrame) -> pl.Series:
     """Per exit of ``ex`` (with entry_ts): an event that moves the guest's rip on its thread before the entry."""
-    parts = [td.df(t).select("ts_ns", pl.col("source").cast(pl.String), "pid")
+    parts = [td.scan(t).select("ts_ns", pl.col("source").cast(pl.String), "pid").collect()
              for t in ("kvm_emulate_insn", "kvm_userspace_exit") if td.has(t)]
     parts.append(P.event_rows(td, _RIP_MOVING_EVENTS))
     mv = pl.concat(parts).rename({"ts_ns": "_mv"}).sort("_mv")
@@ -155,8 +155,8 @@ def _msr_of_exit(td: TraceData, iv: pl.DataFrame) -> pl.DataFrame:
     exit's next entry). Columns: exit_row, msr_written."""
     if not td.has("kvm_msr"):
         return pl.DataFrame(schema={"exit_row": pl.UInt32, "msr_written": pl.UInt32})
-    w = td.df("kvm_msr").filter(pl.col("write")).select(pl.col("ts_ns").alias("m_ts"),
-                                                         pl.col("source").cast(pl.String), "pid", "msr")
+    w = td.scan("kvm_msr").filter(pl.col("write")).select(pl.col("ts_ns").alias("m_ts"),
+                                                           pl.col("source").cast(pl.String), "pid", "msr").collect()
     e = iv.filter(P.msr_exit()).select("exit_row", "ts_ns", "source", "pid", "entry_ts").sort("ts_ns")
     j = e.join_asof(w.sort("m_ts"), left_on="ts_ns", right_on="m_ts", by=KEY, strategy="forward")
     j = j.filter(pl.col("m_ts").is_not_null() & (pl.col("entry_ts").is_null() | (pl.col("m_ts") <= pl.col("entry_ts"))))
@@ -192,7 +192,7 @@ def overlap_ns(start: int, end: int, windows: pl.DataFrame) -> int:
 
 
 def probe_windows(td: TraceData) -> tuple[pl.DataFrame, str] | None:
-    """PMU ownership windows from load/put probes (mediated design; reference §2.1-§2.2): on each vCPU
+    """PMU ownership windows from load/put probes (mediated design; design §2.1-§2.2): on each vCPU
     thread a window opens at a load (perf_load_guest_context(), which kvm_mediated_pmu_load() calls
     first for a mediated vCPU only, else kvm_mediated_pmu_load(), which runs for every vCPU on 7.0+ and
     returns at once without a mediated PMU) and closes at the thread's next put (perf_put_guest_context(),

@@ -144,7 +144,7 @@ def field_column(f: Field, buf: np.ndarray, offsets: np.ndarray, lengths: np.nda
         buf, field_off = mat.reshape(-1), 0
         offsets = np.arange(n, dtype=np.int64) * np.int64(f.size)
         lengths = np.clip(lengths - f.offset, 0, f.size)
-    if not f.dynamic and f.kind != CHARS and cut is None:  # the field's bytes, zero past the record
+    if not f.dynamic and not f.flexible and f.kind != CHARS and cut is None:  # the bytes, zero past the record
         # (the column keeps its bytes: a copy of the caller's, whose memory is theirs to free)
         mat = gather(buf, offsets, f.size, lengths, f.offset) if mat is None else mat.copy()
         if f.kind == BYTES:
@@ -152,7 +152,14 @@ def field_column(f: Field, buf: np.ndarray, offsets: np.ndarray, lengths: np.nda
         values = _elements(mat.reshape(-1), f, big_endian)
         return pa.FixedSizeListArray.from_arrays(pa.array(values), f.array_len)
     add = 0
-    if not f.dynamic:  # fixed char array, or bytes with a cut: from the record, cut at its end
+    if f.flexible:  # the rest of the record (a string: up to its first NUL)
+        starts = offsets + np.int64(f.offset)
+        sizes = np.clip(lengths - f.offset, 0, None)
+        if f.kind == CHARS:
+            kept = np.empty(n, np.int64)
+            kernels.parallel(kernels.string_sizes, n, buf, starts, sizes, True, kept)
+            sizes = kept
+    elif not f.dynamic:  # fixed char array, or bytes with a cut: from the record, cut at its end
         starts, add = offsets, field_off
         sizes = np.empty(n, np.int64)
         cuts = np.ascontiguousarray(cut) if cut is not None else np.zeros(0, np.uint8)

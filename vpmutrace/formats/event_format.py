@@ -44,7 +44,7 @@ class Field:
     offset: int
     size: int
     signed: bool
-    array_len: int | None = None  # element count of a fixed array (char comm[16] -> 16)
+    array_len: int | None = None  # element count of a fixed array (char comm[16] -> 16; 0: flexible, see below)
     data_loc: bool = False  # __data_loc: u32 with offset (low 16 bits) and length (high 16)
     rel_loc: bool = False  # __rel_loc: like data_loc, offset relative to the end of the field
     is_pointer: bool = False
@@ -52,6 +52,12 @@ class Field:
     @property
     def dynamic(self) -> bool:
         return self.data_loc or self.rel_loc
+
+    @property
+    def flexible(self) -> bool:
+        """``char buf[]`` of size 0 (ftrace's print): the rest of the record, up to its end (what
+        libtraceevent reads for a zero-sized field, print_str_arg)."""
+        return self.array_len == 0 and self.size == 0 and not self.dynamic
 
     @property
     def elem_size(self) -> int:
@@ -117,7 +123,8 @@ class EventFormat:
         from vpmutrace.formats.printfmt import PrintFmt
 
         try:
-            return PrintFmt.parse(self.print_fmt)
+            return PrintFmt.parse(self.print_fmt, {f.name: f.size for f in self.fields
+                                                   if f.array_len is None and not f.dynamic})
         except UnsupportedFormat as e:
             self._fallback_reason = str(e)
             return None
@@ -174,8 +181,11 @@ def parse_format(text: str, system: str = "") -> EventFormat:
                 raise ValueError(f"line {i + 1}: malformed field line {s!r}")
             base, fname, alen, dloc, rloc, ptr = _parse_decl(m.group("decl"))
             size = int(m.group("size"))
-            if alen == 0:
-                alen = None if size == 0 else size // max(1, _scalar_size(base))
+            if alen == 0 and size > 0:
+                alen = size // max(1, _scalar_size(base))
+            elif alen is None and size == 0 and not (dloc or rloc or ptr):
+                alen = 0  # "char buf; size:0" (kernels before 3.10's print/bprint): read as buf[] is, the
+                #           rest of the record (libtraceevent reads a zero-sized field so: print_str_arg)
             signed = m.group("signed") not in (None, "0")
             f = Field(fname, base, int(m.group("offset")), size, signed, alen, dloc, rloc, ptr)
             (common if fname.startswith("common_") else fields).append(f)

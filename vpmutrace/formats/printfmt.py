@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vpmutrace.errors import UnsupportedFormat
+from vpmutrace.formats.cprint import length_bits, pointer_ext_length
 
 M64 = (1 << 64) - 1
 
@@ -46,15 +47,19 @@ _FUNCS = {
     "__print_flags_u64", "__print_hex", "__print_hex_str", "__print_array", "__get_str",
     "__get_rel_str", "__get_dynamic_array", "__get_rel_dynamic_array", "__get_dynamic_array_len",
     "__get_rel_dynamic_array_len", "__get_bitmask", "__get_rel_bitmask", "__get_cpumask", "__get_rel_cpumask",
+    "__get_sockaddr", "__get_sockaddr_rel",
 }
+_TAG_WORDS = {"struct", "union", "enum"}
 
 _BINARY_PREC = {
     "||": 1, "&&": 2, "|": 3, "^": 4, "&": 5, "==": 6, "!=": 6,
     "<": 7, ">": 7, "<=": 7, ">=": 7, "<<": 8, ">>": 8, "+": 9, "-": 9, "*": 10, "/": 10, "%": 10,
 }
 
-Node = tuple  # ("num", v) ("str", s) ("field", name) ("un", op, n) ("bin", op, l, r)
-#              ("tern", c, a, b) ("call", name, args) ("pair", v, s) ("list", items) ("cast", bits, signed, n)
+Node = tuple  # ("num", v, (bits, signed)) ("str", s) ("field", name) ("un", op, n) ("bin", op, l, r) ("index", base, i)
+#              ("tern", c, a, b) ("call", name, args) ("list", items) ("cast", bits, signed, n, pointer)
+# ("field", name) is REC->name, or a bare name: a field inside __get_str(name) and friends, else a
+# constant the format does not define (an enum, a kernel variable: printeval resolves it)
 
 
 def _unescape(lit: str) -> str:
@@ -79,9 +84,10 @@ def _tokenize(src: str) -> list[tuple[str, str]]:
 
 
 class _Parser:
-    def __init__(self, toks: list[tuple[str, str]]) -> None:
+    def __init__(self, toks: list[tuple[str, str]], sizes: Mapping[str, int] | None = None) -> None:
         self.toks = toks
         self.i = 0
+        self.sizes = sizes
 
     def peek(self, k: int = 0) -> tuple[str, str]:
         j = self.i + k
@@ -122,21 +128,28 @@ class _Parser:
             left = ("bin", op, left, right)
 
     def _is_cast(self) -> bool:
+        """``(type words [*...])`` before an operand: type words we know, a struct/union/enum tag, or
+        any words followed by an operand (libtraceevent's process_paren takes ``(item) item`` and
+        ``(item) (`` as typecasts)."""
         if self.peek()[1] != "(":
             return False
         j = 1
-        saw = False
+        words: list[str] = []
         while True:
             kind, val = self.peek(j)
-            if kind == "id" and (val in _TYPE_WORDS or val.endswith("_t")):
-                saw = True
-            elif val == "*" and saw:
+            if kind == "id" and val != "REC":
+                words.append(val)
+            elif val == "*" and words:
                 pass
-            elif val == ")" and saw:
-                return True
+            elif val == ")" and words:
+                break
             else:
                 return False
             j += 1
+        if all(w in _TYPE_WORDS or w.endswith("_t") for w in words) or words[0] in _TAG_WORDS:
+            return True
+        kind, val = self.peek(j + 1)
+        return kind in ("id", "num", "str", "chr") or val == "("
 
     def unary(self) -> Node:
         kind, val = self.peek()
@@ -153,7 +166,8 @@ class _Parser:
                 words.append(self.next()[1])
             self.next()
             operand = self.unary()
-            return ("cast", _cast_bits(words), _cast_signed(words), operand)
+            ptr = "*" in words
+            return ("cast", _cast_bits(words), _cast_signed(words) and not ptr, operand, ptr)
         return self.postfix()
 
     def postfix(self) -> Node:
@@ -180,9 +194,9 @@ class _Parser:
     def primary(self) -> Node:
         kind, val = self.next()
         if kind == "num":
-            return ("num", int(val.rstrip("uUlL"), 0))
+            return _number(val)
         if kind == "chr":
-            return ("num", ord(_unescape(val)))
+            return ("num", ord(_unescape(val)), (32, True))
         if kind == "str":
             s = _unescape(val)
             while self.peek()[0] == "str":
@@ -191,8 +205,10 @@ class _Parser:
         if kind == "id":
             if val == "REC":
                 return ("id", "REC")
+            if val == "sizeof" and self.peek()[1] == "(":
+                return ("num", self.size_of(), (64, False))
             if self.peek()[1] == "(":
-                if val not in _FUNCS:
+                if val not in _FUNCS and val != "__builtin_expect":
                     raise UnsupportedFormat(f"print fmt calls {val}()")
                 self.next()
                 args: list[Node] = []
@@ -203,14 +219,36 @@ class _Parser:
                     elif self.peek()[1] != ")":
                         raise UnsupportedFormat(f"bad argument list of {val}")
                 self.next()
+                if val == "__builtin_expect":  # (cond, hint): the condition
+                    if not args:
+                        raise UnsupportedFormat("__builtin_expect() without arguments")
+                    return args[0]
                 return ("call", val, args)
-            # a bare name: the field argument of __get_str(name) and friends
-            return ("field", val)
+            # a bare name: the field argument of __get_str(name) and friends, or a constant
+            return ("field", val, "bare")
         if val == "(":
             node = self.expr()
             self.expect(")")
             return node
         raise UnsupportedFormat(f"unexpected {val!r} in print fmt")
+
+    def size_of(self) -> int:
+        """``sizeof(int)``, ``sizeof(long)``, ``sizeof(long long)``, ``sizeof(unsigned ...)`` or
+        ``sizeof(REC->f)`` of a non-array field (what libtraceevent's process_sizeof takes)."""
+        self.expect("(")
+        words = []
+        while self.peek()[1] not in (")", "eof", ""):
+            words.append(self.next()[1])
+        self.expect(")")
+        if words[:2] == ["REC", "->"] and len(words) == 3 and self.sizes is not None and words[2] in self.sizes:
+            size = self.sizes[words[2]]
+            if size > 0:
+                return size
+        if words == ["long", "long"] or words in (["long"], ["unsigned", "long"]):
+            return 8
+        if words and words[0] in ("int", "unsigned"):
+            return 4
+        raise UnsupportedFormat(f"sizeof({' '.join(words)})")
 
     def brace_or_expr(self) -> Node:
         if self.peek()[1] != "{":
@@ -225,20 +263,41 @@ class _Parser:
         return ("list", items)
 
 
-def _cast_bits(words: list[str]) -> int:
-    w = " ".join(words)
-    if "*" in w:
+def _number(text: str) -> Node:
+    """An integer literal with its C type (bits, signed): decimal int, long; octal and hex also
+    unsigned int, unsigned long; a U suffix unsigned, an L suffix at least long."""
+    digits = text.rstrip("uUlL")
+    suffix = text[len(digits):].lower()
+    base = 16 if digits[:2].lower() == "0x" else 8 if len(digits) > 1 and digits[0] == "0" else 10
+    v = int(digits, base)
+    unsigned = "u" in suffix
+    kinds = [(32, False), (64, False)] if unsigned else [(32, True), (64, True)] if base == 10 else \
+        [(32, True), (32, False), (64, True), (64, False)]
+    if "l" in suffix:
+        kinds = [k for k in kinds if k[0] == 64]
+    for bits, signed in kinds:
+        if v < 1 << (bits - 1 if signed else bits):
+            return ("num", v, (bits, signed))
+    return ("num", v & M64, (64, False))
+
+
+_CAST_BITS = {"char": 8, "bool": 8, "_Bool": 8, "short": 16, "int": 32, "long": 64, "u8": 8, "s8": 8, "u16": 16,
+              "s16": 16, "u32": 32, "s32": 32, "u64": 64, "s64": 64, "size_t": 64, "ssize_t": 64, "pid_t": 32,
+              "gfp_t": 32, "dev_t": 32, "loff_t": 64, "unsigned": 32, "signed": 32}
+
+
+def _cast_bits(words: list[str]) -> int | None:
+    """Bits of a cast's C type; None for a type we do not know (the value is left as it is)."""
+    if "*" in words:
         return 64
-    for key, bits in (("8", 8), ("16", 16), ("32", 32), ("64", 64)):
-        if re.search(rf"\D{key}(_t)?$", " " + w.replace(" ", "")):
-            return bits
-    if "char" in w or "bool" in w:
-        return 8
-    if "short" in w:
-        return 16
-    if "long" in w:
-        return 64
-    return 32
+    names = [w.removeprefix("__") for w in words if w not in ("const", "volatile")]
+    for w in reversed(names):
+        m = re.fullmatch(r"u?int(8|16|32|64)_t", w)
+        if m:
+            return int(m.group(1))
+        if w in _CAST_BITS:
+            return _CAST_BITS[w]
+    return None
 
 
 def _cast_signed(words: list[str]) -> bool:
@@ -246,10 +305,6 @@ def _cast_signed(words: list[str]) -> bool:
     if "unsigned" in w or re.search(r"\bu(8|16|32|64)\b|__u|uint|size_t|bool", w):
         return False
     return True
-
-
-_CONV_RE = re.compile(r"%(?P<flags>[-+ #0]*)(?P<width>\d+|\*)?(?:\.(?P<prec>\d+|\*))?"
-                      r"(?P<len>hh|h|ll|l|z|j|t|L)?(?P<conv>[diouxXcsp%])")
 
 
 @dataclass
@@ -263,6 +318,83 @@ class Conversion:
     conv: str
     pext: str  # %p extension letters (pS, ps, ...)
 
+    @property
+    def bits(self) -> int:
+        """Width of the C type libtraceevent casts the value to (print_arg_number's ``ls``)."""
+        return length_bits(self.length)
+
+
+_SPEC_CHARS = set("#hlLzZ.0123456789-+*")
+
+
+def _length(spec: str) -> str:
+    """The length modifier as libtraceevent counts it (parse_arg_format: each h -1, each l +1,
+    L = 2, z/Z = 1)."""
+    ls = 0
+    for ch in spec:
+        if ch == "h":
+            ls -= 1
+        elif ch == "l":
+            ls += 1
+        elif ch == "L":
+            ls = 2
+        elif ch in "zZ":
+            ls = 1
+    if not -2 <= ls <= 2:
+        raise UnsupportedFormat(f"bad length modifier in %{spec}")
+    return {-2: "hh", -1: "h", 0: "", 1: "l", 2: "ll"}[ls]
+
+
+def _width_prec(spec: str) -> tuple[str, str | None, str | None]:
+    """(flags, width, precision) of the characters between % and the conversion letter."""
+    body = "".join(ch for ch in spec if ch not in "hlLzZ")
+    m = re.fullmatch(r"([-+#0]*)(\d+|\*)?(?:\.(\*|\d*))?.*", body)
+    assert m is not None
+    prec = m.group(3)
+    return m.group(1), m.group(2), (prec or "0") if prec is not None else None
+
+
+def parse_conversions(fmt: str) -> tuple[list[Conversion], str]:
+    """The conversions of a print fmt string, as libtraceevent splits it (parse_args): ``%%`` is a
+    literal %, a conversion is ``%`` then any of ``#hlLzZ.0-9-+*`` then one of ``cdiuxXosp``
+    (``p`` followed by the extension letters parse_arg_format_pointer takes); any other letter
+    after the ``%`` prints as ``>letter<``."""
+    convs: list[Conversion] = []
+    lit: list[str] = []
+    i, n = 0, len(fmt)
+    while i < n:
+        ch = fmt[i]
+        if ch != "%":
+            lit.append(ch)
+            i += 1
+            continue
+        if fmt[i + 1:i + 2] == "%":
+            lit.append("%")
+            i += 2
+            continue
+        j = i + 1
+        while j < n and fmt[j] in _SPEC_CHARS:
+            j += 1
+        if j >= n:
+            break  # a lone % at the end prints nothing
+        conv = fmt[j]
+        spec = fmt[i + 1:j]
+        if conv not in "cdiuxXosp":
+            lit.append(f">{conv}<")
+            i = j + 1
+            continue
+        if spec.count("*") > 1:
+            raise UnsupportedFormat(f"two '*' in %{spec}{conv}")
+        flags, width, prec = _width_prec(spec)
+        pext = ""
+        if conv == "p":
+            pext = fmt[j + 1:j + 1 + pointer_ext_length(fmt[j + 1:j + 8])]
+        end = j + 1 + len(pext)
+        convs.append(Conversion("".join(lit), fmt[i:end], flags, width, prec, _length(spec), conv, pext))
+        lit = []
+        i = end
+    return convs, "".join(lit)
+
 
 @dataclass
 class PrintFmt:
@@ -271,37 +403,21 @@ class PrintFmt:
     args: list[Node]
 
     @classmethod
-    def parse(cls, text: str) -> PrintFmt:
+    def parse(cls, text: str, sizes: Mapping[str, int] | None = None) -> PrintFmt:
+        """Parse a print fmt; ``sizes`` (field name -> size) resolves ``sizeof(REC->f)``."""
         toks = _tokenize(text)
         if not toks or toks[0][0] != "str":
             raise UnsupportedFormat("print fmt does not start with a string")
-        p = _Parser(toks)
+        p = _Parser(toks, sizes)
         fmt_node = p.primary()
         fmt = fmt_node[1]
         args: list[Node] = []
         while p.peek()[0] != "eof":
             p.expect(",")
             args.append(p.brace_or_expr())
-        convs: list[Conversion] = []
-        pos = 0
-        for m in _CONV_RE.finditer(fmt):
-            lit = fmt[pos:m.start()]
-            pos = m.end()
-            if m.group("conv") == "%":
-                convs.append(Conversion(lit, "%%", "", None, None, "", "%", ""))
-                continue
-            pext = ""
-            if m.group("conv") == "p":
-                ext = re.match(r"[SsFfBK]|I[46]|i[46]|M|m|U", fmt[pos:])
-                if ext:
-                    pext = ext.group(0)
-                    pos += len(pext)
-            convs.append(Conversion(lit, m.group(0), m.group("flags"), m.group("width"), m.group("prec"),
-                                    m.group("len") or "", m.group("conv"), pext))
-        tail = fmt[pos:]
-        n_args = sum(1 for c in convs if c.conv != "%") + sum(
-            (c.width == "*") + (c.prec == "*") for c in convs)
-        if n_args != len(args):
+        convs, tail = parse_conversions(fmt)
+        n_args = sum(1 + (c.width == "*") + (c.prec == "*") for c in convs)
+        if n_args > len(args):
             raise UnsupportedFormat(f"print fmt has {n_args} conversions but {len(args)} arguments")
         return cls(convs, tail, args)
 
@@ -326,8 +442,6 @@ class PrintFmt:
         """Index of the first argument whose conversion follows text ending in ``literal_suffix``."""
         k = 0
         for c in self.convs:
-            if c.conv == "%":
-                continue
             k += (c.width == "*") + (c.prec == "*")
             if c.conv == conv and c.literal.endswith(literal_suffix):
                 return k
@@ -335,148 +449,55 @@ class PrintFmt:
         return None
 
     def eval_arg(self, k: int, rec: Mapping[str, Any], symbols: Callable[[int], str] | None = None) -> Any:
-        return _eval(self.args[k], rec)
+        from vpmutrace.formats.printeval import Env, value
+
+        return value(self.args[k], rec, Env.of(symbols))
 
     def render(self, rec: Mapping[str, Any], symbols: Callable[[int], str | None] | None = None,
-               given: Mapping[int, str] | None = None) -> str:
-        """The printed text; ``given`` holds the text of arguments already known (names a text trace
-        printed, whose raw fields it does not carry)."""
-        out: list[str] = []
-        k = 0
-        for c in self.convs:
-            out.append(c.literal)
-            if c.conv == "%":
-                out.append("%")
-                continue
-            width = c.width
-            prec = c.prec
-            if width == "*":
-                width = str(_as_int(_eval(self.args[k], rec)))
-                k += 1
-            if prec == "*":
-                prec = str(_as_int(_eval(self.args[k], rec)))
-                k += 1
-            if given is not None and k in given:
-                out.append(given[k])
-                k += 1
-                continue
-            val = _eval(self.args[k], rec)
-            k += 1
-            out.append(_format_one(c, width, prec, val, symbols))
-        out.append(self.tail)
-        return "".join(out)
+               given: Mapping[int, str] | None = None, env: Any = None) -> str:
+        """The printed text, as trace-cmd prints it (formats/printeval.py); ``given`` holds the text
+        of arguments already known (names a text trace printed, whose raw fields it does not carry).
+        ``env``: the trace's symbols, printk strings and field layouts (printeval.Env)."""
+        from vpmutrace.formats.printeval import Env, render
+
+        return render(self, rec, env if env is not None else Env.of(symbols), given)
 
 
-def _as_int(v: Any) -> int:
-    if isinstance(v, bool):
-        return int(v)
-    if isinstance(v, int):
-        return v
-    if isinstance(v, bytes | bytearray):
-        return int.from_bytes(v[:8], "little")
+def const_eval(n: Node) -> Any:
+    """The value of a node that reads no field (symbol table entries, with C's arithmetic); a name the
+    format does not define has no known value (UnsupportedFormat)."""
+    kind = n[0]
+    if kind in ("num", "str"):
+        return n[1]
+    if kind == "field":
+        raise UnsupportedFormat(f"{n[1]} has no value in the format")
+    if kind == "cast":
+        v = const_eval(n[3])
+        return v if isinstance(v, str) else c_cast(_int(v), n[1], n[2])
+    if kind == "un":
+        v = _int(const_eval(n[2]))
+        return -v if n[1] == "-" else int(not v) if n[1] == "!" else ~v & M64
+    if kind == "bin":
+        return binary_op(n[1], _int(const_eval(n[2])), _int(const_eval(n[3])))
+    if kind == "tern":
+        return const_eval(n[2]) if const_eval(n[1]) else const_eval(n[3])
+    raise UnsupportedFormat(f"cannot evaluate {kind} as a constant")
+
+
+def _int(v: Any) -> int:
     if isinstance(v, str):
         raise UnsupportedFormat("string used as a number")
     return int(v)
 
 
-def _format_one(c: Conversion, width: str | None, prec: str | None, val: Any,
-                symbols: Callable[[int], str | None] | None) -> str:
-    spec = "%" + c.flags + (width or "") + (("." + prec) if prec is not None else "")
-    if c.conv == "s":
-        if isinstance(val, bytes | bytearray):
-            val = bytes(val).split(b"\0", 1)[0].decode("utf-8", "replace")
-        return (spec + "s") % (val if isinstance(val, str) else str(val))
-    if c.conv == "p":
-        v = _as_int(val) & M64
-        if c.pext in ("S", "s", "F", "f", "B") and symbols is not None:
-            name = symbols(v)
-            if name:
-                return (spec + "s") % name
-        return (spec + "s") % f"0x{v:x}"
-    iv = _as_int(val)
-    bits = 64 if c.length in ("l", "ll", "z", "j", "t", "L") else 32
-    if c.length == "h":
-        bits = 16
-    elif c.length == "hh":
-        bits = 8
-    mask = (1 << bits) - 1
-    if c.conv in ("d", "i"):
-        iv &= mask
-        if iv >> (bits - 1):
-            iv -= 1 << bits
-        return (spec + "d") % iv
-    if c.conv == "c":
-        return (spec + "c") % chr(iv & 0xFF)
-    iv &= mask
-    conv = "d" if c.conv == "u" else c.conv
-    return (spec + conv) % iv
-
-
-def bitmask_text(data: bytes) -> str:
-    """A bitmask as the kernel prints it (%*pb, lib/vsprintf.c bitmap_string): 32-bit chunks in hex,
-    zero-padded to their width, most significant first, comma separated (the bits: little-endian
-    words); the top chunk holds what is left of the bits beyond whole chunks."""
-    v = int.from_bytes(data, "little")
-    bits = len(data) * 8
-    chunks = max(1, (bits + 31) // 32)
-    top = (bits % 32 or 32) // 4 if bits else 1
-    return ",".join(f"{(v >> (32 * i)) & 0xFFFFFFFF:0{top if i == chunks - 1 else 8}x}"
-                    for i in reversed(range(chunks)))
-
-
-def _truthy(v: Any) -> bool:
-    if isinstance(v, str | bytes):
-        return True
-    return bool(v)
-
-
-def _eval(n: Node, rec: Mapping[str, Any]) -> Any:
-    kind = n[0]
-    if kind == "num":
-        return n[1]
-    if kind == "str":
-        return n[1]
-    if kind == "field":
-        try:
-            return rec[n[1]]
-        except KeyError as e:
-            raise UnsupportedFormat(f"print fmt reads unknown field {n[1]}") from e
-    if kind == "tern":
-        return _eval(n[2], rec) if _truthy(_eval(n[1], rec)) else _eval(n[3], rec)
-    if kind == "bin":
-        op = n[1]
-        if op == "&&":
-            return int(_truthy(_eval(n[2], rec)) and _truthy(_eval(n[3], rec)))
-        if op == "||":
-            return int(_truthy(_eval(n[2], rec)) or _truthy(_eval(n[3], rec)))
-        a, b = _as_int(_eval(n[2], rec)), _as_int(_eval(n[3], rec))
-        return _BIN_OPS[op](a, b)
-    if kind == "un":
-        v = _as_int(_eval(n[2], rec))
-        if n[1] == "-":
-            return -v
-        if n[1] == "!":
-            return int(not v)
-        return ~v & M64
-    if kind == "cast":
-        v = _eval(n[3], rec)
-        if isinstance(v, str | bytes):
-            return v
-        v = _as_int(v) & ((1 << n[1]) - 1)
-        if n[2] and v >> (n[1] - 1):
-            v -= 1 << n[1]
+def c_cast(v: int, bits: int | None, signed: bool) -> int:
+    """``v`` converted to a C integer type of ``bits`` (None: a type we do not know, left as is)."""
+    if bits is None:
         return v
-    if kind == "index":
-        base = _eval(n[1], rec)
-        return base[_as_int(_eval(n[2], rec))]
-    if kind == "call":
-        return _call(n[1], n[2], rec)
-    raise UnsupportedFormat(f"cannot evaluate {kind}")
-
-
-def const_eval(n: Node) -> Any:
-    """The value of a node that reads no field (symbol table entries)."""
-    return _eval(n, {})
+    v &= (1 << bits) - 1
+    if signed and v >> (bits - 1):
+        v -= 1 << bits
+    return v
 
 
 def _div(a: int, b: int) -> int:
@@ -490,81 +511,14 @@ _BIN_OPS: dict[str, Callable[[int, int], int]] = {
     "|": lambda a, b: a | b, "^": lambda a, b: a ^ b, "&": lambda a, b: a & b,
     "==": lambda a, b: int((a & M64) == (b & M64)), "!=": lambda a, b: int((a & M64) != (b & M64)),
     "<": lambda a, b: int(a < b), ">": lambda a, b: int(a > b), "<=": lambda a, b: int(a <= b),
-    ">=": lambda a, b: int(a >= b), "<<": lambda a, b: (a << b) & M64, ">>": lambda a, b: (a & M64) >> b,
+    ">=": lambda a, b: int(a >= b), "<<": lambda a, b: (a << b) & M64, ">>": lambda a, b: (a & M64) >> b
+    if a >= 0 or b >= 64 else a >> b,
     "+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-    "/": _div, "%": lambda a, b: a - _div(a, b) * b if b else 0,
+    "/": _div, "%": lambda a, b: a - _div(a, b) * b,
+    "&&": lambda a, b: int(bool(a) and bool(b)), "||": lambda a, b: int(bool(a) or bool(b)),
 }
 
 
-class _UnknownIsZero(dict):
-    """Symbol table keys name constants; an enum the kernel did not export (``VDSO_CLOCKMODE_TSC``:
-    no TRACE_DEFINE_ENUM) reads as 0, as libtraceevent takes it."""
-
-    def __missing__(self, key: str) -> int:
-        return 0
-
-
-_CONSTANTS = _UnknownIsZero()
-
-
-def _symtable(items: list[Node], rec: Mapping[str, Any]) -> list[tuple[int, str]]:
-    out: list[tuple[int, str]] = []
-    for it in items:
-        if it[0] != "list":
-            raise UnsupportedFormat("symbol table entry is not a { value, name } pair")
-        pair = it[1]
-        if len(pair) == 0:
-            continue
-        if len(pair) != 2:
-            raise UnsupportedFormat("symbol table entry is not a pair")
-        out.append((_as_int(_eval(pair[0], _CONSTANTS)) & M64, str(_eval(pair[1], rec))))
-    return out
-
-
-def _call(name: str, args: list[Node], rec: Mapping[str, Any]) -> Any:
-    if name in ("__print_symbolic", "__print_symbolic64", "__print_symbolic_u64"):
-        val = _as_int(_eval(args[0], rec)) & M64
-        for v, s in _symtable(args[1:], rec):
-            if v == val:
-                return s
-        return f"0x{val:x}"
-    if name in ("__print_flags", "__print_flags_u64"):
-        val = _as_int(_eval(args[0], rec)) & M64
-        delim = str(_eval(args[1], rec))
-        parts: list[str] = []
-        # kernel trace_print_flags_seq(): walk the table while bits remain, then hex leftovers
-        for v, s in _symtable(args[2:], rec):
-            if not val:
-                break
-            if val & v == v:
-                parts.append(s)
-                val &= ~v
-        if val:
-            parts.append(f"0x{val:x}")
-        return delim.join(parts)
-    if name in ("__get_str", "__get_rel_str"):
-        v = _eval(args[0], rec)
-        return v if isinstance(v, str) else bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
-    if name in ("__get_dynamic_array", "__get_rel_dynamic_array"):
-        return _eval(args[0], rec)
-    if name in ("__get_dynamic_array_len", "__get_rel_dynamic_array_len"):
-        return len(_eval(args[0], rec))
-    if name in ("__get_bitmask", "__get_rel_bitmask", "__get_cpumask", "__get_rel_cpumask"):
-        return bitmask_text(bytes(_eval(args[0], rec)))
-    if name in ("__print_hex", "__print_hex_str"):
-        buf = _eval(args[0], rec)
-        n = _as_int(_eval(args[1], rec))
-        data = bytes(buf)[:n] if isinstance(buf, bytes | bytearray) else b""
-        sep = "" if name == "__print_hex_str" else " "
-        return sep.join(f"{b:02x}" for b in data)
-    if name == "__print_array":
-        arr = _eval(args[0], rec)
-        count = _as_int(_eval(args[1], rec))
-        size = _as_int(_eval(args[2], rec))
-        if isinstance(arr, list):  # a decoded integer array
-            vals = [v & ((1 << (8 * size)) - 1) for v in arr[:count]]
-        else:
-            buf = bytes(arr)
-            vals = [int.from_bytes(buf[i * size:(i + 1) * size], "little") for i in range(count)]
-        return "{" + ",".join(f"0x{v:x}" for v in vals) + "}"
-    raise UnsupportedFormat(f"print fmt calls {name}()")
+def binary_op(op: str, a: int, b: int) -> int:
+    """A C binary operator on integers that carry their C value (signed ones negative)."""
+    return _BIN_OPS[op](a, b)

@@ -89,8 +89,11 @@ def _header(buf, pos, end):  # pragma: no cover - compiled
 @numba.njit(inline="always")
 def _extra(buf, pos, typ, size):  # pragma: no cover - compiled
     """Bytes a record carries after header.size (tools/perf/util/event.h): the tracing data of
-    HEADER_TRACING_DATA (u64-aligned) and the AUX data of AUXTRACE."""
+    HEADER_TRACING_DATA (u64-aligned; simpleperf's record holds it within header.size instead: see
+    tracing_data_span) and the AUX data of AUXTRACE."""
     if typ == REC_HEADER_TRACING_DATA and size >= 12:
+        if size >= 12 + _u32(buf, pos + 8):
+            return np.int64(0)
         return (_u32(buf, pos + 8) + 7) & ~7
     if typ == REC_AUXTRACE and size >= 16:
         return _i64(buf, pos + 8)

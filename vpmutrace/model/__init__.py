@@ -1,1 +1,1 @@
-"""Reference model of the emulated and mediated vPMU designs (shared/docs/vpmu-reference.md)."""
+"""Reference model of the emulated and mediated vPMU designs (docs/design.md)."""

@@ -1,4 +1,4 @@
-"""Executable reference model of the two KVM vPMU designs (shared/docs/vpmu-reference.md).
+"""Executable reference model of the two KVM vPMU designs (docs/design.md).
 
 Emulated (perf-based) vPMU: every PMU MSR access and every RDPMC traps; each guest
 counter is a task-pinned host perf event that can silently lose its counter (§1.6, §6).
@@ -180,7 +180,8 @@ def describe(design: str, s: HostSetup) -> dict:
         rows.append({"msr": m.addr, "name": m.name, "kind": m.kind,
                      "verdict": verdict(msr_intercepted(design, m.addr, s))})
     return {"design": design, "setup": s.to_json(), "rdpmc": verdict(rdpmc_intercepted(design, s)),
-            "pmi_vector": f"{MEDIATED_PMI_VECTOR:#x}" if design == MEDIATED else "NMI (host perf overflow handler)",
+            "pmi_vector": f"vector 0x{MEDIATED_PMI_VECTOR:X}" if design == MEDIATED
+            else "NMI (host perf overflow handler)",
             "context_switch": "around the inner run loop: every exit that leaves the fastpath"
             if design == MEDIATED else "none (host perf events)",
             "msrs": rows}

@@ -2,7 +2,7 @@
 
 Version-dependent behaviour is keyed on the kernel release of the trace (perf.data
 HEADER_OSRELEASE, trace.dat UNAME, the host snapshot); where the release is unknown,
-the analyses accept every behaviour a real kernel shows (reference §3.4, §3.5).
+the analyses accept every behaviour a real kernel shows (design §3.4, §3.5).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# ---- exit reasons (reference §5.3; VMX: SDM Appendix C / arch/x86/include/uapi/asm/vmx.h,
+# ---- exit reasons (design §5.3; VMX: SDM Appendix C / arch/x86/include/uapi/asm/vmx.h,
 #      SVM: arch/x86/include/uapi/asm/svm.h) ------------------------------------------------
 ISA_VMX, ISA_SVM = 1, 2  # kvm_exit.isa: KVM_ISA_VMX / KVM_ISA_SVM (arch/x86/kvm/trace.h)
 VMX_EXCEPTION_NMI, VMX_EXTERNAL_INTERRUPT, VMX_RDPMC = 0, 1, 15
@@ -91,7 +91,7 @@ def release_version(release: str | None) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-# ---- event order around an NMI VM-exit (reference §3.4) ----------------------------------------
+# ---- event order around an NMI VM-exit (design §3.4) ----------------------------------------
 NMI_BEFORE_EXIT = "nmi_before_exit"
 NMI_AFTER_EXIT = "nmi_after_exit"
 NMI_ORDER_UNKNOWN = "unknown"
@@ -112,7 +112,7 @@ def nmi_order(isa: int | None, version: tuple[int, int] | None) -> NmiOrder:
     handle_exception_nmi_irqoff() after the run loop: exit first. VMX <= 5.7: the NMI was handled
     (vmx_complete_atomic_exit() / handle_exit_irqoff()) before vmx_handle_exit() traced the exit.
     SVM, every version: svm_vcpu_run() runs stgi() ("Any pending NMI will happen here") before
-    trace_kvm_exit() (in svm_vcpu_run() since 6.5, svm_handle_exit() before). Reference §3.4.
+    trace_kvm_exit() (in svm_vcpu_run() since 6.5, svm_handle_exit() before). Design §3.4.
     """
     if isa == ISA_SVM:
         return NmiOrder(NMI_BEFORE_EXIT, "SVM: svm_vcpu_run() runs stgi() before trace_kvm_exit()")
@@ -129,7 +129,7 @@ def nmi_order(isa: int | None, version: tuple[int, int] | None) -> NmiOrder:
     return NmiOrder(NMI_ORDER_UNKNOWN, "kernel release or ISA unknown: NMIs are paired in either direction")
 
 
-# ---- fastpath VM-exits (reference §2.1, §3.5) --------------------------------------------------
+# ---- fastpath VM-exits (design §2.1, §3.5) --------------------------------------------------
 # vmx_exit_handlers_fastpath() / svm_exit_handlers_fastpath(); an exit handled there with
 # EXIT_FASTPATH_REENTER_GUEST stays in vcpu_enter_guest()'s inner loop, so under the mediated
 # design it keeps the guest PMU loaded. The WRMSR fastpath (handle_fastpath_set_msr_irqoff(),
@@ -193,7 +193,7 @@ def global_ctrl_reset_gp(version: tuple[int, int] | None) -> bool | None:
     return not ((6, 0) <= version < (6, 9))
 
 
-# ---- KVM and perf PMU functions that dynamic probes observe (issue 17; reference §2.1-§2.3, §3.1-§3.3,
+# ---- KVM and perf PMU functions that dynamic probes observe (issue 17; design §2.1-§2.3, §3.1-§3.3,
 #      §6.1). No kvm_pmu tracepoint exists upstream (reference SUMMARY 12), so `vpmutrace record --events
 #      kvm-pmu` puts fprobe/kprobe events on these functions where the running kernel has them. Every
 #      one runs on the vCPU thread (common_pid): load/put in vcpu_enter_guest() with IRQs off; the PMI
@@ -229,7 +229,7 @@ FN_DELIVER_PMI = "kvm_pmu_deliver_pmi"
 FN_HANDLE_EVENT = "kvm_pmu_handle_event"
 # the PMU load/put of a mediated vCPU: KVM's functions, else the perf-core hooks they call first/last
 # (kvm_mediated_pmu_load() -> perf_load_guest_context(); kvm_mediated_pmu_put() ends with
-# perf_put_guest_context(): reference §2.2), which are exported to KVM and so never inlined into it
+# perf_put_guest_context(): design §2.2), which are exported to KVM and so never inlined into it
 PMU_LOAD_FUNCS = (FN_MEDIATED_LOAD, FN_PERF_LOAD_GUEST)
 PMU_PUT_FUNCS = (FN_MEDIATED_PUT, FN_PERF_PUT_GUEST)
 PMC_REPROGRAM_RETURNS_INT = (6, 1)

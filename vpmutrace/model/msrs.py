@@ -1,7 +1,7 @@
 """PMU MSR catalog: address -> name, vendor, kind, index, and the source of each fact.
 
 Addresses from the Intel SDM vol. 4 / AMD APM vol. 2 as collected in the project's
-vPMU reference (shared/docs/vpmu-reference.md §1.1, Linux names from
+vPMU reference (docs/design.md §1.1, Linux names from
 arch/x86/include/asm/msr-index.h). ``kind`` drives the design rules of
 ``model/design.py``.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
-REF = "vpmu-reference §1.1"
+REF = "design §1.1"
 
 # kinds
 GP_COUNTER = "gp_counter"  # general-purpose counter (legacy or full-width alias)

@@ -21,7 +21,7 @@ def sniff(path: Path) -> str:
     if path.is_dir() and perf_data_dir(path) is not None:
         return "perf.data"
     if path.is_dir():
-        raise InputError(str(path), "is a directory but not a vpmutrace dataset (no trace_meta.json)")
+        raise InputError(str(path), "is a directory but not a vpmutrace dataset (no _trace_meta.json)")
     try:
         with path.open("rb") as f:
             head = f.read(16)

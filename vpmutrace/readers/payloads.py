@@ -170,7 +170,7 @@ def field_columns(fmt: EventFormat | None) -> dict[str, tuple[int, np.dtype]]:
 def reads_payloads(fmt: EventFormat | None) -> bool:
     """Whether an event's table is made from its payloads' bytes after the fill (dynamic fields,
     or the bytes of an event without a format), not from the arena alone."""
-    return fmt is None or any(f.dynamic for f in table_fields(fmt))
+    return fmt is None or any(f.dynamic or f.flexible for f in table_fields(fmt))
 
 
 def give_back(buf: np.ndarray) -> None:

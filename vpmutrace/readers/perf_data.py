@@ -287,6 +287,8 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
             pf.partial = pf.partial or "a decompressed record stream ends in a broken record"
     if pf.pipe:  # attrs, tracing data and features arrive as records
         _header_records(pf, buf, recs.r_off, recs.r_type, recs.r_size)
+    elif pf.tracing is None:  # simpleperf writes its tracing data as a record of the data section
+        _header_records(pf, buf, recs.r_off, recs.r_type, recs.r_size, (REC_HEADER_TRACING_DATA,))
     _need_attrs(pf, start)
     if keys is None:
         keys = ps.sample_keys(pf.attrs, pf.path, buf, recs.s_off)
@@ -318,6 +320,7 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
     del recs, keys
     formats = pf.tracing.formats if pf.tracing else {}
     b.symbols = b.symbols or (pf.tracing.kallsyms if pf.tracing else None)
+    b.printk = b.printk or (pf.tracing.raw.get("printk") or b"" if pf.tracing else b"")
     n_chunks = len(b.chunks.get("samples", []))
     ps.emit_samples(pf.attrs, pf.path, buf, samples, formats, pf.tracing.kallsyms if pf.tracing else None, b,
                     source)
@@ -335,9 +338,13 @@ def _need_attrs(pf: PerfFile, start: int) -> None:
         raise InputError(pf.path, "no event attributes (perf_event_attr) found", f"offset {start}")
 
 
-def _header_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray, sizes: np.ndarray) -> None:
-    """Pipe mode: attrs, tracing data and features from their records."""
-    hdr = np.isin(types, [REC_HEADER_ATTR, REC_HEADER_TRACING_DATA, REC_HEADER_FEATURE])
+def _header_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray, sizes: np.ndarray,
+                    kinds: tuple[int, ...] = (REC_HEADER_ATTR, REC_HEADER_TRACING_DATA, REC_HEADER_FEATURE)) -> None:
+    """Pipe mode: attrs, tracing data and features from their records (``kinds`` of them). A
+    HEADER_TRACING_DATA record's data follows the record in perf's pipe mode (header.size is the
+    record's 12 bytes) and lies within header.size in simpleperf's files (simpleperf record.cpp
+    TracingDataRecord; perf 6.1 reads no such file)."""
+    hdr = np.isin(types, list(kinds))
     for o, t, s in zip(offs[hdr].tolist(), types[hdr].tolist(), sizes[hdr].tolist(), strict=True):
         if t == REC_HEADER_ATTR:
             rec = buf[o + 8:o + s].tobytes()
@@ -347,7 +354,8 @@ def _header_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.n
             pf.attrs.append(a)
         elif t == REC_HEADER_TRACING_DATA:
             size = int(buf[o + 8:o + 12].view("<u4")[0])
-            c = Cursor(buf[o + s:o + s + size].tobytes(), pf.path, base=o + s, what="pipe tracing data")
+            at = o + 12 if s >= 12 + size else o + s  # simpleperf: within header.size; perf pipe mode: after it
+            c = Cursor(buf[at:at + size].tobytes(), pf.path, base=at, what="pipe tracing data")
             pf.tracing, *_ = tdmod.read_tracing_block(c)
         elif t == REC_HEADER_FEATURE:
             feat = int(buf[o + 8:o + 16].view("<u8")[0])

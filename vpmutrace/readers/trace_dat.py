@@ -94,6 +94,8 @@ def emit_trace_dat(td: TraceDat, raw: bytes, builder: TraceBuilder, source: str 
                    shift: TimeShift | None = None) -> None:
     _apply_meta(td, builder)
     builder.symbols = builder.symbols or td.tracing.kallsyms
+    builder.printk = builder.printk or td.tracing.raw.get("printk") or b""
+    builder.meta["inputs"][-1]["long_size"] = td.long_size
     _emit(raw, td, builder, source, shift)
     for bad in td.tracing.bad_formats:  # (formats are parsed when used: known after the events)
         builder.stats.add(td.path, "bad_format", "", 1, bad)

@@ -1,1 +1,1 @@
-"""Reports: the interactive HTML report."""
+"""Presentation: the interactive HTML report (html.py) and the plain-text summaries (text.py)."""

@@ -1,7 +1,7 @@
 """Tracepoint formats of the kernel a simulated host claims to run.
 
 The bundled reference formats are Linux 6.18's. Older kernels differ in the KVM events the
-analyses read, by the commits that changed them (reference §5.1; KVM pull requests): kvm_exit
+analyses read, by the commits that changed them (design §5.1; KVM pull requests): kvm_exit
 gained ``requests`` in 6.14 (0e77b324110c); kvm_entry gained ``intr_info``/``error_code`` in 6.14
 (3e633e7e7d07) and ``immediate_exit`` in 6.9 (9c9025ea003a, backported later to some stables:
 the simulator follows mainline). The variants are the 6.18 format files with those fields and

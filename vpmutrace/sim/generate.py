@@ -1,7 +1,7 @@
 """Ground-truth simulator: host traces generated from the reference model, in the event orders of the
 kernel the simulated host claims to run, with their right answers.
 
-Model of one vCPU (reference §1-§4, §6): a Linux (or Windows) guest runs its perf PMU driver:
+Model of one vCPU (design §1-§4, §6): a Linux (or Windows) guest runs its perf PMU driver:
 a sampling counter overflows every few hundred microseconds of guest time, and the guest's PMI
 handler then disables the PMU (GLOBAL_CTRL=0), reads GLOBAL_STATUS, reads the counter (RDPMC),
 re-arms it, acks the overflow and re-enables the PMU, and unmasks its LVTPC (x2APIC MSR 0x834,
@@ -723,7 +723,7 @@ class Sim:
     def pmu_overhead(self) -> float:
         """PMU-attributable exit handling per ns of guest time: the exits of PMU MSR accesses, RDPMCs and
         PMIs, plus, under the mediated design, the put+load of every other slow-path exit. The quantity the
-        published overheads compare across designs (reference §7: SPECint2017 with guest perf sampling,
+        published overheads compare across designs (design §7: SPECint2017 with guest perf sampling,
         emulated 33.62%/79.32% vs mediated 6.21%/10.45%, basic/multiplexed)."""
         t = self.truth
         pmu = {id(m["exit"]): m["exit"] for m in t.msr} | {id(e): e for e in t.rdpmc}

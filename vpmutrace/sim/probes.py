@@ -3,7 +3,7 @@
 Field layouts are those the kernel gives the definitions `vpmutrace record` writes
 (sim/formats.py probe_format_text): with ``fprobe`` (BTF arguments) the vCPU id and counter
 index are fields; with ``kprobe`` only the pointers are (register arguments). Where and when each
-fires follows the kernel (model/kernel.py FN_*, reference §2.1-§2.2, §3.1-§3.3, §6.1):
+fires follows the kernel (model/kernel.py FN_*, design §2.1-§2.2, §3.1-§3.3, §6.1):
 
 - mediated: kvm_mediated_pmu_load() before the first entry of an inner run loop and
   kvm_mediated_pmu_put() after the exit that leaves it (every exit not handled in the fastpath);

@@ -26,7 +26,7 @@ def info_dict(td: TraceData) -> dict[str, Any]:
         "time_span_ns": span,
         "duration_ns": (span[1] - span[0]) if span else None,
         "events": m.get("events", {}),
-        "tables": {n: t.num_rows for n, t in sorted(td.tables.items())},
+        "tables": dict(sorted(td.row_counts().items())),
         "lost_events": m.get("lost_events", 0),
         "lost_notices": m.get("lost_notices", 0),
         "unparsed": m.get("unparsed", 0),
