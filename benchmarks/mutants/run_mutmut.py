@@ -28,17 +28,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {
-    "readers": ["tests/test_trace_dat.py", "tests/test_perf_data.py", "tests/test_text_readers.py",
-                "tests/test_every_field.py", "tests/test_text_binary_agree.py", "tests/test_malformed.py"],
+    "readers": ["tests/test_defects.py", "tests/test_trace_dat.py", "tests/test_perf_data.py",
+                "tests/test_text_readers.py", "tests/test_every_field.py", "tests/test_text_binary_agree.py",
+                "tests/test_malformed.py"],
     "formats": ["tests/test_formats.py", "tests/test_every_field.py", "tests/test_perf_names.py",
                 "tests/test_text_readers.py"],
-    "analyze": ["tests/test_analyzers.py", "tests/test_perf_kvm_stat.py", "tests/test_real_shapes.py"],
+    "analyze": ["tests/test_defects.py", "tests/test_perf_kvm_stat.py", "tests/test_analyzers.py",
+                "tests/test_real_shapes.py"],
 }
 COPY = ("vpmutrace", "collectors", "tests", "fixtures", "docs", "README.md", "pyproject.toml", "setup.py")
 KILLED = ("killed", "timeout", "caught by type check", "segfault")
 
 
-def prepare(work: Path, package: str, only: list[str]) -> None:
+def prepare(work: Path, package: str, only: list[str], tests: list[str]) -> None:
     """A scratch copy of the repository with a [tool.mutmut] section for ``package``."""
     tar = subprocess.run(["git", "archive", "--format=tar", "HEAD", *COPY], cwd=ROOT, capture_output=True,
                          check=True)
@@ -46,7 +48,7 @@ def prepare(work: Path, package: str, only: list[str]) -> None:
     conf = (ROOT / "pyproject.toml").read_text()
     lines = ["", "[tool.mutmut]", 'source_paths = ["vpmutrace"]',
              f"only_mutate = {only or [f'vpmutrace/{package}/*']!r}".replace("'", '"'),
-             f"pytest_add_cli_args_test_selection = {PACKAGES[package]!r}".replace("'", '"'),
+             f"pytest_add_cli_args_test_selection = {tests or PACKAGES[package]!r}".replace("'", '"'),
              'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]',
              'also_copy = ["collectors", "fixtures", "docs", "README.md", "setup.py"]']
     (work / "pyproject.toml").write_text(conf + "\n".join(lines) + "\n")
@@ -65,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, help="scratch directory (kept: run again to continue)")
     ap.add_argument("--only", nargs="*", default=[], help="source files (globs) to mutate, default the package")
     ap.add_argument("--max-children", type=int, default=1)
+    ap.add_argument("--tests", nargs="*", default=[], help="test files to run (default: the package's subset)")
     a = ap.parse_args(argv)
     work = a.work or Path(tempfile.mkdtemp(prefix=f"vpmutrace-mutmut-{a.package}-"))
     work.mkdir(parents=True, exist_ok=True)
-    prepare(work, a.package, a.only)
+    prepare(work, a.package, a.only, a.tests)
     env = dict(os.environ, VPMUTRACE_SHARED=str(Path(os.environ.get("VPMUTRACE_SHARED", ROOT.parent / "shared"))))
     t0 = time.monotonic()
     try:
