@@ -113,12 +113,17 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(d)], check=False)
 
 
-def test_sigkilled_tracefs_recorder_leaves_nothing_recording_and_a_readable_trace(tmp_path: Path) -> None:
+def _tracefs_capture_running(tmp_path: Path) -> tuple[Path, subprocess.Popen, dict, Path]:
+    """A tracefs capture of the guest that has spooled pages: (out dir, recorder, its state, instance)."""
     out = tmp_path / "cap"
     rec = _record(tmp_path, "tracefs", out)
     st = _state(tmp_path, rec.pid, "workload")
-    inst = TRACEFS / "instances" / st["instance"]
     _recording(out, "tracefs")
+    return out, rec, st, TRACEFS / "instances" / st["instance"]
+
+
+def test_sigkilled_tracefs_recorder_leaves_nothing_recording_and_a_readable_trace(tmp_path: Path) -> None:
+    out, rec, st, inst = _tracefs_capture_running(tmp_path)
     assert (inst / "tracing_on").read_text().strip() == "1"
     rec.kill()
     rec.wait()
@@ -158,11 +163,7 @@ def test_sigkilled_perf_recorder_stops_perf_which_finishes_its_file(tmp_path: Pa
 
 
 def test_recorder_and_guardian_killed_next_cleanup_salvages(tmp_path: Path) -> None:
-    out = tmp_path / "cap"
-    rec = _record(tmp_path, "tracefs", out)
-    st = _state(tmp_path, rec.pid, "workload")
-    inst = TRACEFS / "instances" / st["instance"]
-    _recording(out, "tracefs")
+    out, rec, st, inst = _tracefs_capture_running(tmp_path)
     os.kill(st["guardian"]["pid"], signal.SIGKILL)
     assert _gone(st["guardian"]["pid"], 10)
     rec.kill()
