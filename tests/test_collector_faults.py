@@ -53,9 +53,35 @@ def _state(tmp_path: Path, pid: int, key: str, timeout: float = 30) -> dict:
     raise AssertionError(f"no {key} in {f}")
 
 
-def _recording(out: Path, backend: str, timeout: float = 90) -> None:
-    """Wait until the capture holds guest events (a loaded machine starts the guest and perf late)."""
+def _cpu_seconds(pid: int) -> float:
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime (fields 14, 15)
+
+
+def _guest_pid(st: dict) -> int | None:
+    if "workload" in st:
+        return int(st["workload"]["pid"])
+    try:  # perf's workload is perf's child
+        kids = Path(f"/proc/{st['perf']['pid']}/task/{st['perf']['pid']}/children").read_text().split()
+    except OSError:
+        return None
+    return int(kids[0]) if kids else None
+
+
+def _recording(out: Path, backend: str, st: dict, timeout: float = 120) -> None:
+    """Wait until the guest has run 1 s of CPU time inside the capture (a loaded machine starts it late,
+    and other processes' events can fill the first pages) and the capture holds data."""
     end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        pid = _guest_pid(st)
+        if pid is not None and _cpu_seconds(pid) >= 1.0:
+            break
+        time.sleep(0.2)
+    else:
+        raise AssertionError("the guest did not run")
     if backend == "perf":
         from vpmutrace.collectors.perf_backend import PerfProgress
 
@@ -118,7 +144,7 @@ def _tracefs_capture_running(tmp_path: Path) -> tuple[Path, subprocess.Popen, di
     out = tmp_path / "cap"
     rec = _record(tmp_path, "tracefs", out)
     st = _state(tmp_path, rec.pid, "workload")
-    _recording(out, "tracefs")
+    _recording(out, "tracefs", st)
     return out, rec, st, TRACEFS / "instances" / st["instance"]
 
 
@@ -146,7 +172,7 @@ def test_sigkilled_perf_recorder_stops_perf_which_finishes_its_file(tmp_path: Pa
     out = tmp_path / "cap"
     rec = _record(tmp_path, "perf", out, seconds=57)
     st = _state(tmp_path, rec.pid, "perf")
-    _recording(out, "perf")
+    _recording(out, "perf", st)
     rec.kill()
     rec.wait()
     assert _gone(st["perf"]["pid"], 60)  # the parent-death signal (SIGINT) ended perf
@@ -237,7 +263,7 @@ def test_perf_killed_mid_run_file_repaired_and_fault_reported(tmp_path: Path) ->
     out = tmp_path / "cap"
     rec = _record(tmp_path, "perf", out, "--events", "exits,kvm:kvm_msr,kvm:kvm_cpuid")
     st = _state(tmp_path, rec.pid, "perf")
-    _recording(out, "perf")
+    _recording(out, "perf", st)
     os.kill(st["perf"]["pid"], signal.SIGKILL)
     stdout, stderr = rec.communicate(timeout=120)
     assert rec.returncode == 1 and "Traceback" not in stderr, stderr
@@ -259,8 +285,7 @@ def test_tracefs_overrun_loss_is_reported_and_the_rest_readable(tmp_path: Path) 
     capture reports the overruns and the trace.dat's pages carry the missing-events flags."""
     out = tmp_path / "cap"
     rec = _record(tmp_path, "tracefs", out, "--buffer-kb", "64", "--raw-only", seconds=8)
-    _state(tmp_path, rec.pid, "workload")
-    _recording(out, "tracefs")
+    _recording(out, "tracefs", _state(tmp_path, rec.pid, "workload"))
     rec.send_signal(signal.SIGSTOP)
     time.sleep(3)
     rec.send_signal(signal.SIGCONT)
