@@ -50,6 +50,9 @@ def prepare(work: Path, package: str, only: list[str], tests: list[str]) -> None
              f"only_mutate = {only or [f'vpmutrace/{package}/*']!r}".replace("'", '"'),
              f"pytest_add_cli_args_test_selection = {tests or PACKAGES[package]!r}".replace("'", '"'),
              'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]',
+             # workers forked from a process that ran polars deadlock in the child (polars' thread pool):
+             # a fork server that has imported nothing forks them
+             'process_isolation = "forkserver"', 'forkserver_warmup = "none"',
              'also_copy = ["collectors", "fixtures", "docs", "README.md", "setup.py"]']
     (work / "pyproject.toml").write_text(conf + "\n".join(lines) + "\n")
 
