@@ -287,3 +287,18 @@ def test_perf_samples_with_stream_id_read_the_same(name: str, tmp_path: Path) ->
     assert a.event_counts() == b.event_counts() and set(a.tables) == set(b.tables)
     for t in [*a.event_tables().values(), "samples", "lost"]:  # tracepoints, other samples (cpu-clock), loss
         assert b.df(t).equals(a.df(t)), t
+
+
+def test_exits_without_entries_still_count_exits_by_reason() -> None:
+    """A host capture whose kvm_entry events are missing (not recorded): the exits analyzer says it needs
+    kvm_entry and still gives the exit count and the count per reason, equal to a by-hand count."""
+    from vpmutrace.analyze import exits
+    from vpmutrace.analyze.context import Config
+
+    td = load_trace([shared(TWO_VCPUS)])
+    no_entry = dataclasses.replace(td, tables={k: v for k, v in td.tables.items() if k != "kvm_entry"})
+    r = exits.analyze(no_entry, Config.for_trace(no_entry))
+    reasons = td.df("kvm_exit")["reason"].cast(pl.String).to_list()
+    assert len(r.needs) == 1 and r.needs[0].startswith("kvm:kvm_entry events") and not r.computable
+    assert r.summary["exits_total"] == len(reasons) > 1000
+    assert r.summary["by_reason_counts"] == {x: reasons.count(x) for x in sorted(set(reasons))}
