@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,8 @@ class PerfCapture:
     stderr_file: Path | None = None
     argv: list[str] = field(default_factory=list)
 
-    def start(self, command: list[str] | None, duration: float | None) -> None:
+    def start(self, command: list[str] | None, duration: float | None,
+              preexec_fn: Callable[[], None] | None = None) -> None:
         argv = [self.perf, "record", "-q", "-a", "-m", self.mmap_pages, "-o", str(self.out_file)]
         for e in self.events:
             argv += ["-e", e]
@@ -40,7 +42,8 @@ class PerfCapture:
         self.argv = argv
         self.stderr_file = self.out_file.with_suffix(".perf-record.log")
         with open(self.stderr_file, "wb") as err:
-            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+            self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
+                                         preexec_fn=preexec_fn)  # noqa: PLW1509
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

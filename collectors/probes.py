@@ -289,15 +289,7 @@ class ProbeSession:
         ctl = "dynamic_events" if self.mechanism == "fprobe" else "kprobe_events"
         for c in reversed(self.created):
             g, _, ev = c["event"].partition(":")
-            try:
-                if self.io.exists(f"events/{g}/{ev}/enable"):
-                    self.io.write(f"events/{g}/{ev}/enable", "0")
-            except OSError:
-                pass
-            try:
-                self.io.append(ctl, f"-:{g}/{ev}")
-            except OSError:
-                pass
+            _remove_probe(self.io, ctl, g, ev)
         self.removed = all(not self.io.exists(f"events/{self.group}/{event_name(s)}") for s in CATALOG)
 
     def summary(self) -> dict[str, Any]:
@@ -338,23 +330,42 @@ def cleanup_leftovers(io: TracefsIO) -> list[str]:
                     removed.append(f"instance {d.name}")
                 except OSError:
                     pass
+    groups = set()
     for ctl in ("dynamic_events", "kprobe_events"):
         for line in (io.read(ctl) or "").splitlines():
-            m = re.match(r"^[a-z]\d*:(?P<g>" + GROUP_PREFIX + r"(?P<pid>\d+))/(?P<e>\S+)", line)
-            if not m or _alive(int(m.group("pid"))):
-                continue
-            g, ev = m.group("g"), m.group("e")
-            try:
-                if io.exists(f"events/{g}/{ev}/enable"):
-                    io.write(f"events/{g}/{ev}/enable", "0")
-            except OSError:
-                pass
-            try:
-                io.append(ctl, f"-:{g}/{ev}")
-                removed.append(f"probe {g}:{ev}")
-            except OSError:
-                pass
+            m = re.match(r"^[a-z]\d*:(?P<g>" + GROUP_PREFIX + r"(?P<pid>\d+))/", line)
+            if m and not _alive(int(m.group("pid"))):
+                groups.add(m.group("g"))
+    for g in sorted(groups):
+        removed += [f"probe {x}" for x in remove_group(io, g)]
     return removed
+
+
+def remove_group(io: TracefsIO, group: str) -> list[str]:
+    """Remove every probe of ``group`` (disabled first); returns the ``group:event`` names removed."""
+    removed: list[str] = []
+    for ctl in ("dynamic_events", "kprobe_events"):
+        for line in (io.read(ctl) or "").splitlines():
+            m = re.match(r"^[a-z]\d*:(?P<g>[^/\s]+)/(?P<e>\S+)", line)
+            if not m or m.group("g") != group:
+                continue
+            if _remove_probe(io, ctl, group, m.group("e")):
+                removed.append(f"{group}:{m.group('e')}")
+    return removed
+
+
+def _remove_probe(io: TracefsIO, ctl: str, group: str, ev: str) -> bool:
+    """Disable (a probe in use cannot be removed) and remove one probe event."""
+    try:
+        if io.exists(f"events/{group}/{ev}/enable"):
+            io.write(f"events/{group}/{ev}/enable", "0")
+    except OSError:
+        pass
+    try:
+        io.append(ctl, f"-:{group}/{ev}")
+    except OSError:
+        return False
+    return True
 
 
 def describe(summary: dict[str, Any]) -> list[str]:

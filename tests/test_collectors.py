@@ -125,6 +125,13 @@ def test_tracefs_capture_is_read_by_trace_cmd_and_matches(tmp_path: Path) -> Non
     assert load_trace([tmp_path / "cap" / "dataset"]).meta["host"]["kernel_release"] == os.uname().release
 
 
+def _read(p: Path) -> str:
+    try:
+        return p.read_text()
+    except OSError:
+        return ""
+
+
 def _tracefs_state(pid: int | None = None) -> dict[str, str]:
     """The top-level tracefs settings, and the instance a recorder of process ``pid`` would own
     (instances of other processes, e.g. a test run in another checkout, are not ours to judge)."""
@@ -145,7 +152,14 @@ def test_interrupted_record_leaves_tracefs_as_it_was(tmp_path: Path, sig: int, b
     guest = Path(__file__).resolve().parents[1] / "collectors" / "microguest.py"
     proc = subprocess.Popen([sys.executable, "-m", "vpmutrace", "record", "--backend", backend, "-o",
                              str(tmp_path / "cap"), "--", sys.executable, str(guest), "-n", "100000000",
-                             "--timeout", "60", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--timeout", "60", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, VPMUTRACE_STATE_DIR=str(tmp_path / "state")))
+    # the signal comes 3 s after the capture started (its state file names the workload or perf), however
+    # long a loaded machine took to get there
+    state = tmp_path / "state" / f"{proc.pid}.json"
+    end = time.monotonic() + 60
+    while time.monotonic() < end and not ('"workload"' in _read(state) or '"perf"' in _read(state)):
+        time.sleep(0.1)
     time.sleep(3)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)

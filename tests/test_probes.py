@@ -178,12 +178,13 @@ def test_record_removes_its_probes_when_interrupted(tmp_path: Path, monkeypatch:
     def session(r: Path) -> PR.ProbeSession:
         return PR.ProbeSession(r, fake, kallsyms=_kallsyms(tmp_path, names), version=(7, 0))
 
-    def capture(opt, r, events, res) -> None:  # noqa: ANN001
+    def capture(opt, r, events, res, guard) -> None:  # noqa: ANN001
         seen["events"] = list(events)
         seen["exist"] = [(root / "events" / e.replace(":", "/")).is_dir() for e in events if "vpmutrace_" in e]
         raise R.Interrupted(2)
 
     monkeypatch.setenv("VPMUTRACE_TRACEFS", str(root))
+    monkeypatch.setenv("VPMUTRACE_STATE_DIR", str(tmp_path / "state"))
     monkeypatch.setattr(R, "_probe_session", session)
     monkeypatch.setattr(R, "_run_tracefs", capture)
     with pytest.raises(R.Interrupted):
@@ -192,6 +193,7 @@ def test_record_removes_its_probes_when_interrupted(tmp_path: Path, monkeypatch:
     assert seen["exist"] == [True, True] and "kvm:kvm_exit" in seen["events"]
     assert not [p for p in (root / "events").iterdir() if p.name.startswith("vpmutrace_")
                 and any(p.iterdir())]
+    assert not list((tmp_path / "state").iterdir())  # the guardian was told the capture ended cleanly
 
 
 def _neither() -> bool:

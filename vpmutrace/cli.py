@@ -258,6 +258,9 @@ def record(
     = False,
     raw_only: Annotated[bool, typer.Option(help="keep the raw capture only, do not ingest")] = False,
     buffer_kb: Annotated[int, typer.Option(help="tracefs backend: ring buffer per CPU in KiB")] = 16384,
+    cleanup: Annotated[bool, typer.Option("--cleanup", help="only salvage and remove what killed recorders "
+                                                             "left (tracefs instances, probes, spools) and exit")]
+    = False,
 ) -> None:
     """Record a KVM host (kvm tracepoints, NMIs, scheduling) with a host snapshot, then ingest it.
 
@@ -268,6 +271,13 @@ def record(
     """
     from vpmutrace.collectors.record import RecordOptions, describe, parse_cpus
     from vpmutrace.collectors.record import record as do_record
+
+    if cleanup:
+        from vpmutrace.collectors.record import cleanup as do_cleanup
+
+        done = do_cleanup()
+        typer.echo("\n".join(done) if done else "nothing left behind by earlier captures")
+        return
     check_positive("--duration", duration)
     check_positive("--buffer-kb", buffer_kb)
     check_choice("--backend", backend, ("perf", "tracefs"))
@@ -276,6 +286,9 @@ def record(
                                   command=list(command) if command else None, samples=samples,
                                   raw_only=raw_only, buffer_kb=buffer_kb, progress=progress.enabled()))
     typer.echo(describe(res))
+    if res.fault:
+        print(error_line(f"{res.fault}; what was captured so far is kept in {res.trace_file}"), file=sys.stderr)
+        raise typer.Exit(1)
     if res.interrupted:
         raise typer.Exit(130)
 

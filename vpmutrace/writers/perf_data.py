@@ -47,7 +47,8 @@ def pack_payload(fmt: EventFormat, values: dict[str, Any], pid: int) -> bytes:
     return bytes(buf)
 
 
-def _perf_string(s: str) -> bytes:
+def perf_string(s: str) -> bytes:
+    """A perf header string: u32 length (NAME_ALIGN 64) then the NUL-padded text."""
     data = s.encode() + b"\0"
     n = (len(data) + 63) // 64 * 64  # NAME_ALIGN
     return struct.pack("<I", n) + data.ljust(n, b"\0")
@@ -68,21 +69,47 @@ class PerfDataContent:
     renames: list[tuple[int, int, str]] = field(default_factory=list)  # ts, tid, new name (prctl/exec)
 
 
-def _tracing_data(c: PerfDataContent) -> bytes:
-    out = b"\x17\x08\x44tracing" + b"0.6\0" + bytes([0, 8]) + struct.pack("<I", 4096)
-    out += b"header_page\0" + struct.pack("<Q", len(c.header_page)) + c.header_page
-    out += b"header_event\0" + struct.pack("<Q", len(c.header_event)) + c.header_event
+def tracing_data(header_page: bytes, header_event: bytes, format_texts: dict[str, bytes], cmdlines: bytes = b"",
+                 page_size: int = 4096) -> bytes:
+    """The HEADER_TRACING_DATA feature: tracing data version 0.6 as perf writes it
+    (tools/perf/util/trace-event-info.c: header page and event, ftrace formats (none here), the
+    event formats by system, kallsyms and printk (empty), saved cmdlines)."""
+    out = b"\x17\x08\x44tracing" + b"0.6\0" + bytes([0, 8]) + struct.pack("<I", page_size)
+    out += b"header_page\0" + struct.pack("<Q", len(header_page)) + header_page
+    out += b"header_event\0" + struct.pack("<Q", len(header_event)) + header_event
     out += struct.pack("<I", 0)  # no ftrace formats
     systems: dict[str, list[bytes]] = {}
-    for name, text in c.format_texts.items():
+    for name, text in format_texts.items():
         systems.setdefault(name.split(":")[0], []).append(text)
     out += struct.pack("<I", len(systems))
     for system, texts in systems.items():
         out += system.encode() + b"\0" + struct.pack("<I", len(texts))
         out += b"".join(struct.pack("<Q", len(t)) + t for t in texts)
     out += struct.pack("<I", 0) + struct.pack("<I", 0)  # kallsyms, printk
+    return out + struct.pack("<Q", len(cmdlines)) + cmdlines
+
+
+def _tracing_data(c: PerfDataContent) -> bytes:
     cmd = "".join(f"{pid} {name}\n" for pid, name in sorted(c.comms.items())).encode()
-    return out + struct.pack("<Q", len(cmd)) + cmd
+    return tracing_data(c.header_page, c.header_event, c.format_texts, cmd)
+
+
+def feature_sections(feats: dict[int, bytes], table_off: int) -> tuple[bytes, list[int]]:
+    """The feature section table (one perf_file_section per feature, in bit order) followed by the
+    features' contents, placed at ``table_off`` (the end of the data section); and the header's
+    four 64-bit feature flag words."""
+    bits = sorted(feats)
+    pos = table_off + 16 * len(bits)
+    table = b""
+    payloads = b""
+    for b in bits:
+        table += struct.pack("<QQ", pos, len(feats[b]))
+        payloads += feats[b]
+        pos += len(feats[b])
+    flags = [0, 0, 0, 0]
+    for b in bits:
+        flags[b // 64] |= 1 << (b % 64)
+    return table + payloads, flags
 
 
 def _attr(config: int) -> bytes:
@@ -121,28 +148,17 @@ def write_perf_data(path: str | Path, c: PerfDataContent) -> Path:
     data_off = id_area + len(id_blob)
     feats = {
         FEAT_TRACING_DATA: _tracing_data(c),
-        FEAT_OSRELEASE: _perf_string(c.os_release),
-        FEAT_ARCH: _perf_string("x86_64"),
+        FEAT_OSRELEASE: perf_string(c.os_release),
+        FEAT_ARCH: perf_string("x86_64"),
         FEAT_NRCPUS: struct.pack("<II", c.nr_cpus, c.nr_cpus),
-        FEAT_CPUID: _perf_string(c.cpuid),
+        FEAT_CPUID: perf_string(c.cpuid),
         FEAT_EVENT_DESC: struct.pack("<II", len(names), ATTR_SIZE) + b"".join(
-            _attr(c.formats[n].id) + struct.pack("<I", 1) + _perf_string(n) + struct.pack("<Q", ids[n])
+            _attr(c.formats[n].id) + struct.pack("<I", 1) + perf_string(n) + struct.pack("<Q", ids[n])
             for n in names),
     }
-    bits = sorted(feats)
-    table_off = data_off + len(data)
-    pos = table_off + 16 * len(bits)
-    table = b""
-    payloads = b""
-    for b in bits:
-        table += struct.pack("<QQ", pos, len(feats[b]))
-        payloads += feats[b]
-        pos += len(feats[b])
-    flags = [0, 0, 0, 0]
-    for b in bits:
-        flags[b // 64] |= 1 << (b % 64)
+    tail, flags = feature_sections(feats, data_off + len(data))
     header = b"PERFILE2" + struct.pack("<QQ", 104, ATTR_SIZE + 16) + struct.pack(
         "<QQQQQQ", attrs_off, len(attr_blob), data_off, len(data), 0, 0) + struct.pack("<4Q", *flags)
     p = Path(path)
-    p.write_bytes(header + attr_blob + id_blob + bytes(data) + table + payloads)
+    p.write_bytes(header + attr_blob + id_blob + bytes(data) + tail)
     return p

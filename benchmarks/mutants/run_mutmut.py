@@ -1,0 +1,102 @@
+"""Mutation testing (mutmut 3) of readers/, formats/ or analyze/, bounded in time: a benchmark, not a test.
+
+mutmut copies the sources into ``mutants/`` and runs, per mutant, the tests that call the mutated
+function. It runs in a scratch copy of the committed HEAD (``--work``, default a temporary
+directory), never in the checkout, with ``VPMUTRACE_SHARED`` pointing at the real shared traces. Each
+package has a fast test subset (``PACKAGES``): the tests that read real files through that package.
+mutmut does not mutate decorated functions, so the numba kernels (vpmutrace/kernels, all
+``@njit``) are out of its reach; benchmarks/mutants/planted.py plants the kernels' realistic bugs.
+
+    .venv/bin/python benchmarks/mutants/run_mutmut.py analyze --minutes 20 [--only vpmutrace/analyze/exits.py]
+
+The run stops after ``--minutes`` (what was checked so far is kept: run again with the same
+``--work`` to continue); it prints mutants tried, killed, survived, timeouts and the score
+(killed + timeout) / tried, and writes the survivors' names to ``survivors.txt`` in the work dir
+(``mutmut show NAME`` there shows one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = {
+    "readers": ["tests/test_defects.py", "tests/test_trace_dat.py", "tests/test_perf_data.py",
+                "tests/test_text_readers.py", "tests/test_every_field.py", "tests/test_text_binary_agree.py",
+                "tests/test_malformed.py"],
+    "formats": ["tests/test_formats.py", "tests/test_every_field.py", "tests/test_perf_names.py",
+                "tests/test_text_readers.py"],
+    "analyze": ["tests/test_defects.py", "tests/test_perf_kvm_stat.py", "tests/test_analyzers.py",
+                "tests/test_real_shapes.py"],
+}
+COPY = ("vpmutrace", "collectors", "tests", "fixtures", "docs", "README.md", "pyproject.toml", "setup.py")
+KILLED = ("killed", "timeout", "caught by type check", "segfault")
+
+
+def prepare(work: Path, package: str, only: list[str], tests: list[str]) -> None:
+    """A scratch copy of the repository with a [tool.mutmut] section for ``package``."""
+    tar = subprocess.run(["git", "archive", "--format=tar", "HEAD", *COPY], cwd=ROOT, capture_output=True,
+                         check=True)
+    subprocess.run(["tar", "-x", "-C", str(work)], input=tar.stdout, check=True)
+    conf = (ROOT / "pyproject.toml").read_text()
+    lines = ["", "[tool.mutmut]", 'source_paths = ["vpmutrace"]',
+             f"only_mutate = {only or [f'vpmutrace/{package}/*']!r}".replace("'", '"'),
+             f"pytest_add_cli_args_test_selection = {tests or PACKAGES[package]!r}".replace("'", '"'),
+             'pytest_add_cli_args = ["-p", "no:cacheprovider", "-q"]',
+             # workers forked from a process that ran polars deadlock in the child (polars' thread pool):
+             # a fork server that has imported nothing forks them
+             'process_isolation = "forkserver"', 'forkserver_warmup = "none"',
+             'also_copy = ["collectors", "fixtures", "docs", "README.md", "setup.py"]']
+    (work / "pyproject.toml").write_text(conf + "\n".join(lines) + "\n")
+
+
+def results(work: Path, env: dict[str, str]) -> dict[str, str]:
+    out = subprocess.run([sys.executable, "-m", "mutmut", "results", "--all", "true"], cwd=work, env=env,
+                         capture_output=True, text=True, check=False).stdout
+    return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s*(\S+): (.+)$", out, re.M)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("package", choices=sorted(PACKAGES))
+    ap.add_argument("--minutes", type=float, default=30)
+    ap.add_argument("--work", type=Path, help="scratch directory (kept: run again to continue)")
+    ap.add_argument("--only", nargs="*", default=[], help="source files (globs) to mutate, default the package")
+    ap.add_argument("--max-children", type=int, default=1)
+    ap.add_argument("--tests", nargs="*", default=[], help="test files to run (default: the package's subset)")
+    a = ap.parse_args(argv)
+    work = a.work or Path(tempfile.mkdtemp(prefix=f"vpmutrace-mutmut-{a.package}-"))
+    work.mkdir(parents=True, exist_ok=True)
+    prepare(work, a.package, a.only, a.tests)
+    env = dict(os.environ, VPMUTRACE_SHARED=str(Path(os.environ.get("VPMUTRACE_SHARED", ROOT.parent / "shared"))))
+    t0 = time.monotonic()
+    try:
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(a.max_children)], cwd=work,
+                       env=env, timeout=a.minutes * 60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       check=False)
+        stopped = "finished"
+    except subprocess.TimeoutExpired:
+        stopped = f"stopped after {a.minutes:g} min"
+    res = results(work, env)
+    tried = {k: v for k, v in res.items() if v not in ("not checked", "no tests", "skipped")}
+    killed = sum(v in KILLED for v in tried.values())
+    survivors = sorted(k for k, v in tried.items() if v == "survived")
+    (work / "survivors.txt").write_text("".join(s + "\n" for s in survivors))
+    no_tests = sum(v == "no tests" for v in res.values())
+    print(f"{a.package}: {stopped} ({time.monotonic() - t0:.0f} s) in {work}")
+    print(f"  mutants {len(res)}, tried {len(tried)}, killed {killed}, survived {len(survivors)}, "
+          f"not reached by the subset {no_tests}, not checked {len(res) - len(tried) - no_tests}")
+    if tried:
+        print(f"  score {100 * killed / len(tried):.1f} % of tried")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
