@@ -148,8 +148,9 @@ def _stop_process(rec: dict[str, Any] | None, sig: int, grace: float) -> str | N
 
 def salvage(path: Path) -> list[str]:
     """Stop and clean up the capture whose recorder is gone; keep what it captured. Returns what was done."""
-    from vpmutrace.capture import CAPTURE_FILE
     from vpmutrace.collectors.probes import TracefsIO, remove_group
+
+    from vpmutrace.capture import CAPTURE_FILE
 
     st = json.loads(path.read_text())
     done: list[str] = []
