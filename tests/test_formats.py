@@ -218,3 +218,16 @@ def test_scalar_fields_decode_as_struct_unpacks_them(data: st.DataObject) -> Non
                 for o, ln in zip(offsets.tolist(), lengths.tolist(), strict=True)]
         assert cols[f.name].tolist() == want, f
         assert cols[f.name].dtype == np.dtype(f"{'i' if f.signed else 'u'}{f.size}")
+
+
+def test_array_declared_longer_than_its_size_is_read_as_its_size() -> None:
+    """A vendor arm32 kernel (public lisa_arm32_sched_hmp_noclock.dat) declares 'char comm[32]' in 16
+    bytes; trace-cmd reads the 16 bytes the size gives, and so do we (no bad format)."""
+    from vpmutrace.formats.event_format import parse_format
+
+    f = parse_format("name: sched_process_exec\nID: 62\nformat:\n"
+                     "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
+                     "\tfield:char comm[32];\toffset:8;\tsize:16;\tsigned:0;\n\n"
+                     'print fmt: "comm=%s", REC->comm\n', "sched")
+    comm = next(x for x in f.fields if x.name == "comm")
+    assert (comm.offset, comm.size, comm.array_len, comm.elem_size) == (8, 16, 16, 1)

@@ -564,3 +564,22 @@ def test_terminal_output_has_no_control_sequences_from_trace_strings(tmp_path: P
     assert "q\\x1b]0;owned\\x07\\x1b[2J" in _cli("show", str(f)).stdout
     r = _cli("info", "--json", str(f))
     assert json.loads(r.stdout)["events"] == {"kvm:kvm_msr": 1}
+
+
+def test_attr_masks_with_bit_63_are_read_not_a_traceback(tmp_path: Path) -> None:
+    """An attr's read_format with bit 63 set (found by tests/test_fuzz.py) overflowed the int64 table
+    of the compiled key pass (OverflowError): the masks are u64 bits, read as such."""
+    import struct
+
+    from vpmutrace.errors import InputError
+    from vpmutrace.readers import load_trace
+
+    data = bytearray((FIXTURES / "microguest200.perf.data").read_bytes())
+    attrs_off = struct.unpack_from("<Q", data, 24)[0]
+    struct.pack_into("<Q", data, attrs_off + 32, struct.unpack_from("<Q", data, attrs_off + 32)[0] | 1 << 63)
+    p = tmp_path / "bit63.perf.data"
+    p.write_bytes(bytes(data))
+    try:
+        load_trace([p])
+    except InputError:
+        pass

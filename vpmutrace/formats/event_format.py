@@ -201,7 +201,10 @@ def parse_format(text: str, system: str = "") -> EventFormat:
             if (dloc or rloc) and size != 4:
                 raise BadFormat(f"line {i + 1}: dynamic field {fname} has size {size}, not 4 (u32 offset/length)")
             if alen and alen > size:
-                raise BadFormat(f"line {i + 1}: array {fname} of {alen} elements in {size} bytes")
+                # a declared length the recorded size cannot hold (a vendor arm32 kernel declares
+                # "char comm[32]; size:16"): the size is what the kernel wrote, and what libtraceevent
+                # reads (it takes a field's bytes from size:, not from the declaration)
+                alen = size // max(1, _scalar_size(base))
             f = Field(fname, base, offset, size, signed, alen, dloc, rloc, ptr)
             (common if fname.startswith("common_") else fields).append(f)
         elif s.startswith("print fmt:"):

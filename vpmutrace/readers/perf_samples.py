@@ -160,7 +160,8 @@ def _key_args(attrs: list[Attr], path: str) -> tuple[Any, ...]:
     tab = np.array([[a.sample_type for a in attrs], [a.read_format for a in attrs],
                     [8 * sum(1 for b in FIXED_PART if a.sample_type & b) for a in attrs],
                     [field_pos(a.sample_type, abi.S_TIME) for a in attrs],
-                    [field_pos(a.sample_type, abi.S_TID) for a in attrs]], dtype=np.int64)
+                    [field_pos(a.sample_type, abi.S_TID) for a in attrs]], dtype=np.uint64).view(np.int64)
+    # (u64 masks from the file, bit 63 included, as the compiled passes' int64 table: the same bits)
     return mode, pos, ids, idx, lut, base, tab
 
 
