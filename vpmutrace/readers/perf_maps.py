@@ -33,6 +33,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from vpmutrace.formats.perf_abi import (
+    MISC_BUILD_ID_SIZE,
+    MISC_CPUMODE_MASK,
+    MISC_GUEST_KERNEL,
+    MISC_GUEST_USER,
+    MISC_KERNEL,
+    MISC_MMAP_BUILD_ID,
+    MISC_MMAP_DATA,
+    MISC_USER,
+    REC_FORK,
+    REC_HEADER_BUILD_ID,
+    REC_KSYMBOL,
+    REC_MMAP,
+    REC_MMAP2,
+)
 from vpmutrace.readers import symbols as S
 from vpmutrace.readers.symtab import SymTab, demangle
 
@@ -40,12 +55,6 @@ if TYPE_CHECKING:
     from vpmutrace.readers.perf_data import PerfFile
     from vpmutrace.tracedata import TraceBuilder
 
-REC_MMAP, REC_FORK, REC_MMAP2, REC_KSYMBOL, REC_HEADER_BUILD_ID = 1, 7, 10, 17, 67
-MISC_CPUMODE_MASK = 7
-MISC_KERNEL, MISC_USER, MISC_GUEST_KERNEL, MISC_GUEST_USER = 1, 2, 4, 5
-MISC_MMAP_BUILD_ID = 1 << 14  # MMAP2 carries a build-id instead of maj/min/ino
-MISC_BUILD_ID_SIZE = 1 << 15  # HEADER_BUILD_ID entry gives its build-id size
-MISC_MMAP_DATA = 1 << 13  # an MMAP of data (not executable): perf's PROT_EXEC test for MMAP records
 PROT_EXEC, MAP_HUGETLB = 0x4, 0x40000
 # perf's map__new (tools/perf/util/map.c): an executable map of anonymous memory (is_anon_memory: "//anon",
 # "/dev/zero...", "/anon_hugepage...", or MAP_HUGETLB) or of no DSO (is_no_dso_memory: "[stack...", "/SYSV...",
