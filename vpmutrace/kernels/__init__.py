@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from vpmutrace.kernels.registry import BUF, KERNELS, SOURCES, Kernel, export_name
+from vpmutrace.kernels.registry import BUF, CONST, KERNELS, SOURCES, Kernel, export_name
 
 _DTYPES = {"u1": np.uint8, "u2": np.uint16, "u4": np.uint32, "u8": np.uint64, "i1": np.int8, "i2": np.int16,
            "i4": np.int32, "i8": np.int64, "b1": np.bool_, "f8": np.float64}
@@ -43,6 +43,7 @@ def source_stamp() -> int:
 
 
 def _arg_check(spec: str) -> Callable[[Any], Any] | tuple[np.dtype, int]:
+    spec = spec.removeprefix(CONST)
     if spec == BUF:
         return np.dtype(np.uint8), 1
     if "[" in spec:
@@ -145,12 +146,13 @@ def _load(name: str) -> _Dispatch:
 
 
 def _jit_signatures(k: Kernel, variant: tuple[str, ...]) -> list[Any]:
-    """The variant's signature, and the same with read-only data buffers (a mapped file, bytes):
-    numba types those apart, the ahead-of-time wrappers do not."""
+    """The variant's signature, and the same with read-only data buffers (a mapped file, bytes) and
+    ``const`` arrays: numba types those apart, the ahead-of-time wrappers do not."""
     from numba.core import sigutils
 
     args, ret = sigutils.normalize_signature(k.signature(variant))
-    ro = tuple(a.copy(readonly=True) if spec == BUF else a for a, spec in zip(args, variant, strict=True))
+    ro = tuple(a.copy(readonly=True) if spec == BUF or spec.startswith(CONST) else a
+               for a, spec in zip(args, variant, strict=True))
     return [ret(*args)] + ([ret(*ro)] if ro != args else [])
 
 

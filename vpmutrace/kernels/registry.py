@@ -5,7 +5,8 @@ combination of argument types, and the loader checks each call's arguments again
 declaration, so a kernel gets the same types whether it runs ahead-of-time compiled or
 through numba's JIT. Types use numba's names: ``u1`` .. ``i8``, ``b1``; arrays ``u1[::1]``
 (1-D, C order) and ``i8[:, ::1]`` (2-D); ``a|b`` lists the alternatives of one argument;
-``buf`` is a uint8 array the kernel only reads.
+``buf`` is a uint8 array the kernel only reads; ``const `` before an array type marks another
+array the kernel only reads (it may be a read-only view, e.g. of an Arrow buffer).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from itertools import product
 
 BUF = "buf"  # bytes of a trace file or decompressed data (u1[::1]; read only, possibly a read-only mapping)
+CONST = "const "  # prefix of an array argument the kernel only reads
 RANGE = ("i8", "i8")  # lo, hi: the items a call handles (see vpmutrace.kernels.parallel)
 
 
@@ -28,7 +30,7 @@ class Kernel:
         return list(product(*(a.split("|") for a in self.args)))
 
     def signature(self, variant: tuple[str, ...]) -> str:
-        return f"{self.returns}({', '.join('u1[::1]' if a == BUF else a for a in variant)})"
+        return f"{self.returns}({', '.join('u1[::1]' if a == BUF else a.removeprefix(CONST) for a in variant)})"
 
 
 def _k(module: str, returns: str, *args: str) -> Kernel:
@@ -85,10 +87,11 @@ KERNELS: dict[str, Kernel] = {
                           _I8),
     "lookup_codes": _k("factorize", "none", _I4, _I4, _I4, *RANGE),
     # perf sample symbols
-    "sample_items": _k("symbolize", "UniTuple(i8, 2)", _U8, _I4, _I4, "i1[::1]", "i1", "i1", "i8", "i8", "i8[:, ::1]",
+    "sample_items": _k("symbolize", "UniTuple(i8, 2)", CONST + _U8, CONST + _I4, CONST + _I4, "i1[::1]",
+                       "i1", "i1", "i8", "i8", "i8[:, ::1]",
                        _I4, _I8, "i8"),
     "rehash_items": _k("symbolize", "none", "i8[:, ::1]", "i8[:, ::1]"),
-    "item_windows": _k("symbolize", "i8", _I4, _I8, _I8, _I8, _I8),
+    "item_windows": _k("symbolize", "i8", _I4, CONST + _I8, _I8, _I8, _I8),
     "kallsyms_lines": _k("symbolize", "i8", BUF, _U8, "u1[::1]", _I8, _I8, _I8, _I8),
     "gather_columns": _k("symbolize", "none", _I4, _I4, _I4, _I4, _I4, _I4, _I4, "u1[::1]", "u1[::1]", "u1[::1]"),
 }
