@@ -158,8 +158,9 @@ def ingest(traces: Traces,
                                                                  "dataset to replace)")],
            tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None,
            max_memory: Annotated[str | None, typer.Option(
-               "--max-memory", help="read a perf.data in pieces so that the peak memory stays under SIZE "
-                                    "(e.g. 2G); a perf.data over 4G is read so under 2G without it")] = None) -> None:
+               "--max-memory", help="read a perf.data or trace.dat in pieces so that the peak memory stays "
+                                    "under SIZE (e.g. 2G); a file over 4G is read so under 2G without it")]
+           = None) -> None:
     """Decode traces into a Parquet dataset (one file per table + _trace_meta.json)."""
     from vpmutrace import ingest_stream as ist
     from vpmutrace.report.text import info_dict
@@ -169,7 +170,7 @@ def ingest(traces: Traces,
     budget, why = ist.streamable(traces, ist.parse_size(max_memory) if max_memory else None,
                                  tsc_khz is not None or clock is not None)
     if budget is not None:
-        got = ist.ingest_perf_stream(traces[0], out, budget, snapshot)
+        got = ist.ingest_file_stream(traces[0], out, budget, snapshot)
         if not isinstance(got, str):
             from vpmutrace.tracedata import load_dataset
 

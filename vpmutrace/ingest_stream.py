@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ from vpmutrace.errors import InputError
 from vpmutrace.readers import host_snapshot, timebase
 from vpmutrace.readers.perf_maps import STAT_CATEGORY as SYMBOL_STATS
 from vpmutrace.readers.perf_stream import PerfStream
+from vpmutrace.readers.trace_dat_stream import TraceDatStream
 from vpmutrace.schema import EVENT_TABLES, SCHEMA_VERSION, is_event_table
 from vpmutrace.stats import Stats
 from vpmutrace.tracedata import (
@@ -57,7 +60,18 @@ def samples_per_piece(max_memory: int) -> int:
     return max(MIN_SAMPLES, (max_memory - BASE_BYTES) // (2 * BYTES_PER_SAMPLE))
 
 
-STREAM_ABOVE = 4 << 30  # a perf.data larger than this is read in pieces even without --max-memory
+# Peak resident memory per ring-buffer page (4 KiB) of a trace.dat piece: a guess of 8 x the page
+# (decoded rows, the walk's arrays, the piece's copy of its pages) until measured below
+BYTES_PER_PAGE = 8 * 4096
+MIN_PAGES = 256
+
+
+def pages_per_piece(max_memory: int) -> int:
+    """Ring-buffer pages per trace.dat piece under ``max_memory`` bytes (as samples_per_piece)."""
+    return max(MIN_PAGES, (max_memory - BASE_BYTES) // (2 * BYTES_PER_PAGE))
+
+
+STREAM_ABOVE = 4 << 30  # a perf.data or trace.dat larger than this is read in pieces even without --max-memory
 DEFAULT_MAX_MEMORY = 2 << 30  # ... under this budget
 SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -76,19 +90,32 @@ def parse_size(text: str) -> int:
 
 
 def streamable(traces: list[Path], max_memory: int | None, forced_time: bool) -> tuple[int | None, str | None]:
-    """(budget, None) when ``traces`` are to be ingested piece by piece (one perf.data file, given
-    ``--max-memory`` or larger than STREAM_ABOVE), else (None, why not: None when nothing asked
-    for it). ``forced_time``: --clock or --tsc-khz given (they retime the whole input at once)."""
+    """(budget, None) when ``traces`` are to be ingested piece by piece (one perf.data or trace.dat
+    file, given ``--max-memory`` or larger than STREAM_ABOVE), else (None, why not: None when
+    nothing asked for it). ``forced_time``: --clock or --tsc-khz given (they retime the whole input
+    at once)."""
     from vpmutrace.readers import sniff
 
     big = len(traces) == 1 and traces[0].is_file() and traces[0].stat().st_size > STREAM_ABOVE
     if max_memory is None and not big:
         return None, None
-    if len(traces) != 1 or not traces[0].is_file() or sniff(traces[0]) != "perf.data":
-        return None, "read in memory: pieces are read from one perf.data file only"
+    if len(traces) != 1 or not traces[0].is_file() or sniff(traces[0]) not in STREAMED:
+        return None, "read in memory: pieces are read from one perf.data or trace.dat file only"
     if forced_time:
         return None, "read in memory: --clock / --tsc-khz retime the whole input"
     return max_memory or DEFAULT_MAX_MEMORY, None
+
+
+STREAMED = ("perf.data", "trace.dat")
+
+
+def ingest_file_stream(path: Path, out: Path, max_memory: int, snapshot: Path | None = None) -> TraceData | str:
+    """One perf.data or trace.dat ingested in pieces (see ``streamable``)."""
+    from vpmutrace.readers import sniff
+
+    if sniff(path) == "trace.dat":
+        return ingest_trace_dat_stream(path, out, max_memory, snapshot)
+    return ingest_perf_stream(path, out, max_memory, snapshot)
 
 
 def _event_like(name: str) -> bool:
@@ -97,32 +124,49 @@ def _event_like(name: str) -> bool:
 
 class LossStarts:
     """For each loss on a known CPU at a known time, the last event recorded on that CPU before it,
-    kept up to date as event rows are written (tracedata._loss_starts, one piece at a time)."""
+    kept up to date as event rows are written (tracedata._loss_starts, one piece at a time).
+    Losses found while reading (``add``: a trace.dat's lost-events pages) come after every row
+    written so far on their CPU (trace_dat_stream.py: a page is walked first in the piece whose
+    events reach its time): they start at the last of those rows."""
 
     def __init__(self, rows: list[dict[str, Any]]) -> None:
-        self.cpu = np.array([r["cpu"] if r["cpu"] is not None and r["ts_ns"] is not None else -1 for r in rows],
-                            np.int64)
-        self.ts = np.array([r["ts_ns"] if r["ts_ns"] is not None else 0 for r in rows], np.int64)
-        self.best = np.full(len(rows), np.iinfo(np.int64).min, np.int64)
+        self.cpu = np.zeros(0, np.int64)
+        self.ts = np.zeros(0, np.int64)
+        self.best = np.zeros(0, np.int64)
+        self.cpu_last: dict[int, int] = {}  # per CPU: the latest time written
+        self.add(rows)
+
+    def add(self, rows: list[dict[str, Any]]) -> None:
+        cpu = np.array([r["cpu"] if r["cpu"] is not None and r["ts_ns"] is not None else -1 for r in rows],
+                       np.int64)
+        ts = np.array([r["ts_ns"] if r["ts_ns"] is not None else 0 for r in rows], np.int64)
+        best = np.array([self.cpu_last[c] if c in self.cpu_last and self.cpu_last[c] < t else NONE
+                         for c, t in zip(cpu.tolist(), ts.tolist(), strict=True)], np.int64)
+        self.cpu, self.ts, self.best = (np.concatenate(x) for x in ((self.cpu, cpu), (self.ts, ts),
+                                                                     (self.best, best)))
 
     def see(self, t: pa.Table) -> None:
-        wanted = np.unique(self.cpu[self.cpu >= 0])
-        if not len(wanted) or not t.num_rows:
+        if not t.num_rows:
             return
         cpu = t.column("cpu").to_numpy(zero_copy_only=False)
         cpu = np.where(np.isnan(cpu), -1, cpu).astype(np.int64) if cpu.dtype.kind == "f" else cpu.astype(np.int64)
         ts = t.column("ts_ns").to_numpy()
-        for c in wanted.tolist():
-            sub = np.sort(ts[cpu == c])
-            if not len(sub):
-                continue
+        for c in np.unique(cpu[cpu >= 0]).tolist():
+            sub = ts[cpu == c]
+            self.cpu_last[c] = max(self.cpu_last.get(c, NONE), int(sub.max()))
             rows = np.flatnonzero(self.cpu == c)
+            if not len(rows):
+                continue
+            sub = np.sort(sub)
             i = np.searchsorted(sub, self.ts[rows], side="left") - 1
             ok = i >= 0
             self.best[rows[ok]] = np.maximum(self.best[rows[ok]], sub[i[ok]])
 
     def values(self) -> list[int | None]:
-        return [None if b == np.iinfo(np.int64).min else int(b) for b in self.best.tolist()]
+        return [None if b == NONE else int(b) for b in self.best.tolist()]
+
+
+NONE = np.iinfo(np.int64).min  # no event before the loss
 
 
 class TableStream:
@@ -240,19 +284,64 @@ class _Writes:
             st.path.unlink(missing_ok=True)
 
 
+class _ClockEvidence:
+    """The rows the time-base check reads (timebase.EVIDENCE: the first EVIDENCE_ROWS of each event),
+    kept from the pieces and lent to the file's builder while its time base is settled."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[pa.Table]] = {}
+        self.rows: dict[str, int] = {}
+        self.tables: dict[str, str] = {}
+
+    def keep(self, event_tables: dict[str, str], tables: dict[str, pa.Table]) -> None:
+        for name, cols in timebase.EVIDENCE.items():
+            key = event_tables.get(name)
+            t = tables.get(key) if key else None
+            room = EVIDENCE_ROWS - self.rows.get(name, 0)
+            if t is None or room <= 0 or not set(cols) <= set(t.column_names):
+                continue
+            self.tables[name] = key  # type: ignore[assignment]
+            self.parts.setdefault(name, []).append(t.select(list(cols)).slice(0, room))
+            self.rows[name] = self.rows.get(name, 0) + min(room, t.num_rows)
+
+    @contextmanager
+    def lent(self, b: TraceBuilder) -> Iterator[None]:
+        keys = []
+        for name, parts in self.parts.items():
+            key = self.tables[name]
+            b.event_tables.setdefault(name, key)
+            b.chunks.setdefault(key, []).append(pa.concat_tables(parts, promote_options="permissive"))
+            keys.append(key)
+        try:
+            yield
+        finally:
+            for key in keys:
+                b.chunks[key].pop()
+                if not b.chunks[key]:
+                    del b.chunks[key]
+
+
+EVIDENCE_ROWS = 2_000_000  # rows of each evidence event kept (the estimates' medians settle long before)
+
+
 def _merge_stats(into: Stats, piece: Stats) -> None:
-    """A piece's counts added to the file's. Examples of unresolved symbols are one per DSO
-    (perf_maps._count): a piece's example of a DSO already shown is not repeated."""
+    """A piece's counts added to the file's. An example already shown for the same count is not
+    repeated (each piece says once what it found of an event's format, as the whole file does);
+    examples of unresolved symbols are one per DSO (perf_maps._count)."""
     have = {(e.source_file, e.category, e.name): e for e in into.entries()}
     for e in piece.entries():
         into.add(e.source_file, e.category, e.name, e.count)
         shown = have.get((e.source_file, e.category, e.name))
-        dsos = {x.rpartition(" in ")[2] for x in shown.examples} if shown and e.category == SYMBOL_STATS else set()
+        seen = set(shown.examples) if shown else set()
+        dsos = {x.rpartition(" in ")[2] for x in seen} if e.category == SYMBOL_STATS else set()
         for ex in e.examples:
+            if ex in seen:
+                continue
             if e.category == SYMBOL_STATS:
                 if ex.rpartition(" in ")[2] in dsos:
                     continue
                 dsos.add(ex.rpartition(" in ")[2])
+            seen.add(ex)
             into.add(e.source_file, e.category, e.name, 0, ex)
 
 
@@ -273,6 +362,58 @@ def _merge_symbols(inp: dict[str, Any], piece_inputs: list[dict[str, Any]]) -> N
         have["user_dsos"][k] = sorted(set(have["user_dsos"][k]) | set(got["user_dsos"][k]))
 
 
+class _PerfPieces:
+    """A perf.data's pieces, made final by perf's round rule (perf_stream.py)."""
+
+    def __init__(self, stream: PerfStream) -> None:
+        self.stream = stream
+        self.round_max: list[int | None] = [None, None]  # highest time seen at the last two round ends
+
+    def header(self, b: TraceBuilder) -> None:
+        self.stream.header(b)
+
+    def pieces(self) -> Iterator[tuple[TraceBuilder, int, Any]]:
+        for piece, pb in self.stream.pieces():
+            yield pb, piece.first_sample, piece.ends_round
+
+    def watermark(self, ends_round: bool, seen_max: int | None) -> Any:
+        if ends_round:
+            self.round_max = [self.round_max[1], seen_max]
+        return self.round_max[0]
+
+    def new_losses(self) -> list[dict[str, Any]]:
+        return []  # (the file's lost records are all read by header())
+
+    def done(self, b: TraceBuilder) -> list[int] | None:
+        self.stream.done(b)
+        return None
+
+
+class _TraceDatPieces:
+    """A trace.dat's pieces: each holds exactly the events before a time (trace_dat_stream.py),
+    so that every row is final once decoded."""
+
+    def __init__(self, stream: TraceDatStream) -> None:
+        self.stream = stream
+
+    def header(self, b: TraceBuilder) -> None:
+        self.stream.header(b)
+
+    def pieces(self) -> Iterator[tuple[TraceBuilder, int, Any]]:
+        for _, pb in self.stream.pieces():
+            yield pb, 0, None
+
+    def watermark(self, _info: Any, _seen_max: int | None) -> Any:
+        return FLUSH
+
+    def new_losses(self) -> list[dict[str, Any]]:
+        return self.stream.new_losses()
+
+    def done(self, b: TraceBuilder) -> list[int] | None:
+        self.stream.done(b)
+        return self.stream.loss_order()
+
+
 def ingest_perf_stream(path: Path, out: Path, max_memory: int, snapshot: Path | None = None,
                        threaded: bool = True, piece_samples: int | None = None) -> TraceData | str:
     """Ingest one perf.data into the dataset ``out`` in pieces. Returns the dataset's TraceData (its
@@ -282,9 +423,32 @@ def ingest_perf_stream(path: Path, out: Path, max_memory: int, snapshot: Path | 
     why = stream.needs_memory()
     if why:
         return why
+    return _ingest(path, out, _PerfPieces(stream), host, host_path, threaded, {})
+
+
+def ingest_trace_dat_stream(path: Path, out: Path, max_memory: int, snapshot: Path | None = None,
+                            threaded: bool = True, piece_pages: int | None = None) -> TraceData | str:
+    """Ingest one trace.dat into the dataset ``out`` in pieces (as ingest_perf_stream)."""
+    from vpmutrace.readers import host_guest_roles
+
+    host, host_path = host_snapshot(snapshot, path)
+    stream = TraceDatStream(path, piece_pages or pages_per_piece(max_memory))
+    why = stream.needs_memory()
+    if why:
+        return why
+    roles = host_guest_roles({path: stream.td})
+    stream.source, stream.shift, how = roles.get(path, ("host", None, None))
+    meta: dict[str, Any] = {"host_guest": {str(p): r[0] for p, r in roles.items()}} if roles else {}
+    return _ingest(path, out, _TraceDatPieces(stream), host, host_path, threaded, meta, how)
+
+
+def _ingest(path: Path, out: Path, stream: Any, host: dict[str, Any] | None, host_path: Path | None,
+            threaded: bool, extra_meta: dict[str, Any], time_shift: str | None = None) -> TraceData:
     b = TraceBuilder()
     mark = b.mark()
     stream.header(b)
+    if time_shift:
+        b.meta["inputs"][-1]["time_shift"] = time_shift
     out.mkdir(parents=True, exist_ok=True)
     for old in [*out.glob("*.parquet"), out / LEGACY_META_FILE]:
         old.unlink(missing_ok=True)
@@ -292,9 +456,9 @@ def ingest_perf_stream(path: Path, out: Path, max_memory: int, snapshot: Path | 
     sources: set[Any] = set()
     cpus: set[int] = set()
     seen_max: int | None = None  # highest time of the pieces so far
-    round_max: list[int | None] = [None, None]  # seen_max at the last two pieces that ended a round
+    evidence = _ClockEvidence()
     try:
-        for piece, pb in stream.pieces():
+        for pb, seq_add, info in stream.pieces():
             _merge_symbols(b.meta["inputs"][-1], pb.meta["inputs"])
             b.event_counts.update(pb.event_counts)
             for k, v in pb.event_tables.items():
@@ -306,17 +470,23 @@ def ingest_perf_stream(path: Path, out: Path, max_memory: int, snapshot: Path | 
             td = pb.finish()
             tables = {}
             for name, t in td.tables.items():
-                i = t.schema.get_field_index("seq")
-                seq = pa.array(t.column(i).to_numpy() + piece.first_sample, pa.int64())
-                tables[name] = t.set_column(i, t.schema.field(i), seq)
+                if seq_add:
+                    i = t.schema.get_field_index("seq")
+                    seq = pa.array(t.column(i).to_numpy() + seq_add, pa.int64())
+                    t = t.set_column(i, t.schema.field(i), seq)
+                tables[name] = t
                 last = int(t.column("ts_ns")[-1].as_py())
                 seen_max = last if seen_max is None else max(seen_max, last)
             sources.update(td.meta["sources"])
             cpus.update(td.meta.get("cpus_seen", []))
+            evidence.keep(pb.event_tables, tables)
             del td, pb
-            if piece.ends_round:
-                round_max = [round_max[1], seen_max]
-            writes.submit(tables, round_max[0], threaded)
+            lost = stream.new_losses()
+            if lost:
+                writes.wait()  # (the rows written so far are seen before these losses are added)
+                b.lost_rows.extend(lost)
+                writes.losses.add(lost)
+            writes.submit(tables, stream.watermark(info, seen_max), threaded)
             del tables
         writes.submit({}, FLUSH, threaded)
         writes.close()
@@ -326,16 +496,22 @@ def ingest_perf_stream(path: Path, out: Path, max_memory: int, snapshot: Path | 
         finally:
             writes.remove()
         raise
-    stream.done(b)
+    order = stream.done(b)
     late = {n: s for n, s in writes.streams.items() if s.late}
     for name, s in late.items():
         b.stats.add(str(path), "out_of_order", name, s.late, s.late_example)
-    base = timebase.settle(b, mark, None, host, None)
+    with evidence.lent(b):
+        base = timebase.settle(b, mark, None, host, None)
     b.meta["time_unit"] = timebase.merged_unit([base], [str(path)])
     from vpmutrace.readers import check_time_lines
 
     check_time_lines(b, {})
     losses = writes.losses.values()
+    if order is not None:  # the losses found piece by piece, in the order the in-memory reader adds them
+        head = len(losses) - len(order)
+        perm = list(range(head)) + [head + i for i in order]
+        b.lost_rows[:] = [b.lost_rows[i] for i in perm]
+        losses = [losses[i] for i in perm]
     td = b.finish()
     meta = td.meta
     firsts = [s.first_ts for s in writes.streams.values() if s.first_ts is not None]
@@ -348,6 +524,7 @@ def ingest_perf_stream(path: Path, out: Path, max_memory: int, snapshot: Path | 
     if host is not None:
         meta["host"] = host
         meta["host_snapshot"] = str(host_path)
+    meta.update(extra_meta)
     if "lost" in td.tables:
         lost = td.tables["lost"]
         i = lost.schema.get_field_index("start_ns")

@@ -51,6 +51,10 @@ MIN_PAIRS = 5
 RATE_TOLERANCE = 0.02  # an ns clock whose rate against the kernel's ns differs more is mislabelled
 LONG_NS, SHORT_NS = 1_000_000, 100_000  # pairs at least this far apart (ns); the shorter one as fallback
 HLT_REASONS = ("hlt",)  # VMX "HLT", SVM "hlt" (lower-cased)
+# the events and columns the estimates read (readers that keep only part of a trace keep these)
+EVIDENCE = {"timer:hrtimer_expire_entry": ("ts_ns", "now", "function"),
+            "kvm:kvm_vcpu_wakeup": ("ts_ns", "pid", "ns", "waited"),
+            "kvm:kvm_exit": ("ts_ns", "pid", "reason")}
 
 
 @dataclass

@@ -21,7 +21,7 @@ from vpmutrace import clocks as C
 from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.readers import tracing_data as tdmod
-from vpmutrace.readers.binio import MAX_EXPANSION, Cursor, expansion_room, scratch
+from vpmutrace.readers.binio import MAX_EXPANSION, Cursor, expansion_room, map_file, scratch
 from vpmutrace.readers.payloads import Records, emit_payloads
 from vpmutrace.readers.ringbuf import walk_spans
 from vpmutrace.tracedata import TraceBuilder
@@ -117,13 +117,18 @@ def emit_trace_dat(td: TraceDat, raw: bytes, builder: TraceBuilder, source: str 
         builder.stats.add(td.path, "bad_format", "", 1, bad)
 
 
-def open_trace_dat(path: str | Path) -> tuple[TraceDat, bytes]:
-    """Parse the metadata (formats, options, buffers); CPU data is decoded by emit_trace_dat."""
+def open_trace_dat(path: str | Path, mapped: bool = False) -> tuple[TraceDat, Any]:
+    """Parse the metadata (formats, options, buffers); CPU data is decoded by emit_trace_dat.
+    Returns the file's bytes with it: read into memory, or (``mapped``) the file mapped as a
+    read-only uint8 array, for readers that take its CPU data a piece at a time."""
     p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise InputError(str(p), f"cannot read: {e.strerror}") from None
+    if mapped:
+        raw: Any = map_file(p)
+    else:
+        try:
+            raw = p.read_bytes()
+        except OSError as e:
+            raise InputError(str(p), f"cannot read: {e.strerror}") from None
     c = Cursor(memoryview(raw), str(p))
     c.expect(MAGIC, "trace.dat magic")
     version = c.cstr()
@@ -586,9 +591,10 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShi
 
 
 def _page_notes(td: TraceDat, b: TraceBuilder, cpu: int, page_lost: np.ndarray, page_ts: np.ndarray, corrupt: int,
-                shift: TimeShift | None) -> None:
+                shift: TimeShift | None, first_page: int = 0) -> None:
     """One CPU's lost-events notices (at the time of the page they were lost before) and its pages
-    with a bad commit size or event length, counted."""
+    with a bad commit size or event length, counted (``first_page``: the CPU's page number of the
+    first of ``page_lost``)."""
     lost_pages = np.nonzero(page_lost)[0]
     if len(lost_pages):
         # the events were lost before the page: its header time closes the gap
@@ -596,7 +602,8 @@ def _page_notes(td: TraceDat, b: TraceBuilder, cpu: int, page_lost: np.ndarray, 
         pts = _to_ns(shift.apply(cpu, pts) if shift is not None else pts, td)
         for page, when in zip(lost_pages.tolist(), pts.tolist(), strict=True):
             lost = int(page_lost[page])
-            b.add_lost(td.path, "missing_events", lost if lost > 0 else None, int(when), cpu, f"cpu{cpu} page {page}")
+            b.add_lost(td.path, "missing_events", lost if lost > 0 else None, int(when), cpu,
+                       f"cpu{cpu} page {first_page + page}")
     if corrupt:
         b.stats.add(td.path, "unparsed_record", f"cpu{cpu}", corrupt,
                     f"cpu{cpu}: {corrupt} page(s) with a bad commit size or event length")
