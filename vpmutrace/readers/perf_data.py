@@ -23,8 +23,6 @@ from vpmutrace.errors import InputError
 from vpmutrace.formats import perf_abi as abi
 from vpmutrace.formats.perf_abi import (
     REC_COMM,
-    REC_COMPRESSED,
-    REC_COMPRESSED2,
     REC_FORK,
     REC_HEADER_ATTR,
     REC_HEADER_FEATURE,
@@ -39,7 +37,8 @@ from vpmutrace.formats.perf_names import event_name
 from vpmutrace.readers import perf_maps
 from vpmutrace.readers import perf_samples as ps
 from vpmutrace.readers import tracing_data as tdmod
-from vpmutrace.readers.binio import MAX_EXPANSION, Cursor, expansion_room, map_file, release_pages
+from vpmutrace.readers.binio import Cursor, expansion_room, map_file, release_pages
+from vpmutrace.readers.perf_expand import COMPRESSED_TYPES, Expansion
 from vpmutrace.readers.perf_samples import CPUMODES, PERF_TYPE_TRACEPOINT
 from vpmutrace.tracedata import TraceBuilder
 
@@ -268,57 +267,16 @@ def walk(buf: np.ndarray, start: int, end: int) -> tuple[np.ndarray, np.ndarray,
     return offs, types, miscs, sizes, stop, err
 
 
-class _Bounded:
-    """Sink of a zstd stream writer that keeps what is written, up to ``room`` bytes in all."""
-
-    class Full(Exception):
-        pass
-
-    def __init__(self, room: int) -> None:
-        self.room, self.total, self.parts = room, 0, []  # type: list[bytes]
-
-    def write(self, data: bytes) -> int:
-        self.total += len(data)
-        if self.total > self.room:
-            raise self.Full
-        self.parts.append(bytes(data))
-        return len(data)
-
-
 def _decompress_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray,
                         sizes: np.ndarray, stop: int) -> np.ndarray:
     """Expand COMPRESSED/COMPRESSED2 records in place: one buffer of plain records, in file order
-    (each other record with the data it carries after header.size, up to the next record). perf
-    compresses one zstd stream across the records (util/zstd.c flushes, does not end, a frame per
-    record). What they expand to is bounded (MAX_EXPANSION); a record that does not decompress
-    ends the data there (counted as partial)."""
-    import zstandard
-
-    sink = _Bounded(expansion_room(len(buf)))
-    dec = zstandard.ZstdDecompressor().stream_writer(sink, write_size=1 << 20)
-    ends = np.append(offs[1:], stop).tolist()
-    for o, t, s, e in zip(offs.tolist(), types.tolist(), sizes.tolist(), ends, strict=True):
-        try:
-            if t == REC_COMPRESSED:
-                dec.write(buf[o + 8:o + s].tobytes())
-            elif t == REC_COMPRESSED2:
-                dsize = int(buf[o + 8:o + 16].view("<u8")[0])
-                if dsize > s - 16:
-                    pf.partial = (pf.partial + "; " if pf.partial else "") + \
-                        f"COMPRESSED2 record at offset {o}: data size {dsize} is more than the {s - 16} bytes " \
-                        "it holds; records from it on not read"
-                    break
-                dec.write(buf[o + 16:o + 16 + dsize].tobytes())
-            else:
-                sink.parts.append(buf[o:e].tobytes())
-        except _Bounded.Full:
-            raise InputError(pf.path, f"compressed records expand to more than {sink.room} bytes "
-                                      f"({MAX_EXPANSION} times the file): not read", f"offset {o}") from None
-        except zstandard.ZstdError as err:
-            pf.partial = (pf.partial + "; " if pf.partial else "") + \
-                f"COMPRESSED record at offset {o} does not decompress ({err}); records from it on not read"
-            break
-    return np.frombuffer(b"".join(sink.parts), dtype=np.uint8)
+    (perf_expand.Expansion). What they expand to is bounded (MAX_EXPANSION); a record that does not
+    decompress ends the data there (counted as partial)."""
+    ex = Expansion(pf.path, buf, expansion_room(len(buf)))
+    data = b"".join(ex.records(offs, types, sizes, np.append(offs[1:], stop)))
+    if ex.problem:
+        pf.partial = (pf.partial + "; " if pf.partial else "") + ex.problem
+    return np.frombuffer(data, dtype=np.uint8)
 
 
 def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceBuilder, source: str,
@@ -329,7 +287,7 @@ def _read_records(pf: PerfFile, buf: np.ndarray, start: int, end: int, b: TraceB
     else:
         recs = ps.split_records(buf, start, end)
     stop, err = recs.stop, recs.err
-    n_compressed = int(np.isin(recs.r_type, [REC_COMPRESSED, REC_COMPRESSED2]).sum())
+    n_compressed = int(np.isin(recs.r_type, COMPRESSED_TYPES).sum())
     if n_compressed:  # records inside records: expand them, in file order, and walk the result
         offs, types, _miscs, sizes, wstop, _ = walk(buf, start, stop)
         buf = _decompress_records(pf, buf, offs, types, sizes, wstop)
@@ -366,17 +324,21 @@ def file_done(pf: PerfFile, b: TraceBuilder) -> None:
 
 
 def file_records(pf: PerfFile, buf: np.ndarray, r_off: np.ndarray, r_type: np.ndarray, r_size: np.ndarray,
-                 n_samples: int, stop: int, err: int, start: int, b: TraceBuilder) -> tuple[_CommTracker, Any]:
-    """What the records other than samples say (``r_*``: all of them in the file; ``n_samples``: how
-    many samples; the walk stopped at ``stop`` with ``err``): attrs and tracing data of pipe mode,
-    names, meta, thread names, maps, lost records and record counts. Returns (thread names, maps)."""
-    r_off, r_type, r_size = _drop_short(pf, r_off, r_type, r_size, b, 0)
+                 n_samples: int, stop: int, err: int, start: int, b: TraceBuilder,
+                 shown: np.ndarray | None = None) -> tuple[_CommTracker, Any]:
+    """What the records other than samples say (``r_*``: all of them in the file, at ``r_off`` in
+    ``buf``; ``shown``: the offsets messages name them by, when not those; ``n_samples``: how many
+    samples; the walk stopped at ``stop`` with ``err``): attrs and tracing data of pipe mode, names,
+    meta, thread names, maps, lost records and record counts. Returns (thread names, maps)."""
+    recs = (r_off, r_type, r_size, r_off if shown is None else shown)
+    recs = _drop_short(pf, recs, b, 0)
     if pf.pipe:  # attrs, tracing data and features arrive as records
-        _header_records(pf, buf, r_off, r_type, r_size)
+        _header_records(pf, buf, *recs)
     elif pf.tracing is None:  # simpleperf writes its tracing data as a record of the data section
-        _header_records(pf, buf, r_off, r_type, r_size, (REC_HEADER_TRACING_DATA,))
+        _header_records(pf, buf, *recs, kinds=(REC_HEADER_TRACING_DATA,))
     _need_attrs(pf, start)
-    r_off, r_type, r_size = _drop_short(pf, r_off, r_type, r_size, b, 8 * len(_trailer_fields(pf.attrs[0])))
+    recs = _drop_short(pf, recs, b, 8 * len(_trailer_fields(pf.attrs[0])))
+    r_off, r_type, r_size, where = recs
     if err:
         what = {1: "record header with size < 8", 4: "record whose data size is negative"}.get(
             err, "record cut off by the end of the data")
@@ -390,7 +352,7 @@ def file_records(pf: PerfFile, buf: np.ndarray, r_off: np.ndarray, r_type: np.nd
     _meta(pf, b)
     comms = _CommTracker(pf, buf, r_off, r_type, r_size)
     side = perf_maps.read_side(pf, buf, r_off, r_type, r_size)
-    _emit_lost(pf, buf, r_off, r_type, r_size, b)
+    _emit_lost(pf, buf, r_off, r_type, r_size, where, b)
     recs_meta = b.meta.setdefault("perf_records", {})
     kinds, counts = np.unique(r_type, return_counts=True)
     per_kind = dict(zip(kinds.tolist(), counts.tolist(), strict=True))
@@ -401,27 +363,30 @@ def file_records(pf: PerfFile, buf: np.ndarray, r_off: np.ndarray, r_type: np.nd
         recs_meta[name] = recs_meta.get(name, 0) + n
         if k not in RECORD_NAMES:
             b.stats.add(pf.path, "records_not_decoded", f"record type {k}", n,
-                        f"offset {int(r_off[r_type == k][0])}: record type unknown to this reader")
+                        f"offset {int(where[r_type == k][0])}: record type unknown to this reader")
     return comms, side
 
 
-def _drop_short(pf: PerfFile, r_off: np.ndarray, r_type: np.ndarray, r_size: np.ndarray, b: TraceBuilder,
-                trailer: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+Recs = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # offsets, types, sizes, offsets shown
+
+
+def _drop_short(pf: PerfFile, recs: Recs, b: TraceBuilder, trailer: int) -> Recs:
     """The records (other than samples) without those shorter than the fields the reader takes from
     them (abi.MIN_RECORD_SIZE, plus the sample_id trailer of the kernel's records), which are counted
     as unparsed_record."""
+    _r_off, r_type, r_size, where = recs
     bad = np.zeros(len(r_type), dtype=bool)
     for t, least in abi.MIN_RECORD_SIZE.items():
         short = (r_type == t) & (r_size < least + (trailer if t < abi.USER_RECORD_TYPES[0] else 0))
         if short.any():
             k = int(np.flatnonzero(short)[0])
             b.stats.add(pf.path, "unparsed_record", RECORD_NAMES.get(t, f"type {t}"), int(short.sum()),
-                        f"offset {int(r_off[k])}: record of {int(r_size[k])} bytes, shorter than its fields")
+                        f"offset {int(where[k])}: record of {int(r_size[k])} bytes, shorter than its fields")
             bad |= short
     if not bad.any():
-        return r_off, r_type, r_size
+        return recs
     keep = ~bad
-    return r_off[keep], r_type[keep], r_size[keep]
+    return recs[0][keep], r_type[keep], r_size[keep], where[keep]
 
 
 def _need_attrs(pf: PerfFile, start: int) -> None:
@@ -430,26 +395,28 @@ def _need_attrs(pf: PerfFile, start: int) -> None:
 
 
 def _header_records(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray, sizes: np.ndarray,
+                    where: np.ndarray,
                     kinds: tuple[int, ...] = (REC_HEADER_ATTR, REC_HEADER_TRACING_DATA, REC_HEADER_FEATURE)) -> None:
     """Pipe mode: attrs, tracing data and features from their records (``kinds`` of them). A
     HEADER_TRACING_DATA record's data follows the record in perf's pipe mode (header.size is the
     record's 12 bytes) and lies within header.size in simpleperf's files (simpleperf record.cpp
     TracingDataRecord; perf 6.1 reads no such file)."""
     hdr = np.isin(types, list(kinds))
-    for o, t, s in zip(offs[hdr].tolist(), types[hdr].tolist(), sizes[hdr].tolist(), strict=True):
+    for o, t, s, w in zip(offs[hdr].tolist(), types[hdr].tolist(), sizes[hdr].tolist(), where[hdr].tolist(),
+                          strict=True):
         if t == REC_HEADER_ATTR:
             rec = buf[o + 8:o + s].tobytes()
             asize = struct.unpack_from("<I", rec, 4)[0] or 64
             if not 64 <= asize <= len(rec):
                 raise InputError(pf.path, f"HEADER_ATTR record: attr size {asize} does not fit the record "
-                                          f"({len(rec)} bytes)", f"offset {o}")
+                                          f"({len(rec)} bytes)", f"offset {w}")
             a = parse_attr(rec[:asize])
             a.ids = list(struct.unpack_from(f"<{(len(rec) - asize) // 8}Q", rec, asize))
             pf.attrs.append(a)
         elif t == REC_HEADER_TRACING_DATA:
             size = int(buf[o + 8:o + 12].view("<u4")[0])
             at = o + 12 if s >= 12 + size else o + s  # simpleperf: within header.size; perf pipe mode: after it
-            c = Cursor(buf[at:at + size].tobytes(), pf.path, base=at, what="pipe tracing data")
+            c = Cursor(buf[at:at + size].tobytes(), pf.path, base=at - o + w, what="pipe tracing data")
             pf.tracing, *_ = tdmod.read_tracing_block(c)
         elif t == REC_HEADER_FEATURE:
             feat = int(buf[o + 8:o + 16].view("<u8")[0])
@@ -624,17 +591,18 @@ class _CommTracker:
 
 
 def _emit_lost(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarray, sizes: np.ndarray,
-               b: TraceBuilder) -> None:
+               where: np.ndarray, b: TraceBuilder) -> None:
     a0 = pf.attrs[0]
     sel = np.isin(types, [REC_LOST, REC_LOST_SAMPLES, REC_THROTTLE, REC_UNTHROTTLE])
-    for o, t, s in zip(offs[sel].tolist(), types[sel].tolist(), sizes[sel].tolist(), strict=True):
+    for o, t, s, w in zip(offs[sel].tolist(), types[sel].tolist(), sizes[sel].tolist(), where[sel].tolist(),
+                          strict=True):
         tr = _trailer(a0, buf[o:o + s].tobytes())
         if t == REC_LOST:
             n = int(buf[o + 16:o + 24].view("<u8")[0])
-            b.add_lost(pf.path, "lost_events", n, tr.get("time"), tr.get("cpu"), f"offset {o}")
+            b.add_lost(pf.path, "lost_events", n, tr.get("time"), tr.get("cpu"), f"offset {w}")
         elif t == REC_LOST_SAMPLES:
             n = int(buf[o + 8:o + 16].view("<u8")[0])
-            b.add_lost(pf.path, "lost_samples", n, tr.get("time"), tr.get("cpu"), f"offset {o}")
+            b.add_lost(pf.path, "lost_samples", n, tr.get("time"), tr.get("cpu"), f"offset {w}")
         else:  # the time perf report shows: the sample_id trailer's, else the record's own field (when the
             # kernel wrote it, perf_log_throttle(), a moment before the trailer)
             time = tr["time"] if "time" in tr else int(buf[o + 8:o + 16].view("<i8")[0])

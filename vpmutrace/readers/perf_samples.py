@@ -327,8 +327,9 @@ def _fill(buf: np.ndarray, sc: Samples, rows: np.ndarray, plans: dict[int, _Plan
 
 
 def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, formats: dict[int, EventFormat],
-                 symbols: Callable[[int], str | None] | None, b: TraceBuilder, source: str) -> None:
-    """All samples into their tables, each table in time order (ties in file order)."""
+                 symbols: Callable[[int], str | None] | None, b: TraceBuilder, source: str, base: int = 0) -> None:
+    """All samples into their tables, each table in time order (ties in file order). ``base``: where
+    ``buf`` starts in the record stream (the offset a message names a sample by is base + its offset)."""
     n = len(sc.off)
     if n == 0:
         return
@@ -336,7 +337,7 @@ def emit_samples(attrs: list[Attr], path: str, buf: np.ndarray, sc: Samples, for
                         (abi.KEY_BROKEN, "sample fields run past the record")):
         bad = np.flatnonzero(sc.group == code)
         if len(bad):
-            b.stats.add(path, "unparsed_record", "sample", len(bad), f"offset {int(sc.off[bad[0]])}: {label}")
+            b.stats.add(path, "unparsed_record", "sample", len(bad), f"offset {base + int(sc.off[bad[0]])}: {label}")
     order = np.argsort(sc.time, kind="stable")
     ng = len(sc.group_attr)
     rows = scratch(n, np.int32)

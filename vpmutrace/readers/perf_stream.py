@@ -19,8 +19,10 @@ the highest time of the pieces up to the previous piece that ended a round are f
 (a bound never above the rule's); the writer holds back the later rows (ingest_stream.py). A file
 without round records is held whole until its end.
 
-Not streamed: COMPRESSED records (their records can only be walked once decompressed; the file is
-then read in memory, ``needs_memory`` says why).
+Files written with ``perf record -z`` (COMPRESSED / COMPRESSED2 records) are walked as the stream
+of records they decompress to, one chunk at a time (perf_stream_z.py): the same pieces, the records
+other than samples copied out of the stream in the first walk, each piece's decompressed bytes
+held only while it is decoded.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ from typing import Any
 import numpy as np
 
 from vpmutrace import kernels
-from vpmutrace.formats.perf_abi import REC_COMPRESSED, REC_COMPRESSED2, REC_FINISHED_ROUND
+from vpmutrace.formats.perf_abi import REC_FINISHED_ROUND
 from vpmutrace.readers import perf_data as pd
 from vpmutrace.readers import perf_maps
 from vpmutrace.readers import perf_samples as ps
+from vpmutrace.readers import perf_stream_z as pz
 from vpmutrace.readers.binio import release_pages
+from vpmutrace.readers.perf_expand import COMPRESSED_TYPES
 from vpmutrace.tracedata import TraceBuilder
 
 REC_FINISHED_INIT = 82  # tools/lib/perf/include/perf/event.h PERF_RECORD_FINISHED_INIT
@@ -69,14 +73,11 @@ class Plan:
     stop: int
     err: int
 
-    @property
-    def n_compressed(self) -> int:
-        return int(np.isin(self.r_type, [REC_COMPRESSED, REC_COMPRESSED2]).sum())
 
-
-def plan(buf: np.ndarray, start: int, end: int, samples_per_piece: int) -> Plan:
+def plan(buf: np.ndarray, start: int, end: int, samples_per_piece: int) -> Plan | None:
     """Cut buf[start:end] into pieces (one sequential walk, perf_walk.scan_records, with output
-    arrays of the piece's size: memory independent of the file's)."""
+    arrays of the piece's size: memory independent of the file's). None at the first COMPRESSED
+    record: the file is walked as the records it decompresses to (perf_stream_z.plan)."""
     cap = max(1, samples_per_piece)
     s = np.empty(cap, np.int64)
     nr = max(RECORDS_PER_WALK, cap)
@@ -86,6 +87,9 @@ def plan(buf: np.ndarray, start: int, end: int, samples_per_piece: int) -> Plan:
     at, base = start, 0
     while True:
         ns, nr, stop, err = kernels.scan_records(buf, at, end, s, *r)
+        if np.isin(r[1][:nr], COMPRESSED_TYPES).any():
+            release_pages(buf, start, stop)
+            return None
         cut, nr_cut, ns_cut, ends_round = stop, nr, ns, err != 3
         if err == 3:  # full: end the piece after its last round, if it has one
             ends = np.flatnonzero(np.isin(r[1][:nr], ROUND_ENDS))
@@ -115,8 +119,11 @@ class PerfStream:
         from vpmutrace.readers import snapshot_for
 
         self.pf, self.buf, start, end = pd.open_perf_data(path)
-        self.start = start
-        self.plan = plan(self.buf, start, end, samples_per_piece)
+        self.start, self.end = start, end
+        self.zplan = None if (p := plan(self.buf, start, end, samples_per_piece)) is not None else \
+            pz.plan(self.pf, self.buf, start, end, samples_per_piece)
+        self.plan: Plan | pz.ZPlan = p or self.zplan
+        self.held_max = 0  # (compressed files) the most decompressed bytes a piece held at once
         self.source = source
         self.snapshot = snapshot or snapshot_for(path)
         self.comms: Any = None
@@ -124,16 +131,24 @@ class PerfStream:
         self.unknown: dict[int, str] = {}
 
     def needs_memory(self) -> str | None:
-        """Why this file cannot be read piece by piece (None: it can)."""
-        if self.plan.n_compressed:
-            return f"{self.plan.n_compressed} COMPRESSED records (perf record -z)"
+        """Why this file cannot be read piece by piece (None: it can; every perf.data can)."""
         return None
 
     def header(self, b: TraceBuilder) -> None:
         """What the records other than samples say, into ``b`` (as the in-memory reader does)."""
-        p = self.plan
-        self.comms, self.side = pd.file_records(self.pf, self.buf, p.r_off, p.r_type, p.r_size, p.n_samples,
-                                                p.stop, p.err, self.start, b)
+        p, z = self.plan, self.zplan
+        if z is None:
+            self.comms, self.side = pd.file_records(self.pf, self.buf, p.r_off, p.r_type, p.r_size, p.n_samples,
+                                                    p.stop, p.err, self.start, b)
+        else:  # as perf_data._read_records: what the expansion met, then the stream's records
+            if z.problem:
+                self.pf.partial = (self.pf.partial + "; " if self.pf.partial else "") + z.problem
+            if z.err:
+                self.pf.partial = self.pf.partial or "a decompressed record stream ends in a broken record"
+            self.comms, self.side = pd.file_records(self.pf, z.side, z.side_off, z.r_type, z.r_size, z.n_samples,
+                                                    z.file_stop, z.file_err, self.start, b, shown=z.r_off)
+            recs_meta = b.meta["perf_records"]
+            recs_meta["COMPRESSED"] = recs_meta.get("COMPRESSED", 0) + z.n_compressed
         tracing = self.pf.tracing
         b.symbols = b.symbols or (tracing.kallsyms if tracing else None)
         b.printk = b.printk or (tracing.raw.get("printk") or b"" if tracing else b"")
@@ -145,20 +160,27 @@ class PerfStream:
         piece: add ``piece.first_sample``)."""
         pf, tracing = self.pf, self.pf.tracing
         formats = tracing.formats if tracing else {}
+        made = pz.Pieces(pf, self.buf, self.start, self.end) if self.zplan is not None else None
         for piece in self.plan.pieces:
             b = TraceBuilder()
             b.unknown_event_names = self.unknown
             b.meta["inputs"].append({"path": pf.path, "format": "perf.data"})  # (perf_maps notes its symbols)
+            # a compressed file's piece: its decompressed bytes, in a buffer of their own
+            buf, start, stop = (self.buf, piece.start, piece.stop) if made is None else \
+                (made.take(piece.start, piece.stop), 0, piece.stop - piece.start)
             if piece.n_samples:
-                recs, keys = ps.scan(pf.attrs, pf.path, self.buf, piece.start, piece.stop)
+                recs, keys = ps.scan(pf.attrs, pf.path, buf, start, stop)
                 del recs
                 samples = ps.decode_samples(len(pf.attrs), keys, self.comms.events, self.comms.comm)
                 del keys
-                ps.emit_samples(pf.attrs, pf.path, self.buf, samples, formats,
-                                tracing.kallsyms if tracing else None, b, self.source)
+                ps.emit_samples(pf.attrs, pf.path, buf, samples, formats,
+                                tracing.kallsyms if tracing else None, b, self.source, piece.start - start)
                 del samples
                 perf_maps.apply(pf, self.side, b, 0, self.snapshot)
+            del buf
             release_pages(self.buf)
+            if made is not None:
+                self.held_max = made.held_max
             yield piece, b
 
     def done(self, b: TraceBuilder) -> None:
