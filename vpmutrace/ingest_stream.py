@@ -60,9 +60,12 @@ def samples_per_piece(max_memory: int) -> int:
     return max(MIN_SAMPLES, (max_memory - BASE_BYTES) // (2 * BYTES_PER_SAMPLE))
 
 
-# Peak resident memory per ring-buffer page (4 KiB) of a trace.dat piece: a guess of 8 x the page
-# (decoded rows, the walk's arrays, the piece's copy of its pages) until measured below
-BYTES_PER_PAGE = 8 * 4096
+# Peak resident memory per ring-buffer page of a trace.dat piece (the piece's copy of its pages,
+# the walk's arrays, the decoded rows, the lookahead), measured on benchmarks/bench_readers.py's
+# mixed trace.dat (5.62 M events in 90 k pages; loaded host): pieces of 4 k / 16 k / 64 k pages
+# peaked at 192 / 281 / 509 MB, about 4.8 KB per page over a 170 MB base; 6 KB per page of each
+# of the two pieces in memory leaves room for pages holding more, smaller events
+BYTES_PER_PAGE = 6 << 10
 MIN_PAGES = 256
 
 

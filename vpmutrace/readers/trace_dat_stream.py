@@ -87,11 +87,20 @@ class CpuPages:
         return self._next < self.where
 
     def fill(self, pages: int) -> None:
-        """Load blocks until ``pages`` pages are loaded or none are left."""
-        while self.npages < pages and self.more():
-            self._load()
+        """Load blocks until ``pages`` pages are loaded or none are left (joined once: no copy per block)."""
+        datas, starts, have = [self.data], [self.starts], self.npages
+        while have < pages and self.more():
+            new = self._load()
+            if len(new):
+                datas.append(new)
+                starts.append(self._starts(new))
+                have += len(new) // self.page
+        if len(datas) > 1:
+            self.data = np.concatenate(datas) if len(self.data) or len(datas) > 2 else datas[1]
+            self.starts = np.concatenate(starts)
 
-    def _load(self) -> None:
+    def _load(self) -> np.ndarray:
+        """The next block's whole pages."""
         if isinstance(self.where, list):
             off, csize, usize = self.where[self._next]
             self._next += 1
@@ -114,15 +123,16 @@ class CpuPages:
             new = self.raw[at:at + n].copy()
             release_pages(self.raw, at, at + n)
             self._next += n
-        if not len(new):
-            return
+        return new
+
+    def _starts(self, new: np.ndarray) -> np.ndarray:
+        """The header times of a block's pages in ns, as a running maximum over the CPU's pages."""
         big = ">" if self.td.endian == ">" else "<"
         heads = np.ascontiguousarray(new.reshape(-1, self.page)[:, self.ts_at:self.ts_at + 8]).view(f"{big}i8")
         ns = _ns(heads.ravel().astype(np.int64), self.cd.cpu, self.td, self.shift)
         run = np.maximum.accumulate(np.concatenate(([self._run_max], ns)))[1:]
         self._run_max = int(run[-1])
-        self.data = np.concatenate((self.data, new)) if len(self.data) else new
-        self.starts = np.concatenate((self.starts, run)) if len(self.starts) else run
+        return run
 
     def drop(self, pages: int) -> None:
         """Forget the first ``pages`` loaded pages (all their events emitted)."""
