@@ -1,12 +1,14 @@
-"""``vpmutrace ingest --max-memory``: a perf.data decoded piece by piece (readers/perf_stream.py)
-and appended to each table's Parquet file as row groups, so that peak memory follows the piece
-size and not the file's.
+"""``vpmutrace ingest --max-memory``: a perf.data (readers/perf_stream.py, perf_stream_z.py) or a
+trace.dat (readers/trace_dat_stream.py) decoded piece by piece and appended to each table's Parquet
+file as row groups, so that peak memory follows the piece size and not the file's.
 
 The dataset is the one the in-memory ingest writes (same rows in the same order, same meta and
-stats; tests/test_stream.py checks every perf.data fixture): each table in (ts_ns, seq) order.
-Rows are final once perf's round rule (perf_stream.py) says no later record can be earlier; the
-rest are held back and merged with the next piece's. Rows that break the rule (an earlier time
-after the rule said final) are written where they come and counted (stats ``out_of_order``).
+stats; tests/test_stream*.py check every fixture; a trace.dat's ``seq`` numbers differ, its order
+does not): each table in (ts_ns, seq) order. A perf.data's rows are final once perf's round rule
+(perf_stream.py) says no later record can be earlier; the rest are held back and merged with the
+next piece's. A trace.dat piece holds exactly the events before a time, all final. Rows that break
+the rule (an earlier time after the rule said final) are written where they come and counted
+(stats ``out_of_order``).
 
 Both cores: a piece's tables are written on threads of their own, side by side (the Parquet writer
 releases the GIL), while the next piece is decoded (whose compiled passes run on every core); at

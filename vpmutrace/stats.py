@@ -38,8 +38,9 @@ CATEGORIES: dict[str, Category] = {
     "unthrottle": Category(INFO, "perf UNTHROTTLE records: sampling resumed"),
     "partial": Category(DATA_LOSS, "a file cut short or never finished (perf record killed)"),
     "truncated": Category(DATA_LOSS, "a record cut off by the end of the data"),
-    "out_of_order": Category(ERROR, "rows of a perf.data ingested piece by piece (--max-memory) earlier than rows "
-                                   "already written: the file breaks perf's round rule; written where they came"),
+    "out_of_order": Category(ERROR, "rows of a file ingested piece by piece (--max-memory) earlier than rows "
+                                   "already written (a perf.data breaking perf's round rule, a trace.dat CPU whose "
+                                   "times go back); written where they came"),
     # not readable here
     "unparsed_line": Category(ERROR, "text lines that are no event and no known notice"),
     "body_unparsed": Category(ERROR, "event lines whose body no grammar of the event matches (kept in 'unparsed')"),

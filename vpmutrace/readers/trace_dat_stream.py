@@ -11,7 +11,8 @@ Time order across CPUs (a k-way merge of the CPUs at page granularity, cut exact
 within one CPU's buffer the ring buffer writes events in time order and a page's header time is
 the time its first event's delta is added to (include/linux/ring_buffer.h, kernel/trace/
 ring_buffer.c rb_update_write_stamp / the page's time_stamp; libtraceevent kbuffer-parse.c
-kbuffer_load_subbuffer), so no event of a page is earlier than the page's header time, and none
+kbuffer_load_subbuffer; checked on the 25 public trace.dat files: no page's first event is earlier
+than its header time), so no event of a page is earlier than the page's header time, and none
 of a CPU's later pages is earlier than the running maximum of its header times. Hence when ``T``
 is at most the header time of the last loaded page of every CPU that has pages left to load,
 every event before ``T`` is in the loaded pages whose header time is before ``T``: a piece emits
