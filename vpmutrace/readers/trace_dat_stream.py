@@ -34,6 +34,7 @@ is first walked, and reported in the in-memory reader's order (buffer, CPU, page
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from vpmutrace import clocks as C
+from vpmutrace import kernels
 from vpmutrace.errors import InputError
 from vpmutrace.readers import trace_dat as T
 from vpmutrace.readers.binio import release_pages, scratch
@@ -173,6 +175,7 @@ class TraceDatStream:
         self.losses: list[tuple[tuple[int, int, int], dict[str, Any], str]] = []
         self._reported = 0
         self.bad: dict[tuple[int, int], int] = {}
+        self.pool: ThreadPoolExecutor | None = None
 
     def needs_memory(self) -> str | None:
         """Why this file cannot be read piece by piece (None: it can)."""
@@ -190,12 +193,13 @@ class TraceDatStream:
         t = td.tracing
         if not t.header_page:
             t.header_page = {"timestamp": (0, 8), "commit": (8, td.long_size), "data": (8 + td.long_size, 0)}
-        codec = T._Codec(td.compression, td.path) if td.version == 7 and td.compression != "none" else None
+        compressed = td.version == 7 and td.compression != "none"
         ts_at = t.header_page.get("timestamp", (0, 8))[0]
         for bi, buf in enumerate(td.buffers):
             page = buf.page_size or td.page_size
             for k, cd in enumerate(buf.cpus):
                 got = T._cpu_chunks(self.raw, td, cd, b, buf.page_size)
+                codec = T._Codec(td.compression, td.path) if compressed else None  # (one per CPU: filled on threads)
                 self.cpus.append(CpuPages(td, self.raw, bi, k, cd, page, ts_at, got, self.shift, codec))
 
     def _lookahead(self) -> int:
@@ -226,14 +230,26 @@ class TraceDatStream:
         load more pages (their pages all start at the time that sets the end); when the lookahead
         has grown past two pieces, the next piece takes every loaded page whole (its rows may
         then be out of order: counted by the writer)."""
+        compressed = any(isinstance(s.where, list) for s in self.cpus)
+        self.pool = ThreadPoolExecutor(kernels.threads()) if compressed and len(self.cpus) > 1 else None
+        try:
+            yield from self._pieces()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()
+
+    def _pieces(self) -> Iterator[tuple[Piece, TraceBuilder]]:
         seq, stalls = 0, 0
         while True:
-            grow = 1 << max(0, stalls - 1)
-            for s in self.cpus:
-                s.fill(self._lookahead() * grow)
+            want = self._lookahead() << max(0, stalls - 1)
+            short = [s for s in self.cpus if s.npages < want and s.more()]
+            if len(short) > 1 and self.pool is not None:  # (zlib and zstd decompress without the GIL)
+                list(self.pool.map(lambda s, w=want: s.fill(w), short))  # type: ignore[misc]
+            for s in short:
+                s.fill(want)
             if not any(s.npages for s in self.cpus):
                 return
-            whole = self._lookahead() * grow > 2 * self.pages_per_piece
+            whole = want > 2 * self.pages_per_piece
             cut = None if whole else self._cut(bounded=not stalls)
             before = self._state()
             b = TraceBuilder()
