@@ -570,8 +570,7 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShi
         t.header_page = {"timestamp": (0, 8), "commit": (8, td.long_size), "data": (8 + td.long_size, 0)}
     seq_base = 0
     for buf in td.buffers:
-        # rows of an instance carry its name, as `trace-cmd report` prefixes them
-        src = (f"{source}:{buf.name}" if source != "host" else buf.name) if buf.name else source
+        src = buffer_source(source, buf)
         data, spans = _buffer_bytes(raw, td, buf, b)
         walk = walk_spans(data, spans, buf.page_size or td.page_size, t.header_page, td.endian == ">")
         for k, cd in enumerate(buf.cpus):
@@ -588,6 +587,11 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShi
             emit_payloads(b, td.path, src, data, recs, t.formats, td.endian, t.cmdlines, t.kallsyms,
                           seq_base=seq_base)
         seq_base += n
+
+
+def buffer_source(source: str, buf: Buffer) -> str:
+    """The source of a buffer's rows: an instance's carry its name, as `trace-cmd report` prefixes them."""
+    return (f"{source}:{buf.name}" if source != "host" else buf.name) if buf.name else source
 
 
 def _page_notes(td: TraceDat, b: TraceBuilder, cpu: int, page_lost: np.ndarray, page_ts: np.ndarray, corrupt: int,

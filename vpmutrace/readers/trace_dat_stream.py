@@ -74,7 +74,6 @@ class CpuPages:
     first_page: int = 0
     skip: int = 0  # events of the first loaded page already emitted
     noted: int = 0  # pages whose notices are counted: those numbered below
-    last_emitted: int = NO_TIME  # time of the last event emitted (for the loss starts)
     _next: int = 0  # next chunk (compressed) or byte (uncompressed) to load
     _partial: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint8))
     _run_max: int = NO_TIME
@@ -287,13 +286,11 @@ class TraceDatStream:
             ns = _ns(part, s.cd.cpu, td, self.shift)
             if ns is not part:
                 part[:] = ns
-            self._notes(s, walk.page_lost[k], walk.page_ts[k], walk.page_bad[k], walk.offsets[r0:r1] - span_at)
+            self._notes(s, walk.page_lost[k], walk.page_ts[k], walk.page_bad[k])
             first = r0 + min(s.skip, r1 - r0)
             late = np.flatnonzero(walk.ts[first:r1] >= cut) if cut is not None else np.zeros(0, np.int64)
             stop = first + int(late[0]) if len(late) else r1
             keep.append((first, stop))
-            if stop > first:
-                s.last_emitted = int(walk.ts[stop - 1])
             if stop == r1:
                 s.skip = 0
                 s.drop(n_pages)
@@ -309,14 +306,13 @@ class TraceDatStream:
             recs = Records(walk.offsets[sel], walk.lengths[sel], walk.ts[sel], walk.types[sel], runs,
                            np.array([s.cd.cpu for s in mine], dtype=np.int64))
             del walk
-            src = (f"{self.source}:{buf.name}" if self.source != "host" else buf.name) if buf.name else self.source
-            emit_payloads(b, td.path, src, data, recs, t.formats, td.endian, t.cmdlines, t.kallsyms, seq_base=seq)
+            emit_payloads(b, td.path, T.buffer_source(self.source, buf), data, recs, t.formats, td.endian,
+                          t.cmdlines, t.kallsyms, seq_base=seq)
         return n
 
-    def _notes(self, s: CpuPages, page_lost: np.ndarray, page_ts: np.ndarray, page_bad: np.ndarray,
-               offsets: np.ndarray) -> None:
+    def _notes(self, s: CpuPages, page_lost: np.ndarray, page_ts: np.ndarray, page_bad: np.ndarray) -> None:
         """Lost-events notices and bad pages of the pages walked the first time: the notices kept
-        (with the time of the last event before them on their CPU), the bad pages counted."""
+        (at their page's header time, as the in-memory reader keeps them), the bad pages counted."""
         new = max(0, s.noted - s.first_page)
         if new >= len(page_lost):
             return
