@@ -11,7 +11,8 @@ spool holds raw pages no reader opens. Three layers make sure nothing keeps reco
    the capture. It holds the read end of a pipe whose write end only the recorder has; the kernel
    closes it when the recorder dies, however it dies. End of file without the recorder's ``done``
    line means the recorder died: the guardian salvages (``salvage``): tracing off, the workload
-   stopped (SIGTERM, SIGKILL after 5 s), perf waited for, the pages still in the instance's buffer
+   stopped (SIGTERM, SIGKILL after 5 s), perf waited for, what the workload started stopped (found
+   by the capture's mark, ``MARK_ENV``, in their environment), the pages still in the instance's buffer
    drained into the spool, the spool turned into trace.dat, the instance and the probes removed, and
    capture.json written saying so.
 3. The state file (``STATE_DIR/<recorder pid>.json``) stays until a capture ends cleanly or is
@@ -95,7 +96,8 @@ class Guard:
         self.dir = state_dir()
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.path = self.dir / f"{os.getpid()}.json"
-        self.state = dict(state, recorder=proc_ref(os.getpid()), started=time.time())
+        rec = proc_ref(os.getpid())
+        self.state = dict(state, recorder=rec, started=time.time(), mark=f"{rec['pid']}.{rec['start']}")
         self._save()
         r, w = os.pipe()
         self.proc = subprocess.Popen([sys.executable, "-m", __name__, str(self.path)], stdin=r,
@@ -110,6 +112,14 @@ class Guard:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.state, indent=1))
         tmp.replace(self.path)
+
+    def env(self) -> dict[str, str]:
+        """The environment for the workload and perf: this one, with the capture's mark."""
+        return dict(os.environ, **{MARK_ENV: self.state["mark"]})
+
+    def stop_marked(self) -> str | None:
+        """Stop what the workload started and left running (see ``stop_marked``)."""
+        return stop_marked(self.state["mark"])
 
     def update(self, **kv: Any) -> None:
         """Record something the guardian must stop or clean (a workload, perf, the instance)."""
@@ -126,6 +136,47 @@ class Guard:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(timeout=10)
         self.path.unlink(missing_ok=True)
+
+
+MARK_ENV = "VPMUTRACE_CAPTURE"  # in the workload's and perf's environment; the processes they start inherit it
+
+
+def marked(mark: str) -> list[int]:
+    """The processes whose environment holds ``MARK_ENV=mark`` (/proc/<pid>/environ: the environment
+    they were started with, inherited by what a workload forks, even once reparented), but this one."""
+    needle = b"\0" + f"{MARK_ENV}={mark}".encode() + b"\0"
+    me = os.getpid()
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit() or int(d.name) == me:
+            continue
+        try:
+            env = (d / "environ").read_bytes()
+        except OSError:
+            continue
+        if needle in b"\0" + env:
+            found.append(int(d.name))
+    return found
+
+
+def stop_marked(mark: str | None, grace: float = 5.0) -> str | None:
+    """SIGTERM to every process still carrying the capture's mark (what the workload started and left
+    running), SIGKILL to those left after ``grace`` seconds; what was done, None if nothing ran."""
+    refs = [r for r in (proc_ref(p) for p in marked(mark)) if r["start"] is not None] if mark else []
+    if not refs:
+        return None
+    for r in refs:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(r["pid"]), signal.SIGTERM)
+    end = time.monotonic() + grace
+    while time.monotonic() < end and any(same_process(r) for r in refs):
+        time.sleep(0.05)
+    left = [r for r in refs if same_process(r)]
+    for r in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(r["pid"]), signal.SIGKILL)
+    pids = " ".join(str(r["pid"]) for r in refs)
+    return f"{len(refs)} process(es) the workload started stopped (pid {pids}; {len(left)} needed SIGKILL)"
 
 
 def _stop_process(rec: dict[str, Any] | None, sig: int, grace: float) -> str | None:
@@ -167,6 +218,8 @@ def salvage(path: Path) -> list[str]:
         done.append(f"workload {w}")
     if (p := _stop_process(st.get("perf"), signal.SIGINT, 60.0)) is not None:
         done.append(f"perf record {p}")
+    if (m := stop_marked(st.get("mark"))) is not None:
+        done.append(m)
     summary: dict[str, Any] = {}
     if cap is not None:
         summary = cap.salvage()

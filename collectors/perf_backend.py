@@ -28,7 +28,7 @@ class PerfCapture:
     argv: list[str] = field(default_factory=list)
 
     def start(self, command: list[str] | None, duration: float | None,
-              preexec_fn: Callable[[], None] | None = None) -> None:
+              preexec_fn: Callable[[], None] | None = None, env: dict[str, str] | None = None) -> None:
         argv = [self.perf, "record", "-q", "-a", "-m", self.mmap_pages, "-o", str(self.out_file)]
         for e in self.events:
             argv += ["-e", e]
@@ -43,7 +43,7 @@ class PerfCapture:
         self.stderr_file = self.out_file.with_suffix(".perf-record.log")
         with open(self.stderr_file, "wb") as err:
             self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True,
-                                         preexec_fn=preexec_fn)  # noqa: PLW1509
+                                         preexec_fn=preexec_fn, env=env)  # noqa: PLW1509
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

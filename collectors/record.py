@@ -226,12 +226,13 @@ def _probe_session(root: Path) -> ProbeSession:
 def _workload(opt: RecordOptions, guard: Guard) -> subprocess.Popen | None:
     if not opt.command:
         return None
-    proc = subprocess.Popen(opt.command, preexec_fn=pdeathsig(signal.SIGTERM))  # noqa: PLW1509
+    proc = subprocess.Popen(opt.command, env=guard.env(), preexec_fn=pdeathsig(signal.SIGTERM))  # noqa: PLW1509
     guard.update(workload=proc_ref(proc.pid))
     return proc
 
 
-def _stop_workload(proc: subprocess.Popen | None, res: RecordResult) -> None:
+def _stop_workload(proc: subprocess.Popen | None, res: RecordResult, guard: Guard) -> None:
+    """The workload stopped (SIGTERM, SIGKILL after 5 s), and what it started and left running."""
     if proc is not None and proc.poll() is None:
         proc.terminate()
         try:
@@ -240,6 +241,7 @@ def _stop_workload(proc: subprocess.Popen | None, res: RecordResult) -> None:
             proc.kill()
             proc.wait()
         res.command_status = proc.returncode
+    guard.stop_marked()
 
 
 def _run_tracefs(opt: RecordOptions, root: Path, have: list[str], res: RecordResult, guard: Guard) -> None:
@@ -258,7 +260,7 @@ def _run_tracefs(opt: RecordOptions, root: Path, have: list[str], res: RecordRes
                     break
                 if cap.fault:  # disk full: the capture ends here, the workload with it
                     res.fault = cap.fault
-                    _stop_workload(proc, res)
+                    _stop_workload(proc, res, guard)
                     break
                 if proc is None and time.monotonic() - t0 >= (opt.duration if opt.duration is not None else 10):
                     break
@@ -268,7 +270,7 @@ def _run_tracefs(opt: RecordOptions, root: Path, have: list[str], res: RecordRes
                 time.sleep(0.2)
         except Interrupted as e:
             res.interrupted = str(e)
-            _stop_workload(proc, res)
+            _stop_workload(proc, res, guard)
         try:
             res.summary = cap.stop()
         except OSError as e:
@@ -289,7 +291,7 @@ def _run_perf(opt: RecordOptions, perf: str, have: list[str], res: RecordResult,
     if opt.samples:
         sample = "cycles:HG" if hardware_pmu() else "cpu-clock"
     cap = PerfCapture(perf, have, res.trace_file, opt.cpus, sample)
-    cap.start(opt.command, opt.duration, preexec_fn=pdeathsig(signal.SIGINT))
+    cap.start(opt.command, opt.duration, preexec_fn=pdeathsig(signal.SIGINT), env=guard.env())
     assert cap.proc is not None
     guard.update(perf=proc_ref(cap.proc.pid))
     progress = PerfProgress(res.trace_file)
@@ -309,6 +311,8 @@ def _run_perf(opt: RecordOptions, perf: str, have: list[str], res: RecordResult,
     except Interrupted as e:  # a second signal: still let perf finish its file
         res.interrupted = str(e)
         status = cap.wait(timeout=120)
+    if res.interrupted:  # perf stopped its workload; not what that started
+        guard.stop_marked()
     if opt.command:
         res.command_status = status
     res.summary = {"perf_status": status, "bytes": cap.bytes_written(), "sample_event": sample,

@@ -167,6 +167,29 @@ def test_sigkilled_tracefs_recorder_leaves_nothing_recording_and_a_readable_trac
     assert theirs["kvm_msr"] == n["kvm:kvm_msr"] and theirs["kvm_cpuid"] == n["kvm:kvm_cpuid"]
 
 
+def test_sigkilled_recorder_stops_what_the_workload_started(tmp_path: Path) -> None:
+    """A workload that starts a process of its own (here a shell: a sleep in the background, then the
+    guest): the parent-death signal reaches the guest only; the guardian stops the sleep too, found by
+    the capture's mark in its environment (it was reparented when the guest ended)."""
+    out = tmp_path / "cap"
+    cmd = f"sleep 3141 & exec {sys.executable} {GUEST} -n 100000000 --timeout 60 -q"
+    rec = subprocess.Popen([sys.executable, "-m", "vpmutrace", "record", "--backend", "tracefs", "-o", str(out),
+                            "--", "sh", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=_env(tmp_path))
+    st = _state(tmp_path, rec.pid, "workload")
+    _recording(out, "tracefs", st)
+    from vpmutrace.collectors.guardian import marked
+
+    kids = [p for p in marked(st["mark"]) if "3141" in Path(f"/proc/{p}/cmdline").read_text()]
+    assert len(kids) == 1
+    rec.kill()
+    rec.wait()
+    _wait_no_state(tmp_path)
+    assert _gone(kids[0], 10) and _gone(st["workload"]["pid"], 10)
+    cap = json.loads((out / "capture.json").read_text())
+    assert any("the workload started stopped" in x for x in cap["salvaged"]), cap["salvaged"]
+
+
 def test_sigkilled_perf_recorder_stops_perf_which_finishes_its_file(tmp_path: Path) -> None:
     need_tool("perf")
     out = tmp_path / "cap"
