@@ -41,6 +41,7 @@ PACKAGES = {
                 "tests/test_real_shapes.py"],
 }
 COPY = ("vpmutrace", "collectors", "tests", "fixtures", "docs", "README.md", "pyproject.toml", "setup.py")
+TIMEOUT_S = 120  # seconds a mutant's test run may take beyond 15 x the clean run's
 KILLED = ("killed", "timeout", "caught by type check", "segfault")
 
 
@@ -62,6 +63,10 @@ def prepare(work: Path, package: str, only: list[str], tests: list[str]) -> None
              # workers forked from a process that ran polars deadlock in the child (polars' thread pool):
              # a fork server that has imported nothing forks them
              'process_isolation = "forkserver"', 'forkserver_warmup = "none"',
+             # a mutant's worker imports pytest, numpy, polars and the kernels before its first test
+             # (seconds on a loaded host): mutmut's default budget (15 x the tests' own time + 1 s)
+             # called mutants that fail at once "timeout"; a real hang still ends at this bound
+             f"timeout_constant = {TIMEOUT_S}",
              'also_copy = ["collectors", "fixtures", "docs", "README.md", "setup.py"]']
     (work / "pyproject.toml").write_text(conf + "\n".join(lines) + "\n")
 
