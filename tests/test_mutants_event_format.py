@@ -144,6 +144,22 @@ def test_declarations(decl: str, size: int, want: tuple) -> None:
     assert x.flexible == (x.array_len == 0 and size == 0 and not x.dynamic)
 
 
+SIZES = {1: "char u8 s8 __u8 __s8 bool _Bool uint8_t int8_t", 2: "short u16 s16 __u16 __s16 uint16_t int16_t",
+         4: "int u32 s32 __u32 __s32 uint32_t int32_t pid_t", 8: "long u64 s64 __u64 __s64 uint64_t int64_t size_t "
+         "ssize_t loff_t"}
+
+
+@pytest.mark.parametrize("ctype,size", [(t, n) for n, ts in SIZES.items() for t in ts.split()] + [
+    ("unsigned char", 1), ("signed char", 1), ("const char", 1), ("unsigned short", 2), ("unsigned int", 4),
+    ("signed int", 4), ("const u32", 4), ("unsigned", 4), ("signed", 4), ("unsigned long", 8), ("long long", 8),
+    ("unsigned long long", 8), ("const unsigned long", 8), ("struct page", 1), ("enum x", 1)])
+def test_element_sizes_of_c_types(ctype: str, size: int) -> None:
+    """A dynamic array's elements and a symbolic-length array's count follow the C type's size on a
+    64-bit kernel (unknown types: bytes)."""
+    assert _one(f"__data_loc {ctype}[] v").fields[0].elem_size == size
+    assert _one(f"{ctype} v[N]", size=24).fields[0].array_len == 24 // size
+
+
 def test_symbolic_length_and_declared_longer_than_size_follow_size() -> None:
     """A length that is not a number is what ``size:`` holds in elements of the declared type; a
     declared length of more elements than ``size:`` has bytes is cut to that. Otherwise the declared

@@ -131,6 +131,17 @@ def test_32_bit_commit_word_and_data_offset_from_the_header_page() -> None:
     assert b.types.tolist() == a.types.tolist()
 
 
+def test_timestamp_and_commit_where_the_header_page_puts_them() -> None:
+    """The reader takes every page-header field's place from header_page (here the two words swapped)."""
+    pages = _cpus()[0]
+    b = bytearray(pages)
+    for base in range(0, len(b), PAGE):
+        b[base:base + 16] = pages[base + 8:base + 16] + pages[base:base + 8]
+    a = walk_pages(_np(pages), PAGE, HEADER)
+    w = walk_pages(_np(bytes(b)), PAGE, {"timestamp": (8, 8), "commit": (0, 8), "data": (16, 4080)})
+    assert w.ts.tolist() == a.ts.tolist() and w.offsets.tolist() == a.offsets.tolist() and w.corrupt_pages == 0
+
+
 def test_big_endian_pages() -> None:
     """A big-endian kernel's pages read to the same times and lengths; event ids are read in the
     file's byte order (the payloads here stay little-endian, so they come out byte-swapped)."""
