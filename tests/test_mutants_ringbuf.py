@@ -231,6 +231,17 @@ def test_spans_of_several_cpus_split_per_cpu() -> None:
     assert not w.page_lost[1].any()
 
 
+def test_a_page_with_two_errors_is_one_damaged_page() -> None:
+    """Regression: a commit past the end of the page, after which the walk also meets bytes that hold
+    no event, was counted as two damaged pages (the walk's two errors summed); it is one page."""
+    pages = bytearray(_cpus()[1])
+    struct.pack_into("<Q", pages, 8, PAGE)  # commit 4096 on a page with 4080 bytes of data
+    w = walk_pages(_np(bytes(pages)), PAGE, HEADER)
+    assert w.corrupt_pages == 1
+    struct.pack_into("<Q", pages, PAGE + 8, 0)  # and the second page: commit 0
+    assert walk_pages(_np(bytes(pages)), PAGE, HEADER).corrupt_pages == 2
+
+
 def test_a_cpu_with_no_whole_page_and_no_cpus() -> None:
     """A span shorter than a page holds no page (its CPU has no events); no spans, no events."""
     c0 = _cpus()[0]

@@ -91,5 +91,6 @@ def walk_spans(buf: np.ndarray, spans: list[tuple[int, int]], page_size: int, he
             v = int.from_bytes(buf[at:at + 8].tobytes(), "big" if big_endian else "little")
             full[p] = v - (1 << 64) if v >> 63 else v  # (as int64, as the compiled walk reads it: no OverflowError)
         page_ts.append(full)
-    bad = [int(page_bad[a:z].sum()) for a, z in zip(page_at[:-1], page_at[1:], strict=True)]
+    # pages, not errors: the walk notes up to two per page (a bad commit, then an event past it)
+    bad = [int(np.count_nonzero(page_bad[a:z])) for a, z in zip(page_at[:-1], page_at[1:], strict=True)]
     return RunWalk(offs, lens, tss, types, runs, lost, bad, page_ts)
