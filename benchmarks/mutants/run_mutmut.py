@@ -34,11 +34,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {
     "readers": ["tests/test_defects.py", "tests/test_trace_dat.py", "tests/test_perf_data.py",
                 "tests/test_text_readers.py", "tests/test_every_field.py", "tests/test_text_binary_agree.py",
-                "tests/test_malformed.py"],
+                "tests/test_malformed.py", "tests/test_ringbuf_writer.py", "tests/test_mutants_ringbuf.py",
+                "tests/test_mutants_perf_samples.py"],
     "formats": ["tests/test_formats.py", "tests/test_every_field.py", "tests/test_perf_names.py",
-                "tests/test_text_readers.py"],
+                "tests/test_text_readers.py", "tests/test_mutants_event_format.py"],
     "analyze": ["tests/test_defects.py", "tests/test_perf_kvm_stat.py", "tests/test_analyzers.py",
-                "tests/test_real_shapes.py"],
+                "tests/test_real_shapes.py", "tests/test_mutants_exits.py"],
 }
 COPY = ("vpmutrace", "collectors", "tests", "fixtures", "docs", "README.md", "pyproject.toml", "setup.py")
 TIMEOUT_S = 120  # seconds a mutant's test run may take beyond 15 x the clean run's
