@@ -102,13 +102,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-children", type=int, default=1)
     ap.add_argument("--sample", type=int, default=0, help="run only this many mutants, drawn at random")
     ap.add_argument("--seed", type=int, default=15, help="seed of --sample's draw")
+    ap.add_argument("--names", nargs="*", default=[], help="run only these mutants (e.g. an earlier run's survivors)")
     ap.add_argument("--tests", nargs="*", default=[], help="test files to run (default: the package's subset)")
     a = ap.parse_args(argv)
     work = a.work or Path(tempfile.mkdtemp(prefix=f"vpmutrace-mutmut-{a.package}-"))
     work.mkdir(parents=True, exist_ok=True)
     prepare(work, a.package, a.only, a.tests)
     env = dict(os.environ, VPMUTRACE_SHARED=str(Path(os.environ.get("VPMUTRACE_SHARED", ROOT.parent / "shared"))))
-    names = sample_names(work, env, a.sample, a.seed) if a.sample else []
+    names = a.names or (sample_names(work, env, a.sample, a.seed) if a.sample else [])
     t0 = time.monotonic()
     try:
         subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(a.max_children), *names], cwd=work,
