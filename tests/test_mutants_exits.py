@@ -185,3 +185,23 @@ def test_exits_without_entries_print_their_counts() -> None:
                                                                                              "kvm_exit")})
     r = _run(neither)
     assert r.summary == {} and exits.render(r) == [] and len(r.needs) == 2
+
+
+def test_vms_from_the_tgid_of_perf_samples(tmp_path) -> None:
+    """Without a host snapshot, a perf.data capture's samples carry each vCPU thread's process (tgid):
+    that is its VM. (A simulated two-vCPU VM written as perf.data, the file perf kvm stat reads in
+    tests/test_perf_kvm_stat.py.)"""
+    from vpmutrace.sim import simulate
+
+    simulate("mediated-steady", "vmx", 4, tmp_path)
+    td = load_trace([tmp_path / "trace.perf.data"])
+    td = dataclasses.replace(td, meta={k: v for k, v in td.meta.items() if k != "host"})
+    tgid = dict(td.df("kvm_exit").select("pid", "tgid").unique().rows())
+    assert len(tgid) == 2 and len(set(tgid.values())) == 1
+    r = _run(td, exits_by="vm")
+    s = r.summary
+    assert s["vm_grouping"] == "VMM process (tgid) of each vCPU thread"
+    assert {x["pid"]: x["vm_pid"] for x in s["by_vcpu"]} == tgid
+    assert r.rows["exit_intervals"]["vm_pid"].to_list() == [tgid[p] for p in r.rows["exit_intervals"]["pid"]]
+    assert [(x["vm_pid"], x["samples"]) for x in s["by_vm"]] == [(next(iter(tgid.values())), s["exits_paired"])]
+    assert exits.render(r)[1] == "  by VM (VMM process (tgid) of each vCPU thread)"
