@@ -8,6 +8,7 @@ mutmut does not mutate decorated functions, so the numba kernels (vpmutrace/kern
 ``@njit``) are out of its reach; benchmarks/mutants/planted.py plants the kernels' realistic bugs.
 
     .venv/bin/python benchmarks/mutants/run_mutmut.py analyze --minutes 20 [--only vpmutrace/analyze/exits.py]
+        [--tests tests/test_x.py ...] [--sample 120 --seed 15]
 
 The run stops after ``--minutes`` (what was checked so far is kept: run again with the same
 ``--work`` to continue); it prints mutants tried, killed, survived, timeouts and the score
@@ -18,8 +19,11 @@ The run stops after ``--minutes`` (what was checked so far is kept: run again wi
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -30,13 +34,15 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {
     "readers": ["tests/test_defects.py", "tests/test_trace_dat.py", "tests/test_perf_data.py",
                 "tests/test_text_readers.py", "tests/test_every_field.py", "tests/test_text_binary_agree.py",
-                "tests/test_malformed.py"],
+                "tests/test_malformed.py", "tests/test_ringbuf_writer.py", "tests/test_mutants_ringbuf.py",
+                "tests/test_mutants_perf_samples.py"],
     "formats": ["tests/test_formats.py", "tests/test_every_field.py", "tests/test_perf_names.py",
-                "tests/test_text_readers.py"],
+                "tests/test_text_readers.py", "tests/test_mutants_event_format.py"],
     "analyze": ["tests/test_defects.py", "tests/test_perf_kvm_stat.py", "tests/test_analyzers.py",
-                "tests/test_real_shapes.py"],
+                "tests/test_real_shapes.py", "tests/test_mutants_exits.py"],
 }
 COPY = ("vpmutrace", "collectors", "tests", "fixtures", "docs", "README.md", "pyproject.toml", "setup.py")
+TIMEOUT_S = 120  # seconds a mutant's test run may take beyond 15 x the clean run's
 KILLED = ("killed", "timeout", "caught by type check", "segfault")
 
 
@@ -45,6 +51,11 @@ def prepare(work: Path, package: str, only: list[str], tests: list[str]) -> None
     tar = subprocess.run(["git", "archive", "--format=tar", "HEAD", *COPY], cwd=ROOT, capture_output=True,
                          check=True)
     subprocess.run(["tar", "-x", "-C", str(work)], input=tar.stdout, check=True)
+    # the kernels' ahead-of-time build is not committed: without it every mutant's test run would
+    # compile the kernels with the JIT (minutes each). Kernel sources are never mutated here, so the
+    # checkout's build (its source stamp checked on import) serves the copy.
+    for so in (ROOT / "vpmutrace" / "kernels").glob("_compiled*.so"):
+        shutil.copy2(so, work / "vpmutrace" / "kernels" / so.name)
     conf = (ROOT / "pyproject.toml").read_text()
     lines = ["", "[tool.mutmut]", 'source_paths = ["vpmutrace"]',
              f"only_mutate = {only or [f'vpmutrace/{package}/*']!r}".replace("'", '"'),
@@ -53,8 +64,27 @@ def prepare(work: Path, package: str, only: list[str], tests: list[str]) -> None
              # workers forked from a process that ran polars deadlock in the child (polars' thread pool):
              # a fork server that has imported nothing forks them
              'process_isolation = "forkserver"', 'forkserver_warmup = "none"',
+             # a mutant's worker imports pytest, numpy, polars and the kernels before its first test
+             # (seconds on a loaded host): mutmut's default budget (15 x the tests' own time + 1 s)
+             # called mutants that fail at once "timeout"; a real hang still ends at this bound
+             f"timeout_constant = {TIMEOUT_S}",
              'also_copy = ["collectors", "fixtures", "docs", "README.md", "setup.py"]']
     (work / "pyproject.toml").write_text(conf + "\n".join(lines) + "\n")
+
+
+GENERATE = """
+from mutmut.__main__ import copy_also_copy_files, copy_src_dir, create_mutants, setup_source_paths
+copy_src_dir(); copy_also_copy_files(); setup_source_paths(); create_mutants(1)
+"""
+
+
+def sample_names(work: Path, env: dict[str, str], size: int, seed: int) -> list[str]:
+    """``size`` mutant names drawn uniformly (random.Random(seed).sample over the sorted names) from
+    every mutant of the mutated files: mutmut's own generation step is run first to name them."""
+    subprocess.run([sys.executable, "-c", GENERATE], cwd=work, env=env, capture_output=True, check=True)
+    names = sorted(k for meta in (work / "mutants").rglob("*.py.meta")
+                   for k in json.loads(meta.read_text())["exit_code_by_key"])
+    return sorted(random.Random(seed).sample(names, min(size, len(names))))
 
 
 def results(work: Path, env: dict[str, str]) -> dict[str, str]:
@@ -70,15 +100,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, help="scratch directory (kept: run again to continue)")
     ap.add_argument("--only", nargs="*", default=[], help="source files (globs) to mutate, default the package")
     ap.add_argument("--max-children", type=int, default=1)
+    ap.add_argument("--sample", type=int, default=0, help="run only this many mutants, drawn at random")
+    ap.add_argument("--seed", type=int, default=15, help="seed of --sample's draw")
+    ap.add_argument("--names", nargs="*", default=[], help="run only these mutants (e.g. an earlier run's survivors)")
     ap.add_argument("--tests", nargs="*", default=[], help="test files to run (default: the package's subset)")
     a = ap.parse_args(argv)
     work = a.work or Path(tempfile.mkdtemp(prefix=f"vpmutrace-mutmut-{a.package}-"))
     work.mkdir(parents=True, exist_ok=True)
     prepare(work, a.package, a.only, a.tests)
     env = dict(os.environ, VPMUTRACE_SHARED=str(Path(os.environ.get("VPMUTRACE_SHARED", ROOT.parent / "shared"))))
+    names = a.names or (sample_names(work, env, a.sample, a.seed) if a.sample else [])
     t0 = time.monotonic()
     try:
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(a.max_children)], cwd=work,
+        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(a.max_children), *names], cwd=work,
                        env=env, timeout=a.minutes * 60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        check=False)
         stopped = "finished"

@@ -47,7 +47,7 @@ class RunWalk:
     page_lost: list[np.ndarray]
     corrupt_pages: list[int]
     page_ts: list[np.ndarray]
-    page_bad: list[np.ndarray]  # per CPU, per page: what the walk found bad on it (commit size, event lengths)
+    page_bad: list[np.ndarray]  # per CPU, per page: whether the walk found its commit size or an event length bad
 
 
 def walk_pages(buf: np.ndarray, page_size: int, header_page: dict[str, tuple[int, int]],
@@ -92,5 +92,6 @@ def walk_spans(buf: np.ndarray, spans: list[tuple[int, int]], page_size: int, he
             v = int.from_bytes(buf[at:at + 8].tobytes(), "big" if big_endian else "little")
             full[p] = v - (1 << 64) if v >> 63 else v  # (as int64, as the compiled walk reads it: no OverflowError)
         page_ts.append(full)
-    bad = [page_bad[a:z] for a, z in zip(page_at[:-1], page_at[1:], strict=True)]
+    # pages, not errors: the walk notes up to two per page (a bad commit, then an event past it)
+    bad = [page_bad[a:z] != 0 for a, z in zip(page_at[:-1], page_at[1:], strict=True)]
     return RunWalk(offs, lens, tss, types, runs, lost, [int(x.sum()) for x in bad], page_ts, bad)
