@@ -31,6 +31,7 @@ the counters while it runs and no host perf event backs them (not applicable, fa
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -39,7 +40,7 @@ from vpmutrace.analyze import predicates as P
 from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, missing, rule_of, text_table
 from vpmutrace.analyze.context import Config
 from vpmutrace.analyze.msr_access import classify, with_exit_latency
-from vpmutrace.analyze.windows import guest_windows, overlap_ns
+from vpmutrace.analyze.windows import Overlap, guest_windows, thread_overlaps
 from vpmutrace.errors import plural
 from vpmutrace.model import kernel as K
 from vpmutrace.model import msrs as M
@@ -120,7 +121,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     if guest is not None and not guest.global_ctrl:
         reset_gp = True  # no PERF_GLOBAL_CTRL: every counter is globally enabled
     pmu = with_exit_latency(td, classify(td, cfg)).sort("ts_ns", "seq")
-    wins = guest_windows(td) if td.has("kvm_exit") and td.has("kvm_entry") else None
+    wins = thread_overlaps(guest_windows(td)) if td.has("kvm_exit") and td.has("kvm_entry") else None
     host = cfg.setup.host
     wd = (cfg.watchdog.value or {})
     wd_kind = wd.get("kind") if wd.get("enabled") else ("none" if wd.get("enabled") is False else None)
@@ -174,8 +175,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
             continue
         prev = v.last_read.get(ck)
         if prev is not None and prev[1] == value:
-            ran = overlap_ns(prev[0], ts, wins.filter((pl.col("pid") == pid) & (pl.col("source") == src))) \
-                if wins is not None else None
+            ran = _guest_ns(wins, src, pid, prev[0], ts) if wins is not None else None
             run_ = v.frozen.get(ck)
             if (ran is None or ran > 0) and run_ is not None and run_["end_ns"] == prev[0]:
                 run_["end_ns"], run_["_reads"] = ts, run_["_reads"] + 1  # the same value read once more
@@ -232,7 +232,14 @@ def _finding(kind: str, key: tuple[str, int], counter: str | None, start: int, e
             "guest_ns": guest_ns, "evidence": evidence}
 
 
-def _cadence(td: TraceData, cfg: Config, pmu: pl.DataFrame, wins: pl.DataFrame | None,
+def _guest_ns(wins: dict[tuple[str, int], Overlap], src: str | None, pid: int | None, a: int, b: int) -> int:
+    """Guest time of thread (src, pid) inside [a, b) (``windows.thread_overlaps``; 0 for a thread
+    without windows)."""
+    ov = wins.get((src, pid)) if src is not None and pid is not None else None
+    return ov(a, b) if ov is not None else 0
+
+
+def _cadence(td: TraceData, cfg: Config, pmu: pl.DataFrame, wins: dict[tuple[str, int], Overlap] | None,
              armed: dict[tuple[str, int], list[tuple[int, bool]]]) -> list[dict]:
     """PMI-cadence check (rule 2), per vCPU thread with at least 5 guest PMIs: the thread's time is cut
     at each PMI injection and each PMU control write; a piece with more guest time than --cadence
@@ -248,10 +255,9 @@ def _cadence(td: TraceData, cfg: Config, pmu: pl.DataFrame, wins: pl.DataFrame |
         ts = sorted(g["ts_ns"].to_list())
         if len(ts) < 5:
             continue
-        w = wins.filter((pl.col("source") == src) & (pl.col("pid") == pid)) if wins is not None else None
 
-        def run(a: int, b: int, w: pl.DataFrame | None = w) -> int:
-            return overlap_ns(a, b, w) if w is not None else b - a
+        def run(a: int, b: int, src: str = src, pid: int = pid) -> int:
+            return _guest_ns(wins, src, pid, a, b) if wins is not None else b - a
 
         gaps = [run(a, b) for a, b in zip(ts, ts[1:], strict=False)]
         med = sorted(gaps)[len(gaps) // 2]
@@ -259,11 +265,12 @@ def _cadence(td: TraceData, cfg: Config, pmu: pl.DataFrame, wins: pl.DataFrame |
             continue
         writes = ctl.filter((pl.col("source") == src) & (pl.col("pid") == pid))["ts_ns"].to_list()
         cuts = sorted([(x, "pmi") for x in ts] + [(x, "write") for x in writes])
-        changes = armed.get((src, pid), [])
+        changes = sorted(armed.get((src, pid), []), key=lambda c: c[0])  # (already in time order)
+        change_ts = [t_ for t_, _ in changes]
         for (a, _), (b, kind_b) in zip(cuts, cuts[1:] + [(end, "end")], strict=False):
             g_ns = run(a, b)
-            state = [on for t_, on in changes if t_ <= a]
-            if state and not state[-1]:
+            k = bisect_right(change_ts, a)  # the armed state at a: the last change at or before a
+            if k and not changes[k - 1][1]:
                 continue  # the guest disabled its sampling counters: silence is expected
             if kind_b != "pmi" and g_ns > cfg.options.cadence_periods * med and a >= ts[0]:
                 out.append(_finding("pmi_cadence_stopped", (src, pid), None, a, b,
