@@ -24,24 +24,26 @@ def measure(src: Path, size: float, n_events: int, modes: dict[str, list[str]], 
         for _ in range(runs):
             shutil.rmtree(out, ignore_errors=True)
             got.append(run(cmd))
-            print(json.dumps({"size": size, "mode": mode, "wall_s": round(got[-1][0], 3), "rss": got[-1][1]}),
-                  file=sys.stderr)
-        walls = [w for w, _ in got]
+            print(json.dumps({"size": size, "mode": mode, "wall_s": round(got[-1][0], 3), "rss": got[-1][1],
+                              "cpu_s": round(got[-1][2], 3)}), file=sys.stderr)
+        walls = [g[0] for g in got]
         rows.append({"size": size, "events": n_events, "mb": src.stat().st_size / 1e6, "mode": mode,
-                     "best": min(walls), "median": statistics.median(walls), "rss": max(r for _, r in got)})
+                     "best": min(walls), "median": statistics.median(walls), "rss": max(g[1] for g in got),
+                     "cpu": statistics.median(g[2] for g in got)})
     shutil.rmtree(out, ignore_errors=True)
     return rows
 
 
 def report(rows: list[dict[str, Any]], tool: str) -> None:
     """The markdown table (ratios against ``tool``'s mode at the same size) and per mode the fits."""
-    print(f"| events | file | reader | best / median | events/s (median) | vs {tool} (best / median) | peak RSS |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"| events | file | reader | best / median | CPU s (median) | events/s (median) | vs {tool} (best / median) "
+          "| peak RSS |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         t = next((x for x in rows if x["size"] == r["size"] and x["mode"] == tool), None)
         vs = f"{t['best'] / r['best']:.1f}x / {t['median'] / r['median']:.1f}x" if t else "(not run)"
         print(f"| {r['events'] / 1e6:.2f} M | {r['mb']:.0f} MB | {r['mode']} | {r['best']:.2f} / {r['median']:.2f} s "
-              f"| {r['events'] / r['median'] / 1e6:.2f} M | {vs} | {r['rss'] / 2**20:.0f} MB |")
+              f"| {r['cpu']:.2f} | {r['events'] / r['median'] / 1e6:.2f} M | {vs} | {r['rss'] / 2**20:.0f} MB |")
     print()
     for mode in dict.fromkeys(r["mode"] for r in rows):
         sel = [r for r in rows if r["mode"] == mode]

@@ -83,8 +83,9 @@ KERNELS: dict[str, Kernel] = {
     "parse_lines": _k("text", "none", BUF, _I8, "i8", "i8[:, ::1]", *RANGE),
     # distinct values
     "factorize_hash": _k("factorize", "i8", _I8, _I4, _I8),
-    "factorize_dense": _k("factorize", "i8", "u1[::1]|u2[::1]|u4[::1]|i1[::1]|i2[::1]|i4[::1]|i8[::1]", "i8", _I4, _I4,
-                          _I8),
+    "factorize_dense": _k("factorize", "i8", "|".join(CONST + t for t in ("u1[::1]", "u2[::1]", "u4[::1]", "i1[::1]",
+                                                                          "i2[::1]", "i4[::1]", "i8[::1]")),
+                          "i8", _I4, _I4, _I8),
     "lookup_codes": _k("factorize", "none", _I4, _I4, _I4, *RANGE),
     # perf sample symbols
     "sample_items": _k("symbolize", "UniTuple(i8, 2)", CONST + _U8, CONST + _I4, CONST + _I4, "i1[::1]",
