@@ -23,16 +23,13 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
 from vpmutrace.errors import InputError
 from vpmutrace.readers import host_snapshot, timebase
-from vpmutrace.readers.perf_maps import STAT_CATEGORY as SYMBOL_STATS
-from vpmutrace.readers.perf_stream import PerfStream
-from vpmutrace.readers.trace_dat_stream import TraceDatStream
 from vpmutrace.schema import EVENT_TABLES, SCHEMA_VERSION, is_event_table
 from vpmutrace.stats import Stats
 from vpmutrace.tracedata import (
@@ -47,6 +44,10 @@ from vpmutrace.tracedata import (
     stats_table,
     write_parquet,
 )
+
+if TYPE_CHECKING:  # (the readers are imported when a file of their kind is ingested in pieces)
+    from vpmutrace.readers.perf_stream import PerfStream
+    from vpmutrace.readers.trace_dat_stream import TraceDatStream
 
 # Peak resident memory per sample of a piece and before any piece, measured on the 539 MB mixed
 # perf.data of benchmarks/bench_readers.py (5.63 M samples; loaded host): pieces of 2^17 / 2^18 /
@@ -333,6 +334,8 @@ def _merge_stats(into: Stats, piece: Stats) -> None:
     """A piece's counts added to the file's. An example already shown for the same count is not
     repeated (each piece says once what it found of an event's format, as the whole file does);
     examples of unresolved symbols are one per DSO (perf_maps._count)."""
+    from vpmutrace.readers.perf_maps import STAT_CATEGORY as SYMBOL_STATS
+
     have = {(e.source_file, e.category, e.name): e for e in into.entries()}
     for e in piece.entries():
         into.add(e.source_file, e.category, e.name, e.count)
@@ -423,6 +426,8 @@ def ingest_perf_stream(path: Path, out: Path, max_memory: int, snapshot: Path | 
                        threaded: bool = True, piece_samples: int | None = None) -> TraceData | str:
     """Ingest one perf.data into the dataset ``out`` in pieces. Returns the dataset's TraceData (its
     tables: the lost table only; the rest are on disk), or why the file must be read in memory."""
+    from vpmutrace.readers.perf_stream import PerfStream
+
     host, host_path = host_snapshot(snapshot, path)
     stream = PerfStream(path, piece_samples or samples_per_piece(max_memory), snapshot=host_path)
     why = stream.needs_memory()
@@ -435,6 +440,7 @@ def ingest_trace_dat_stream(path: Path, out: Path, max_memory: int, snapshot: Pa
                             threaded: bool = True, piece_pages: int | None = None) -> TraceData | str:
     """Ingest one trace.dat into the dataset ``out`` in pieces (as ingest_perf_stream)."""
     from vpmutrace.readers import host_guest_roles
+    from vpmutrace.readers.trace_dat_stream import TraceDatStream
 
     host, host_path = host_snapshot(snapshot, path)
     stream = TraceDatStream(path, piece_pages or pages_per_piece(max_memory))
