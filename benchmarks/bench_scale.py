@@ -1,12 +1,15 @@
 """Ingest and analysis cost and memory against the number of events: perf.data files of 10^5, 10^6,
 10^7 (and, asked for, 10^8) events made of a real capture's records (benchmarks/scale_input.py: the
-KVM host's mixed capture in fixtures/, its records repeated with their times shifted).
+KVM host's mixed capture in fixtures/, its records repeated with their times shifted), or with
+``--input trace.dat`` trace.dat files made of its trace.dat's ring-buffer pages
+(benchmarks/scale_input_tracedat.py, version 6 uncompressed), timed against ``trace-cmd report``.
 
-    .venv/bin/python benchmarks/bench_scale.py [--sizes 1e5,1e6,1e7] [--runs 3 | --runs 3,3,3,1]
-        [--max-memory 1G] [--tool-max 1e7] [--memory-max 1e7] [--no-analyze]
+    .venv/bin/python benchmarks/bench_scale.py [--input perf.data|trace.dat] [--sizes 1e5,1e6,1e7]
+        [--runs 3 | --runs 3,3,3,1] [--max-memory 1G] [--tool-max 1e7] [--memory-max 1e7] [--no-analyze]
 
 For each size it times, each run a fresh process (wall time and peak RSS of that process, from
-GNU time): ``perf script`` > /dev/null (up to --tool-max events: it takes minutes beyond), ``vpmutrace
+GNU time): ``perf script`` (``trace-cmd report``) > /dev/null (up to --tool-max events: it takes
+minutes beyond), ``vpmutrace
 ingest`` in memory (up to --memory-max events: its peak grows with the file), ``vpmutrace ingest
 --max-memory``, and then, on the dataset that last ingest wrote, ``vpmutrace analyze DATASET`` >
 /dev/null and ``vpmutrace report DATASET -o FILE.html`` (the lazy Parquet scans of
@@ -86,36 +89,44 @@ def per_size(spec: str, sizes: list[float]) -> list[int]:
     return counts
 
 
-def main() -> None:
-    from scale_input import make
+TOOLS = {"perf.data": "perf script", "trace.dat": "trace-cmd report"}  # the reference each input is timed against
 
+
+def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1e5,1e6,1e7")
     ap.add_argument("--runs", default="3", help="runs per mode: one count, or one per size (e.g. 3,3,3,1)")
     ap.add_argument("--max-memory", default="1G")
-    ap.add_argument("--tool-max", type=float, default=1e7, help="perf script only up to this many events")
+    ap.add_argument("--tool-max", type=float, default=1e7, help="the tool only up to this many events")
     ap.add_argument("--memory-max", type=float, default=1e7, help="in-memory ingest only up to this many events")
     ap.add_argument("--no-analyze", action="store_true", help="skip analyze and report of each size's dataset")
+    ap.add_argument("--input", choices=sorted(TOOLS), default="perf.data",
+                    help="perf.data (scale_input.py) or trace.dat (scale_input_tracedat.py) inputs")
     ap.add_argument("--data", type=Path, default=HERE / "data" / "scale")
     a = ap.parse_args()
     a.data.mkdir(parents=True, exist_ok=True)
-    perf = shutil.which("perf")
+    if a.input == "trace.dat":
+        from scale_input_tracedat import make
+    else:
+        from scale_input import make
+    tool_name = TOOLS[a.input]
+    tool = shutil.which(tool_name.split()[0])
     sizes = [float(s) for s in a.sizes.split(",")]
     rows, raw, datasets = [], [], {}
     for size, n_runs in zip(sizes, per_size(a.runs, sizes), strict=True):
-        src = a.data / f"scale-{size:.0e}.perf.data"
-        count = src.with_name(src.name + ".events")  # (samples written: every sample is an event)
+        src = a.data / f"scale-{size:.0e}.{a.input}"
+        count = src.with_name(src.name + ".events")  # (events written)
         if not src.exists() or not count.exists():
             t = time.perf_counter()
-            n = make(HERE.parent / "fixtures" / "mixed.perf.data", src, int(size))
+            n = make(HERE.parent / "fixtures" / f"mixed.{a.input}", src, int(size))
             count.write_text(f"{n}\n")
             print(f"made {src} ({n} events, {src.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - t:.1f} s",
                   file=sys.stderr)
         n_events = int(count.read_text())
         out = a.data / "out.ds"
         modes = {}
-        if perf and size <= a.tool_max:
-            modes["perf script"] = [perf, "script", "-i", str(src)]
+        if tool and size <= a.tool_max:
+            modes[tool_name] = [tool, tool_name.split()[1], "-i", str(src)]
         if size <= a.memory_max:
             modes["ingest (in memory)"] = [VPMUTRACE, "ingest", str(src), "-o", str(out)]
         modes[f"ingest --max-memory {a.max_memory}"] = [VPMUTRACE, "ingest", str(src), "-o", str(out),
@@ -141,14 +152,14 @@ def main() -> None:
                          "cpu": statistics.median(c for _, _, c in runs), "rss": max(r for _, r, _ in runs)})
         shutil.rmtree(out, ignore_errors=True)
         (a.data / "out.html").unlink(missing_ok=True)
-    print("| events | file | reader | best / median | events/s (median) | vs perf script (best / median) "
+    print(f"| events | file | reader | best / median | events/s (median) | vs {tool_name} (best / median) "
           "| CPU s (median) | peak RSS |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["mode"] in ("analyze", "report"):
             continue
-        tool = next((t for t in rows if t["size"] == r["size"] and t["mode"] == "perf script"), None)
-        vs = f"{tool['best'] / r['best']:.1f}x / {tool['median'] / r['median']:.1f}x" if tool else "(not run)"
+        ref = next((t for t in rows if t["size"] == r["size"] and t["mode"] == tool_name), None)
+        vs = f"{ref['best'] / r['best']:.1f}x / {ref['median'] / r['median']:.1f}x" if ref else "(not run)"
         print(f"| {r['events'] / 1e6:.2f} M | {r['mb']:.0f} MB | {r['mode']}{runs_note(r)} | {r['best']:.2f} / "
               f"{r['median']:.2f} s | {r['events'] / r['median'] / 1e6:.2f} M | {vs} | {r['cpu']:.2f} | "
               f"{r['rss'] / 2**20:.0f} MB |")

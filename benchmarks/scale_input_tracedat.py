@@ -10,6 +10,8 @@ as a version 6 file, uncompressed (trace-cmd.dat.v6(5): the per-CPU offset/size 
 never held in memory.
 
     .venv/bin/python benchmarks/scale_input_tracedat.py OUT.trace.dat N [--seed FILE]
+
+benchmarks/bench_scale.py --input trace.dat times ingest of these files against trace-cmd report.
 """
 
 from __future__ import annotations
