@@ -583,3 +583,26 @@ def test_attr_masks_with_bit_63_are_read_not_a_traceback(tmp_path: Path) -> None
         load_trace([p])
     except InputError:
         pass
+
+
+def test_attr_without_time_or_tid_is_read_not_a_traceback(tmp_path: Path) -> None:
+    """An attr whose sample_type has no TIME / TID field (found by the atheris smoke on a pipe-mode
+    input) put -1 (no such field) into the u64 mask table of the compiled key pass (OverflowError):
+    the masks are u64, the field positions int64."""
+    import struct
+
+    from vpmutrace.errors import InputError
+    from vpmutrace.formats import perf_abi as abi
+    from vpmutrace.readers import load_trace
+
+    data = bytearray((FIXTURES / "microguest200.perf.data").read_bytes())
+    attrs_off = struct.unpack_from("<Q", data, 24)[0]
+    st = struct.unpack_from("<Q", data, attrs_off + 24)[0]
+    assert st & abi.S_TIME and st & abi.S_TID
+    struct.pack_into("<Q", data, attrs_off + 24, st & ~(abi.S_TIME | abi.S_TID))
+    p = tmp_path / "notime.perf.data"
+    p.write_bytes(bytes(data))
+    try:
+        load_trace([p])
+    except InputError:
+        pass

@@ -157,11 +157,11 @@ def _key_args(attrs: list[Attr], path: str) -> tuple[Any, ...]:
         base = ids[0]
         lut = np.full(int(ids[-1]) - int(ids[0]) + 1, -1, np.int32)
         lut[(ids - base).astype(np.int64)] = idx
-    tab = np.array([[a.sample_type for a in attrs], [a.read_format for a in attrs],
-                    [8 * sum(1 for b in FIXED_PART if a.sample_type & b) for a in attrs],
-                    [field_pos(a.sample_type, abi.S_TIME) for a in attrs],
-                    [field_pos(a.sample_type, abi.S_TID) for a in attrs]], dtype=np.uint64).view(np.int64)
-    # (u64 masks from the file, bit 63 included, as the compiled passes' int64 table: the same bits)
+    masks = np.array([[a.sample_type for a in attrs], [a.read_format for a in attrs]], dtype=np.uint64)
+    tab = np.concatenate((masks.view(np.int64),  # (u64 masks from the file, bit 63 included: the same bits)
+                          np.array([[8 * sum(1 for b in FIXED_PART if a.sample_type & b) for a in attrs],
+                                    [field_pos(a.sample_type, abi.S_TIME) for a in attrs],  # (-1: no such field)
+                                    [field_pos(a.sample_type, abi.S_TID) for a in attrs]], dtype=np.int64)))
     return mode, pos, ids, idx, lut, base, tab
 
 
