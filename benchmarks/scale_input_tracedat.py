@@ -40,11 +40,13 @@ def make(seed: Path, out: Path, n: int) -> int:
     data = next(b for b in c.buffers if b.cpus)  # the buffer that holds the events, as the top one
     c.buffers = [BufferData("", data.clock, data.cpus)]
     page = c.page_size
-    per_copy = sum(load_trace([seed]).event_counts().values())
+    td = load_trace([seed])
+    per_copy = sum(td.event_counts().values())
+    last_event = td.meta["time_span_ns"][1]  # (the last page's events run past its header time)
     copies = max(1, -(-n // per_copy))
     pages = {cpu: np.frombuffer(b, np.uint8).reshape(-1, page).copy() for cpu, b in data.cpus.items()}
     heads = [p[:, :8].copy().view("<i8").ravel() for p in pages.values() if len(p)]
-    period = int(max(h.max() for h in heads) - min(h.min() for h in heads)) + 1_000_000  # + 1 ms
+    period = int(last_event - min(h.min() for h in heads)) + 1_000_000  # + 1 ms: each CPU's times never go back
     # the layout of a one-copy file: its per-CPU table moved to hold ``copies`` copies
     one = out.with_suffix(".one")
     write_trace_dat(one, c, version=6, compression="none")
