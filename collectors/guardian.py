@@ -165,9 +165,17 @@ def stop_marked(mark: str | None, grace: float = 5.0) -> str | None:
     refs = [r for r in (proc_ref(p) for p in marked(mark)) if r["start"] is not None] if mark else []
     if not refs:
         return None
+    left = _stop(refs, signal.SIGTERM, grace)
+    pids = " ".join(str(r["pid"]) for r in refs)
+    return f"{len(refs)} process(es) the workload started stopped (pid {pids}; {len(left)} needed SIGKILL)"
+
+
+def _stop(refs: list[dict[str, Any]], sig: int, grace: float) -> list[dict[str, Any]]:
+    """Send ``sig`` to each recorded process, SIGKILL to those still running after ``grace``
+    seconds; returns those."""
     for r in refs:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(int(r["pid"]), signal.SIGTERM)
+            os.kill(int(r["pid"]), sig)
     end = time.monotonic() + grace
     while time.monotonic() < end and any(same_process(r) for r in refs):
         time.sleep(0.05)
@@ -175,8 +183,7 @@ def stop_marked(mark: str | None, grace: float = 5.0) -> str | None:
     for r in left:
         with contextlib.suppress(ProcessLookupError):
             os.kill(int(r["pid"]), signal.SIGKILL)
-    pids = " ".join(str(r["pid"]) for r in refs)
-    return f"{len(refs)} process(es) the workload started stopped (pid {pids}; {len(left)} needed SIGKILL)"
+    return left
 
 
 def _stop_process(rec: dict[str, Any] | None, sig: int, grace: float) -> str | None:
@@ -184,17 +191,9 @@ def _stop_process(rec: dict[str, Any] | None, sig: int, grace: float) -> str | N
     if not same_process(rec):
         return None
     assert rec is not None
-    pid = int(rec["pid"])
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-    end = time.monotonic() + grace
-    while time.monotonic() < end and same_process(rec):
-        time.sleep(0.05)
-    if same_process(rec):
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        return f"pid {pid} killed (ignored {signal.Signals(sig).name} for {grace:g} s)"
-    return f"pid {pid} stopped by {signal.Signals(sig).name}"
+    if _stop([rec], sig, grace):
+        return f"pid {rec['pid']} killed (ignored {signal.Signals(sig).name} for {grace:g} s)"
+    return f"pid {rec['pid']} stopped by {signal.Signals(sig).name}"
 
 
 def salvage(path: Path) -> list[str]:

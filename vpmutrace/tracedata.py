@@ -353,6 +353,11 @@ def _check_counts(p: Path, meta: dict[str, Any], rows: dict[str, int]) -> None:
             raise InputError(str(p / f"{t}.parquet"), f"table {t} {what}; {META_FILE} counts {n} events in it")
 
 
+def lost_row(source: str, kind: str, count: int | None, ts_ns: int | None, cpu: int | None) -> dict[str, Any]:
+    """One row of the lost table as TraceBuilder.lost_rows holds it (start_ns is added at the end)."""
+    return {"ts_ns": ts_ns, "cpu": cpu, "kind": kind, "count": count, "source": source}
+
+
 def _loss_starts(tables: dict[str, pa.Table], rows: list[dict[str, Any]]) -> list[int | None]:
     """For each loss on a known CPU at a known time, the last event recorded on that CPU before it
     (``tables``: the event tables)."""
@@ -484,7 +489,7 @@ class TraceBuilder:
 
     def add_lost(self, source: str, kind: str, count: int | None, ts_ns: int | None = None,
                  cpu: int | None = None, where: str | None = None) -> None:
-        self.lost_rows.append({"ts_ns": ts_ns, "cpu": cpu, "kind": kind, "count": count, "source": source})
+        self.lost_rows.append(lost_row(source, kind, count, ts_ns, cpu))
         self.stats.add(source, kind, "", count if count is not None else 1, where)
 
     def finish(self) -> TraceData:

@@ -108,12 +108,26 @@ def read_trace_dat(path: str | Path, builder: TraceBuilder, source: str = "host"
 
 def emit_trace_dat(td: TraceDat, raw: bytes, builder: TraceBuilder, source: str = "host",
                    shift: TimeShift | None = None) -> None:
+    begin(td, builder)
+    _emit(raw, td, builder, source, shift)
+    end(td, builder)
+
+
+def begin(td: TraceDat, builder: TraceBuilder) -> None:
+    """What the file says before its events: meta, symbols, printk formats, and the ring-buffer
+    page layout (the 64-bit kernel's when the file has no header_page)."""
     _apply_meta(td, builder)
     builder.symbols = builder.symbols or td.tracing.kallsyms
     builder.printk = builder.printk or td.tracing.raw.get("printk") or b""
     builder.meta["inputs"][-1]["long_size"] = td.long_size
-    _emit(raw, td, builder, source, shift)
-    for bad in td.tracing.bad_formats:  # (formats are parsed when used: known after the events)
+    t = td.tracing
+    if not t.header_page:
+        t.header_page = {"timestamp": (0, 8), "commit": (8, td.long_size), "data": (8 + td.long_size, 0)}
+
+
+def end(td: TraceDat, builder: TraceBuilder) -> None:
+    """What is known after the events: the formats that would not parse (parsed when used)."""
+    for bad in td.tracing.bad_formats:
         builder.stats.add(td.path, "bad_format", "", 1, bad)
 
 
@@ -456,17 +470,24 @@ def _decompress_into(raw: bytes, td: TraceDat, cd: CpuData, chunks: Chunks, out:
     """Each chunk decompressed straight to its place in ``out`` (from ``at``): no list of pieces
     to join, each piece's memory reused for the next."""
     codec = codec or td._codec  # type: ignore[attr-defined]
-    view = memoryview(raw)
-    for off, csize, usize in chunks:
-        try:
-            piece = codec.decompress(view[off:off + csize], usize)
-        except _Corrupt as e:  # corrupt chunk
-            raise InputError(td.path, f"cpu{cd.cpu} chunk does not decompress ({e})", f"offset {off}") from None
-        if len(piece) != usize:
-            raise InputError(td.path, f"cpu{cd.cpu} chunk decompresses to {len(piece)} bytes, its header says "
-                                      f"{usize}", f"offset {off}")
-        out[at:at + usize] = np.frombuffer(piece, dtype=np.uint8)
+    for chunk in chunks:
+        usize = chunk[2]
+        out[at:at + usize] = np.frombuffer(chunk_bytes(raw, td, cd, chunk, codec), dtype=np.uint8)
         at += usize
+
+
+def chunk_bytes(raw: Any, td: TraceDat, cd: CpuData, chunk: tuple[int, int, int], codec: _Codec) -> bytes:
+    """One compressed chunk of a CPU's pages, decompressed; one-line errors when it does not
+    decompress or not to the size its header says."""
+    off, csize, usize = chunk
+    try:
+        piece = codec.decompress(memoryview(raw)[off:off + csize], usize)
+    except _Corrupt as e:  # corrupt chunk
+        raise InputError(td.path, f"cpu{cd.cpu} chunk does not decompress ({e})", f"offset {off}") from None
+    if len(piece) != usize:
+        raise InputError(td.path, f"cpu{cd.cpu} chunk decompresses to {len(piece)} bytes, its header says "
+                                  f"{usize}", f"offset {off}")
+    return piece
 
 
 def _cpu_bytes(raw: bytes, td: TraceDat, cd: CpuData, b: TraceBuilder | None = None) -> np.ndarray:
@@ -566,8 +587,6 @@ def _emit(raw: bytes, td: TraceDat, b: TraceBuilder, source: str, shift: TimeShi
     """Each buffer's events of all CPUs at once, in time order (ties in file order: CPU by CPU),
     so that the tables come out sorted."""
     t = td.tracing
-    if not t.header_page:
-        t.header_page = {"timestamp": (0, 8), "commit": (8, td.long_size), "data": (8 + td.long_size, 0)}
     seq_base = 0
     for buf in td.buffers:
         src = buffer_source(source, buf)
@@ -609,8 +628,12 @@ def _page_notes(td: TraceDat, b: TraceBuilder, cpu: int, page_lost: np.ndarray, 
             b.add_lost(td.path, "missing_events", lost if lost > 0 else None, int(when), cpu,
                        f"cpu{cpu} page {first_page + page}")
     if corrupt:
-        b.stats.add(td.path, "unparsed_record", f"cpu{cpu}", corrupt,
-                    f"cpu{cpu}: {corrupt} page(s) with a bad commit size or event length")
+        count_bad_pages(td, b, cpu, corrupt)
+
+
+def count_bad_pages(td: TraceDat, b: TraceBuilder, cpu: int, pages: int) -> None:
+    b.stats.add(td.path, "unparsed_record", f"cpu{cpu}", pages,
+                f"cpu{cpu}: {pages} page(s) with a bad commit size or event length")
 
 
 def content_of(path: str | Path) -> TraceDatContent:

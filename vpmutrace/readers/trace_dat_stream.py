@@ -43,12 +43,11 @@ import numpy as np
 
 from vpmutrace import clocks as C
 from vpmutrace import kernels
-from vpmutrace.errors import InputError
 from vpmutrace.readers import trace_dat as T
 from vpmutrace.readers.binio import release_pages, scratch
 from vpmutrace.readers.payloads import Records, emit_payloads
 from vpmutrace.readers.ringbuf import walk_spans
-from vpmutrace.tracedata import TraceBuilder
+from vpmutrace.tracedata import TraceBuilder, lost_row
 
 BLOCK_BYTES = 1 << 20  # what an uncompressed CPU's lookahead loads at a time
 NO_TIME = np.iinfo(np.int64).min
@@ -104,17 +103,10 @@ class CpuPages:
     def _load(self) -> np.ndarray:
         """The next block's whole pages."""
         if isinstance(self.where, list):
-            off, csize, usize = self.where[self._next]
+            off, csize, _ = chunk = self.where[self._next]
             self._next += 1
             assert self.codec is not None
-            try:
-                got = self.codec.decompress(memoryview(self.raw)[off:off + csize], usize)
-            except T._Corrupt as e:
-                raise InputError(self.td.path, f"cpu{self.cd.cpu} chunk does not decompress ({e})",
-                                 f"offset {off}") from None
-            if len(got) != usize:
-                raise InputError(self.td.path, f"cpu{self.cd.cpu} chunk decompresses to {len(got)} bytes, its "
-                                               f"header says {usize}", f"offset {off}")
+            got = T.chunk_bytes(self.raw, self.td, self.cd, chunk, self.codec)
             release_pages(self.raw, off, off + csize)
             new = np.concatenate((self._partial, np.frombuffer(got, np.uint8)))
             whole = len(new) - len(new) % self.page
@@ -185,13 +177,8 @@ class TraceDatStream:
 
     def header(self, b: TraceBuilder) -> None:
         td = self.td
-        T._apply_meta(td, b)
-        b.symbols = b.symbols or td.tracing.kallsyms
-        b.printk = b.printk or td.tracing.raw.get("printk") or b""
-        b.meta["inputs"][-1]["long_size"] = td.long_size
+        T.begin(td, b)
         t = td.tracing
-        if not t.header_page:
-            t.header_page = {"timestamp": (0, 8), "commit": (8, td.long_size), "data": (8 + td.long_size, 0)}
         compressed = td.version == 7 and td.compression != "none"
         ts_at = t.header_page.get("timestamp", (0, 8))[0]
         for bi, buf in enumerate(td.buffers):
@@ -320,8 +307,7 @@ class TraceDatStream:
             p += new
             lost = int(page_lost[p])
             when = int(_ns(page_ts[p:p + 1], s.cd.cpu, self.td, self.shift)[0])
-            row = {"ts_ns": when, "cpu": s.cd.cpu, "kind": "missing_events", "count": lost if lost > 0 else None,
-                   "source": self.td.path}
+            row = lost_row(self.td.path, "missing_events", lost if lost > 0 else None, when, s.cd.cpu)
             self.losses.append(((s.buffer, s.index, s.first_page + p), row,
                                 f"cpu{s.cd.cpu} page {s.first_page + p}"))
         bad = int(page_bad[new:].sum())
@@ -347,8 +333,5 @@ class TraceDatStream:
             _, row, where = self.losses[i]
             b.stats.add(td.path, row["kind"], "", row["count"] if row["count"] is not None else 1, where)
         for (bi, k), bad in sorted(self.bad.items()):
-            cpu = td.buffers[bi].cpus[k].cpu
-            b.stats.add(td.path, "unparsed_record", f"cpu{cpu}", bad,
-                        f"cpu{cpu}: {bad} page(s) with a bad commit size or event length")
-        for bad in td.tracing.bad_formats:
-            b.stats.add(td.path, "bad_format", "", 1, bad)
+            T.count_bad_pages(td, b, td.buffers[bi].cpus[k].cpu, bad)
+        T.end(td, b)
