@@ -144,7 +144,7 @@ def main() -> None:
                 raw.append({"size": size, "mode": mode, "wall_s": round(runs[-1][0], 3), "rss": runs[-1][1],
                             "cpu_s": round(runs[-1][2], 2), "load": round(os.getloadavg()[0], 1)})
                 print(json.dumps(raw[-1]), file=sys.stderr)
-            if mode == next(reversed(modes)):
+            if mode == next(reversed(modes)) and analysis:
                 datasets[size] = dataset_size(out)
             walls = [w for w, _, _ in runs]
             rows.append({"size": size, "events": n_events, "mb": src.stat().st_size / 1e6, "mode": mode,
