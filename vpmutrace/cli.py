@@ -339,7 +339,8 @@ def _analyze(traces: list[Path], model: str | None, only: list[str] | None, as_j
         raise InputError("--only", f"unknown analyzer(s) {', '.join(bad)}: {', '.join(reg)}")
     out = _check_common(model, guest_gp, guest_fixed, out)
     td = _load(traces, **(load or {}))
-    cfg = _config(td, model, guest_gp, guest_fixed, **options)
+    # without -o nothing reads the row tables: analyzers keep summaries only (memory)
+    cfg = _config(td, model, guest_gp, guest_fixed, row_tables=out is not None, **options)
     doc, results = run(td, cfg, only, absolute=absolute_time)
     if out is not None:
         write_rows(doc, results, out)

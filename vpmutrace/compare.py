@@ -54,7 +54,7 @@ def summarize(td: TraceData, cfg: Config) -> dict[str, Any]:
             "span_ns": span[1] - span[0], "exits_timed": t.height,
             "pmu_msr_accesses": td.df("kvm_msr").filter(pl.col("msr").is_in(PMU_MSRS)).height
             if td.has("kvm_msr") else None,
-            "rdpmc_exits": P.exits(td).filter(P.rdpmc_exit()).height if td.has("kvm_exit") else None,
+            "rdpmc_exits": P.exits_where(td, P.rdpmc_exit()).height if td.has("kvm_exit") else None,
             "by_reason": {r["reason"]: r for r in by.to_dicts()}}
 
 

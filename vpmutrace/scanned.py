@@ -128,6 +128,24 @@ class ScannedTraceData(TraceData):
     def df(self, name: str) -> pl.DataFrame:
         return self.scan(name).collect()
 
+    def batches(self, name: str, columns: list[str] | tuple[str, ...], rows: int) -> Iterator[pl.DataFrame]:
+        """Read from the file a row group's pages at a time (pyarrow pulls as it is asked; a polars
+        batch stream runs ahead of a slow reader), in the declared types as ``scan``."""
+        import polars as pl
+        import pyarrow.parquet as pq
+
+        path = self.tables.files.get(name)
+        if name in self.tables.mem or path is None:
+            yield from super().batches(name, columns, rows)
+            return
+        want = self.scan(name, columns).collect_schema()
+        # pre_buffer (the default) keeps every range read so far: RSS grew with the file (360 MB for
+        # kvm_exit of 11 M rows against 186 MB without it)
+        for b in pq.ParquetFile(path, pre_buffer=False).iter_batches(batch_size=rows, columns=list(columns)):
+            df = pl.from_arrow(b)
+            casts = {c: t for c, t in want.items() if df.schema[c] != t}  # type: ignore[union-attr]
+            yield df.cast(casts) if casts else df  # type: ignore[union-attr, arg-type]
+
     def has(self, name: str) -> bool:
         return self.tables.rows.get(name, 0) > 0
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +72,10 @@ class TraceData:
         dataset read lazily (``vpmutrace.scanned``) decodes only what they keep."""
         lf = self.df(name).lazy()
         return lf.select(list(columns)) if columns is not None else lf
+
+    def batches(self, name: str, columns: list[str] | tuple[str, ...], rows: int) -> Iterator[pl.DataFrame]:
+        """A table's ``columns``, in row order, ``rows`` at a time (the last batch shorter)."""
+        yield from self.scan(name, columns).collect().iter_slices(rows)
 
     def row_counts(self) -> dict[str, int]:
         """Rows per table."""

@@ -79,7 +79,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
         if fails:
             ran = ""
             if td.has("kvm_exit"):
-                if P.exits(td).filter(P.mediated_pmi_exit()).height:
+                if P.exits_where(td, P.mediated_pmi_exit()).height:
                     ran = "; a mediated VM delivered PMIs in this trace, so the refusal concerned another VM or attempt"
             r.findings.append(ANALYZER.finding("mediated_refused", f"dmesg since boot: KVM could not create a mediated "
                                                f"vPMU {len(fails)} time(s) (a host include-guest perf event or the "

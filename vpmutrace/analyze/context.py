@@ -60,6 +60,7 @@ class Options:
     exits_by: str = "reason"  # the exits table's grouping: reason, vcpu or vm (`exits --by`)
     vcpu: int | None = None  # only this vCPU id (`exits --vcpu`, as perf kvm stat --vcpu)
     vm: int | None = None  # only this VM: its VMM process id (`exits --vm`)
+    row_tables: bool = True  # row-level results (Result.rows: `-o`, report); False: summaries only
 
 
 @dataclass
@@ -106,7 +107,8 @@ class Config:
         cfg.nmi_order = K.nmi_order(isa, cfg.kernel)
         # the trace's own order wins over the release (its pairing window is in ns)
         if td.has("kvm_exit") and td.has("nmi_handler") and td.meta.get("time_unit", "ns") == "ns":
-            cfg.nmi_order = P.nmi_order_in_trace(td, P.exits(td), cfg.nmi_order, cfg.options.nmi_pair_ns)
+            cfg.nmi_order = P.nmi_order_in_trace(td, P.exits_where(td, P.any_nmi_exit()), cfg.nmi_order,
+                                                 cfg.options.nmi_pair_ns)
         cfg.host_pmu = infer_host_pmu(host, cfg.vendor.value)
         cfg.guest_pmu, cfg.guest_pmu_by_thread = infer_guest_pmu(td, host, cfg.vendor.value, cfg.host_pmu,
                                                                  guest_gp, guest_fixed, cfg.vendor.certainty)
@@ -124,7 +126,7 @@ def _jsonable(v: Any) -> Any:
 # ---- vendor ------------------------------------------------------------------------------------
 def infer_vendor(td: TraceData, host: dict) -> Inference:
     if td.has("kvm_exit"):
-        isas = set(P.exits(td)["isa"].drop_nulls().unique().to_list())
+        isas = P.exit_isas(td)
         if len(isas) == 1:
             isa = isas.pop()
             return Inference("intel" if isa == K.ISA_VMX else "amd", "trace", FACT,
@@ -325,7 +327,7 @@ def signatures(td: TraceData, cfg: Config) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {MEDIATED: [], EMULATED: []}
     if not td.has("kvm_exit"):
         return out
-    ex = P.exits(td)
+    ex = P.exits_where(td, P.any_nmi_exit() | P.mediated_pmi_exit())  # the exits read below
     f5 = ex.filter(P.mediated_pmi_exit())
     if f5.height:
         out[MEDIATED].append(f"{f5.height} external-interrupt exits on vector 0xf5 (mediated PMI vector)")

@@ -69,7 +69,8 @@ def divergences(td: TraceData, cfg: Config) -> tuple[list[dict], list[str]]:
     exact = weakest(cfg.design.certainty)
     shape = weakest(cfg.design.certainty, cfg.guest_pmu.certainty, cfg.vendor.certainty)
     shapes = weakest(shape, cfg.host_pmu.certainty)
-    ex = P.exits(td) if td.has("kvm_exit") else None
+    # the exits read below (RDPMC, NMI and 0xF5 exits), not the table
+    ex = P.exits_where(td, P.rdpmc_exit() | P.any_nmi_exit() | P.mediated_pmi_exit()) if td.has("kvm_exit") else None
     if design == MEDIATED:
         if td.has("kvm_msr"):
             pmu = classify(td, cfg)

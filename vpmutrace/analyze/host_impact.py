@@ -48,7 +48,8 @@ def analyze(td: TraceData, cfg: Config) -> Result:
             w = guest_windows(td).select("cpu", "start_ns", "end_ns").sort("start_ns")
             j = n.sort("ts_ns").join_asof(w, left_on="ts_ns", right_on="start_ns", by="cpu", strategy="backward")
             inside = j.filter(pl.col("end_ns").is_not_null() & (pl.col("ts_ns") < pl.col("end_ns"))).height
-            paired = P.pair_nmi_exits(td, P.exits(td), cfg.nmi_order.order, cfg.options.nmi_pair_ns)
+            paired = P.pair_nmi_exits(td, P.exits_where(td, P.any_nmi_exit()), cfg.nmi_order.order,
+                                      cfg.options.nmi_pair_ns)
             at_exit = paired.filter(pl.col("handled") == 0).height
             summary.update({"unhandled_in_guest_windows": inside, "unhandled_at_nmi_exits": at_exit})
         summary["per_cpu"] = records(n.group_by("cpu").len().rename({"len": "unhandled"}).sort("cpu"))

@@ -17,7 +17,7 @@ import polars as pl
 
 from vpmutrace.analyze import predicates as P
 from vpmutrace.analyze.context import Config
-from vpmutrace.analyze.windows import KEY, exit_intervals
+from vpmutrace.analyze.windows import KEY, exit_intervals_where
 from vpmutrace.model import msrs as M
 from vpmutrace.model.design import MEDIATED, TRAP, HostSetup, msr_intercepted, verdict
 from vpmutrace.tracedata import TraceData
@@ -61,7 +61,7 @@ def with_exit_latency(td: TraceData, pmu: pl.DataFrame) -> pl.DataFrame:
     """Each access with the handling time of the exit it was handled in (null without exits)."""
     if not (td.has("kvm_exit") and td.has("kvm_entry")) or pmu.height == 0:
         return pmu.with_columns(pl.lit(None, pl.UInt32).alias("exit_row"), pl.lit(None, pl.Int64).alias("exit_ns"))
-    iv = exit_intervals(td).filter(P.msr_exit()).select("exit_row", pl.col("ts_ns").alias("exit_ts"), "source", "pid",
+    iv = exit_intervals_where(td, P.msr_exit()).select("exit_row", pl.col("ts_ns").alias("exit_ts"), "source", "pid",
                                                         "entry_ts", pl.col("handling_ns").alias("exit_ns"))
     j = pmu.sort("ts_ns").join_asof(iv.sort("exit_ts"), left_on="ts_ns", right_on="exit_ts", by=KEY,
                                     strategy="backward")

@@ -33,7 +33,7 @@ import polars as pl
 from vpmutrace.analyze import predicates as P
 from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, missing, records, rule_of, text_table
 from vpmutrace.analyze.context import Config
-from vpmutrace.analyze.windows import exit_intervals
+from vpmutrace.analyze.windows import exit_intervals_where
 from vpmutrace.model import kernel as K
 from vpmutrace.model.design import MEDIATED
 from vpmutrace.tracedata import TraceData
@@ -47,7 +47,7 @@ KINDS = (FindingKind("guest_pmis", "info", "fact", "guest PMIs delivered through
 
 def pmi_exits(td: TraceData, cfg: Config) -> pl.DataFrame:
     """All guest-PMI exits (both designs) with path, certainty, injection time and entry."""
-    ex = P.exits(td)
+    ex = P.exits_where(td, P.any_nmi_exit() | P.mediated_pmi_exit() | P.extint_exit())  # the exits read below
     cols = ["exit_row", "ts_ns", "cpu", pl.col("source").cast(pl.String), "pid", "inj_ts", "lvtpc", "certainty"]
     # SVM interrupt exits carry no vector: they count as mediated PMIs only when the design is mediated
     med = P.mediated_pmi_exits(td, ex, svm=cfg.model == MEDIATED).select(*cols) \
@@ -56,7 +56,8 @@ def pmi_exits(td: TraceData, cfg: Config) -> pl.DataFrame:
         .filter(pl.col("class") == P.GUEST_PMI).select(*cols).with_columns(pl.lit("NMI").alias("path"))
     out = pl.concat([med, nmi], how="vertical_relaxed").sort("ts_ns")
     if td.has("kvm_entry"):
-        iv = exit_intervals(td).select("exit_row", "entry_ts", "entry_intr_info")
+        iv = exit_intervals_where(td, pl.col("exit_row").is_in(out["exit_row"].implode())).select(
+            "exit_row", "entry_ts", "entry_intr_info")
         out = out.join(iv, on="exit_row", how="left")
     else:
         out = out.with_columns(pl.lit(None, pl.Int64).alias("entry_ts"),

@@ -22,7 +22,7 @@ from vpmutrace.analyze import predicates as P
 from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, missing, rule_of, text_table
 from vpmutrace.analyze.context import Config
 from vpmutrace.analyze.msr_access import classify, with_exit_latency
-from vpmutrace.analyze.windows import exit_intervals
+from vpmutrace.analyze.windows import exit_intervals_where
 from vpmutrace.model.design import MEDIATED, PASS, rdpmc_intercepted, verdict
 from vpmutrace.tracedata import TraceData
 
@@ -56,10 +56,10 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     ).with_columns(((pl.col("reads") + pl.col("writes")) / span_s if span_s else pl.lit(None, pl.Float64))
                    .alias("per_s")).sort("msr")
     by_kind = dict(pmu.group_by("kind").len().sort("kind").rows())
-    rd = P.exits(td).filter(P.rdpmc_exit()) if td.has("kvm_exit") else None
+    rd = P.exits_where(td, P.rdpmc_exit()) if td.has("kvm_exit") else None
     rd_lat = None
     if rd is not None and rd.height and td.has("kvm_entry"):
-        iv = exit_intervals(td).filter(P.rdpmc_exit())
+        iv = exit_intervals_where(td, P.rdpmc_exit())
         rd_lat = {"mean_ns": iv["handling_ns"].mean(), "p50_ns": iv["handling_ns"].median()}
     would = int((pmu["mediated"] == PASS).sum())
     unknown = int((pmu["mediated"] == "unknown").sum())

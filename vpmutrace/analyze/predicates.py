@@ -31,10 +31,49 @@ APIC_LVT_MASKED = 0x10000
 
 
 def exits(td: TraceData) -> pl.DataFrame:
-    """kvm_exit rows with ``exit_row`` (row number), ``isa`` filled from the reason names where the
-    format has no isa field, the code of libtraceevent kvm-plugin names (EXIT_NMI, ...: model.kernel)
-    where the text carries no code, and ``basic`` (VMX: exit_reason & 0xffff, the basic reason)."""
-    ex = td.df("kvm_exit").with_row_index("exit_row")
+    """kvm_exit rows with ``exit_row`` (row number), completed by ``complete_exits``."""
+    return complete_exits(td, td.df("kvm_exit").with_row_index("exit_row"), intr_info_absent(td))
+
+
+EXIT_BATCH_ROWS = 1 << 18  # kvm_exit rows completed at a time by exits_where
+
+
+def exits_where(td: TraceData, keep: pl.Expr) -> pl.DataFrame:
+    """``exits(td).filter(keep)``, the table completed batch by batch: holds the rows kept, not
+    the table (``keep`` a selective predicate such as ``nmi_exit()``)."""
+    intr = intr_info_absent(td)
+    parts, row = [], 0
+    for b in td.batches("kvm_exit", td.scan("kvm_exit").collect_schema().names(), EXIT_BATCH_ROWS):
+        parts.append(complete_exits(td, b.with_row_index("exit_row", offset=row), intr).filter(keep))
+        row += b.height
+    if not parts:
+        return complete_exits(td, td.scan("kvm_exit").clear().collect().with_row_index("exit_row"), False)
+    return pl.concat(parts)
+
+
+def exit_isas(td: TraceData) -> set[int]:
+    """The ISAs of the trace's exits (``exits(td)["isa"]``'s values), from the distinct reasons."""
+    combos = td.scan("kvm_exit", ["exit_reason", "reason", "isa"]).unique().collect()
+    return set(complete_exits(td, combos, False)["isa"].drop_nulls().unique().to_list())
+
+
+def intr_info_absent(td: TraceData) -> bool:
+    """Does the trace's kvm_exit lack intr_info on a kernel that put VM_EXIT_INTR_INFO in info2?
+    Before 5.10 (235ba74f008d) kvm_exit had no intr_info and VMX's info2 was VM_EXIT_INTR_INFO
+    (vmx_get_exit_info(): *info2 = vmcs_read32(VM_EXIT_INTR_INFO)); since then info2 is the
+    IDT-vectoring info, so info2 stands in only when the kernel is known to be older."""
+    v = K.release_version(td.meta.get("kernel_release") or (td.meta.get("host") or {}).get("kernel_release"))
+    if v is None or v >= K.KVM_EXIT_INTR_INFO_FIELD or not td.has("kvm_exit"):
+        return False
+    return bool(td.scan("kvm_exit", ["intr_info"]).select(pl.col("intr_info").is_null().all()).collect().item())
+
+
+def complete_exits(td: TraceData, ex: pl.DataFrame, intr_absent: bool) -> pl.DataFrame:
+    """kvm_exit rows with ``isa`` filled from the reason names where the format has no isa field,
+    the code of libtraceevent kvm-plugin names (EXIT_NMI, ...: model.kernel) where the text carries
+    no code, info2 as ``intr_info`` where ``intr_absent`` (``intr_info_absent``), and ``basic``
+    (VMX: exit_reason & 0xffff, the basic reason). Row by row: a chunk of the table gets the rows
+    the whole table would."""
     if ex.height and ex["exit_reason"].null_count():
         reason = pl.col("reason").cast(pl.String)
         svm = reason.replace_strict(K.SVM_PLUGIN_REASONS, default=None, return_dtype=pl.UInt32)
@@ -47,14 +86,9 @@ def exits(td: TraceData) -> pl.DataFrame:
         ex = ex.with_columns(pl.col("isa").fill_null(
             pl.when(reason.is_in(_VMX_NAMES)).then(pl.lit(K.ISA_VMX, pl.UInt8))
             .when(reason.is_in(_SVM_NAMES)).then(pl.lit(K.ISA_SVM, pl.UInt8)).otherwise(None)))
-    if ex.height and ex["intr_info"].null_count() == ex.height:
-        # before 5.10 (235ba74f008d) kvm_exit had no intr_info and VMX's info2 was VM_EXIT_INTR_INFO
-        # (vmx_get_exit_info(): *info2 = vmcs_read32(VM_EXIT_INTR_INFO)); since then info2 is the
-        # IDT-vectoring info, so info2 stands in only when the kernel is known to be older
-        v = K.release_version(td.meta.get("kernel_release") or (td.meta.get("host") or {}).get("kernel_release"))
-        if v is not None and v < K.KVM_EXIT_INTR_INFO_FIELD:
-            ex = ex.with_columns(pl.when(pl.col("isa") == K.ISA_VMX).then(pl.col("info2").cast(pl.UInt32, strict=False))
-                                 .otherwise(None).alias("intr_info"))
+    if intr_absent:
+        ex = ex.with_columns(pl.when(pl.col("isa") == K.ISA_VMX).then(pl.col("info2").cast(pl.UInt32, strict=False))
+                             .otherwise(None).alias("intr_info"))
     return ex.with_columns(pl.when(pl.col("isa") == K.ISA_VMX)
                            .then(pl.col("exit_reason") & K.VMX_BASIC_REASON_MASK)
                            .otherwise(pl.col("exit_reason")).alias("basic"))
@@ -75,6 +109,11 @@ def nmi_exit() -> pl.Expr:
     vmx = (pl.col("isa") == K.ISA_VMX) & (pl.col("basic") == K.VMX_EXCEPTION_NMI) & \
         ((pl.col("intr_info") & K.INTR_INFO_MASK) == K.INTR_INFO_NMI)
     return (vmx.fill_null(False) | _is(None, K.SVM_NMI))
+
+
+def any_nmi_exit() -> pl.Expr:
+    """The exits the NMI pairing reads (``_nmi_pair_candidates``): identified or not."""
+    return nmi_exit() | nmi_exit_unidentified()
 
 
 def nmi_exit_unidentified() -> pl.Expr:
@@ -143,7 +182,7 @@ def _nmi_pair_candidates(td: TraceData, ex: pl.DataFrame, window_ns: int) -> pl.
     """Per NMI exit (identified or not) of ``ex``: the perf NMI of its thread and CPU just before it,
     after the thread's previous entry (where 6.3+ VMX and SVM handle it), and the one just after it,
     before the thread's next entry (where VMX 5.8-6.2 handle it), each within ``window_ns``."""
-    nx = ex.filter(nmi_exit() | nmi_exit_unidentified()).select(
+    nx = ex.filter(any_nmi_exit()).select(
         "exit_row", "ts_ns", "cpu", "pid", pl.col("source").cast(pl.String), nmi_exit().alias("identified"))
     empty = {"b_row": pl.UInt32, "b_ts": pl.Int64, "b_handled": pl.Int32, "a_row": pl.UInt32, "a_ts": pl.Int64,
              "a_handled": pl.Int32}

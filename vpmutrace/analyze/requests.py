@@ -32,8 +32,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     needs = missing(td, REQUIRES)
     if needs:
         return Result("requests", needs=needs, rule=RULE)
-    ex = P.exits(td)
-    have = ex.filter(pl.col("requests").is_not_null())
+    have = P.exits_where(td, pl.col("requests").is_not_null())
     if have.height == 0:
         r = Result("requests", summary={"field_present": False}, rule=RULE)
         r.findings.append(ANALYZER.finding("requests_not_recorded", "this kernel's kvm_exit has no requests field: "

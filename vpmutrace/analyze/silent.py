@@ -212,7 +212,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     schema = {"kind": pl.String, "source": pl.String, "pid": pl.Int64, "counter": pl.String, "start_ns": pl.Int64,
               "end_ns": pl.Int64, "guest_ns": pl.Int64, "evidence": pl.String}
     df = pl.DataFrame(findings, schema=schema).sort("start_ns", "kind") if findings else pl.DataFrame(schema=schema)
-    rd = P.exits(td).filter(P.rdpmc_exit()).height if td.has("kvm_exit") else None
+    rd = P.exits_where(td, P.rdpmc_exit()).height if td.has("kvm_exit") else None
     summary = {"applicable": True, "counts": counts, "windows": df.to_dicts(),
                "contention_checked": contention_ok,
                "contention_needs": None if contention_ok else "host counter counts and the watchdog kind "

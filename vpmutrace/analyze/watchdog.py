@@ -65,7 +65,7 @@ def watchdog_nmis(td: TraceData, cfg: Config) -> pl.DataFrame:
     n = P.perf_nmis(td).filter(pl.col("handled") >= 1)
     if n.height == 0 or not td.has("kvm_exit"):
         return n
-    ex = P.exits(td)
+    ex = P.exits_where(td, P.any_nmi_exit())
     cls = P.classify_nmi_exits(td, ex, cfg.nmi_order.order, cfg.options.nmi_pair_ns)
     guest = cls.filter(pl.col("class").is_in([P.GUEST_PMI, P.UNKNOWN_NMI]) & pl.col("nmi_row").is_not_null())
     return n.filter(~pl.col("nmi_row").is_in(guest["nmi_row"].implode()))
@@ -153,7 +153,8 @@ def analyze(td: TraceData, cfg: Config) -> Result:
                         "mean_interval_ns": (ts[-1] - ts[0]) / (len(ts) - 1) if len(ts) > 1 else None})
     exits_wd = None
     if td.has("kvm_exit"):
-        cls = P.classify_nmi_exits(td, P.exits(td), cfg.nmi_order.order, cfg.options.nmi_pair_ns)
+        cls = P.classify_nmi_exits(td, P.exits_where(td, P.any_nmi_exit()), cfg.nmi_order.order,
+                                   cfg.options.nmi_pair_ns)
         exits_wd = cls.filter(pl.col("class") == P.HOST_PMI).height
         if exits_wd:
             r.findings.append(ANALYZER.finding("watchdog_nmi_exits", f"{exits_wd} NMI exits claimed by perf with "

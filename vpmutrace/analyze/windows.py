@@ -28,34 +28,13 @@ import numpy as np
 import polars as pl
 
 from vpmutrace.analyze import predicates as P
+from vpmutrace.analyze.runloop import crosses_loss, exit_interval_chunks, losses
 from vpmutrace.model import kernel as K
 from vpmutrace.tracedata import TraceData
 
 KEY = ["source", "pid"]
-MAX_INSN_LEN = 15  # SDM vol. 2 2.3.11: an instruction is at most 15 bytes
-
-
-def _losses(td: TraceData) -> pl.DataFrame:
-    """Loss intervals [start_ns, ts_ns] per CPU (cpu null: any CPU) from the lost table."""
-    lost = td.scan("lost", ["cpu", "start_ns", "ts_ns"]).collect()
-    if lost.height == 0:
-        return pl.DataFrame(schema={"cpu": pl.Int32, "l_start": pl.Int64, "l_end": pl.Int64})
-    return lost.select("cpu", pl.coalesce("start_ns", "ts_ns").alias("l_start"), pl.col("ts_ns").alias("l_end")) \
-        .filter(pl.col("l_end").is_not_null())
-
-
-def _crosses_loss(df: pl.DataFrame, a: str, b: str, losses: pl.DataFrame) -> pl.Series:
-    """Per row of ``df`` (with ``cpu``): does a loss on its CPU (or on an unknown CPU) overlap [a, b]?"""
-    if losses.height == 0 or df.height == 0:
-        return pl.Series([False] * df.height, dtype=pl.Boolean)
-    rows = df.select("cpu", pl.col(a).alias("_a"), pl.col(b).alias("_b")).with_row_index("_i")
-    anycpu = losses.filter(pl.col("cpu").is_null())
-    hit = rows.join(losses.filter(pl.col("cpu").is_not_null()), on="cpu", how="inner")
-    if anycpu.height:
-        hit = pl.concat([hit, rows.join(anycpu.drop("cpu"), how="cross")], how="diagonal_relaxed")
-    hit = hit.filter(pl.col("_b").is_not_null() & (pl.col("l_start") <= pl.col("_b"))
-                     & (pl.col("l_end") >= pl.col("_a")))["_i"].unique()
-    return rows["_i"].is_in(hit.implode())
+_losses = losses
+_crosses_loss = crosses_loss
 
 
 def _timeline(td: TraceData) -> pl.DataFrame:
@@ -72,59 +51,16 @@ def _timeline(td: TraceData) -> pl.DataFrame:
 def exit_intervals(td: TraceData) -> pl.DataFrame:
     """One row per kvm_exit: reason, vCPU and ``handling_ns`` to the thread's next entry, null when
     unpaired; ``unpaired`` says why (no_entry, lost, rip_jump); ``entry_intr_info`` is what the
-    entry injected (kernels >= 6.14)."""
-    t = _timeline(td).with_columns(
-        pl.col("kind").shift(-1).over(KEY).alias("next_kind"),
-        pl.col("ts_ns").shift(-1).over(KEY).alias("next_ts"),
-        pl.col("entry_rip").shift(-1).over(KEY).alias("next_rip"),
-        pl.col("entry_intr_info").shift(-1).over(KEY).alias("next_intr_info"))
-    ex = t.filter(pl.col("kind") == "exit")
-    ex = ex.with_columns(pl.when(pl.col("next_kind") == "entry").then(pl.col("next_ts")).otherwise(None)
-                         .alias("entry_ts"))
-    ex = ex.with_columns(_crosses_loss(ex, "ts_ns", "entry_ts", _losses(td)).alias("_lost"))
-    # wrapping u64 difference: guest-kernel rips are >= 2^63
-    delta = pl.col("next_rip").cast(pl.UInt64) - pl.col("guest_rip").cast(pl.UInt64)
-    jump = pl.col("next_rip").is_not_null() & pl.col("guest_rip").is_not_null() & (delta > MAX_INSN_LEN) \
-        & ~_rip_moving_exit() & ~_rip_moved(td, ex)
-    why = (pl.when(pl.col("entry_ts").is_null()).then(pl.lit("no_entry"))
-           .when(pl.col("_lost")).then(pl.lit("lost"))
-           .when(jump.fill_null(False)).then(pl.lit("rip_jump")).otherwise(None))
-    ex = ex.with_columns(why.alias("unpaired"))
-    return ex.with_columns(
-        pl.when(pl.col("unpaired").is_null()).then(pl.col("entry_ts") - pl.col("ts_ns")).otherwise(None)
-        .alias("handling_ns"),
-        pl.when(pl.col("unpaired").is_null()).then(pl.col("next_intr_info")).otherwise(None)
-        .alias("entry_intr_info")).select(
-        "exit_row", "ts_ns", "cpu", "source", "pid", "comm", "vcpu_id", "exit_reason", "basic", "reason", "isa",
-        "intr_info", "requests", "guest_rip", "entry_ts", "handling_ns", "unpaired", "entry_intr_info") \
-        .sort("exit_row")
+    entry injected (kernels >= 6.14); ``msr_written``: the MSR an MSR-write exit wrote (its
+    thread's first kvm_msr write before its next entry or exit). Computed range by range
+    (``runloop.exit_interval_chunks``), in exit order."""
+    parts = list(exit_interval_chunks(td))
+    return pl.concat(parts).drop("tgid").sort("exit_row")
 
 
-# exits after which the guest legitimately resumes elsewhere (SDM Appendix C, svm.h)
-_VMX_RIP_MOVERS = (2, 3, 4, 9, 20, 24)  # TRIPLE_FAULT, INIT_SIGNAL, SIPI_SIGNAL, TASK_SWITCH, VMLAUNCH, VMRESUME
-_SVM_RIP_MOVERS = (0x63, 0x7D, 0x7F, 0x80)  # init, task_switch, shutdown, vmrun
-_RIP_MOVING_EVENTS = ("kvm:kvm_nested_vmexit_inject", "kvm:kvm_nested_vmenter", "kvm:kvm_nested_vmrun",
-                      "kvm:kvm_smm_transition", "kvm:kvm_enter_smm")
-
-
-def _rip_moving_exit() -> pl.Expr:
-    return (((pl.col("isa") == K.ISA_VMX) & pl.col("basic").is_in(_VMX_RIP_MOVERS))
-            | ((pl.col("isa") == K.ISA_SVM) & pl.col("basic").is_in(_SVM_RIP_MOVERS))).fill_null(False)
-
-
-def _rip_moved(td: TraceData, ex: pl.DataFrame) -> pl.Series:
-    """Per exit of ``ex`` (with entry_ts): an event that moves the guest's rip on its thread before the entry."""
-    parts = [td.scan(t).select("ts_ns", pl.col("source").cast(pl.String), "pid").collect()
-             for t in ("kvm_emulate_insn", "kvm_userspace_exit") if td.has(t)]
-    parts.append(P.event_rows(td, _RIP_MOVING_EVENTS))
-    mv = pl.concat(parts).rename({"ts_ns": "_mv"}).sort("_mv")
-    if mv.height == 0 or ex.height == 0:
-        return pl.Series([False] * ex.height, dtype=pl.Boolean)
-    j = ex.select("ts_ns", "source", "pid", "entry_ts").with_row_index("_i").sort("ts_ns") \
-        .join_asof(mv, left_on="ts_ns", right_on="_mv", by=KEY, strategy="forward")
-    hit = j.filter(pl.col("_mv").is_not_null() & pl.col("entry_ts").is_not_null()
-                   & (pl.col("_mv") <= pl.col("entry_ts")))["_i"]
-    return pl.Series(range(ex.height)).is_in(hit.implode())
+def exit_intervals_where(td: TraceData, keep: pl.Expr) -> pl.DataFrame:
+    """``exit_intervals(td).filter(keep)``, holding the rows kept, not every exit's."""
+    return pl.concat([c.filter(keep) for c in exit_interval_chunks(td)]).drop("tgid").sort("exit_row")
 
 
 def guest_windows(td: TraceData) -> pl.DataFrame:
@@ -145,23 +81,17 @@ def guest_windows(td: TraceData) -> pl.DataFrame:
 def fastpath_flags(td: TraceData, iv: pl.DataFrame, version: tuple[int, int] | None) -> pl.Series:
     """Per exit of ``iv`` (exit_intervals): may the kernel have handled it in the fastpath
     (re-entering without leaving the inner run loop)? See ``model.kernel.fastpath_eligible``."""
-    msr_of = _msr_of_exit(td, iv)
-    rows = iv.select("exit_row", "isa", "basic", "intr_info").join(msr_of, on="exit_row", how="left")
-    return pl.Series([K.fastpath_eligible(isa, basic, msr, version) for isa, basic, msr in
-                      rows.select("isa", "basic", "msr_written").iter_rows()], dtype=pl.Boolean)
+    return fastpath_column(iv, version)
 
 
-def _msr_of_exit(td: TraceData, iv: pl.DataFrame) -> pl.DataFrame:
-    """For MSR-write exits: the MSR the guest wrote (the kvm_msr write of that thread before the
-    exit's next entry). Columns: exit_row, msr_written."""
-    if not td.has("kvm_msr"):
-        return pl.DataFrame(schema={"exit_row": pl.UInt32, "msr_written": pl.UInt32})
-    w = td.scan("kvm_msr").filter(pl.col("write")).select(pl.col("ts_ns").alias("m_ts"),
-                                                           pl.col("source").cast(pl.String), "pid", "msr").collect()
-    e = iv.filter(P.msr_exit()).select("exit_row", "ts_ns", "source", "pid", "entry_ts").sort("ts_ns")
-    j = e.join_asof(w.sort("m_ts"), left_on="ts_ns", right_on="m_ts", by=KEY, strategy="forward")
-    j = j.filter(pl.col("m_ts").is_not_null() & (pl.col("entry_ts").is_null() | (pl.col("m_ts") <= pl.col("entry_ts"))))
-    return j.select("exit_row", pl.col("msr").alias("msr_written"))
+def fastpath_column(iv: pl.DataFrame, version: tuple[int, int] | None) -> pl.Series:
+    """``fastpath_flags`` of exits with ``isa``, ``basic`` and ``msr_written``: the rule is asked once
+    per distinct (isa, basic reason, MSR), not per exit."""
+    keys = ["isa", "basic", "msr_written"]
+    combos = iv.select(keys).unique()
+    combos = combos.with_columns(pl.Series("_fp", [K.fastpath_eligible(isa, basic, msr, version) for isa, basic, msr
+                                                   in combos.iter_rows()], dtype=pl.Boolean))
+    return iv.select(keys).join(combos, on=keys, how="left", nulls_equal=True, maintain_order="left")["_fp"]
 
 
 def ownership_windows(td: TraceData, fastpath: pl.Series) -> pl.DataFrame:
