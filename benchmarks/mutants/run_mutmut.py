@@ -11,9 +11,12 @@ mutmut does not mutate decorated functions, so the numba kernels (vpmutrace/kern
         [--tests tests/test_x.py ...] [--sample 120 --seed 15]
 
 The run stops after ``--minutes`` (what was checked so far is kept: run again with the same
-``--work`` to continue); it prints mutants tried, killed, survived, timeouts and the score
-(killed + timeout) / tried, and writes the survivors' names to ``survivors.txt`` in the work dir
-(``mutmut show NAME`` there shows one).
+``--work`` to continue). mutmut runs the mutants it is given fastest first (by the time of the tests
+that call them), so a sample cut short by the clock is not uniform any more: ``--chunk K`` runs the
+sample in the drawn (random) order, K mutants per ``mutmut run``, so that what is tried when time is up
+is the complete chunks (each a uniform draw) and part of the last. It prints mutants tried, killed,
+survived, timeouts and the score (killed + timeout) / tried, and writes the survivors' names to
+``survivors.txt`` in the work dir (``mutmut show NAME`` there shows one) and the sample to ``sample.txt``.
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def sample_names(work: Path, env: dict[str, str], size: int, seed: int) -> list[
     subprocess.run([sys.executable, "-c", GENERATE], cwd=work, env=env, capture_output=True, check=True)
     names = sorted(k for meta in (work / "mutants").rglob("*.py.meta")
                    for k in json.loads(meta.read_text())["exit_code_by_key"])
-    return sorted(random.Random(seed).sample(names, min(size, len(names))))
+    return random.Random(seed).sample(names, min(size, len(names)))  # in the drawn order (see --chunk)
 
 
 def results(work: Path, env: dict[str, str]) -> dict[str, str]:
@@ -103,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=int, default=0, help="run only this many mutants, drawn at random")
     ap.add_argument("--seed", type=int, default=15, help="seed of --sample's draw")
     ap.add_argument("--names", nargs="*", default=[], help="run only these mutants (e.g. an earlier run's survivors)")
+    ap.add_argument("--chunk", type=int, default=0, help="run the mutants K at a time, in the drawn order")
     ap.add_argument("--tests", nargs="*", default=[], help="test files to run (default: the package's subset)")
     a = ap.parse_args(argv)
     work = a.work or Path(tempfile.mkdtemp(prefix=f"vpmutrace-mutmut-{a.package}-"))
@@ -110,15 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     prepare(work, a.package, a.only, a.tests)
     env = dict(os.environ, VPMUTRACE_SHARED=str(Path(os.environ.get("VPMUTRACE_SHARED", ROOT.parent / "shared"))))
     names = a.names or (sample_names(work, env, a.sample, a.seed) if a.sample else [])
+    (work / "sample.txt").write_text("".join(n + "\n" for n in names))
+    chunks = [names[i:i + a.chunk] for i in range(0, len(names), a.chunk)] if a.chunk and names else [names]
     t0 = time.monotonic()
-    try:
-        subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(a.max_children), *names], cwd=work,
-                       env=env, timeout=a.minutes * 60, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       check=False)
-        stopped = "finished"
-    except subprocess.TimeoutExpired:
-        stopped = f"stopped after {a.minutes:g} min"
+    stopped = "finished"
+    for chunk in chunks:
+        left = a.minutes * 60 - (time.monotonic() - t0)
+        try:
+            if left <= 0:
+                raise subprocess.TimeoutExpired("mutmut", 0)
+            subprocess.run([sys.executable, "-m", "mutmut", "run", "--max-children", str(a.max_children), *chunk],
+                           cwd=work, env=env, timeout=left, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           check=False)
+        except subprocess.TimeoutExpired:
+            stopped = f"stopped after {a.minutes:g} min"
+            break
     res = results(work, env)
+    if names:
+        res = {k: v for k, v in res.items() if k in set(names)}
     tried = {k: v for k, v in res.items() if v not in ("not checked", "no tests", "skipped")}
     killed = sum(v in KILLED for v in tried.values())
     survivors = sorted(k for k, v in tried.items() if v == "survived")
