@@ -39,10 +39,17 @@ PACKAGES = {
                 "tests/test_text_readers.py", "tests/test_every_field.py", "tests/test_text_binary_agree.py",
                 "tests/test_malformed.py", "tests/test_ringbuf_writer.py", "tests/test_mutants_ringbuf.py",
                 "tests/test_mutants_perf_samples.py"],
+    # + test_printeval.py (the print fmt rules checked against libtraceevent, one by one) and
+    # test_exact_text.py (every event type of a real 6.18 capture printed as trace-cmd report prints it):
+    # the only tests that run printfmt, printeval, cprint, bprint and kernel_maps on their own
     "formats": ["tests/test_formats.py", "tests/test_every_field.py", "tests/test_perf_names.py",
-                "tests/test_text_readers.py", "tests/test_mutants_event_format.py"],
+                "tests/test_text_readers.py", "tests/test_mutants_event_format.py", "tests/test_printeval.py",
+                "tests/test_exact_text.py"],
+    # + test_window_overlap.py (windows.Overlap against overlap_ns) and test_probes.py (the analyses of
+    # probe events in real kprobe/fprobe layouts): the only tests of those paths
     "analyze": ["tests/test_defects.py", "tests/test_perf_kvm_stat.py", "tests/test_analyzers.py",
-                "tests/test_real_shapes.py", "tests/test_mutants_exits.py"],
+                "tests/test_real_shapes.py", "tests/test_mutants_exits.py", "tests/test_window_overlap.py",
+                "tests/test_probes.py"],
 }
 COPY = ("vpmutrace", "collectors", "tests", "fixtures", "docs", "README.md", "pyproject.toml", "setup.py")
 TIMEOUT_S = 120  # seconds a mutant's test run may take beyond 15 x the clean run's
