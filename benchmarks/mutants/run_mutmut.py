@@ -53,7 +53,9 @@ PACKAGES = {
                 "tests/test_real_shapes.py", "tests/test_mutants_exits.py", "tests/test_window_overlap.py",
                 "tests/test_probes.py"],
 }
-COPY = ("vpmutrace", "collectors", "tests", "fixtures", "docs", "README.md", "pyproject.toml", "setup.py")
+# fuzz/: test_malformed.py builds its damaged inputs with fuzz.corpus / fuzz.mutate (without it mutmut's
+# stats run failed and no mutant of the readers' subset was tried)
+COPY = ("vpmutrace", "collectors", "tests", "fixtures", "docs", "fuzz", "README.md", "pyproject.toml", "setup.py")
 TIMEOUT_S = 120  # seconds a mutant's test run may take beyond 15 x the clean run's
 KILLED = ("killed", "timeout", "caught by type check", "segfault")
 
@@ -80,7 +82,7 @@ def prepare(work: Path, package: str, only: list[str], tests: list[str]) -> None
              # (seconds on a loaded host): mutmut's default budget (15 x the tests' own time + 1 s)
              # called mutants that fail at once "timeout"; a real hang still ends at this bound
              f"timeout_constant = {TIMEOUT_S}",
-             'also_copy = ["collectors", "fixtures", "docs", "README.md", "setup.py"]']
+             'also_copy = ["collectors", "fixtures", "docs", "fuzz", "README.md", "setup.py"]']
     (work / "pyproject.toml").write_text(conf + "\n".join(lines) + "\n")
 
 
