@@ -107,6 +107,14 @@ def results(work: Path, env: dict[str, str]) -> dict[str, str]:
     return {m.group(1): m.group(2).strip() for m in re.finditer(r"^\s*(\S+): (.+)$", out, re.M)}
 
 
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """Wilson score interval of a proportion k / n (95 % for the default z): the package's score is
+    estimated from a uniform sample of its mutants, so it is given with its interval."""
+    p, d = k / n, 1 + z * z / n
+    mid, half = (p + z * z / (2 * n)) / d, z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / d
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("package", choices=sorted(PACKAGES))
@@ -153,7 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  mutants {len(res)}, tried {len(tried)}, killed {killed}, survived {len(survivors)}, "
           f"not reached by the subset {no_tests}, not checked {len(res) - len(tried) - no_tests}")
     if tried:
-        print(f"  score {100 * killed / len(tried):.1f} % of tried")
+        lo, hi = wilson(killed, len(tried))
+        print(f"  score {100 * killed / len(tried):.1f} % of tried (95 % Wilson interval {100 * lo:.1f} to "
+              f"{100 * hi:.1f} %)")
     return 0
 
 
