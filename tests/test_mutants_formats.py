@@ -84,3 +84,11 @@ def test_an_element_of_a_dynamic_array_is_read_at_its_type_s_size() -> None:
     printed = render(fields, '"%d %d %d", __get_dynamic_array(a)[2], __get_dynamic_array(b)[2], '
                              '__get_dynamic_array(c)[1]', payload)
     assert printed == f"3 3 {0x0302}"  # c: bytes 1..2 (02 03), little-endian
+
+
+def test_an_array_field_read_as_a_number_is_its_bytes_when_they_make_one() -> None:
+    """An array field as a number (libtraceevent: tep_read_number at the field's size, which reads 1,
+    2, 4 or 8 bytes and gives 0 for any other size)."""
+    fields = [("u8 a[1]", 8, 1, 0), ("u8 b[2]", 9, 2, 0), ("u8 c[3]", 11, 3, 0)]
+    assert render(fields, '"%d %d %d", REC->a, REC->b, REC->c', bytes.fromhex("07" "0102" "010203")) == \
+        f"7 {0x0201} 0"
