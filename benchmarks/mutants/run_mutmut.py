@@ -8,7 +8,7 @@ mutmut does not mutate decorated functions, so the numba kernels (vpmutrace/kern
 ``@njit``) are out of its reach; benchmarks/mutants/planted.py plants the kernels' realistic bugs.
 
     .venv/bin/python benchmarks/mutants/run_mutmut.py analyze --minutes 20 [--only vpmutrace/analyze/exits.py]
-        [--tests tests/test_x.py ...] [--sample 120 --seed 15]
+        [--tests tests/test_x.py ...] [--sample 120 --seed 15 --chunk 15]
 
 The run stops after ``--minutes`` (what was checked so far is kept: run again with the same
 ``--work`` to continue). mutmut runs the mutants it is given fastest first (by the time of the tests
