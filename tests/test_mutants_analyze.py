@@ -1,0 +1,47 @@
+"""analyze/ behaviours that a uniform sample of the package's mutants showed no test looked at
+(docs/reliability.md, Mutation testing): the rule every declared finding kind obeys, and what an
+analyzer that needs nanoseconds says on a real trace whose times are ticks.
+"""
+
+from __future__ import annotations
+
+import lzma
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES
+
+from vpmutrace.analyze import Config, registry, run
+from vpmutrace.analyze.base import CANDIDATE, FACT, FindingKind
+from vpmutrace.readers import load_trace
+
+
+def test_finding_kinds_a_candidate_is_never_of_high_severity() -> None:
+    """A candidate (an inference) cannot be of high severity; a fact can; every kind the analyzers
+    declare is valid when declared again."""
+    assert FindingKind("k", "high", FACT, "t").severity == "high"
+    assert FindingKind("k", "low", CANDIDATE, "t").certainty == CANDIDATE
+    with pytest.raises(ValueError, match="candidate cannot be of high severity"):
+        FindingKind("k", "high", CANDIDATE, "t")
+    kinds = [k for a in registry().values() for k in a.findings]
+    assert {k.certainty for k in kinds} == {FACT, CANDIDATE} and any(k.severity == "high" for k in kinds)
+    for k in kinds:
+        assert FindingKind(k.id, k.severity, k.certainty, k.title) == k
+
+
+def test_analyzers_that_need_ns_name_the_trace_s_unit(tmp_path: Path) -> None:
+    """The x86-tsc text capture without its hrtimer events (so no TSC rate can be measured) keeps
+    its times in ticks: an analyzer that compares times with ns constants is not computable and
+    says in which unit the times are (clocks.UNIT_TEXT)."""
+    text = lzma.decompress((FIXTURES / "tsc-clock.ftrace.txt.xz").read_bytes()).decode()
+    f = tmp_path / "no-hrtimer.txt"
+    f.write_text("\n".join(ln for ln in text.splitlines() if "hrtimer_expire_entry" not in ln) + "\n")
+    td = load_trace([f])
+    doc, _ = run(td, Config.for_trace(td))
+    need = [a.name for a in registry().values() if a.needs_ns]
+    assert need and doc["trace"]["time_unit"] == "unknown_ticks"
+    for name in need:
+        assert doc[name]["computable"] is False
+        assert doc[name]["reason"].endswith("timestamps in ns (this trace's times are integer clock units (ticks of a "
+                                       "cycle counter, or the counter clock) and no frequency is known: give "
+                                       "--tsc-khz, or a host snapshot with tsc_khz)"), name
