@@ -45,3 +45,19 @@ def test_analyzers_that_need_ns_name_the_trace_s_unit(tmp_path: Path) -> None:
         assert doc[name]["reason"].endswith("timestamps in ns (this trace's times are integer clock units (ticks of a "
                                        "cycle counter, or the counter clock) and no frequency is known: give "
                                        "--tsc-khz, or a host snapshot with tsc_khz)"), name
+
+
+def test_pmu_msr_writes_per_msr_add_up_to_the_trace_s() -> None:
+    """microguest200.trace.dat (fixtures/PROVENANCE.md): each of 200 guest iterations writes 0x186 and
+    0xc1 (accepted, value unchanged: 0) and 0x38f / 0x38d (#GP). Per MSR, a write either changed the
+    value, left it unchanged or has no known previous value; the per-MSR counts add up to the
+    summary's, which the analyzer counts over all accesses at once."""
+    td = load_trace([FIXTURES / "microguest200.trace.dat"])
+    s = run(td, Config.for_trace(td))[0]["pmu_msr"]
+    rows = s["by_msr"]
+    assert s["writes_unchanged"] == sum(r["writes_unchanged"] for r in rows) > 0
+    assert s["writes_changed"] == sum(r["writes_changed"] for r in rows)
+    for r in rows:
+        assert r["writes_changed"] + r["writes_unchanged"] <= r["writes"], r
+    by = {r["msr"]: r for r in rows}
+    assert by[0x186]["writes_unchanged"] >= 199 and by[0x186]["writes_changed"] == 0
