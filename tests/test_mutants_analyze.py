@@ -61,3 +61,18 @@ def test_pmu_msr_writes_per_msr_add_up_to_the_trace_s() -> None:
         assert r["writes_changed"] + r["writes_unchanged"] <= r["writes"], r
     by = {r["msr"]: r for r in rows}
     assert by[0x186]["writes_unchanged"] >= 199 and by[0x186]["writes_changed"] == 0
+
+
+def test_what_if_text_gives_the_switch_cost_range(tmp_path: Path) -> None:
+    """The what-if text of a simulated emulated-design host (the simulator of test_analyzers.py) prints
+    the PMU switch cost range and its source from the summary."""
+    from vpmutrace.sim import simulate
+
+    simulate("emulated-multiplex", "vmx", 7, tmp_path, kernel="6.18")
+    td = load_trace([tmp_path / "dataset"])
+    w = run(td, Config.for_trace(td), ["what_if"])[1]["what_if"]
+    s = w.summary
+    lo, hi = s["switch_cost_ns"]
+    assert w.computable and 0 < lo < hi
+    text = "\n".join(registry()["what_if"].render(w))
+    assert f"PMU switches at {lo:.0f}..{hi:.0f} ns ({s['switch_cost_source']})" in text
