@@ -76,3 +76,20 @@ def test_what_if_text_gives_the_switch_cost_range(tmp_path: Path) -> None:
     assert w.computable and 0 < lo < hi
     text = "\n".join(registry()["what_if"].render(w))
     assert f"PMU switches at {lo:.0f}..{hi:.0f} ns ({s['switch_cost_source']})" in text
+
+
+def test_config_json_gives_the_host_pmu_shape_of_the_snapshot(tmp_path: Path) -> None:
+    """The configuration in the JSON document carries the host PMU read from the snapshot (the
+    simulator's host: PMU version 5, 8 GP and 3 fixed counters of 48 bits, PERF_CAPABILITIES 0x2000)
+    as plain JSON."""
+    import json
+
+    from vpmutrace.sim import simulate
+
+    simulate("emulated-multiplex", "vmx", 7, tmp_path, kernel="6.18")
+    td = load_trace([tmp_path / "dataset"])
+    hp = json.loads(json.dumps(Config.for_trace(td).to_json()))["host_pmu"]
+    assert hp["source"] == "snapshot"
+    assert hp["value"]["perf_capabilities"] == 0x2000
+    assert {k: hp["value"]["shape"][k] for k in ("vendor", "version", "nr_gp", "nr_fixed", "gp_width")} == \
+        {"vendor": "intel", "version": 5, "nr_gp": 8, "nr_fixed": 3, "gp_width": 48}
