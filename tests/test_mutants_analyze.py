@@ -93,3 +93,17 @@ def test_config_json_gives_the_host_pmu_shape_of_the_snapshot(tmp_path: Path) ->
     assert hp["value"]["perf_capabilities"] == 0x2000
     assert {k: hp["value"]["shape"][k] for k in ("vendor", "version", "nr_gp", "nr_fixed", "gp_width")} == \
         {"vendor": "intel", "version": 5, "nr_gp": 8, "nr_fixed": 3, "gp_width": 48}
+
+
+def test_config_checks_on_an_amd_perfmonv2_host(tmp_path: Path) -> None:
+    """A simulated AMD host whose PMU is PerfMonV2 (version 2: amd_pmu_is_mediated_pmu_supported())
+    supports the mediated vPMU, and the check says so in its detail."""
+    from vpmutrace.sim import simulate
+
+    simulate("mediated-steady", "svm", 7, tmp_path, kernel="6.18")
+    td = load_trace([tmp_path / "dataset"])
+    cfg = Config.for_trace(td)
+    assert cfg.to_json()["host_pmu"]["value"]["shape"]["version"] == 2
+    checks = {c["check"]: c for c in run(td, cfg, ["config_checks"])[0]["config_checks"]["checks"]}
+    assert checks["host PMU supports the mediated vPMU"] == \
+        {"check": "host PMU supports the mediated vPMU", "ok": True, "detail": "host PerfMonV2 True"}
