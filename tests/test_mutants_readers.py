@@ -14,7 +14,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, shared
 
 from vpmutrace.formats.perf_abi import REC_COMPRESSED
 from vpmutrace.readers import load_trace, sniff
@@ -97,3 +97,15 @@ def test_a_thread_sampled_before_its_first_comm_is_named_by_it(tmp_path: Path) -
                              check=False).stdout
         assert [tuple(line.split()) for line in out.splitlines() if line.strip()] == \
             [(c or f":{t}", str(t)) for t, c in got]
+
+
+def test_traces_of_two_machines_are_not_one_time_line() -> None:
+    """Two trace.dat files merged: the fixture recorded on this project's host ("vm" in its uname
+    option) and a public one recorded on "pamhal": the merge says the clocks are of two machines."""
+    other = shared("public-github/hip24_host_kvm_2vcpu.dat")
+    td = load_trace([FIXTURES / "microguest200.trace.dat", other])
+    unames = [i["uname"].split()[1] for i in td.meta["inputs"]]
+    assert unames == ["vm", "pamhal"]
+    why = [x for e in td.stats.entries() if e.category == "clock_mismatch" for x in e.examples]
+    assert f"recorded on pamhal, {FIXTURES / 'microguest200.trace.dat'} on vm: clocks of two machines are not one " \
+           "time line" in why, why
