@@ -12,7 +12,7 @@ import pytest
 from conftest import FIXTURES
 
 from vpmutrace.analyze import Config, registry, run
-from vpmutrace.analyze.base import CANDIDATE, FACT, FindingKind
+from vpmutrace.analyze.base import CANDIDATE, FACT, FindingKind, fmt_ns
 from vpmutrace.readers import load_trace
 
 
@@ -76,6 +76,9 @@ def test_what_if_text_gives_the_switch_cost_range(tmp_path: Path) -> None:
     assert w.computable and 0 < lo < hi
     text = "\n".join(registry()["what_if"].render(w))
     assert f"PMU switches at {lo:.0f}..{hi:.0f} ns ({s['switch_cost_source']})" in text
+    (f,) = [f for f in w.findings if f.kind == "mediated_saving"]
+    assert f"exits removed ({fmt_ns(s['time_removed_ns'])}), {s['slow_path_exits_remaining']} PMU switches added" \
+        in f.text, f.text
 
 
 def test_config_json_gives_the_host_pmu_shape_of_the_snapshot(tmp_path: Path) -> None:
@@ -90,6 +93,8 @@ def test_config_json_gives_the_host_pmu_shape_of_the_snapshot(tmp_path: Path) ->
     td = load_trace([tmp_path / "dataset"])
     hp = json.loads(json.dumps(Config.for_trace(td).to_json()))["host_pmu"]
     assert hp["source"] == "snapshot"
+    doc = json.loads(json.dumps(Config.for_trace(td).to_json()))
+    assert doc["design"]["value"] == "emulated" and doc["vendor"]["value"] == "intel"
     assert hp["value"]["perf_capabilities"] == 0x2000
     assert {k: hp["value"]["shape"][k] for k in ("vendor", "version", "nr_gp", "nr_fixed", "gp_width")} == \
         {"vendor": "intel", "version": 5, "nr_gp": 8, "nr_fixed": 3, "gp_width": 48}
@@ -107,3 +112,14 @@ def test_config_checks_on_an_amd_perfmonv2_host(tmp_path: Path) -> None:
     checks = {c["check"]: c for c in run(td, cfg, ["config_checks"])[0]["config_checks"]["checks"]}
     assert checks["host PMU supports the mediated vPMU"] == \
         {"check": "host PMU supports the mediated vPMU", "ok": True, "detail": "host PerfMonV2 True"}
+
+
+def test_times_from_the_trace_s_start_unless_absolute() -> None:
+    """The document's trace.time_origin_ns is the first event's time (findings' times count from it),
+    and null with ``absolute`` (times as recorded)."""
+    td = load_trace([FIXTURES / "microguest200.trace.dat"])
+    cfg = Config.for_trace(td)
+    first = td.meta["time_span_ns"][0]  # trace-cmd report's first event: 829.500100
+    assert first == 829_500_100_276
+    assert run(td, cfg, ["exits"])[0]["trace"]["time_origin_ns"] == first
+    assert run(td, cfg, ["exits"], absolute=True)[0]["trace"]["time_origin_ns"] is None
