@@ -123,3 +123,15 @@ def test_times_from_the_trace_s_start_unless_absolute() -> None:
     assert first == 829_500_100_276
     assert run(td, cfg, ["exits"])[0]["trace"]["time_origin_ns"] == first
     assert run(td, cfg, ["exits"], absolute=True)[0]["trace"]["time_origin_ns"] is None
+
+
+def test_ownership_names_the_pmu_switches_it_saw(tmp_path: Path) -> None:
+    """On a simulated mediated host whose capture has the host's PMU MSR events, the ownership
+    finding counts the PMU load/put pairs it saw there, in its text and its count."""
+    from vpmutrace.sim import simulate
+
+    simulate("mediated-steady", "vmx", 7, tmp_path, kernel="6.18")
+    td = load_trace([tmp_path / "dataset"])
+    r = run(td, Config.for_trace(td), ["ownership"])[1]["ownership"]
+    (f,) = [f for f in r.findings if f.kind == "switches_observed"]
+    assert f.count > 1 and f.text.startswith(f"{f.count} PMU load/put pairs seen in host MSR events over "), f.text
