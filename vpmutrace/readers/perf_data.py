@@ -560,7 +560,9 @@ class _CommTracker:
                 return inherited
         if not ev and tid == 0:
             return "swapper"  # perf names the idle task so (machine__create_kernel_maps)
-        return ev[0][1] if ev else None
+        # sampled before its first COMM (and no FORK): perf script has no name for it yet and prints
+        # its placeholder ":tid" (thread__new), not the later name
+        return None
 
     def resolve(self, tids: np.ndarray, times: np.ndarray) -> tuple[np.ndarray, list[str | None]]:
         """Names for many (tid, time) samples: vectorised per thread over its COMM times."""
