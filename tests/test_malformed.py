@@ -606,3 +606,41 @@ def test_attr_without_time_or_tid_is_read_not_a_traceback(tmp_path: Path) -> Non
         load_trace([p])
     except InputError:
         pass
+
+
+@pytest.mark.parametrize("field", [b"\tfield:u32 ecx;", b"\tfield:unsigned write;"])
+def test_format_without_a_field_its_named_table_requires(tmp_path: Path, field: bytes) -> None:
+    """Found by the long atheris run (perf_file): one byte of kvm_msr's format line changed
+    (``field:`` -> ``fi]ld:``) leaves the format without ``ecx`` or ``write``, which the kvm_msr table
+    requires: was a ValueError traceback from build_table; now the records are kept in the event's
+    own table and counted as ``fields_missing``."""
+    good = load_trace([FIXTURES / "microguest50-zstd.perf.data"])
+    n = good.event_counts()["kvm:kvm_msr"]
+    raw = (FIXTURES / "microguest50-zstd.perf.data").read_bytes()
+    assert raw.count(field) == 1
+    f = tmp_path / "t.perf.data"
+    f.write_bytes(raw.replace(field, field.replace(b"field:", b"fi]ld:")))
+    td = load_trace([f])
+    assert td.event_counts()["kvm:kvm_msr"] == n
+    assert "kvm_msr" not in td.tables or td.tables["kvm_msr"].num_rows == 0
+    own = td.df("kvm.kvm_msr")
+    assert own.height == n and own["data"].to_list() == good.df("kvm_msr")["value"].to_list()
+    e = next(e for e in td.stats.entries() if e.category == "fields_missing")
+    missing = "msr" if b"ecx" in field else "write"
+    assert e.count == n and e.name == "kvm:kvm_msr" and f"column(s) {missing} of table kvm_msr" in e.examples[0]
+    assert td.df("kvm_pio").height == good.df("kvm_pio").height
+
+
+def test_failed_to_parse_line_without_a_required_field(tmp_path: Path) -> None:
+    """``[FAILED TO PARSE]`` text fields without the MSR index (kvm_msr's ``ecx``): was a ValueError
+    traceback; kept in the event's own table (reference layout), counted as ``fields_missing``."""
+    f = tmp_path / "t.txt"
+    f.write_text(GOOD + " qemu-system-x86-8397    [002] d....  1404.389510: kvm_msr: [FAILED TO PARSE] "
+                        "write=1 data=0x5 exception=0\n")
+    td = load_trace([f])
+    assert td.event_counts() == {"kvm:kvm_msr": 2}
+    assert td.df("kvm_msr")["msr"].to_list() == [0xC0000080]
+    own = td.df("kvm.kvm_msr")
+    assert own.height == 1 and own["data"].to_list() == [5] and own["write"].to_list() == [1]
+    e = next(e for e in td.stats.entries() if e.category == "fields_missing")
+    assert e.count == 1 and e.examples[0].startswith("line 2: no field for column(s) msr of table kvm_msr")

@@ -317,6 +317,11 @@ def event_table_spec(fmt: EventFormat) -> TableSpec:
                      tuple(Col(col, field_type(fields[f]), "") for f, col in names.items()), (fmt.full_name,))
 
 
+def missing_required(spec: TableSpec, columns: dict[str, Any]) -> list[str]:
+    """The columns of ``spec`` that may not be null and that ``columns`` lacks."""
+    return [c.name for c in spec.all_columns if not c.nullable and columns.get(c.name) is None]
+
+
 def build_table(name: str, columns: dict[str, Any], nrows: int | None = None,
                 spec: TableSpec | None = None) -> pa.Table:
     """Make a table of the declared schema (or ``spec``, for an event's own table) from column data
@@ -328,12 +333,13 @@ def build_table(name: str, columns: dict[str, Any], nrows: int | None = None,
     spec = spec or ALL_TABLES[name]
     if nrows is None:
         nrows = len(next(iter(columns.values()))) if columns else 0
+    missing = missing_required(spec, columns)
+    if missing:
+        raise ValueError(f"table {name}: column {missing[0]} is required")
     arrays = []
     for col in spec.all_columns:
         data = columns.get(col.name)
         if data is None:
-            if not col.nullable:
-                raise ValueError(f"table {name}: column {col.name} is required")
             arrays.append(pa.nulls(nrows, col.type))
             continue
         if isinstance(data, pa.ChunkedArray | pa.Array):
