@@ -644,3 +644,60 @@ def test_failed_to_parse_line_without_a_required_field(tmp_path: Path) -> None:
     assert own.height == 1 and own["data"].to_list() == [5] and own["write"].to_list() == [1]
     e = next(e for e in td.stats.entries() if e.category == "fields_missing")
     assert e.count == 1 and e.examples[0].startswith("line 2: no field for column(s) msr of table kvm_msr")
+
+
+def _records(raw: bytes) -> list[tuple[int, int, int]]:
+    """(offset, type, size) of a file-mode perf.data's data records (uncompressed files only)."""
+    d_off, d_size = struct.unpack_from("<QQ", raw, 40)
+    out, pos = [], d_off
+    while pos < d_off + d_size:
+        typ, _, size = struct.unpack_from("<IHH", raw, pos)
+        out.append((pos, typ, size))
+        pos += size
+    return out
+
+
+def test_lost_records_whose_count_or_cpu_do_not_fit_are_counted(tmp_path: Path) -> None:
+    """Found by the long atheris run (perf_file): a LOST record (a COMM record whose type was changed)
+    with a sample_id cpu of 3106984051 was a pyarrow ArrowInvalid traceback when the lost table was
+    built (its cpu column is int32), and a LOST_SAMPLES count >= 2**63 would be one for the int64
+    count: such a record is damaged, counted as unparsed_record, the others kept."""
+    raw = bytearray((FIXTURES / "perf.data.lost_samples-4.4").read_bytes())
+    good = load_trace([FIXTURES / "perf.data.lost_samples-4.4"])
+    ls = [o for o, t, _ in _records(bytes(raw)) if t == 13]
+    assert len(ls) == 2
+    struct.pack_into("<Q", raw, ls[0] + 8, (1 << 63) + 1)
+    f = tmp_path / "count.perf.data"
+    f.write_bytes(raw)
+    td = load_trace([f])
+    assert td.df("lost")["count"].to_list() == good.df("lost")["count"].to_list()[1:]
+    e = next(e for e in td.stats.entries() if e.category == "unparsed_record")
+    assert e.name == "LOST_SAMPLES" and e.count == 1 and f"offset {ls[0]}: count {(1 << 63) + 1}" in e.examples[0]
+    assert td.event_counts() == good.event_counts()
+
+    raw = bytearray((FIXTURES / "uprobe.perf.data").read_bytes())  # sample_id_all with CPU, last in the trailer
+    o, _, size = next(r for r in _records(bytes(raw)) if r[1] == 3)
+    struct.pack_into("<I", raw, o, 2)  # COMM -> LOST
+    struct.pack_into("<I", raw, o + size - 8, 3106984051)
+    f = tmp_path / "cpu.perf.data"
+    f.write_bytes(raw)
+    td = load_trace([f])
+    e = next(e for e in td.stats.entries() if e.category == "unparsed_record" and e.name == "LOST")
+    assert e.count == 1 and "cpu 3106984051 out of range" in e.examples[0]
+    assert "lost" not in td.tables or td.tables["lost"].num_rows == 0
+
+
+def test_read_format_with_its_top_bit_set(tmp_path: Path) -> None:
+    """Found by the long atheris run (perf_file): an attr's read_format >= 2**63 (a u64) was an
+    OverflowError traceback (read into an int64 array); its bits are now kept as they are and the
+    samples (cycles, no tracepoint data), which carry no PERF_SAMPLE_READ, read as in the undamaged file."""
+    raw = bytearray((FIXTURES / "perf.data.lost_samples-4.4").read_bytes())
+    attrs_off = struct.unpack_from("<Q", raw, 24)[0]
+    struct.pack_into("<Q", raw, attrs_off + 32, struct.unpack_from("<Q", raw, attrs_off + 32)[0] | 1 << 63)
+    f = tmp_path / "rf.perf.data"
+    f.write_bytes(raw)
+    good, td = load_trace([FIXTURES / "perf.data.lost_samples-4.4"]), load_trace([f])
+    assert td.event_counts() == good.event_counts()
+    assert good.df("samples").height > 0
+    for name in {*good.event_tables().values(), "samples"}:
+        assert td.df(name).equals(good.df(name))

@@ -76,6 +76,7 @@ def binary_only(table: str) -> list[str]:
 
 U8, U16, U32, U64 = pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()
 I32, I64, STR, BOOL, BIN = pa.int32(), pa.int64(), pa.string(), pa.bool_(), pa.binary()
+I32_MAX, I64_MAX = (1 << 31) - 1, (1 << 63) - 1  # the largest values of those columns
 
 EVENT_TABLES: tuple[TableSpec, ...] = (
     _t("kvm_exit", "VM-exits (kvm:kvm_exit).", ("kvm:kvm_exit",),
