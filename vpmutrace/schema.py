@@ -323,6 +323,24 @@ def missing_required(spec: TableSpec, columns: dict[str, Any]) -> list[str]:
     return [c.name for c in spec.all_columns if not c.nullable and columns.get(c.name) is None]
 
 
+def _holds_text(t: pa.DataType) -> bool:
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or \
+        pa.types.is_large_binary(t)
+
+
+def unfit_columns(spec: TableSpec, columns: dict[str, Any]) -> list[str]:
+    """The columns of ``spec`` that ``columns`` cannot fill: required and missing, or given text where
+    the column holds numbers. What the fields of a format unlike the one the table was made for give
+    (a damaged one: ``char ecx[4]`` for ``u32 ecx``, text that cannot be cast)."""
+    out = missing_required(spec, columns)
+    for c in spec.all_columns:
+        v = columns.get(c.name)
+        if isinstance(v, pa.Array | pa.ChunkedArray) and _holds_text(v.type) and not _holds_text(c.type):
+            out.append(c.name)
+    return out
+
+
 def build_table(name: str, columns: dict[str, Any], nrows: int | None = None,
                 spec: TableSpec | None = None) -> pa.Table:
     """Make a table of the declared schema (or ``spec``, for an event's own table) from column data

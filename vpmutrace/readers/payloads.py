@@ -34,8 +34,8 @@ from vpmutrace.schema import (
     dict_array,
     event_table_name,
     event_table_spec,
-    missing_required,
     table_for_event,
+    unfit_columns,
 )
 from vpmutrace.tracedata import TraceBuilder
 from vpmutrace.typed_fields import CUTS, typed_columns
@@ -384,13 +384,13 @@ def emit_event(builder: TraceBuilder, src_file: str, fmt: EventFormat, common: d
     table = table_for_event(fmt.system, fmt.name)
     if table is not None:
         typed = typed_columns(table, fmt.name, fmt, cols, n, symbols)
-        missing = missing_required(ALL_TABLES[table], {**common, **typed})
-        if not missing:
+        unfit = unfit_columns(ALL_TABLES[table], {**common, **typed})
+        if not unfit:
             common.update(typed)
             builder.add(table, common, n, fmt.full_name)
             return
         builder.stats.add(src_file, "fields_missing", fmt.full_name, n,
-                          f"its format has no field for column(s) {', '.join(missing)} of table {table}: "
+                          f"its format has no field of the kind of column(s) {', '.join(unfit)} of table {table}: "
                           f"kept in table {event_table_name(fmt.system, fmt.name)}")
     spec = event_table_spec(fmt)
     common.update({col: cols[f] for f, col in column_names(fmt).items() if f in cols})

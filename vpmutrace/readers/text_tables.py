@@ -44,8 +44,8 @@ from vpmutrace.schema import (
     const_column,
     event_table_name,
     event_table_spec,
-    missing_required,
     table_for_event,
+    unfit_columns,
 )
 from vpmutrace.tracedata import TraceBuilder
 from vpmutrace.typed_fields import event_columns, typed_columns
@@ -283,7 +283,7 @@ def _emit_failed(rows: pl.DataFrame, table: str | None, system: str | None, name
     if table is not None:
         cols = typed_columns(table, name, ref, fields, failed.height)
         cols.update(_common(failed))
-        missing = missing_required(ALL_TABLES[table], cols)
+        missing = unfit_columns(ALL_TABLES[table], cols)
         if missing and ref is None:
             return rows  # (no layout to make a table of their own from: unparsed lines, counted there)
     if table is not None and not missing:
@@ -291,8 +291,8 @@ def _emit_failed(rows: pl.DataFrame, table: str | None, system: str | None, name
     elif ref is not None:
         if missing:
             builder.stats.add(src_file, "fields_missing", full, failed.height,
-                              f"line {failed['lineno'][0]}: no field for column(s) {', '.join(missing)} of table "
-                              f"{table}: kept in table {event_table_spec(ref).name}")
+                              f"line {failed['lineno'][0]}: no field of the kind of column(s) "
+                              f"{', '.join(missing)} of table {table}: kept in table {event_table_spec(ref).name}")
         spec = event_table_spec(ref)
         cols = _common(failed)
         cols.update({col: fields[f] for f, col in column_names(ref).items() if f in fields})
