@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vpmutrace.tracedata import META_FILE, STATS_COLUMNS
+from vpmutrace.tracedata import META_FILE, parquet_writer, write_parquet
 
 
 def tile(src: Path, n: int, out: Path) -> dict[str, int]:
@@ -31,12 +31,10 @@ def tile(src: Path, n: int, out: Path) -> dict[str, int]:
     for f in sorted(src.glob("*.parquet")):
         t = pq.read_table(f)
         if f.stem in ("stats", "lost"):
-            pq.write_table(t, out / f.name)
+            write_parquet(t, out / f.name)
             continue
         seq_step = int(pc.max(t["seq"]).as_py() or 0) + 1
-        names = set(t.schema.names)
-        with pq.ParquetWriter(out / f.name, t.schema, compression="lz4",
-                              write_statistics=[c for c in STATS_COLUMNS if c in names]) as w:
+        with parquet_writer(t.schema, out / f.name) as w:  # (the dataset's settings, page checksums too)
             for k in range(n):
                 c = t.set_column(t.schema.get_field_index("ts_ns"), t.schema.field("ts_ns"),
                                  pc.add(t["ts_ns"], pa.scalar(k * step, pa.int64())))

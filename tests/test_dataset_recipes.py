@@ -50,6 +50,8 @@ def test_every_file_carries_metadata(dataset: Path) -> None:
         assert kv[b"vpmutrace.table"].decode() == f.stem
         assert int(kv[b"vpmutrace.schema_version"]) == SCHEMA_VERSION
         assert json.loads(kv[b"vpmutrace.trace_meta"]) == sidecar
+        assert kv[b"vpmutrace.page_checksums"] == b"crc32"  # and pyarrow verifies them (docs/dataset.md)
+        assert pq.read_table(f, page_checksum_verification=True).num_rows == pq.read_metadata(f).num_rows
 
 
 def test_polars_recipe(dataset: Path) -> None:

@@ -214,14 +214,33 @@ def open_parquet(t: pa.Table, path: Path) -> Any:
 
 
 def parquet_writer(schema: pa.Schema, path: Path) -> Any:
-    """An open Parquet writer of ``schema`` with the settings ``open_parquet`` explains."""
+    """An open Parquet writer of ``schema`` with the settings ``open_parquet`` explains, every page
+    with its CRC-32 and the footer saying so (``parquet_pages``: read back, a damaged page is an
+    error, not a different value)."""
     import pyarrow.parquet as pq
 
+    from vpmutrace.parquet_pages import KV_PAGE_CHECKSUMS, PAGE_CHECKSUMS
+
     names = set(schema.names)
-    return pq.ParquetWriter(path, schema, compression="lz4",
-                            use_dictionary=[f.name for f in schema if pa.types.is_dictionary(f.type)],
-                            column_encoding={c: "DELTA_BINARY_PACKED" for c in ("ts_ns", "seq") if c in names},
-                            write_statistics=[c for c in STATS_COLUMNS if c in names], write_batch_size=WRITE_BATCH)
+    w = pq.ParquetWriter(path, schema, compression="lz4",
+                         use_dictionary=[f.name for f in schema if pa.types.is_dictionary(f.type)],
+                         column_encoding={c: "DELTA_BINARY_PACKED" for c in ("ts_ns", "seq") if c in names},
+                         write_statistics=[c for c in STATS_COLUMNS if c in names], write_batch_size=WRITE_BATCH,
+                         write_page_checksum=True)
+    w.add_key_value_metadata({KV_PAGE_CHECKSUMS: PAGE_CHECKSUMS})
+    return w
+
+
+def write_frame(df: pl.DataFrame, path: Path) -> None:
+    """A result table (``analyze --out``, the fleet tables) as Parquet (zstd, polars' default) with page
+    checksums and the footer saying so (polars' own writer writes none)."""
+    import pyarrow.parquet as pq
+
+    from vpmutrace.parquet_pages import KV_PAGE_CHECKSUMS, PAGE_CHECKSUMS
+
+    t = df.to_arrow()
+    pq.write_table(t.replace_schema_metadata({**(t.schema.metadata or {}), KV_PAGE_CHECKSUMS: PAGE_CHECKSUMS}),
+                   path, compression="zstd", write_page_checksum=True)
 
 
 WRITE_BATCH = 1 << 16  # values the Parquet writer takes at a time (its default, 1024, costs time per batch)
