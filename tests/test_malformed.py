@@ -720,3 +720,40 @@ def test_format_field_of_another_kind_than_its_named_table_column(tmp_path: Path
     assert own.height == n and own["port"].to_list() == good.df("kvm_pio")["port"].to_list()
     e = next(e for e in td.stats.entries() if e.category == "fields_missing")
     assert e.count == n and "column(s) size of table kvm_pio: kept in table kvm.kvm_pio" in e.examples[0]
+
+
+def test_format_with_a_field_declared_twice_is_a_bad_format(tmp_path: Path) -> None:
+    """Found by the long atheris run (event_format): a format naming a field twice (here a second
+    ``name`` of another type) decoded one field's bytes into the other's column: an ArrowInvalid
+    traceback ("Failed to parse string: 'vcpu0' as a scalar of type uint32") building the event's
+    table. A record's fields are found by name, so such a format is a BadFormat: counted as
+    ``bad_format``, the event's records kept raw."""
+    c = content_of(FIXTURES / "uprobe.trace.dat")
+    (system, texts), = [(s, t) for s, t in c.event_formats.items() if t]
+    text = texts[0]
+    line = next(ln for ln in text.split(b"\n") if b"field:" in ln and b"common_" not in ln)
+    name = line.split(b";")[0].split()[-1]
+    twice = text.replace(line, line + b"\n\tfield:u32 " + name + b";\toffset:0;\tsize:4;\tsigned:0;")
+    c.event_formats = {system: [twice]}
+    good = load_trace([FIXTURES / "uprobe.trace.dat"])
+    td = load_trace([write_trace_dat(tmp_path / "fmt.dat", c, 6, "none")])
+    bad = [e for e in td.stats.entries() if e.category == "bad_format"]
+    assert len(bad) == 1 and f"field {name.decode()} declared twice" in bad[0].examples[0]
+    assert td.df("unparsed").height == sum(good.event_counts().values()) > 0
+
+
+def test_emulated_instruction_bytes_cut_mid_byte(tmp_path: Path) -> None:
+    """Found by the long atheris run (text): kvm_emulate_insn bytes ``0ff 01 d1`` (an odd number of
+    hex digits) matched the grammar and then failed polars' hex decode, a ComputeError traceback.
+    The grammar now takes whole bytes only (__print_hex prints two digits a byte): the line is
+    kept in ``unparsed`` and counted, the others read as before."""
+    src = (FIXTURES / "lkml_exception_nmi_not_nmi.txt").read_text()
+    assert src.count(":0f 01 d1 (prot64)") == 1
+    f = tmp_path / "t.txt"
+    f.write_text(src.replace(":0f 01 d1 (prot64)", ":0ff 01 d1 (prot64)"))
+    good, td = load_trace([FIXTURES / "lkml_exception_nmi_not_nmi.txt"]), load_trace([f])
+    assert td.df("kvm_emulate_insn").height == good.df("kvm_emulate_insn").height - 1
+    e = next(e for e in td.stats.entries() if e.category == "body_unparsed")
+    assert e.name.endswith("kvm_emulate_insn") and "0ff 01 d1" in e.examples[0]
+    assert {k: v for k, v in td.event_counts().items() if k != "kvm:kvm_emulate_insn"} == \
+        {k: v for k, v in good.event_counts().items() if k != "kvm:kvm_emulate_insn"}
