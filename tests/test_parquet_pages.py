@@ -247,3 +247,29 @@ def test_a_damaged_page_of_the_stats_table_is_found_at_open(tmp_path: Path) -> N
     _flip(f, body + h[3] // 2)
     with pytest.raises(InputError, match=r"stats.parquet:offset \d+: row group 0, column category: damaged"):
         load_dataset(tmp_path / "d")
+
+
+def test_a_footer_that_does_not_parse_is_one_line(dataset: Path, tmp_path: Path) -> None:
+    """Found by atheris (dataset): pyarrow's Thrift errors end in a newline, which the error kept (a
+    two-line message). The message is now one line whatever pyarrow says."""
+    import struct
+
+    d = _copy(dataset, tmp_path / "d")
+    f = d / "kvm_msr.parquet"
+    raw = bytearray(f.read_bytes())
+    footer = struct.unpack_from("<I", raw, len(raw) - 8)[0]
+    raw[len(raw) - 8 - footer] = 0x0F  # FileMetaData's first field header: an unknown Thrift type
+    f.write_bytes(raw)
+    with pytest.raises(InputError, match="unreadable Parquet file") as e:
+        load_dataset(d)
+    assert "\n" not in str(e.value) and str(e.value).startswith(f"{f}: ")
+    r = _cli("info", str(d))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
+
+
+def test_a_thrift_error_with_a_newline_is_one_line() -> None:
+    """(the exact message pyarrow gave for the fuzzer's input)"""
+    from vpmutrace.parquet_pages import unreadable
+
+    e = unreadable(Path("x.parquet"), OSError("Couldn't deserialize thrift: invalid TType\n"))
+    assert str(e) == "x.parquet: unreadable Parquet file (Couldn't deserialize thrift: invalid TType)"

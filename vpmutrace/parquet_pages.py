@@ -145,6 +145,16 @@ def page_header(buf: bytes, pos: int) -> tuple[dict[int, Any], int]:
         raise _Bad("page header runs past the column chunk") from None
 
 
+def one_line(e: BaseException) -> str:
+    """An Arrow error's message on one line (pyarrow's Thrift errors end in a newline)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def unreadable(path: Path, e: BaseException) -> InputError:
+    """A Parquet file whose footer (or whole file) pyarrow cannot read."""
+    return InputError(str(path), f"unreadable Parquet file ({one_line(e)})")
+
+
 def check_chunk(path: Path, f: Any, rg: int, column: str, cm: Any, file_size: int, need_crc: bool) -> None:
     """Walk one column chunk (``cm``: pyarrow ColumnChunkMetaData of row group ``rg``) of the open file
     ``f``; raise InputError at the first page that fails a check (module docstring)."""
@@ -214,7 +224,7 @@ def check_file(path: Path, columns: list[str] | None = None) -> bool:
     try:
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowInvalid) as e:
-        raise InputError(str(path), f"unreadable Parquet file ({e})") from None
+        raise unreadable(path, e) from None
     md = pf.metadata
     need_crc = (md.metadata or {}).get(KV_PAGE_CHECKSUMS) == PAGE_CHECKSUMS
     names = [md.schema.column(i).path for i in range(md.num_columns)]
@@ -241,7 +251,7 @@ def decode(path: Path, pf: Any, columns: list[str]) -> None:
         try:
             pf.read_row_group(rg, columns=columns)
         except (OSError, pa.ArrowException) as e:
-            why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            why = one_line(e)
             bad = next((c for c in columns if not _decodes(pf, rg, c)), None)
             where = f"row group {rg}" + (f", column {bad}" if bad else "")
             raise InputError(str(path), f"{where}: damaged Parquet page: it does not decode ({why})") from None

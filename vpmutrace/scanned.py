@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from vpmutrace.errors import InputError
-from vpmutrace.parquet_pages import check_file
+from vpmutrace.parquet_pages import check_file, unreadable
 from vpmutrace.schema import ALL_TABLES
 from vpmutrace.stats import Stats
 from vpmutrace.tracedata import TraceData, empty_frame
@@ -42,7 +41,7 @@ def read_table(path: Path, name: str) -> pa.Table:
     try:
         t = pq.read_table(path)
     except (OSError, pa.ArrowInvalid) as e:
-        raise InputError(str(path), f"unreadable Parquet file ({e})") from None
+        raise unreadable(path, e) from None
     return t.cast(ALL_TABLES[name].arrow_schema) if name in ALL_TABLES else declared_nullability(t)
 
 
@@ -53,7 +52,7 @@ def row_count(path: Path) -> int:
     try:
         return pq.ParquetFile(path).metadata.num_rows
     except (OSError, pa.ArrowInvalid) as e:
-        raise InputError(str(path), f"unreadable Parquet file ({e})") from None
+        raise unreadable(path, e) from None
 
 
 @cache
