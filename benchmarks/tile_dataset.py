@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vpmutrace.tracedata import META_FILE, parquet_writer, write_parquet
+from vpmutrace.parquet_pages import FOOTERS_KEY
+from vpmutrace.tracedata import META_FILE, parquet_writer, write_meta, write_parquet
 
 
 def tile(src: Path, n: int, out: Path) -> dict[str, int]:
@@ -45,7 +46,8 @@ def tile(src: Path, n: int, out: Path) -> dict[str, int]:
     meta["events"] = {e: c * n for e, c in meta["events"].items()}
     meta["time_span_ns"] = [lo, lo + n * step - 1]
     meta["tiled"] = {"source": str(src), "copies": n}
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    meta.pop(FOOTERS_KEY, None)
+    write_meta(out, meta)  # (with the new files' footer checksums)
     return rows
 
 

@@ -5,6 +5,7 @@ written before page checksums is read with the checks it can have."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,8 @@ import pytest
 from conftest import FIXTURES
 
 from vpmutrace.errors import InputError
-from vpmutrace.parquet_pages import KV_PAGE_CHECKSUMS, check_file, page_header
-from vpmutrace.tracedata import STATS_COLUMNS, WRITE_BATCH, load_dataset
+from vpmutrace.parquet_pages import FOOTERS_KEY, KV_PAGE_CHECKSUMS, check_file, page_header
+from vpmutrace.tracedata import META_FILE, STATS_COLUMNS, WRITE_BATCH, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = FIXTURES / "microguest200.perf.data"  # kvm_msr (1600 rows), sched_switch with dictionary columns
@@ -64,8 +65,11 @@ def _flip(f: Path, at: int, bit: int = 0x01) -> None:
 
 def _old(src: Path, dst: Path) -> Path:
     """The dataset as the writer before page checksums wrote it: the same settings, no CRC in the
-    pages, no ``KV_PAGE_CHECKSUMS`` in the footer."""
+    pages, no ``KV_PAGE_CHECKSUMS`` in the footer, no footer checksums in the sidecar."""
     shutil.copytree(src, dst)
+    doc = json.loads((dst / META_FILE).read_text())
+    del doc[FOOTERS_KEY]
+    (dst / META_FILE).write_text(json.dumps(doc))
     for f in dst.glob("*.parquet"):
         t = pq.read_table(f)
         meta = {k: v for k, v in (t.schema.metadata or {}).items() if k not in (KV_PAGE_CHECKSUMS, b"ARROW:schema")}
@@ -249,9 +253,12 @@ def test_a_damaged_page_of_the_stats_table_is_found_at_open(tmp_path: Path) -> N
         load_dataset(tmp_path / "d")
 
 
-def test_a_footer_that_does_not_parse_is_one_line(dataset: Path, tmp_path: Path) -> None:
-    """Found by atheris (dataset): pyarrow's Thrift errors end in a newline, which the error kept (a
-    two-line message). The message is now one line whatever pyarrow says."""
+def test_a_damaged_footer_is_one_line(dataset: Path, tmp_path: Path) -> None:
+    """A Parquet footer has no checksum: the sidecar keeps each file's (``FOOTERS_KEY``), checked when
+    the dataset is opened, so a changed footer byte is an error before pyarrow or polars read it
+    (random flips in a dataset's files: docs/reliability.md, Dataset pages). Without the recorded checksum (a
+    dataset written before), a footer pyarrow cannot parse is one line as well (found by atheris:
+    pyarrow's Thrift errors end in a newline, which the message kept)."""
     import struct
 
     d = _copy(dataset, tmp_path / "d")
@@ -260,11 +267,17 @@ def test_a_footer_that_does_not_parse_is_one_line(dataset: Path, tmp_path: Path)
     footer = struct.unpack_from("<I", raw, len(raw) - 8)[0]
     raw[len(raw) - 8 - footer] = 0x0F  # FileMetaData's first field header: an unknown Thrift type
     f.write_bytes(raw)
+    with pytest.raises(InputError) as e:
+        load_dataset(d)
+    assert str(e.value) == f"{f}: damaged Parquet footer: it does not match its checksum in the dataset's metadata"
+    r = _cli("info", str(d))
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
+    doc = json.loads((d / META_FILE).read_text())
+    del doc[FOOTERS_KEY]
+    (d / META_FILE).write_text(json.dumps(doc))
     with pytest.raises(InputError, match="unreadable Parquet file") as e:
         load_dataset(d)
     assert "\n" not in str(e.value) and str(e.value).startswith(f"{f}: ")
-    r = _cli("info", str(d))
-    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1
 
 
 def test_a_thrift_error_with_a_newline_is_one_line() -> None:

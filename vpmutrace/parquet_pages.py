@@ -28,6 +28,7 @@ over them (zlib: about 1.2 GB/s here), with a few header fields parsed per page 
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +46,7 @@ LEVEL_ENCODINGS = ("RLE", "BIT_PACKED")
 
 # Thrift compact protocol field types (thrift/doc/specs/thrift-compact-protocol.md)
 T_STOP, T_TRUE, T_FALSE, T_BYTE, T_I16, T_I32, T_I64, T_DOUBLE, T_BINARY, T_LIST, T_SET, T_MAP, T_STRUCT = range(13)
-MAX_NESTING = 16  # a page header's structs nest 3 deep (PageHeader > DataPageHeader > Statistics)
+MAX_NESTING = 16  # structs nest 3 deep in a page header, 6 in a footer (FileMetaData > RowGroup > ... > SizeStatistics)
 
 
 class _Bad(Exception):
@@ -145,6 +146,162 @@ def page_header(buf: bytes, pos: int) -> tuple[dict[int, Any], int]:
         raise _Bad("page header runs past the column chunk") from None
 
 
+def _value(buf: bytes, pos: int, ftype: int, depth: int, in_list: bool = False) -> tuple[Any, int]:
+    """One value of ``ftype`` whole (structs as dicts of field id -> value, lists as lists, binaries as
+    bytes, doubles as None) and the position after it. Reading past ``buf``: IndexError."""
+    if depth > MAX_NESTING:
+        raise _Bad("nested too deep")
+    if ftype in (T_TRUE, T_FALSE):
+        return (buf[pos] == 1, pos + 1) if in_list else (ftype == T_TRUE, pos)
+    if ftype == T_BYTE:
+        return buf[pos], pos + 1
+    if ftype in (T_I16, T_I32, T_I64):
+        z, pos = _varint(buf, pos)
+        return (z >> 1) ^ -(z & 1), pos
+    if ftype == T_DOUBLE:
+        return None, pos + 8
+    if ftype == T_BINARY:
+        n, pos = _varint(buf, pos)
+        if pos + n > len(buf):
+            raise IndexError
+        return buf[pos:pos + n], pos + n
+    if ftype in (T_LIST, T_SET):
+        h = buf[pos]
+        n, et, pos = h >> 4, h & 0x0F, pos + 1
+        if n == 15:
+            n, pos = _varint(buf, pos)
+        out = []
+        for _ in range(n):  # (each element takes a byte at least: a count past the end stops there)
+            v, pos = _value(buf, pos, et, depth + 1, True)
+            out.append(v)
+        return out, pos
+    if ftype == T_MAP:
+        n, pos = _varint(buf, pos)
+        pairs = []
+        if n:
+            kv, pos = buf[pos], pos + 1
+            for _ in range(n):
+                k, pos = _value(buf, pos, kv >> 4, depth + 1, True)
+                v, pos = _value(buf, pos, kv & 0x0F, depth + 1, True)
+                pairs.append((k, v))
+        return pairs, pos
+    if ftype == T_STRUCT:
+        fields: dict[int, Any] = {}
+        fid = 0
+        while True:
+            h = buf[pos]
+            pos += 1
+            if h & 0x0F == T_STOP:
+                return fields, pos
+            if h >> 4:
+                fid += h >> 4
+            else:
+                z, pos = _varint(buf, pos)
+                fid = (z >> 1) ^ -(z & 1)
+            fields[fid], pos = _value(buf, pos, h & 0x0F, depth + 1)
+    raise _Bad(f"unknown Thrift field type {ftype}")
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """What the footer says of one column chunk (parquet.thrift ColumnMetaData)."""
+
+    column: str  # path_in_schema, dotted
+    encodings: frozenset[str]
+    num_values: int
+    total_uncompressed_size: int
+    total_compressed_size: int
+    data_page_offset: int
+    dictionary_page_offset: int | None
+
+
+def _num(v: Any) -> int | None:
+    """A field that is a number (damage may leave a struct or a boolean where one was)."""
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def _int(d: Any, k: int, what: str) -> int:
+    v = d.get(k) if isinstance(d, dict) else None
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise _Bad(f"{what} missing or not a number")
+    return v
+
+
+def _list(d: Any, k: int, what: str) -> list[Any]:
+    v = d.get(k, []) if isinstance(d, dict) else None
+    if not isinstance(v, list):
+        raise _Bad(f"{what} not a list")
+    return v
+
+
+def footer(data: bytes) -> tuple[dict[bytes, bytes], list[list[Chunk]]]:
+    """The key-value metadata and the column chunks (per row group) of a Parquet file's footer
+    (``data``: the FileMetaData bytes), read here rather than through pyarrow's metadata objects: on
+    some damaged footers those end the process (``RowGroupMetaData.column`` on a size-statistics
+    histogram of the wrong length: "terminate called after throwing an instance of
+    parquet::ParquetException", pyarrow 26)."""
+    try:
+        md, _ = _value(data, 0, T_STRUCT, 0)
+    except IndexError:
+        raise _Bad("footer runs past its length") from None
+    kv = {}
+    for e in _list(md, 5, "key-value metadata"):
+        if isinstance(e, dict) and isinstance(e.get(1), bytes):
+            kv[e[1]] = e.get(2) if isinstance(e.get(2), bytes) else b""
+    groups = []
+    for g in _list(md, 4, "row groups"):
+        chunks = []
+        for c in _list(g, 1, "row group's columns"):
+            m = c.get(3) if isinstance(c, dict) else None
+            if not isinstance(m, dict):
+                raise _Bad("column chunk without its metadata")
+            path = m.get(3)
+            if not isinstance(path, list) or not path or not all(isinstance(x, bytes) for x in path):
+                raise _Bad("column chunk without its column's name")
+            encs = m.get(2) if isinstance(m.get(2), list) else []
+            dict_off = m.get(11)
+            chunks.append(Chunk(b".".join(path).decode("utf-8", "replace"),
+                                frozenset(ENCODINGS.get(e, "?") for e in encs if isinstance(e, int)),
+                                _int(m, 5, "value count"), _int(m, 6, "uncompressed size"),
+                                _int(m, 7, "compressed size"), _int(m, 9, "data page offset"),
+                                _num(dict_off)))
+        groups.append(chunks)
+    return kv, groups
+
+
+FOOTERS_KEY = "parquet_footer_crc32"  # _trace_meta.json: file name -> CRC-32 of its footer
+
+
+def footer_crc(path: Path) -> int | None:
+    """CRC-32 of a Parquet file's footer (its FileMetaData, length and magic): the footer has no
+    checksum of its own, so the dataset's sidecar keeps one per file (``FOOTERS_KEY``). None when the
+    file has no footer at its end."""
+    with path.open("rb") as f:
+        size = f.seek(0, 2)
+        if size < 12:
+            return None
+        f.seek(size - 8)
+        n = int.from_bytes(f.read(4), "little")
+        if n > size - 12:
+            return None
+        f.seek(size - 8 - n)
+        return zlib.crc32(f.read(n + 8))
+
+
+def footer_crcs(paths: list[Path]) -> dict[str, int]:
+    return {p.name: c for p in sorted(paths) if (c := footer_crc(p)) is not None}
+
+
+def check_footers(files: list[Path], recorded: dict[str, int]) -> None:
+    """Each file's footer against the CRC-32 the sidecar recorded for it (files it does not name:
+    datasets written before footers were recorded)."""
+    for f in files:
+        want = recorded.get(f.name)
+        if want is not None and footer_crc(f) != want:
+            raise InputError(str(f), "damaged Parquet footer: it does not match its checksum in the dataset's "
+                                     "metadata")
+
+
 def one_line(e: BaseException) -> str:
     """An Arrow error's message on one line (pyarrow's Thrift errors end in a newline)."""
     return " ".join(str(e).split()) or type(e).__name__
@@ -155,16 +312,34 @@ def unreadable(path: Path, e: BaseException) -> InputError:
     return InputError(str(path), f"unreadable Parquet file ({one_line(e)})")
 
 
-def check_chunk(path: Path, f: Any, rg: int, column: str, cm: Any, file_size: int, need_crc: bool) -> None:
-    """Walk one column chunk (``cm``: pyarrow ColumnChunkMetaData of row group ``rg``) of the open file
-    ``f``; raise InputError at the first page that fails a check (module docstring)."""
-    where = f"row group {rg}, column {column}"
+def errors() -> tuple[type[BaseException], ...]:
+    """What pyarrow raises for a Parquet file it cannot read (a footer whose names are not UTF-8:
+    UnicodeDecodeError)."""
+    import pyarrow as pa
+
+    return OSError, pa.ArrowException, UnicodeDecodeError
+
+
+def open_file(path: Path) -> Any:
+    """A pyarrow ParquetFile (its footer read), or an InputError naming the file."""
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except errors() as e:
+        raise unreadable(path, e) from None
+
+
+def check_chunk(path: Path, f: Any, rg: int, cm: Chunk, file_size: int, need_crc: bool) -> None:
+    """Walk one column chunk (``cm``, of row group ``rg``) of the open file ``f``; raise InputError at
+    the first page that fails a check (module docstring)."""
+    where = f"row group {rg}, column {cm.column}"
 
     def bad(at: int, what: str) -> InputError:
         return InputError(str(path), f"{where}: damaged Parquet page: {what}", f"offset {at}")
 
     start = cm.data_page_offset  # (0 in a chunk of no values, which has only its dictionary page)
-    if cm.has_dictionary_page and cm.dictionary_page_offset is not None and cm.dictionary_page_offset > 0:
+    if cm.dictionary_page_offset is not None and cm.dictionary_page_offset > 0:
         start = min(start, cm.dictionary_page_offset) if start > 0 else cm.dictionary_page_offset
     size = cm.total_compressed_size
     if start < 4 or size < 0 or start + size > file_size:
@@ -174,7 +349,7 @@ def check_chunk(path: Path, f: Any, rg: int, column: str, cm: Any, file_size: in
     if len(buf) != size:
         raise bad(start, "column chunk cut by the end of the file")
     view = memoryview(buf)
-    allowed = set(cm.encodings)
+    allowed = cm.encodings
     pos = values = uncompressed = 0
     first = True
     while pos < size:
@@ -182,7 +357,7 @@ def check_chunk(path: Path, f: Any, rg: int, column: str, cm: Any, file_size: in
             h, body = page_header(buf, pos)
         except _Bad as e:
             raise bad(start + pos, str(e)) from None
-        ptype, usize, csize, crc = h.get(1), h.get(2), h.get(3), h.get(4)
+        ptype, usize, csize, crc = (_num(h.get(k)) for k in (1, 2, 3, 4))
         if ptype not in (DATA_PAGE, DICTIONARY_PAGE, DATA_PAGE_V2) or usize is None or csize is None:
             raise bad(start + pos, f"page header of type {ptype} without its sizes")
         if ptype == DICTIONARY_PAGE and not first:
@@ -204,7 +379,7 @@ def check_chunk(path: Path, f: Any, rg: int, column: str, cm: Any, file_size: in
         if names[0] not in allowed or any(n not in LEVEL_ENCODINGS for n in names[1:]):
             raise bad(start + pos, f"page encodings {used} are not the column chunk's ({', '.join(sorted(allowed))})")
         if ptype != DICTIONARY_PAGE:
-            values += sub.get(1, -1)
+            values += _num(sub.get(1)) or 0
         uncompressed += body - pos + usize
         pos = body + csize
         first = False
@@ -218,25 +393,29 @@ def check_chunk(path: Path, f: Any, rg: int, column: str, cm: Any, file_size: in
 def check_file(path: Path, columns: list[str] | None = None) -> bool:
     """Check the pages of ``columns`` (every column when None) in every row group of one Parquet file;
     whether its pages carry checksums (when not, their data could not be checked)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(path)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise unreadable(path, e) from None
-    md = pf.metadata
-    need_crc = (md.metadata or {}).get(KV_PAGE_CHECKSUMS) == PAGE_CHECKSUMS
-    names = [md.schema.column(i).path for i in range(md.num_columns)]
-    want = [i for i, n in enumerate(names) if columns is None or n.split(".")[0] in columns]
     file_size = path.stat().st_size
     with path.open("rb") as f:
-        for rg in range(md.num_row_groups):
-            g = md.row_group(rg)
-            for i in want:
-                check_chunk(path, f, rg, names[i], g.column(i), file_size, need_crc)
+        if file_size < 12:
+            raise InputError(str(path), f"not a Parquet file ({file_size} bytes)")
+        f.seek(file_size - 8)
+        tail = f.read(8)
+        n = int.from_bytes(tail[:4], "little")
+        if tail[4:] != b"PAR1" or n > file_size - 12:
+            raise InputError(str(path), "not a Parquet file (no footer at its end)", f"offset {file_size - 8}")
+        f.seek(file_size - 8 - n)
+        try:
+            kv, groups = footer(f.read(n))
+        except _Bad as e:
+            raise InputError(str(path), f"unreadable Parquet footer ({e})", f"offset {file_size - 8 - n}") from None
+        need_crc = kv.get(KV_PAGE_CHECKSUMS) == PAGE_CHECKSUMS
+        read = set()
+        for rg, chunks in enumerate(groups):
+            for cm in chunks:
+                if columns is None or cm.column.split(".")[0] in columns:
+                    check_chunk(path, f, rg, cm, file_size, need_crc)
+                    read.add(cm.column.split(".")[0])
     if not need_crc:
-        decode(path, pf, sorted({names[i].split(".")[0] for i in want}))
+        decode(path, open_file(path), sorted(read))
     return need_crc
 
 

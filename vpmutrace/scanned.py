@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from vpmutrace.parquet_pages import check_file, unreadable
+from vpmutrace.parquet_pages import check_file, errors, open_file, unreadable
 from vpmutrace.schema import ALL_TABLES
 from vpmutrace.stats import Stats
 from vpmutrace.tracedata import TraceData, empty_frame
@@ -40,19 +40,14 @@ def read_table(path: Path, name: str) -> pa.Table:
     check_file(path)
     try:
         t = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as e:
+    except errors() as e:
         raise unreadable(path, e) from None
     return t.cast(ALL_TABLES[name].arrow_schema) if name in ALL_TABLES else declared_nullability(t)
 
 
 def row_count(path: Path) -> int:
     """Rows of a Parquet file, from its footer (nothing else is read)."""
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except (OSError, pa.ArrowInvalid) as e:
-        raise unreadable(path, e) from None
+    return open_file(path).metadata.num_rows
 
 
 @cache
