@@ -66,84 +66,27 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
             raise _Bad("varint longer than 10 bytes")
 
 
-def _skip(buf: bytes, pos: int, ftype: int, depth: int, in_list: bool = False) -> int:
-    """Past one value of ``ftype`` (a bool in a list or map is a byte; as a field it is in the type)."""
-    if ftype in (T_TRUE, T_FALSE):
-        return pos + 1 if in_list else pos
-    if ftype == T_BYTE:
-        return pos + 1
-    if ftype in (T_I16, T_I32, T_I64):
-        while buf[pos] >= 0x80:
-            pos += 1
-        return pos + 1
-    if ftype == T_DOUBLE:
-        return pos + 8
-    if ftype == T_BINARY:
-        n, pos = _varint(buf, pos)
-        return pos + n
-    if ftype in (T_LIST, T_SET):
-        h = buf[pos]
-        n, et, pos = h >> 4, h & 0x0F, pos + 1
-        if n == 15:
-            n, pos = _varint(buf, pos)
-        for _ in range(n):
-            pos = _skip(buf, pos, et, depth + 1, True)
-        return pos
-    if ftype == T_MAP:
-        n, pos = _varint(buf, pos)
-        if n:
-            kv, pos = buf[pos], pos + 1
-            for _ in range(n):
-                pos = _skip(buf, pos, kv >> 4, depth + 1, True)
-                pos = _skip(buf, pos, kv & 0x0F, depth + 1, True)
-        return pos
-    if ftype == T_STRUCT:
-        return _struct(buf, pos, depth + 1, ())[1]
-    raise _Bad(f"unknown Thrift field type {ftype}")
-
-
-def _struct(buf: bytes, pos: int, depth: int, keep: tuple[int, ...]) -> tuple[dict[int, Any], int]:
-    """The fields of one struct (Thrift compact protocol, thrift/doc/specs/thrift-compact-protocol.md)
-    from ``pos``: integers and booleans of the ids in ``keep`` (nested structs: a dict of their
-    first 7 fields), the others skipped; and the position after it. Reading past ``buf``: IndexError."""
-    if depth > MAX_NESTING:
-        raise _Bad("page header nested too deep")
-    out: dict[int, Any] = {}
-    fid = 0
-    while True:
-        h = buf[pos]
-        pos += 1
-        ftype = h & 0x0F
-        if ftype == T_STOP:
-            return out, pos
-        if h >> 4:
-            fid += h >> 4
-        else:
-            z, pos = _varint(buf, pos)
-            fid = (z >> 1) ^ -(z & 1)
-        if fid not in keep:
-            pos = _skip(buf, pos, ftype, depth)
-        elif ftype in (T_I16, T_I32, T_I64):
-            z, pos = _varint(buf, pos)
-            out[fid] = (z >> 1) ^ -(z & 1)
-        elif ftype in (T_TRUE, T_FALSE):
-            out[fid] = ftype == T_TRUE
-        elif ftype == T_STRUCT:
-            out[fid], pos = _struct(buf, pos, depth + 1, SUB_FIELDS)
-        else:
-            pos = _skip(buf, pos, ftype, depth)
-
-
-PAGE_FIELDS = (1, 2, 3, 4, 5, 7, 8)  # PageHeader: type, sizes, crc, data / dictionary / data v2 page header
-SUB_FIELDS = (1, 2, 3, 4)  # their value count and encodings (DataPageHeaderV2's encoding is its field 4)
+def _field(buf: bytes, pos: int, fid: int) -> tuple[int, int, int]:
+    """A struct's field header at ``pos`` (after field ``fid``): its type, its id (a delta in the
+    header's high nibble, else a zigzag varint) and where its value starts."""
+    h = buf[pos]
+    pos += 1
+    if h >> 4:
+        return h & 0x0F, fid + (h >> 4), pos
+    if h & 0x0F == T_STOP:
+        return T_STOP, fid, pos
+    z, pos = _varint(buf, pos)
+    return h & 0x0F, (z >> 1) ^ -(z & 1), pos
 
 
 def page_header(buf: bytes, pos: int) -> tuple[dict[int, Any], int]:
-    """The PageHeader at ``pos`` (the fields of PAGE_FIELDS) and where the page's data starts."""
+    """The PageHeader at ``pos`` (field id -> value; its data, dictionary or v2 page header a dict of
+    the same) and where the page's data starts."""
     try:
-        return _struct(buf, pos, 0, PAGE_FIELDS)
+        h, end = _value(buf, pos, T_STRUCT, 0)
     except IndexError:
         raise _Bad("page header runs past the column chunk") from None
+    return h, end
 
 
 def _value(buf: bytes, pos: int, ftype: int, depth: int, in_list: bool = False) -> tuple[Any, int]:
@@ -189,16 +132,10 @@ def _value(buf: bytes, pos: int, ftype: int, depth: int, in_list: bool = False) 
         fields: dict[int, Any] = {}
         fid = 0
         while True:
-            h = buf[pos]
-            pos += 1
-            if h & 0x0F == T_STOP:
+            ftype, fid, pos = _field(buf, pos, fid)
+            if ftype == T_STOP:
                 return fields, pos
-            if h >> 4:
-                fid += h >> 4
-            else:
-                z, pos = _varint(buf, pos)
-                fid = (z >> 1) ^ -(z & 1)
-            fields[fid], pos = _value(buf, pos, h & 0x0F, depth + 1)
+            fields[fid], pos = _value(buf, pos, ftype, depth + 1)
     raise _Bad(f"unknown Thrift field type {ftype}")
 
 
