@@ -20,9 +20,11 @@ and every page checked against what the file says elsewhere:
   (the footer's ``total_uncompressed_size`` counts the page headers, as the writer computes it).
 
 A page that fails any of these is an ``errors.InputError`` naming the file, the row group, the
-column, the page's offset and what was wrong. The cost is reading the chunk's bytes and one CRC-32
-over them (zlib: about 1.2 GB/s here), with a few header fields parsed per page (pages are about
-1 MB).
+column, the page's offset and what was wrong. The cost is reading the chunk's bytes, one CRC-32
+over them (zlib: about 1.2 GB/s here) and a page header parsed per page (6,883 pages in the 22 MB
+dataset of 10^7 events). The footer is read here too, not through pyarrow's metadata objects
+(``footer``), and its own CRC-32, which Parquet does not have, is kept in the dataset's sidecar
+(``FOOTERS_KEY``, ``check_footers``).
 """
 
 from __future__ import annotations
