@@ -757,3 +757,17 @@ def test_emulated_instruction_bytes_cut_mid_byte(tmp_path: Path) -> None:
     assert e.name.endswith("kvm_emulate_insn") and "0ff 01 d1" in e.examples[0]
     assert {k: v for k, v in td.event_counts().items() if k != "kvm:kvm_emulate_insn"} == \
         {k: v for k, v in good.event_counts().items() if k != "kvm:kvm_emulate_insn"}
+
+
+def test_kernel_maps_that_cover_nothing() -> None:
+    """Found by the long atheris run (perf_file, second round): kernel maps whose every length is 0
+    (a damaged MMAP record's) left no interval to look a sample up in: IndexError in
+    perf_maps.cover; now no sample has a map there (as with no maps)."""
+    from vpmutrace.readers.perf_maps import cover
+
+    starts = ends = np.array([0xFFFF0000, 0xFFFF8000], np.uint64)
+    hit, lo, hi = cover(starts, ends, np.array([0, 1], np.int64), np.array([0xFFFF0000], np.uint64),
+                        np.array([5], np.int64), window=True)
+    assert hit.tolist() == [-1] and lo.tolist() == [np.iinfo(np.int64).min] and hi.tolist() == [np.iinfo(np.int64).max]
+    assert cover(starts, ends + 0x10, np.array([0, 1], np.int64), np.array([0xFFFF0004], np.uint64),
+                 np.array([5], np.int64)).tolist() == [0]
