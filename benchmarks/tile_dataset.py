@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from vpmutrace.tracedata import META_FILE, STATS_COLUMNS
+from vpmutrace.parquet_pages import FOOTERS_KEY
+from vpmutrace.tracedata import META_FILE, parquet_writer, write_meta, write_parquet
 
 
 def tile(src: Path, n: int, out: Path) -> dict[str, int]:
@@ -31,12 +32,10 @@ def tile(src: Path, n: int, out: Path) -> dict[str, int]:
     for f in sorted(src.glob("*.parquet")):
         t = pq.read_table(f)
         if f.stem in ("stats", "lost"):
-            pq.write_table(t, out / f.name)
+            write_parquet(t, out / f.name)
             continue
         seq_step = int(pc.max(t["seq"]).as_py() or 0) + 1
-        names = set(t.schema.names)
-        with pq.ParquetWriter(out / f.name, t.schema, compression="lz4",
-                              write_statistics=[c for c in STATS_COLUMNS if c in names]) as w:
+        with parquet_writer(t.schema, out / f.name) as w:  # (the dataset's settings, page checksums too)
             for k in range(n):
                 c = t.set_column(t.schema.get_field_index("ts_ns"), t.schema.field("ts_ns"),
                                  pc.add(t["ts_ns"], pa.scalar(k * step, pa.int64())))
@@ -47,7 +46,8 @@ def tile(src: Path, n: int, out: Path) -> dict[str, int]:
     meta["events"] = {e: c * n for e, c in meta["events"].items()}
     meta["time_span_ns"] = [lo, lo + n * step - 1]
     meta["tiled"] = {"source": str(src), "copies": n}
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    meta.pop(FOOTERS_KEY, None)
+    write_meta(out, meta)  # (with the new files' footer checksums)
     return rows
 
 

@@ -7,6 +7,10 @@
     .venv/bin/python -m fuzz.run atheris TARGET [libFuzzer flags, e.g. -max_total_time=3600]
         coverage-guided fuzzing of one target with atheris (pip install '.[fuzz]'), corpus seeded
         from the fixtures in fuzz/corpus/TARGET; a crash is any exception but errors.InputError.
+    nice -n 19 .venv/bin/python -m fuzz.run long --seconds 540 [--targets ...] [--out FILE]
+        the long run: every target in turn (one at a time), each for --seconds of atheris; libFuzzer's
+        final stats (inputs tried, inputs/s, coverage, corpus growth, peak RSS) and every crash kept,
+        a target restarted after a crash for the rest of its time (at most --restarts times).
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import re
+import subprocess
 import sys
 import tempfile
 import time
@@ -191,15 +197,7 @@ def atheris_main(target: str, argv: list[str]) -> None:
         sys.exit("fuzz: atheris is not installed: pip install '.[fuzz]'")
     from vpmutrace.errors import InputError
 
-    cdir = HERE / "corpus" / target
-    if not cdir.is_dir():
-        if target == "dataset":
-            cdir.mkdir(parents=True)
-            (cdir / "seed").write_bytes(dataset_seed())
-        else:
-            cdir.mkdir(parents=True)
-            for name, data in seeds_of(target):
-                (cdir / name.replace("/", "_")).write_bytes(data)
+    cdir = seed_corpus(target)
     read = TARGETS[target].read
     tmp = Path(tempfile.mkdtemp(prefix="vpmuatheris"))
 
@@ -220,6 +218,86 @@ def atheris_main(target: str, argv: list[str]) -> None:
     atheris.Fuzz()
 
 
+def seed_corpus(target: str) -> Path:
+    """fuzz/corpus/TARGET, written from the fixtures when absent."""
+    cdir = HERE / "corpus" / target
+    if not cdir.is_dir():
+        cdir.mkdir(parents=True)
+        for name, data in seeds_of(target):
+            (cdir / name.replace("/", "_").replace(" ", "_")).write_bytes(data)
+    return cdir
+
+
+# libFuzzer's status lines ("#1234\tREDUCE cov: 812 ft: 2301 corp: 40/1200Kb ...") and -print_final_stats
+_STATUS = re.compile(r"^#(\d+)\s+(\w+)\s+cov: (\d+) ft: (\d+) corp: (\d+)/", re.M)
+_STAT = re.compile(r"^stat::(\w+):\s+(\d+)", re.M)
+_ARTIFACT = re.compile(r"(?:Test unit|artifact_prefix.*?;) written to (\S+)")
+
+
+def libfuzzer_stats(log: str) -> dict:
+    """What one atheris run's output says: inputs tried, coverage at start and end, the final stats."""
+    status = _STATUS.findall(log)
+    inited = next((s for s in status if s[1] == "INITED"), status[0] if status else None)
+    last = status[-1] if status else None
+    out: dict = {k: int(v) for k, v in _STAT.findall(log)}
+    if inited:
+        out["cov_start"], out["ft_start"], out["corp_start"] = int(inited[2]), int(inited[3]), int(inited[4])
+    if last:
+        out["cov_end"], out["ft_end"], out["corp_end"] = int(last[2]), int(last[3]), int(last[4])
+        out.setdefault("number_of_executed_units", int(last[0]))
+    out["artifacts"] = _ARTIFACT.findall(log)
+    return out
+
+
+def long_run(targets: list[str], seconds: int, restarts: int, out: Path, logs: Path) -> dict:
+    """Every target in turn, ``seconds`` each, one at a time. A crash (any exception but InputError,
+    a signal, a timeout of 30 s per input, 2 GB RSS) ends libFuzzer's run: its input is kept in
+    fuzz/findings/ and the target restarted for what is left of its time."""
+    logs.mkdir(parents=True, exist_ok=True)
+    findings = HERE / "findings"
+    findings.mkdir(exist_ok=True)
+    report: dict = {"seconds_per_target": seconds, "targets": {}}
+    for target in targets:
+        cdir = seed_corpus(target)
+        files_before = len(list(cdir.iterdir()))
+        t0 = time.monotonic()
+        runs: list[dict] = []
+        while len(runs) <= restarts:
+            left = int(seconds - (time.monotonic() - t0))
+            if left < 10:
+                break
+            cmd = [sys.executable, "-m", "fuzz.run", "atheris", target, f"-max_total_time={left}",
+                   "-print_final_stats=1", "-timeout=30", "-rss_limit_mb=2048",
+                   f"-artifact_prefix={findings}/atheris-{target}-"]
+            log_path = logs / f"{target}-{len(runs)}.log"
+            started = time.monotonic()
+            with log_path.open("w") as log:
+                # started by a shell in the background: libFuzzer's RSS is then its own (tests/test_fuzz.py)
+                rc = subprocess.run(["sh", "-c", '"$@" & wait $!', "sh", *cmd], cwd=HERE.parent,
+                                    stdout=log, stderr=subprocess.STDOUT, check=False).returncode
+            st = libfuzzer_stats(log_path.read_text(errors="replace"))
+            st.update(rc=rc, wall_s=round(time.monotonic() - started, 1), log=str(log_path))
+            runs.append(st)
+            print(f"{target} run {len(runs)}: rc {rc}, {st.get('number_of_executed_units', 0)} inputs in "
+                  f"{st['wall_s']} s, cov {st.get('cov_start')} -> {st.get('cov_end')}, "
+                  f"artifacts {st['artifacts']}", flush=True)
+            if rc == 0:
+                break
+        report["targets"][target] = {
+            "runs": runs,
+            "inputs": sum(r.get("number_of_executed_units", 0) for r in runs),
+            "wall_s": round(time.monotonic() - t0, 1),
+            "corpus_before": files_before,
+            "corpus_after": len(list(cdir.iterdir())),
+            "crashes": [a for r in runs for a in r["artifacts"]],
+        }
+        out.write_text(json.dumps(report, indent=1) + "\n")
+    report["inputs"] = sum(t["inputs"] for t in report["targets"].values())
+    report["wall_s"] = round(sum(t["wall_s"] for t in report["targets"].values()), 1)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(prog="python -m fuzz.run", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -233,7 +311,16 @@ def main() -> None:
     m.add_argument("--findings", type=Path, default=HERE / "findings")
     a = sub.add_parser("atheris", help="coverage-guided fuzzing of one target")
     a.add_argument("target", choices=sorted(TARGETS))
+    lg = sub.add_parser("long", help="every target in turn under atheris, stats and crashes kept")
+    lg.add_argument("--targets", default=",".join(TARGETS))
+    lg.add_argument("--seconds", type=int, default=540, help="atheris time per target")
+    lg.add_argument("--restarts", type=int, default=3, help="restarts of a target after crashes")
+    lg.add_argument("--out", type=Path, default=Path("fuzz-long.json"))
+    lg.add_argument("--logs", type=Path, default=Path("fuzz-long-logs"))
     args, rest = ap.parse_known_args()
+    if args.cmd == "long":
+        rep = long_run(args.targets.split(","), args.seconds, args.restarts, args.out, args.logs)
+        sys.exit(1 if any(t["crashes"] for t in rep["targets"].values()) else 0)
     if args.cmd == "matrix":
         try:
             rep = matrix(args.targets.split(","), args.random, args.jobs, args.out, args.findings, args.limit)

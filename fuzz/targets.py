@@ -101,7 +101,9 @@ def _dataset(data: bytes, tmp: Path) -> Any:
         files = {META_FILE: data}  # (atheris: bytes that are no tar: taken as the metadata)
     for name, content in files.items():
         (d / Path(name).name).write_bytes(content)
-    return _load(d)
+    td = _load(d)
+    td.check_pages()  # (every page of every table, as info --check: opening reads the footers only)
+    return td
 
 
 @cache

@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import FIXTURES, ROOT
 
+from vpmutrace.parquet_pages import FOOTERS_KEY, footer_crc
 from vpmutrace.readers import load_trace
 from vpmutrace.schema import SCHEMA_VERSION
 from vpmutrace.tracedata import LEGACY_META_FILE, META_FILE
@@ -43,6 +44,7 @@ def _recipe(lib: str) -> str:
 
 def test_every_file_carries_metadata(dataset: Path) -> None:
     sidecar = json.loads((dataset / META_FILE).read_text())
+    footers = sidecar.pop(FOOTERS_KEY)  # (the sidecar alone keeps each file's footer checksum)
     files = sorted(dataset.glob("*.parquet"))
     assert len(files) >= 5
     for f in files:
@@ -50,6 +52,9 @@ def test_every_file_carries_metadata(dataset: Path) -> None:
         assert kv[b"vpmutrace.table"].decode() == f.stem
         assert int(kv[b"vpmutrace.schema_version"]) == SCHEMA_VERSION
         assert json.loads(kv[b"vpmutrace.trace_meta"]) == sidecar
+        assert footers[f.name] == footer_crc(f)
+        assert kv[b"vpmutrace.page_checksums"] == b"crc32"  # and pyarrow verifies them (docs/dataset.md)
+        assert pq.read_table(f, page_checksum_verification=True).num_rows == pq.read_metadata(f).num_rows
 
 
 def test_polars_recipe(dataset: Path) -> None:
@@ -109,6 +114,7 @@ def test_files_written_while_reading_carry_metadata(tmp_path: Path, monkeypatch:
     assert r.exit_code == 0, r.output
     assert "kvm_msr" in kept
     sidecar = json.loads((out / META_FILE).read_text())
+    assert set(sidecar.pop(FOOTERS_KEY)) == {p.name for p in out.glob("*.parquet")}
     for name in kept:
         kv = pq.read_metadata(out / f"{name}.parquet").metadata
         assert kv[b"vpmutrace.table"].decode() == name and json.loads(kv[b"vpmutrace.trace_meta"]) == sidecar

@@ -92,6 +92,13 @@ def test_fleet_tree_has_more_than_20_hosts_of_both_kinds(fleet: dict) -> None:
     assert ex.height >= len(SIMULATED) and "host" in ex.columns
 
 
+def test_fleet_tables_have_page_checksums(fleet: dict) -> None:
+    from vpmutrace.parquet_pages import check_file
+
+    for n in ("captures", "hosts", "exits", "findings"):
+        assert check_file(fleet["out"] / f"{n}.parquet") is True  # (pages with a CRC-32, footer says so)
+
+
 def test_fleet_numbers_equal_each_host_alone(fleet: dict) -> None:
     t = fleet["tables"]
     for row in t["captures"].iter_rows(named=True):

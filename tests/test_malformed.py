@@ -606,3 +606,168 @@ def test_attr_without_time_or_tid_is_read_not_a_traceback(tmp_path: Path) -> Non
         load_trace([p])
     except InputError:
         pass
+
+
+@pytest.mark.parametrize("field", [b"\tfield:u32 ecx;", b"\tfield:unsigned write;"])
+def test_format_without_a_field_its_named_table_requires(tmp_path: Path, field: bytes) -> None:
+    """Found by the long atheris run (perf_file): one byte of kvm_msr's format line changed
+    (``field:`` -> ``fi]ld:``) leaves the format without ``ecx`` or ``write``, which the kvm_msr table
+    requires: was a ValueError traceback from build_table; now the records are kept in the event's
+    own table and counted as ``fields_missing``."""
+    good = load_trace([FIXTURES / "microguest50-zstd.perf.data"])
+    n = good.event_counts()["kvm:kvm_msr"]
+    raw = (FIXTURES / "microguest50-zstd.perf.data").read_bytes()
+    assert raw.count(field) == 1
+    f = tmp_path / "t.perf.data"
+    f.write_bytes(raw.replace(field, field.replace(b"field:", b"fi]ld:")))
+    td = load_trace([f])
+    assert td.event_counts()["kvm:kvm_msr"] == n
+    assert "kvm_msr" not in td.tables or td.tables["kvm_msr"].num_rows == 0
+    own = td.df("kvm.kvm_msr")
+    assert own.height == n and own["data"].to_list() == good.df("kvm_msr")["value"].to_list()
+    e = next(e for e in td.stats.entries() if e.category == "fields_missing")
+    missing = "msr" if b"ecx" in field else "write"
+    assert e.count == n and e.name == "kvm:kvm_msr" and f"kind of column(s) {missing} of table kvm_msr" in e.examples[0]
+    assert td.df("kvm_pio").height == good.df("kvm_pio").height
+
+
+def test_failed_to_parse_line_without_a_required_field(tmp_path: Path) -> None:
+    """``[FAILED TO PARSE]`` text fields without the MSR index (kvm_msr's ``ecx``): was a ValueError
+    traceback; kept in the event's own table (reference layout), counted as ``fields_missing``."""
+    f = tmp_path / "t.txt"
+    f.write_text(GOOD + " qemu-system-x86-8397    [002] d....  1404.389510: kvm_msr: [FAILED TO PARSE] "
+                        "write=1 data=0x5 exception=0\n")
+    td = load_trace([f])
+    assert td.event_counts() == {"kvm:kvm_msr": 2}
+    assert td.df("kvm_msr")["msr"].to_list() == [0xC0000080]
+    own = td.df("kvm.kvm_msr")
+    assert own.height == 1 and own["data"].to_list() == [5] and own["write"].to_list() == [1]
+    e = next(e for e in td.stats.entries() if e.category == "fields_missing")
+    assert e.count == 1 and e.examples[0].startswith("line 2: no field of the kind of column(s) msr of table kvm_msr")
+
+
+def _records(raw: bytes) -> list[tuple[int, int, int]]:
+    """(offset, type, size) of a file-mode perf.data's data records (uncompressed files only)."""
+    d_off, d_size = struct.unpack_from("<QQ", raw, 40)
+    out, pos = [], d_off
+    while pos < d_off + d_size:
+        typ, _, size = struct.unpack_from("<IHH", raw, pos)
+        out.append((pos, typ, size))
+        pos += size
+    return out
+
+
+def test_lost_records_whose_count_or_cpu_do_not_fit_are_counted(tmp_path: Path) -> None:
+    """Found by the long atheris run (perf_file): a LOST record (a COMM record whose type was changed)
+    with a sample_id cpu of 3106984051 was a pyarrow ArrowInvalid traceback when the lost table was
+    built (its cpu column is int32), and a LOST_SAMPLES count >= 2**63 would be one for the int64
+    count: such a record is damaged, counted as unparsed_record, the others kept."""
+    raw = bytearray((FIXTURES / "perf.data.lost_samples-4.4").read_bytes())
+    good = load_trace([FIXTURES / "perf.data.lost_samples-4.4"])
+    ls = [o for o, t, _ in _records(bytes(raw)) if t == 13]
+    assert len(ls) == 2
+    struct.pack_into("<Q", raw, ls[0] + 8, (1 << 63) + 1)
+    f = tmp_path / "count.perf.data"
+    f.write_bytes(raw)
+    td = load_trace([f])
+    assert td.df("lost")["count"].to_list() == good.df("lost")["count"].to_list()[1:]
+    e = next(e for e in td.stats.entries() if e.category == "unparsed_record")
+    assert e.name == "LOST_SAMPLES" and e.count == 1 and f"offset {ls[0]}: count {(1 << 63) + 1}" in e.examples[0]
+    assert td.event_counts() == good.event_counts()
+
+    raw = bytearray((FIXTURES / "uprobe.perf.data").read_bytes())  # sample_id_all with CPU, last in the trailer
+    o, _, size = next(r for r in _records(bytes(raw)) if r[1] == 3)
+    struct.pack_into("<I", raw, o, 2)  # COMM -> LOST
+    struct.pack_into("<I", raw, o + size - 8, 3106984051)
+    f = tmp_path / "cpu.perf.data"
+    f.write_bytes(raw)
+    td = load_trace([f])
+    e = next(e for e in td.stats.entries() if e.category == "unparsed_record" and e.name == "LOST")
+    assert e.count == 1 and "cpu 3106984051 out of range" in e.examples[0]
+    assert "lost" not in td.tables or td.tables["lost"].num_rows == 0
+
+
+def test_read_format_with_its_top_bit_set(tmp_path: Path) -> None:
+    """Found by the long atheris run (perf_file): an attr's read_format >= 2**63 (a u64) was an
+    OverflowError traceback (read into an int64 array); its bits are now kept as they are and the
+    samples (cycles, no tracepoint data), which carry no PERF_SAMPLE_READ, read as in the undamaged file."""
+    raw = bytearray((FIXTURES / "perf.data.lost_samples-4.4").read_bytes())
+    attrs_off = struct.unpack_from("<Q", raw, 24)[0]
+    struct.pack_into("<Q", raw, attrs_off + 32, struct.unpack_from("<Q", raw, attrs_off + 32)[0] | 1 << 63)
+    f = tmp_path / "rf.perf.data"
+    f.write_bytes(raw)
+    good, td = load_trace([FIXTURES / "perf.data.lost_samples-4.4"]), load_trace([f])
+    assert td.event_counts() == good.event_counts()
+    assert good.df("samples").height > 0
+    for name in {*good.event_tables().values(), "samples"}:
+        assert td.df(name).equals(good.df(name))
+
+
+def test_format_field_of_another_kind_than_its_named_table_column(tmp_path: Path) -> None:
+    """Found by the long atheris run (perf_file): kvm_pio's ``unsigned int size`` changed into a char
+    array decodes as text, which the kvm_pio table's u8 ``size`` column cannot take: was an
+    ArrowInvalid traceback ("Failed to parse string ... as a scalar of type uint32") from build_table;
+    now the records are kept in the event's own table, counted as ``fields_missing``."""
+    raw = (FIXTURES / "microguest50-zstd.perf.data").read_bytes()
+    field = b"field:unsigned int size;"
+    assert raw.count(field) == 1
+    f = tmp_path / "t.perf.data"
+    f.write_bytes(raw.replace(field, b"field:char      size[4];"))
+    good, td = load_trace([FIXTURES / "microguest50-zstd.perf.data"]), load_trace([f])
+    n = good.event_counts()["kvm:kvm_pio"]
+    assert td.event_counts() == good.event_counts()
+    own = td.df("kvm.kvm_pio")
+    assert own.height == n and own["port"].to_list() == good.df("kvm_pio")["port"].to_list()
+    e = next(e for e in td.stats.entries() if e.category == "fields_missing")
+    assert e.count == n and "column(s) size of table kvm_pio: kept in table kvm.kvm_pio" in e.examples[0]
+
+
+def test_format_with_a_field_declared_twice_is_a_bad_format(tmp_path: Path) -> None:
+    """Found by the long atheris run (event_format): a format naming a field twice (here a second
+    ``name`` of another type) decoded one field's bytes into the other's column: an ArrowInvalid
+    traceback ("Failed to parse string: 'vcpu0' as a scalar of type uint32") building the event's
+    table. A record's fields are found by name, so such a format is a BadFormat: counted as
+    ``bad_format``, the event's records kept raw."""
+    c = content_of(FIXTURES / "uprobe.trace.dat")
+    (system, texts), = [(s, t) for s, t in c.event_formats.items() if t]
+    text = texts[0]
+    line = next(ln for ln in text.split(b"\n") if b"field:" in ln and b"common_" not in ln)
+    name = line.split(b";")[0].split()[-1]
+    twice = text.replace(line, line + b"\n\tfield:u32 " + name + b";\toffset:0;\tsize:4;\tsigned:0;")
+    c.event_formats = {system: [twice]}
+    good = load_trace([FIXTURES / "uprobe.trace.dat"])
+    td = load_trace([write_trace_dat(tmp_path / "fmt.dat", c, 6, "none")])
+    bad = [e for e in td.stats.entries() if e.category == "bad_format"]
+    assert len(bad) == 1 and f"field {name.decode()} declared twice" in bad[0].examples[0]
+    assert td.df("unparsed").height == sum(good.event_counts().values()) > 0
+
+
+def test_emulated_instruction_bytes_cut_mid_byte(tmp_path: Path) -> None:
+    """Found by the long atheris run (text): kvm_emulate_insn bytes ``0ff 01 d1`` (an odd number of
+    hex digits) matched the grammar and then failed polars' hex decode, a ComputeError traceback.
+    The grammar now takes whole bytes only (__print_hex prints two digits a byte): the line is
+    kept in ``unparsed`` and counted, the others read as before."""
+    src = (FIXTURES / "lkml_exception_nmi_not_nmi.txt").read_text()
+    assert src.count(":0f 01 d1 (prot64)") == 1
+    f = tmp_path / "t.txt"
+    f.write_text(src.replace(":0f 01 d1 (prot64)", ":0ff 01 d1 (prot64)"))
+    good, td = load_trace([FIXTURES / "lkml_exception_nmi_not_nmi.txt"]), load_trace([f])
+    assert td.df("kvm_emulate_insn").height == good.df("kvm_emulate_insn").height - 1
+    e = next(e for e in td.stats.entries() if e.category == "body_unparsed")
+    assert e.name.endswith("kvm_emulate_insn") and "0ff 01 d1" in e.examples[0]
+    assert {k: v for k, v in td.event_counts().items() if k != "kvm:kvm_emulate_insn"} == \
+        {k: v for k, v in good.event_counts().items() if k != "kvm:kvm_emulate_insn"}
+
+
+def test_kernel_maps_that_cover_nothing() -> None:
+    """Found by the long atheris run (perf_file, second round): kernel maps whose every length is 0
+    (a damaged MMAP record's) left no interval to look a sample up in: IndexError in
+    perf_maps.cover; now no sample has a map there (as with no maps)."""
+    from vpmutrace.readers.perf_maps import cover
+
+    starts = ends = np.array([0xFFFF0000, 0xFFFF8000], np.uint64)
+    hit, lo, hi = cover(starts, ends, np.array([0, 1], np.int64), np.array([0xFFFF0000], np.uint64),
+                        np.array([5], np.int64), window=True)
+    assert hit.tolist() == [-1] and lo.tolist() == [np.iinfo(np.int64).min] and hi.tolist() == [np.iinfo(np.int64).max]
+    assert cover(starts, ends + 0x10, np.array([0, 1], np.int64), np.array([0xFFFF0004], np.uint64),
+                 np.array([5], np.int64)).tolist() == [0]

@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover - typer that depends on click
 
 import vpmutrace.cli_env  # noqa: F401  (before numpy is imported)
 from vpmutrace import __version__, progress
-from vpmutrace.errors import InputError, UserError, error_line
+from vpmutrace.errors import InputError, UserError, error_line, warning_line
 from vpmutrace.options import (
     EXIT_GROUPINGS,
     check_choice,
@@ -143,12 +143,19 @@ def _main(version: Annotated[bool, typer.Option("--version", callback=_version, 
 @app.command()
 def info(traces: Traces,
          as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of text")] = False,
-         tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None) -> None:
+         tsc_khz: TscKhz = None, snapshot: SnapshotOpt = None, clock: ClockOpt = None,
+         check: Annotated[bool, typer.Option("--check", help="a dataset: check every page of every table against "
+                                                            "its checksum and the footer (other commands check the "
+                                                            "pages they read)")] = False) -> None:
     """Format, tool/kernel, clock and time unit, time span, CPUs, events per kind, lost and unparsed counts, where
     perf samples' symbols came from; for a capture directory, every requested event and what a silent one costs."""
     from vpmutrace.report.text import info_dict, render_info
 
-    d = info_dict(_load(traces, tsc_khz, snapshot, clock))
+    td = _load(traces, tsc_khz, snapshot, clock)
+    note = td.check_pages() if check and hasattr(td, "check_pages") else None
+    if note:
+        typer.echo(warning_line(note), err=True)
+    d = info_dict(td)
     typer.echo(json.dumps(d, indent=2, sort_keys=True) if as_json else render_info(d))
 
 

@@ -37,11 +37,11 @@ from vpmutrace.tracedata import (
     KV_TABLE,
     KV_TRACE_META,
     LEGACY_META_FILE,
-    META_FILE,
     TraceBuilder,
     TraceData,
     parquet_writer,
     stats_table,
+    write_meta,
     write_parquet,
 )
 
@@ -554,5 +554,5 @@ def _ingest(path: Path, out: Path, stream: Any, host: dict[str, Any] | None, hos
     for name, t in extra.items():
         if t.num_rows:
             write_parquet(t, out / f"{name}.parquet", kv(name))
-    (out / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_meta(out, meta)
     return td

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from vpmutrace.errors import InputError
+from vpmutrace.parquet_pages import check_file, errors, open_file, unreadable
 from vpmutrace.schema import ALL_TABLES
 from vpmutrace.stats import Stats
 from vpmutrace.tracedata import TraceData, empty_frame
@@ -30,28 +30,24 @@ if TYPE_CHECKING:
 
 
 def read_table(path: Path, name: str) -> pa.Table:
-    """One Parquet table, cast to its declared schema (named tables; an event's own table gets its
-    declared nullability back: the writer makes columns without nulls required), or an InputError
-    naming the file."""
+    """One Parquet table, its pages checked first (``parquet_pages``), cast to its declared schema
+    (named tables; an event's own table gets its declared nullability back: the writer makes columns
+    without nulls required), or an InputError naming the file."""
     import pyarrow.parquet as pq
 
     from vpmutrace.tracedata import declared_nullability
 
+    check_file(path)
     try:
         t = pq.read_table(path)
-    except (OSError, pa.ArrowInvalid) as e:
-        raise InputError(str(path), f"unreadable Parquet file ({e})") from None
+    except errors() as e:
+        raise unreadable(path, e) from None
     return t.cast(ALL_TABLES[name].arrow_schema) if name in ALL_TABLES else declared_nullability(t)
 
 
 def row_count(path: Path) -> int:
     """Rows of a Parquet file, from its footer (nothing else is read)."""
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.ParquetFile(path).metadata.num_rows
-    except (OSError, pa.ArrowInvalid) as e:
-        raise InputError(str(path), f"unreadable Parquet file ({e})") from None
+    return open_file(path).metadata.num_rows
 
 
 @cache
@@ -70,13 +66,31 @@ class LazyTables(MutableMapping[str, pa.Table]):
         self.files = dict(files)
         self.mem: dict[str, pa.Table] = {}
         self.rows = {name: row_count(p) for name, p in files.items()}
+        self.checked: dict[str, set[str] | None] = {}  # table -> columns whose pages were checked (None: all)
+        self.no_checksums: set[str] = set()  # tables whose file has no page checksums (written before them)
+
+    def check(self, name: str, columns: list[str] | tuple[str, ...] | None = None) -> None:
+        """Check the pages of ``columns`` (all when None) of a table's file before they are decoded,
+        once per table and column (``parquet_pages``)."""
+        path = self.files.get(name)
+        done = self.checked.get(name, set())
+        if path is None or done is None:
+            return
+        todo = None if columns is None else [c for c in columns if c not in done]
+        if todo == []:
+            return
+        if not check_file(path, todo):
+            self.no_checksums.add(name)
+        self.checked[name] = None if todo is None else done | set(todo)
 
     def __getitem__(self, name: str) -> pa.Table:
         if name in self.mem:
             return self.mem[name]
         if name not in self.files:
             raise KeyError(name)
-        return read_table(self.files[name], name)
+        t = read_table(self.files[name], name)
+        self.checked[name] = None
+        return t
 
     def __setitem__(self, name: str, t: pa.Table) -> None:
         self.files.pop(name, None)
@@ -116,6 +130,7 @@ class ScannedTraceData(TraceData):
         elif path is None:
             lf = empty_frame(name).lazy()
         else:
+            self.tables.check(name, columns)
             lf = pl.scan_parquet(path)
             if name in ALL_TABLES:  # files of an older writer may differ in integer widths: the declared types
                 have = lf.collect_schema()
@@ -145,6 +160,21 @@ class ScannedTraceData(TraceData):
             df = pl.from_arrow(b)
             casts = {c: t for c, t in want.items() if df.schema[c] != t}  # type: ignore[union-attr]
             yield df.cast(casts) if casts else df  # type: ignore[union-attr, arg-type]
+
+    def check_pages(self) -> str | None:
+        """Check every page of every table (``vpmutrace info``; the other commands check the pages of
+        the columns they read, when they first read them). Returns a note when files have no page
+        checksums (datasets written before them: their pages are decoded to check them, but a changed
+        value that still decodes cannot be found)."""
+        for name in list(self.tables.files):
+            self.tables.check(name)
+        old = [n for n in self.tables.no_checksums if n in self.tables.files]
+        if not old:
+            return None
+        d = self.tables.files[old[0]].parent
+        return (f"{len(old)} of {len(self.tables.files)} Parquet files of {d} have no page checksums (written "
+                "before vpmutrace wrote them): a changed value inside their pages cannot be detected; "
+                f"`vpmutrace ingest {d} -o NEW` writes the dataset again with them")
 
     def has(self, name: str) -> bool:
         return self.tables.rows.get(name, 0) > 0

@@ -76,6 +76,7 @@ def binary_only(table: str) -> list[str]:
 
 U8, U16, U32, U64 = pa.uint8(), pa.uint16(), pa.uint32(), pa.uint64()
 I32, I64, STR, BOOL, BIN = pa.int32(), pa.int64(), pa.string(), pa.bool_(), pa.binary()
+I32_MAX, I64_MAX = (1 << 31) - 1, (1 << 63) - 1  # the largest values of those columns
 
 EVENT_TABLES: tuple[TableSpec, ...] = (
     _t("kvm_exit", "VM-exits (kvm:kvm_exit).", ("kvm:kvm_exit",),
@@ -317,6 +318,29 @@ def event_table_spec(fmt: EventFormat) -> TableSpec:
                      tuple(Col(col, field_type(fields[f]), "") for f, col in names.items()), (fmt.full_name,))
 
 
+def missing_required(spec: TableSpec, columns: dict[str, Any]) -> list[str]:
+    """The columns of ``spec`` that may not be null and that ``columns`` lacks."""
+    return [c.name for c in spec.all_columns if not c.nullable and columns.get(c.name) is None]
+
+
+def _holds_text(t: pa.DataType) -> bool:
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t) or \
+        pa.types.is_large_binary(t)
+
+
+def unfit_columns(spec: TableSpec, columns: dict[str, Any]) -> list[str]:
+    """The columns of ``spec`` that ``columns`` cannot fill: required and missing, or given text where
+    the column holds numbers. What the fields of a format unlike the one the table was made for give
+    (a damaged one: ``char ecx[4]`` for ``u32 ecx``, text that cannot be cast)."""
+    out = missing_required(spec, columns)
+    for c in spec.all_columns:
+        v = columns.get(c.name)
+        if isinstance(v, pa.Array | pa.ChunkedArray) and _holds_text(v.type) and not _holds_text(c.type):
+            out.append(c.name)
+    return out
+
+
 def build_table(name: str, columns: dict[str, Any], nrows: int | None = None,
                 spec: TableSpec | None = None) -> pa.Table:
     """Make a table of the declared schema (or ``spec``, for an event's own table) from column data
@@ -328,12 +352,13 @@ def build_table(name: str, columns: dict[str, Any], nrows: int | None = None,
     spec = spec or ALL_TABLES[name]
     if nrows is None:
         nrows = len(next(iter(columns.values()))) if columns else 0
+    missing = missing_required(spec, columns)
+    if missing:
+        raise ValueError(f"table {name}: column {missing[0]} is required")
     arrays = []
     for col in spec.all_columns:
         data = columns.get(col.name)
         if data is None:
-            if not col.nullable:
-                raise ValueError(f"table {name}: column {col.name} is required")
             arrays.append(pa.nulls(nrows, col.type))
             continue
         if isinstance(data, pa.ChunkedArray | pa.Array):

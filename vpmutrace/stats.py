@@ -49,6 +49,9 @@ CATEGORIES: dict[str, Category] = {
     "header_unreadable": Category(ERROR, "perf.data header features past the end of the file or that do not parse "
                                          "(event names, kernel release, CPU count, ... may be missing)"),
     "bad_format": Category(ERROR, "event format descriptions in the file that do not parse"),
+    "fields_missing": Category(ERROR, "records of an event whose format has no field, or one of another kind (text "
+                                      "for a number), for a column of its named table (a kvm_msr without write or "
+                                      "with a char ecx[4]): kept in a table of their own"),
     "no_format": Category(ERROR, "tracepoints with no format in the file and none usable from this host"),
     "dynamic_field_cut": Category(ERROR, "dynamic fields whose offset/length point outside the record"),
     "fields_unknown": Category(ERROR, "text events whose fields are not known to this reader"),

@@ -26,6 +26,7 @@ import pyarrow as pa
 
 from vpmutrace import progress
 from vpmutrace.errors import InputError
+from vpmutrace.parquet_pages import FOOTERS_KEY
 from vpmutrace.schema import (
     ALL_TABLES,
     COMMON,
@@ -121,7 +122,7 @@ class TraceData:
             list(pool.map(write, tables))
         if early is not None:
             early.close()
-        (out / META_FILE).write_text(json.dumps(self.meta, indent=2, sort_keys=True) + "\n")
+        write_meta(out, self.meta)
         return out
 
 
@@ -218,14 +219,33 @@ def open_parquet(t: pa.Table, path: Path) -> Any:
 
 
 def parquet_writer(schema: pa.Schema, path: Path) -> Any:
-    """An open Parquet writer of ``schema`` with the settings ``open_parquet`` explains."""
+    """An open Parquet writer of ``schema`` with the settings ``open_parquet`` explains, every page
+    with its CRC-32 and the footer saying so (``parquet_pages``: read back, a damaged page is an
+    error, not a different value)."""
     import pyarrow.parquet as pq
 
+    from vpmutrace.parquet_pages import KV_PAGE_CHECKSUMS, PAGE_CHECKSUMS
+
     names = set(schema.names)
-    return pq.ParquetWriter(path, schema, compression="lz4",
-                            use_dictionary=[f.name for f in schema if pa.types.is_dictionary(f.type)],
-                            column_encoding={c: "DELTA_BINARY_PACKED" for c in ("ts_ns", "seq") if c in names},
-                            write_statistics=[c for c in STATS_COLUMNS if c in names], write_batch_size=WRITE_BATCH)
+    w = pq.ParquetWriter(path, schema, compression="lz4",
+                         use_dictionary=[f.name for f in schema if pa.types.is_dictionary(f.type)],
+                         column_encoding={c: "DELTA_BINARY_PACKED" for c in ("ts_ns", "seq") if c in names},
+                         write_statistics=[c for c in STATS_COLUMNS if c in names], write_batch_size=WRITE_BATCH,
+                         write_page_checksum=True)
+    w.add_key_value_metadata({KV_PAGE_CHECKSUMS: PAGE_CHECKSUMS})
+    return w
+
+
+def write_frame(df: pl.DataFrame, path: Path) -> None:
+    """A result table (``analyze --out``, the fleet tables) as Parquet (zstd, polars' default) with page
+    checksums and the footer saying so (polars' own writer writes none)."""
+    import pyarrow.parquet as pq
+
+    from vpmutrace.parquet_pages import KV_PAGE_CHECKSUMS, PAGE_CHECKSUMS
+
+    t = df.to_arrow()
+    pq.write_table(t.replace_schema_metadata({**(t.schema.metadata or {}), KV_PAGE_CHECKSUMS: PAGE_CHECKSUMS}),
+                   path, compression="zstd", write_page_checksum=True)
 
 
 WRITE_BATCH = 1 << 16  # values the Parquet writer takes at a time (its default, 1024, costs time per batch)
@@ -244,6 +264,15 @@ def with_nullability(t: pa.Table, nullable: list[bool]) -> pa.Table:
     required."""
     return pa.Table.from_arrays(t.columns, schema=pa.schema(
         [f.with_nullable(k) for f, k in zip(t.schema, nullable, strict=True)], t.schema.metadata))
+
+
+def write_meta(out: Path, meta: dict[str, Any]) -> None:
+    """The dataset's sidecar, once its Parquet files are written: the trace metadata and the CRC-32 of
+    each file's footer (``parquet_pages.FOOTERS_KEY``; a Parquet footer has no checksum of its own)."""
+    from vpmutrace.parquet_pages import footer_crcs
+
+    doc = {**meta, FOOTERS_KEY: footer_crcs(list(out.glob("*.parquet")))}
+    (out / META_FILE).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 def meta_file(path: str | Path) -> Path | None:
@@ -271,6 +300,7 @@ def empty_frame(name: str) -> pl.DataFrame:
 def load_dataset(path: str | Path, lazy: bool = True) -> TraceData:
     """A saved dataset: lazily (``vpmutrace.scanned``: each table a Parquet scan, read when used) or,
     with ``lazy=False``, every table read into memory."""
+    from vpmutrace.parquet_pages import check_footers
     from vpmutrace.scanned import ScannedTraceData, read_table
 
     p = Path(path)
@@ -281,6 +311,7 @@ def load_dataset(path: str | Path, lazy: bool = True) -> TraceData:
                                  f"{SCHEMA_VERSION}; ingest the trace again")
     files: dict[str, Path] = {}
     stats = Stats()
+    check_footers(sorted(p.glob("*.parquet")), meta.pop(FOOTERS_KEY, None) or {})
     for f in sorted(p.glob("*.parquet")):
         name = f.stem
         if name not in ALL_TABLES and not is_event_table(name):
@@ -305,7 +336,8 @@ META_TYPES: dict[str, tuple[type | None, ...]] = {
     "events": (dict,), "event_tables": (dict,), "inputs": (list,), "sources": (list,), "fallback_events": (list,),
     "lost_events": (int,), "lost_notices": (int,), "unparsed": (int,), "cpus": (int, None),
     "time_span_ns": (list, None), "clock": (str, None), "time_unit": (str, None), "format": (str, None),
-    "kernel_release": (str, None), "uname": (str, None), "event_formats": (dict,), "host_snapshot": (str, None)}
+    "kernel_release": (str, None), "uname": (str, None), "event_formats": (dict,), "host_snapshot": (str, None),
+    FOOTERS_KEY: (dict,)}
 
 
 def _read_meta(f: Path) -> dict[str, Any]:
@@ -334,6 +366,8 @@ def _read_meta(f: Path) -> dict[str, Any]:
     if not all(isinstance(n, int) and n >= 0 for n in events.values()) or \
             not all(isinstance(t, str) for t in tables.values()):
         raise InputError(str(f), "events / event_tables are not counts / table names")
+    if not all(isinstance(c, int) for c in meta.get(FOOTERS_KEY, {}).values()):
+        raise InputError(str(f), f"{FOOTERS_KEY} is not a map of file names to checksums")
     span = meta.get("time_span_ns")
     if span is not None and not (len(span) == 2 and all(isinstance(x, int) for x in span)):
         raise InputError(str(f), "time_span_ns is not two integers")

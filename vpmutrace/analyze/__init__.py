@@ -18,7 +18,7 @@ from typing import Any
 from vpmutrace import progress
 from vpmutrace.analyze.base import SEVERITIES, TIME_ORIGIN, TIME_UNIT, Analyzer, Finding, Result, fmt_ts, needs_ns
 from vpmutrace.analyze.context import Config
-from vpmutrace.tracedata import TraceData
+from vpmutrace.tracedata import TraceData, write_frame
 
 FINDINGS_KEY = "findings"
 
@@ -148,7 +148,7 @@ def write_rows(doc: dict[str, Any], results: dict[str, Result], out: Path) -> No
     out.mkdir(exist_ok=True)
     for r in results.values():
         for name, df in r.rows.items():
-            df.write_parquet(out / f"{name}.parquet")
+            write_frame(df, out / f"{name}.parquet")
     from vpmutrace.outputs import ANALYSIS_FILE
 
     (out / ANALYSIS_FILE).write_text(json.dumps(doc, indent=2, default=str) + "\n")

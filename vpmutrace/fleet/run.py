@@ -11,6 +11,7 @@ from vpmutrace.fleet import engine, tasks
 from vpmutrace.fleet.html import render
 from vpmutrace.fleet.tables import fleet_tables
 from vpmutrace.fleet.tree import Capture, captures
+from vpmutrace.tracedata import write_frame
 
 OUT_DIR = "_fleet"  # default output under the fleet root (a leading '_' keeps hive readers out of it)
 REPORT = "fleet.html"
@@ -38,5 +39,5 @@ def analyze(root: Path, out: Path | None = None, scheduler: str | None = None, w
     tables = fleet_tables(list(zip(caps, res, strict=True)))
     out.mkdir(parents=True, exist_ok=True)
     for name, df in tables.items():
-        df.write_parquet(out / f"{name}.parquet")
+        write_frame(df, out / f"{name}.parquet")
     return render(tables, out / REPORT, reports), tables

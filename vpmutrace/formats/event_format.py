@@ -205,6 +205,8 @@ def parse_format(text: str, system: str = "") -> EventFormat:
                 # "char comm[32]; size:16"): the size is what the kernel wrote, and what libtraceevent
                 # reads (it takes a field's bytes from size:, not from the declaration)
                 alen = size // max(1, _scalar_size(base))
+            if any(x.name == fname for x in common + fields):  # (a record's fields are found by name)
+                raise BadFormat(f"line {i + 1}: field {fname} declared twice")
             f = Field(fname, base, offset, size, signed, alen, dloc, rloc, ptr)
             (common if fname.startswith("common_") else fields).append(f)
         elif s.startswith("print fmt:"):

@@ -27,7 +27,16 @@ from vpmutrace.formats.event_format import EventFormat, Field
 from vpmutrace.readers import arena
 from vpmutrace.readers.arena import byte_columns_dtype
 from vpmutrace.readers.binio import discard, release_pages
-from vpmutrace.schema import column_names, const_column, dict_array, event_table_spec, table_for_event
+from vpmutrace.schema import (
+    ALL_TABLES,
+    column_names,
+    const_column,
+    dict_array,
+    event_table_name,
+    event_table_spec,
+    table_for_event,
+    unfit_columns,
+)
 from vpmutrace.tracedata import TraceBuilder
 from vpmutrace.typed_fields import CUTS, typed_columns
 
@@ -374,9 +383,15 @@ def emit_event(builder: TraceBuilder, src_file: str, fmt: EventFormat, common: d
     builder.event_formats.setdefault(fmt.full_name, fmt.text)
     table = table_for_event(fmt.system, fmt.name)
     if table is not None:
-        common.update(typed_columns(table, fmt.name, fmt, cols, n, symbols))
-        builder.add(table, common, n, fmt.full_name)
-        return
+        typed = typed_columns(table, fmt.name, fmt, cols, n, symbols)
+        unfit = unfit_columns(ALL_TABLES[table], {**common, **typed})
+        if not unfit:
+            common.update(typed)
+            builder.add(table, common, n, fmt.full_name)
+            return
+        builder.stats.add(src_file, "fields_missing", fmt.full_name, n,
+                          f"its format has no field of the kind of column(s) {', '.join(unfit)} of table {table}: "
+                          f"kept in table {event_table_name(fmt.system, fmt.name)}")
     spec = event_table_spec(fmt)
     common.update({col: cols[f] for f, col in column_names(fmt).items() if f in cols})
     builder.add(spec.name, common, n, fmt.full_name, spec)

@@ -40,6 +40,7 @@ from vpmutrace.readers import tracing_data as tdmod
 from vpmutrace.readers.binio import Cursor, expansion_room, map_file, release_pages
 from vpmutrace.readers.perf_expand import COMPRESSED_TYPES, Expansion
 from vpmutrace.readers.perf_samples import CPUMODES, PERF_TYPE_TRACEPOINT
+from vpmutrace.schema import I32_MAX, I64_MAX
 from vpmutrace.tracedata import TraceBuilder
 
 __all__ = ["CPUMODES", "REC_SAMPLE", "PerfFile", "read_perf_data", "walk"]
@@ -599,12 +600,17 @@ def _emit_lost(pf: PerfFile, buf: np.ndarray, offs: np.ndarray, types: np.ndarra
     for o, t, s, w in zip(offs[sel].tolist(), types[sel].tolist(), sizes[sel].tolist(), where[sel].tolist(),
                           strict=True):
         tr = _trailer(a0, buf[o:o + s].tobytes())
+        n = int(buf[o + 16:o + 24].view("<u8")[0]) if t == REC_LOST else \
+            int(buf[o + 8:o + 16].view("<u8")[0]) if t == REC_LOST_SAMPLES else 0
+        cpu = tr.get("cpu")
+        if n > I64_MAX or (cpu is not None and cpu > I32_MAX):  # (the lost table's count and cpu columns)
+            b.stats.add(pf.path, "unparsed_record", RECORD_NAMES.get(t, f"type {t}"), 1,
+                        f"offset {w}: count {n} or cpu {cpu} out of range (a damaged record)")
+            continue
         if t == REC_LOST:
-            n = int(buf[o + 16:o + 24].view("<u8")[0])
-            b.add_lost(pf.path, "lost_events", n, tr.get("time"), tr.get("cpu"), f"offset {w}")
+            b.add_lost(pf.path, "lost_events", n, tr.get("time"), cpu, f"offset {w}")
         elif t == REC_LOST_SAMPLES:
-            n = int(buf[o + 8:o + 16].view("<u8")[0])
-            b.add_lost(pf.path, "lost_samples", n, tr.get("time"), tr.get("cpu"), f"offset {w}")
+            b.add_lost(pf.path, "lost_samples", n, tr.get("time"), cpu, f"offset {w}")
         else:  # the time perf report shows: the sample_id trailer's, else the record's own field (when the
             # kernel wrote it, perf_log_throttle(), a moment before the trailer)
             time = tr["time"] if "time" in tr else int(buf[o + 8:o + 16].view("<i8")[0])

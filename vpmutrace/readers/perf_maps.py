@@ -204,7 +204,7 @@ def cover(starts: np.ndarray, ends: np.ndarray, mtime: np.ndarray, addr: np.ndar
     the address at every time in [lo, hi) (the insertion times around the query's in its interval)."""
     n = len(addr)
     lo_all, hi_all = np.iinfo(np.int64).min, np.iinfo(np.int64).max
-    if not len(starts) or not n:
+    if not np.any(ends > starts) or not n:  # (no map covers an address: none, or all empty or reversed)
         none = np.full(n, -1, np.int64)
         return (none, np.full(n, lo_all, np.int64), np.full(n, hi_all, np.int64)) if window else none
     mspace = np.zeros(len(starts), np.int64) if mspace is None else mspace.astype(np.int64)

@@ -92,7 +92,7 @@ def sample_fields(attrs: list[Attr], path: str, buf: np.ndarray, offs: np.ndarra
     length, ok flag), one array each, decoded by the compiled sample walk."""
     mode, pos, ids, idx = id_index(attrs, path)
     st = np.array([a.sample_type for a in attrs], dtype=np.uint64)
-    rf = np.array([a.read_format for a in attrs], dtype=np.int64)
+    rf = np.array([a.read_format for a in attrs], dtype=np.uint64).view(np.int64)  # (u64 bits, as the walk tests them)
     n = len(offs)
     out = {k: np.zeros(n, dtype=dt) for k, dt in (
         ("attr", np.int32), ("ip", np.uint64), ("pid", np.int32), ("tid", np.int32), ("time", np.int64),

@@ -54,7 +54,9 @@ PATTERNS: dict[str, list[str]] = {
         rf"^(?P<name>#\w+|0x{H})(?: \(0x(?P<error_code__x>{H})\))?(?P<reinjected__p> \[reinjected\])?\s*$",
     ],
     "kvm_emulate_insn": [
-        rf"^(?P<csbase__x>{H}):(?P<rip__x>{H}):(?P<insn>[0-9a-fA-F ]*?) ?\((?P<mode>\w+)\)"
+        # (__print_hex: whole bytes, two digits each, a space between)
+        rf"^(?P<csbase__x>{H}):(?P<rip__x>{H}): ?(?P<insn>(?:[0-9a-fA-F]{{2}}(?: [0-9a-fA-F]{{2}})*)?) ?"
+        r"\((?P<mode>\w+)\)"
         r"(?P<failed__p> failed)?\s*$",
         # trace-cmd's kvm plugin (libtraceevent plugin_kvm.c): bytes (or their disassembly), no mode
         rf"^(?P<csbase__x>{H}):(?P<rip__x>{H}): (?P<insn>(?:[0-9a-f]{{2}} )*[0-9a-f]{{2}})(?P<failed__p> FAIL)?\s*$",

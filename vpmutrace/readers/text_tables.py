@@ -45,6 +45,7 @@ from vpmutrace.schema import (
     event_table_name,
     event_table_spec,
     table_for_event,
+    unfit_columns,
 )
 from vpmutrace.tracedata import TraceBuilder
 from vpmutrace.typed_fields import event_columns, typed_columns
@@ -278,11 +279,20 @@ def _emit_failed(rows: pl.DataFrame, table: str | None, system: str | None, name
     for k, v in _key_value_columns(kv).items():
         fields[k] = v.to_numpy() if v.dtype.is_integer() and v.null_count() == 0 else v.to_arrow()
     ref = fmt or reference_formats().get(full)
+    missing: list[str] = []
     if table is not None:
         cols = typed_columns(table, name, ref, fields, failed.height)
         cols.update(_common(failed))
+        missing = unfit_columns(ALL_TABLES[table], cols)
+        if missing and ref is None:
+            return rows  # (no layout to make a table of their own from: unparsed lines, counted there)
+    if table is not None and not missing:
         builder.add(table, cols, failed.height, full)
     elif ref is not None:
+        if missing:
+            builder.stats.add(src_file, "fields_missing", full, failed.height,
+                              f"line {failed['lineno'][0]}: no field of the kind of column(s) "
+                              f"{', '.join(missing)} of table {table}: kept in table {event_table_spec(ref).name}")
         spec = event_table_spec(ref)
         cols = _common(failed)
         cols.update({col: fields[f] for f, col in column_names(ref).items() if f in fields})
