@@ -21,7 +21,7 @@ import polars as pl
 from vpmutrace.analyze import predicates as P
 from vpmutrace.analyze.base import fmt_ns
 from vpmutrace.analyze.context import Config
-from vpmutrace.analyze.windows import exit_intervals, fastpath_flags
+from vpmutrace.analyze.windows import exit_intervals, fastpath_column
 from vpmutrace.errors import InputError
 from vpmutrace.model import kernel as K
 from vpmutrace.model import msrs as M
@@ -39,7 +39,7 @@ def _timed(td: TraceData, cfg: Config) -> pl.DataFrame:
         return pl.DataFrame(schema={"reason": pl.String, "handling_ns": pl.Int64, "isa": pl.UInt8, "basic": pl.UInt32,
                                     "fastpath": pl.Boolean, "pmu_related": pl.Boolean})
     iv = exit_intervals(td)
-    iv = iv.with_columns(fastpath_flags(td, iv, cfg.kernel).alias("fastpath"),
+    iv = iv.with_columns(fastpath_column(iv, cfg.kernel).alias("fastpath"),
                          (P.msr_exit() | P.rdpmc_exit() | P.nmi_exit() | P.extint_exit()).alias("pmu_related"))
     return iv.filter(pl.col("handling_ns").is_not_null())
 

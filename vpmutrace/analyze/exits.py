@@ -77,15 +77,13 @@ class _Counts:
     """Exits per group and handling time, added range by range and merged as they grow."""
 
     def __init__(self, by: list[str]) -> None:
-        self.by, self.parts, self.rows = by, [], 0
+        self.by, self.parts = by, []
 
     def add(self, paired: pl.DataFrame) -> None:
         part = paired.group_by([*self.by, "handling_ns"]).agg(pl.len().cast(pl.Int64).alias("n"))
         self.parts.append(part)
-        self.rows += part.height
         if len(self.parts) > 8:
             self.parts = [self.frame()]
-            self.rows = self.parts[0].height
 
     def frame(self) -> pl.DataFrame:
         if not self.parts:

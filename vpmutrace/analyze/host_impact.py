@@ -21,7 +21,7 @@ import polars as pl
 from vpmutrace.analyze import predicates as P
 from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, records, rule_of, text_table
 from vpmutrace.analyze.context import Config
-from vpmutrace.analyze.windows import exit_intervals, fastpath_flags, guest_windows
+from vpmutrace.analyze.windows import exit_intervals, fastpath_column, guest_windows
 from vpmutrace.errors import plural
 from vpmutrace.model.design import MEDIATED
 from vpmutrace.tracedata import TraceData
@@ -68,7 +68,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
         cpus = max(1, int(td.meta.get("cpus") or runs["cpu"].n_unique() or 1))
         guest_ns = int((runs["end_ns"] - runs["start_ns"]).sum() or 0)
         iv = exit_intervals(td)
-        fp = iv.filter(fastpath_flags(td, iv, cfg.kernel))
+        fp = iv.filter(fastpath_column(iv, cfg.kernel))
         summary.update({"host_pmu_unavailable_ns": guest_ns,
                         "host_pmu_unavailable_share": round(guest_ns / max(1, (span[1] - span[0]) * cpus), 6),
                         "fastpath_exits": fp.height, "fastpath_handling_ns": int(fp["handling_ns"].sum() or 0)})

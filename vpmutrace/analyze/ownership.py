@@ -33,7 +33,7 @@ from vpmutrace.analyze.context import Config
 from vpmutrace.analyze.windows import (
     KEY,
     exit_intervals,
-    fastpath_flags,
+    fastpath_column,
     guest_windows,
     ownership_windows,
     probe_windows,
@@ -73,7 +73,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     if needs:
         return Result("ownership", needs=needs, rule=RULE)
     iv = exit_intervals(td)
-    fp = fastpath_flags(td, iv, cfg.kernel)
+    fp = fastpath_column(iv, cfg.kernel)
     runs = guest_windows(td).with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("guest_ns"))
     own = ownership_windows(td, fp).with_columns((pl.col("end_ns") - pl.col("start_ns")).alias("window_ns"))
     span = td.meta.get("time_span_ns") or [0, 0]

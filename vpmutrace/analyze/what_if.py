@@ -31,7 +31,7 @@ from vpmutrace.analyze import predicates as P
 from vpmutrace.analyze.base import Analyzer, FindingKind, Result, fmt_ns, missing, rule_of
 from vpmutrace.analyze.context import Config
 from vpmutrace.analyze.msr_access import classify, with_exit_latency
-from vpmutrace.analyze.windows import exit_intervals, fastpath_flags
+from vpmutrace.analyze.windows import exit_intervals, fastpath_column
 from vpmutrace.errors import plural
 from vpmutrace.model import costs
 from vpmutrace.model import msrs as M
@@ -55,7 +55,7 @@ def analyze(td: TraceData, cfg: Config) -> Result:
     if needs:
         return Result("what_if", needs=needs, summary={"applicable": True}, rule=RULE)
     iv = exit_intervals(td)
-    iv = iv.with_columns(fastpath_flags(td, iv, cfg.kernel).alias("fastpath"))
+    iv = iv.with_columns(fastpath_column(iv, cfg.kernel).alias("fastpath"))
     timed = iv.filter(pl.col("handling_ns").is_not_null())
     pmu = with_exit_latency(td, classify(td, cfg)) if td.has("kvm_msr") else None
     removed_rows: set[int] = set()

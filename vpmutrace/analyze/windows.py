@@ -28,13 +28,9 @@ import numpy as np
 import polars as pl
 
 from vpmutrace.analyze import predicates as P
-from vpmutrace.analyze.runloop import crosses_loss, exit_interval_chunks, losses
+from vpmutrace.analyze.runloop import KEY, crosses_loss, exit_interval_chunks, losses
 from vpmutrace.model import kernel as K
 from vpmutrace.tracedata import TraceData
-
-KEY = ["source", "pid"]
-_losses = losses
-_crosses_loss = crosses_loss
 
 
 def _timeline(td: TraceData) -> pl.DataFrame:
@@ -74,19 +70,15 @@ def guest_windows(td: TraceData) -> pl.DataFrame:
     w = t.filter((pl.col("kind") == "entry") & (pl.col("next_kind") == "exit"))
     w = w.select("cpu", "source", "pid", "vcpu_id", pl.col("ts_ns").alias("start_ns"),
                  pl.col("next_ts").alias("end_ns"), "exit_reason_name", "end_exit_row")
-    w = w.filter(~_crosses_loss(w, "start_ns", "end_ns", _losses(td)))
+    w = w.filter(~crosses_loss(w, "start_ns", "end_ns", losses(td)))
     return w.sort("cpu", "start_ns")
 
 
-def fastpath_flags(td: TraceData, iv: pl.DataFrame, version: tuple[int, int] | None) -> pl.Series:
-    """Per exit of ``iv`` (exit_intervals): may the kernel have handled it in the fastpath
-    (re-entering without leaving the inner run loop)? See ``model.kernel.fastpath_eligible``."""
-    return fastpath_column(iv, version)
-
-
 def fastpath_column(iv: pl.DataFrame, version: tuple[int, int] | None) -> pl.Series:
-    """``fastpath_flags`` of exits with ``isa``, ``basic`` and ``msr_written``: the rule is asked once
-    per distinct (isa, basic reason, MSR), not per exit."""
+    """Per exit of ``iv`` (exit_intervals: ``isa``, ``basic``, ``msr_written``): may the kernel have
+    handled it in the fastpath (re-entering without leaving the inner run loop)? See
+    ``model.kernel.fastpath_eligible``; the rule is asked once per distinct (isa, basic reason, MSR),
+    not per exit."""
     keys = ["isa", "basic", "msr_written"]
     combos = iv.select(keys).unique()
     combos = combos.with_columns(pl.Series("_fp", [K.fastpath_eligible(isa, basic, msr, version) for isa, basic, msr
@@ -228,6 +220,6 @@ def probe_windows(td: TraceData) -> tuple[pl.DataFrame, str] | None:
         pl.col("runs").fill_null(0), (pl.col("exits_inside").fill_null(0)
                                       - pl.col("end_ns").is_not_null().cast(pl.UInt32)).clip(0)
         .alias("fastpath_exits")).drop("_w", "exits_inside")
-    w = w.with_columns(_crosses_loss(w.with_columns(pl.col("end_ns").fill_null(pl.col("start_ns"))),
-                                     "start_ns", "end_ns", _losses(td)).alias("lost"))
+    w = w.with_columns(crosses_loss(w.with_columns(pl.col("end_ns").fill_null(pl.col("start_ns"))),
+                                    "start_ns", "end_ns", losses(td)).alias("lost"))
     return w.sort("cpu", "start_ns"), f"{lf}/{pf}"
