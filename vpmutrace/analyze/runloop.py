@@ -204,7 +204,9 @@ def _pair(ex: pl.DataFrame, en: pl.DataFrame, movers: pl.DataFrame, writes: pl.D
         waiting = done.filter(pl.col("_next_exit").is_null()).select(ex.columns)
         done = done.filter(pl.col("_next_exit").is_not_null())
     done = done.with_columns(pl.when(~pl.col("_next_exit")).then(pl.col("_next_ts")).alias("entry_ts"))
-    # the MSR an MSR exit wrote: the thread's first kvm_msr write before its next entry or exit
+    # the MSR an MSR exit wrote: the thread's first kvm_msr write before its next entry or exit (KVM
+    # traces the write while handling that exit: kvm_emulate_wrmsr(), or handle_fastpath_set_msr_irqoff()
+    # on the fastpath; both run between the exit's kvm_exit and the thread's next kvm_entry/kvm_exit)
     done = _first_after(done, writes.select("ts_ns", "source", "pid", pl.col("msr").alias("_msr")), "_m_ts")
     done = done.with_columns(pl.when(P.msr_exit() & pl.col("_m_ts").is_not_null()
                                      & (pl.col("_next_ts").is_null() | (pl.col("_m_ts") <= pl.col("_next_ts"))))
